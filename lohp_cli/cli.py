@@ -1,0 +1,300 @@
+"""The ``lohp`` command line: one thin function per stage (parse → config → library call → exit).
+
+Progress and logs go to stderr; the machine-readable result (artifact path or JSON) to stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from lohp_cli import __version__
+from lohp_cli.errors import EXIT_CODES_HELP, EXIT_INTERRUPTED, EXIT_UNEXPECTED, LohpError
+
+err_console = Console(stderr=True)
+T = TypeVar("T")
+
+app = typer.Typer(
+    name="lohp",
+    help="Lo-Hp weight generation toolkit: collect optimizer trajectories, train the Lo-Hp policy, "
+    "generate and evaluate weights.\n\n" + EXIT_CODES_HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+_state = {"verbosity": 0}
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"lohp {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+    verbose: Annotated[
+        int, typer.Option("-v", "--verbose", count=True, help="More logs; -vv shows tracebacks.")
+    ] = 0,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only errors on stderr.")] = False,
+) -> None:
+    _state["verbosity"] = -1 if quiet else verbose
+
+
+def log(message: str) -> None:
+    """A log line on stderr unless --quiet."""
+    if _state["verbosity"] >= 0:
+        err_console.print(message, highlight=False)
+
+
+def run_guarded(fn: Callable[[], T]) -> T:
+    """Call a library function; map typed errors to a one-line message and their exit code."""
+    try:
+        return fn()
+    except LohpError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]; re-run the same command to resume.")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except Exception as exc:  # noqa: BLE001 - the last line of defence for bugs
+        if _state["verbosity"] >= 2:
+            traceback.print_exc()
+        err_console.print(
+            f"[bold red]unexpected error:[/] {type(exc).__name__}: {exc} (a bug; re-run with -vv "
+            "for the traceback and report it)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_UNEXPECTED) from None
+
+
+def _split_list(value: str | None) -> list[str] | None:
+    if value is None:
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _parse_shard(value: str | None) -> list[int] | None:
+    from lohp_cli.errors import ConfigError
+
+    if value is None:
+        return None
+    try:
+        i, n = (int(v) for v in value.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard {value!r} is not of the form i/n (e.g. 0/4).") from None
+    return [i, n]
+
+
+ConfigOpt = Annotated[
+    str | None, typer.Option("--config", "-c", help="TOML config file (see examples/).")
+]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="Override a config key, e.g. --set optim.sgd.lr=0.05 (repeatable)."),
+]
+DryRunOpt = Annotated[
+    bool, typer.Option("--dry-run", help="Print the resolved config as JSON and exit.")
+]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:i.")]
+
+
+@app.command()
+def collect(
+    out: Annotated[
+        str | None, typer.Option("--out", "-o", help="Output store: path or fsspec URL.")
+    ] = None,
+    family: Annotated[
+        str | None, typer.Option(help="Task family: fmnist, cifar10, digits.")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Target model: head, mlp, cnn.")] = None,
+    tasks: Annotated[int | None, typer.Option(help="Number of source tasks.")] = None,
+    seeds: Annotated[int | None, typer.Option(help="Replicates per task and optimizer.")] = None,
+    optimizers: Annotated[str | None, typer.Option(help="Comma list of sgd, adam, sam.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimizer steps per run.")] = None,
+    record_every: Annotated[int | None, typer.Option(help="Record weights every N steps.")] = None,
+    ways: Annotated[int | None, typer.Option(help="Classes per task.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Minibatch size.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Base seed.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
+    shard: Annotated[
+        str | None, typer.Option(help="Only share i of n of the runs (0 <= i < n).")
+    ] = None,
+    data_root: Annotated[
+        str | None, typer.Option(help="Directory holding the data set files.")
+    ] = None,
+    device: DeviceOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Train target networks on source tasks with SGD/Adam/SAM and record their trajectories.
+
+    Re-running the same command resumes: complete runs are skipped, partial ones redone. Prints the
+    store location on stdout.
+    """
+
+    def go() -> Any:
+        from lohp_cli.config import CollectConfig, resolve
+
+        cfg = resolve(
+            CollectConfig,
+            config,
+            set_,
+            {
+                "out": out,
+                "task.family": family,
+                "model.name": model,
+                "tasks": tasks,
+                "seeds": seeds,
+                "optimizers": _split_list(optimizers),
+                "steps": steps,
+                "record_every": record_every,
+                "task.ways": ways,
+                "batch_size": batch_size,
+                "seed": seed,
+                "workers": workers,
+                "shard": _parse_shard(shard),
+                "task.data_root": data_root,
+                "device": device,
+            },
+        )
+        if dry_run:
+            typer.echo(json.dumps(cfg.model_dump(mode="json"), indent=2))
+            return None
+        from lohp_cli.collect import collect as run_collect
+
+        return run_collect(cfg, _collect_progress())
+
+    result = run_guarded(go)
+    if result is not None:
+        log(
+            f"[green]done[/]: {result.collected} run(s) collected, "
+            f"{result.skipped} already complete, "
+            f"{result.wall_time_s:.1f} s"
+        )
+        typer.echo(result.store)
+
+
+def _collect_progress() -> Callable[[dict[str, Any]], None]:
+    """A progress callback rendering collect events on stderr."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    bar: dict[str, Any] = {}
+
+    def on_event(e: dict[str, Any]) -> None:
+        kind = e["event"]
+        if kind == "device":
+            log(f"device: {e['device']}")
+        elif kind == "extractor":
+            log(f"training the frozen feature extractor ({e['steps']} steps, source classes only)")
+        elif kind == "plan":
+            log(
+                f"{e['planned']} run(s) planned, {e['skipped']} already complete, "
+                f"{e['pending']} to do"
+            )
+            if e["pending"] and _state["verbosity"] >= 0:
+                p = Progress(
+                    "collect",
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TimeElapsedColumn(),
+                    console=err_console,
+                    transient=True,
+                )
+                p.start()
+                bar["p"], bar["t"] = p, p.add_task("runs", total=e["pending"])
+        elif kind == "run" and "p" in bar:
+            bar["p"].update(bar["t"], completed=e["done"])
+            if e["done"] == e["pending"]:
+                bar["p"].stop()
+        if _state["verbosity"] >= 1 and kind == "run":
+            log(f"  {e['run_id']} {e['wall_s']:.2f} s")
+
+    return on_event
+
+
+@app.command()
+def inspect(
+    store: Annotated[str, typer.Argument(help="Trajectory store: path or fsspec URL.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Read every complete run and check it.")
+    ] = False,
+) -> None:
+    """Summarise a trajectory store (human table, or --json); --verify exits 3 on a bad run."""
+    from lohp_cli.collect import summarize_store
+
+    summary = run_guarded(lambda: summarize_store(store, verify=verify))
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+    else:
+        _print_summary(summary)
+    if verify and not summary["verified"]:
+        err_console.print(
+            f"[bold red]error:[/] {len(summary['problems'])} problem(s): "
+            + "; ".join(summary["problems"][:5])
+        )
+        raise typer.Exit(3)
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    out = Console()
+    t = Table(title=f"lohp store {s['store']}", show_header=False)
+    for key in (
+        "schema",
+        "schema_version",
+        "family",
+        "ways",
+        "model",
+        "param_count",
+        "condition_dim",
+        "steps",
+        "record_every",
+        "recorded_states",
+        "tasks",
+        "complete_runs",
+        "created_at",
+        "lohp_version",
+    ):
+        t.add_row(key, str(s[key]))
+    if s["bytes_on_disk"] is not None:
+        t.add_row("bytes_on_disk", f"{s['bytes_on_disk']:,}")
+    if s["compression_ratio"]:
+        t.add_row("weights compression", f"{s['compression_ratio']:.2f}× vs raw float32")
+    out.print(t)
+    r = Table(title="runs by optimizer and status")
+    statuses = sorted({st for v in s["runs"].values() for st in v})
+    r.add_column("optimizer")
+    for st in statuses:
+        r.add_column(st, justify="right")
+    if "final_train_acc" in s:
+        r.add_column("final train acc", justify="right")
+    for opt, counts in sorted(s["runs"].items()):
+        row = [opt, *(str(counts.get(st, 0)) for st in statuses)]
+        if "final_train_acc" in s:
+            row.append(str(s["final_train_acc"].get(opt, "-")))
+        r.add_row(*row)
+    out.print(r)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="lohp")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

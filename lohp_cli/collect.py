@@ -1,0 +1,422 @@
+"""Stage 1: train target networks on source tasks with real optimizers and record trajectories.
+
+The work is a deterministic list of runs (task × optimizer × replicate), each with a seed derived
+from (base seed, task, optimizer, replicate), so the result does not depend on worker count, worker
+order or sharding. Complete runs are skipped; partial ones are redone from scratch.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from lohp_cli.config import CollectConfig
+from lohp_cli.errors import DataError, StoreError
+from lohp_cli.optim import build_optimizer, optimizer_hparams, train_step
+from lohp_cli.runtime import derive_seed, provenance, resolve_device
+from lohp_cli.store import TrajectoryStore, run_id
+from lohp_cli.tasks import TaskFamily, TaskSpec, make_family
+from lohp_cli.tasks.inputs import TaskTensors, condition_dim, task_tensors, train_extractor
+from lohp_cli.tasks.models import FeatureExtractor, ParamLayout, build_target, flat_params
+
+Progress = Callable[[dict[str, Any]], None]
+EXTRACTOR_GROUP = "extractor"
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """One run to collect."""
+
+    run_id: str
+    task_id: str
+    optimizer: str
+    replicate: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class CollectResult:
+    store: str
+    planned: int
+    skipped: int
+    collected: int
+    wall_time_s: float
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def plan_runs(cfg: CollectConfig, tasks: list[TaskSpec]) -> list[RunPlan]:
+    """All runs of the config in a fixed order, restricted to ``cfg.shard`` when set."""
+    plans = [
+        RunPlan(
+            run_id(t.task_id, opt, rep),
+            t.task_id,
+            opt,
+            rep,
+            derive_seed(cfg.seed, t.task_id, opt, rep),
+        )
+        for t in tasks
+        for opt in cfg.optimizers
+        for rep in range(cfg.seeds)
+    ]
+    if cfg.shard is not None:
+        i, n = cfg.shard
+        plans = plans[i::n]
+    return plans
+
+
+def compat_spec(cfg: CollectConfig, family: TaskFamily) -> dict[str, Any]:
+    """What every run of one store must share; a store refuses runs made with anything else."""
+    return {
+        "family": family.describe(),
+        "model": cfg.model.model_dump(mode="json"),
+        "steps": cfg.steps,
+        "record_every": cfg.record_every,
+        "batch_size": cfg.batch_size,
+        "seed": cfg.seed,
+    }
+
+
+def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            d = _first_difference(a.get(k), b.get(k), f"{path}.{k}" if path else k)
+            if d:
+                return d
+        return None
+    return None if a == b else f"{path}: store has {a!r}, this command {b!r}"
+
+
+def layout_for(cfg: CollectConfig, family: TaskFamily) -> ParamLayout:
+    return ParamLayout.of(build_target(cfg.model, family.data.image_shape, cfg.task.ways))
+
+
+def train_loop(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    steps: int,
+    record_every: int,
+    batch_size: int,
+    gen: torch.Generator,
+    record: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
+) -> None:
+    """Train for ``steps`` minibatch steps (epoch-shuffled batches drawn with ``gen``).
+
+    ``record(θ_t [P], loss, acc)`` is called for t = 0, r, 2r, …, steps with the weights *before*
+    step t and their loss/accuracy on the minibatch of step t (for t = steps, one extra batch).
+    """
+    n = y.shape[0]
+    perm = torch.randperm(n, generator=gen)
+    pos = 0
+    for t in range(steps + 1):
+        if pos + batch_size > n:
+            perm, pos = torch.randperm(n, generator=gen), 0
+        b = perm[pos : pos + batch_size]
+        pos += batch_size
+        xb, yb = x[b], y[b]
+        recording = record is not None and t % record_every == 0
+        theta = flat_params(model) if recording else None
+        if t == steps:
+            if recording:
+                with torch.no_grad():
+                    logits = model(xb)
+                    loss = nn.functional.cross_entropy(logits, yb)
+                    acc = (logits.argmax(1) == yb).float().mean()
+                record(theta, loss, acc)  # type: ignore[misc]
+            break
+        loss, acc = train_step(model, opt, xb, yb)
+        if recording:
+            record(theta, loss, acc)  # type: ignore[misc]
+
+
+class RunContext:
+    """What a process needs to execute runs: the family, the store, the extractor, the tasks."""
+
+    def __init__(self, cfg: CollectConfig, device: str, family: TaskFamily | None = None) -> None:
+        self.cfg = cfg
+        self.device = device
+        self.family = family or make_family(cfg.task)
+        self.store = TrajectoryStore.open(cfg.out, mode="r+")
+        self.extractor = load_extractor(self.store, cfg, self.family)
+        self._tasks: dict[str, TaskTensors] = {}
+
+    def task(self, task_id: str) -> TaskTensors:
+        if task_id not in self._tasks:
+            if len(self._tasks) > 16:
+                self._tasks.clear()
+            spec = TaskSpec.from_id(task_id)
+            self._tasks[task_id] = task_tensors(
+                self.family, spec, self.cfg.model, self.extractor, self.device
+            )
+        return self._tasks[task_id]
+
+    def execute(self, plan: RunPlan) -> float:
+        """Collect one run into the store; returns its wall time in seconds."""
+        cfg = self.cfg
+        data = self.task(plan.task_id)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(plan.seed)
+            model = build_target(cfg.model, self.family.data.image_shape, cfg.task.ways)
+        model.to(self.device).train()
+        opt = build_optimizer(plan.optimizer, model.parameters(), cfg.optim)
+        gen = torch.Generator().manual_seed(derive_seed(plan.seed, "batches"))
+        size = sum(p.numel() for p in model.parameters())
+        attrs = {
+            "task_id": plan.task_id,
+            "optimizer": plan.optimizer,
+            "hparams": optimizer_hparams(plan.optimizer, cfg.optim),
+            "replicate": plan.replicate,
+            "seed": plan.seed,
+            "steps": cfg.steps,
+            "record_every": cfg.record_every,
+            "batch_size": cfg.batch_size,
+            "device": self.device,
+        }
+        writer = self.store.begin_run(plan.run_id, cfg.recorded_states, size, cfg.store, attrs)
+
+        def record(theta: torch.Tensor, loss: torch.Tensor, acc: torch.Tensor) -> None:
+            step = (writer.written + writer.filled) * cfg.record_every
+            if not (torch.isfinite(theta).all() and torch.isfinite(loss)):
+                raise DataError(
+                    f"Run {plan.run_id} produced non-finite weights or loss at step {step}; lower "
+                    f"the learning rate (e.g. --set optim.{plan.optimizer}.lr=...)."
+                )
+            writer.append(theta.cpu().numpy(), float(loss), float(acc))
+
+        train_loop(
+            model,
+            opt,
+            data.x_train,
+            data.y_train,
+            cfg.steps,
+            cfg.record_every,
+            cfg.batch_size,
+            gen,
+            record,
+        )
+        return writer.finish()
+
+
+def load_extractor(
+    store: TrajectoryStore, cfg: CollectConfig, family: TaskFamily
+) -> FeatureExtractor | None:
+    """The store's frozen feature extractor (head model), or None for whole-network models."""
+    if cfg.model.name != "head":
+        return None
+    tensors = store.load_tensors(EXTRACTOR_GROUP)
+    ext = FeatureExtractor(family.data.image_shape[0], cfg.model.feature_dim)
+    ext.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()})
+    ext.eval()
+    ext.requires_grad_(False)
+    return ext
+
+
+def _init_store(
+    cfg: CollectConfig, family: TaskFamily, device: str, progress: Progress
+) -> TrajectoryStore:
+    compat = compat_spec(cfg, family)
+    layout = layout_for(cfg, family)
+    root = {
+        "compat": compat,
+        "layout": layout.to_json(),
+        "param_count": layout.size,
+        "condition_dim": condition_dim(cfg.model, family),
+        "config": cfg.model_dump(mode="json"),
+        "provenance": provenance(device),
+    }
+    store, created = TrajectoryStore.create_or_open(cfg.out, root)
+    if not created:
+        diff = _first_difference(store.attrs.get("compat"), compat)
+        if diff:
+            raise StoreError(
+                f"Store '{cfg.out}' was made with other settings ({diff}); use a new --out or "
+                "the store's own settings (see 'lohp inspect')."
+            )
+    if not store.attrs.get("init_complete"):
+        if cfg.model.name == "head":
+            progress({"event": "extractor", "steps": cfg.model.extractor_steps})
+            ext = train_extractor(family, cfg.model, derive_seed(cfg.seed, "extractor"))
+            store.save_tensors(
+                EXTRACTOR_GROUP,
+                {k: v.numpy() for k, v in ext.state_dict().items()},
+                {
+                    "architecture": "FeatureExtractor",
+                    "feature_dim": cfg.model.feature_dim,
+                    "trained_on_classes": list(family.source_classes),
+                },
+            )
+        store.update_attrs(init_complete=True)
+    return store
+
+
+def _check_complete_run(store: TrajectoryStore, plan: RunPlan, cfg: CollectConfig) -> None:
+    attrs = store.run_attrs(plan.run_id) or {}
+    want = optimizer_hparams(plan.optimizer, cfg.optim)
+    diff = _first_difference(attrs.get("hparams"), want)
+    if diff:
+        raise StoreError(
+            f"Run {plan.run_id} in '{cfg.out}' was collected with other hyperparameters ({diff}); "
+            "use a new --out or the original settings."
+        )
+
+
+_WORKER: RunContext | None = None
+
+
+def _worker_init(cfg_json: dict[str, Any], device: str, threads: int, parent: int) -> None:
+    global _WORKER
+    torch.set_num_threads(threads)
+    _WORKER = RunContext(CollectConfig.model_validate(cfg_json), device)
+    _WORKER.parent = parent  # type: ignore[attr-defined]
+
+
+def _worker_run(plan: RunPlan) -> tuple[str, float]:
+    assert _WORKER is not None
+    if os.getppid() != _WORKER.parent:  # type: ignore[attr-defined]
+        os._exit(1)  # the collect process died (e.g. kill -9): stop instead of running on
+    return plan.run_id, _WORKER.execute(plan)
+
+
+def collect(cfg: CollectConfig, progress: Progress | None = None) -> CollectResult:
+    """Run stage 1 for ``cfg``; safe to re-run (complete runs are skipped)."""
+    emit = progress or (lambda _e: None)
+    t0 = time.perf_counter()
+    device = resolve_device(cfg.device)
+    emit({"event": "device", "device": device})
+    family = make_family(cfg.task)
+    if cfg.workers > 1 and cfg.out.startswith("memory://"):
+        raise StoreError("A memory:// store lives in one process; use --workers 1 with it.")
+    tasks = family.tasks("source", cfg.tasks)
+    store = _init_store(cfg, family, device, emit)
+    plans = plan_runs(cfg, tasks)
+
+    ctx = RunContext(cfg, device, family)
+    needed = {p.task_id for p in plans}
+    for spec in tasks:
+        if spec.task_id in needed and not store.has_task(spec.task_id):
+            store.write_task(
+                spec.task_id,
+                ctx.task(spec.task_id).condition.cpu().numpy(),
+                {
+                    "classes": list(spec.classes),
+                    "split": family.split_of(spec),
+                    "family": family.name,
+                },
+            )
+
+    pending = []
+    for plan in plans:
+        if store.run_status(plan.run_id) == "complete":
+            _check_complete_run(store, plan, cfg)
+        else:
+            pending.append(plan)
+    skipped = len(plans) - len(pending)
+    emit({"event": "plan", "planned": len(plans), "skipped": skipped, "pending": len(pending)})
+
+    done = 0
+    if cfg.workers == 1 or len(pending) <= 1:
+        old = torch.get_num_threads()
+        torch.set_num_threads(cfg.threads_per_worker)
+        try:
+            for plan in pending:
+                wall = ctx.execute(plan)
+                done += 1
+                emit(
+                    {
+                        "event": "run",
+                        "run_id": plan.run_id,
+                        "wall_s": wall,
+                        "done": done,
+                        "pending": len(pending),
+                    }
+                )
+        finally:
+            torch.set_num_threads(old)
+    else:
+        mpctx = mp.get_context("spawn")
+        init_args = (cfg.model_dump(mode="json"), device, cfg.threads_per_worker, os.getpid())
+        with mpctx.Pool(cfg.workers, initializer=_worker_init, initargs=init_args) as pool:
+            for rid, wall in pool.imap_unordered(_worker_run, pending):
+                done += 1
+                emit(
+                    {
+                        "event": "run",
+                        "run_id": rid,
+                        "wall_s": wall,
+                        "done": done,
+                        "pending": len(pending),
+                    }
+                )
+    return CollectResult(cfg.out, len(plans), skipped, done, round(time.perf_counter() - t0, 3))
+
+
+def summarize_store(location: str, verify: bool = False) -> dict[str, Any]:
+    """A JSON-able summary of a store; with ``verify``, every complete run is read and checked."""
+    store = TrajectoryStore.open(location, mode="r")
+    attrs = store.attrs
+    compat = attrs.get("compat", {})
+    runs: dict[str, dict[str, int]] = {}
+    complete = 0
+    problems: list[str] = []
+    states = compat.get("steps", 0) // max(compat.get("record_every", 1), 1) + 1
+    final_acc: dict[str, list[float]] = {}
+    for rid in store.run_ids():
+        a = store.run_attrs(rid)
+        status = "unreadable" if a is None else a.get("status", "unknown")
+        opt = a.get("optimizer", "?") if a else "?"
+        runs.setdefault(opt, {}).setdefault(status, 0)
+        runs[opt][status] += 1
+        if status != "complete":
+            continue
+        complete += 1
+        if verify:
+            w = store.weights(rid)
+            if w.shape != (states, attrs.get("param_count")):
+                problems.append(f"{rid}: weights shape {w.shape}")
+            elif not np.isfinite(w).all():
+                problems.append(f"{rid}: non-finite weights")
+            if a.get("steps_written") != states:
+                problems.append(f"{rid}: steps_written {a.get('steps_written')} != {states}")
+            acc = store.run_array(rid, "train_acc")
+            final_acc.setdefault(opt, []).append(float(acc[-1]))
+    size = store.bytes_on_disk()
+    weight_bytes = store.bytes_on_disk("runs/*/weights")
+    raw = complete * states * int(attrs.get("param_count", 0)) * 4
+    out: dict[str, Any] = {
+        "store": location,
+        "schema": attrs.get("schema"),
+        "schema_version": attrs.get("schema_version"),
+        "family": compat.get("family", {}).get("name"),
+        "ways": compat.get("family", {}).get("ways"),
+        "model": compat.get("model", {}).get("name"),
+        "param_count": attrs.get("param_count"),
+        "condition_dim": attrs.get("condition_dim"),
+        "steps": compat.get("steps"),
+        "record_every": compat.get("record_every"),
+        "recorded_states": states,
+        "tasks": len(store.task_ids()),
+        "runs": runs,
+        "complete_runs": complete,
+        "bytes_on_disk": size,
+        "weight_bytes_on_disk": weight_bytes,
+        "raw_weight_bytes": raw,
+        "compression_ratio": round(raw / weight_bytes, 3) if weight_bytes else None,
+        "created_at": attrs.get("provenance", {}).get("created_at"),
+        "lohp_version": attrs.get("provenance", {}).get("lohp_version"),
+    }
+    if verify:
+        out["verified"] = not problems
+        out["problems"] = problems
+        out["final_train_acc"] = {k: round(float(np.mean(v)), 4) for k, v in final_acc.items()}
+    return out

@@ -1,0 +1,268 @@
+"""Stage configs as frozen pydantic models, and how they are resolved.
+
+Precedence: model defaults < ``--config FILE.toml`` < repeatable ``--set a.b=value`` <
+explicit flags.
+Every error of a resolution is reported at once, in one line per problem.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lohp_cli.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+OPTIMIZERS = ("sgd", "adam", "sam")
+
+
+class Frozen(BaseModel):
+    """Base of every config model: immutable, unknown keys are errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SGDConfig(Frozen):
+    lr: float = Field(0.1, gt=0, description="Learning rate.")
+    momentum: float = Field(0.9, ge=0, lt=1, description="Heavy-ball momentum.")
+    nesterov: bool = Field(False, description="Nesterov momentum (needs momentum > 0).")
+    weight_decay: float = Field(0.0, ge=0, description="L2 weight decay.")
+
+    @model_validator(mode="after")
+    def _nesterov_needs_momentum(self) -> SGDConfig:
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov=true needs momentum > 0")
+        return self
+
+
+class AdamConfig(Frozen):
+    lr: float = Field(0.01, gt=0, description="Learning rate.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="Adam (beta1, beta2).")
+    eps: float = Field(1e-8, gt=0, description="Denominator epsilon.")
+    weight_decay: float = Field(0.0, ge=0, description="Weight decay.")
+    decoupled: bool = Field(False, description="Decoupled weight decay (AdamW).")
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in v):
+            raise ValueError(f"betas must lie in [0, 1), got {list(v)}")
+        return v
+
+
+class SAMConfig(Frozen):
+    base: Literal["sgd", "adam"] = Field(
+        "sgd", description="Base optimizer; its hyperparameters come from that optimizer's section."
+    )
+    rho: float = Field(0.05, gt=0, description="Neighbourhood radius of the ascent step.")
+    adaptive: bool = Field(False, description="ASAM: scale the ascent step by |w|.")
+
+
+class OptimizersConfig(Frozen):
+    sgd: SGDConfig = Field(default_factory=SGDConfig, description="SGD hyperparameters.")
+    adam: AdamConfig = Field(default_factory=AdamConfig, description="Adam hyperparameters.")
+    sam: SAMConfig = Field(default_factory=SAMConfig, description="SAM hyperparameters.")
+
+
+class TaskConfig(Frozen):
+    family: str = Field("fmnist", description="Task family (see `lohp collect --help`).")
+    ways: int = Field(5, ge=2, description="Classes per task (C-way tasks).")
+    train_per_class: int = Field(100, ge=1, description="Training images per class and task.")
+    test_per_class: int = Field(100, ge=1, description="Test images per class and task.")
+    support_per_class: int = Field(
+        10, ge=1, description="Labelled support images per class for the condition vector."
+    )
+    holdout_classes: tuple[int, ...] = Field(
+        (), description="Classes never used by source tasks nor the feature extractor."
+    )
+    target_fraction: float = Field(
+        0.2, gt=0, lt=1, description="Fraction of class combinations reserved for target tasks."
+    )
+    split_seed: int = Field(0, description="Seed of the source/target split and example choice.")
+    data_root: str | None = Field(
+        None, description="Directory with the data set files; default: the usual system places."
+    )
+    download: bool = Field(
+        False, description="Let torchvision download a missing data set into data_root."
+    )
+
+
+class ModelConfig(Frozen):
+    name: Literal["head", "mlp", "cnn"] = Field(
+        "head", description="Target model: head (over a frozen extractor), mlp or cnn."
+    )
+    hidden: int = Field(32, ge=1, description="Hidden width of the mlp / channels of the cnn.")
+    feature_dim: int = Field(64, ge=1, description="Feature size of the frozen extractor (head).")
+    extractor_steps: int = Field(
+        600, ge=1, description="Training steps of the frozen feature extractor (head)."
+    )
+
+
+class StoreCodecConfig(Frozen):
+    codec: Literal["blosc-zstd", "blosc-lz4", "zstd", "none"] = Field(
+        "blosc-zstd", description="Compression of trajectory chunks."
+    )
+    level: int = Field(5, ge=0, le=9, description="Compression level.")
+    shuffle: Literal["shuffle", "bitshuffle", "noshuffle"] = Field(
+        "shuffle", description="Blosc shuffle filter."
+    )
+    chunk_steps: int = Field(16, ge=1, description="Recorded states per chunk (time axis).")
+
+
+class CollectConfig(Frozen):
+    out: str = Field("runs/fmnist.zarr", description="Output store (path or fsspec URL).")
+    task: TaskConfig = Field(default_factory=TaskConfig, description="Task family settings.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Target model settings.")
+    optimizers: tuple[str, ...] = Field(OPTIMIZERS, description="Optimizers to run on each task.")
+    optim: OptimizersConfig = Field(
+        default_factory=OptimizersConfig, description="Per-optimizer hyperparameters."
+    )
+    store: StoreCodecConfig = Field(default_factory=StoreCodecConfig, description="Store codec.")
+    tasks: int = Field(32, ge=1, description="Number of source tasks.")
+    seeds: int = Field(2, ge=1, description="Replicates (seeds) per task and optimizer.")
+    steps: int = Field(200, ge=1, description="Optimizer steps per run.")
+    record_every: int = Field(5, ge=1, description="Record the weights every this many steps.")
+    batch_size: int = Field(64, ge=1, description="Minibatch size.")
+    seed: int = Field(0, description="Base seed; per-run seeds derive from it.")
+    workers: int = Field(1, ge=1, description="Worker processes writing disjoint runs.")
+    threads_per_worker: int = Field(
+        1, ge=1, description="Torch threads per worker (fixed so results do not depend on it)."
+    )
+    shard: tuple[int, int] | None = Field(
+        None, description="(i, n): do only the i-th of n deterministic shares of the runs."
+    )
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:i.")
+
+    @field_validator("optimizers")
+    @classmethod
+    def _known_optimizers(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("needs at least one optimizer")
+        unknown = [o for o in v if o not in OPTIMIZERS]
+        if unknown:
+            raise ValueError(
+                f"unknown optimizer {unknown[0]!r}; choose from {', '.join(OPTIMIZERS)}"
+            )
+        if len(set(v)) != len(v):
+            raise ValueError(f"optimizer listed twice in {list(v)}")
+        return v
+
+    @field_validator("shard")
+    @classmethod
+    def _shard_in_range(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
+        if v is not None and not (v[1] >= 1 and 0 <= v[0] < v[1]):
+            raise ValueError(f"shard {v[0]}/{v[1]} is out of range; use i/n with 0 <= i < n")
+        return v
+
+    @model_validator(mode="after")
+    def _record_every_divides_steps(self) -> CollectConfig:
+        if self.steps % self.record_every:
+            raise ValueError(
+                f"record_every={self.record_every} does not divide steps={self.steps}; "
+                "pick values with steps % record_every == 0"
+            )
+        return self
+
+    @property
+    def recorded_states(self) -> int:
+        """T + 1: number of recorded weight vectors per run (θ_0 … θ_T)."""
+        return self.steps // self.record_every + 1
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config file into a dict; errors name the file and the problem."""
+    p = Path(path)
+    try:
+        with p.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"Config file '{p}' does not exist.") from None
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"Config file '{p}' is not readable TOML: {exc}.") from None
+
+
+def parse_value(text: str) -> Any:
+    """Parse a ``--set`` value: JSON when it parses (numbers, true, lists), else the raw string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_sets(data: dict[str, Any], sets: list[str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with each ``a.b.c=value`` override applied."""
+    out = json.loads(json.dumps(data))
+    for item in sets:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(
+                f"--set {item!r} is not of the form key=value (e.g. optim.sgd.lr=0.05)."
+            )
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {item!r}: '{part}' is a value, not a section.")
+            node = nxt
+        node[parts[-1]] = parse_value(raw)
+    return out
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``extra`` into a copy of ``base``; nested dicts merge, other values replace."""
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """All problems of a validation at once, joined on one line."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "config"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown config key"
+        parts.append(f"{loc}: {msg}")
+    return "Invalid config: " + "; ".join(parts) + "."
+
+
+def resolve(
+    model: type[M],
+    config_file: str | Path | None = None,
+    sets: list[str] | None = None,
+    flags: dict[str, Any] | None = None,
+) -> M:
+    """Build a config: defaults < TOML file < ``--set`` < explicit flags (None = unset)."""
+    data: dict[str, Any] = load_toml(config_file) if config_file else {}
+    data = apply_sets(data, sets or [])
+    explicit: dict[str, Any] = {}
+    for key, value in (flags or {}).items():
+        if value is None:
+            continue
+        node = explicit
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    data = deep_merge(data, explicit)
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None

@@ -1,0 +1,322 @@
+"""Read and write the Zarr v3 trajectory store (schema ``lohp.trajectories`` v1).
+
+Layout::
+
+    <store>/                   root attrs: schema, schema_version, compat, layout, config, ...
+      extractor/<param>        float32 weights of the frozen feature extractor (head model only)
+      tasks/<task_id>/condition  float32 [D]; attrs: task spec
+      runs/<run_id>/weights      float32 [T+1, P], chunked along time
+      runs/<run_id>/loss, train_acc  float32 [T+1]
+                                 attrs: optimizer hparams, seed, status running|complete, ...
+
+A run is marked ``complete`` by the last write, after every chunk; anything else is partial and is
+redone by the next ``collect``. A plain ``zarr.open_group`` reads everything.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lohp_cli.config import StoreCodecConfig
+from lohp_cli.errors import StoreError
+from lohp_cli.store.schema import SCHEMA, SCHEMA_VERSION, STATUS_COMPLETE, STATUS_RUNNING
+
+
+def _is_url(location: str) -> bool:
+    return "://" in location and not location.startswith("file://")
+
+
+def _local_path(location: str) -> Path | None:
+    if location.startswith("file://"):
+        return Path(location.removeprefix("file://"))
+    return None if _is_url(location) else Path(location)
+
+
+def codecs_for(cfg: StoreCodecConfig) -> list[Any]:
+    """The zarr v3 compressor list for a codec config (empty for ``none``)."""
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    if cfg.codec == "none":
+        return []
+    if cfg.codec == "zstd":
+        return [ZstdCodec(level=cfg.level)]
+    cname = "zstd" if cfg.codec == "blosc-zstd" else "lz4"
+    return [BloscCodec(cname=cname, clevel=cfg.level, shuffle=cfg.shuffle)]
+
+
+def _open_group(location: str, mode: str):
+    import zarr
+
+    path = _local_path(location)
+    try:
+        if path is not None:
+            return zarr.open_group(zarr.storage.LocalStore(path), mode=mode)
+        return zarr.open_group(location, mode=mode)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        raise StoreError(
+            f"No trajectory store at '{location}'. Create one with 'lohp collect --out {location}'."
+        ) from None
+    except (json.JSONDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise StoreError(f"'{location}' is not a readable Zarr store ({exc}).") from None
+
+
+class TrajectoryStore:
+    """A trajectory store opened for reading (``mode="r"``) or appending runs (``mode="r+"``)."""
+
+    def __init__(self, location: str, group: Any) -> None:
+        self.location = location
+        self.root = group
+
+    # ---- opening ----------------------------------------------------------------------------
+    @classmethod
+    def open(cls, location: str, mode: str = "r") -> TrajectoryStore:
+        """Open an existing store and check its schema; raise :class:`StoreError` otherwise."""
+        path = _local_path(location)
+        if path is not None:
+            if not path.exists():
+                raise StoreError(
+                    f"No trajectory store at '{location}'. Create one with 'lohp collect --out "
+                    f"{location}'."
+                )
+            if path.is_file():
+                raise StoreError(f"'{location}' is a file, not a trajectory store (a directory).")
+            if not (path / "zarr.json").is_file():
+                raise StoreError(f"'{location}' is not a Zarr v3 store (no zarr.json).")
+        store = cls(location, _open_group(location, mode))
+        store.check_schema()
+        return store
+
+    @classmethod
+    def create_or_open(
+        cls, location: str, root_attrs: dict[str, Any]
+    ) -> tuple[TrajectoryStore, bool]:
+        """Open a store for appending, or create it with ``root_attrs``.
+
+        Returns ``(store, created)``. Refuses a path that is a file or a non-empty directory that
+        is not a Zarr store, so nothing of the user's is ever overwritten.
+        """
+        path = _local_path(location)
+        exists = True
+        if path is not None:
+            if path.is_file():
+                raise StoreError(
+                    f"Output '{location}' is a file; give a directory path for the store."
+                )
+            if path.is_dir() and not (path / "zarr.json").exists():
+                if any(path.iterdir()):
+                    raise StoreError(
+                        f"Output '{location}' is a non-empty directory that is not a Zarr store; "
+                        "choose another --out."
+                    )
+                exists = False
+            elif not path.exists():
+                exists = False
+        else:
+            import zarr
+
+            try:
+                zarr.open_group(location, mode="r")
+            except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+                exists = False
+        if exists:
+            return cls.open(location, mode="r+"), False
+        group = _open_group(location, "w-")
+        group.attrs.update(
+            {
+                "schema": SCHEMA,
+                "schema_version": SCHEMA_VERSION,
+                "init_complete": False,
+                **root_attrs,
+            }
+        )
+        group.require_group("tasks")
+        group.require_group("runs")
+        return cls(location, group), True
+
+    def check_schema(self) -> None:
+        attrs = dict(self.root.attrs)
+        if attrs.get("schema") != SCHEMA:
+            raise StoreError(
+                f"'{self.location}' is not a lohp trajectory store (schema "
+                f"{attrs.get('schema')!r}, expected {SCHEMA!r})."
+            )
+        version = attrs.get("schema_version")
+        if not isinstance(version, int):
+            raise StoreError(f"'{self.location}' has no valid schema_version.")
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"Store '{self.location}' has schema_version {version}; this lohp reads up to "
+                f"{SCHEMA_VERSION}. Upgrade lohp or re-run 'lohp collect'."
+            )
+
+    # ---- root metadata ----------------------------------------------------------------------
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self.root.attrs)
+
+    def update_attrs(self, **values: Any) -> None:
+        self.root.attrs.update(values)
+
+    # ---- feature extractor ------------------------------------------------------------------
+    def save_tensors(self, group_name: str, tensors: dict[str, np.ndarray], attrs: dict) -> None:
+        """Write named float32 arrays into a sub-group (replaced whole)."""
+        if group_name in self.root:
+            del self.root[group_name]
+        g = self.root.create_group(group_name)
+        for name, arr in tensors.items():
+            g.create_array(name, data=np.ascontiguousarray(arr, dtype=np.float32))
+        g.attrs.update({**attrs, "complete": True})
+
+    def load_tensors(self, group_name: str) -> dict[str, np.ndarray]:
+        if group_name not in self.root or not self.root[group_name].attrs.get("complete"):
+            raise StoreError(f"Store '{self.location}' has no complete '{group_name}' group.")
+        g = self.root[group_name]
+        return {name: np.asarray(arr[...]) for name, arr in g.arrays()}
+
+    # ---- tasks ------------------------------------------------------------------------------
+    def has_task(self, task_id: str) -> bool:
+        return task_id in self.root["tasks"] and "condition" in self.root["tasks"][task_id]
+
+    def write_task(self, task_id: str, condition: np.ndarray, attrs: dict[str, Any]) -> None:
+        g = self.root["tasks"].require_group(task_id)
+        g.attrs.update(attrs)
+        g.create_array("condition", data=np.asarray(condition, dtype=np.float32), overwrite=True)
+
+    def task_ids(self) -> list[str]:
+        return sorted(k for k in self.root["tasks"].group_keys())
+
+    def condition(self, task_id: str) -> np.ndarray:
+        return np.asarray(self.root["tasks"][task_id]["condition"][...])
+
+    # ---- runs -------------------------------------------------------------------------------
+    def run_ids(self) -> list[str]:
+        return sorted(self.root["runs"].group_keys())
+
+    def run_attrs(self, rid: str) -> dict[str, Any] | None:
+        """A run's attrs, or None when it is missing or its metadata is unreadable."""
+        try:
+            return dict(self.root["runs"][rid].attrs)
+        except Exception:  # noqa: BLE001 - a half-written run reads as missing
+            return None
+
+    def run_status(self, rid: str) -> str | None:
+        attrs = self.run_attrs(rid)
+        return None if attrs is None else attrs.get("status")
+
+    def complete_runs(self) -> list[str]:
+        return [r for r in self.run_ids() if self.run_status(r) == STATUS_COMPLETE]
+
+    def delete_run(self, rid: str) -> None:
+        runs = self.root["runs"]
+        try:
+            del runs[rid]
+        except KeyError:
+            pass
+        path = _local_path(self.location)
+        if path is not None:  # a run whose metadata was cut short may not be a valid zarr node
+            import shutil
+
+            shutil.rmtree(path / "runs" / rid, ignore_errors=True)
+
+    def begin_run(
+        self, rid: str, states: int, size: int, codec: StoreCodecConfig, attrs: dict[str, Any]
+    ) -> RunWriter:
+        """Start (or restart) a run: any earlier partial data of ``rid`` is removed first."""
+        self.delete_run(rid)
+        g = self.root["runs"].create_group(rid)
+        g.attrs.update({**attrs, "status": STATUS_RUNNING, "steps_written": 0})
+        compressors = codecs_for(codec)
+        chunk = min(codec.chunk_steps, states)
+        g.create_array(
+            "weights",
+            shape=(states, size),
+            chunks=(chunk, size),
+            dtype="float32",
+            compressors=compressors,
+            fill_value=np.nan,
+        )
+        for name in ("loss", "train_acc"):
+            g.create_array(
+                name,
+                shape=(states,),
+                chunks=(states,),
+                dtype="float32",
+                compressors=compressors,
+                fill_value=np.nan,
+            )
+        return RunWriter(g, states, size, chunk)
+
+    def weights(self, rid: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Recorded weights ``[stop - start, P]`` of a run."""
+        return np.asarray(self.root["runs"][rid]["weights"][start:stop])
+
+    def run_array(self, rid: str, name: str) -> np.ndarray:
+        return np.asarray(self.root["runs"][rid][name][...])
+
+    def iter_runs(self, complete_only: bool = True) -> Iterator[tuple[str, dict[str, Any]]]:
+        for rid in self.run_ids():
+            attrs = self.run_attrs(rid)
+            if attrs is None or (complete_only and attrs.get("status") != STATUS_COMPLETE):
+                continue
+            yield rid, attrs
+
+    def bytes_on_disk(self, sub: str = "") -> int | None:
+        """Bytes under ``sub`` (glob, e.g. ``runs/*/weights``) on a local disk; None if remote."""
+        path = _local_path(self.location)
+        if path is None:
+            return None
+        dirs = list(path.glob(sub)) if sub else [path]
+        return sum(f.stat().st_size for d in dirs for f in d.rglob("*") if f.is_file())
+
+
+class RunWriter:
+    """Buffers recorded states and writes one whole time chunk at a time."""
+
+    def __init__(self, group: Any, states: int, size: int, chunk: int) -> None:
+        self.group = group
+        self.states = states
+        self.chunk = chunk
+        self.buf = np.empty((chunk, size), dtype=np.float32)
+        self.loss = np.full(states, np.nan, dtype=np.float32)
+        self.acc = np.full(states, np.nan, dtype=np.float32)
+        self.written = 0  # states flushed to the store
+        self.filled = 0  # states in the buffer
+        self.t0 = time.perf_counter()
+
+    def append(self, weights: np.ndarray, loss: float, acc: float) -> None:
+        """Record one state ``weights [P]`` with its minibatch loss and accuracy."""
+        i = self.written + self.filled
+        if i >= self.states:
+            raise ValueError("more states appended than the run has")
+        self.buf[self.filled] = weights
+        self.loss[i], self.acc[i] = loss, acc
+        self.filled += 1
+        if self.filled == self.chunk:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.filled:
+            w = self.group["weights"]
+            w[self.written : self.written + self.filled] = self.buf[: self.filled]
+            self.written += self.filled
+            self.filled = 0
+            self.group.attrs["steps_written"] = self.written
+
+    def finish(self, extra: dict[str, Any] | None = None) -> float:
+        """Write the rest, then mark the run complete (the last write). Returns wall seconds."""
+        self.flush()
+        if self.written != self.states:
+            raise ValueError(f"run has {self.written} of {self.states} states")
+        self.group["loss"][:] = self.loss
+        self.group["train_acc"][:] = self.acc
+        wall = time.perf_counter() - self.t0
+        self.group.attrs.update(
+            {**(extra or {}), "wall_time_s": round(wall, 4), "status": STATUS_COMPLETE}
+        )
+        return wall
