@@ -95,6 +95,16 @@ class TaskConfig(Frozen):
     )
 
 
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, v: str) -> str:
+        from lohp_cli.tasks.families import FAMILIES
+
+        if v not in FAMILIES:
+            raise ValueError(f"unknown task family {v!r}; choose from {', '.join(sorted(FAMILIES))}")
+        return v
+
+
 class ModelConfig(Frozen):
     name: Literal["head", "mlp", "cnn"] = Field(
         "head", description="Target model: head (over a frozen extractor), mlp or cnn."
