@@ -110,7 +110,7 @@ DryRunOpt = Annotated[
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:i.")]
 
 
-@app.command()
+@app.command(epilog=EXIT_CODES_HELP)
 def collect(
     out: Annotated[
         str | None, typer.Option("--out", "-o", help="Output store: path or fsspec URL.")
@@ -225,7 +225,109 @@ def _collect_progress() -> Callable[[dict[str, Any]], None]:
     return on_event
 
 
-@app.command()
+@app.command("train-policy", epilog=EXIT_CODES_HELP)
+def train_policy_cmd(
+    store: Annotated[
+        str | None, typer.Option(help="Trajectory store (path or fsspec URL).")
+    ] = None,
+    out: Annotated[str | None, typer.Option("--out", "-o", help="Output policy directory.")] = None,
+    method: Annotated[str | None, typer.Option(help="lo-hp, lo-op, lo-di or hypernetwork.")] = None,
+    k: Annotated[int | None, typer.Option(help="Matching factor k (N = T/k).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Training steps.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Trajectories per step.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate (warns above 1e-3).")] = None,
+    optimizers: Annotated[
+        str | None, typer.Option(help="Learn only from these optimizers' runs (comma list).")
+    ] = None,
+    max_minutes: Annotated[float | None, typer.Option(help="Stop (resumable) after this.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed.")] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace a policy trained on another store.")
+    ] = False,
+    device: DeviceOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Train the Lo-Hp policy (or an ablation) on a store; prints the policy directory.
+
+    Re-running the same command resumes from the last checkpoint. Under torchrun it trains with
+    DistributedDataParallel (gloo on CPU, nccl on CUDA); rank 0 writes.
+    """
+
+    def go() -> Any:
+        from lohp_cli.config import TrainConfig, resolve
+
+        cfg = resolve(
+            TrainConfig,
+            config,
+            set_,
+            {
+                "store": store,
+                "out": out,
+                "method": method,
+                "k": k,
+                "steps": steps,
+                "batch_size": batch_size,
+                "lr": lr,
+                "optimizers": _split_list(optimizers),
+                "max_minutes": max_minutes,
+                "seed": seed,
+                "device": device,
+                "overwrite": True if overwrite else None,
+            },
+        )
+        if dry_run:
+            typer.echo(json.dumps(cfg.model_dump(mode="json"), indent=2))
+            return None
+        import warnings
+
+        from lohp_cli.train import train_policy
+
+        warnings.filterwarnings("ignore", message="policy learning rate")
+        return train_policy(cfg, _train_progress())
+
+    result = run_guarded(go)
+    if result is not None:
+        state = "complete" if result.complete else "stopped early (re-run to resume)"
+        loss = "-" if result.final_loss is None else f"{result.final_loss:.4g}"
+        log(f"[green]done[/]: step {result.step}, {state}, loss {loss}, {result.wall_time_s:.1f} s")
+        if int(__import__("os").environ.get("RANK", "0")) == 0:
+            typer.echo(result.policy)
+
+
+def _train_progress() -> Callable[[dict[str, Any]], None]:
+    """A progress callback rendering train-policy events on stderr."""
+    import os
+
+    quiet = int(os.environ.get("RANK", "0")) != 0
+
+    def on_event(e: dict[str, Any]) -> None:
+        if quiet:
+            return
+        kind = e["event"]
+        if kind == "warning":
+            log(f"[bold yellow]warning:[/] {e['message']}")
+        elif kind == "info":
+            log(e["message"])
+        elif kind == "device":
+            log(f"device: {e['device']} (world size {e['world_size']})")
+        elif kind == "stats":
+            log(f"normalisation statistics over {e['runs']} run(s)")
+        elif kind == "resume":
+            log(f"resuming from step {e['step']}")
+        elif kind == "start":
+            log(f"training {e['params']:,} parameters on {e['runs']} run(s), N = {e['N']} steps")
+        elif kind == "log":
+            terms = " ".join(f"{k}={e[k]:.4g}" for k in ("loss", "off", "on", "mse") if k in e)
+            log(f"step {e['step']}/{e['steps']} {terms}")
+        elif kind == "timeout":
+            log(f"--max-minutes reached at step {e['step']}; re-run to continue")
+
+    return on_event
+
+
+@app.command(epilog=EXIT_CODES_HELP)
 def inspect(
     store: Annotated[str, typer.Argument(help="Trajectory store: path or fsspec URL.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
@@ -244,7 +346,9 @@ def inspect(
     if verify and not summary["verified"]:
         err_console.print(
             f"[bold red]error:[/] {len(summary['problems'])} problem(s): "
-            + "; ".join(summary["problems"][:5])
+            + "; ".join(summary["problems"][:5]),
+            highlight=False,
+            soft_wrap=True,
         )
         raise typer.Exit(3)
 

@@ -88,7 +88,7 @@ def compat_spec(cfg: CollectConfig, family: TaskFamily) -> dict[str, Any]:
 
 def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
     if isinstance(a, dict) and isinstance(b, dict):
-        for k in sorted(set(a) | set(b)):
+        for k in sorted(set(a) | set(b), key=lambda k: (k != "name", k)):
             d = _first_difference(a.get(k), b.get(k), f"{path}.{k}" if path else k)
             if d:
                 return d

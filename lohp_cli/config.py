@@ -94,14 +94,15 @@ class TaskConfig(Frozen):
         False, description="Let torchvision download a missing data set into data_root."
     )
 
-
     @field_validator("family")
     @classmethod
     def _known_family(cls, v: str) -> str:
         from lohp_cli.tasks.families import FAMILIES
 
         if v not in FAMILIES:
-            raise ValueError(f"unknown task family {v!r}; choose from {', '.join(sorted(FAMILIES))}")
+            raise ValueError(
+                f"unknown task family {v!r}; choose from {', '.join(sorted(FAMILIES))}"
+            )
         return v
 
 
@@ -249,6 +250,8 @@ def format_validation_error(exc: ValidationError) -> str:
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown config key"
+        elif not isinstance(err.get("input"), dict):
+            msg += f" (got {err['input']!r})"
         parts.append(f"{loc}: {msg}")
     return "Invalid config: " + "; ".join(parts) + "."
 
@@ -276,3 +279,104 @@ def resolve(
         return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc)) from None
+
+
+METHODS = ("lo-hp", "lo-op", "lo-di", "hypernetwork")
+
+
+class PolicyConfig(Frozen):
+    backbone: Literal["unet", "mlp"] = Field(
+        "unet", description="unet: 1-D U-Net over the parameter vector (paper); mlp: plain MLP."
+    )
+    channels: tuple[int, ...] = Field((32, 64, 128), description="U-Net channels per level.")
+    patch: int = Field(8, ge=1, description="U-Net: coordinates per position (patch size).")
+    hidden: int = Field(512, ge=1, description="Hidden width of the mlp backbone.")
+    emb_dim: int = Field(128, ge=2, description="Size of the step/condition embedding.")
+    sigma: Literal["schedule", "learned"] = Field(
+        "schedule",
+        description="schedule: σ_i from the mean matched offline step; learned: a scalar per step "
+        "initialised there.",
+    )
+    sigma_scale: float = Field(1.0, gt=0, description="Multiplies the σ schedule.")
+    sigma_min: float = Field(1e-4, gt=0, description="Lower bound of σ (normalised units).")
+    backward: Literal["fixed", "learned"] = Field(
+        "fixed", description="fixed: P_B is N(s_{i+1}, σ_i²); learned: its mean has a U-Net head."
+    )
+    coefficient: Literal["per_step", "mlp"] = Field(
+        "per_step", description="Learnable coefficient z_i: a scalar per step, or an MLP of (i, c)."
+    )
+    beta: float | Literal["auto"] = Field(
+        "auto", description="Reward sharpness β; auto: β_i = 1/(2σ_i²) (balances f = Δ exactly)."
+    )
+    optimizer_token: bool = Field(
+        False, description="Condition on which optimizer's trajectory to imitate."
+    )
+
+    @field_validator("beta")
+    @classmethod
+    def _beta_positive(cls, v: float | str) -> float | str:
+        if not isinstance(v, str) and v <= 0:
+            raise ValueError("beta must be positive or 'auto'")
+        return v
+
+
+class LossConfig(Frozen):
+    lam: float = Field(0.9, gt=0, le=1, description="λ: pair (m, n) weight λ^(n−m).")
+    pairs: Literal["lambda", "equal"] = Field("lambda", description="Pair weighting.")
+    max_len: int | None = Field(None, ge=1, description="Only pairs with n − m ≤ max_len.")
+    w_off: float = Field(1.0, ge=0, description="Weight of the off-policy SubTB term.")
+    w_on: float = Field(1.0, ge=0, description="Weight of the on-policy SubTB term.")
+    hybrid_start: float = Field(
+        0.5, ge=0, le=1, description="Probability that an on-policy rollout starts at θ_{k·m}."
+    )
+    lodi_noise: float = Field(0.1, ge=0, description="Lo-Di: noise added to inputs (× σ_i).")
+
+
+class TrainConfig(Frozen):
+    store: str = Field("runs/fmnist.zarr", description="Trajectory store to learn from.")
+    out: str = Field("policies/fmnist-k2", description="Output policy directory.")
+    method: Literal["lo-hp", "lo-op", "lo-di", "hypernetwork"] = Field(
+        "lo-hp", description="lo-hp, lo-op (on-policy only), lo-di, hypernetwork."
+    )
+    k: int = Field(2, ge=1, description="Matching factor: N = T / k policy steps.")
+    steps: int = Field(3000, ge=1, description="Policy training steps.")
+    batch_size: int = Field(32, ge=1, description="Trajectories per step (per process).")
+    lr: float = Field(1e-3, gt=0, description="Learning rate (above 1e-3 tends to diverge).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    grad_clip: float = Field(1.0, gt=0, description="Gradient norm clip.")
+    optimizers: tuple[str, ...] | None = Field(
+        None, description="Learn only from runs of these optimizers (default: all in the store)."
+    )
+    normalize: Literal["init", "all"] = Field(
+        "init",
+        description="Per-coordinate z-score from θ_0 of all runs (s_0 ~ N(0, I) then looks like "
+        "the optimizers' starts) or from every recorded state.",
+    )
+    window: int | None = Field(
+        None, ge=1, description="Online steps per sampled sub-trajectory (default: all N)."
+    )
+    checkpoint_every: int = Field(100, ge=1, description="Steps between checkpoints.")
+    log_every: int = Field(10, ge=1, description="Steps between metrics lines.")
+    max_minutes: float | None = Field(None, gt=0, description="Stop (resumable) after this time.")
+    seed: int = Field(0, description="Seed of initialisation and sampling.")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:i.")
+    amp: bool = Field(False, description="bfloat16 autocast (CUDA only).")
+    compile: bool = Field(False, description="torch.compile the backbone (CUDA only).")
+    cache_mb: float = Field(32.0, ge=0, description="Cache of decoded runs, in MB.")
+    overwrite: bool = Field(False, description="Replace a policy made from another store.")
+    policy: PolicyConfig = Field(default_factory=PolicyConfig, description="Policy architecture.")
+    loss: LossConfig = Field(default_factory=LossConfig, description="Loss settings.")
+
+    @field_validator("optimizers")
+    @classmethod
+    def _subset(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("the optimizer subset is empty; list at least one of sgd, adam, sam")
+        unknown = [o for o in v if o not in OPTIMIZERS]
+        if unknown:
+            raise ValueError(
+                f"unknown optimizer {unknown[0]!r}; choose from {', '.join(OPTIMIZERS)}"
+            )
+        return v

@@ -1,0 +1,140 @@
+"""Policy directories: safetensors for tensors, JSON for everything else, atomic writes.
+
+::
+
+    policy/
+      model.safetensors          policy weights
+      normalization.safetensors  mean/std [P], cond_mean/std [D], step_rms [N]
+      config.json                kind, format, train config, layout, store fingerprint, k, N…
+      metrics.jsonl              one JSON line per logged step
+      state/                     resume: model.safetensors, optimizer.safetensors, trainer.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from lohp_cli.errors import CompatibilityError
+
+POLICY_KIND = "lohp.policy"
+POLICY_FORMAT = 1
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, fsync, and rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def atomic_save_tensors(
+    path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
+) -> None:
+    """safetensors file written atomically (tensors are made contiguous CPU copies)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata
+        )
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """Load a safetensors file; a missing or corrupt file is a :class:`CompatibilityError`."""
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise CompatibilityError(f"'{path}' is missing.") from None
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+        raise CompatibilityError(f"'{path}' is not a readable safetensors file ({exc}).") from None
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CompatibilityError(f"'{path}' is missing.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CompatibilityError(f"'{path}' is not valid JSON ({exc}).") from None
+
+
+def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimizer state dict into tensors (for safetensors) and JSON metadata."""
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    extra: dict[str, dict[str, Any]] = {}
+    for pid, st in sd["state"].items():
+        for key, val in st.items():
+            if torch.is_tensor(val):
+                tensors[f"{pid}.{key}"] = val
+            else:
+                extra.setdefault(str(pid), {})[key] = val
+    return tensors, {"param_groups": sd["param_groups"], "extra": extra}
+
+
+def optimizer_from_tensors(
+    opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict
+) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for name, val in tensors.items():
+        pid, key = name.split(".", 1)
+        state.setdefault(int(pid), {})[key] = val
+    for pid, kv in meta.get("extra", {}).items():
+        state.setdefault(int(pid), {}).update(kv)
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_state(
+    out: Path,
+    model_sd: dict[str, torch.Tensor],
+    opt: torch.optim.Optimizer,
+    trainer: dict[str, Any],
+) -> None:
+    """Write ``state/`` as a whole: into ``state.tmp``, then swapped in by renames."""
+    tmp, final, old = out / "state.tmp", out / "state", out / "state.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    atomic_save_tensors(tmp / "model.safetensors", model_sd)
+    ot, ometa = optimizer_to_tensors(opt)
+    atomic_save_tensors(tmp / "optimizer.safetensors", ot)
+    atomic_write_json(tmp / "optimizer.json", ometa)
+    atomic_write_json(tmp / "trainer.json", trainer)
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def state_dir(out: Path) -> Path | None:
+    """The newest complete state directory (``state``, or ``state.old`` after a cut swap)."""
+    for name in ("state", "state.old"):
+        d = out / name
+        if (d / "trainer.json").is_file():
+            return d
+    return None

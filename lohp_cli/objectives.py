@@ -1,0 +1,107 @@
+"""Training objectives of the policy methods, as modules (so DistributedDataParallel wraps them).
+
+``lo-hp``: off-policy + on-policy sub-trajectory balance (hybrid starts); ``lo-op``: on-policy only;
+``lo-di``: diffusion-style local targets (regress s_i → θ_{k(i+1)} with input noise);
+``hypernetwork``: regress the final weights from the task condition.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from lohp_cli.config import TrainConfig
+from lohp_cli.losses import balance_loss, pair_weights
+from lohp_cli.policy.gaussian import HyperNetwork, LoHpPolicy
+
+
+def _opt_token(model: nn.Module, opt: torch.Tensor) -> torch.Tensor | None:
+    return opt if getattr(model.cfg, "optimizer_token", False) else None
+
+
+class Objective(nn.Module):
+    """Computes one method's loss on a batch of matched trajectories ``x [B, N+1, P]``."""
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig, n_steps: int) -> None:
+        super().__init__()
+        self.model = model
+        self.cfg = cfg
+        self.n_steps = n_steps
+        self.gen: torch.Generator | None = None  # set per step: window, starts and noise
+
+    def _randint(self, high: int) -> int:
+        return int(torch.randint(0, high, (1,), generator=self.gen))
+
+    def _rand(self) -> float:
+        return float(torch.rand((), generator=self.gen))
+
+    def _randn(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        return torch.randn(shape, generator=self.gen).to(device)
+
+    def forward(
+        self, x: torch.Tensor, cond: torch.Tensor, opt: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        method = self.cfg.method
+        if method == "hypernetwork":
+            assert isinstance(self.model, HyperNetwork)
+            pred = self.model(cond, opt if self.cfg.policy.optimizer_token else None)
+            loss = ((pred - x[:, -1]) ** 2).mean()
+            return loss, {"mse": float(loss.detach())}
+        policy = self.model
+        assert isinstance(policy, LoHpPolicy)
+        n = self.n_steps
+        w = min(self.cfg.window or n, n)
+        tok = _opt_token(policy, opt)
+        if method == "lo-di":
+            m = self._randint(n - w + 1)
+            s = x[:, m : m + w]  # [B, W, P] inputs s_i
+            sig = policy.sigma()[m : m + w].view(1, -1, 1)
+            noisy = s + self.cfg.loss.lodi_noise * sig * self._randn(tuple(s.shape), s.device)
+            b, ln, p = noisy.shape
+            idx = torch.arange(m, m + w, device=x.device).repeat(b)
+            f, _ = policy.means(
+                noisy.reshape(b * ln, p),
+                idx,
+                cond.repeat_interleave(ln, 0),
+                None if tok is None else tok.repeat_interleave(ln, 0),
+            )
+            target = x[:, m + 1 : m + w + 1] - noisy  # [B, W, P]
+            loss = ((f.view(b, ln, p) - target) ** 2).mean()
+            return loss, {"mse": float(loss.detach())}
+
+        lc = self.cfg.loss
+        weights = pair_weights(w + 1, lc.lam, lc.pairs, lc.max_len, device=x.device)
+        z_all = policy.log_z(cond)  # [B, N+1]
+        beta_all = policy.beta()  # [N+1]
+        terms: dict[str, float] = {}
+        total = x.new_zeros(())
+        if method == "lo-hp" and lc.w_off > 0:
+            m = self._randint(n - w + 1)
+            xs = x[:, m : m + w + 1]  # [B, W+1, P]
+            ratios = policy.log_ratios(xs, m, cond, tok)
+            off = balance_loss(
+                ratios, xs, xs, z_all[:, m : m + w + 1], beta_all[m : m + w + 1], weights
+            )
+            total = total + lc.w_off * off
+            terms["off"] = float(off.detach())
+        if lc.w_on > 0:
+            if self._rand() < lc.hybrid_start:
+                m = self._randint(n - w + 1)
+                s0 = x[:, m]  # hybrid start from an offline state
+            else:
+                m = 0
+                s0 = self._randn(tuple(x[:, 0].shape), x.device)  # s_0 ~ N(0, I)
+            traj = policy.rollout(s0, m, cond, tok, mode="sample", gen=self.gen, stop=m + w)
+            ratios = policy.log_ratios(traj, m, cond, tok)
+            on = balance_loss(
+                ratios,
+                traj,
+                x[:, m : m + w + 1],
+                z_all[:, m : m + w + 1],
+                beta_all[m : m + w + 1],
+                weights,
+            )
+            total = total + lc.w_on * on
+            terms["on"] = float(on.detach())
+        terms["loss"] = float(total.detach())
+        return total, terms

@@ -1,0 +1,177 @@
+"""The Lo-Hp policy: Gaussian forward/backward policies over a shared backbone, σ, and z_i.
+
+States live in the normalised weight space (``NormStats``). With N online steps:
+
+- P_F(s_{i+1} | s_i) = N(s_i + f(s_i, i, c), σ_i² I)
+- P_B(s_i | s_{i+1}) = N(s_{i+1} − b(s_{i+1}, i+1, c), σ_i² I); ``backward="fixed"`` sets b = 0
+- log F^{(n)}_t(s) = z_t − β_t ||s − θ_{k·n}||², with β_t = 1/(2σ_t²) when ``beta="auto"``
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from lohp_cli.config import OPTIMIZERS, PolicyConfig
+from lohp_cli.policy.backbone import MLPBackbone, UNet1d, sinusoidal
+
+
+class LoHpPolicy(nn.Module):
+    """Forward/backward Gaussian policies, σ schedule and learnable coefficient."""
+
+    def __init__(
+        self, size: int, cond_dim: int, n_steps: int, sigma: torch.Tensor, cfg: PolicyConfig
+    ) -> None:
+        super().__init__()
+        self.size, self.cond_dim, self.n_steps, self.cfg = size, cond_dim, n_steps, cfg
+        e = cfg.emb_dim
+        self.step_mlp = nn.Sequential(nn.Linear(e, e), nn.SiLU(), nn.Linear(e, e))
+        self.cond_mlp = nn.Sequential(nn.Linear(cond_dim, e), nn.SiLU(), nn.Linear(e, e))
+        self.opt_emb = nn.Embedding(len(OPTIMIZERS), e) if cfg.optimizer_token else None
+        if cfg.backbone == "unet":
+            self.backbone: nn.Module = UNet1d(size, e, tuple(cfg.channels), cfg.patch)
+        else:
+            self.backbone = MLPBackbone(size, e, cfg.hidden)
+        log_sigma = torch.log(sigma.clamp_min(cfg.sigma_min))  # [N]
+        if cfg.sigma == "learned":
+            self.log_sigma = nn.Parameter(log_sigma.clone())
+        else:
+            self.register_buffer("log_sigma", log_sigma.clone())
+        if cfg.coefficient == "per_step":
+            self.z = nn.Parameter(torch.zeros(n_steps + 1))
+        else:
+            self.z_mlp = nn.Sequential(nn.Linear(2 * e, e), nn.SiLU(), nn.Linear(e, 1))
+            nn.init.zeros_(self.z_mlp[-1].weight)
+            nn.init.zeros_(self.z_mlp[-1].bias)
+
+    # ---- pieces -----------------------------------------------------------------------------
+    def embed(self, i: torch.Tensor, cond: torch.Tensor, opt: torch.Tensor | None) -> torch.Tensor:
+        """Conditioning embedding ``[B, E]`` of step ``i [B]``, condition ``[B, D]``, optimizer."""
+        h = self.step_mlp(sinusoidal(i, self.cfg.emb_dim)) + self.cond_mlp(cond)
+        if self.opt_emb is not None and opt is not None:
+            h = h + self.opt_emb(opt)
+        return nn.functional.silu(h)
+
+    def means(
+        self, s: torch.Tensor, i: torch.Tensor, cond: torch.Tensor, opt: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward step f and backward step b at states ``s [B, P]``: two ``[B, P]`` tensors."""
+        out = self.backbone(s, self.embed(i, cond, opt))  # [B, 2, P]
+        return out[:, 0], out[:, 1]
+
+    def sigma(self) -> torch.Tensor:
+        """σ_i ``[N]``."""
+        return self.log_sigma.exp().clamp_min(self.cfg.sigma_min)
+
+    def beta(self) -> torch.Tensor:
+        """β_t ``[N+1]`` for the flow at state t (the last state reuses σ_{N−1})."""
+        if self.cfg.beta == "auto":
+            sig = self.sigma()
+            sig = torch.cat([sig, sig[-1:]])
+            return 1.0 / (2 * sig**2)
+        return torch.full((self.n_steps + 1,), float(self.cfg.beta), device=self.log_sigma.device)
+
+    def log_z(self, cond: torch.Tensor) -> torch.Tensor:
+        """z_t for every state t: ``[B, N+1]``."""
+        b = cond.shape[0]
+        if self.cfg.coefficient == "per_step":
+            return self.z.unsqueeze(0).expand(b, -1)
+        t = torch.arange(self.n_steps + 1, device=cond.device)
+        ti = sinusoidal(t, self.cfg.emb_dim).unsqueeze(0).expand(b, -1, -1)  # [B, N+1, E]
+        ci = self.cond_mlp(cond).unsqueeze(1).expand(-1, self.n_steps + 1, -1)
+        return self.z_mlp(torch.cat([ti, ci], dim=-1)).squeeze(-1)
+
+    # ---- trajectories -----------------------------------------------------------------------
+    def log_ratios(
+        self, states: torch.Tensor, start: int, cond: torch.Tensor, opt: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """log P_F(s_{i+1}|s_i) − log P_B(s_i|s_{i+1}) for each step of ``states``.
+
+        ``states [B, L+1, P]`` are the states at online indices ``start … start+L``.
+        Returns ``[B, L]``. One backbone call evaluates every state once.
+        """
+        b, l1, p = states.shape
+        idx = torch.arange(start, start + l1, device=states.device)  # [L+1]
+        flat = states.reshape(b * l1, p)
+        f, bw = self.means(
+            flat,
+            idx.repeat(b),
+            cond.repeat_interleave(l1, 0),
+            None if opt is None else opt.repeat_interleave(l1, 0),
+        )
+        f, bw = f.view(b, l1, p), bw.view(b, l1, p)
+        sig = self.sigma()[start : start + l1 - 1]  # [L]
+        s0, s1 = states[:, :-1], states[:, 1:]  # [B, L, P]
+        fwd = -((s1 - s0 - f[:, :-1]) ** 2).sum(-1)  # [B, L]
+        if self.cfg.backward == "fixed":
+            bwd = -((s0 - s1) ** 2).sum(-1)
+        else:
+            bwd = -((s0 - (s1 - bw[:, 1:])) ** 2).sum(-1)
+        # the Gaussian normalisers cancel because P_F and P_B share σ_i
+        return (fwd - bwd) / (2 * sig**2)
+
+    def log_prob_forward(
+        self,
+        s0: torch.Tensor,
+        s1: torch.Tensor,
+        i: int,
+        cond: torch.Tensor,
+        opt: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """log P_F(s1 | s0) at online step ``i``: ``[B]`` (with the Gaussian normaliser)."""
+        f, _ = self.means(s0, torch.full((s0.shape[0],), i, device=s0.device), cond, opt)
+        sig = self.sigma()[i]
+        return -((s1 - s0 - f) ** 2).sum(-1) / (2 * sig**2) - self.size * (
+            torch.log(sig) + 0.5 * math.log(2 * math.pi)
+        )
+
+    @torch.no_grad()
+    def rollout(
+        self,
+        s: torch.Tensor,
+        start: int,
+        cond: torch.Tensor,
+        opt: torch.Tensor | None = None,
+        mode: str = "mean",
+        gen: torch.Generator | None = None,
+        stop: int | None = None,
+    ) -> torch.Tensor:
+        """Run the forward policy from ``s [B, P]`` at index ``start`` to ``stop`` (default N).
+
+        Returns all states ``[B, stop−start+1, P]``. ``mode="sample"`` adds σ_i noise.
+        """
+        stop = self.n_steps if stop is None else stop
+        out = [s]
+        sig = self.sigma()
+        for i in range(start, stop):
+            f, _ = self.means(s, torch.full((s.shape[0],), i, device=s.device), cond, opt)
+            s = s + f
+            if mode == "sample":
+                noise = torch.randn(s.shape, generator=gen, device="cpu").to(s.device)
+                s = s + sig[i] * noise
+            out.append(s)
+        return torch.stack(out, dim=1)
+
+
+class HyperNetwork(nn.Module):
+    """Baseline: an MLP from the task condition (and optimizer token) straight to θ_T."""
+
+    def __init__(self, size: int, cond_dim: int, hidden: int = 512, optimizer_token: bool = False):
+        super().__init__()
+        self.size = size
+        self.opt_emb = nn.Embedding(len(OPTIMIZERS), cond_dim) if optimizer_token else None
+        self.net = nn.Sequential(
+            nn.Linear(cond_dim, hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, hidden),
+            nn.SiLU(),
+            nn.Linear(hidden, size),
+        )
+
+    def forward(self, cond: torch.Tensor, opt: torch.Tensor | None = None) -> torch.Tensor:
+        """``cond [B, D]`` -> normalised final weights ``[B, P]``."""
+        if self.opt_emb is not None and opt is not None:
+            cond = cond + self.opt_emb(opt)
+        return self.net(cond)

@@ -1,0 +1,196 @@
+"""Stream matched sub-trajectories from a trajectory store for policy training.
+
+Nothing loads the whole store: statistics are accumulated one run at a time, and batches read only
+the runs they draw (through a cache bounded in megabytes), so memory is bounded by
+batch size × (N+1) × P plus the cache, not by the store's size.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from lohp_cli.config import OPTIMIZERS
+from lohp_cli.errors import ConfigError, DataError, StoreError
+from lohp_cli.store.trajectory_store import TrajectoryStore
+
+
+@dataclass(frozen=True)
+class RunRef:
+    run_id: str
+    task_id: str
+    optimizer: str
+
+
+@dataclass(frozen=True)
+class NormStats:
+    """Per-coordinate normalisation of weights and conditions, and the σ schedule.
+
+    ``mean``/``std`` ``[P]``; ``cond_mean``/``cond_std`` ``[D]``; ``step_rms`` ``[N]``: the root
+    mean square of the matched offline step ``x_{i+1} − x_i`` in normalised units, averaged over
+    runs and coordinates.
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+    cond_mean: torch.Tensor
+    cond_std: torch.Tensor
+    step_rms: torch.Tensor
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        return {k: v.contiguous() for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_tensors(cls, t: dict[str, torch.Tensor]) -> NormStats:
+        return cls(**{k: t[k] for k in ("mean", "std", "cond_mean", "cond_std", "step_rms")})
+
+    def normalize(self, theta: torch.Tensor) -> torch.Tensor:
+        """Weights ``[..., P]`` -> normalised space."""
+        return (theta - self.mean.to(theta)) / self.std.to(theta)
+
+    def denormalize(self, s: torch.Tensor) -> torch.Tensor:
+        """Normalised ``[..., P]`` -> weights."""
+        return s * self.std.to(s) + self.mean.to(s)
+
+    def normalize_condition(self, c: torch.Tensor) -> torch.Tensor:
+        return (c - self.cond_mean.to(c)) / self.cond_std.to(c)
+
+
+def select_runs(store: TrajectoryStore, optimizers: tuple[str, ...] | None) -> list[RunRef]:
+    """Complete runs of the store, optionally only those of ``optimizers``."""
+    runs = [RunRef(rid, a["task_id"], a["optimizer"]) for rid, a in store.iter_runs()]
+    if not runs:
+        raise StoreError(
+            f"Store '{store.location}' has no complete runs; run 'lohp collect' first."
+        )
+    if optimizers is not None:
+        have = sorted({r.optimizer for r in runs})
+        runs = [r for r in runs if r.optimizer in optimizers]
+        if not runs:
+            raise ConfigError(
+                f"No complete runs of optimizer(s) {', '.join(optimizers)} in '{store.location}'; "
+                f"it has {', '.join(have)}."
+            )
+    return runs
+
+
+def matched_indices(states: int, k: int) -> list[int]:
+    """Recorded-state indices 0, k, 2k, …, T of the online steps (k must divide T = states − 1)."""
+    t = states - 1
+    if t % k:
+        divisors = [d for d in range(1, t + 1) if t % d == 0]
+        raise ConfigError(
+            f"k={k} does not divide T={t} recorded steps of the store; choose k in {divisors}."
+        )
+    return list(range(0, states, k))
+
+
+def compute_stats(
+    store: TrajectoryStore, runs: list[RunRef], k: int, normalize: str, eps: float = 1e-6
+) -> NormStats:
+    """One streaming pass over ``runs``: weight and condition z-scores and the σ schedule."""
+    n = s1 = s2 = None
+    step_sq = None
+    c1 = c2 = None
+    cond_n = 0
+    seen_tasks: set[str] = set()
+    for ref in runs:
+        w = store.weights(ref.run_id).astype(np.float64)  # [T+1, P]
+        if not np.isfinite(w).all():
+            raise DataError(f"Run {ref.run_id} in '{store.location}' has non-finite weights.")
+        x = w[matched_indices(w.shape[0], k)]  # [N+1, P]
+        rows = x[:1] if normalize == "init" else x
+        if s1 is None:
+            n, s1, s2 = 0, np.zeros(w.shape[1]), np.zeros(w.shape[1])
+            step_sq = np.zeros((x.shape[0] - 1, w.shape[1]))
+        n += rows.shape[0]
+        s1 += rows.sum(0)
+        s2 += (rows**2).sum(0)
+        step_sq += np.diff(x, axis=0) ** 2
+        if ref.task_id not in seen_tasks:
+            seen_tasks.add(ref.task_id)
+            c = store.condition(ref.task_id).astype(np.float64)
+            c1 = c.copy() if c1 is None else c1 + c
+            c2 = c**2 if c2 is None else c2 + c**2
+            cond_n += 1
+    mean = s1 / n
+    std = np.sqrt(np.maximum(s2 / n - mean**2, 0)) + eps
+    # all-constant coordinates (e.g. a bias that never moves) keep unit scale instead of blowing up
+    std = np.where(std < 1e-4, 1.0, std)
+    step_rms = np.sqrt((step_sq / len(runs) / std**2).mean(1))  # [N]
+    cmean = c1 / cond_n
+    cstd = np.sqrt(np.maximum(c2 / cond_n - cmean**2, 0)) + 1e-3
+    f32 = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
+    return NormStats(f32(mean), f32(std), f32(cmean), f32(cstd), f32(step_rms))
+
+
+@dataclass
+class Batch:
+    """A batch of matched trajectories in normalised space."""
+
+    x: torch.Tensor  # [B, N+1, P] matched offline states θ_{k·i}, normalised
+    cond: torch.Tensor  # [B, D] normalised task conditions
+    opt: torch.Tensor  # [B] optimizer index (into OPTIMIZERS)
+    run_ids: list[str]
+
+    def to(self, device: str) -> Batch:
+        return Batch(self.x.to(device), self.cond.to(device), self.opt.to(device), self.run_ids)
+
+
+class TrajectorySampler:
+    """Draws batches of matched trajectories; a run is read from the store on first use."""
+
+    def __init__(
+        self,
+        store: TrajectoryStore,
+        runs: list[RunRef],
+        k: int,
+        stats: NormStats,
+        cache_mb: float = 32.0,
+    ) -> None:
+        self.store = store
+        self.runs = runs
+        self.k = k
+        self.stats = stats
+        self.cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self.cache_bytes = 0
+        self.cache_limit = int(cache_mb * 2**20)
+        self.reads = 0
+
+    def run(self, ref: RunRef) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x [N+1, P], c [D])`` of one run, normalised."""
+        hit = self.cache.get(ref.run_id)
+        if hit is not None:
+            self.cache.move_to_end(ref.run_id)
+            return hit
+        states = self.store.run_attrs(ref.run_id)["steps_written"]  # type: ignore[index]
+        idx = matched_indices(states, self.k)
+        w = torch.from_numpy(self.store.weights(ref.run_id)[idx])  # [N+1, P]
+        if not torch.isfinite(w).all():
+            raise DataError(f"Run {ref.run_id} in '{self.store.location}' has non-finite weights.")
+        c = torch.from_numpy(self.store.condition(ref.task_id))
+        item = (self.stats.normalize(w), self.stats.normalize_condition(c))
+        self.reads += 1
+        size = item[0].numel() * 4
+        if size <= self.cache_limit:
+            self.cache[ref.run_id] = item
+            self.cache_bytes += size
+            while self.cache_bytes > self.cache_limit:
+                _, (old, _) = self.cache.popitem(last=False)
+                self.cache_bytes -= old.numel() * 4
+        return item
+
+    def batch(self, size: int, gen: torch.Generator) -> Batch:
+        """``size`` runs drawn uniformly with replacement using ``gen``."""
+        pick = torch.randint(0, len(self.runs), (size,), generator=gen).tolist()
+        refs = [self.runs[i] for i in pick]
+        items = [self.run(r) for r in refs]
+        return Batch(
+            torch.stack([x for x, _ in items]),
+            torch.stack([c for _, c in items]),
+            torch.tensor([OPTIMIZERS.index(r.optimizer) for r in refs]),
+            [r.run_id for r in refs],
+        )

@@ -1,0 +1,370 @@
+"""Stage 2: train the Lo-Hp policy (or an ablation) on a trajectory store.
+
+Resumable: the policy directory's ``state/`` holds model and optimizer tensors and the step; every
+batch is drawn with a generator seeded from (seed, rank, step), so a resumed run sees exactly the
+batches an uninterrupted one would and ends with the same weights (CPU). Under ``torchrun`` the
+objective is wrapped in DistributedDataParallel (gloo on CPU, nccl on CUDA) and rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lohp_cli.checkpoint import (
+    POLICY_FORMAT,
+    POLICY_KIND,
+    atomic_save_tensors,
+    atomic_write_json,
+    load_tensors,
+    optimizer_from_tensors,
+    read_json,
+    save_state,
+    state_dir,
+)
+from lohp_cli.config import TrainConfig
+from lohp_cli.errors import CompatibilityError, ConfigError
+from lohp_cli.losses import check_finite
+from lohp_cli.objectives import Objective
+from lohp_cli.policy.gaussian import HyperNetwork, LoHpPolicy
+from lohp_cli.runtime import derive_seed, provenance, resolve_device
+from lohp_cli.store.sampler import (
+    NormStats,
+    TrajectorySampler,
+    compute_stats,
+    matched_indices,
+    select_runs,
+)
+from lohp_cli.store.trajectory_store import TrajectoryStore
+
+Progress = Callable[[dict[str, Any]], None]
+LR_WARN = 1e-3
+# settings that may change between a run and its resumption without changing what is learned
+RESUMABLE_KEYS = {
+    "steps",
+    "max_minutes",
+    "device",
+    "overwrite",
+    "checkpoint_every",
+    "log_every",
+    "cache_mb",
+    "store",
+}
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    policy: str
+    step: int
+    complete: bool
+    final_loss: float | None
+    wall_time_s: float
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def store_fingerprint(store: TrajectoryStore) -> dict[str, Any]:
+    """What identifies the store a policy was trained on (independent of its location)."""
+    a = store.attrs
+    compat = json.dumps(a.get("compat"), sort_keys=True)
+    return {
+        "schema": a.get("schema"),
+        "schema_version": a.get("schema_version"),
+        "compat_sha": hashlib.sha256(compat.encode()).hexdigest()[:16],
+        "created_at": a.get("provenance", {}).get("created_at"),
+    }
+
+
+def build_model(
+    cfg: TrainConfig, size: int, cond_dim: int, n_steps: int, stats: NormStats
+) -> nn.Module:
+    """The network a method trains (initialised from ``cfg.seed``)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(cfg.seed, "init"))
+        if cfg.method == "hypernetwork":
+            return HyperNetwork(size, cond_dim, cfg.policy.hidden, cfg.policy.optimizer_token)
+        sigma = stats.step_rms * cfg.policy.sigma_scale  # [N]
+        return LoHpPolicy(size, cond_dim, n_steps, sigma, cfg.policy)
+
+
+def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in cfg.items() if k not in RESUMABLE_KEYS}
+
+
+def _check_out_dir(out: Path, cfg: TrainConfig, fingerprint: dict[str, Any]) -> bool:
+    """True when ``out`` holds a compatible run to resume; raise if it holds something else."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"Output '{out}' is a file; give a directory for the policy.")
+    cfg_path = out / "config.json"
+    if not cfg_path.exists():
+        if out.exists() and any(p for p in out.iterdir() if not p.name.startswith(".")):
+            if not (out / "state").exists():
+                raise ConfigError(
+                    f"Output '{out}' is a non-empty directory without a lohp policy; choose "
+                    "another --out."
+                )
+        return state_dir(out) is not None
+    old = read_json(cfg_path)
+    if old.get("kind") != POLICY_KIND:
+        raise CompatibilityError(f"'{cfg_path}' is not a lohp policy config.")
+    if old.get("format", 0) > POLICY_FORMAT:
+        raise CompatibilityError(
+            f"Policy '{out}' has format {old.get('format')}; this lohp reads up to {POLICY_FORMAT}."
+        )
+    same_store = old.get("store_fingerprint") == fingerprint
+    same_cfg = _comparable(old.get("train_config", {})) == _comparable(cfg.model_dump(mode="json"))
+    if same_store and same_cfg:
+        return state_dir(out) is not None
+    if not cfg.overwrite:
+        why = "another store" if not same_store else "other settings"
+        raise CompatibilityError(
+            f"'{out}' holds a policy trained on {why}; pass --overwrite to replace it or choose "
+            "another --out."
+        )
+    for name in ("model.safetensors", "normalization.safetensors", "config.json", "metrics.jsonl"):
+        (out / name).unlink(missing_ok=True)
+    import shutil
+
+    for name in ("state", "state.old", "state.tmp"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    return False
+
+
+def _dist_info() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    return world, rank, local
+
+
+def policy_config_json(
+    cfg: TrainConfig,
+    store: TrajectoryStore,
+    fingerprint: dict[str, Any],
+    n_steps: int,
+    t_steps: int,
+    device: str,
+    runs: int,
+    step: int,
+    complete: bool,
+) -> dict[str, Any]:
+    a = store.attrs
+    return {
+        "kind": POLICY_KIND,
+        "format": POLICY_FORMAT,
+        "method": cfg.method,
+        "k": cfg.k,
+        "N": n_steps,
+        "T": t_steps,
+        "param_count": a["param_count"],
+        "condition_dim": a["condition_dim"],
+        "layout": a["layout"],
+        "store_compat": a["compat"],
+        "store_fingerprint": fingerprint,
+        "store_location": store.location,
+        "runs_used": runs,
+        "normalization": "normalization.safetensors",
+        "train_config": cfg.model_dump(mode="json"),
+        "trained_steps": step,
+        "complete": complete,
+        "provenance": provenance(device),
+    }
+
+
+def train_policy(cfg: TrainConfig, progress: Progress | None = None) -> TrainResult:
+    """Train (or resume) a policy as configured; returns where it is and how far it got."""
+    emit = progress or (lambda _e: None)
+    t_start = time.perf_counter()
+    world, rank, local = _dist_info()
+    device = resolve_device(cfg.device)
+    if world > 1 and device.startswith("cuda"):
+        device = f"cuda:{local}"
+    if cfg.lr > LR_WARN:
+        warnings.warn(
+            f"policy learning rate {cfg.lr} is above {LR_WARN}; Lo-Hp tends to diverge "
+            "there (the paper uses ≤ 1e-3)",
+            stacklevel=2,
+        )
+        emit({"event": "warning", "message": f"lr {cfg.lr} > {LR_WARN}: training may diverge"})
+    amp = cfg.amp and device.startswith("cuda")
+    compile_ = cfg.compile and device.startswith("cuda")
+    if (cfg.amp and not amp) or (cfg.compile and not compile_):
+        emit({"event": "info", "message": "amp/compile are CUDA-only; switched off on this device"})
+    emit({"event": "device", "device": device, "world_size": world})
+
+    store = TrajectoryStore.open(cfg.store, mode="r")
+    attrs = store.attrs
+    states = attrs["compat"]["steps"] // attrs["compat"]["record_every"] + 1
+    n_steps = len(matched_indices(states, cfg.k)) - 1
+    if cfg.window is not None and cfg.window > n_steps:
+        raise ConfigError(f"window={cfg.window} exceeds N={n_steps} policy steps (T/k).")
+    runs = select_runs(store, cfg.optimizers)
+    fingerprint = store_fingerprint(store)
+    out = Path(cfg.out)
+    resume = _check_out_dir(out, cfg, fingerprint) if rank == 0 else True
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        flag = [resume]
+        dist.broadcast_object_list(flag, src=0)
+        resume = bool(flag[0])
+
+    norm_path = out / "normalization.safetensors"
+    if resume and norm_path.exists():
+        stats = NormStats.from_tensors(load_tensors(norm_path))
+    else:
+        emit({"event": "stats", "runs": len(runs)})
+        stats = compute_stats(store, runs, cfg.k, cfg.normalize)
+        if rank == 0:
+            atomic_save_tensors(norm_path, stats.to_tensors())
+    size, cond_dim = int(attrs["param_count"]), int(attrs["condition_dim"])
+    model = build_model(cfg, size, cond_dim, n_steps, stats).to(device)
+    objective = Objective(model, cfg, n_steps)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    start = 0
+    sdir = state_dir(out) if resume else None
+    if sdir is not None:
+        model.load_state_dict(load_tensors(sdir / "model.safetensors"))
+        optimizer_from_tensors(
+            opt, load_tensors(sdir / "optimizer.safetensors"), read_json(sdir / "optimizer.json")
+        )
+        start = int(read_json(sdir / "trainer.json")["step"])
+        emit({"event": "resume", "step": start})
+    if rank == 0:
+        _truncate_metrics(out / "metrics.jsonl", start)
+
+    if compile_ and isinstance(model, LoHpPolicy):
+        model.backbone = torch.compile(model.backbone)  # type: ignore[assignment]
+    runner: nn.Module = objective
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        runner = DistributedDataParallel(
+            objective,
+            device_ids=[local] if device.startswith("cuda") else None,
+            find_unused_parameters=True,
+        )
+    sampler = TrajectorySampler(store, runs, cfg.k, stats, cfg.cache_mb)
+
+    def write_policy(step: int, complete: bool) -> None:
+        sd = {k: v for k, v in model.state_dict().items()}
+        save_state(out, sd, opt, {"step": step})
+        atomic_save_tensors(out / "model.safetensors", sd)
+        atomic_write_json(
+            out / "config.json",
+            policy_config_json(
+                cfg, store, fingerprint, n_steps, states - 1, device, len(runs), step, complete
+            ),
+        )
+
+    emit(
+        {
+            "event": "start",
+            "step": start,
+            "steps": cfg.steps,
+            "runs": len(runs),
+            "N": n_steps,
+            "params": sum(p.numel() for p in model.parameters()),
+        }
+    )
+    deadline = None if cfg.max_minutes is None else t_start + 60 * cfg.max_minutes
+    step, last_loss = start, None
+    model.train()
+    while step < cfg.steps:
+        gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "step", rank, step))
+        batch = sampler.batch(cfg.batch_size, gen).to(device)
+        objective.gen = gen
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            loss, terms = runner(batch.x, batch.cond, batch.opt)
+        check_finite(loss, "loss", step, batch.run_ids)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        check_finite(gnorm, "gradient", step, batch.run_ids)
+        opt.step()
+        step += 1
+        last_loss = float(loss.detach())
+        if rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps):
+            line = {
+                "step": step,
+                **terms,
+                "grad_norm": float(gnorm),
+                "time_s": round(time.perf_counter() - t_start, 3),
+            }
+            with open(out / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps(line) + "\n")
+            emit({"event": "log", **line, "steps": cfg.steps})
+        timed_out = deadline is not None and time.perf_counter() > deadline
+        if rank == 0 and (step % cfg.checkpoint_every == 0 or step == cfg.steps or timed_out):
+            write_policy(step, step == cfg.steps)
+        if timed_out:
+            emit({"event": "timeout", "step": step})
+            break
+    if rank == 0 and step == start:  # nothing to do (already complete): keep the files as they are
+        if not (out / "model.safetensors").exists():
+            write_policy(step, step >= cfg.steps)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return TrainResult(
+        str(out), step, step >= cfg.steps, last_loss, round(time.perf_counter() - t_start, 3)
+    )
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metrics lines logged after ``step`` (written before a crash, redone on resume)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash
+    from lohp_cli.checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(path, ("\n".join(keep) + "\n" if keep else "").encode())
+
+
+def load_policy(
+    path: str | Path, device: str = "cpu"
+) -> tuple[nn.Module, dict[str, Any], NormStats]:
+    """Load a policy directory: ``(model in eval mode, config.json dict, normalisation stats)``."""
+    out = Path(path)
+    if not out.is_dir():
+        raise CompatibilityError(
+            f"No policy directory at '{out}'; train one with 'lohp train-policy'."
+        )
+    meta = read_json(out / "config.json")
+    if meta.get("kind") != POLICY_KIND:
+        raise CompatibilityError(f"'{out}' is not a lohp policy (kind {meta.get('kind')!r}).")
+    if meta.get("format", 0) > POLICY_FORMAT:
+        raise CompatibilityError(
+            f"Policy '{out}' has format {meta['format']}; this lohp reads up to {POLICY_FORMAT}."
+        )
+    cfg = TrainConfig.model_validate(meta["train_config"])
+    stats = NormStats.from_tensors(load_tensors(out / meta["normalization"]))
+    model = build_model(cfg, meta["param_count"], meta["condition_dim"], meta["N"], stats)
+    try:
+        model.load_state_dict(load_tensors(out / "model.safetensors"))
+    except RuntimeError as exc:
+        raise CompatibilityError(
+            f"Policy weights in '{out}' do not fit its config ({exc})."
+        ) from None
+    return model.to(device).eval(), meta, stats
