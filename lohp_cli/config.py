@@ -329,6 +329,11 @@ class LossConfig(Frozen):
     hybrid_start: float = Field(
         0.5, ge=0, le=1, description="Probability that an on-policy rollout starts at θ_{k·m}."
     )
+    on_policy_grad: Literal["detached", "pathwise"] = Field(
+        "pathwise",
+        description="detached: sampled states are constants (score-function gradients only); "
+        "pathwise: gradients also flow through the reparameterised rollout.",
+    )
     lodi_noise: float = Field(0.1, ge=0, description="Lo-Di: noise added to inputs (× σ_i).")
 
 

@@ -91,7 +91,16 @@ class Objective(nn.Module):
             else:
                 m = 0
                 s0 = self._randn(tuple(x[:, 0].shape), x.device)  # s_0 ~ N(0, I)
-            traj = policy.rollout(s0, m, cond, tok, mode="sample", gen=self.gen, stop=m + w)
+            traj = policy.rollout(
+                s0,
+                m,
+                cond,
+                tok,
+                mode="sample",
+                gen=self.gen,
+                stop=m + w,
+                grad=lc.on_policy_grad == "pathwise",
+            )
             ratios = policy.log_ratios(traj, m, cond, tok)
             on = balance_loss(
                 ratios,

@@ -46,3 +46,54 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def make_linear_store(
+    out: str | Path,
+    n_tasks: int = 8,
+    size: int = 12,
+    cond_dim: int = 4,
+    steps: int = 8,
+    alpha: float = 0.3,
+    optimizers: tuple[str, ...] = ("sgd",),
+    seed: int = 0,
+) -> dict:
+    """A schema-valid store whose runs follow θ_{t+1} = θ_t + α (θ*(c) − θ_t) exactly.
+
+    θ*(c) = A c is linear in the task condition c ~ N(0, I); θ_0 ~ N(0, I). Returns the
+    ground truth: ``{"A": [P, D], "targets": {task_id: θ* [P]}, "conditions": {task_id: c}}``.
+    """
+    import numpy as np
+
+    from lohp_cli.config import StoreCodecConfig
+    from lohp_cli.store import TrajectoryStore, run_id
+
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(size, cond_dim)).astype(np.float32) * 2.0
+    attrs = {
+        "compat": {"family": {"name": "synthetic-linear"}, "model": {"name": "vector"},
+                   "steps": steps, "record_every": 1, "batch_size": 1, "seed": seed},
+        "layout": [{"name": "theta", "shape": [size], "offset": 0}],
+        "param_count": size,
+        "condition_dim": cond_dim,
+        "config": {},
+        "provenance": {"created_at": "synthetic"},
+    }
+    store, _ = TrajectoryStore.create_or_open(str(out), attrs)
+    store.update_attrs(init_complete=True)
+    truth: dict = {"A": a, "targets": {}, "conditions": {}}
+    for t in range(n_tasks):
+        tid = f"c{t}_{t + 1}"
+        c = rng.normal(size=cond_dim).astype(np.float32)
+        target = a @ c
+        store.write_task(tid, c, {"split": "source"})
+        truth["targets"][tid], truth["conditions"][tid] = target, c
+        for opt in optimizers:
+            theta = rng.normal(size=size).astype(np.float32)
+            w = store.begin_run(run_id(tid, opt, 0), steps + 1, size, StoreCodecConfig(),
+                                {"task_id": tid, "optimizer": opt, "replicate": 0})
+            for _ in range(steps + 1):
+                w.append(theta, 0.0, 0.0)
+                theta = theta + alpha * (target - theta)
+            w.finish()
+    return truth

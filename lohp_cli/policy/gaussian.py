@@ -127,7 +127,6 @@ class LoHpPolicy(nn.Module):
             torch.log(sig) + 0.5 * math.log(2 * math.pi)
         )
 
-    @torch.no_grad()
     def rollout(
         self,
         s: torch.Tensor,
@@ -137,11 +136,26 @@ class LoHpPolicy(nn.Module):
         mode: str = "mean",
         gen: torch.Generator | None = None,
         stop: int | None = None,
+        grad: bool = False,
     ) -> torch.Tensor:
         """Run the forward policy from ``s [B, P]`` at index ``start`` to ``stop`` (default N).
 
-        Returns all states ``[B, stop−start+1, P]``. ``mode="sample"`` adds σ_i noise.
+        Returns all states ``[B, stop−start+1, P]``. ``mode="sample"`` adds σ_i noise. With
+        ``grad=True`` the states keep their graph (reparameterised, pathwise gradients).
         """
+        with torch.set_grad_enabled(grad):
+            return self._rollout(s, start, cond, opt, mode, gen, stop)
+
+    def _rollout(
+        self,
+        s: torch.Tensor,
+        start: int,
+        cond: torch.Tensor,
+        opt: torch.Tensor | None,
+        mode: str,
+        gen: torch.Generator | None,
+        stop: int | None,
+    ) -> torch.Tensor:
         stop = self.n_steps if stop is None else stop
         out = [s]
         sig = self.sigma()
