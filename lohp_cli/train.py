@@ -50,6 +50,14 @@ from lohp_cli.store.trajectory_store import TrajectoryStore
 Progress = Callable[[dict[str, Any]], None]
 LR_WARN = 1e-3
 # settings that may change between a run and its resumption without changing what is learned
+OWN_FILES = {
+    "normalization.safetensors",
+    "metrics.jsonl",
+    "model.safetensors",
+    "state",
+    "state.old",
+    "state.tmp",
+}
 RESUMABLE_KEYS = {
     "steps",
     "max_minutes",
@@ -108,13 +116,14 @@ def _check_out_dir(out: Path, cfg: TrainConfig, fingerprint: dict[str, Any]) -> 
         raise ConfigError(f"Output '{out}' is a file; give a directory for the policy.")
     cfg_path = out / "config.json"
     if not cfg_path.exists():
-        if out.exists() and any(p for p in out.iterdir() if not p.name.startswith(".")):
-            if not (out / "state").exists():
-                raise ConfigError(
-                    f"Output '{out}' is a non-empty directory without a lohp policy; choose "
-                    "another --out."
-                )
-        return state_dir(out) is not None
+        # a crash can leave the files written before config.json; anything else is not ours
+        foreign = [p.name for p in out.iterdir() if p.name not in OWN_FILES] if out.exists() else []
+        if foreign:
+            raise ConfigError(
+                f"Output '{out}' is a non-empty directory without a lohp policy (it holds "
+                f"{foreign[0]!r}); choose another --out."
+            )
+        return False
     old = read_json(cfg_path)
     if old.get("kind") != POLICY_KIND:
         raise CompatibilityError(f"'{cfg_path}' is not a lohp policy config.")
@@ -230,6 +239,13 @@ def train_policy(cfg: TrainConfig, progress: Progress | None = None) -> TrainRes
         stats = compute_stats(store, runs, cfg.k, cfg.normalize)
         if rank == 0:
             atomic_save_tensors(norm_path, stats.to_tensors())
+            # config.json first, so that a crash never leaves a directory that cannot be checked
+            atomic_write_json(
+                out / "config.json",
+                policy_config_json(
+                    cfg, store, fingerprint, n_steps, states - 1, device, len(runs), 0, False
+                ),
+            )
     size, cond_dim = int(attrs["param_count"]), int(attrs["condition_dim"])
     model = build_model(cfg, size, cond_dim, n_steps, stats).to(device)
     objective = Objective(model, cfg, n_steps)
