@@ -5,18 +5,29 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from lohp_cli.config import CollectConfig
 from lohp_cli.tasks.datasets import FMNIST_SYSTEM_DIRS
 
+# One intra-op thread: tiny models run faster without OpenMP hand-offs, and tests that run
+# subprocesses beside the pytest process do not oversubscribe a 2-core CI machine.
+torch.set_num_threads(1)
+
 FMNIST_AVAILABLE = any(Path(d, "train-images-idx3-ubyte.gz").exists() for d in FMNIST_SYSTEM_DIRS)
 needs_fmnist = pytest.mark.skipif(
-    not FMNIST_AVAILABLE, reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)"
+    not FMNIST_AVAILABLE,
+    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
 )
 
 # Settings small enough that a whole collect takes about a second on CPU.
 TINY = {
-    "task": {"family": "digits", "train_per_class": 30, "test_per_class": 10, "support_per_class": 5},
+    "task": {
+        "family": "digits",
+        "train_per_class": 30,
+        "test_per_class": 10,
+        "support_per_class": 5,
+    },
     "model": {"name": "mlp", "hidden": 8, "extractor_steps": 20, "feature_dim": 16},
     "tasks": 2,
     "seeds": 1,
@@ -71,8 +82,14 @@ def make_linear_store(
     rng = np.random.default_rng(seed)
     a = rng.normal(size=(size, cond_dim)).astype(np.float32) * 2.0
     attrs = {
-        "compat": {"family": {"name": "synthetic-linear"}, "model": {"name": "vector"},
-                   "steps": steps, "record_every": 1, "batch_size": 1, "seed": seed},
+        "compat": {
+            "family": {"name": "synthetic-linear"},
+            "model": {"name": "vector"},
+            "steps": steps,
+            "record_every": 1,
+            "batch_size": 1,
+            "seed": seed,
+        },
         "layout": [{"name": "theta", "shape": [size], "offset": 0}],
         "param_count": size,
         "condition_dim": cond_dim,
@@ -90,8 +107,13 @@ def make_linear_store(
         truth["targets"][tid], truth["conditions"][tid] = target, c
         for opt in optimizers:
             theta = rng.normal(size=size).astype(np.float32)
-            w = store.begin_run(run_id(tid, opt, 0), steps + 1, size, StoreCodecConfig(),
-                                {"task_id": tid, "optimizer": opt, "replicate": 0})
+            w = store.begin_run(
+                run_id(tid, opt, 0),
+                steps + 1,
+                size,
+                StoreCodecConfig(),
+                {"task_id": tid, "optimizer": opt, "replicate": 0},
+            )
             for _ in range(steps + 1):
                 w.append(theta, 0.0, 0.0)
                 theta = theta + alpha * (target - theta)

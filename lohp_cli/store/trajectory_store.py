@@ -196,6 +196,11 @@ class TrajectoryStore:
 
     # ---- runs -------------------------------------------------------------------------------
     def run_ids(self) -> list[str]:
+        """Names of all run groups, readable or not (a torn one reads as unreadable later)."""
+        path = _local_path(self.location)
+        if path is not None:
+            runs = path / "runs"
+            return sorted(p.name for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []
         return sorted(self.root["runs"].group_keys())
 
     def run_attrs(self, rid: str) -> dict[str, Any] | None:

@@ -1,0 +1,405 @@
+"""Stage 1 as a library: determinism, resume, refusal of mismatched stores (lohp_cli/collect.py).
+
+Every collect here is the tiny digits config of ``tests/conftest.py`` (about a second on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from lohp_cli.collect import collect, plan_runs, summarize_store, train_loop
+from lohp_cli.config import OPTIMIZERS, CollectConfig, StoreCodecConfig
+from lohp_cli.errors import DataError, StoreError
+from lohp_cli.optim import optimizer_hparams
+from lohp_cli.runtime import derive_seed
+from lohp_cli.store import TrajectoryStore, parse_run_id, run_id
+from lohp_cli.tasks import TaskSpec, make_family
+from lohp_cli.tasks.models import build_target, flat_params
+from tests.conftest import TINY, tiny_config
+
+STATES = 5  # steps 20, record_every 5
+PARAMS = 64 * 8 + 8 + 8 * 5 + 5  # mlp on 8×8 digits, hidden 8, 5 ways
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny tensors: one thread is faster, and far faster on a loaded 2-core machine."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def cfg_at(out: str | Path, **overrides: Any) -> CollectConfig:
+    return tiny_config(out, device="cpu", **overrides)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A clean tiny collect, shared read-only by the tests of this module."""
+    out = tmp_path_factory.mktemp("reference") / "store.zarr"
+    collect(cfg_at(out))
+    return str(out)
+
+
+@pytest.fixture
+def copy_of_reference(reference: str, tmp_path: Path) -> str:
+    dst = tmp_path / "copy.zarr"
+    shutil.copytree(reference, dst)
+    return str(dst)
+
+
+def assert_same_runs(a: str, b: str, only: list[str] | None = None) -> None:
+    """Runs of store ``b`` equal those of ``a``: all of them, or the ones listed in ``only``."""
+    sa, sb = TrajectoryStore.open(a), TrajectoryStore.open(b)
+    rids = only
+    if rids is None:
+        rids = sa.run_ids()
+        assert sb.run_ids() == rids
+    for rid in rids:
+        assert sa.run_status(rid) == sb.run_status(rid) == "complete", rid
+        assert torch.equal(torch.from_numpy(sa.weights(rid)), torch.from_numpy(sb.weights(rid))), (
+            rid
+        )
+        for name in ("loss", "train_acc"):
+            np.testing.assert_array_equal(sa.run_array(rid, name), sb.run_array(rid, name))
+        keep = ("seed", "hparams", "task_id", "optimizer", "replicate", "steps_written")
+        assert {k: sa.run_attrs(rid)[k] for k in keep} == {k: sb.run_attrs(rid)[k] for k in keep}
+
+
+# ---- determinism -------------------------------------------------------------------------------
+def test_two_collects_are_identical(reference: str, tmp_path: Path) -> None:
+    events: list[dict[str, Any]] = []
+    torch.set_num_threads(2)
+    try:
+        result = collect(cfg_at(tmp_path / "b.zarr"), progress=events.append)
+        assert torch.get_num_threads() == 2  # restored after the runs (which use 1)
+    finally:
+        torch.set_num_threads(1)
+    assert (result.planned, result.skipped, result.collected) == (6, 0, 6)
+    assert json.loads(json.dumps(result.to_json()))["store"] == str(tmp_path / "b.zarr")
+    assert_same_runs(reference, str(tmp_path / "b.zarr"))
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "device" and events[0]["device"] == "cpu"
+    assert (
+        kinds.count("run") == 6
+        and {"event": "plan", "planned": 6, "skipped": 0, "pending": 6} in events
+    )
+
+
+def test_store_contents(reference: str) -> None:
+    cfg = cfg_at(reference)
+    store = TrajectoryStore.open(reference)
+    attrs = store.attrs
+    assert attrs["init_complete"] is True and attrs["param_count"] == PARAMS
+    assert attrs["condition_dim"] == 5 * 49
+    assert attrs["compat"]["model"] == cfg.model.model_dump(mode="json")
+    assert (attrs["compat"]["steps"], attrs["compat"]["record_every"]) == (20, 5)
+    assert attrs["config"] == cfg.model_dump(mode="json")
+    assert attrs["provenance"]["device"] == "cpu"
+    names = [e["name"] for e in attrs["layout"]]
+    assert names == ["fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias"]
+
+    family = make_family(cfg.task)
+    tasks = family.tasks("source", 2)
+    assert store.task_ids() == sorted(t.task_id for t in tasks)
+    for t in tasks:
+        assert store.condition(t.task_id).shape == (5 * 49,)
+        assert dict(store.root["tasks"][t.task_id].attrs)["split"] == "source"
+    rids = store.run_ids()
+    assert rids == sorted(run_id(t.task_id, o, 0) for t in tasks for o in OPTIMIZERS)
+    for rid in rids:
+        task_id, opt, rep = parse_run_id(rid)
+        a = store.run_attrs(rid)
+        seed = derive_seed(0, task_id, opt, rep)
+        assert a["seed"] == seed and a["status"] == "complete" and a["steps_written"] == STATES
+        assert a["hparams"] == json.loads(json.dumps(optimizer_hparams(opt, cfg.optim)))
+        w = store.weights(rid)
+        assert w.shape == (STATES, PARAMS) and np.isfinite(w).all()
+        # θ_0 is the model initialised from the run's seed.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            init = flat_params(build_target(cfg.model, (1, 8, 8), 5))
+        assert torch.equal(torch.from_numpy(w[0]), init), rid
+        assert (np.abs(np.diff(w, axis=0)).max(axis=1) > 0).all()  # every record moved
+        loss = store.run_array(rid, "loss")
+        assert np.isfinite(loss).all() and loss[-1] < loss[0]
+    # Different optimizers on one task start from different seeds, so different θ_0.
+    assert not np.array_equal(store.weights(rids[0])[0], store.weights(rids[1])[0])
+
+
+def test_rerun_skips_everything(copy_of_reference: str) -> None:
+    before = TrajectoryStore.open(copy_of_reference)
+    walls = {r: before.run_attrs(r)["wall_time_s"] for r in before.run_ids()}
+    events: list[dict[str, Any]] = []
+    result = collect(cfg_at(copy_of_reference), progress=events.append)
+    assert (result.planned, result.skipped, result.collected) == (6, 6, 0)
+    assert not [e for e in events if e["event"] == "run"]
+    after = TrajectoryStore.open(copy_of_reference)
+    assert {r: after.run_attrs(r)["wall_time_s"] for r in after.run_ids()} == walls
+
+
+def test_more_tasks_extend_the_store(reference: str, copy_of_reference: str) -> None:
+    result = collect(cfg_at(copy_of_reference, tasks=3))
+    assert (result.planned, result.skipped, result.collected) == (9, 6, 3)
+    assert_same_runs(reference, copy_of_reference, TrajectoryStore.open(reference).run_ids())
+    assert len(TrajectoryStore.open(copy_of_reference).task_ids()) == 3
+
+
+def test_shards_together_equal_one_collect(reference: str, tmp_path: Path) -> None:
+    out = tmp_path / "sharded.zarr"
+    first = collect(cfg_at(out, shard=(0, 2)))
+    assert (first.planned, first.collected) == (3, 3)
+    assert len(TrajectoryStore.open(str(out)).complete_runs()) == 3
+    second = collect(cfg_at(out, shard=(1, 2)))
+    assert (second.planned, second.skipped, second.collected) == (3, 0, 3)
+    assert_same_runs(reference, str(out))
+
+
+def test_memory_store_equals_disk_store(reference: str) -> None:
+    url = f"memory://lohp-collect-{uuid.uuid4().hex}"
+    assert collect(cfg_at(url)).collected == 6
+    assert_same_runs(reference, url)
+    with pytest.raises(StoreError, match="use --workers 1"):
+        collect(cfg_at(f"memory://lohp-collect-{uuid.uuid4().hex}", workers=2))
+
+
+# ---- refusing mismatched stores ----------------------------------------------------------------
+def test_changed_lr_is_refused(copy_of_reference: str) -> None:
+    cfg = cfg_at(copy_of_reference, optim={"sgd": {"lr": 0.05}})
+    with pytest.raises(
+        StoreError,
+        match=r"-sgd-s0 .*other hyperparameters \(lr: store has 0.1, this command 0.05\)",
+    ):
+        collect(cfg)
+    cfg = cfg_at(copy_of_reference, optim={"sam": {"rho": 0.1}})
+    with pytest.raises(StoreError, match=r"-sam-s0 .*\(rho: store has 0.05, this command 0.1\)"):
+        collect(cfg)
+    # The store is left as it was.
+    assert len(TrajectoryStore.open(copy_of_reference).complete_runs()) == 6
+
+
+def test_changed_lr_of_an_unused_optimizer_is_fine(copy_of_reference: str) -> None:
+    cfg = cfg_at(copy_of_reference, optimizers=["adam"], optim={"sgd": {"lr": 0.05}})
+    assert collect(cfg).skipped == 2
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ({"model": {**TINY["model"], "hidden": 16}}, "model.hidden: store has 8, this command 16"),
+        (
+            {"model": {**TINY["model"], "name": "cnn"}},
+            "model.name: store has 'mlp', this command 'cnn'",
+        ),
+        ({"steps": 40}, "steps: store has 20, this command 40"),
+        ({"batch_size": 8}, "batch_size: store has 16, this command 8"),
+        ({"seed": 1}, "seed: store has 0, this command 1"),
+        (
+            {"task": {**TINY["task"], "split_seed": 3}},
+            "family.split_seed: store has 0, this command 3",
+        ),
+    ],
+)
+def test_store_made_with_other_settings_is_refused(
+    copy_of_reference: str, overrides: dict, match: str
+) -> None:
+    with pytest.raises(StoreError, match=match + r"\); use a new --out"):
+        collect(cfg_at(copy_of_reference, **overrides))
+
+
+# ---- partial runs ------------------------------------------------------------------------------
+def test_partial_run_is_redone(reference: str, copy_of_reference: str) -> None:
+    store = TrajectoryStore.open(copy_of_reference, mode="r+")
+    rid = store.run_ids()[2]
+    writer = store.begin_run(
+        rid, STATES, PARAMS, StoreCodecConfig(chunk_steps=1), {"hparams": "old"}
+    )
+    writer.append(np.full(PARAMS, 7.0, np.float32), 1.0, 0.5)
+    writer.append(np.full(PARAMS, 8.0, np.float32), 1.0, 0.5)  # interrupted: no finish()
+    assert store.run_status(rid) == "running"
+    assert store.run_attrs(rid)["steps_written"] == 2
+    result = collect(cfg_at(copy_of_reference))
+    assert (result.skipped, result.collected) == (5, 1)
+    assert_same_runs(reference, copy_of_reference)
+    assert TrajectoryStore.open(copy_of_reference).run_attrs(rid)["steps_written"] == STATES
+
+
+def test_non_finite_run_fails_and_is_redone(tmp_path: Path) -> None:
+    out = tmp_path / "nan.zarr"
+    with pytest.raises(
+        DataError,
+        match=r"non-finite weights or loss at step \d+; lower the learning rate "
+        r"\(e.g. --set optim.sgd.lr",
+    ):
+        collect(cfg_at(out, optimizers=["sgd"], optim={"sgd": {"lr": 1e30}}))
+    store = TrajectoryStore.open(str(out))
+    (rid,) = store.run_ids()
+    assert store.run_status(rid) == "running"  # never marked complete
+    # Partial runs carry no hyperparameter check: a saner lr redoes it.
+    result = collect(cfg_at(out, optimizers=["sgd"]))
+    assert (result.skipped, result.collected) == (0, 2)
+    assert TrajectoryStore.open(str(out)).run_status(rid) == "complete"
+
+
+# ---- summarize_store ---------------------------------------------------------------------------
+def test_summary_of_a_clean_store(reference: str) -> None:
+    s = summarize_store(reference, verify=True)
+    assert s["verified"] is True and s["problems"] == []
+    assert s["complete_runs"] == 6 and s["runs"] == {o: {"complete": 2} for o in OPTIMIZERS}
+    assert (s["family"], s["ways"], s["model"]) == ("digits", 5, "mlp")
+    assert (s["param_count"], s["recorded_states"], s["tasks"]) == (PARAMS, STATES, 2)
+    assert s["raw_weight_bytes"] == 6 * STATES * PARAMS * 4
+    assert s["compression_ratio"] == round(s["raw_weight_bytes"] / s["weight_bytes_on_disk"], 3)
+    store = TrajectoryStore.open(reference)
+    for opt in OPTIMIZERS:
+        finals = [store.run_array(r, "train_acc")[-1] for r in store.run_ids() if f"-{opt}-" in r]
+        assert s["final_train_acc"][opt] == round(float(np.mean(finals)), 4)
+    assert "verified" not in summarize_store(reference)
+
+
+def test_summary_flags_bad_complete_runs(copy_of_reference: str) -> None:
+    store = TrajectoryStore.open(copy_of_reference, mode="r+")
+    codec = StoreCodecConfig()
+    nan_run = "c0_1_2_3_4-sgd-s9"
+    writer = store.begin_run(nan_run, STATES, PARAMS, codec, {"optimizer": "sgd"})
+    for i in range(STATES):
+        w = np.zeros(PARAMS, np.float32)
+        w[i] = np.nan
+        writer.append(w, 1.0, 0.5)
+    writer.finish()
+    short_run = "c0_1_2_3_4-adam-s9"
+    writer = store.begin_run(short_run, STATES - 1, PARAMS, codec, {"optimizer": "adam"})
+    for _ in range(STATES - 1):
+        writer.append(np.zeros(PARAMS, np.float32), 1.0, 0.5)
+    writer.finish()
+    running = "c0_1_2_3_4-sam-s9"
+    store.begin_run(running, STATES, PARAMS, codec, {"optimizer": "sam"})
+    assert store.run_status(nan_run) == "complete"
+
+    s = summarize_store(copy_of_reference, verify=True)
+    assert s["verified"] is False
+    assert s["problems"] == [
+        f"{short_run}: weights shape ({STATES - 1}, {PARAMS})",
+        f"{short_run}: steps_written {STATES - 1} != {STATES}",
+        f"{nan_run}: non-finite weights",
+    ]
+    assert s["complete_runs"] == 8
+    assert s["runs"]["sam"] == {"complete": 2, "running": 1}
+    assert summarize_store(copy_of_reference)["complete_runs"] == 8
+
+
+def test_summary_counts_a_torn_run_as_unreadable(copy_of_reference: str) -> None:
+    rid = TrajectoryStore.open(copy_of_reference).run_ids()[0]
+    (Path(copy_of_reference) / "runs" / rid / "zarr.json").write_text('{"zarr_format": 3, "no')
+    s = summarize_store(copy_of_reference, verify=True)
+    assert s["runs"]["?"] == {"unreadable": 1} and s["complete_runs"] == 5
+    assert s["verified"] is True
+
+
+def test_torn_run_is_redone_by_collect(reference: str, copy_of_reference: str) -> None:
+    rid = TrajectoryStore.open(copy_of_reference).run_ids()[0]
+    (Path(copy_of_reference) / "runs" / rid / "zarr.json").write_text('{"zarr_format": 3, "no')
+    result = collect(cfg_at(copy_of_reference))
+    assert (result.skipped, result.collected) == (5, 1)
+    assert_same_runs(reference, copy_of_reference)
+
+
+# ---- planning ----------------------------------------------------------------------------------
+@settings(max_examples=40, deadline=None)
+@given(
+    n_tasks=st.integers(1, 6),
+    seeds=st.integers(1, 3),
+    opts=st.lists(st.sampled_from(OPTIMIZERS), min_size=1, max_size=3, unique=True),
+    n=st.integers(1, 7),
+    base=st.integers(0, 5),
+)
+def test_shards_partition_the_plan(
+    n_tasks: int, seeds: int, opts: list[str], n: int, base: int
+) -> None:
+    tasks = [TaskSpec((i, i + 1, i + 2)) for i in range(n_tasks)]
+    cfg = CollectConfig(seeds=seeds, optimizers=tuple(opts), seed=base, steps=10, record_every=5)
+    full = plan_runs(cfg, tasks)
+    assert len(full) == n_tasks * len(opts) * seeds
+    assert len({p.run_id for p in full}) == len(full)
+    for p in full:
+        assert p.run_id == run_id(p.task_id, p.optimizer, p.replicate)
+        assert p.seed == derive_seed(base, p.task_id, p.optimizer, p.replicate)
+    shards = [plan_runs(cfg.model_copy(update={"shard": (i, n)}), tasks) for i in range(n)]
+    seen = [p for shard in shards for p in shard]
+    assert sorted(seen, key=lambda p: p.run_id) == sorted(full, key=lambda p: p.run_id)
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+    order = {p.run_id: i for i, p in enumerate(full)}
+    for shard in shards:  # each shard keeps the fixed order
+        assert [order[p.run_id] for p in shard] == sorted(order[p.run_id] for p in shard)
+
+
+def test_train_loop_by_hand() -> None:
+    """SGD without momentum: θ_{t+1} = θ_t − lr ∇L(θ_t; batch_t), batches epoch-shuffled by gen."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(10, 3, generator=g)
+    y = torch.randint(0, 2, (10,), generator=g)
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    w0, b0 = model.weight.detach().clone(), model.bias.detach().clone()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    records: list[tuple[torch.Tensor, float, float]] = []
+    train_loop(
+        model, opt, x, y, steps=6, record_every=2, batch_size=4,
+        gen=torch.Generator().manual_seed(7),
+        record=lambda th, loss, acc: records.append((th.clone(), float(loss), float(acc))),
+    )  # fmt: skip
+    # Rebuild the batches: a fresh permutation whenever the next batch would not fit.
+    gen = torch.Generator().manual_seed(7)
+    perm, pos, batches = torch.randperm(10, generator=gen), 0, []
+    for _ in range(7):
+        if pos + 4 > 10:
+            perm, pos = torch.randperm(10, generator=gen), 0
+        batches.append(perm[pos : pos + 4])
+        pos += 4
+    w, b = w0, b0
+    expected = []
+    for t, idx in enumerate(batches):
+        wt, bt = w.clone().requires_grad_(True), b.clone().requires_grad_(True)
+        logits = x[idx] @ wt.T + bt
+        loss = nn.functional.cross_entropy(logits, y[idx])
+        if t % 2 == 0:
+            acc = float((logits.argmax(1) == y[idx]).float().mean())
+            expected.append((torch.cat([w.reshape(-1), b]), float(loss.detach()), acc))
+        if t == 6:
+            break
+        gw, gb = torch.autograd.grad(loss, (wt, bt))
+        w, b = (w - 0.5 * gw).detach(), (b - 0.5 * gb).detach()
+    assert len(records) == len(expected) == 4  # t = 0, 2, 4, 6
+    for (th, loss, acc), (eth, eloss, eacc) in zip(records, expected, strict=True):
+        torch.testing.assert_close(th, eth, rtol=1e-6, atol=1e-7)
+        assert loss == pytest.approx(eloss, rel=1e-6) and acc == eacc
+    torch.testing.assert_close(flat_params(model), records[-1][0], rtol=0, atol=0)
+
+
+# ---- head model (frozen extractor) -------------------------------------------------------------
+def test_head_model_collect_is_deterministic(tmp_path: Path) -> None:
+    head = {"name": "head", "hidden": 8, "extractor_steps": 3, "feature_dim": 8}
+    a, b = tmp_path / "a.zarr", tmp_path / "b.zarr"
+    for out in (a, b):
+        collect(cfg_at(out, model=head, optimizers=["sgd"], tasks=1))
+    sa = TrajectoryStore.open(str(a))
+    ext_a, ext_b = (
+        sa.load_tensors("extractor"),
+        TrajectoryStore.open(str(b)).load_tensors("extractor"),
+    )
+    assert set(ext_a) == set(ext_b) and all(np.array_equal(ext_a[k], ext_b[k]) for k in ext_a)
+    assert sa.root["extractor"].attrs["trained_on_classes"] == list(range(10))
+    assert sa.attrs["param_count"] == 8 * 5 + 5 and sa.attrs["condition_dim"] == 5 * 8
+    assert_same_runs(str(a), str(b))

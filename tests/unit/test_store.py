@@ -1,0 +1,464 @@
+"""The Zarr v3 trajectory store: round trips, chunking, status, schema checks (lohp_cli/store/)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lohp_cli.config import OPTIMIZERS, StoreCodecConfig
+from lohp_cli.errors import StoreError
+from lohp_cli.store import SCHEMA, SCHEMA_VERSION, TrajectoryStore, codecs_for, parse_run_id, run_id
+
+ROOT_ATTRS = {"compat": {"steps": 6}, "param_count": 5}
+
+
+def new_store(tmp_path: Path, name: str = "s.zarr") -> TrajectoryStore:
+    store, created = TrajectoryStore.create_or_open(str(tmp_path / name), ROOT_ATTRS)
+    assert created
+    return store
+
+
+def mem_url() -> str:
+    return f"memory://lohp-test-{uuid.uuid4().hex}"
+
+
+def trajectory(states: int, size: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((states, size)).astype(np.float32)
+    loss = rng.random(states).astype(np.float32)
+    acc = rng.random(states).astype(np.float32)
+    return w, loss, acc
+
+
+def write_run(store, rid, w, loss, acc, chunk_steps=16, attrs=None, codec="blosc-zstd"):
+    codec_cfg = StoreCodecConfig(chunk_steps=chunk_steps, codec=codec)
+    writer = store.begin_run(rid, w.shape[0], w.shape[1], codec_cfg, attrs or {"optimizer": "sgd"})
+    for i in range(w.shape[0]):
+        writer.append(w[i], float(loss[i]), float(acc[i]))
+    writer.finish({"final": 1})
+    return writer
+
+
+# ---- run ids -----------------------------------------------------------------------------------
+@given(
+    st.lists(st.integers(0, 99), min_size=1, max_size=6),
+    st.sampled_from(OPTIMIZERS),
+    st.integers(0, 10_000),
+)
+def test_run_id_round_trip(classes: list[int], opt: str, rep: int) -> None:
+    task_id = "c" + "_".join(map(str, classes))
+    rid = run_id(task_id, opt, rep)
+    assert rid == f"{task_id}-{opt}-s{rep}"
+    assert parse_run_id(rid) == (task_id, opt, rep)
+
+
+# ---- creating and opening ----------------------------------------------------------------------
+def test_create_writes_schema_and_attrs(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    attrs = store.attrs
+    assert attrs["schema"] == SCHEMA == "lohp.trajectories"
+    assert attrs["schema_version"] == SCHEMA_VERSION == 1
+    assert attrs["init_complete"] is False
+    assert attrs["compat"] == {"steps": 6} and attrs["param_count"] == 5
+    # A plain zarr reader sees the same thing.
+    root = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")
+    assert root.attrs["schema"] == SCHEMA and set(root.group_keys()) == {"tasks", "runs"}
+    store.update_attrs(init_complete=True)
+    again, created = TrajectoryStore.create_or_open(str(tmp_path / "s.zarr"), {"other": 1})
+    assert not created
+    assert again.attrs["init_complete"] is True and "other" not in again.attrs
+
+
+def test_create_in_empty_directory(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    store, created = TrajectoryStore.create_or_open(str(tmp_path / "empty"), ROOT_ATTRS)
+    assert created and store.attrs["schema"] == SCHEMA
+
+
+def test_create_with_file_url(tmp_path: Path) -> None:
+    url = "file://" + str(tmp_path / "f.zarr")
+    store, created = TrajectoryStore.create_or_open(url, ROOT_ATTRS)
+    assert created and (tmp_path / "f.zarr" / "zarr.json").is_file()
+    assert TrajectoryStore.open(url).attrs["param_count"] == 5
+
+
+def test_open_missing_path(tmp_path: Path) -> None:
+    loc = str(tmp_path / "nope.zarr")
+    with pytest.raises(StoreError, match=f"No trajectory store at '{loc}'.*lohp collect --out"):
+        TrajectoryStore.open(loc)
+
+
+def test_open_file_path(tmp_path: Path) -> None:
+    f = tmp_path / "x.zarr"
+    f.write_text("hello")
+    with pytest.raises(StoreError, match="is a file, not a trajectory store"):
+        TrajectoryStore.open(str(f))
+    with pytest.raises(StoreError, match="is a file; give a directory path"):
+        TrajectoryStore.create_or_open(str(f), ROOT_ATTRS)
+    assert f.read_text() == "hello"
+
+
+def test_open_directory_that_is_not_zarr(tmp_path: Path) -> None:
+    d = tmp_path / "plain"
+    d.mkdir()
+    (d / "notes.txt").write_text("mine")
+    with pytest.raises(StoreError, match="is not a Zarr v3 store"):
+        TrajectoryStore.open(str(d))
+    # A Zarr v2 group has no zarr.json either.
+    v2 = tmp_path / "v2.zarr"
+    zarr.open_group(zarr.storage.LocalStore(v2), mode="w", zarr_format=2)
+    with pytest.raises(StoreError, match="is not a Zarr v3 store"):
+        TrajectoryStore.open(str(v2))
+
+
+def test_non_empty_non_zarr_directory_is_refused_and_untouched(tmp_path: Path) -> None:
+    d = tmp_path / "data"
+    (d / "sub").mkdir(parents=True)
+    (d / "a.txt").write_text("keep me")
+    (d / "sub" / "b.bin").write_bytes(b"\x00\x01")
+    before = sorted(str(p.relative_to(d)) for p in d.rglob("*"))
+    with pytest.raises(StoreError, match="non-empty directory that is not a Zarr store"):
+        TrajectoryStore.create_or_open(str(d), ROOT_ATTRS)
+    assert sorted(str(p.relative_to(d)) for p in d.rglob("*")) == before
+    assert (d / "a.txt").read_text() == "keep me" and (
+        d / "sub" / "b.bin"
+    ).read_bytes() == b"\x00\x01"
+
+
+def test_foreign_zarr_store(tmp_path: Path) -> None:
+    loc = tmp_path / "foreign.zarr"
+    g = zarr.open_group(zarr.storage.LocalStore(loc), mode="w")
+    g.attrs.update({"schema": "someone.else", "schema_version": 1})
+    with pytest.raises(StoreError, match=r"is not a lohp trajectory store \(schema 'someone.else'"):
+        TrajectoryStore.open(str(loc))
+    with pytest.raises(StoreError, match="is not a lohp trajectory store"):
+        TrajectoryStore.create_or_open(str(loc), ROOT_ATTRS)
+    assert dict(zarr.open_group(str(loc), mode="r").attrs)["schema"] == "someone.else"
+    bare = tmp_path / "bare.zarr"
+    zarr.open_group(zarr.storage.LocalStore(bare), mode="w")
+    with pytest.raises(StoreError, match="schema None"):
+        TrajectoryStore.open(str(bare))
+
+
+def test_array_at_root_is_not_a_store(tmp_path: Path) -> None:
+    loc = tmp_path / "arr.zarr"
+    zarr.create_array(zarr.storage.LocalStore(loc), shape=(2,), dtype="f4")
+    with pytest.raises(StoreError, match="is not a readable Zarr store"):
+        TrajectoryStore.open(str(loc))
+
+
+def test_garbled_root_metadata(tmp_path: Path) -> None:
+    loc = tmp_path / "g.zarr"
+    loc.mkdir()
+    (loc / "zarr.json").write_text("{not json")
+    with pytest.raises(StoreError, match="is not a readable Zarr store"):
+        TrajectoryStore.open(str(loc))
+
+
+def test_schema_version_from_the_future(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    store.update_attrs(schema_version=2)
+    loc = str(tmp_path / "s.zarr")
+    msg = f"Store '{loc}' has schema_version 2; this lohp reads up to 1. Upgrade lohp"
+    with pytest.raises(StoreError, match=msg):
+        TrajectoryStore.open(loc)
+    with pytest.raises(StoreError, match="has schema_version 2"):
+        TrajectoryStore.create_or_open(loc, ROOT_ATTRS)
+
+
+@pytest.mark.parametrize("bad", [None, "1", 1.0])
+def test_invalid_schema_version(tmp_path: Path, bad: object) -> None:
+    store = new_store(tmp_path)
+    store.update_attrs(schema_version=bad)
+    with pytest.raises(StoreError, match="has no valid schema_version"):
+        TrajectoryStore.open(str(tmp_path / "s.zarr"))
+
+
+def test_older_schema_version_is_read(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    store.update_attrs(schema_version=0)
+    assert TrajectoryStore.open(str(tmp_path / "s.zarr")).attrs["schema_version"] == 0
+
+
+# ---- runs --------------------------------------------------------------------------------------
+def test_run_round_trip_chunking_and_status(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    w, loss, acc = trajectory(7, 5)
+    codec = StoreCodecConfig(chunk_steps=3)
+    writer = store.begin_run("c1_2-sgd-s0", 7, 5, codec, {"optimizer": "sgd", "lr": 0.1})
+    arr = store.root["runs"]["c1_2-sgd-s0"]["weights"]
+    assert arr.shape == (7, 5) and arr.chunks == (3, 5) and arr.dtype == np.float32
+    assert store.run_status("c1_2-sgd-s0") == "running"
+    assert store.run_attrs("c1_2-sgd-s0")["steps_written"] == 0
+    assert np.isnan(store.weights("c1_2-sgd-s0")).all()  # fill value until written
+
+    def on_disk() -> TrajectoryStore:
+        return TrajectoryStore.open(str(tmp_path / "s.zarr"))
+
+    for i in range(7):
+        writer.append(w[i], float(loss[i]), float(acc[i]))
+        # Whole time chunks are written as soon as they fill; the rest stays buffered.
+        flushed = (i + 1) // 3 * 3
+        reader = on_disk()
+        assert reader.run_attrs("c1_2-sgd-s0")["steps_written"] == flushed
+        assert reader.run_status("c1_2-sgd-s0") == "running"
+        got = reader.weights("c1_2-sgd-s0")
+        np.testing.assert_array_equal(got[:flushed], w[:flushed])
+        assert np.isnan(got[flushed:]).all()
+    assert on_disk().complete_runs() == []
+    wall = writer.finish({"final_loss": 0.5})
+    reader = on_disk()
+    attrs = reader.run_attrs("c1_2-sgd-s0")
+    assert attrs["status"] == "complete" and attrs["steps_written"] == 7
+    assert attrs["optimizer"] == "sgd" and attrs["lr"] == 0.1 and attrs["final_loss"] == 0.5
+    assert attrs["wall_time_s"] == round(wall, 4) and wall >= 0
+    np.testing.assert_array_equal(reader.weights("c1_2-sgd-s0"), w)
+    np.testing.assert_array_equal(reader.weights("c1_2-sgd-s0", 2, 5), w[2:5])
+    np.testing.assert_array_equal(reader.run_array("c1_2-sgd-s0", "loss"), loss)
+    np.testing.assert_array_equal(reader.run_array("c1_2-sgd-s0", "train_acc"), acc)
+    assert reader.complete_runs() == reader.run_ids() == ["c1_2-sgd-s0"]
+
+
+def test_loss_and_acc_written_only_at_finish(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    w, loss, acc = trajectory(4, 2)
+    writer = store.begin_run("r", 4, 2, StoreCodecConfig(chunk_steps=1), {})
+    for i in range(4):
+        writer.append(w[i], float(loss[i]), float(acc[i]))
+    assert np.isnan(store.run_array("r", "loss")).all()
+    assert store.run_status("r") == "running"
+    writer.finish()
+    np.testing.assert_array_equal(store.run_array("r", "loss"), loss)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    states=st.integers(1, 12),
+    size=st.integers(1, 4),
+    chunk=st.integers(1, 20),
+    seed=st.integers(0, 1000),
+)
+def test_run_round_trip_property(states: int, size: int, chunk: int, seed: int) -> None:
+    store, _ = TrajectoryStore.create_or_open(mem_url(), {})
+    w, loss, acc = trajectory(states, size, seed)
+    write_run(store, "r", w, loss, acc, chunk_steps=chunk)
+    assert store.root["runs"]["r"]["weights"].chunks == (min(chunk, states), size)
+    np.testing.assert_array_equal(store.weights("r"), w)
+    np.testing.assert_array_equal(store.run_array("r", "loss"), loss)
+    np.testing.assert_array_equal(store.run_array("r", "train_acc"), acc)
+    assert store.run_attrs("r")["steps_written"] == states
+
+
+def test_writer_refuses_short_and_long_runs(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    writer = store.begin_run("r", 3, 2, StoreCodecConfig(chunk_steps=2), {})
+    writer.append(np.zeros(2, np.float32), 0.0, 0.0)
+    with pytest.raises(ValueError, match="run has 1 of 3 states"):
+        writer.finish()
+    assert store.run_status("r") == "running"
+    writer.append(np.zeros(2, np.float32), 0.0, 0.0)
+    writer.append(np.zeros(2, np.float32), 0.0, 0.0)
+    with pytest.raises(ValueError, match="more states appended than the run has"):
+        writer.append(np.zeros(2, np.float32), 0.0, 0.0)
+    writer.finish()
+    assert store.run_status("r") == "complete"
+
+
+def test_begin_run_replaces_a_partial_run(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    old = store.begin_run("r", 6, 3, StoreCodecConfig(chunk_steps=1), {"old_key": 1, "lr": 9.0})
+    for _ in range(4):
+        old.append(np.full(3, 99.0, np.float32), 1.0, 1.0)
+    assert store.run_attrs("r")["steps_written"] == 4
+    w, loss, acc = trajectory(5, 2, seed=3)
+    writer = store.begin_run("r", 5, 2, StoreCodecConfig(chunk_steps=2), {"lr": 0.1})
+    attrs = store.run_attrs("r")
+    assert "old_key" not in attrs and attrs["lr"] == 0.1
+    assert attrs["steps_written"] == 0 and attrs["status"] == "running"
+    assert store.weights("r").shape == (5, 2) and np.isnan(store.weights("r")).all()
+    for i in range(5):
+        writer.append(w[i], float(loss[i]), float(acc[i]))
+    writer.finish()
+    reader = TrajectoryStore.open(str(tmp_path / "s.zarr"))
+    np.testing.assert_array_equal(reader.weights("r"), w)
+    assert reader.run_ids() == ["r"] and reader.run_status("r") == "complete"
+
+
+def test_iter_runs_and_delete(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    w, loss, acc = trajectory(2, 2)
+    write_run(store, "a", w, loss, acc, attrs={"optimizer": "sgd"})
+    store.begin_run("b", 2, 2, StoreCodecConfig(), {"optimizer": "adam"})
+    assert [r for r, _ in store.iter_runs()] == ["a"]
+    assert [(r, a["optimizer"]) for r, a in store.iter_runs(complete_only=False)] == [
+        ("a", "sgd"),
+        ("b", "adam"),
+    ]
+    assert store.run_status("missing") is None and store.run_attrs("missing") is None
+    store.delete_run("b")
+    store.delete_run("never-existed")
+    assert store.run_ids() == ["a"] and not (tmp_path / "s.zarr" / "runs" / "b").exists()
+
+
+@pytest.mark.filterwarnings("ignore:Object at b is not recognized")
+def test_a_run_with_lost_metadata_reads_as_missing(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    w, loss, acc = trajectory(2, 2)
+    write_run(store, "a", w, loss, acc)
+    write_run(store, "b", w, loss, acc)
+    (tmp_path / "s.zarr" / "runs" / "b" / "zarr.json").unlink()
+    reader = TrajectoryStore.open(str(tmp_path / "s.zarr"), mode="r+")
+    assert reader.run_attrs("b") is None and reader.run_status("b") is None
+    assert reader.complete_runs() == ["a"]
+    reader.begin_run("b", 2, 2, StoreCodecConfig(), {})  # a redo clears the remains
+    assert reader.run_status("b") == "running"
+
+
+def test_a_run_with_torn_metadata_is_listed_and_reads_as_unreadable(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    w, loss, acc = trajectory(2, 2)
+    write_run(store, "a", w, loss, acc)
+    write_run(store, "b", w, loss, acc)
+    (tmp_path / "s.zarr" / "runs" / "b" / "zarr.json").write_text('{"zarr_format": 3, "node_t')
+    reader = TrajectoryStore.open(str(tmp_path / "s.zarr"))
+    assert reader.run_attrs("b") is None
+    assert reader.run_ids() == ["a", "b"]
+    assert reader.complete_runs() == ["a"]
+
+
+# ---- tasks and tensor groups -------------------------------------------------------------------
+def test_tasks_round_trip(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    assert not store.has_task("c1_2")
+    cond = np.linspace(-1, 1, 7).astype(np.float64)
+    store.write_task("c1_2", cond, {"classes": [1, 2], "split": "source"})
+    store.write_task("c0_3", np.zeros(7), {"classes": [0, 3]})
+    reader = TrajectoryStore.open(str(tmp_path / "s.zarr"))
+    assert reader.has_task("c1_2") and reader.task_ids() == ["c0_3", "c1_2"]
+    got = reader.condition("c1_2")
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, cond.astype(np.float32))
+    assert dict(reader.root["tasks"]["c1_2"].attrs) == {"classes": [1, 2], "split": "source"}
+    store.write_task("c1_2", cond * 2, {})  # overwrite allowed
+    np.testing.assert_array_equal(store.condition("c1_2"), (cond * 2).astype(np.float32))
+
+
+def test_save_and_load_tensors(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    with pytest.raises(StoreError, match="has no complete 'extractor' group"):
+        store.load_tensors("extractor")
+    tensors = {"a.weight": np.arange(6, dtype=np.float64).reshape(2, 3), "b": np.ones(4)}
+    store.save_tensors("extractor", tensors, {"architecture": "X"})
+    got = TrajectoryStore.open(str(tmp_path / "s.zarr")).load_tensors("extractor")
+    assert set(got) == set(tensors)
+    for k in tensors:
+        assert got[k].dtype == np.float32
+        np.testing.assert_array_equal(got[k], tensors[k].astype(np.float32))
+    assert store.root["extractor"].attrs["architecture"] == "X"
+    store.save_tensors("extractor", {"c": np.zeros(1)}, {})  # replaced whole
+    assert set(store.load_tensors("extractor")) == {"c"}
+    store.root["extractor"].attrs["complete"] = False
+    with pytest.raises(StoreError, match="no complete 'extractor'"):
+        store.load_tensors("extractor")
+
+
+# ---- remote (fsspec) stores --------------------------------------------------------------------
+def test_memory_url_round_trip() -> None:
+    url = mem_url()
+    with pytest.raises(StoreError, match="No trajectory store"):
+        TrajectoryStore.open(url)
+    store, created = TrajectoryStore.create_or_open(url, ROOT_ATTRS)
+    assert created
+    w, loss, acc = trajectory(9, 4, seed=5)
+    write_run(store, "c1_2-adam-s1", w, loss, acc, chunk_steps=4)
+    store.write_task("c1_2", np.arange(3), {"classes": [1, 2]})
+    store.update_attrs(init_complete=True)
+    reader = TrajectoryStore.open(url)
+    assert reader.attrs["schema_version"] == 1 and reader.attrs["init_complete"] is True
+    np.testing.assert_array_equal(reader.weights("c1_2-adam-s1"), w)
+    np.testing.assert_array_equal(reader.run_array("c1_2-adam-s1", "loss"), loss)
+    np.testing.assert_array_equal(reader.condition("c1_2"), np.arange(3, dtype=np.float32))
+    assert reader.run_status("c1_2-adam-s1") == "complete"
+    assert reader.bytes_on_disk() is None
+    again, created = TrajectoryStore.create_or_open(url, {})
+    assert not created and again.complete_runs() == ["c1_2-adam-s1"]
+    again.delete_run("c1_2-adam-s1")
+    assert TrajectoryStore.open(url).run_ids() == []
+
+
+def test_memory_url_future_schema() -> None:
+    url = mem_url()
+    store, _ = TrajectoryStore.create_or_open(url, {})
+    store.update_attrs(schema_version=2)
+    with pytest.raises(StoreError, match="has schema_version 2; this lohp reads up to 1"):
+        TrajectoryStore.open(url)
+
+
+# ---- codecs ------------------------------------------------------------------------------------
+def test_codecs_for_options() -> None:
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    assert codecs_for(StoreCodecConfig(codec="none")) == []
+    (z,) = codecs_for(StoreCodecConfig(codec="zstd", level=3))
+    assert isinstance(z, ZstdCodec) and z.level == 3
+    (b,) = codecs_for(StoreCodecConfig(codec="blosc-lz4", level=2, shuffle="bitshuffle"))
+    assert isinstance(b, BloscCodec)
+    assert (b.cname.value, b.clevel, b.shuffle.value) == ("lz4", 2, "bitshuffle")
+    (b,) = codecs_for(StoreCodecConfig())
+    assert (b.cname.value, b.clevel, b.shuffle.value) == ("zstd", 5, "shuffle")
+
+
+CODECS = [
+    {"codec": "none"},
+    {"codec": "zstd", "level": 1},
+    {"codec": "blosc-zstd"},
+    {"codec": "blosc-lz4", "level": 9},
+    {"codec": "blosc-zstd", "shuffle": "bitshuffle"},
+    {"codec": "blosc-lz4", "shuffle": "noshuffle", "level": 0},
+]
+
+
+@pytest.mark.parametrize("options", CODECS, ids=lambda o: "-".join(map(str, o.values())))
+def test_every_codec_round_trips(tmp_path: Path, options: dict) -> None:
+    codec = StoreCodecConfig(chunk_steps=4, **options)
+    store = new_store(tmp_path)
+    rng = np.random.default_rng(0)
+    # Compressible trajectory: a slow drift, as real weights are.
+    w = np.cumsum(rng.standard_normal((10, 300)) * 1e-3, axis=0).astype(np.float32)
+    w[:, :150] = 0.0
+    loss, acc = trajectory(10, 1)[1:]
+    writer = store.begin_run("r", 10, 300, codec, {})
+    for i in range(10):
+        writer.append(w[i], float(loss[i]), float(acc[i]))
+    writer.finish()
+    reader = TrajectoryStore.open(str(tmp_path / "s.zarr"))
+    np.testing.assert_array_equal(reader.weights("r"), w)
+    np.testing.assert_array_equal(reader.run_array("r", "train_acc"), acc)
+    meta = json.loads((tmp_path / "s.zarr" / "runs" / "r" / "weights" / "zarr.json").read_text())
+    names = [c["name"] for c in meta["codecs"]]
+    expected = {"none": [], "zstd": ["zstd"]}.get(options["codec"], ["blosc"])
+    assert names[1:] == expected  # after the bytes codec
+    raw = w.nbytes
+    stored = reader.bytes_on_disk("runs/*/weights")
+    meta_bytes = len((tmp_path / "s.zarr" / "runs" / "r" / "weights" / "zarr.json").read_bytes())
+    if options["codec"] == "none" or options.get("level") == 0:
+        assert stored - meta_bytes >= raw
+    else:
+        assert stored - meta_bytes < 0.8 * raw
+
+
+def test_bytes_on_disk(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    w, loss, acc = trajectory(4, 64)
+    write_run(store, "r", w, loss, acc, codec="none")
+    total = sum(f.stat().st_size for f in (tmp_path / "s.zarr").rglob("*") if f.is_file())
+    assert store.bytes_on_disk() == total
+    weights = store.bytes_on_disk("runs/*/weights")
+    assert w.nbytes < weights < total
