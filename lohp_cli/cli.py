@@ -328,6 +328,88 @@ def _train_progress() -> Callable[[dict[str, Any]], None]:
 
 
 @app.command(epilog=EXIT_CODES_HELP)
+def generate(
+    policy: Annotated[str | None, typer.Option(help="Policy directory.")] = None,
+    out: Annotated[
+        str | None, typer.Option("--out", "-o", help="Output directory (.zarr).")
+    ] = None,
+    tasks: Annotated[
+        str | None,
+        typer.Option(help="target, target-hard, source, comma-separated task ids, or @FILE."),
+    ] = None,
+    num_tasks: Annotated[int | None, typer.Option(help="How many tasks of a split.")] = None,
+    samples: Annotated[int | None, typer.Option(help="Weight vectors per task.")] = None,
+    mode: Annotated[str | None, typer.Option(help="mean or sample.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed.")] = None,
+    save_paths: Annotated[
+        bool, typer.Option("--save-paths", help="Also store every state [S, N+1, P].")
+    ] = False,
+    store: Annotated[
+        str | None, typer.Option(help="The policy's trajectory store, if it moved.")
+    ] = None,
+    data_root: Annotated[str | None, typer.Option(help="Data set directory.")] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an existing output.")
+    ] = False,
+    device: DeviceOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Generate weights for tasks in N = T/k policy steps; prints the output path.
+
+    An existing output is kept unless --overwrite; the output appears whole (temporary directory,
+    lock, rename), so overlapping cron runs cannot corrupt it.
+    """
+
+    def go() -> Any:
+        from lohp_cli.config import GenerateConfig, resolve
+
+        cfg = resolve(
+            GenerateConfig,
+            config,
+            set_,
+            {
+                "policy": policy,
+                "out": out,
+                "tasks": tasks,
+                "num_tasks": num_tasks,
+                "samples": samples,
+                "mode": mode,
+                "seed": seed,
+                "save_paths": True if save_paths else None,
+                "store": store,
+                "data_root": data_root,
+                "overwrite": True if overwrite else None,
+                "device": device,
+            },
+        )
+        if dry_run:
+            typer.echo(json.dumps(cfg.model_dump(mode="json"), indent=2))
+            return None
+        from lohp_cli.generate import generate as run_generate
+
+        return run_generate(
+            cfg,
+            lambda e: (
+                e["event"] == "start"
+                and log(
+                    f"generating {e['samples']} sample(s) for {e['tasks']} task(s) in N = {e['N']} "
+                    f"steps on {e['device']}"
+                )
+            ),
+        )
+
+    result = run_guarded(go)
+    if result is not None:
+        log(
+            f"[green]done[/]: {result.tasks} task(s) × {result.samples}, "
+            f"{result.median_latency_ms:.3f} ms per sample (median), {result.wall_time_s:.1f} s"
+        )
+        typer.echo(result.out)
+
+
+@app.command(epilog=EXIT_CODES_HELP)
 def inspect(
     store: Annotated[str, typer.Argument(help="Trajectory store: path or fsspec URL.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,

@@ -385,3 +385,25 @@ class TrainConfig(Frozen):
                 f"unknown optimizer {unknown[0]!r}; choose from {', '.join(OPTIMIZERS)}"
             )
         return v
+
+
+class GenerateConfig(Frozen):
+    policy: str = Field("policies/fmnist-k2", description="Policy directory.")
+    out: str = Field("gen/fmnist-k2.zarr", description="Output generated-weights store (a path).")
+    tasks: str = Field(
+        "target",
+        description="A split (target, target-hard, source), comma-separated task ids, or @FILE "
+        "with one task id per line.",
+    )
+    num_tasks: int = Field(20, ge=1, description="How many tasks of a split.")
+    samples: int = Field(4, ge=1, description="Weight vectors per task.")
+    mode: Literal["mean", "sample"] = Field("mean", description="Mean steps or sampled steps.")
+    seed: int = Field(0, description="Seed of s_0 and of sampled steps.")
+    batch_size: int = Field(256, ge=1, description="Trajectories generated at once.")
+    save_paths: bool = Field(False, description="Also store every state [S, N+1, P].")
+    store: str | None = Field(
+        None, description="Trajectory store of the policy (default: where it was trained)."
+    )
+    data_root: str | None = Field(None, description="Data set directory (default: the store's).")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:i.")
+    overwrite: bool = Field(False, description="Replace an existing output.")

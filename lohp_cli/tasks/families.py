@@ -169,7 +169,7 @@ class TaskFamily:
             "num_classes": self.data.num_classes,
             "image_shape": list(self.data.image_shape),
             "data_fingerprint": self.data.fingerprint(),
-            **self.cfg.model_dump(mode="json", exclude={"data_root", "family"}),
+            **self.cfg.model_dump(mode="json", exclude={"data_root", "family", "download"}),
         }
 
 

@@ -1,0 +1,285 @@
+"""Stage 3: generate weights for tasks with a trained policy, in N = T/k policy steps.
+
+The output is a Zarr store (schema ``lohp.generated`` v1)::
+
+    generated.zarr/            attrs: schema, schema_version, policy (method, k, N, fingerprint),
+                               layout, param_count, tasks, samples, mode, seed, latency, provenance
+      <task_id>/weights        float32 [S, P]        generated weights (de-normalised)
+      <task_id>/path           float32 [S, N+1, P]   every state (with --save-paths)
+      <task_id>/condition      float32 [D]           the task condition the policy saw
+
+It is written into a temporary directory beside ``out`` and renamed into place, under a lock file,
+so a crash or two overlapping runs (cron) never leave a half-written output. The same arguments and
+seed give the same weight bytes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lohp_cli.config import GenerateConfig, ModelConfig, TaskConfig
+from lohp_cli.errors import CompatibilityError, ConfigError, StoreError
+from lohp_cli.runtime import derive_seed, provenance, resolve_device
+from lohp_cli.store.trajectory_store import TrajectoryStore
+from lohp_cli.tasks import TaskFamily, TaskSpec, make_family
+from lohp_cli.tasks.families import SPLITS
+from lohp_cli.tasks.inputs import task_tensors
+from lohp_cli.tasks.models import FeatureExtractor
+
+GEN_SCHEMA = "lohp.generated"
+GEN_SCHEMA_VERSION = 1
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class GenerateResult:
+    out: str
+    tasks: int
+    samples: int
+    median_latency_ms: float
+    wall_time_s: float
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class TaskContext:
+    """The task family, target model and extractor a policy was trained for."""
+
+    family: TaskFamily
+    model_cfg: ModelConfig
+    extractor: FeatureExtractor | None
+    store: TrajectoryStore
+
+
+def task_context(
+    meta: dict[str, Any], store_location: str | None = None, data_root: str | None = None
+) -> TaskContext:
+    """Rebuild the family/model of a policy from its config; refuse a mismatched data set."""
+    from lohp_cli.collect import load_extractor
+    from lohp_cli.config import CollectConfig
+
+    location = store_location or meta["store_location"]
+    store = TrajectoryStore.open(location, mode="r")
+    compat = store.attrs.get("compat", {})
+    if compat != meta["store_compat"]:
+        raise CompatibilityError(
+            f"Store '{location}' does not match the policy's store (task family, model or "
+            "trajectory settings differ); pass the store the policy was trained on with --store."
+        )
+    fam = dict(compat["family"])
+    stored_cfg = store.attrs.get("config", {}).get("task", {})
+    task_cfg = TaskConfig.model_validate(
+        {
+            "family": fam["name"],
+            **{k: v for k, v in fam.items() if k in TaskConfig.model_fields and k != "family"},
+            "data_root": data_root if data_root is not None else stored_cfg.get("data_root"),
+        }
+    )
+    family = make_family(task_cfg)
+    if family.data.fingerprint() != fam["data_fingerprint"]:
+        raise CompatibilityError(
+            f"The '{fam['name']}' data set found ({family.data.source}) differs from the one the "
+            "policy's store was collected on (data fingerprint); point --data-root at that copy."
+        )
+    model_cfg = ModelConfig.model_validate(compat["model"])
+    collect_cfg = CollectConfig.model_validate(
+        {"task": task_cfg.model_dump(), "model": model_cfg.model_dump()}
+    )
+    return TaskContext(family, model_cfg, load_extractor(store, collect_cfg, family), store)
+
+
+def resolve_tasks(spec: str, family: TaskFamily, n: int) -> list[TaskSpec]:
+    """Tasks from a split name, comma-separated ids, or ``@FILE`` (one id per line, # comments)."""
+    if spec in SPLITS:
+        return family.tasks(spec, n)  # type: ignore[arg-type]
+    if spec.startswith("@"):
+        path = Path(spec[1:])
+        try:
+            lines = path.read_text().splitlines()
+        except OSError as exc:
+            raise ConfigError(f"Cannot read task list '{path}': {exc.strerror}.") from None
+        ids = [ln.split("#", 1)[0].strip() for ln in lines]
+    else:
+        ids = [t.strip() for t in spec.split(",")]
+    specs = [TaskSpec.from_id(t) for t in ids if t]
+    if not specs:
+        raise ConfigError(f"No task ids in {spec!r}.")
+    nclass = family.data.num_classes
+    for s in specs:
+        if (
+            len(s.classes) != family.cfg.ways
+            or len(set(s.classes)) != len(s.classes)
+            or not all(0 <= c < nclass for c in s.classes)
+        ):
+            raise ConfigError(
+                f"Task '{s.task_id}' is not a {family.cfg.ways}-way task of distinct classes "
+                f"0..{nclass - 1} of '{family.name}'."
+            )
+    return specs
+
+
+@contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """An exclusive lock beside ``out``; a second run waits for the first to finish."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def generate_batch(
+    model: torch.nn.Module,
+    meta: dict[str, Any],
+    cond: torch.Tensor,
+    s0: torch.Tensor,
+    mode: str,
+    gen: torch.Generator,
+    keep_path: bool,
+) -> torch.Tensor:
+    """Normalised states: ``[B, N+1, P]`` with ``keep_path``, else ``[B, 1, P]`` (the last)."""
+    if meta["method"] == "hypernetwork":
+        out = model(cond).unsqueeze(1)  # [B, 1, P]
+        return torch.cat([s0.unsqueeze(1), out], dim=1) if keep_path else out
+    path = model.rollout(s0, 0, cond, mode=mode, gen=gen)  # [B, N+1, P]
+    return path if keep_path else path[:, -1:]
+
+
+def generate(cfg: GenerateConfig, progress: Progress | None = None) -> GenerateResult:
+    """Generate ``cfg.samples`` weight vectors for each task and write them to ``cfg.out``."""
+    import zarr
+
+    from lohp_cli.train import load_policy
+
+    emit = progress or (lambda _e: None)
+    t0 = time.perf_counter()
+    out = Path(cfg.out)
+    if "://" in cfg.out:
+        raise ConfigError("generate writes a local directory; give a path for --out.")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"Output '{out}' is a file; give a directory path.")
+    if out.exists() and not cfg.overwrite:
+        raise ConfigError(f"Output '{out}' exists; pass --overwrite to replace it.")
+    device = resolve_device(cfg.device)
+    model, meta, stats = load_policy(cfg.policy, device)
+    ctx = task_context(meta, cfg.store, cfg.data_root)
+    if ctx.store.attrs.get("param_count") != meta["param_count"]:
+        raise CompatibilityError("The policy's parameter count does not match its store.")
+    tasks = resolve_tasks(cfg.tasks, ctx.family, cfg.num_tasks)
+    emit(
+        {
+            "event": "start",
+            "tasks": len(tasks),
+            "samples": cfg.samples,
+            "N": meta["N"],
+            "device": device,
+        }
+    )
+    stats = stats.__class__(**{k: v.to(device) for k, v in stats.__dict__.items()})
+    size = meta["param_count"]
+    rows: list[tuple[TaskSpec, torch.Tensor]] = []
+    for spec in tasks:
+        t = task_tensors(ctx.family, spec, ctx.model_cfg, ctx.extractor, device)
+        if t.condition.numel() != meta["condition_dim"]:
+            raise CompatibilityError(
+                f"Task condition has {t.condition.numel()} entries; the policy expects "
+                f"{meta['condition_dim']}."
+            )
+        rows.append((spec, stats.normalize_condition(t.condition)))
+
+    weights: dict[str, np.ndarray] = {}
+    paths: dict[str, np.ndarray] = {}
+    latencies: list[float] = []
+    flat = [(spec, c, j) for spec, c in rows for j in range(cfg.samples)]
+    for start in range(0, len(flat), cfg.batch_size):
+        chunk = flat[start : start + cfg.batch_size]
+        s0 = torch.stack(
+            [
+                torch.randn(
+                    size,
+                    generator=torch.Generator().manual_seed(derive_seed(cfg.seed, spec.task_id, j)),
+                )
+                for spec, _, j in chunk
+            ]
+        ).to(device)
+        cond = torch.stack([c for _, c, _ in chunk])
+        gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "noise", start))
+        _sync(device)
+        t = time.perf_counter()
+        with torch.no_grad():
+            states = generate_batch(model, meta, cond, s0, cfg.mode, gen, cfg.save_paths)
+        _sync(device)
+        latencies.append((time.perf_counter() - t) / len(chunk))
+        theta = stats.denormalize(states).cpu().numpy()  # [B, L, P]
+        if not np.isfinite(theta).all():
+            raise StoreError("The policy generated non-finite weights; check the policy's metrics.")
+        for (spec, _, j), th in zip(chunk, theta, strict=True):
+            weights.setdefault(spec.task_id, np.zeros((cfg.samples, size), np.float32))[j] = th[-1]
+            if cfg.save_paths:
+                paths.setdefault(
+                    spec.task_id, np.zeros((cfg.samples, th.shape[0], size), np.float32)
+                )[j] = th
+        emit({"event": "batch", "done": min(start + cfg.batch_size, len(flat)), "total": len(flat)})
+
+    with output_lock(out):
+        tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        root = zarr.open_group(zarr.storage.LocalStore(tmp), mode="w")
+        root.attrs.update(
+            {
+                "schema": GEN_SCHEMA,
+                "schema_version": GEN_SCHEMA_VERSION,
+                "policy": {
+                    "path": str(cfg.policy),
+                    "method": meta["method"],
+                    "k": meta["k"],
+                    "N": meta["N"],
+                    "store_fingerprint": meta["store_fingerprint"],
+                    "trained_steps": meta["trained_steps"],
+                },
+                "layout": meta["layout"],
+                "param_count": size,
+                "store_location": ctx.store.location,
+                "tasks": [s.task_id for s, _ in rows],
+                "config": cfg.model_dump(mode="json"),
+                "latency_ms_per_sample": [round(x * 1e3, 4) for x in latencies],
+                "provenance": provenance(device),
+            }
+        )
+        for spec, c in rows:
+            g = root.create_group(spec.task_id)
+            g.create_array("weights", data=weights[spec.task_id])
+            g.create_array("condition", data=c.cpu().numpy())
+            if cfg.save_paths:
+                g.create_array(
+                    "path", data=paths[spec.task_id], chunks=(1, *paths[spec.task_id].shape[1:])
+                )
+            g.attrs["classes"] = list(spec.classes)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    med = statistics.median(latencies) * 1e3
+    return GenerateResult(
+        str(out), len(rows), cfg.samples, round(med, 4), round(time.perf_counter() - t0, 3)
+    )

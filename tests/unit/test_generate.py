@@ -1,0 +1,183 @@
+"""lohp generate: determinism, overwrite protection, task lists, mismatches, scoring."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from lohp_cli.collect import collect
+from lohp_cli.config import GenerateConfig, TrainConfig
+from lohp_cli.errors import CompatibilityError, ConfigError
+from lohp_cli.generate import GEN_SCHEMA, generate, resolve_tasks, task_context
+from lohp_cli.scoring import accuracy
+from lohp_cli.tasks import TaskSpec
+from lohp_cli.tasks.inputs import task_tensors
+from lohp_cli.tasks.models import build_target
+from lohp_cli.train import load_policy, train_policy
+from tests.conftest import tiny_config
+
+POLICY = {"backbone": "mlp", "hidden": 16, "emb_dim": 8}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    d = tmp_path_factory.mktemp("gen")
+    store = str(d / "store.zarr")
+    collect(tiny_config(store))
+    out = {"store": store}
+    for method in ("lo-hp", "hypernetwork"):
+        pol = str(d / f"pol-{method}")
+        train_policy(
+            TrainConfig.model_validate(
+                {"store": store, "out": pol, "method": method, "k": 2, "steps": 3, "policy": POLICY}
+            )
+        )
+        out[method] = pol
+    other = str(d / "other.zarr")
+    collect(tiny_config(other, model={"name": "mlp", "hidden": 4}))
+    out["other"] = other
+    return out
+
+
+def gen_cfg(policy: str, out: Path, **kw: object) -> GenerateConfig:
+    return GenerateConfig.model_validate(
+        {"policy": policy, "out": str(out), "num_tasks": 2, "samples": 3, "device": "cpu", **kw}
+    )
+
+
+def read_weights(path: Path) -> dict[str, np.ndarray]:
+    g = zarr.open_group(str(path), mode="r")
+    return {t: g[t]["weights"][:] for t in g.attrs["tasks"]}
+
+
+@pytest.mark.parametrize("method", ["lo-hp", "hypernetwork"])
+def test_same_arguments_same_bytes(trained: dict[str, str], tmp_path: Path, method: str) -> None:
+    a, b = tmp_path / "a.zarr", tmp_path / "b.zarr"
+    generate(gen_cfg(trained[method], a))
+    generate(gen_cfg(trained[method], b))
+    wa, wb = read_weights(a), read_weights(b)
+    assert wa.keys() == wb.keys() and len(wa) == 2
+    for t in wa:
+        assert wa[t].shape == (3, zarr.open_group(trained["store"], mode="r").attrs["param_count"])
+        assert wa[t].tobytes() == wb[t].tobytes()
+    assert zarr.open_group(str(a), mode="r").attrs["schema"] == GEN_SCHEMA
+
+
+def test_seed_and_samples_differ(trained: dict[str, str], tmp_path: Path) -> None:
+    generate(gen_cfg(trained["lo-hp"], tmp_path / "a.zarr"))
+    generate(gen_cfg(trained["lo-hp"], tmp_path / "b.zarr", seed=1))
+    wa, wb = read_weights(tmp_path / "a.zarr"), read_weights(tmp_path / "b.zarr")
+    t = next(iter(wa))
+    assert not np.array_equal(wa[t], wb[t])
+    assert not np.array_equal(wa[t][0], wa[t][1])  # each sample starts from its own s_0
+
+
+def test_existing_output_kept_without_overwrite(trained: dict[str, str], tmp_path: Path) -> None:
+    out = tmp_path / "g.zarr"
+    generate(gen_cfg(trained["lo-hp"], out))
+    before = read_weights(out)
+    with pytest.raises(ConfigError, match="--overwrite"):
+        generate(gen_cfg(trained["lo-hp"], out, seed=5))
+    assert all(np.array_equal(before[t], w) for t, w in read_weights(out).items())
+    generate(gen_cfg(trained["lo-hp"], out, seed=5, overwrite=True))
+    assert not all(np.array_equal(before[t], w) for t, w in read_weights(out).items())
+    assert not list(tmp_path.glob(".g.zarr.tmp*"))
+
+
+def test_paths_start_at_s0_and_end_at_weights(trained: dict[str, str], tmp_path: Path) -> None:
+    out = tmp_path / "p.zarr"
+    generate(gen_cfg(trained["lo-hp"], out, save_paths=True))
+    g = zarr.open_group(str(out), mode="r")
+    _, meta, _ = load_policy(trained["lo-hp"])
+    for t in g.attrs["tasks"]:
+        path = g[t]["path"][:]
+        assert path.shape[:2] == (3, meta["N"] + 1)
+        np.testing.assert_array_equal(path[:, -1], g[t]["weights"][:])
+
+
+def test_task_lists(trained: dict[str, str], tmp_path: Path) -> None:
+    _, meta, _ = load_policy(trained["lo-hp"])
+    fam = task_context(meta).family
+    assert [t.task_id for t in resolve_tasks("target", fam, 3)] == [
+        t.task_id for t in fam.tasks("target", 3)
+    ]
+    f = tmp_path / "tasks.txt"
+    f.write_text("# new tasks\nc0_1_2_3_4\n\nc9_8_7_6_5  # comment\n")
+    assert [t.task_id for t in resolve_tasks(f"@{f}", fam, 0)] == ["c0_1_2_3_4", "c9_8_7_6_5"]
+    assert [t.task_id for t in resolve_tasks("c1_2_3_4_5", fam, 0)] == ["c1_2_3_4_5"]
+    with pytest.raises(ConfigError, match="c1_1_2_3_4"):
+        resolve_tasks("c1_1_2_3_4", fam, 0)
+    with pytest.raises(ConfigError, match="5-way"):
+        resolve_tasks("c1_2", fam, 0)
+    with pytest.raises(ConfigError, match="Cannot read"):
+        resolve_tasks(f"@{tmp_path / 'missing.txt'}", fam, 0)
+
+
+def test_policy_with_a_foreign_store_is_refused(trained: dict[str, str], tmp_path: Path) -> None:
+    with pytest.raises(CompatibilityError, match="does not match"):
+        generate(gen_cfg(trained["lo-hp"], tmp_path / "g.zarr", store=trained["other"]))
+    assert not (tmp_path / "g.zarr").exists()
+
+
+def test_missing_policy_is_a_compatibility_error(tmp_path: Path) -> None:
+    with pytest.raises(CompatibilityError, match="No policy directory"):
+        generate(gen_cfg(str(tmp_path / "nope"), tmp_path / "g.zarr"))
+
+
+def test_output_that_is_a_file(trained: dict[str, str], tmp_path: Path) -> None:
+    f = tmp_path / "g.zarr"
+    f.write_text("keep me")
+    with pytest.raises(ConfigError, match="is a file"):
+        generate(gen_cfg(trained["lo-hp"], f, overwrite=True))
+    assert f.read_text() == "keep me"
+
+
+def test_accuracy_matches_module_forward(trained: dict[str, str]) -> None:
+    _, meta, _ = load_policy(trained["lo-hp"])
+    ctx = task_context(meta)
+    spec = TaskSpec.from_id(ctx.store.task_ids()[0])
+    data = task_tensors(ctx.family, spec, ctx.model_cfg, ctx.extractor)
+    net = build_target(ctx.model_cfg, ctx.family.data.image_shape, 5)
+    theta = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+    acc, loss = accuracy(net, theta, data)
+    with torch.no_grad():
+        logits = net(data.x_test)
+    assert acc == pytest.approx(float((logits.argmax(1) == data.y_test).float().mean()))
+    assert loss == pytest.approx(float(torch.nn.functional.cross_entropy(logits, data.y_test)))
+
+
+def test_cli_generate_exit_codes(trained: dict[str, str], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from lohp_cli.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "g.zarr"
+    ok = runner.invoke(
+        app,
+        [
+            "generate",
+            "--policy",
+            trained["lo-hp"],
+            "--out",
+            str(out),
+            "--num-tasks",
+            "1",
+            "--samples",
+            "1",
+            "--device",
+            "cpu",
+        ],
+    )
+    assert ok.exit_code == 0, ok.output
+    assert ok.stdout.strip().splitlines()[-1] == str(out)
+    again = runner.invoke(app, ["generate", "--policy", trained["lo-hp"], "--out", str(out)])
+    assert again.exit_code == 2 and "--overwrite" in again.output
+    missing = runner.invoke(
+        app, ["generate", "--policy", str(tmp_path / "nope"), "--out", str(tmp_path / "x.zarr")]
+    )
+    assert missing.exit_code == 4 and "Traceback" not in missing.output
