@@ -410,6 +410,88 @@ def generate(
 
 
 @app.command(epilog=EXIT_CODES_HELP)
+def evaluate(
+    generated: Annotated[str | None, typer.Option(help="Output of 'lohp generate'.")] = None,
+    out: Annotated[str | None, typer.Option("--out", "-o", help="Report directory.")] = None,
+    baselines: Annotated[
+        str | None, typer.Option(help="Comma list of sgd, adam, sam, hypernetwork.")
+    ] = None,
+    policy: Annotated[
+        list[str] | None,
+        typer.Option("--policy", help="Another trained policy to compare, NAME=DIR (repeatable)."),
+    ] = None,
+    latency_repeats: Annotated[int | None, typer.Option(help="Timed repetitions.")] = None,
+    device: DeviceOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Score generated weights on held-out tasks against optimizers and other policies.
+
+    Writes report.json, report.md and PNG plots into --out; prints a table on stderr and the
+    report directory on stdout.
+    """
+
+    def go() -> Any:
+        from lohp_cli.config import EvaluateConfig, resolve
+        from lohp_cli.errors import ConfigError
+
+        policies = None
+        if policy:
+            policies = {}
+            for item in policy:
+                name, sep, path = item.partition("=")
+                if not sep or not name or not path:
+                    raise ConfigError(f"--policy {item!r} is not of the form NAME=DIR.")
+                policies[name] = path
+        cfg = resolve(
+            EvaluateConfig,
+            config,
+            set_,
+            {
+                "generated": generated,
+                "out": out,
+                "baselines": _split_list(baselines),
+                "policies": policies,
+                "latency_repeats": latency_repeats,
+                "device": device,
+            },
+        )
+        if dry_run:
+            typer.echo(json.dumps(cfg.model_dump(mode="json"), indent=2))
+            return None
+        from lohp_cli.evaluate import evaluate as run_evaluate
+
+        def on_event(e: dict[str, Any]) -> None:
+            if e["event"] == "info":
+                log(e["message"])
+            elif e["event"] == "method":
+                log(f"  {e['name']}: {e['acc_mean']:.4f} ± {e['acc_std']:.4f}")
+
+        return run_evaluate(cfg, on_event)
+
+    report = run_guarded(go)
+    if report is not None:
+        _print_report(report)
+        typer.echo(report["config"]["out"])
+
+
+def _print_report(r: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"{r['family']} / {r['model']}: {len(r['tasks'])} task(s)")
+    for col in ("method", "kind", "steps", "accuracy", "latency ms"):
+        t.add_column(col, justify="left" if col in ("method", "kind") else "right")
+    for m in r["methods"]:
+        lat = "-" if m["latency_ms"] is None else f"{m['latency_ms']:.3f}"
+        t.add_row(
+            m["name"], m["kind"], str(m["steps"]), f"{m['acc_mean']:.4f} ± {m['acc_std']:.4f}", lat
+        )
+    if _state["verbosity"] >= 0:
+        err_console.print(t)
+
+
+@app.command(epilog=EXIT_CODES_HELP)
 def inspect(
     store: Annotated[str, typer.Argument(help="Trajectory store: path or fsspec URL.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,

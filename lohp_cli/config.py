@@ -407,3 +407,38 @@ class GenerateConfig(Frozen):
     data_root: str | None = Field(None, description="Data set directory (default: the store's).")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:i.")
     overwrite: bool = Field(False, description="Replace an existing output.")
+
+
+BASELINES = ("sgd", "adam", "sam", "hypernetwork")
+
+
+class EvaluateConfig(Frozen):
+    generated: str = Field("gen/fmnist-k2.zarr", description="Output of 'lohp generate'.")
+    out: str = Field("reports/fmnist", description="Report directory.")
+    baselines: tuple[str, ...] = Field(
+        BASELINES,
+        description="Baselines on the same tasks: sgd, adam, sam (each for T·r and for N "
+        "optimizer steps) and hypernetwork (trained here on the policy's store unless given in "
+        "policies).",
+    )
+    hypernetwork_steps: int = Field(1500, ge=1, description="Training steps of that hypernetwork.")
+    policies: dict[str, str] = Field(
+        default_factory=dict,
+        description="More trained policies to compare, name -> directory (e.g. hypernetwork, "
+        "lo-di, lo-op, k=1); generated here on the same tasks and seeds.",
+    )
+    latency_repeats: int = Field(20, ge=1, description="Timed repetitions per method (median).")
+    cosine_runs: int = Field(16, ge=0, description="Source runs for the local-policy check.")
+    plots: bool = Field(True, description="Write PNG plots (needs matplotlib).")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:i.")
+
+    @field_validator("baselines")
+    @classmethod
+    def _known_baselines(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [b for b in v if b not in BASELINES]
+        if unknown:
+            raise ValueError(
+                f"unknown baseline {unknown[0]!r}; choose from {', '.join(BASELINES)} (other "
+                "trained policies go in --policy NAME=DIR)"
+            )
+        return v

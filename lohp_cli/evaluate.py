@@ -1,0 +1,390 @@
+"""Stage 4: score generated weights on their tasks' test splits against baselines.
+
+Every method starts from the same initial-weight draws: sample j of task t starts at
+θ_0 = denormalise(s_0) with s_0 ~ N(0, I) seeded by (seed, task, j), exactly as ``generate`` does,
+so optimizers and policies are compared on the same tasks and starting points. Optimizers run for
+the store's full run length (T·r steps) and for N steps (as many as the policy takes). Latency is
+the median of repeated timed runs of one sample (CUDA-synchronised on GPU).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lohp_cli.checkpoint import atomic_write_bytes, atomic_write_json
+from lohp_cli.config import EvaluateConfig, GenerateConfig, OptimizersConfig, TrainConfig
+from lohp_cli.errors import CompatibilityError, ConfigError, StoreError
+from lohp_cli.generate import GEN_SCHEMA, GEN_SCHEMA_VERSION, TaskContext, task_context
+from lohp_cli.runtime import derive_seed, provenance, resolve_device
+from lohp_cli.scoring import accuracy
+from lohp_cli.store.sampler import matched_indices
+from lohp_cli.tasks import TaskSpec
+from lohp_cli.tasks.inputs import TaskTensors, task_tensors
+from lohp_cli.tasks.models import build_target, flat_params, load_flat
+
+REPORT_SCHEMA = "lohp.report"
+REPORT_VERSION = 1
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class MethodResult:
+    name: str
+    kind: str  # "generated" | "policy" | "optimizer"
+    accuracies: list[float] = field(default_factory=list)
+    latency_ms: float | None = None
+    steps: int | None = None
+
+    def summary(self) -> dict[str, Any]:
+        a = np.asarray(self.accuracies)
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "acc_mean": round(float(a.mean()), 4),
+            "acc_std": round(float(a.std()), 4),
+            "n": int(a.size),
+            "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 4),
+            "steps": self.steps,
+        }
+
+
+def open_generated(path: str) -> Any:
+    import zarr
+
+    p = Path(path)
+    if not p.is_dir() or not (p / "zarr.json").is_file():
+        raise StoreError(f"No generated store at '{path}'; make one with 'lohp generate'.")
+    try:
+        g = zarr.open_group(zarr.storage.LocalStore(p), mode="r")
+        attrs = dict(g.attrs)
+    except Exception as exc:  # noqa: BLE001 - any zarr/json failure means a corrupt store
+        raise StoreError(f"'{path}' is not a readable generated store ({exc}).") from None
+    if attrs.get("schema") != GEN_SCHEMA:
+        raise StoreError(
+            f"'{path}' is not a lohp generated store (schema {attrs.get('schema')!r})."
+        )
+    if attrs.get("schema_version", 0) > GEN_SCHEMA_VERSION:
+        raise StoreError(
+            f"'{path}' has schema_version {attrs['schema_version']}; this lohp reads "
+            f"up to {GEN_SCHEMA_VERSION}. Upgrade lohp."
+        )
+    return g
+
+
+def _time(fn: Callable[[], Any], repeats: int, device: str) -> float:
+    fn()
+    ts = []
+    for _ in range(repeats):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts) * 1e3
+
+
+def _start(stats: Any, task_id: str, j: int, seed: int, size: int) -> torch.Tensor:
+    s0 = torch.randn(size, generator=torch.Generator().manual_seed(derive_seed(seed, task_id, j)))
+    return stats.denormalize(s0)
+
+
+def run_optimizer(
+    ctx: TaskContext,
+    name: str,
+    theta0: torch.Tensor,
+    data: TaskTensors,
+    steps: int,
+    batch_size: int,
+    optim: OptimizersConfig,
+    seed: int,
+    device: str,
+) -> torch.nn.Module:
+    """Train the target model from ``theta0`` for ``steps`` with a real optimizer."""
+    from lohp_cli.collect import train_loop
+    from lohp_cli.optim import build_optimizer
+
+    net = build_target(ctx.model_cfg, ctx.family.data.image_shape, ctx.family.cfg.ways).to(device)
+    load_flat(net, theta0.to(device))
+    opt = build_optimizer(name, net.parameters(), optim)
+    train_loop(
+        net,
+        opt,
+        data.x_train,
+        data.y_train,
+        steps,
+        max(steps, 1),
+        batch_size,
+        torch.Generator().manual_seed(seed),
+    )
+    return net
+
+
+def cosine_check(
+    model: torch.nn.Module,
+    meta: dict[str, Any],
+    stats: Any,
+    ctx: TaskContext,
+    runs: int,
+    device: str,
+) -> list[float]:
+    """Cosine similarity of the policy's step f(θ_{k·i}) with the matched offline step Δ_i."""
+    if meta["method"] == "hypernetwork" or runs == 0:
+        return []
+    out: list[float] = []
+    store = ctx.store
+    for rid, attrs in list(store.iter_runs())[:runs]:
+        w = torch.from_numpy(
+            store.weights(rid)[matched_indices(attrs["steps_written"], meta["k"])]
+        ).to(device)
+        x = stats.normalize(w)  # [N+1, P]
+        c = stats.normalize_condition(
+            torch.from_numpy(store.condition(attrs["task_id"])).to(device)
+        )
+        n = x.shape[0] - 1
+        with torch.no_grad():
+            f, _ = model.means(x[:-1], torch.arange(n, device=device), c.expand(n, -1))
+        delta = x[1:] - x[:-1]
+        out += torch.nn.functional.cosine_similarity(f, delta, dim=1).cpu().tolist()
+    return out
+
+
+def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str, Any]:
+    """Score the generated weights and every baseline; write report.json/.md and plots."""
+    from lohp_cli.train import load_policy, train_policy
+
+    emit = progress or (lambda _e: None)
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"Report directory '{out}' is a file; choose another --out.")
+    g = open_generated(cfg.generated)
+    gattrs = dict(g.attrs)
+    device = resolve_device(cfg.device)
+    gcfg = GenerateConfig.model_validate(gattrs["config"])
+    model, meta, stats = load_policy(gattrs["policy"]["path"], device)
+    ctx = task_context(meta, gcfg.store, gcfg.data_root)
+    store_cfg = ctx.store.attrs["config"]
+    steps_full, batch_size = store_cfg["steps"], store_cfg["batch_size"]
+    optim = OptimizersConfig.model_validate(store_cfg["optim"])
+    size = meta["param_count"]
+    tasks = list(gattrs["tasks"])
+    samples = gcfg.samples
+    data = {
+        t: task_tensors(ctx.family, TaskSpec.from_id(t), ctx.model_cfg, ctx.extractor, device)
+        for t in tasks
+    }
+    net = build_target(ctx.model_cfg, ctx.family.data.image_shape, ctx.family.cfg.ways).to(device)
+    results: list[MethodResult] = []
+
+    # the generated weights themselves
+    main = MethodResult(f"{meta['method']} (k={meta['k']})", "generated", steps=meta["N"])
+    for t in tasks:
+        w = torch.from_numpy(g[t]["weights"][:]).to(device)
+        if not torch.isfinite(w).all():
+            raise StoreError(f"Generated weights of task {t} in '{cfg.generated}' are not finite.")
+        if w.shape[1] != size:
+            raise CompatibilityError(
+                f"Generated weights have {w.shape[1]} entries; the policy's "
+                f"target model has {size}."
+            )
+        main.accuracies += [accuracy(net, w[j], data[t])[0] for j in range(w.shape[0])]
+    c0 = next(iter(data.values())).condition
+    c0 = stats.normalize_condition(c0)[None]
+    s0 = torch.randn(1, size, device=device)
+    main.latency_ms = _time(lambda: _generate_one(model, meta, c0, s0), cfg.latency_repeats, device)
+    results.append(main)
+    emit({"event": "method", **main.summary()})
+
+    # other trained policies, generated here on the same tasks and starting points
+    policies = dict(cfg.policies)
+    if "hypernetwork" in cfg.baselines and "hypernetwork" not in policies:
+        hdir = out / "baselines" / "hypernetwork"
+        emit({"event": "info", "message": f"training the hypernetwork baseline into {hdir}"})
+        train_policy(
+            TrainConfig.model_validate(
+                {
+                    "store": ctx.store.location,
+                    "out": str(hdir),
+                    "method": "hypernetwork",
+                    "k": meta["k"],
+                    "steps": cfg.hypernetwork_steps,
+                    "device": device,
+                    "optimizers": meta["train_config"].get("optimizers"),
+                    "seed": gcfg.seed,
+                }
+            )
+        )
+        policies["hypernetwork"] = str(hdir)
+    for name, pdir in policies.items():
+        pm, pmeta, pstats = load_policy(pdir, device)
+        if pmeta["store_compat"] != meta["store_compat"]:
+            raise CompatibilityError(
+                f"Policy '{pdir}' was trained for another task family or "
+                "target model than the generated weights."
+            )
+        r = MethodResult(
+            f"{name} (k={pmeta['k']})" if pmeta["method"] != "hypernetwork" else name,
+            "policy",
+            steps=pmeta["N"] if pmeta["method"] != "hypernetwork" else 1,
+        )
+        for t in tasks:
+            c = pstats.normalize_condition(data[t].condition)[None]
+            for j in range(samples):
+                s = torch.randn(
+                    size, generator=torch.Generator().manual_seed(derive_seed(gcfg.seed, t, j))
+                )[None].to(device)
+                with torch.no_grad():
+                    th = pstats.denormalize(_generate_one(pm, pmeta, c, s))[0]
+                r.accuracies.append(accuracy(net, th, data[t])[0])
+        cp = pstats.normalize_condition(next(iter(data.values())).condition)[None]
+        r.latency_ms = _time(
+            lambda pm=pm, pmeta=pmeta, cp=cp: _generate_one(pm, pmeta, cp, s0),
+            cfg.latency_repeats,
+            device,
+        )
+        results.append(r)
+        emit({"event": "method", **r.summary()})
+
+    # real optimizers for the full run length and for N steps
+    for name in [b for b in cfg.baselines if b != "hypernetwork"]:
+        for steps in sorted({steps_full, meta["N"]}, reverse=True):
+            r = MethodResult(f"{name}-{steps}", "optimizer", steps=steps)
+            for t in tasks:
+                for j in range(samples):
+                    theta0 = _start(stats, t, j, gcfg.seed, size)
+                    m = run_optimizer(
+                        ctx,
+                        name,
+                        theta0,
+                        data[t],
+                        steps,
+                        batch_size,
+                        optim,
+                        derive_seed(gcfg.seed, "batches", t, j),
+                        device,
+                    )
+                    r.accuracies.append(accuracy(net, flat_params(m), data[t])[0])
+            t0 = tasks[0]
+            theta0 = _start(stats, t0, 0, gcfg.seed, size)
+            r.latency_ms = _time(
+                lambda name=name, steps=steps, theta0=theta0, t0=t0: run_optimizer(
+                    ctx, name, theta0, data[t0], steps, batch_size, optim, 0, device
+                ),
+                max(3, cfg.latency_repeats // 4),
+                device,
+            )
+            results.append(r)
+            emit({"event": "method", **r.summary()})
+
+    cos = cosine_check(model, meta, stats, ctx, cfg.cosine_runs, device)
+    report = {
+        "schema": REPORT_SCHEMA,
+        "schema_version": REPORT_VERSION,
+        "generated": cfg.generated,
+        "policy": gattrs["policy"],
+        "family": meta["store_compat"]["family"]["name"],
+        "model": meta["store_compat"]["model"]["name"],
+        "param_count": size,
+        "tasks": tasks,
+        "samples_per_task": samples,
+        "optimizer_steps_full": steps_full,
+        "device": device,
+        "methods": [r.summary() for r in results],
+        "cosine": {
+            "n": len(cos),
+            "mean": None if not cos else round(float(np.mean(cos)), 4),
+            "median": None if not cos else round(float(np.median(cos)), 4),
+            "values": [round(c, 4) for c in cos],
+        },
+        "config": cfg.model_dump(mode="json"),
+        "provenance": provenance(device),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "report.json", report)
+    atomic_write_bytes(out / "report.md", markdown_report(report).encode())
+    if cfg.plots:
+        write_plots(report, out)
+    return report
+
+
+def _generate_one(
+    model: torch.nn.Module, meta: dict[str, Any], c: torch.Tensor, s0: torch.Tensor
+) -> torch.Tensor:
+    with torch.no_grad():
+        if meta["method"] == "hypernetwork":
+            return model(c)
+        return model.rollout(s0, 0, c)[:, -1]
+
+
+def markdown_report(r: dict[str, Any]) -> str:
+    """The report as Markdown: a result table plus the local-policy check."""
+    lines = [
+        f"# lohp evaluation: {r['family']} / {r['model']} (P = {r['param_count']})",
+        "",
+        f"{len(r['tasks'])} held-out task(s) × {r['samples_per_task']} sample(s); device "
+        f"{r['device']}; generated by `{r['policy']['path']}` ({r['policy']['method']}, "
+        f"k = {r['policy']['k']}, N = {r['policy']['N']}).",
+        "",
+        "| method | kind | steps | accuracy (mean ± std) | latency (ms, median) |",
+        "|---|---|---|---|---|",
+    ]
+    for m in r["methods"]:
+        lat = "-" if m["latency_ms"] is None else f"{m['latency_ms']:.3f}"
+        lines.append(
+            f"| {m['name']} | {m['kind']} | {m['steps']} | "
+            f"{m['acc_mean']:.4f} ± {m['acc_std']:.4f} | {lat} |"
+        )
+    c = r["cosine"]
+    if c["n"]:
+        lines += [
+            "",
+            f"Local-policy check: cosine similarity of the policy's step with the matched "
+            f"offline step over {c['n']} steps: mean {c['mean']:.3f}, median "
+            f"{c['median']:.3f}.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def write_plots(r: dict[str, Any], out: Path) -> None:
+    """accuracy_vs_latency.png and cosine_hist.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in r["methods"]:
+        if m["latency_ms"]:
+            ax.errorbar(m["latency_ms"], m["acc_mean"], yerr=m["acc_std"], fmt="o", capsize=3)
+            ax.annotate(
+                m["name"],
+                (m["latency_ms"], m["acc_mean"]),
+                fontsize=7,
+                xytext=(4, 4),
+                textcoords="offset points",
+            )
+    ax.set_xscale("log")
+    ax.set_xlabel("latency per sample (ms, log)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("accuracy vs latency")
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_vs_latency.png", dpi=120)
+    plt.close(fig)
+    if r["cosine"]["n"]:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.hist(r["cosine"]["values"], bins=30, range=(-1, 1))
+        ax.set_xlabel("cosine(policy step, offline step)")
+        ax.set_ylabel("count")
+        ax.set_title("local-policy check")
+        fig.tight_layout()
+        fig.savefig(out / "cosine_hist.png", dpi=120)
+        plt.close(fig)
