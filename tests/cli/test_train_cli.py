@@ -1,0 +1,300 @@
+"""``lohp train-policy`` through typer's CliRunner: help, config precedence, the printed policy
+path, and the documented exit code (with one ``error:`` line naming the value) for every bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from typer.testing import CliRunner, Result
+
+from lohp_cli import cli as cli_module
+from lohp_cli.cli import app
+from lohp_cli.config import TrainConfig
+from lohp_cli.train import TrainResult, load_policy
+from tests.conftest import make_linear_store
+
+RUNNER = CliRunner()
+ENV = {"COLUMNS": "200", "NO_COLOR": "1"}
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+EXIT_CODE_TEXTS = (
+    "0 ok",
+    "1 unexpected error",
+    "2 usage or config error",
+    "3 store or data error",
+    "4 checkpoint or compatibility error",
+    "130 interrupted",
+)
+# a tiny policy: mlp backbone, k = 1 on T = 4
+TINY = ["--k", "1", "--batch-size", "2", "--device", "cpu", "--set", "policy.backbone=mlp",
+        "--set", "policy.hidden=16", "--set", "policy.emb_dim=8"]  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _pin_rich_width(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The module's stderr console was built at import; pin its width as CliRunner pins COLUMNS."""
+    monkeypatch.setattr(cli_module.err_console, "_width", 200)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def base_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cli") / "lin.zarr"
+    make_linear_store(path, n_tasks=2, size=5, cond_dim=3, steps=4, optimizers=("sgd", "adam"))
+    return path
+
+
+@pytest.fixture
+def store(base_store: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(base_store, tmp_path / "store.zarr"))
+
+
+def invoke(*args: object) -> Result:
+    return RUNNER.invoke(app, [str(a) for a in args], env=ENV)
+
+
+def plain(text: str) -> str:
+    return ANSI.sub("", text)
+
+
+def flat(text: str) -> str:
+    return " ".join(plain(text).replace("│", " ").split())
+
+
+def train(store: Path, out: Path, *args: object) -> Result:
+    return invoke("train-policy", "--store", store, "--out", out, *TINY, *args)
+
+
+def ok(result: Result) -> Result:
+    assert result.exit_code == 0, plain(result.output)
+    assert "Traceback" not in result.output
+    return result
+
+
+def assert_error(result: Result, code: int, names: tuple[str, ...] = ()) -> str:
+    """Exit ``code``, no traceback, exactly one ``error:`` line on stderr naming ``names``."""
+    out = plain(result.output)
+    assert result.exit_code == code, f"exit {result.exit_code}, want {code}:\n{out}"
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in out
+    errors = [ln for ln in plain(result.stderr).splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1, f"want one error line on stderr, got:\n{result.stderr}"
+    assert result.stdout == "", "nothing on stdout when it fails"
+    missing = [n for n in names if n not in errors[0]]
+    assert not missing, f"error line does not name {missing}: {errors[0]!r}"
+    return errors[0]
+
+
+# ---- help ---------------------------------------------------------------------------------------
+def test_help_lists_exit_codes_and_flags() -> None:
+    result = ok(invoke("train-policy", "--help"))
+    text = flat(result.stdout)
+    assert "Usage: lohp train-policy" in text
+    for item in EXIT_CODE_TEXTS:
+        assert item in text, item
+    for flag in ("--store", "--out", "--method", "--k", "--steps", "--batch-size", "--lr",
+                 "--optimizers", "--max-minutes", "--seed", "--overwrite", "--device",
+                 "--config", "--set", "--dry-run"):  # fmt: skip
+        assert flag in text, flag
+
+
+def test_app_help_lists_train_policy() -> None:
+    assert "train-policy" in flat(ok(invoke("--help")).stdout)
+
+
+# ---- --dry-run and precedence -------------------------------------------------------------------
+def dry_run(*args: object) -> dict[str, Any]:
+    result = ok(invoke("train-policy", "--dry-run", *args))
+    return json.loads(result.stdout)
+
+
+def test_dry_run_defaults_are_the_config_defaults(tmp_path: Path) -> None:
+    assert dry_run() == TrainConfig().model_dump(mode="json")
+
+
+def test_dry_run_precedence(tmp_path: Path) -> None:
+    cfg = tmp_path / "train.toml"
+    cfg.write_text(
+        'store = "from-file.zarr"\nk = 4\nsteps = 10\nlr = 5e-4\noverwrite = true\n'
+        '[policy]\nhidden = 64\nbackbone = "mlp"\n[loss]\nlam = 0.5\n'
+    )
+    data = dry_run("--config", cfg, "--set", "steps=20", "--set", "policy.hidden=32",
+                   "--set", "seed=7", "--steps", 30, "--method", "lo-di")  # fmt: skip
+    assert data["store"] == "from-file.zarr"  # file
+    assert data["k"] == 4 and data["lr"] == 5e-4 and data["loss"]["lam"] == 0.5  # file
+    assert data["policy"]["backbone"] == "mlp"  # file
+    assert data["policy"]["hidden"] == 32 and data["seed"] == 7  # --set over file
+    assert data["steps"] == 30 and data["method"] == "lo-di"  # flag over --set and file
+    assert data["overwrite"] is True  # an absent --overwrite does not reset the file's value
+    assert data["batch_size"] == TrainConfig().batch_size  # default
+    assert not Path("from-file.zarr").exists()
+
+
+def test_dry_run_flags(tmp_path: Path) -> None:
+    data = dry_run("--store", tmp_path / "s.zarr", "--out", tmp_path / "p", "--optimizers",
+                   "sgd, adam", "--overwrite", "--max-minutes", 2.5, "--k", 2,
+                   "--device", "cpu", "--batch-size", 3, "--lr", 1e-4)  # fmt: skip
+    assert data["store"] == str(tmp_path / "s.zarr") and data["out"] == str(tmp_path / "p")
+    assert data["optimizers"] == ["sgd", "adam"] and data["overwrite"] is True
+    assert (data["max_minutes"], data["k"], data["device"]) == (2.5, 2, "cpu")
+    assert (data["batch_size"], data["lr"]) == (3, 1e-4)
+    assert not (tmp_path / "p").exists(), "a dry run writes nothing"
+
+
+def test_dry_run_reports_every_config_error_at_once() -> None:
+    result = invoke("train-policy", "--dry-run", "--set", "k=0", "--set", "policy.patch=0",
+                    "--set", "nope=1")  # fmt: skip
+    line = assert_error(result, 2, ("k", "policy.patch", "nope"))
+    assert line.count(";") >= 2
+
+
+def test_library_call_gets_the_resolved_config(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    seen: dict[str, Any] = {}
+
+    def fake(cfg: TrainConfig, progress: Any = None) -> TrainResult:
+        seen["cfg"] = cfg
+        progress({"event": "device", "device": "cpu", "world_size": 1})
+        return TrainResult(str(tmp_path / "p"), 5, True, 0.25, 0.1)
+
+    import lohp_cli.train
+
+    monkeypatch.setattr(lohp_cli.train, "train_policy", fake)
+    result = ok(invoke("train-policy", "--store", "s.zarr", "--out", tmp_path / "p", "--steps", 5,
+                       "--set", "loss.on_policy_grad=detached"))  # fmt: skip
+    cfg = seen["cfg"]
+    assert isinstance(cfg, TrainConfig)
+    assert (cfg.store, cfg.out, cfg.steps) == ("s.zarr", str(tmp_path / "p"), 5)
+    assert cfg.loss.on_policy_grad == "detached" and cfg.overwrite is False
+    assert result.stdout == f"{tmp_path / 'p'}\n"
+    assert "device: cpu (world size 1)" in plain(result.stderr)
+    assert "done: step 5, complete, loss 0.25" in plain(result.stderr)
+
+
+# ---- real tiny runs -----------------------------------------------------------------------------
+def test_prints_the_policy_path(store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "p"
+    result = ok(train(store, out, "--steps", 3))
+    assert result.stdout == f"{out}\n"
+    err = plain(result.stderr)
+    assert "device: cpu" in err and "normalisation statistics over 4 run(s)" in err
+    assert "done: step 3, complete" in err
+    model, meta, _ = load_policy(out)
+    assert meta["trained_steps"] == 3 and meta["N"] == 4
+
+
+def test_rerun_resumes(store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "p"
+    ok(train(store, out, "--steps", 2, "--set", "checkpoint_every=2"))
+    result = ok(train(store, out, "--steps", 4, "--set", "checkpoint_every=2"))
+    assert "resuming from step 2" in plain(result.stderr)
+    assert result.stdout == f"{out}\n"
+    steps = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 4
+
+
+def test_quiet_keeps_stdout(store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "p"
+    result = RUNNER.invoke(
+        app,
+        ["-q", "train-policy", "--store", str(store), "--out", str(out), *TINY, "--steps", "1"],
+        env=ENV,
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{out}\n" and plain(result.stderr).strip() == ""
+
+
+def test_high_learning_rate_logs_a_warning_line(store: Path, tmp_path: Path) -> None:
+    result = ok(train(store, tmp_path / "p", "--steps", 1, "--lr", 0.002))
+    lines = [ln for ln in plain(result.stderr).splitlines() if ln.startswith("warning:")]
+    assert len(lines) == 1 and "0.002" in lines[0] and "0.001" in lines[0], result.stderr
+
+
+def test_normal_learning_rate_has_no_warning(store: Path, tmp_path: Path) -> None:
+    result = ok(train(store, tmp_path / "p", "--steps", 1, "--lr", 0.001))
+    assert "warning" not in plain(result.stderr)
+
+
+# ---- exit codes ---------------------------------------------------------------------------------
+def test_output_that_is_a_file_exit_2(store: Path, tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("mine")
+    assert_error(train(store, tmp_path / "f", "--steps", 1), 2, (str(tmp_path / "f"), "file"))
+    assert (tmp_path / "f").read_text() == "mine"
+
+
+def test_k_not_dividing_t_exit_2(store: Path, tmp_path: Path) -> None:
+    result = invoke("train-policy", "--store", store, "--out", tmp_path / "p", "--k", 3,
+                    "--device", "cpu")  # fmt: skip
+    assert_error(result, 2, ("k=3", "T=4", "[1, 2, 4]"))
+
+
+def test_unknown_method_exit_2(store: Path, tmp_path: Path) -> None:
+    assert_error(train(store, tmp_path / "p", "--method", "lo-xx"), 2, ("method", "lo-xx"))
+
+
+@pytest.mark.parametrize(
+    "args", [("--optimizers", ""), ("--optimizers", " , "), ("--set", "optimizers=[]")]
+)
+def test_empty_optimizer_subset_exit_2(store: Path, tmp_path: Path, args: tuple[str, ...]):
+    assert_error(train(store, tmp_path / "p", *args), 2, ("optimizers", "empty"))
+    assert not (tmp_path / "p").exists()
+
+
+def test_optimizer_subset_without_runs_exit_2(store: Path, tmp_path: Path) -> None:
+    assert_error(train(store, tmp_path / "p", "--optimizers", "sam"), 2, ("sam", "adam, sgd"))
+
+
+def test_unknown_optimizer_exit_2(store: Path, tmp_path: Path) -> None:
+    assert_error(train(store, tmp_path / "p", "--optimizers", "sgd,rmsprop"), 2, ("rmsprop",))
+
+
+def test_missing_store_exit_3(tmp_path: Path) -> None:
+    missing = tmp_path / "none.zarr"
+    assert_error(train(missing, tmp_path / "p"), 3, (str(missing), "lohp collect"))
+
+
+def test_newer_schema_store_exit_3(store: Path, tmp_path: Path) -> None:
+    import zarr
+
+    zarr.open_group(zarr.storage.LocalStore(store), mode="r+").attrs["schema_version"] = 2
+    assert_error(train(store, tmp_path / "p"), 3, ("schema_version 2",))
+
+
+def test_missing_config_file_exit_2(tmp_path: Path) -> None:
+    assert_error(invoke("train-policy", "--config", tmp_path / "x.toml"), 2, ("x.toml",))
+
+
+def test_policy_of_another_store_exit_4_unless_overwrite(store: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other.zarr"
+    make_linear_store(other, n_tasks=2, size=5, cond_dim=3, steps=4, seed=3)
+    out = tmp_path / "p"
+    ok(train(store, out, "--steps", 1))
+    before = (out / "model.safetensors").read_bytes()
+    assert_error(train(other, out, "--steps", 1), 4, (str(out), "another store", "--overwrite"))
+    assert (out / "model.safetensors").read_bytes() == before
+    result = ok(train(other, out, "--steps", 1, "--overwrite"))
+    assert result.stdout == f"{out}\n"
+    assert load_policy(out)[1]["store_location"] == str(other)
+
+
+def test_future_policy_format_exit_4(store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "p"
+    ok(train(store, out, "--steps", 1))
+    meta = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**meta, "format": 9}))
+    assert_error(train(store, out, "--steps", 2), 4, ("format 9",))
