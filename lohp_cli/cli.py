@@ -6,6 +6,7 @@ Progress and logs go to stderr; the machine-readable result (artifact path or JS
 from __future__ import annotations
 
 import json
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -288,12 +289,11 @@ def train_policy_cmd(
         return train_policy(cfg, _train_progress())
 
     result = run_guarded(go)
-    if result is not None:
+    if result is not None and int(os.environ.get("RANK", "0")) == 0:
         state = "complete" if result.complete else "stopped early (re-run to resume)"
         loss = "-" if result.final_loss is None else f"{result.final_loss:.4g}"
         log(f"[green]done[/]: step {result.step}, {state}, loss {loss}, {result.wall_time_s:.1f} s")
-        if int(__import__("os").environ.get("RANK", "0")) == 0:
-            typer.echo(result.policy)
+        typer.echo(result.policy)
 
 
 def _train_progress() -> Callable[[dict[str, Any]], None]:

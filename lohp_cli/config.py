@@ -372,6 +372,18 @@ class TrainConfig(Frozen):
     policy: PolicyConfig = Field(default_factory=PolicyConfig, description="Policy architecture.")
     loss: LossConfig = Field(default_factory=LossConfig, description="Loss settings.")
 
+    @model_validator(mode="after")
+    def _some_loss_term(self) -> TrainConfig:
+        lc = self.loss
+        if (self.method == "lo-op" and lc.w_on == 0) or (
+            self.method == "lo-hp" and lc.w_off == 0 and lc.w_on == 0
+        ):
+            raise ValueError(
+                f"method {self.method} with loss.w_off={lc.w_off} and loss.w_on={lc.w_on} has no "
+                "loss term; give one of them a positive weight"
+            )
+        return self
+
     @field_validator("optimizers")
     @classmethod
     def _subset(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 from torch import nn
 
 from lohp_cli.checkpoint import (
@@ -117,7 +118,11 @@ def _check_out_dir(out: Path, cfg: TrainConfig, fingerprint: dict[str, Any]) -> 
     cfg_path = out / "config.json"
     if not cfg_path.exists():
         # a crash can leave the files written before config.json; anything else is not ours
-        foreign = [p.name for p in out.iterdir() if p.name not in OWN_FILES] if out.exists() else []
+        foreign = [
+            p.name
+            for p in (out.iterdir() if out.exists() else [])
+            if p.name not in OWN_FILES and not (p.name.startswith(".") and p.name.endswith(".tmp"))
+        ]
         if foreign:
             raise ConfigError(
                 f"Output '{out}' is a non-empty directory without a lohp policy (it holds "
@@ -125,7 +130,7 @@ def _check_out_dir(out: Path, cfg: TrainConfig, fingerprint: dict[str, Any]) -> 
             )
         return False
     old = read_json(cfg_path)
-    if old.get("kind") != POLICY_KIND:
+    if not isinstance(old, dict) or old.get("kind") != POLICY_KIND:
         raise CompatibilityError(f"'{cfg_path}' is not a lohp policy config.")
     if old.get("format", 0) > POLICY_FORMAT:
         raise CompatibilityError(
@@ -368,13 +373,27 @@ def load_policy(
             f"No policy directory at '{out}'; train one with 'lohp train-policy'."
         )
     meta = read_json(out / "config.json")
-    if meta.get("kind") != POLICY_KIND:
-        raise CompatibilityError(f"'{out}' is not a lohp policy (kind {meta.get('kind')!r}).")
+    if not isinstance(meta, dict) or meta.get("kind") != POLICY_KIND:
+        kind = meta.get("kind") if isinstance(meta, dict) else None
+        raise CompatibilityError(f"'{out}' is not a lohp policy (kind {kind!r}).")
+    missing = [
+        k
+        for k in ("train_config", "normalization", "param_count", "condition_dim", "N")
+        if k not in meta
+    ]
+    if missing:
+        raise CompatibilityError(f"Policy config '{out / 'config.json'}' lacks {missing[0]!r}.")
     if meta.get("format", 0) > POLICY_FORMAT:
         raise CompatibilityError(
             f"Policy '{out}' has format {meta['format']}; this lohp reads up to {POLICY_FORMAT}."
         )
-    cfg = TrainConfig.model_validate(meta["train_config"])
+    try:
+        cfg = TrainConfig.model_validate(meta["train_config"])
+    except ValidationError as exc:
+        raise CompatibilityError(
+            f"Policy '{out}' has a train config this lohp cannot read ({exc.error_count()} "
+            "problem(s)); it was made by another version."
+        ) from None
     stats = NormStats.from_tensors(load_tensors(out / meta["normalization"]))
     model = build_model(cfg, meta["param_count"], meta["condition_dim"], meta["N"], stats)
     try:

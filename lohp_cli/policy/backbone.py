@@ -17,7 +17,8 @@ def sinusoidal(i: torch.Tensor, dim: int) -> torch.Tensor:
     half = dim // 2
     freqs = torch.exp(-math.log(1000.0) * torch.arange(half, device=i.device) / max(half - 1, 1))
     ang = i.float()[:, None] * freqs[None]  # [B, half]
-    return torch.cat([ang.sin(), ang.cos()], dim=1)
+    out = torch.cat([ang.sin(), ang.cos()], dim=1)
+    return nn.functional.pad(out, (0, dim % 2))  # odd dim: one zero column
 
 
 class FiLMBlock(nn.Module):
@@ -26,10 +27,10 @@ class FiLMBlock(nn.Module):
     def __init__(self, cin: int, cout: int, emb: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv1d(cin, cout, 3, padding=1)
-        self.norm1 = nn.GroupNorm(min(8, cout), cout)
+        self.norm1 = nn.GroupNorm(math.gcd(8, cout), cout)
         self.film = nn.Linear(emb, 2 * cout)
         self.conv2 = nn.Conv1d(cout, cout, 3, padding=1)
-        self.norm2 = nn.GroupNorm(min(8, cout), cout)
+        self.norm2 = nn.GroupNorm(math.gcd(8, cout), cout)
         self.skip = nn.Conv1d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:

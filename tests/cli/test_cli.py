@@ -310,9 +310,7 @@ def test_config_error_exit_2_store_untouched(
         pytest.param(["--tasks", "0"], ["tasks"], id="tasks-0-key"),
         pytest.param(["--seeds", "-1"], ["seeds"], id="seeds--1-key"),
         pytest.param(["--tasks", "0"], ["tasks", "0"], id="tasks-0-value"),
-        pytest.param(
-            ["--seeds", "-1"], ["seeds", "-1"], id="seeds--1-value"
-        ),
+        pytest.param(["--seeds", "-1"], ["seeds", "-1"], id="seeds--1-value"),
     ],
 )
 def test_out_of_range_count_exit_2(store: Path, args: list[str], names: list[str]) -> None:

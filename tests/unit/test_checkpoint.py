@@ -312,12 +312,6 @@ def test_load_policy_weights_that_do_not_fit(policy_copy: Path) -> None:
         load_policy(policy_copy)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=(KeyError, AttributeError),
-    reason="BUG: a config.json that is valid JSON but lacks keys (or is not an object) escapes "
-    "load_policy as KeyError/AttributeError (exit 1) instead of CompatibilityError (exit 4)",
-)
 @pytest.mark.parametrize("text", ['{"kind": "lohp.policy", "format": 1}', "[1, 2]"])
 def test_load_policy_config_without_its_keys(policy_copy: Path, text: str) -> None:
     (policy_copy / "config.json").write_text(text)

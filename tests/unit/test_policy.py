@@ -82,11 +82,6 @@ def test_sinusoidal_embedding() -> None:
     assert not torch.allclose(e[1], e[2])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: an odd emb_dim (PolicyConfig allows any >= 2) makes sinusoidal() return dim-1 "
-    "columns and the step MLP fails with a shape error",
-)
 def test_odd_emb_dim_works() -> None:
     policy = make_policy(emb_dim=17)
     s, c = inputs()
@@ -94,11 +89,6 @@ def test_odd_emb_dim_works() -> None:
     assert f.shape == s.shape
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: U-Net channels not divisible by min(8, c) (e.g. 12) crash GroupNorm at "
-    "construction with a ValueError (exit 1) instead of a config error",
-)
 def test_unet_channels_not_multiple_of_8_work() -> None:
     policy = make_policy(**{**UNET, "channels": (8, 12)})
     s, c = inputs()
