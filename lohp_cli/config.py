@@ -125,7 +125,12 @@ class StoreCodecConfig(Frozen):
     shuffle: Literal["shuffle", "bitshuffle", "noshuffle"] = Field(
         "shuffle", description="Blosc shuffle filter."
     )
-    chunk_steps: int = Field(16, ge=1, description="Recorded states per chunk (time axis).")
+    chunk_steps: int = Field(
+        64, ge=1, description="Recorded states per chunk (time axis); default: a run in one chunk."
+    )
+    transpose: bool = Field(
+        True, description="Store each chunk coordinate-major (zarr TransposeCodec): better ratio."
+    )
 
 
 class CollectConfig(Frozen):

@@ -38,6 +38,13 @@ def _local_path(location: str) -> Path | None:
     return None if _is_url(location) else Path(location)
 
 
+def filters_for(cfg: StoreCodecConfig) -> list[Any]:
+    """Array-to-array filters: a transpose so that each coordinate's time series is contiguous."""
+    from zarr.codecs import TransposeCodec
+
+    return [TransposeCodec(order=(1, 0))] if cfg.transpose else []
+
+
 def codecs_for(cfg: StoreCodecConfig) -> list[Any]:
     """The zarr v3 compressor list for a codec config (empty for ``none``)."""
     from zarr.codecs import BloscCodec, ZstdCodec
@@ -233,9 +240,12 @@ class TrajectoryStore:
         self, rid: str, states: int, size: int, codec: StoreCodecConfig, attrs: dict[str, Any]
     ) -> RunWriter:
         """Start (or restart) a run: any earlier partial data of ``rid`` is removed first."""
-        self.delete_run(rid)
-        g = self.root["runs"].create_group(rid)
-        g.attrs.update({**attrs, "status": STATUS_RUNNING, "steps_written": 0})
+        path = _local_path(self.location)
+        if path is None or (path / "runs" / rid).exists():
+            self.delete_run(rid)
+        g = self.root["runs"].create_group(
+            rid, attributes={**attrs, "status": STATUS_RUNNING, "steps_written": 0}
+        )
         compressors = codecs_for(codec)
         chunk = min(codec.chunk_steps, states)
         g.create_array(
@@ -243,6 +253,7 @@ class TrajectoryStore:
             shape=(states, size),
             chunks=(chunk, size),
             dtype="float32",
+            filters=filters_for(codec),
             compressors=compressors,
             fill_value=np.nan,
         )
@@ -281,7 +292,12 @@ class TrajectoryStore:
 
 
 class RunWriter:
-    """Buffers recorded states and writes one whole time chunk at a time."""
+    """Buffers recorded states and writes one whole time chunk at a time.
+
+    Memory is bounded by one chunk (``chunk_steps × P`` floats). A run that does not finish is
+    redone from scratch, so nothing but the final attribute update marks progress: no attribute
+    is rewritten per chunk (each rewrite cost a store round trip per chunk).
+    """
 
     def __init__(self, group: Any, states: int, size: int, chunk: int) -> None:
         self.group = group
@@ -311,7 +327,6 @@ class RunWriter:
             w[self.written : self.written + self.filled] = self.buf[: self.filled]
             self.written += self.filled
             self.filled = 0
-            self.group.attrs["steps_written"] = self.written
 
     def finish(self, extra: dict[str, Any] | None = None) -> float:
         """Write the rest, then mark the run complete (the last write). Returns wall seconds."""
@@ -322,6 +337,11 @@ class RunWriter:
         self.group["train_acc"][:] = self.acc
         wall = time.perf_counter() - self.t0
         self.group.attrs.update(
-            {**(extra or {}), "wall_time_s": round(wall, 4), "status": STATUS_COMPLETE}
+            {
+                **(extra or {}),
+                "wall_time_s": round(wall, 4),
+                "steps_written": self.written,
+                "status": STATUS_COMPLETE,
+            }
         )
         return wall

@@ -116,8 +116,7 @@ class FeatureExtractor(nn.Module):
             nn.AdaptiveAvgPool2d(7),
             nn.Flatten(),
             nn.Linear(32 * 7 * 7, feature_dim),
-            nn.ReLU(),
-        )
+        )  # linear features: a final ReLU left a third of them dead, and their head weights idle
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, C, H, W] -> [B, feature_dim]
         return self.body(x)

@@ -1,0 +1,748 @@
+"""Benchmarks of stage 1 (``lohp collect``): recording overhead, SAM vs SGD, store codecs.
+
+Run from the repository root::
+
+    python benchmarks/bench_collect.py            # full: head, mlp, cnn; a few minutes on 2 cores
+    python benchmarks/bench_collect.py --quick    # head and mlp, SGD only in (a); about a minute
+
+Everything is measured in one process, side by side, and printed on stdout as markdown tables
+(progress goes to stderr). Timings use ``time.perf_counter`` (and ``time.process_time`` for a
+CPU-time ratio), one warm-up round, then interleaved repeats (the order of the variants rotates
+every repeat) and report the median. Torch runs with ``torch.set_num_threads(threads_per_worker)``
+(1 by default), the value ``collect`` uses; zarr keeps its own I/O threads, as it does in
+``collect``. Device: CPU.
+
+(a) Recording overhead: ``RunContext.execute`` (train and record θ every ``record_every`` steps
+    into a Zarr store) against the same ``train_loop`` with ``record=None`` (same model init,
+    optimizer and batches), and against recording into a numpy buffer (θ copies, no store).
+(b) Time per optimizer step (``train_step``) for SGD, Adam and SAM on the same batches.
+(c) Bytes on disk of real recorded weights under each codec option (the real runs collected for
+    (a) are rewritten with each option), raw/disk ratio, write and read throughput, a bitwise
+    round-trip check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lohp_cli.collect import RunContext, RunPlan, collect, plan_runs, train_loop
+from lohp_cli.config import CollectConfig, StoreCodecConfig
+from lohp_cli.optim import build_optimizer, train_step
+from lohp_cli.runtime import derive_seed
+from lohp_cli.store import RunWriter, TrajectoryStore, codecs_for
+from lohp_cli.tasks import TaskFamily, make_family
+from lohp_cli.tasks.models import build_target
+
+OVERHEAD_TARGET = 1.10
+RATIO_TARGET = 1.4
+DEFAULT_CODEC = StoreCodecConfig()
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def median_ms(xs: list[float]) -> float:
+    return 1e3 * statistics.median(xs)
+
+
+def paired_ratio(num: list[float], den: list[float]) -> float:
+    """Median of per-round ratios: each round's variants ran back to back, under the same load."""
+    return statistics.median(a / b for a, b in zip(num, den, strict=True))
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one call; CPU time counts every thread."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - w0, time.process_time() - c0
+
+
+def table(header: list[str], rows: list[list[Any]]) -> str:
+    """A markdown table (numbers already formatted by the caller)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def machine() -> dict[str, str]:
+    cpu = platform.processor() or "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import numcodecs
+    import zarr
+
+    return {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "zarr": zarr.__version__,
+        "numcodecs": numcodecs.__version__,
+    }
+
+
+# ---- setup: one store per model, with real runs ----------------------------------------------
+def collect_store(model: str, root: Path, tasks: int) -> CollectConfig:
+    """Collect ``tasks`` × {sgd, adam, sam} × 1 seed real runs of ``model`` (default settings)."""
+    cfg = CollectConfig.model_validate(
+        {"out": str(root / f"{model}.zarr"), "model": {"name": model}, "tasks": tasks, "seeds": 1}
+    ).model_copy(update={"device": "cpu"})
+    t0 = time.perf_counter()
+    collect(cfg)  # the head extractor (600 steps) takes most of this
+    log(f"collected {model}: {len(cfg.optimizers) * tasks} runs in {time.perf_counter() - t0:.1f}s")
+    return cfg
+
+
+def fresh_training(
+    ctx: RunContext, plan: RunPlan
+) -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.Generator]:
+    """Model, optimizer and batch generator exactly as ``RunContext.execute`` builds them."""
+    cfg = ctx.cfg
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(plan.seed)
+        model = build_target(cfg.model, ctx.family.data.image_shape, cfg.task.ways)
+    model.to(ctx.device).train()
+    opt = build_optimizer(plan.optimizer, model.parameters(), cfg.optim)
+    gen = torch.Generator().manual_seed(derive_seed(plan.seed, "batches"))
+    return model, opt, gen
+
+
+def run_train_only(ctx: RunContext, plan: RunPlan) -> None:
+    cfg, data = ctx.cfg, ctx.task(plan.task_id)
+    model, opt, gen = fresh_training(ctx, plan)
+    train_loop(
+        model, opt, data.x_train, data.y_train, cfg.steps, cfg.record_every, cfg.batch_size, gen
+    )
+
+
+def run_record_in_memory(ctx: RunContext, plan: RunPlan) -> np.ndarray:
+    """The same loop, recording θ, loss and accuracy as ``execute`` does, into numpy (no store)."""
+    cfg, data = ctx.cfg, ctx.task(plan.task_id)
+    model, opt, gen = fresh_training(ctx, plan)
+    size = sum(p.numel() for p in model.parameters())
+    weights = np.empty((cfg.recorded_states, size), dtype=np.float32)  # [T+1, P]
+    scalars = np.empty((cfg.recorded_states, 2), dtype=np.float32)
+    i = 0
+
+    def record(theta: torch.Tensor, loss: torch.Tensor, acc: torch.Tensor) -> None:
+        nonlocal i
+        if not (torch.isfinite(theta).all() and torch.isfinite(loss)):
+            raise RuntimeError("non-finite weights")
+        weights[i] = theta.cpu().numpy()
+        scalars[i] = float(loss), float(acc)
+        i += 1
+
+    train_loop(
+        model,
+        opt,
+        data.x_train,
+        data.y_train,
+        cfg.steps,
+        cfg.record_every,
+        cfg.batch_size,
+        gen,
+        record,
+    )
+    return weights
+
+
+class Stopwatch:
+    """Exclusive time per label of nested instrumented calls (callee time leaves the caller)."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = {}
+        self._stack: list[list[float]] = []  # [start, time spent in callees]
+
+    def wrap(self, label: str, fn: Callable) -> Callable:
+        def wrapped(*args, **kwargs):
+            self._stack.append([time.perf_counter(), 0.0])
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                start, inner = self._stack.pop()
+                total = time.perf_counter() - start
+                self.totals[label] = self.totals.get(label, 0.0) + total - inner
+                if self._stack:
+                    self._stack[-1][1] += total
+
+        return wrapped
+
+
+@contextmanager
+def instrumented_store(watch: Stopwatch) -> Iterator[None]:
+    """Time the store calls of ``execute`` (patches the classes for the duration only)."""
+    patches = [
+        (TrajectoryStore, "begin_run", "begin_run (group + 3 arrays)"),
+        (RunWriter, "append", "append (copy into buffer)"),
+        (RunWriter, "flush", "flush (chunk write + attrs)"),
+        (RunWriter, "finish", "finish (loss/acc + status)"),
+    ]
+    saved = [(cls, name, getattr(cls, name)) for cls, name, _ in patches]
+    try:
+        for cls, name, label in patches:
+            setattr(cls, name, watch.wrap(label, getattr(cls, name)))
+        yield
+    finally:
+        for cls, name, fn in saved:
+            setattr(cls, name, fn)
+
+
+@contextmanager
+def counted_store_calls(store: TrajectoryStore) -> Iterator[dict[str, int]]:
+    """Count the zarr store operations (reads, writes, ...) made through ``store``."""
+    backend = store.root.store
+    counts: dict[str, int] = {}
+    names = ("get", "exists", "set", "set_if_not_exists", "delete", "delete_dir")
+    saved = {n: getattr(backend, n) for n in names if hasattr(backend, n)}
+
+    def counting(name: str, fn: Callable) -> Callable:
+        async def call(*args, **kwargs):
+            counts[name] = counts.get(name, 0) + 1
+            return await fn(*args, **kwargs)
+
+        return call
+
+    try:
+        for name, fn in saved.items():
+            setattr(backend, name, counting(name, fn))
+        yield counts
+    finally:
+        for name in saved:
+            delattr(backend, name)  # back to the class's method
+
+
+def bench_overhead(
+    ctx: RunContext, plans: list[RunPlan], reps: int
+) -> tuple[list[list[Any]], list[list[Any]], list[str]]:
+    """(a): median wall time per run of the three variants, interleaved; and a store breakdown."""
+    model = ctx.cfg.model.name
+    rows: list[list[Any]] = []
+    breakdown: list[list[Any]] = []
+    labels: list[str] = []
+    counter = 0
+
+    def execute(plan: RunPlan) -> None:
+        nonlocal counter
+        counter += 1  # a fresh run id each time: the first-time path of a real collect
+        ctx.execute(dataclasses.replace(plan, run_id=f"{plan.run_id}-bench{counter}"))
+
+    for plan in plans:
+        variants: dict[str, Callable[[], Any]] = {
+            "train": lambda p=plan: run_train_only(ctx, p),
+            "memory": lambda p=plan: run_record_in_memory(ctx, p),
+            "store": lambda p=plan: execute(p),
+        }
+        # Same loop check: the in-memory recording equals what execute wrote for this plan.
+        same = np.array_equal(
+            run_record_in_memory(ctx, plan).view(np.uint32),
+            ctx.store.weights(plan.run_id).view(np.uint32),
+        )
+        times: dict[str, list[float]] = {k: [] for k in variants}
+        cpu: dict[str, list[float]] = {k: [] for k in variants}
+        names = list(variants)
+        for r in range(reps + 1):  # round 0 is the warm-up
+            order = names[r % 3 :] + names[: r % 3]
+            for name in order:
+                wall, used = timed(variants[name])
+                if r:
+                    times[name].append(wall)
+                    cpu[name].append(used)
+        train, memory, store = (median_ms(times[k]) for k in names)
+        ratio = paired_ratio(times["store"], times["train"])
+        extra = median_ms([a - b for a, b in zip(times["store"], times["train"], strict=True)])
+        rows.append(
+            [
+                model,
+                plan.optimizer,
+                f"{train:.1f}",
+                f"{memory:.1f}",
+                f"{store:.1f}",
+                f"{paired_ratio(times['memory'], times['train']):.3f}x",
+                f"**{ratio:.3f}x**",
+                "yes" if ratio <= OVERHEAD_TARGET else "no",
+                f"{paired_ratio(cpu['store'], cpu['train']):.3f}x",
+                "yes" if same else "NO",
+            ]
+        )
+        watch = Stopwatch()
+        n = 3
+        with instrumented_store(watch):
+            for _ in range(n):
+                execute(plan)
+        with counted_store_calls(ctx.store) as calls:
+            execute(plan)
+        writes = sum(v for k, v in calls.items() if k.startswith("set"))
+        parts = {k: 1e3 * v / n for k, v in watch.totals.items()}
+        breakdown.append(
+            [model, plan.optimizer]
+            + [f"{v:.1f}" for v in parts.values()]
+            + [
+                f"{sum(parts.values()):.1f}",
+                f"{extra:.1f}",
+                f"{sum(calls.values())} ({writes} writes)",
+            ]
+        )
+        labels = list(parts)
+        log(f"(a) {model}/{plan.optimizer}: train {train:.1f} ms, store {store:.1f} ms")
+    return rows, breakdown, labels
+
+
+# ---- (b) time per optimizer step ------------------------------------------------------------
+def bench_steps(ctx: RunContext, reps: int, block: int) -> list[Any]:
+    """Median seconds per ``train_step`` of SGD, Adam and SAM (blocks of steps, interleaved)."""
+    cfg = ctx.cfg
+    plan = plan_runs(cfg, ctx.family.tasks("source", 1))[0]
+    data = ctx.task(plan.task_id)
+    gen = torch.Generator().manual_seed(0)
+    batches = []
+    for _ in range(block):
+        b = torch.randperm(data.y_train.shape[0], generator=gen)[: cfg.batch_size]
+        batches.append((data.x_train[b], data.y_train[b]))  # [B, ...], [B]
+    opts = ("sgd", "adam", "sam")
+    state = {o: fresh_training(ctx, dataclasses.replace(plan, optimizer=o))[:2] for o in opts}
+    times: dict[str, list[float]] = {o: [] for o in opts}
+    cpu: dict[str, list[float]] = {o: [] for o in opts}
+
+    def steps(model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
+        for xb, yb in batches:
+            train_step(model, opt, xb, yb)
+
+    for r in range(reps + 1):  # round 0 is the warm-up
+        order = opts[r % 3 :] + opts[: r % 3]
+        for o in order:
+            wall, used = timed(lambda o=o: steps(*state[o]))
+            if r:
+                times[o].append(wall / block)
+                cpu[o].append(used / block)
+    sgd, adam, sam = (median_ms(times[o]) for o in opts)
+    cpu_ratio = paired_ratio(cpu["sam"], cpu["sgd"])
+    log(f"(b) {cfg.model.name}: sgd {sgd:.3f} ms, sam {sam:.3f} ms")
+    return [
+        cfg.model.name,
+        f"{sgd:.3f}",
+        f"{adam:.3f}",
+        f"{sam:.3f}",
+        f"{paired_ratio(times['adam'], times['sgd']):.2f}x",
+        f"**{paired_ratio(times['sam'], times['sgd']):.2f}x**",
+        f"{cpu_ratio:.2f}x",
+    ]
+
+
+# ---- (c) codecs -----------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class CodecOption:
+    """A store codec setting; ``transpose`` adds zarr's TransposeCodec (not a config option)."""
+
+    codec: StoreCodecConfig
+    transpose: bool = False
+
+    @property
+    def label(self) -> str:
+        c = self.codec
+        text = c.codec if c.codec in ("none", "zstd") else f"{c.codec} {c.shuffle}"
+        if c.codec != "none":
+            text += f" L{c.level}"
+        text += f", chunk {c.chunk_steps}"
+        if c.chunk_steps >= CollectConfig().recorded_states:
+            text += " (whole run)"
+        if self.transpose:
+            text = "transpose + " + text + " †"
+        if self.codec == DEFAULT_CODEC and not self.transpose:
+            text += " (default)"
+        return text
+
+
+def codec_options(quick: bool) -> list[CodecOption]:
+    """The options of (c): ``StoreCodecConfig`` values, then a few with a transpose (†)."""
+
+    def opt(transpose: bool = False, **kw: Any) -> CodecOption:
+        return CodecOption(StoreCodecConfig(**kw), transpose)
+
+    whole = CollectConfig().recorded_states  # 41: one chunk per run
+    options = [
+        (True, opt()),
+        (False, opt(level=1)),
+        (True, opt(level=9)),
+        (True, opt(shuffle="bitshuffle")),
+        (False, opt(shuffle="bitshuffle", level=9)),
+        (True, opt(shuffle="noshuffle")),
+        (False, opt(codec="blosc-lz4")),
+        (False, opt(codec="blosc-lz4", shuffle="bitshuffle")),
+        (True, opt(codec="zstd")),
+        (False, opt(codec="zstd", level=9)),
+        (True, opt(codec="none")),
+        (True, opt(chunk_steps=whole)),
+        (False, opt(shuffle="noshuffle", chunk_steps=whole)),
+        (False, opt(shuffle="bitshuffle", chunk_steps=whole)),
+        (True, opt(codec="zstd", chunk_steps=whole)),
+        (False, opt(codec="none", chunk_steps=whole)),
+        (False, opt(True)),
+        (True, opt(True, level=3, chunk_steps=whole)),
+        (True, opt(True, chunk_steps=whole)),
+        (False, opt(True, codec="blosc-lz4", chunk_steps=whole)),
+    ]
+    return [o for in_quick, o in options if in_quick or not quick]
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def codec_trial(arrays: list[np.ndarray], option: CodecOption, root: Path) -> dict[str, Any]:
+    """Write every array with ``option`` into a fresh local store, read it back, measure."""
+    import zarr
+    from zarr.codecs import TransposeCodec
+
+    shutil.rmtree(root, ignore_errors=True)
+    group = zarr.open_group(zarr.storage.LocalStore(root), mode="w")
+    filters = [TransposeCodec(order=(1, 0))] if option.transpose else []
+    nodes = []
+    for i, a in enumerate(arrays):
+        kw = {"filters": filters} if filters else {}
+        nodes.append(
+            group.create_array(
+                f"r{i}",
+                shape=a.shape,
+                chunks=(min(option.codec.chunk_steps, a.shape[0]), a.shape[1]),
+                dtype="float32",
+                compressors=codecs_for(option.codec),
+                fill_value=np.nan,
+                **kw,
+            )
+        )
+
+    def write_all() -> None:
+        for node, a in zip(nodes, arrays, strict=True):
+            node[...] = a
+
+    write, write_cpu = timed(write_all)
+    reopened = zarr.open_group(zarr.storage.LocalStore(root), mode="r")
+    back: list[np.ndarray] = []
+    read, read_cpu = timed(
+        lambda: back.extend(np.asarray(reopened[f"r{i}"][...]) for i in range(len(arrays)))
+    )
+    lossless = all(
+        np.array_equal(b.view(np.uint32), a.view(np.uint32))
+        for a, b in zip(arrays, back, strict=True)
+    )
+    disk = sum(dir_bytes(root / f"r{i}") for i in range(len(arrays)))
+    chunks = sum(dir_bytes(root / f"r{i}" / "c") for i in range(len(arrays)))
+    return {
+        "write": write,
+        "read": read,
+        "write_cpu": write_cpu,
+        "read_cpu": read_cpu,
+        "lossless": lossless,
+        "disk": disk,
+        "chunks": chunks,
+    }
+
+
+def bench_codecs(
+    model: str, store: TrajectoryStore, run_ids: list[str], root: Path, reps: int, quick: bool
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """(c) for one model: every codec option on the same real weight arrays."""
+    arrays = [store.weights(rid) for rid in run_ids]  # each [T+1, P] float32
+    raw = sum(a.nbytes for a in arrays)
+    constant = statistics.mean(float((a == a[0]).all(0).mean()) for a in arrays)
+    results = []
+    for option in codec_options(quick):
+        trials = [codec_trial(arrays, option, root / "codec") for _ in range(reps)]
+        results.append(
+            {
+                "model": model,
+                "option": option,
+                "disk": trials[-1]["disk"],
+                "chunks": trials[-1]["chunks"],
+                "ratio": raw / trials[-1]["disk"],
+                "write": raw / 1e6 / statistics.median(t["write"] for t in trials),
+                "read": raw / 1e6 / statistics.median(t["read"] for t in trials),
+                "write_cpu": raw / 1e6 / statistics.median(t["write_cpu"] for t in trials),
+                "read_cpu": raw / 1e6 / statistics.median(t["read_cpu"] for t in trials),
+                "lossless": all(t["lossless"] for t in trials),
+            }
+        )
+    shutil.rmtree(root / "codec", ignore_errors=True)
+    a = arrays[0]
+    log(f"(c) {model}: {len(arrays)} runs of shape {a.shape}, {constant:.0%} θ never change")
+    for r in results:
+        r["shape"] = a.shape
+    info = {"model": model, "runs": len(arrays), "shape": a.shape, "raw_kb": raw / 1e3}
+    return results, {**info, "constant": constant}
+
+
+def codec_rows(results: list[dict[str, Any]]) -> list[list[Any]]:
+    return [
+        [
+            r["model"],
+            r["option"].label,
+            f"{r['disk'] / 1e3:.1f}",
+            f"**{r['ratio']:.3f}**",
+            "yes" if r["ratio"] >= RATIO_TARGET else "no",
+            f"{r['write']:.0f}",
+            f"{r['write_cpu']:.0f}",
+            f"{r['read']:.0f}",
+            f"{r['read_cpu']:.0f}",
+            "yes" if r["lossless"] else "NO",
+        ]
+        for r in results
+    ]
+
+
+def codec_summary(results: list[dict[str, Any]], models: list[str]) -> list[list[Any]]:
+    """Per model: the default, the best ``StoreCodecConfig`` options, the best option overall."""
+    rows = []
+    for model in models:
+        mine = [r for r in results if r["model"] == model]
+        if not mine:
+            continue
+        default = next(r for r in mine if r["option"] == CodecOption(DEFAULT_CODEC))
+        in_config = [r for r in mine if not r["option"].transpose]
+        fast = [r for r in in_config if r["write_cpu"] >= 0.8 * default["write_cpu"]]
+
+        def cell(rs: list[dict[str, Any]]) -> str:
+            r = max(rs, key=lambda r: r["ratio"])
+            return f"{r['ratio']:.3f}x, {r['write_cpu']:.0f} MB/CPU-s write ({r['option'].label})"
+
+        rows.append(
+            [model, f"{default['ratio']:.3f}x, {default['write_cpu']:.0f} MB/CPU-s write"]
+            + [cell(in_config), cell(fast) if fast else "-", cell(mine)]
+        )
+    return rows
+
+
+def bitshuffle_notes(results: list[dict[str, Any]]) -> list[str]:
+    """Options whose bytes equal the no-shuffle ones: c-blosc skipped the bitshuffle."""
+    notes = []
+    for r in results:
+        c = r["option"].codec
+        if c.shuffle != "bitshuffle" or r["option"].transpose:
+            continue
+        twin = CodecOption(c.model_copy(update={"shuffle": "noshuffle"}))
+        for q in results:
+            if q["model"] == r["model"] and q["option"] == twin and q["chunks"] == r["chunks"]:
+                notes.append(
+                    f"{r['model']}, {r['option'].label}: byte-identical chunks to noshuffle. "
+                    "c-blosc bitshuffles only multiples of 8 elements per block; this chunk "
+                    f"holds {c.chunk_steps} × {r['shape'][1]} elements (an odd number), so the "
+                    "bitshuffle was skipped."
+                )
+    return notes
+
+
+# ---- main -----------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer models, repeats and options")
+    parser.add_argument("--models", default=None, help="comma list of head,mlp,cnn")
+    parser.add_argument("--reps", type=int, default=None, help="timed repeats per variant")
+    args = parser.parse_args(argv)
+
+    quick = args.quick
+    models = (args.models or ("head,mlp" if quick else "head,mlp,cnn")).split(",")
+    unknown = [m for m in models if m not in ("head", "mlp", "cnn")]
+    if unknown:
+        parser.error(f"unknown model {unknown[0]!r}; choose from head, mlp, cnn")
+    # (a) repeats: full runs of cnn take ~1.5-3 s each, so it gets fewer.
+    reps_a = {m: args.reps or (5 if quick else (5 if m == "cnn" else 11)) for m in models}
+    reps_b = args.reps or (5 if quick else 9)
+    tasks = 2 if quick else 4
+    defaults = CollectConfig()
+    threads = defaults.threads_per_worker
+    torch.set_num_threads(threads)
+    info = machine()
+    load0 = os.getloadavg()[0]
+
+    family: TaskFamily = make_family(defaults.task)
+    t_all = time.perf_counter()
+    rows_a: list[list[Any]] = []
+    rows_bd: list[list[Any]] = []
+    rows_b: list[list[Any]] = []
+    results_c: list[dict[str, Any]] = []
+    runs_info: list[dict[str, Any]] = []
+    labels: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="lohp-bench-") as tmp:
+        root = Path(tmp)
+        for model in models:
+            cfg = collect_store(model, root, tasks)
+            ctx = RunContext(cfg, "cpu", family)
+            plans = plan_runs(cfg, family.tasks("source", tasks))
+            first: dict[str, RunPlan] = {}
+            for p in plans:
+                first.setdefault(p.optimizer, p)
+            # SGD has the shortest runs, so the largest overhead ratio; cnn runs take seconds.
+            chosen = [first["sgd"]] if quick or model == "cnn" else list(first.values())
+            a_rows, bd_rows, labels = bench_overhead(ctx, chosen, reps_a[model])
+            rows_a += a_rows
+            rows_bd += bd_rows
+            block = {"head": 200, "mlp": 50, "cnn": 20}[model]
+            rows_b.append(bench_steps(ctx, reps_b, block))
+            res, c_info = bench_codecs(
+                model, ctx.store, [p.run_id for p in plans], root, 2 if quick else 3, quick
+            )
+            results_c += res
+            runs_info.append(c_info)
+            shutil.rmtree(root / f"{model}.zarr", ignore_errors=True)
+    wall = time.perf_counter() - t_all
+    load1 = os.getloadavg()[0]
+
+    reps_text = ", ".join(f"{m} {r}" for m, r in reps_a.items())
+    which_opts = (
+        "SGD only (--quick)"
+        if quick
+        else "cnn with SGD only (its runs take seconds; SGD has the shortest runs, so the "
+        "largest ratio)"
+    )
+    out: list[str] = [f"## `lohp collect` benchmarks ({'--quick' if quick else 'full'})\n"]
+    out.append(
+        f"{info['date']}; CPU {info['cpu']}, {info['cores']} cores; Python {info['python']}, "
+        f"torch {info['torch']}, zarr {info['zarr']}, numcodecs {info['numcodecs']}. "
+        f"`torch.set_num_threads({threads})` (collect's `threads_per_worker` default), device "
+        f"cpu. Default fmnist config: steps {defaults.steps}, record_every "
+        f"{defaults.record_every}, batch {defaults.batch_size}, {defaults.recorded_states} "
+        f"recorded states per run, store codec blosc-zstd shuffle L5 with chunk_steps 16. "
+        f"1-min load average {load0:.1f} at start, {load1:.1f} at end (other processes share "
+        f"the cores; ratios come from interleaved repeats, so they suffer less than absolute ms)."
+        "\n"
+    )
+    out.append("### (a) Recording overhead per run\n")
+    out.append(
+        "Median wall time of one whole run (model init, optimizer, 200 steps) over interleaved "
+        f"repeats ({reps_text}) after one warm-up round; {which_opts}. *train*: `train_loop(..., "
+        "record=None)`; *θ to memory*: the same loop recording θ/loss/acc into numpy as "
+        "`execute` does; *store*: `RunContext.execute` into a local Zarr store (a fresh run id "
+        "each time, as in a first `collect`). *same θ*: the in-memory recording is bitwise "
+        "equal to what `execute` stored, so all three run the same training. *CPU time*: "
+        "the same ratio of process CPU seconds (all threads, zarr's included), which other "
+        "load on the machine disturbs less than wall time.\n"
+    )
+    out.append(
+        table(
+            [
+                "model",
+                "optimizer",
+                "train ms",
+                "θ to memory ms",
+                "store ms",
+                "memory/train",
+                "store/train",
+                f"≤ {OVERHEAD_TARGET:.2f}x",
+                "store/train CPU time",
+                "same θ",
+            ],
+            rows_a,
+        )
+        + "\n"
+    )
+    out.append(
+        "Where the store time goes: ms per run inside each store method (exclusive; mean of 3 "
+        "instrumented runs, 3 flushes per run with chunk_steps 16), and the zarr store "
+        "operations of one run.\n"
+    )
+    out.append(
+        table(
+            [
+                "model",
+                "optimizer",
+                *labels,
+                "sum",
+                "store − train (paired median)",
+                "zarr store calls per run",
+            ],
+            rows_bd,
+        )
+        + "\n"
+    )
+    out.append("### (b) Time per optimizer step\n")
+    out.append(
+        f"`train_step` on the same pre-drawn batches of 64, blocks of steps (head 200, mlp 50, "
+        f"cnn 20), median of {reps_b} interleaved blocks after a warm-up block.\n"
+    )
+    out.append(
+        table(
+            ["model", "SGD ms", "Adam ms", "SAM ms", "Adam/SGD", "SAM/SGD", "SAM/SGD CPU time"],
+            rows_b,
+        )
+        + "\n"
+    )
+    out.append("### (c) Recorded weights on disk per codec\n")
+    desc = "; ".join(
+        f"{r['model']}: {r['runs']} runs × {r['shape'][0]}×{r['shape'][1]} float32 = "
+        f"{r['raw_kb']:.0f} kB raw, {r['constant']:.0%} of θ entries constant over a run"
+        for r in runs_info
+    )
+    out.append(
+        f"Real trajectories ({desc}) rewritten with each option into a local store. *ratio* = "
+        "raw float32 bytes / bytes on disk of the weight arrays (chunks + zarr.json, as `lohp "
+        "inspect` counts). Throughput: MB/s of raw data through zarr, whole-array write and "
+        "read (median of repeats, warm page cache, includes zarr's per-call overhead, which "
+        "dominates for the small head arrays). † = not expressible in `StoreCodecConfig` "
+        "today: zarr v3's core `TransposeCodec(order=(1, 0))` before the compressor, so each "
+        "chunk is stored parameter-major (one parameter's values over time side by side); "
+        "lossless and read by a plain `zarr.open`.\n"
+    )
+    out.append(
+        table(
+            [
+                "model",
+                "codec",
+                "disk kB",
+                "ratio raw/disk",
+                f"≥ {RATIO_TARGET}x",
+                "write MB/s",
+                "write MB/CPU-s",
+                "read MB/s",
+                "read MB/CPU-s",
+                "lossless",
+            ],
+            codec_rows(results_c),
+        )
+        + "\n"
+    )
+    out.append("Best ratio per model (in the table above):\n")
+    out.append(
+        table(
+            [
+                "model",
+                "default",
+                "best StoreCodecConfig option",
+                "best StoreCodecConfig option with ≥ 80% of the default's write MB/CPU-s",
+                "best option overall",
+            ],
+            codec_summary(results_c, models),
+        )
+        + "\n"
+    )
+    for note in bitshuffle_notes(results_c):
+        out.append(f"- {note}")
+    out.append("")
+    out.append(f"Total benchmark wall time: {wall:.0f} s.")
+    print("\n".join(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
