@@ -358,6 +358,8 @@ def collect(cfg: CollectConfig, progress: Progress | None = None) -> CollectResu
                         "pending": len(pending),
                     }
                 )
+            pool.close()  # a clean shutdown: terminate() at exit leaks semaphores
+            pool.join()
     return CollectResult(cfg.out, len(plans), skipped, done, round(time.perf_counter() - t0, 3))
 
 
