@@ -24,6 +24,14 @@ else:  # pragma: no cover
 OPTIMIZERS = ("sgd", "adam", "sam")
 
 
+def check_optimizer_names(names: tuple[str, ...]) -> tuple[str, ...]:
+    """Raise ``ValueError`` naming the first unknown optimizer."""
+    unknown = [o for o in names if o not in OPTIMIZERS]
+    if unknown:
+        raise ValueError(f"unknown optimizer {unknown[0]!r}; choose from {', '.join(OPTIMIZERS)}")
+    return names
+
+
 class Frozen(BaseModel):
     """Base of every config model: immutable, unknown keys are errors."""
 
@@ -162,11 +170,7 @@ class CollectConfig(Frozen):
     def _known_optimizers(cls, v: tuple[str, ...]) -> tuple[str, ...]:
         if not v:
             raise ValueError("needs at least one optimizer")
-        unknown = [o for o in v if o not in OPTIMIZERS]
-        if unknown:
-            raise ValueError(
-                f"unknown optimizer {unknown[0]!r}; choose from {', '.join(OPTIMIZERS)}"
-            )
+        check_optimizer_names(v)
         if len(set(v)) != len(v):
             raise ValueError(f"optimizer listed twice in {list(v)}")
         return v
@@ -396,12 +400,7 @@ class TrainConfig(Frozen):
             return v
         if not v:
             raise ValueError("the optimizer subset is empty; list at least one of sgd, adam, sam")
-        unknown = [o for o in v if o not in OPTIMIZERS]
-        if unknown:
-            raise ValueError(
-                f"unknown optimizer {unknown[0]!r}; choose from {', '.join(OPTIMIZERS)}"
-            )
-        return v
+        return check_optimizer_names(v)
 
 
 class GenerateConfig(Frozen):
