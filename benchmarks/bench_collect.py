@@ -18,13 +18,15 @@ every repeat) and report the median. Torch runs with ``torch.set_num_threads(thr
 (b) Time per optimizer step (``train_step``) for SGD, Adam and SAM on the same batches.
 (c) Bytes on disk of real recorded weights under each codec option (the real runs collected for
     (a) are rewritten with each option), raw/disk ratio, write and read throughput, a bitwise
-    round-trip check.
+    round-trip check. Each option is a ``StoreCodecConfig`` (``transpose`` included), written
+    with the library's own ``codecs_for``/``filters_for``, the codecs ``begin_run`` uses.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import platform
 import shutil
@@ -45,7 +47,8 @@ from lohp_cli.collect import RunContext, RunPlan, collect, plan_runs, train_loop
 from lohp_cli.config import CollectConfig, StoreCodecConfig
 from lohp_cli.optim import build_optimizer, train_step
 from lohp_cli.runtime import derive_seed
-from lohp_cli.store import RunWriter, TrajectoryStore, codecs_for
+from lohp_cli.store import RunWriter, TrajectoryStore
+from lohp_cli.store.trajectory_store import codecs_for, filters_for
 from lohp_cli.tasks import TaskFamily, make_family
 from lohp_cli.tasks.models import build_target
 
@@ -195,10 +198,10 @@ class Stopwatch:
 def instrumented_store(watch: Stopwatch) -> Iterator[None]:
     """Time the store calls of ``execute`` (patches the classes for the duration only)."""
     patches = [
-        (TrajectoryStore, "begin_run", "begin_run (group + 3 arrays)"),
+        (TrajectoryStore, "begin_run", "begin_run (group with attrs + 3 arrays)"),
         (RunWriter, "append", "append (copy into buffer)"),
-        (RunWriter, "flush", "flush (chunk write + attrs)"),
-        (RunWriter, "finish", "finish (loss/acc + status)"),
+        (RunWriter, "flush", "flush (chunk write)"),
+        (RunWriter, "finish", "finish (loss/acc + final attrs)"),
     ]
     saved = [(cls, name, getattr(cls, name)) for cls, name, _ in patches]
     try:
@@ -352,85 +355,84 @@ def bench_steps(ctx: RunContext, reps: int, block: int) -> list[Any]:
 
 
 # ---- (c) codecs -----------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class CodecOption:
-    """A store codec setting; ``transpose`` adds zarr's TransposeCodec (not a config option)."""
-
-    codec: StoreCodecConfig
-    transpose: bool = False
-
-    @property
-    def label(self) -> str:
-        c = self.codec
-        text = c.codec if c.codec in ("none", "zstd") else f"{c.codec} {c.shuffle}"
-        if c.codec != "none":
-            text += f" L{c.level}"
-        text += f", chunk {c.chunk_steps}"
-        if c.chunk_steps >= CollectConfig().recorded_states:
-            text += " (whole run)"
-        if self.transpose:
-            text = "transpose + " + text + " †"
-        if self.codec == DEFAULT_CODEC and not self.transpose:
-            text += " (default)"
-        return text
+def chunk_rows(codec: StoreCodecConfig, states: int) -> int:
+    """Rows (recorded states) per weights chunk, as ``begin_run`` sets them."""
+    return min(codec.chunk_steps, states)
 
 
-def codec_options(quick: bool) -> list[CodecOption]:
-    """The options of (c): ``StoreCodecConfig`` values, then a few with a transpose (†)."""
+def codec_label(codec: StoreCodecConfig) -> str:
+    """Short text of a ``StoreCodecConfig``; ``(default)`` marks ``StoreCodecConfig()``."""
+    c = codec
+    text = c.codec if c.codec in ("none", "zstd") else f"{c.codec} {c.shuffle}"
+    if c.codec != "none":
+        text += f" L{c.level}"
+    text += f", chunk {c.chunk_steps}"
+    if c.chunk_steps >= CollectConfig().recorded_states:
+        text += " (whole run)"
+    text = ("transpose + " if c.transpose else "no transpose, ") + text
+    if c == DEFAULT_CODEC:
+        text += " (default)"
+    return text
 
-    def opt(transpose: bool = False, **kw: Any) -> CodecOption:
-        return CodecOption(StoreCodecConfig(**kw), transpose)
 
-    whole = CollectConfig().recorded_states  # 41: one chunk per run
+def codec_options(quick: bool) -> list[StoreCodecConfig]:
+    """The options of (c), each a ``StoreCodecConfig``: the default and variations of it."""
+    part = 16  # several chunks per run (the last one padded)
+    opt = StoreCodecConfig
     options = [
-        (True, opt()),
-        (False, opt(level=1)),
-        (True, opt(level=9)),
-        (True, opt(shuffle="bitshuffle")),
-        (False, opt(shuffle="bitshuffle", level=9)),
-        (True, opt(shuffle="noshuffle")),
-        (False, opt(codec="blosc-lz4")),
-        (False, opt(codec="blosc-lz4", shuffle="bitshuffle")),
-        (True, opt(codec="zstd")),
-        (False, opt(codec="zstd", level=9)),
-        (True, opt(codec="none")),
-        (True, opt(chunk_steps=whole)),
-        (False, opt(shuffle="noshuffle", chunk_steps=whole)),
-        (False, opt(shuffle="bitshuffle", chunk_steps=whole)),
-        (True, opt(codec="zstd", chunk_steps=whole)),
-        (False, opt(codec="none", chunk_steps=whole)),
-        (False, opt(True)),
-        (True, opt(True, level=3, chunk_steps=whole)),
-        (True, opt(True, chunk_steps=whole)),
-        (False, opt(True, codec="blosc-lz4", chunk_steps=whole)),
+        # With the transpose (coordinate-major chunks).
+        (True, opt(transpose=True)),
+        (False, opt(transpose=True, level=1)),
+        (True, opt(transpose=True, level=3)),
+        (False, opt(transpose=True, level=9)),
+        (True, opt(transpose=True, shuffle="noshuffle")),
+        (False, opt(transpose=True, shuffle="bitshuffle")),
+        (True, opt(transpose=True, codec="blosc-lz4")),
+        (False, opt(transpose=True, codec="zstd")),
+        (True, opt(transpose=True, chunk_steps=part)),
+        # Without it (time-major chunks, as the store wrote before ``transpose``).
+        (True, opt(transpose=False)),
+        (False, opt(transpose=False, level=9)),
+        (True, opt(transpose=False, shuffle="noshuffle")),
+        (False, opt(transpose=False, shuffle="bitshuffle")),
+        (False, opt(transpose=False, codec="blosc-lz4")),
+        (True, opt(transpose=False, codec="zstd")),
+        (True, opt(transpose=False, codec="none")),
+        (True, opt(transpose=False, chunk_steps=part)),
+        (False, opt(transpose=False, codec="zstd", chunk_steps=part)),
+        (False, opt(transpose=False, codec="none", chunk_steps=part)),
     ]
-    return [o for in_quick, o in options if in_quick or not quick]
+    chosen = [o for in_quick, o in options if in_quick or not quick]
+    if DEFAULT_CODEC not in chosen:  # the defaults changed: keep a row for them
+        chosen.insert(0, DEFAULT_CODEC)
+    return list(dict.fromkeys(chosen))  # one row per distinct config
 
 
 def dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def codec_trial(arrays: list[np.ndarray], option: CodecOption, root: Path) -> dict[str, Any]:
-    """Write every array with ``option`` into a fresh local store, read it back, measure."""
+def codec_trial(arrays: list[np.ndarray], option: StoreCodecConfig, root: Path) -> dict[str, Any]:
+    """Write every array with ``option`` into a fresh local store, read it back, measure.
+
+    The arrays are created as ``TrajectoryStore.begin_run`` creates ``weights``: the same
+    chunks, ``filters_for`` and ``codecs_for``.
+    """
     import zarr
-    from zarr.codecs import TransposeCodec
 
     shutil.rmtree(root, ignore_errors=True)
     group = zarr.open_group(zarr.storage.LocalStore(root), mode="w")
-    filters = [TransposeCodec(order=(1, 0))] if option.transpose else []
     nodes = []
     for i, a in enumerate(arrays):
-        kw = {"filters": filters} if filters else {}
         nodes.append(
             group.create_array(
                 f"r{i}",
                 shape=a.shape,
-                chunks=(min(option.codec.chunk_steps, a.shape[0]), a.shape[1]),
+                chunks=(chunk_rows(option, a.shape[0]), a.shape[1]),
                 dtype="float32",
-                compressors=codecs_for(option.codec),
+                filters=filters_for(option),
+                compressors=codecs_for(option),
                 fill_value=np.nan,
-                **kw,
             )
         )
 
@@ -498,7 +500,7 @@ def codec_rows(results: list[dict[str, Any]]) -> list[list[Any]]:
     return [
         [
             r["model"],
-            r["option"].label,
+            codec_label(r["option"]),
             f"{r['disk'] / 1e3:.1f}",
             f"**{r['ratio']:.3f}**",
             "yes" if r["ratio"] >= RATIO_TARGET else "no",
@@ -513,23 +515,26 @@ def codec_rows(results: list[dict[str, Any]]) -> list[list[Any]]:
 
 
 def codec_summary(results: list[dict[str, Any]], models: list[str]) -> list[list[Any]]:
-    """Per model: the default, the best ``StoreCodecConfig`` options, the best option overall."""
+    """Per model: the default; the best option overall, as fast as the default, untransposed."""
     rows = []
     for model in models:
         mine = [r for r in results if r["model"] == model]
         if not mine:
             continue
-        default = next(r for r in mine if r["option"] == CodecOption(DEFAULT_CODEC))
-        in_config = [r for r in mine if not r["option"].transpose]
-        fast = [r for r in in_config if r["write_cpu"] >= 0.8 * default["write_cpu"]]
+        default = next(r for r in mine if r["option"] == DEFAULT_CODEC)
+        fast = [r for r in mine if r["write_cpu"] >= 0.8 * default["write_cpu"]]
+        plain = [r for r in mine if not r["option"].transpose]
 
         def cell(rs: list[dict[str, Any]]) -> str:
+            if not rs:
+                return "-"
             r = max(rs, key=lambda r: r["ratio"])
-            return f"{r['ratio']:.3f}x, {r['write_cpu']:.0f} MB/CPU-s write ({r['option'].label})"
+            label = codec_label(r["option"])
+            return f"{r['ratio']:.3f}x, {r['write_cpu']:.0f} MB/CPU-s write ({label})"
 
         rows.append(
             [model, f"{default['ratio']:.3f}x, {default['write_cpu']:.0f} MB/CPU-s write"]
-            + [cell(in_config), cell(fast) if fast else "-", cell(mine)]
+            + [cell(mine), cell(fast), cell(plain)]
         )
     return rows
 
@@ -538,17 +543,19 @@ def bitshuffle_notes(results: list[dict[str, Any]]) -> list[str]:
     """Options whose bytes equal the no-shuffle ones: c-blosc skipped the bitshuffle."""
     notes = []
     for r in results:
-        c = r["option"].codec
-        if c.shuffle != "bitshuffle" or r["option"].transpose:
+        c = r["option"]
+        if c.codec == "none" or c.shuffle != "bitshuffle":
             continue
-        twin = CodecOption(c.model_copy(update={"shuffle": "noshuffle"}))
+        twin = c.model_copy(update={"shuffle": "noshuffle"})
+        rows = chunk_rows(c, r["shape"][0])
         for q in results:
             if q["model"] == r["model"] and q["option"] == twin and q["chunks"] == r["chunks"]:
                 notes.append(
-                    f"{r['model']}, {r['option'].label}: byte-identical chunks to noshuffle. "
+                    f"{r['model']}, {codec_label(c)}: byte-identical chunks to noshuffle. "
                     "c-blosc bitshuffles only multiples of 8 elements per block; this chunk "
-                    f"holds {c.chunk_steps} × {r['shape'][1]} elements (an odd number), so the "
-                    "bitshuffle was skipped."
+                    f"holds {rows} × {r['shape'][1]} elements"
+                    + (" (not a multiple of 8)" if rows * r["shape"][1] % 8 else "")
+                    + ", so the bitshuffle was skipped."
                 )
     return notes
 
@@ -610,6 +617,15 @@ def main(argv: list[str] | None = None) -> int:
     load1 = os.getloadavg()[0]
 
     reps_text = ", ".join(f"{m} {r}" for m, r in reps_a.items())
+    codec = DEFAULT_CODEC  # StoreCodecConfig(): the store codec of every collect above
+    assert defaults.store == codec
+    states = defaults.recorded_states
+    chunk = chunk_rows(codec, states)
+    flushes = math.ceil(states / chunk)
+    codec_text = (
+        f"codec {codec.codec}, shuffle {codec.shuffle}, level {codec.level}, chunk_steps "
+        f"{codec.chunk_steps}, transpose {codec.transpose}"
+    )
     which_opts = (
         "SGD only (--quick)"
         if quick
@@ -622,19 +638,21 @@ def main(argv: list[str] | None = None) -> int:
         f"torch {info['torch']}, zarr {info['zarr']}, numcodecs {info['numcodecs']}. "
         f"`torch.set_num_threads({threads})` (collect's `threads_per_worker` default), device "
         f"cpu. Default fmnist config: steps {defaults.steps}, record_every "
-        f"{defaults.record_every}, batch {defaults.batch_size}, {defaults.recorded_states} "
-        f"recorded states per run, store codec blosc-zstd shuffle L5 with chunk_steps 16. "
+        f"{defaults.record_every}, batch {defaults.batch_size}, {states} recorded states per run. "
+        f"`StoreCodecConfig()` defaults: {codec_text} ({flushes} chunk{'s' * (flushes > 1)} "
+        f"of {chunk} states per run). "
         f"1-min load average {load0:.1f} at start, {load1:.1f} at end (other processes share "
         f"the cores; ratios come from interleaved repeats, so they suffer less than absolute ms)."
         "\n"
     )
     out.append("### (a) Recording overhead per run\n")
     out.append(
-        "Median wall time of one whole run (model init, optimizer, 200 steps) over interleaved "
-        f"repeats ({reps_text}) after one warm-up round; {which_opts}. *train*: `train_loop(..., "
-        "record=None)`; *θ to memory*: the same loop recording θ/loss/acc into numpy as "
-        "`execute` does; *store*: `RunContext.execute` into a local Zarr store (a fresh run id "
-        "each time, as in a first `collect`). *same θ*: the in-memory recording is bitwise "
+        f"Median wall time of one whole run (model init, optimizer, {defaults.steps} steps) over "
+        f"interleaved repeats ({reps_text}) after one warm-up round; {which_opts}. *train*: "
+        "`train_loop(..., record=None)`; *θ to memory*: the same loop recording θ/loss/acc "
+        "into numpy as `execute` does; *store*: `RunContext.execute` into a local Zarr store "
+        "(a fresh run id each time, as in a first `collect`). *same θ*: the in-memory "
+        "recording is bitwise "
         "equal to what `execute` stored, so all three run the same training. *CPU time*: "
         "the same ratio of process CPU seconds (all threads, zarr's included), which other "
         "load on the machine disturbs less than wall time.\n"
@@ -659,7 +677,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     out.append(
         "Where the store time goes: ms per run inside each store method (exclusive; mean of 3 "
-        "instrumented runs, 3 flushes per run with chunk_steps 16), and the zarr store "
+        f"instrumented runs; {flushes} chunk write{'s' * (flushes > 1)} per run with chunk_steps "
+        f"{codec.chunk_steps}, "
+        + (
+            "each from `append` when a chunk fills, so `finish`'s flush has nothing left"
+            if states % chunk == 0
+            else "the last, partial one from `finish`"
+        )
+        + "; the run's attributes are written by "
+        "`begin_run`, with the group, and once more by `finish`), and the zarr store "
         "operations of one run.\n"
     )
     out.append(
@@ -678,8 +704,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     out.append("### (b) Time per optimizer step\n")
     out.append(
-        f"`train_step` on the same pre-drawn batches of 64, blocks of steps (head 200, mlp 50, "
-        f"cnn 20), median of {reps_b} interleaved blocks after a warm-up block.\n"
+        f"`train_step` on the same pre-drawn batches of {defaults.batch_size}, blocks of steps "
+        f"(head 200, mlp 50, cnn 20), median of {reps_b} interleaved blocks after a warm-up "
+        "block.\n"
     )
     out.append(
         table(
@@ -699,10 +726,12 @@ def main(argv: list[str] | None = None) -> int:
         "raw float32 bytes / bytes on disk of the weight arrays (chunks + zarr.json, as `lohp "
         "inspect` counts). Throughput: MB/s of raw data through zarr, whole-array write and "
         "read (median of repeats, warm page cache, includes zarr's per-call overhead, which "
-        "dominates for the small head arrays). † = not expressible in `StoreCodecConfig` "
-        "today: zarr v3's core `TransposeCodec(order=(1, 0))` before the compressor, so each "
-        "chunk is stored parameter-major (one parameter's values over time side by side); "
-        "lossless and read by a plain `zarr.open`.\n"
+        "dominates for the small head arrays). Each option is a `StoreCodecConfig`, written "
+        "through the library's `codecs_for`/`filters_for` as `begin_run` writes a run; "
+        "*transpose* (`StoreCodecConfig.transpose`) is zarr v3's core "
+        "`TransposeCodec(order=(1, 0))` before the compressor, so each chunk is stored "
+        "parameter-major (one parameter's values over time side by side); *(default)* marks "
+        "`StoreCodecConfig()`.\n"
     )
     out.append(
         table(
@@ -728,9 +757,9 @@ def main(argv: list[str] | None = None) -> int:
             [
                 "model",
                 "default",
-                "best StoreCodecConfig option",
-                "best StoreCodecConfig option with ≥ 80% of the default's write MB/CPU-s",
-                "best option overall",
+                "best option",
+                "best option with ≥ 80% of the default's write MB/CPU-s",
+                "best option with transpose=False",
             ],
             codec_summary(results_c, models),
         )
