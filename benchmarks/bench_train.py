@@ -72,13 +72,16 @@ def throughput(store: Path, method: str, policy: dict, steps: int, batch: int) -
     return steps * batch / dt
 
 
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork + exec, so a
+# child started by a big parent would report the parent's peak.
 PEAK_SCRIPT = """
-import resource, sys, json
+import sys, json
 from lohp_cli.config import TrainConfig
 from lohp_cli.train import train_policy
 cfg = TrainConfig.model_validate(json.loads(sys.argv[1]))
 train_policy(cfg)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+hwm = [ln for ln in open("/proc/self/status") if ln.startswith("VmHWM:")][0]
+print(int(hwm.split()[1]))
 """
 
 
