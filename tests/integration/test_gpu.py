@@ -1,0 +1,51 @@
+"""CUDA paths (skipped without a GPU): collect, train-policy with AMP, generate on the device."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lohp_cli.collect import collect
+from lohp_cli.config import GenerateConfig, TrainConfig
+from lohp_cli.generate import generate
+from lohp_cli.runtime import resolve_device
+from lohp_cli.train import load_policy, train_policy
+from tests.conftest import tiny_config
+
+pytestmark = pytest.mark.gpu
+
+
+def test_auto_picks_cuda() -> None:
+    assert resolve_device("auto") == "cuda"
+
+
+def test_pipeline_on_cuda(tmp_path: Path) -> None:
+    store = tmp_path / "s.zarr"
+    collect(tiny_config(store, device="cuda"))
+    pol = tmp_path / "p"
+    result = train_policy(
+        TrainConfig.model_validate(
+            {
+                "store": str(store),
+                "out": str(pol),
+                "k": 2,
+                "steps": 5,
+                "device": "cuda",
+                "amp": True,
+                "policy": {"backbone": "unet", "channels": [8, 16], "patch": 4, "emb_dim": 16},
+            }
+        )
+    )
+    assert result.complete and result.final_loss is not None
+    model, _, _ = load_policy(pol, "cuda")
+    assert next(model.parameters()).is_cuda
+    out = tmp_path / "g.zarr"
+    generate(
+        GenerateConfig.model_validate(
+            {"policy": str(pol), "out": str(out), "num_tasks": 1, "samples": 2, "device": "cuda"}
+        )
+    )
+    assert out.is_dir()
+    assert torch.cuda.is_available()
