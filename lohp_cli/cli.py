@@ -319,8 +319,11 @@ def _train_progress() -> Callable[[dict[str, Any]], None]:
         elif kind == "start":
             log(f"training {e['params']:,} parameters on {e['runs']} run(s), N = {e['N']} steps")
         elif kind == "log":
-            terms = " ".join(f"{k}={e[k]:.4g}" for k in ("loss", "off", "on", "mse") if k in e)
-            log(f"step {e['step']}/{e['steps']} {terms}")
+            # about 20 lines per run on stderr (every logged step with -v); metrics.jsonl has all
+            every = max(1, e["steps"] // 20)
+            if _state["verbosity"] >= 1 or e["step"] % every == 0 or e["step"] == e["steps"]:
+                terms = " ".join(f"{k}={e[k]:.4g}" for k in ("loss", "off", "on", "mse") if k in e)
+                log(f"step {e['step']}/{e['steps']} {terms}")
         elif kind == "timeout":
             log(f"--max-minutes reached at step {e['step']}; re-run to continue")
 
