@@ -18,17 +18,15 @@ from typing import Any
 import numpy as np
 import pytest
 import typer
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
 from lohp_cli import __version__
 from lohp_cli import cli as cli_module
 from lohp_cli.cli import app
 from lohp_cli.config import CollectConfig
+from tests.cli.runner import flat, invoke, plain
 from tests.conftest import TINY, needs_fmnist, tiny_config
 
-RUNNER = CliRunner()
-ENV = {"COLUMNS": "200", "NO_COLOR": "1"}
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 EXIT_CODE_TEXTS = (
     "0 ok",
     "1 unexpected error",
@@ -45,24 +43,7 @@ LOG_LINE = re.compile(
 )
 
 
-@pytest.fixture(autouse=True)
-def _pin_rich_width(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The module's stderr console was built at import; pin its width as CliRunner pins COLUMNS."""
-    monkeypatch.setattr(cli_module.err_console, "_width", 200)
-
-
 # ---- helpers ------------------------------------------------------------------------------------
-def invoke(*args: object) -> Result:
-    return RUNNER.invoke(app, [str(a) for a in args], env=ENV)
-
-
-def plain(text: str) -> str:
-    return ANSI.sub("", text)
-
-
-def flat(text: str) -> str:
-    """Output with all whitespace runs (line wraps, table borders aside) collapsed to one space."""
-    return " ".join(plain(text).replace("│", " ").split())
 
 
 def toml_dump(data: dict[str, Any], prefix: str = "") -> str:

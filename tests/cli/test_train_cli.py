@@ -5,25 +5,19 @@ path, and the documented exit code (with one ``error:`` line naming the value) f
 from __future__ import annotations
 
 import json
-import re
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
-from lohp_cli import cli as cli_module
 from lohp_cli.cli import app
 from lohp_cli.config import TrainConfig
 from lohp_cli.train import TrainResult, load_policy
+from tests.cli.runner import ENV, RUNNER, flat, invoke, plain
 from tests.conftest import make_linear_store
 
-RUNNER = CliRunner()
-ENV = {"COLUMNS": "200", "NO_COLOR": "1"}
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 EXIT_CODE_TEXTS = (
     "0 ok",
     "1 unexpected error",
@@ -37,20 +31,6 @@ TINY = ["--k", "1", "--batch-size", "2", "--device", "cpu", "--set", "policy.bac
         "--set", "policy.hidden=16", "--set", "policy.emb_dim=8"]  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _pin_rich_width(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The module's stderr console was built at import; pin its width as CliRunner pins COLUMNS."""
-    monkeypatch.setattr(cli_module.err_console, "_width", 200)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def base_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("cli") / "lin.zarr"
@@ -61,18 +41,6 @@ def base_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def store(base_store: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(base_store, tmp_path / "store.zarr"))
-
-
-def invoke(*args: object) -> Result:
-    return RUNNER.invoke(app, [str(a) for a in args], env=ENV)
-
-
-def plain(text: str) -> str:
-    return ANSI.sub("", text)
-
-
-def flat(text: str) -> str:
-    return " ".join(plain(text).replace("│", " ").split())
 
 
 def train(store: Path, out: Path, *args: object) -> Result:

@@ -32,15 +32,6 @@ STATES = 5  # steps 20, record_every 5
 PARAMS = 64 * 8 + 8 + 8 * 5 + 5  # mlp on 8×8 digits, hidden 8, 5 ways
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: one thread is faster, and far faster on a loaded 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def cfg_at(out: str | Path, **overrides: Any) -> CollectConfig:
     return tiny_config(out, device="cpu", **overrides)
 

@@ -37,15 +37,6 @@ from lohp_cli.tasks.models import (
 TASK = TaskConfig(family="digits", ways=3, train_per_class=6, support_per_class=4, test_per_class=5)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: one thread is faster, and far faster on a loaded 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def fam() -> TaskFamily:
     return make_family(TASK)
