@@ -143,11 +143,17 @@ def train_loop(
 class RunContext:
     """What a process needs to execute runs: the family, the store, the extractor, the tasks."""
 
-    def __init__(self, cfg: CollectConfig, device: str, family: TaskFamily | None = None) -> None:
+    def __init__(
+        self,
+        cfg: CollectConfig,
+        device: str,
+        family: TaskFamily | None = None,
+        store: TrajectoryStore | None = None,
+    ) -> None:
         self.cfg = cfg
         self.device = device
         self.family = family or make_family(cfg.task)
-        self.store = TrajectoryStore.open(cfg.out, mode="r+")
+        self.store = store or TrajectoryStore.open(cfg.out, mode="r+")
         self.extractor = load_extractor(self.store, cfg, self.family)
         self._tasks: dict[str, TaskTensors] = {}
 
@@ -301,7 +307,7 @@ def collect(cfg: CollectConfig, progress: Progress | None = None) -> CollectResu
     store = _init_store(cfg, family, device, emit)
     plans = plan_runs(cfg, tasks)
 
-    ctx = RunContext(cfg, device, family)
+    ctx = RunContext(cfg, device, family, store)
     needed = {p.task_id for p in plans}
     for spec in tasks:
         if spec.task_id in needed and not store.has_task(spec.task_id):

@@ -22,7 +22,13 @@ import torch
 from lohp_cli.checkpoint import atomic_write_bytes, atomic_write_json
 from lohp_cli.config import EvaluateConfig, GenerateConfig, OptimizersConfig, TrainConfig
 from lohp_cli.errors import CompatibilityError, ConfigError, StoreError
-from lohp_cli.generate import GEN_SCHEMA, GEN_SCHEMA_VERSION, TaskContext, task_context
+from lohp_cli.generate import (
+    GEN_SCHEMA,
+    GEN_SCHEMA_VERSION,
+    TaskContext,
+    initial_state,
+    task_context,
+)
 from lohp_cli.runtime import derive_seed, provenance, resolve_device
 from lohp_cli.scoring import accuracy
 from lohp_cli.store.sampler import matched_indices
@@ -94,8 +100,8 @@ def _time(fn: Callable[[], Any], repeats: int, device: str) -> float:
 
 
 def _start(stats: Any, task_id: str, j: int, seed: int, size: int) -> torch.Tensor:
-    s0 = torch.randn(size, generator=torch.Generator().manual_seed(derive_seed(seed, task_id, j)))
-    return stats.denormalize(s0)
+    """Initial weights θ_0 ``[P]`` of (task, sample j): the generator's s_0, de-normalised."""
+    return stats.denormalize(initial_state(seed, task_id, j, size))
 
 
 def run_optimizer(
@@ -239,9 +245,7 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
         for t in tasks:
             c = pstats.normalize_condition(data[t].condition)[None]
             for j in range(samples):
-                s = torch.randn(
-                    size, generator=torch.Generator().manual_seed(derive_seed(gcfg.seed, t, j))
-                )[None].to(device)
+                s = initial_state(gcfg.seed, t, j, size)[None].to(device)
                 with torch.no_grad():
                     th = pstats.denormalize(_generate_one(pm, pmeta, c, s))[0]
                 r.accuracies.append(accuracy(net, th, data[t])[0])

@@ -55,6 +55,12 @@ class GenerateResult:
         return dict(self.__dict__)
 
 
+def initial_state(seed: int, task_id: str, sample: int, size: int) -> torch.Tensor:
+    """s_0 ~ N(0, I) ``[P]`` of one (task, sample): the start every method shares for that pair."""
+    gen = torch.Generator().manual_seed(derive_seed(seed, task_id, sample))
+    return torch.randn(size, generator=gen)
+
+
 @dataclass
 class TaskContext:
     """The task family, target model and extractor a policy was trained for."""
@@ -196,7 +202,6 @@ def generate(cfg: GenerateConfig, progress: Progress | None = None) -> GenerateR
             "device": device,
         }
     )
-    stats = stats.__class__(**{k: v.to(device) for k, v in stats.__dict__.items()})
     size = meta["param_count"]
     rows: list[tuple[TaskSpec, torch.Tensor]] = []
     for spec in tasks:
@@ -214,15 +219,8 @@ def generate(cfg: GenerateConfig, progress: Progress | None = None) -> GenerateR
     flat = [(spec, c, j) for spec, c in rows for j in range(cfg.samples)]
     for start in range(0, len(flat), cfg.batch_size):
         chunk = flat[start : start + cfg.batch_size]
-        s0 = torch.stack(
-            [
-                torch.randn(
-                    size,
-                    generator=torch.Generator().manual_seed(derive_seed(cfg.seed, spec.task_id, j)),
-                )
-                for spec, _, j in chunk
-            ]
-        ).to(device)
+        s0 = torch.stack([initial_state(cfg.seed, spec.task_id, j, size) for spec, _, j in chunk])
+        s0 = s0.to(device)  # [B, P]
         cond = torch.stack([c for _, c, _ in chunk])
         gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "noise", start))
         _sync(device)

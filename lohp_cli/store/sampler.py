@@ -23,6 +23,7 @@ class RunRef:
     run_id: str
     task_id: str
     optimizer: str
+    states: int  # recorded states T + 1
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,10 @@ class NormStats:
 
 def select_runs(store: TrajectoryStore, optimizers: tuple[str, ...] | None) -> list[RunRef]:
     """Complete runs of the store, optionally only those of ``optimizers``."""
-    runs = [RunRef(rid, a["task_id"], a["optimizer"]) for rid, a in store.iter_runs()]
+    runs = [
+        RunRef(rid, a["task_id"], a["optimizer"], a["steps_written"])
+        for rid, a in store.iter_runs()
+    ]
     if not runs:
         raise StoreError(
             f"Store '{store.location}' has no complete runs; run 'lohp collect' first."
@@ -166,8 +170,7 @@ class TrajectorySampler:
         if hit is not None:
             self.cache.move_to_end(ref.run_id)
             return hit
-        states = self.store.run_attrs(ref.run_id)["steps_written"]  # type: ignore[index]
-        idx = matched_indices(states, self.k)
+        idx = matched_indices(ref.states, self.k)
         w = torch.from_numpy(self.store.weights(ref.run_id)[idx])  # [N+1, P]
         if not torch.isfinite(w).all():
             raise DataError(f"Run {ref.run_id} in '{self.store.location}' has non-finite weights.")

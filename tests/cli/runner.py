@@ -11,6 +11,14 @@ from lohp_cli.cli import app
 RUNNER = CliRunner()
 ENV = {"COLUMNS": "200", "NO_COLOR": "1"}
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+EXIT_CODE_TEXTS = (
+    "0 ok",
+    "1 unexpected error",
+    "2 usage or config error",
+    "3 store or data error",
+    "4 checkpoint or compatibility error",
+    "130 interrupted",
+)
 
 
 def invoke(*args: object) -> Result:

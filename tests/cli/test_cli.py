@@ -24,17 +24,9 @@ from lohp_cli import __version__
 from lohp_cli import cli as cli_module
 from lohp_cli.cli import app
 from lohp_cli.config import CollectConfig
-from tests.cli.runner import flat, invoke, plain
+from tests.cli.runner import EXIT_CODE_TEXTS, flat, invoke, plain
 from tests.conftest import TINY, needs_fmnist, tiny_config
 
-EXIT_CODE_TEXTS = (
-    "0 ok",
-    "1 unexpected error",
-    "2 usage or config error",
-    "3 store or data error",
-    "4 checkpoint or compatibility error",
-    "130 interrupted",
-)
 # stderr lines a failing command may print before its error line
 LOG_LINE = re.compile(
     r"^(device: \S+"

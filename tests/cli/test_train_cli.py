@@ -15,17 +15,9 @@ from typer.testing import Result
 from lohp_cli.cli import app
 from lohp_cli.config import TrainConfig
 from lohp_cli.train import TrainResult, load_policy
-from tests.cli.runner import ENV, RUNNER, flat, invoke, plain
+from tests.cli.runner import ENV, EXIT_CODE_TEXTS, RUNNER, flat, invoke, plain
 from tests.conftest import make_linear_store
 
-EXIT_CODE_TEXTS = (
-    "0 ok",
-    "1 unexpected error",
-    "2 usage or config error",
-    "3 store or data error",
-    "4 checkpoint or compatibility error",
-    "130 interrupted",
-)
 # a tiny policy: mlp backbone, k = 1 on T = 4
 TINY = ["--k", "1", "--batch-size", "2", "--device", "cpu", "--set", "policy.backbone=mlp",
         "--set", "policy.hidden=16", "--set", "policy.emb_dim=8"]  # fmt: skip
