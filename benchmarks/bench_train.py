@@ -33,6 +33,7 @@ sys.path.insert(0, str(ROOT))
 from lohp_cli.collect import collect  # noqa: E402
 from lohp_cli.config import CollectConfig, TrainConfig  # noqa: E402
 from lohp_cli.optim import build_optimizer, train_step  # noqa: E402
+from lohp_cli.runtime import resolve_device  # noqa: E402
 from lohp_cli.train import train_policy  # noqa: E402
 
 
@@ -160,7 +161,9 @@ def main() -> None:
     lines = [
         f"machine: {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, torch {torch.__version__}, "
-        f"threads {torch.get_num_threads()}, device cpu",
+        f"threads {torch.get_num_threads()}, training on {resolve_device('auto')}"
+        f"{' (' + torch.cuda.get_device_name() + ')' if torch.cuda.is_available() else ''}, "
+        "latencies on cpu",
         "",
     ]
     with tempfile.TemporaryDirectory() as d:

@@ -232,7 +232,14 @@ def train_policy_cmd(
         str | None, typer.Option(help="Trajectory store (path or fsspec URL).")
     ] = None,
     out: Annotated[str | None, typer.Option("--out", "-o", help="Output policy directory.")] = None,
-    method: Annotated[str | None, typer.Option(help="lo-hp, lo-op, lo-di or hypernetwork.")] = None,
+    method: Annotated[
+        str | None,
+        typer.Option(help="lo-hp, lo-op, lo-di, hypernetwork, or l2o, l2o-tt, l2o-flat, m-l2o."),
+    ] = None,
+    family: Annotated[
+        str | None,
+        typer.Option(help="L2O methods: store (default), or quadratic|lasso (no store needed)."),
+    ] = None,
     k: Annotated[int | None, typer.Option(help="Matching factor k (N = T/k).")] = None,
     steps: Annotated[int | None, typer.Option(help="Training steps.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Trajectories per step.")] = None,
@@ -267,6 +274,7 @@ def train_policy_cmd(
                 "store": store,
                 "out": out,
                 "method": method,
+                "l2o.family": family,
                 "k": k,
                 "steps": steps,
                 "batch_size": batch_size,
@@ -344,6 +352,10 @@ def generate(
     samples: Annotated[int | None, typer.Option(help="Weight vectors per task.")] = None,
     mode: Annotated[str | None, typer.Option(help="mean or sample.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed.")] = None,
+    style: Annotated[
+        str | None,
+        typer.Option(help="Whose steps a policy with optimizer tokens imitates: sgd, adam, sam."),
+    ] = None,
     save_paths: Annotated[
         bool, typer.Option("--save-paths", help="Also store every state [S, N+1, P].")
     ] = False,
@@ -380,6 +392,7 @@ def generate(
                 "samples": samples,
                 "mode": mode,
                 "seed": seed,
+                "style": style,
                 "save_paths": True if save_paths else None,
                 "store": store,
                 "data_root": data_root,
@@ -417,7 +430,11 @@ def evaluate(
     generated: Annotated[str | None, typer.Option(help="Output of 'lohp generate'.")] = None,
     out: Annotated[str | None, typer.Option("--out", "-o", help="Report directory.")] = None,
     baselines: Annotated[
-        str | None, typer.Option(help="Comma list of sgd, adam, sam, hypernetwork.")
+        str | None,
+        typer.Option(
+            help="Comma list of sgd, adam, sam, hypernetwork, l2o, l2o-tt, l2o-flat, m-l2o "
+            "(learned optimizers need --policy NAME=DIR)."
+        ),
     ] = None,
     policy: Annotated[
         list[str] | None,
@@ -437,16 +454,8 @@ def evaluate(
 
     def go() -> Any:
         from lohp_cli.config import EvaluateConfig, resolve
-        from lohp_cli.errors import ConfigError
 
-        policies = None
-        if policy:
-            policies = {}
-            for item in policy:
-                name, sep, path = item.partition("=")
-                if not sep or not name or not path:
-                    raise ConfigError(f"--policy {item!r} is not of the form NAME=DIR.")
-                policies[name] = path
+        policies = _parse_policies(policy)
         cfg = resolve(
             EvaluateConfig,
             config,
@@ -492,6 +501,106 @@ def _print_report(r: dict[str, Any]) -> None:
         )
     if _state["verbosity"] >= 0:
         err_console.print(t)
+
+
+@app.command("evaluate-l2o", epilog=EXIT_CODES_HELP)
+def evaluate_l2o_cmd(
+    policy: Annotated[
+        list[str] | None,
+        typer.Option("--policy", help="A learned optimizer to score, NAME=DIR (repeatable)."),
+    ] = None,
+    out: Annotated[str | None, typer.Option("--out", "-o", help="Report directory.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimizee steps of every method.")] = None,
+    tasks: Annotated[int | None, typer.Option(help="Held-out tasks.")] = None,
+    instances: Annotated[int | None, typer.Option(help="Problems per task.")] = None,
+    shift: Annotated[
+        float | None, typer.Option(help="Distribution shift of synthetic held-out tasks.")
+    ] = None,
+    adapt_steps: Annotated[
+        int | None, typer.Option(help="Self-adaptation steps (default: the policy's).")
+    ] = None,
+    baselines: Annotated[str | None, typer.Option(help="Comma list of adam, sgd.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the held-out tasks.")] = None,
+    device: DeviceOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Score learned optimizers against tuned Adam/SGD: loss-vs-step curves on held-out tasks.
+
+    Writes report.json, report.md and loss_curves.png into --out; prints a table on stderr and
+    the report directory on stdout.
+    """
+
+    def go() -> Any:
+        from lohp_cli.config import resolve
+        from lohp_cli.l2o.config import L2OEvaluateConfig
+
+        policies = _parse_policies(policy)
+        cfg = resolve(
+            L2OEvaluateConfig,
+            config,
+            set_,
+            {
+                "policies": policies,
+                "out": out,
+                "steps": steps,
+                "tasks": tasks,
+                "instances": instances,
+                "shift": shift,
+                "adapt_steps": adapt_steps,
+                "baselines": _split_list(baselines),
+                "seed": seed,
+                "device": device,
+            },
+        )
+        if dry_run:
+            typer.echo(json.dumps(cfg.model_dump(mode="json"), indent=2))
+            return None
+        from lohp_cli.l2o.evaluate import evaluate_l2o
+
+        def on_event(e: dict[str, Any]) -> None:
+            if e["event"] == "info":
+                log(e["message"])
+
+        return evaluate_l2o(cfg, on_event)
+
+    report = run_guarded(go)
+    if report is not None:
+        _print_l2o_report(report)
+        typer.echo(report["config"]["out"])
+
+
+def _parse_policies(items: list[str] | None) -> dict[str, str] | None:
+    """``["NAME=DIR", ...]`` -> ``{NAME: DIR}`` (None when no --policy was given)."""
+    from lohp_cli.errors import ConfigError
+
+    if not items:
+        return None
+    policies = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"--policy {item!r} is not of the form NAME=DIR.")
+        policies[name] = path
+    return policies
+
+
+def _print_l2o_report(r: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    from lohp_cli.l2o.evaluate import markdown_report
+
+    if _state["verbosity"] < 0:
+        return
+    lines = [ln for ln in markdown_report(r).splitlines() if ln.startswith("|")]
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    t = Table(title=f"{r['family']['name']}: {r['tasks']} task(s), {r['steps']} steps")
+    for col in head:
+        t.add_column(col)
+    for ln in lines[2:]:
+        t.add_row(*[c.strip() for c in ln.strip("|").split("|")])
+    err_console.print(t)
 
 
 @app.command(epilog=EXIT_CODES_HELP)

@@ -15,6 +15,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lohp_cli.errors import ConfigError
+from lohp_cli.l2o.config import L2OConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -320,6 +321,12 @@ class PolicyConfig(Frozen):
     optimizer_token: bool = Field(
         False, description="Condition on which optimizer's trajectory to imitate."
     )
+    state_input: Literal["none", "support"] = Field(
+        "none",
+        description="Our extension (LOHP.md): also condition each step on what the current "
+        "weights predict on the task's support set (class-mean softmax, forward only); head and "
+        "mlp target models.",
+    )
 
     @field_validator("beta")
     @classmethod
@@ -349,8 +356,12 @@ class LossConfig(Frozen):
 class TrainConfig(Frozen):
     store: str = Field("runs/fmnist.zarr", description="Trajectory store to learn from.")
     out: str = Field("policies/fmnist-k2", description="Output policy directory.")
-    method: Literal["lo-hp", "lo-op", "lo-di", "hypernetwork"] = Field(
-        "lo-hp", description="lo-hp, lo-op (on-policy only), lo-di, hypernetwork."
+    method: Literal[
+        "lo-hp", "lo-op", "lo-di", "hypernetwork", "l2o", "l2o-tt", "l2o-flat", "m-l2o"
+    ] = Field(
+        "lo-hp",
+        description="lo-hp, lo-op (on-policy only), lo-di, hypernetwork; learned optimizers "
+        "(docs/l2o.md): l2o, l2o-tt, l2o-flat, m-l2o (a step is then one episode).",
     )
     k: int = Field(2, ge=1, description="Matching factor: N = T / k policy steps.")
     steps: int = Field(3000, ge=1, description="Policy training steps.")
@@ -366,6 +377,12 @@ class TrainConfig(Frozen):
         description="Per-coordinate z-score from θ_0 of all runs (s_0 ~ N(0, I) then looks like "
         "the optimizers' starts) or from every recorded state.",
     )
+    augment: Literal["auto", "classes", "none"] = Field(
+        "auto",
+        description="classes: reorder the classes of each drawn run at random (output rows of "
+        "every state and the condition's class blocks), a valid run of the reordered task; auto: "
+        "classes where the store's tasks and model have that structure, else none.",
+    )
     window: int | None = Field(
         None, ge=1, description="Online steps per sampled sub-trajectory (default: all N)."
     )
@@ -380,6 +397,7 @@ class TrainConfig(Frozen):
     overwrite: bool = Field(False, description="Replace a policy made from another store.")
     policy: PolicyConfig = Field(default_factory=PolicyConfig, description="Policy architecture.")
     loss: LossConfig = Field(default_factory=LossConfig, description="Loss settings.")
+    l2o: L2OConfig = Field(default_factory=L2OConfig, description="Learned-optimizer settings.")
 
     @model_validator(mode="after")
     def _some_loss_term(self) -> TrainConfig:
@@ -415,6 +433,11 @@ class GenerateConfig(Frozen):
     samples: int = Field(4, ge=1, description="Weight vectors per task.")
     mode: Literal["mean", "sample"] = Field("mean", description="Mean steps or sampled steps.")
     seed: int = Field(0, description="Seed of s_0 and of sampled steps.")
+    style: str | None = Field(
+        None,
+        description="For a policy trained with policy.optimizer_token: whose steps to imitate "
+        "(default: adam when the policy learned from Adam runs, else its first optimizer).",
+    )
     batch_size: int = Field(256, ge=1, description="Trajectories generated at once.")
     save_paths: bool = Field(False, description="Also store every state [S, N+1, P].")
     store: str | None = Field(
@@ -425,17 +448,19 @@ class GenerateConfig(Frozen):
     overwrite: bool = Field(False, description="Replace an existing output.")
 
 
-BASELINES = ("sgd", "adam", "sam", "hypernetwork")
+DEFAULT_BASELINES = ("sgd", "adam", "sam", "hypernetwork")
+BASELINES = (*DEFAULT_BASELINES, "l2o", "l2o-tt", "l2o-flat", "m-l2o")
 
 
 class EvaluateConfig(Frozen):
     generated: str = Field("gen/fmnist-k2.zarr", description="Output of 'lohp generate'.")
     out: str = Field("reports/fmnist", description="Report directory.")
     baselines: tuple[str, ...] = Field(
-        BASELINES,
+        DEFAULT_BASELINES,
         description="Baselines on the same tasks: sgd, adam, sam (each for T·r and for N "
-        "optimizer steps) and hypernetwork (trained here on the policy's store unless given in "
-        "policies).",
+        "optimizer steps), hypernetwork (trained here on the policy's store unless given in "
+        "policies) and the learned optimizers l2o, l2o-tt, l2o-flat, m-l2o (each needs its "
+        "policy in policies under the same name).",
     )
     hypernetwork_steps: int = Field(1500, ge=1, description="Training steps of that hypernetwork.")
     policies: dict[str, str] = Field(

@@ -20,15 +20,24 @@ import numpy as np
 import torch
 
 from lohp_cli.checkpoint import atomic_write_bytes, atomic_write_json
-from lohp_cli.config import EvaluateConfig, GenerateConfig, OptimizersConfig, TrainConfig
+from lohp_cli.config import (
+    OPTIMIZERS,
+    EvaluateConfig,
+    GenerateConfig,
+    OptimizersConfig,
+    TrainConfig,
+)
 from lohp_cli.errors import CompatibilityError, ConfigError, StoreError
 from lohp_cli.generate import (
     GEN_SCHEMA,
     GEN_SCHEMA_VERSION,
     TaskContext,
     initial_state,
+    policy_probe,
+    style_token,
     task_context,
 )
+from lohp_cli.policy.state import StateProbe
 from lohp_cli.runtime import derive_seed, provenance, resolve_device
 from lohp_cli.scoring import accuracy
 from lohp_cli.store.sampler import matched_indices
@@ -48,6 +57,7 @@ class MethodResult:
     accuracies: list[float] = field(default_factory=list)
     latency_ms: float | None = None
     steps: int | None = None
+    policy: dict[str, Any] | None = None  # method, k, optimizers of a policy's result
 
     def summary(self) -> dict[str, Any]:
         a = np.asarray(self.accuracies)
@@ -59,7 +69,23 @@ class MethodResult:
             "n": int(a.size),
             "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 4),
             "steps": self.steps,
+            "policy": self.policy,
         }
+
+
+def policy_info(meta: dict[str, Any], token: int | None = None) -> dict[str, Any]:
+    """What identifies a policy's row in a report: method, k, N, its optimizer subset, its state
+    input and (for policies with optimizer tokens) the style it generated with."""
+    tc = meta["train_config"]
+    opts = tc.get("optimizers")
+    return {
+        "method": meta["method"],
+        "k": meta["k"],
+        "N": meta["N"],
+        "optimizers": sorted(opts) if opts else None,
+        "state_input": tc.get("policy", {}).get("state_input", "none"),
+        "style": None if token is None else OPTIMIZERS[token],
+    }
 
 
 def open_generated(path: str) -> Any:
@@ -148,7 +174,20 @@ def cosine_check(
         return []
     out: list[float] = []
     store = ctx.store
-    for rid, attrs in list(store.iter_runs())[:runs]:
+    chosen = list(store.iter_runs())[:runs]
+    bank = policy_probe(
+        model,
+        ctx,
+        {
+            a["task_id"]: task_tensors(
+                ctx.family, TaskSpec.from_id(a["task_id"]), ctx.model_cfg, ctx.extractor, device
+            )
+            for _, a in chosen
+        },
+        stats,
+        device,
+    )
+    for rid, attrs in chosen:
         w = torch.from_numpy(
             store.weights(rid)[matched_indices(attrs["steps_written"], meta["k"])]
         ).to(device)
@@ -157,8 +196,12 @@ def cosine_check(
             torch.from_numpy(store.condition(attrs["task_id"])).to(device)
         )
         n = x.shape[0] - 1
+        probe = None if bank is None else bank.probe([attrs["task_id"]])
+        tok = None
+        if meta["train_config"].get("policy", {}).get("optimizer_token", False):
+            tok = torch.full((n,), OPTIMIZERS.index(attrs["optimizer"]), device=device)
         with torch.no_grad():
-            f, _ = model.means(x[:-1], torch.arange(n, device=device), c.expand(n, -1))
+            f, _ = model.means(x[:-1], torch.arange(n, device=device), c.expand(n, -1), tok, probe)
         delta = x[1:] - x[:-1]
         out += torch.nn.functional.cosine_similarity(f, delta, dim=1).cpu().tolist()
     return out
@@ -192,7 +235,13 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     results: list[MethodResult] = []
 
     # the generated weights themselves
-    main = MethodResult(f"{meta['method']} (k={meta['k']})", "generated", steps=meta["N"])
+    tok0 = style_token(meta, gcfg.style)
+    main = MethodResult(
+        f"{meta['method']} (k={meta['k']})",
+        "generated",
+        steps=meta["N"],
+        policy=policy_info(meta, tok0),
+    )
     for t in tasks:
         w = torch.from_numpy(g[t]["weights"][:]).to(device)
         if not torch.isfinite(w).all():
@@ -206,7 +255,11 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     c0 = next(iter(data.values())).condition
     c0 = stats.normalize_condition(c0)[None]
     s0 = torch.randn(1, size, device=device)
-    main.latency_ms = _time(lambda: _generate_one(model, meta, c0, s0), cfg.latency_repeats, device)
+    bank = policy_probe(model, ctx, data, stats, device)
+    p0 = None if bank is None else bank.probe(tasks[:1])
+    main.latency_ms = _time(
+        lambda: _generate_one(model, meta, c0, s0, p0, tok0), cfg.latency_repeats, device
+    )
     results.append(main)
     emit({"event": "method", **main.summary()})
 
@@ -230,37 +283,64 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
             )
         )
         policies["hypernetwork"] = str(hdir)
+    from lohp_cli.l2o import L2O_METHODS
+    from lohp_cli.l2o.evaluate import is_l2o_policy, l2o_accuracies
+
+    unpaired = [b for b in cfg.baselines if b in L2O_METHODS and b not in policies]
+    if unpaired:
+        raise ConfigError(
+            f"Baseline {unpaired[0]!r} is a learned optimizer: pass its policy with --policy "
+            f"{unpaired[0]}=DIR (train one with 'lohp train-policy --method {unpaired[0]}')."
+        )
     for name, pdir in policies.items():
+        if is_l2o_policy(pdir):  # a learned optimizer: trained here from the same starts
+            _, accs = l2o_accuracies(
+                pdir, meta["store_compat"], net, data,
+                lambda t, j: _start(stats, t, j, gcfg.seed, size),
+                samples, steps_full, batch_size, gcfg.seed, device,
+            )  # fmt: skip
+            r = MethodResult(name, "l2o", accs, steps=steps_full)
+            results.append(r)
+            emit({"event": "method", **r.summary()})
+            continue
         pm, pmeta, pstats = load_policy(pdir, device)
         if pmeta["store_compat"] != meta["store_compat"]:
             raise CompatibilityError(
                 f"Policy '{pdir}' was trained for another task family or "
                 "target model than the generated weights."
             )
+        ptok = style_token(pmeta, None)
         r = MethodResult(
             f"{name} (k={pmeta['k']})" if pmeta["method"] != "hypernetwork" else name,
             "policy",
             steps=pmeta["N"] if pmeta["method"] != "hypernetwork" else 1,
+            policy=policy_info(pmeta, ptok),
         )
+        pbank = policy_probe(pm, ctx, data, pstats, device)
         for t in tasks:
             c = pstats.normalize_condition(data[t].condition)[None]
+            probe = None if pbank is None else pbank.probe([t])
             for j in range(samples):
                 s = initial_state(gcfg.seed, t, j, size)[None].to(device)
                 with torch.no_grad():
-                    th = pstats.denormalize(_generate_one(pm, pmeta, c, s))[0]
+                    th = pstats.denormalize(_generate_one(pm, pmeta, c, s, probe, ptok))[0]
                 r.accuracies.append(accuracy(net, th, data[t])[0])
         cp = pstats.normalize_condition(next(iter(data.values())).condition)[None]
+        pp = None if pbank is None else pbank.probe(tasks[:1])
         r.latency_ms = _time(
-            lambda pm=pm, pmeta=pmeta, cp=cp: _generate_one(pm, pmeta, cp, s0),
+            lambda pm=pm, pmeta=pmeta, cp=cp, pp=pp, pt=ptok: _generate_one(
+                pm, pmeta, cp, s0, pp, pt
+            ),
             cfg.latency_repeats,
             device,
         )
         results.append(r)
         emit({"event": "method", **r.summary()})
 
-    # real optimizers for the full run length and for N steps
-    for name in [b for b in cfg.baselines if b != "hypernetwork"]:
-        for steps in sorted({steps_full, meta["N"]}, reverse=True):
+    # real optimizers for the full run length and for as many steps as each policy takes
+    policy_steps = {r.steps for r in results if r.steps and r.steps > 1}
+    for name in [b for b in cfg.baselines if b not in ("hypernetwork", *L2O_METHODS)]:
+        for steps in sorted({steps_full, *policy_steps}, reverse=True):
             r = MethodResult(f"{name}-{steps}", "optimizer", steps=steps)
             for t in tasks:
                 for j in range(samples):
@@ -321,12 +401,18 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
 
 
 def _generate_one(
-    model: torch.nn.Module, meta: dict[str, Any], c: torch.Tensor, s0: torch.Tensor
+    model: torch.nn.Module,
+    meta: dict[str, Any],
+    c: torch.Tensor,
+    s0: torch.Tensor,
+    probe: StateProbe | None = None,
+    token: int | None = None,
 ) -> torch.Tensor:
+    opt = None if token is None else torch.full((s0.shape[0],), token, device=s0.device)
     with torch.no_grad():
         if meta["method"] == "hypernetwork":
-            return model(c)
-        return model.rollout(s0, 0, c)[:, -1]
+            return model(c, opt)
+        return model.rollout(s0, 0, c, opt, probe=probe)[:, -1]
 
 
 def markdown_report(r: dict[str, Any]) -> str:
@@ -347,6 +433,44 @@ def markdown_report(r: dict[str, Any]) -> str:
             f"| {m['name']} | {m['kind']} | {m['steps']} | "
             f"{m['acc_mean']:.4f} ± {m['acc_std']:.4f} | {lat} |"
         )
+    ks = k_study(r)
+    if len(ks) >= 2:
+        opts = ks[0]["policy"]["optimizers"]
+        lines += [
+            "",
+            f"k study (lo-hp trained on {'+'.join(opts) if opts else 'all'} runs):",
+            "",
+            "| k | N | accuracy | latency (ms) |",
+        ]
+        lines.append("|---|---|---|---|")
+        for row in ks:
+            lat = "-" if row["latency_ms"] is None else f"{row['latency_ms']:.3f}"
+            lines.append(
+                f"| {row['k']} | {row['policy']['N']} | "
+                f"{row['acc_mean']:.4f} ± {row['acc_std']:.4f} | {lat} |"
+            )
+    ref = next((m["policy"] for m in r["methods"] if m["kind"] == "generated"), None) or {}
+    combos = [
+        m
+        for m in r["methods"]
+        if (m.get("policy") or {}).get("method") == "lo-hp"
+        and m["policy"]["k"] == ref.get("k")
+        and m["policy"].get("state_input", "none") == "none"
+    ]
+    if len({str(m["policy"]["optimizers"]) for m in combos}) < 2:
+        combos = []
+    if combos:
+        lines += ["", "Optimizer combinations (policies trained on a subset of the runs):", ""]
+        lines += ["| method | k | trained on | accuracy |", "|---|---|---|---|"]
+        for m in combos:
+            opts = m["policy"]["optimizers"]
+            on = "+".join(opts) if opts else "all"
+            if m["policy"].get("style"):
+                on += f" (optimizer token, generated as {m['policy']['style']})"
+            lines.append(
+                f"| {m['name']} | {m['policy']['k']} | {on} | "
+                f"{m['acc_mean']:.4f} ± {m['acc_std']:.4f} |"
+            )
     c = r["cosine"]
     if c["n"]:
         lines += [
@@ -359,7 +483,7 @@ def markdown_report(r: dict[str, Any]) -> str:
 
 
 def write_plots(r: dict[str, Any], out: Path) -> None:
-    """accuracy_vs_latency.png and cosine_hist.png."""
+    """accuracy_vs_latency.png, cosine_hist.png and (with ≥ 2 Lo-Hp policies) k_study.png."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -392,3 +516,38 @@ def write_plots(r: dict[str, Any], out: Path) -> None:
         fig.tight_layout()
         fig.savefig(out / "cosine_hist.png", dpi=120)
         plt.close(fig)
+    ks = k_study(r)
+    if len(ks) >= 2:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        k = [row["k"] for row in ks]
+        ax.errorbar(k, [row["acc_mean"] for row in ks], [row["acc_std"] for row in ks], fmt="o-")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(k, [str(v) for v in k])
+        ax.set_xlabel("matching factor k (N = T / k)")
+        ax.set_ylabel("test accuracy", color="C0")
+        ax2 = ax.twinx()
+        ax2.plot(k, [row["latency_ms"] for row in ks], "s--", color="C1")
+        ax2.set_ylabel("latency (ms, median)", color="C1")
+        ax.set_title("k study (lo-hp)")
+        fig.tight_layout()
+        fig.savefig(out / "k_study.png", dpi=120)
+        plt.close(fig)
+
+
+def k_study(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """Lo-Hp rows comparable to the generated policy (its optimizer subset and state input), one
+    per k (the first row of each k), sorted by k."""
+    ref = next((m["policy"] for m in r["methods"] if m["kind"] == "generated"), None)
+    if ref is None or ref["method"] != "lo-hp":
+        return []
+    rows = {}
+    for m in r["methods"]:
+        p = m.get("policy")
+        if (
+            p
+            and p["method"] == "lo-hp"
+            and p["optimizers"] == ref["optimizers"]
+            and p.get("state_input", "none") == ref.get("state_input", "none")
+        ):
+            rows.setdefault(p["k"], m)
+    return [{"k": k, **rows[k]} for k in sorted(rows)]

@@ -29,14 +29,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from lohp_cli.config import GenerateConfig, ModelConfig, TaskConfig
+from lohp_cli.config import OPTIMIZERS, GenerateConfig, ModelConfig, TaskConfig
 from lohp_cli.errors import CompatibilityError, ConfigError, StoreError
+from lohp_cli.policy.state import ProbeBank, StateProbe
 from lohp_cli.runtime import derive_seed, provenance, resolve_device
-from lohp_cli.store.trajectory_store import TrajectoryStore
+from lohp_cli.store.sampler import NormStats
+from lohp_cli.store.trajectory_store import TrajectoryStore, absolute_location
 from lohp_cli.tasks import TaskFamily, TaskSpec, make_family
 from lohp_cli.tasks.families import SPLITS
-from lohp_cli.tasks.inputs import task_tensors
-from lohp_cli.tasks.models import FeatureExtractor
+from lohp_cli.tasks.inputs import TaskTensors, task_tensors
+from lohp_cli.tasks.models import FeatureExtractor, build_target
 
 GEN_SCHEMA = "lohp.generated"
 GEN_SCHEMA_VERSION = 1
@@ -108,6 +110,57 @@ def task_context(
     return TaskContext(family, model_cfg, load_extractor(store, collect_cfg, family), store)
 
 
+def style_token(meta: dict[str, Any], style: str | None) -> int | None:
+    """The optimizer-token index a policy generates with, or None for a policy without tokens.
+
+    A policy trained with ``policy.optimizer_token`` always saw a token; it imitates ``style``
+    (default: Adam when it learned from Adam runs, else the first optimizer it learned from).
+    """
+    tc = meta["train_config"]
+    if not tc.get("policy", {}).get("optimizer_token", False):
+        if style is not None:
+            raise ConfigError(
+                f"--style {style}: the policy was trained without policy.optimizer_token, so it "
+                "has one style only; leave --style out."
+            )
+        return None
+    learned = list(tc.get("optimizers") or meta.get("store_optimizers") or OPTIMIZERS)
+    if style is None:
+        style = "adam" if "adam" in learned else learned[0]
+    if style not in learned:
+        raise ConfigError(
+            f"--style {style}: the policy learned from {', '.join(learned)} runs only."
+        )
+    return OPTIMIZERS.index(style)
+
+
+def probe_bank(
+    ctx: TaskContext,
+    supports: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    stats: NormStats,
+    device: str,
+) -> ProbeBank:
+    """Support sets ``{task_id: (x [M, *in], y [M])}`` for a state-aware policy."""
+    net = build_target(ctx.model_cfg, ctx.family.data.image_shape, ctx.family.cfg.ways)
+    bank = ProbeBank(net, stats.mean, stats.std)
+    for task_id, (x, y) in supports.items():
+        bank.add(task_id, x, y, ctx.family.cfg.ways)
+    return bank.to(device)
+
+
+def policy_probe(
+    model: torch.nn.Module,
+    ctx: TaskContext,
+    tasks: dict[str, TaskTensors],
+    stats: NormStats,
+    device: str,
+) -> ProbeBank | None:
+    """A probe bank when ``model`` is a state-aware policy, else None."""
+    if not getattr(model, "needs_probe", False):
+        return None
+    return probe_bank(ctx, {k: (t.x_support, t.y_support) for k, t in tasks.items()}, stats, device)
+
+
 def resolve_tasks(spec: str, family: TaskFamily, n: int) -> list[TaskSpec]:
     """Tasks from a split name, comma-separated ids, or ``@FILE`` (one id per line, # comments)."""
     if spec in SPLITS:
@@ -163,12 +216,18 @@ def generate_batch(
     mode: str,
     gen: torch.Generator,
     keep_path: bool,
+    probe: StateProbe | None = None,
+    token: int | None = None,
 ) -> torch.Tensor:
-    """Normalised states: ``[B, N+1, P]`` with ``keep_path``, else ``[B, 1, P]`` (the last)."""
+    """Normalised states: ``[B, N+1, P]`` with ``keep_path``, else ``[B, 1, P]`` (the last).
+
+    ``token``: the optimizer style of a policy trained with optimizer tokens (see style_token).
+    """
+    opt = None if token is None else torch.full((s0.shape[0],), token, device=s0.device)
     if meta["method"] == "hypernetwork":
-        out = model(cond).unsqueeze(1)  # [B, 1, P]
+        out = model(cond, opt).unsqueeze(1)  # [B, 1, P]
         return torch.cat([s0.unsqueeze(1), out], dim=1) if keep_path else out
-    path = model.rollout(s0, 0, cond, mode=mode, gen=gen)  # [B, N+1, P]
+    path = model.rollout(s0, 0, cond, opt, mode=mode, gen=gen, probe=probe)  # [B, N+1, P]
     return path if keep_path else path[:, -1:]
 
 
@@ -193,6 +252,7 @@ def generate(cfg: GenerateConfig, progress: Progress | None = None) -> GenerateR
     if ctx.store.attrs.get("param_count") != meta["param_count"]:
         raise CompatibilityError("The policy's parameter count does not match its store.")
     tasks = resolve_tasks(cfg.tasks, ctx.family, cfg.num_tasks)
+    token = style_token(meta, cfg.style)
     emit(
         {
             "event": "start",
@@ -204,6 +264,7 @@ def generate(cfg: GenerateConfig, progress: Progress | None = None) -> GenerateR
     )
     size = meta["param_count"]
     rows: list[tuple[TaskSpec, torch.Tensor]] = []
+    tensors: dict[str, TaskTensors] = {}
     for spec in tasks:
         t = task_tensors(ctx.family, spec, ctx.model_cfg, ctx.extractor, device)
         if t.condition.numel() != meta["condition_dim"]:
@@ -212,6 +273,8 @@ def generate(cfg: GenerateConfig, progress: Progress | None = None) -> GenerateR
                 f"{meta['condition_dim']}."
             )
         rows.append((spec, stats.normalize_condition(t.condition)))
+        tensors[spec.task_id] = t
+    bank = policy_probe(model, ctx, tensors, stats, device)
 
     weights: dict[str, np.ndarray] = {}
     paths: dict[str, np.ndarray] = {}
@@ -225,8 +288,11 @@ def generate(cfg: GenerateConfig, progress: Progress | None = None) -> GenerateR
         gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "noise", start))
         _sync(device)
         t = time.perf_counter()
+        probe = None if bank is None else bank.probe([spec.task_id for spec, _, _ in chunk])
         with torch.no_grad():
-            states = generate_batch(model, meta, cond, s0, cfg.mode, gen, cfg.save_paths)
+            states = generate_batch(
+                model, meta, cond, s0, cfg.mode, gen, cfg.save_paths, probe, token
+            )
         _sync(device)
         latencies.append((time.perf_counter() - t) / len(chunk))
         theta = stats.denormalize(states).cpu().numpy()  # [B, L, P]
@@ -255,10 +321,11 @@ def generate(cfg: GenerateConfig, progress: Progress | None = None) -> GenerateR
                     "N": meta["N"],
                     "store_fingerprint": meta["store_fingerprint"],
                     "trained_steps": meta["trained_steps"],
+                    "style": None if token is None else OPTIMIZERS[token],
                 },
                 "layout": meta["layout"],
                 "param_count": size,
-                "store_location": ctx.store.location,
+                "store_location": absolute_location(ctx.store.location),
                 "tasks": [s.task_id for s, _ in rows],
                 "config": cfg.model_dump(mode="json"),
                 "latency_ms_per_sample": [round(x * 1e3, 4) for x in latencies],

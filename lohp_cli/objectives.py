@@ -13,6 +13,7 @@ from torch import nn
 from lohp_cli.config import TrainConfig
 from lohp_cli.losses import balance_loss, pair_weights
 from lohp_cli.policy.gaussian import HyperNetwork, LoHpPolicy
+from lohp_cli.policy.state import StateProbe
 
 
 def _opt_token(model: nn.Module, opt: torch.Tensor) -> torch.Tensor | None:
@@ -39,7 +40,11 @@ class Objective(nn.Module):
         return torch.randn(shape, generator=self.gen).to(device)
 
     def forward(
-        self, x: torch.Tensor, cond: torch.Tensor, opt: torch.Tensor
+        self,
+        x: torch.Tensor,
+        cond: torch.Tensor,
+        opt: torch.Tensor,
+        probe: StateProbe | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         method = self.cfg.method
         if method == "hypernetwork":
@@ -64,6 +69,7 @@ class Objective(nn.Module):
                 idx,
                 cond.repeat_interleave(ln, 0),
                 None if tok is None else tok.repeat_interleave(ln, 0),
+                probe,
             )
             target = x[:, m + 1 : m + w + 1] - noisy  # [B, W, P]
             loss = ((f.view(b, ln, p) - target) ** 2).mean()
@@ -78,7 +84,7 @@ class Objective(nn.Module):
         if method == "lo-hp" and lc.w_off > 0:
             m = self._randint(n - w + 1)
             xs = x[:, m : m + w + 1]  # [B, W+1, P]
-            ratios = policy.log_ratios(xs, m, cond, tok)
+            ratios = policy.log_ratios(xs, m, cond, tok, probe)
             off = balance_loss(
                 ratios, xs, xs, z_all[:, m : m + w + 1], beta_all[m : m + w + 1], weights
             )
@@ -100,8 +106,9 @@ class Objective(nn.Module):
                 gen=self.gen,
                 stop=m + w,
                 grad=lc.on_policy_grad == "pathwise",
+                probe=probe,
             )
-            ratios = policy.log_ratios(traj, m, cond, tok)
+            ratios = policy.log_ratios(traj, m, cond, tok, probe)
             on = balance_loss(
                 ratios,
                 traj,

@@ -35,9 +35,11 @@ from lohp_cli.checkpoint import (
 )
 from lohp_cli.config import TrainConfig
 from lohp_cli.errors import CompatibilityError, ConfigError
+from lohp_cli.l2o import L2O_METHODS
 from lohp_cli.losses import check_finite
 from lohp_cli.objectives import Objective
 from lohp_cli.policy.gaussian import HyperNetwork, LoHpPolicy
+from lohp_cli.policy.state import ProbeBank
 from lohp_cli.runtime import derive_seed, provenance, resolve_device
 from lohp_cli.store.sampler import (
     NormStats,
@@ -46,7 +48,11 @@ from lohp_cli.store.sampler import (
     matched_indices,
     select_runs,
 )
-from lohp_cli.store.trajectory_store import TrajectoryStore
+from lohp_cli.store.trajectory_store import TrajectoryStore, absolute_location
+from lohp_cli.tasks import TaskSpec
+from lohp_cli.tasks.inputs import support_set
+from lohp_cli.tasks.models import ParamLayout
+from lohp_cli.tasks.symmetry import ClassSymmetry
 
 Progress = Callable[[dict[str, Any]], None]
 LR_WARN = 1e-3
@@ -60,6 +66,7 @@ OWN_FILES = {
     "state.tmp",
 }
 RESUMABLE_KEYS = {
+    "out",  # a policy directory that was moved resumes where it is
     "steps",
     "max_minutes",
     "device",
@@ -96,15 +103,37 @@ def store_fingerprint(store: TrajectoryStore) -> dict[str, Any]:
 
 
 def build_model(
-    cfg: TrainConfig, size: int, cond_dim: int, n_steps: int, stats: NormStats
+    cfg: TrainConfig, size: int, cond_dim: int, n_steps: int, stats: NormStats, classes: int = 0
 ) -> nn.Module:
-    """The network a method trains (initialised from ``cfg.seed``)."""
+    """The network a method trains (initialised from ``cfg.seed``); ``classes``: C of the tasks."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(cfg.seed, "init"))
         if cfg.method == "hypernetwork":
             return HyperNetwork(size, cond_dim, cfg.policy.hidden, cfg.policy.optimizer_token)
         sigma = stats.step_rms * cfg.policy.sigma_scale  # [N]
-        return LoHpPolicy(size, cond_dim, n_steps, sigma, cfg.policy)
+        return LoHpPolicy(size, cond_dim, n_steps, sigma, cfg.policy, classes)
+
+
+def _classes(compat: dict[str, Any]) -> int:
+    return int(compat.get("family", {}).get("ways") or 0)
+
+
+def _store_probe_bank(
+    cfg: TrainConfig, store: TrajectoryStore, runs: list[Any], stats: NormStats, device: str
+) -> ProbeBank:
+    """Support sets of the runs' tasks, rebuilt from the store's task family (state input)."""
+    from lohp_cli.generate import probe_bank, task_context
+
+    if _classes(store.attrs["compat"]) < 2:
+        raise ConfigError("policy.state_input='support' needs a store of class-subset tasks.")
+    ctx = task_context(
+        {"store_location": cfg.store, "store_compat": store.attrs["compat"]}, cfg.store
+    )
+    supports = {}
+    for tid in sorted({r.task_id for r in runs}):
+        x, y, _ = support_set(ctx.family, TaskSpec.from_id(tid), ctx.model_cfg, ctx.extractor)
+        supports[tid] = (x, y)
+    return probe_bank(ctx, supports, stats, device)
 
 
 def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -186,7 +215,8 @@ def policy_config_json(
         "layout": a["layout"],
         "store_compat": a["compat"],
         "store_fingerprint": fingerprint,
-        "store_location": store.location,
+        "store_location": absolute_location(store.location),
+        "store_optimizers": a.get("config", {}).get("optimizers"),
         "runs_used": runs,
         "normalization": "normalization.safetensors",
         "train_config": cfg.model_dump(mode="json"),
@@ -198,6 +228,10 @@ def policy_config_json(
 
 def train_policy(cfg: TrainConfig, progress: Progress | None = None) -> TrainResult:
     """Train (or resume) a policy as configured; returns where it is and how far it got."""
+    if cfg.method in L2O_METHODS:  # learned optimizers: their own meta-training loop
+        from lohp_cli.l2o.train import train_l2o
+
+        return train_l2o(cfg, progress)
     emit = progress or (lambda _e: None)
     t_start = time.perf_counter()
     world, rank, local = _dist_info()
@@ -236,12 +270,19 @@ def train_policy(cfg: TrainConfig, progress: Progress | None = None) -> TrainRes
         dist.broadcast_object_list(flag, src=0)
         resume = bool(flag[0])
 
+    size, cond_dim = int(attrs["param_count"]), int(attrs["condition_dim"])
+    sym = None
+    if cfg.augment != "none":
+        ways = attrs["compat"]["family"].get("ways")
+        layout = ParamLayout.from_json(attrs["layout"])
+        if cfg.augment == "classes" or ClassSymmetry.applies(layout, ways, cond_dim):
+            sym = ClassSymmetry.of(layout, ways, cond_dim)
     norm_path = out / "normalization.safetensors"
     if resume and norm_path.exists():
         stats = NormStats.from_tensors(load_tensors(norm_path))
     else:
         emit({"event": "stats", "runs": len(runs)})
-        stats = compute_stats(store, runs, cfg.k, cfg.normalize)
+        stats = compute_stats(store, runs, cfg.k, cfg.normalize, sym=sym)
         if rank == 0:
             atomic_save_tensors(norm_path, stats.to_tensors())
             # config.json first, so that a crash never leaves a directory that cannot be checked
@@ -251,8 +292,11 @@ def train_policy(cfg: TrainConfig, progress: Progress | None = None) -> TrainRes
                     cfg, store, fingerprint, n_steps, states - 1, device, len(runs), 0, False
                 ),
             )
-    size, cond_dim = int(attrs["param_count"]), int(attrs["condition_dim"])
-    model = build_model(cfg, size, cond_dim, n_steps, stats).to(device)
+    model = build_model(cfg, size, cond_dim, n_steps, stats, _classes(attrs["compat"])).to(device)
+    bank = None
+    if getattr(model, "needs_probe", False):
+        emit({"event": "info", "message": "state input: loading the source tasks' support sets"})
+        bank = _store_probe_bank(cfg, store, runs, stats, device)
     objective = Objective(model, cfg, n_steps)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
@@ -279,7 +323,7 @@ def train_policy(cfg: TrainConfig, progress: Progress | None = None) -> TrainRes
             device_ids=[local] if device.startswith("cuda") else None,
             find_unused_parameters=True,
         )
-    sampler = TrajectorySampler(store, runs, cfg.k, stats, cfg.cache_mb)
+    sampler = TrajectorySampler(store, runs, cfg.k, stats, cfg.cache_mb, sym)
 
     def write_policy(step: int, complete: bool) -> None:
         sd = {k: v for k, v in model.state_dict().items()}
@@ -310,7 +354,8 @@ def train_policy(cfg: TrainConfig, progress: Progress | None = None) -> TrainRes
         batch = sampler.batch(cfg.batch_size, gen).to(device)
         objective.gen = gen
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-            loss, terms = runner(batch.x, batch.cond, batch.opt)
+            probe = None if bank is None else bank.probe(batch.task_ids, batch.perms)
+            loss, terms = runner(batch.x, batch.cond, batch.opt, probe)
         check_finite(loss, "loss", step, batch.run_ids)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -376,6 +421,11 @@ def load_policy(
     if not isinstance(meta, dict) or meta.get("kind") != POLICY_KIND:
         kind = meta.get("kind") if isinstance(meta, dict) else None
         raise CompatibilityError(f"'{out}' is not a lohp policy (kind {kind!r}).")
+    if meta.get("method") in L2O_METHODS:
+        raise CompatibilityError(
+            f"'{out}' is a learned optimizer ({meta['method']}), not a weight generator; score it "
+            "with 'lohp evaluate-l2o' or 'lohp evaluate --policy NAME=DIR'."
+        )
     missing = [
         k
         for k in ("train_config", "normalization", "param_count", "condition_dim", "N")
@@ -395,7 +445,14 @@ def load_policy(
             "problem(s)); it was made by another version."
         ) from None
     stats = NormStats.from_tensors(load_tensors(out / meta["normalization"]))
-    model = build_model(cfg, meta["param_count"], meta["condition_dim"], meta["N"], stats)
+    model = build_model(
+        cfg,
+        meta["param_count"],
+        meta["condition_dim"],
+        meta["N"],
+        stats,
+        _classes(meta.get("store_compat", {})),
+    )
     try:
         model.load_state_dict(load_tensors(out / "model.safetensors"))
     except RuntimeError as exc:

@@ -119,3 +119,72 @@ def make_linear_store(
                 theta = theta + alpha * (target - theta)
             w.finish()
     return truth
+
+
+def make_class_store(
+    out: str | Path,
+    n_tasks: int = 3,
+    classes: int = 3,
+    block: int = 2,
+    hidden: int = 2,
+    steps: int = 4,
+    alpha: float = 0.5,
+    seed: int = 0,
+) -> dict:
+    """A store of class-subset tasks with a head-like layout (weight ``[C, H]``, bias ``[C]``).
+
+    Condition = C class blocks c_j ``[block]``; output row j of θ* is ``B c_j``, ``B [H+1, block]``,
+    so reordering the classes of a task reorders the rows of its θ*. Runs approach θ* by
+    θ_{t+1} = θ_t + α (θ* − θ_t) from θ_0 ~ N(0, I). Returns ``{"B": ..., "target": fn}`` with
+    ``target(c [C*block]) -> θ* [P]``.
+    """
+    import numpy as np
+
+    from lohp_cli.config import StoreCodecConfig
+    from lohp_cli.store import TrajectoryStore, run_id
+
+    rng = np.random.default_rng(seed)
+    b = rng.normal(size=(hidden + 1, block)).astype(np.float32)
+    size = classes * (hidden + 1)
+
+    def target(c: np.ndarray) -> np.ndarray:
+        rows = c.reshape(classes, block) @ b.T  # [C, H+1]
+        return np.concatenate([rows[:, :hidden].reshape(-1), rows[:, hidden]]).astype(np.float32)
+
+    attrs = {
+        "compat": {
+            "family": {"name": "synthetic-classes", "ways": classes},
+            "model": {"name": "head"},
+            "steps": steps,
+            "record_every": 1,
+            "batch_size": 1,
+            "seed": seed,
+        },
+        "layout": [
+            {"name": "weight", "shape": [classes, hidden], "offset": 0},
+            {"name": "bias", "shape": [classes], "offset": classes * hidden},
+        ],
+        "param_count": size,
+        "condition_dim": classes * block,
+        "config": {},
+        "provenance": {"created_at": "synthetic"},
+    }
+    store, _ = TrajectoryStore.create_or_open(str(out), attrs)
+    store.update_attrs(init_complete=True)
+    for t in range(n_tasks):
+        tid = "c" + "_".join(str(t * classes + j) for j in range(classes))
+        c = rng.normal(size=classes * block).astype(np.float32)
+        store.write_task(tid, c, {"split": "source"})
+        theta = rng.normal(size=size).astype(np.float32)
+        w = store.begin_run(
+            run_id(tid, "sgd", 0),
+            steps + 1,
+            size,
+            StoreCodecConfig(),
+            {"task_id": tid, "optimizer": "sgd", "replicate": 0},
+        )
+        for _ in range(steps + 1):
+            w.append(theta, 0.0, 0.0)
+            theta = theta + alpha * (target(c) - theta)
+        w.finish()
+    return {"B": b, "target": target}

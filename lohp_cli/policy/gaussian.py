@@ -16,13 +16,20 @@ from torch import nn
 
 from lohp_cli.config import OPTIMIZERS, PolicyConfig
 from lohp_cli.policy.backbone import MLPBackbone, UNet1d, sinusoidal
+from lohp_cli.policy.state import StateProbe
 
 
 class LoHpPolicy(nn.Module):
     """Forward/backward Gaussian policies, σ schedule and learnable coefficient."""
 
     def __init__(
-        self, size: int, cond_dim: int, n_steps: int, sigma: torch.Tensor, cfg: PolicyConfig
+        self,
+        size: int,
+        cond_dim: int,
+        n_steps: int,
+        sigma: torch.Tensor,
+        cfg: PolicyConfig,
+        classes: int = 0,
     ) -> None:
         super().__init__()
         self.size, self.cond_dim, self.n_steps, self.cfg = size, cond_dim, n_steps, cfg
@@ -30,6 +37,13 @@ class LoHpPolicy(nn.Module):
         self.step_mlp = nn.Sequential(nn.Linear(e, e), nn.SiLU(), nn.Linear(e, e))
         self.cond_mlp = nn.Sequential(nn.Linear(cond_dim, e), nn.SiLU(), nn.Linear(e, e))
         self.opt_emb = nn.Embedding(len(OPTIMIZERS), e) if cfg.optimizer_token else None
+        self.state_mlp: nn.Module | None = None
+        if cfg.state_input == "support":
+            if classes < 2:
+                raise ValueError("state_input='support' needs the number of classes")
+            self.state_mlp = nn.Sequential(
+                nn.Linear(classes * classes, e), nn.SiLU(), nn.Linear(e, e)
+            )
         if cfg.backbone == "unet":
             self.backbone: nn.Module = UNet1d(size, e, tuple(cfg.channels), cfg.patch)
         else:
@@ -47,18 +61,46 @@ class LoHpPolicy(nn.Module):
             nn.init.zeros_(self.z_mlp[-1].bias)
 
     # ---- pieces -----------------------------------------------------------------------------
-    def embed(self, i: torch.Tensor, cond: torch.Tensor, opt: torch.Tensor | None) -> torch.Tensor:
-        """Conditioning embedding ``[B, E]`` of step ``i [B]``, condition ``[B, D]``, optimizer."""
+    @property
+    def needs_probe(self) -> bool:
+        """Whether every call needs a :class:`StateProbe` (``state_input = "support"``)."""
+        return self.state_mlp is not None
+
+    def embed(
+        self,
+        i: torch.Tensor,
+        cond: torch.Tensor,
+        opt: torch.Tensor | None,
+        state: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Conditioning embedding ``[B, E]`` of step ``i [B]``, condition ``[B, D]``, optimizer
+        and state features ``[B, C·C]``."""
         h = self.step_mlp(sinusoidal(i, self.cfg.emb_dim)) + self.cond_mlp(cond)
         if self.opt_emb is not None and opt is not None:
             h = h + self.opt_emb(opt)
+        if self.state_mlp is not None and state is not None:
+            h = h + self.state_mlp(state)
         return nn.functional.silu(h)
 
     def means(
-        self, s: torch.Tensor, i: torch.Tensor, cond: torch.Tensor, opt: torch.Tensor | None = None
+        self,
+        s: torch.Tensor,
+        i: torch.Tensor,
+        cond: torch.Tensor,
+        opt: torch.Tensor | None = None,
+        probe: StateProbe | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Forward step f and backward step b at states ``s [B, P]``: two ``[B, P]`` tensors."""
-        out = self.backbone(s, self.embed(i, cond, opt))  # [B, 2, P]
+        """Forward step f and backward step b at states ``s [B, P]``: two ``[B, P]`` tensors.
+
+        ``probe`` holds the support sets of the B' tasks of ``s`` (B = B'·r, r rows per task in
+        a row); the policy needs it when ``state_input = "support"``.
+        """
+        state = None
+        if self.state_mlp is not None:
+            if probe is None:
+                raise ValueError("this policy is state-aware: pass the tasks' support sets")
+            state = probe.features(s)
+        out = self.backbone(s, self.embed(i, cond, opt, state))  # [B, 2, P]
         return out[:, 0], out[:, 1]
 
     def sigma(self) -> torch.Tensor:
@@ -85,7 +127,12 @@ class LoHpPolicy(nn.Module):
 
     # ---- trajectories -----------------------------------------------------------------------
     def log_ratios(
-        self, states: torch.Tensor, start: int, cond: torch.Tensor, opt: torch.Tensor | None = None
+        self,
+        states: torch.Tensor,
+        start: int,
+        cond: torch.Tensor,
+        opt: torch.Tensor | None = None,
+        probe: StateProbe | None = None,
     ) -> torch.Tensor:
         """log P_F(s_{i+1}|s_i) − log P_B(s_i|s_{i+1}) for each step of ``states``.
 
@@ -100,6 +147,7 @@ class LoHpPolicy(nn.Module):
             idx.repeat(b),
             cond.repeat_interleave(l1, 0),
             None if opt is None else opt.repeat_interleave(l1, 0),
+            probe,
         )
         f, bw = f.view(b, l1, p), bw.view(b, l1, p)
         sig = self.sigma()[start : start + l1 - 1]  # [L]
@@ -119,9 +167,10 @@ class LoHpPolicy(nn.Module):
         i: int,
         cond: torch.Tensor,
         opt: torch.Tensor | None = None,
+        probe: StateProbe | None = None,
     ) -> torch.Tensor:
         """log P_F(s1 | s0) at online step ``i``: ``[B]`` (with the Gaussian normaliser)."""
-        f, _ = self.means(s0, torch.full((s0.shape[0],), i, device=s0.device), cond, opt)
+        f, _ = self.means(s0, torch.full((s0.shape[0],), i, device=s0.device), cond, opt, probe)
         sig = self.sigma()[i]
         return -((s1 - s0 - f) ** 2).sum(-1) / (2 * sig**2) - self.size * (
             torch.log(sig) + 0.5 * math.log(2 * math.pi)
@@ -137,6 +186,7 @@ class LoHpPolicy(nn.Module):
         gen: torch.Generator | None = None,
         stop: int | None = None,
         grad: bool = False,
+        probe: StateProbe | None = None,
     ) -> torch.Tensor:
         """Run the forward policy from ``s [B, P]`` at index ``start`` to ``stop`` (default N).
 
@@ -144,7 +194,7 @@ class LoHpPolicy(nn.Module):
         ``grad=True`` the states keep their graph (reparameterised, pathwise gradients).
         """
         with torch.set_grad_enabled(grad):
-            return self._rollout(s, start, cond, opt, mode, gen, stop)
+            return self._rollout(s, start, cond, opt, mode, gen, stop, probe)
 
     def _rollout(
         self,
@@ -155,12 +205,13 @@ class LoHpPolicy(nn.Module):
         mode: str,
         gen: torch.Generator | None,
         stop: int | None,
+        probe: StateProbe | None = None,
     ) -> torch.Tensor:
         stop = self.n_steps if stop is None else stop
         out = [s]
         sig = self.sigma()
         for i in range(start, stop):
-            f, _ = self.means(s, torch.full((s.shape[0],), i, device=s.device), cond, opt)
+            f, _ = self.means(s, torch.full((s.shape[0],), i, device=s.device), cond, opt, probe)
             s = s + f
             if mode == "sample":
                 noise = torch.randn(s.shape, generator=gen, device="cpu").to(s.device)

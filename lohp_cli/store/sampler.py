@@ -16,6 +16,7 @@ import torch
 from lohp_cli.config import OPTIMIZERS
 from lohp_cli.errors import ConfigError, DataError, StoreError
 from lohp_cli.store.trajectory_store import TrajectoryStore
+from lohp_cli.tasks.symmetry import ClassSymmetry
 
 
 @dataclass(frozen=True)
@@ -93,9 +94,18 @@ def matched_indices(states: int, k: int) -> list[int]:
 
 
 def compute_stats(
-    store: TrajectoryStore, runs: list[RunRef], k: int, normalize: str, eps: float = 1e-6
+    store: TrajectoryStore,
+    runs: list[RunRef],
+    k: int,
+    normalize: str,
+    eps: float = 1e-6,
+    sym: ClassSymmetry | None = None,
 ) -> NormStats:
-    """One streaming pass over ``runs``: weight and condition z-scores and the σ schedule."""
+    """One streaming pass over ``runs``: weight and condition z-scores and the σ schedule.
+
+    With ``sym`` the statistics are averaged over class rows, so that reordering the classes
+    commutes with normalisation (class augmentation relies on it).
+    """
     n = s1 = s2 = None
     step_sq = None
     c1 = c2 = None
@@ -124,9 +134,12 @@ def compute_stats(
     std = np.sqrt(np.maximum(s2 / n - mean**2, 0)) + eps
     # all-constant coordinates (e.g. a bias that never moves) keep unit scale instead of blowing up
     std = np.where(std < 1e-4, 1.0, std)
-    step_rms = np.sqrt((step_sq / len(runs) / std**2).mean(1))  # [N]
     cmean = c1 / cond_n
     cstd = np.sqrt(np.maximum(c2 / cond_n - cmean**2, 0)) + 1e-3
+    if sym is not None:
+        mean, std = (sym.symmetrize(torch.from_numpy(a)).numpy() for a in (mean, std))
+        cmean, cstd = (sym.symmetrize_cond(torch.from_numpy(a)).numpy() for a in (cmean, cstd))
+    step_rms = np.sqrt((step_sq / len(runs) / std**2).mean(1))  # [N]
     f32 = lambda a: torch.tensor(a, dtype=torch.float32)  # noqa: E731
     return NormStats(f32(mean), f32(std), f32(cmean), f32(cstd), f32(step_rms))
 
@@ -139,9 +152,18 @@ class Batch:
     cond: torch.Tensor  # [B, D] normalised task conditions
     opt: torch.Tensor  # [B] optimizer index (into OPTIMIZERS)
     run_ids: list[str]
+    task_ids: list[str]
+    perms: torch.Tensor | None = None  # [B, C] class reordering of each row (augmentation)
 
     def to(self, device: str) -> Batch:
-        return Batch(self.x.to(device), self.cond.to(device), self.opt.to(device), self.run_ids)
+        return Batch(
+            self.x.to(device),
+            self.cond.to(device),
+            self.opt.to(device),
+            self.run_ids,
+            self.task_ids,
+            self.perms,
+        )
 
 
 class TrajectorySampler:
@@ -154,8 +176,10 @@ class TrajectorySampler:
         k: int,
         stats: NormStats,
         cache_mb: float = 32.0,
+        sym: ClassSymmetry | None = None,
     ) -> None:
         self.store = store
+        self.sym = sym
         self.runs = runs
         self.k = k
         self.stats = stats
@@ -187,13 +211,24 @@ class TrajectorySampler:
         return item
 
     def batch(self, size: int, gen: torch.Generator) -> Batch:
-        """``size`` runs drawn uniformly with replacement using ``gen``."""
+        """``size`` runs drawn uniformly with replacement using ``gen``.
+
+        With a class symmetry, each drawn run gets its classes reordered by a random permutation.
+        """
         pick = torch.randint(0, len(self.runs), (size,), generator=gen).tolist()
         refs = [self.runs[i] for i in pick]
         items = [self.run(r) for r in refs]
+        x = torch.stack([x for x, _ in items])
+        cond = torch.stack([c for _, c in items])
+        perms = None
+        if self.sym is not None:
+            perms = self.sym.random_perms(size, gen)
+            x, cond = self.sym.permute(x, cond, perms)
         return Batch(
-            torch.stack([x for x, _ in items]),
-            torch.stack([c for _, c in items]),
+            x,
+            cond,
             torch.tensor([OPTIMIZERS.index(r.optimizer) for r in refs]),
             [r.run_id for r in refs],
+            [r.task_id for r in refs],
+            perms,
         )

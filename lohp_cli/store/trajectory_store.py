@@ -57,6 +57,12 @@ def codecs_for(cfg: StoreCodecConfig) -> list[Any]:
     return [BloscCodec(cname=cname, clevel=cfg.level, shuffle=cfg.shuffle)]
 
 
+def absolute_location(location: str) -> str:
+    """``location`` with a local path made absolute, so that records of it work from any cwd."""
+    path = _local_path(location)
+    return location if path is None else str(path.resolve())
+
+
 def _open_group(location: str, mode: str):
     import zarr
 

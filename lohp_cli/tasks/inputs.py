@@ -30,6 +30,8 @@ class TaskTensors:
     x_test: torch.Tensor  # [N_test, *input_shape]
     y_test: torch.Tensor  # [N_test]
     condition: torch.Tensor  # [D] float32
+    x_support: torch.Tensor  # [M, *input_shape] the support set the condition comes from
+    y_support: torch.Tensor  # [M] int64 labels
 
 
 def standardise(family: TaskFamily, images: np.ndarray) -> torch.Tensor:
@@ -67,6 +69,40 @@ def condition_dim(cfg: ModelConfig, family: TaskFamily) -> int:
     return ways * family.data.image_shape[0] * 49
 
 
+def support_set(
+    family: TaskFamily,
+    spec: TaskSpec,
+    model_cfg: ModelConfig,
+    extractor: FeatureExtractor | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(x_support [M, *in], y_support [M], condition [D])`` of one task, on the CPU."""
+    idx = family.indices(spec)
+    ways = family.cfg.ways
+    y = torch.from_numpy(family.labels(spec, [family.cfg.support_per_class] * ways))
+    x = _model_inputs(family, family.data.train_x[idx.support], model_cfg, extractor)
+    if model_cfg.name == "head":
+        cond = class_means(x, y, ways)
+    else:
+        cond = class_means(nn.functional.adaptive_avg_pool2d(x, 7).flatten(1), y, ways)
+    return x, y, cond.float()
+
+
+def _model_inputs(
+    family: TaskFamily,
+    images: np.ndarray,
+    model_cfg: ModelConfig,
+    extractor: FeatureExtractor | None,
+) -> torch.Tensor:
+    """What the target model sees: standardised images, or extractor features for ``head``."""
+    x = standardise(family, images)
+    if model_cfg.name != "head":
+        return x
+    if extractor is None:
+        raise ValueError("head model needs the store's feature extractor")
+    with torch.no_grad():
+        return extractor(x)
+
+
 def task_tensors(
     family: TaskFamily,
     spec: TaskSpec,
@@ -80,27 +116,19 @@ def task_tensors(
     data = family.data
     ways = cfg.ways
     y_train = torch.from_numpy(family.labels(spec, [cfg.train_per_class] * ways))
-    y_support = torch.from_numpy(family.labels(spec, [cfg.support_per_class] * ways))
     test_counts = [int((data.test_y[idx.test] == c).sum()) for c in spec.classes]
     y_test = torch.from_numpy(family.labels(spec, test_counts))
-    x_train = standardise(family, data.train_x[idx.train])
-    x_support = standardise(family, data.train_x[idx.support])
-    x_test = standardise(family, data.test_x[idx.test])
-    if model_cfg.name == "head":
-        if extractor is None:
-            raise ValueError("head model needs the store's feature extractor")
-        with torch.no_grad():
-            x_train, x_support, x_test = (extractor(x) for x in (x_train, x_support, x_test))
-        cond = class_means(x_support, y_support, ways)
-    else:
-        pooled = nn.functional.adaptive_avg_pool2d(x_support, 7).flatten(1)
-        cond = class_means(pooled, y_support, ways)
+    x_train = _model_inputs(family, data.train_x[idx.train], model_cfg, extractor)
+    x_test = _model_inputs(family, data.test_x[idx.test], model_cfg, extractor)
+    x_support, y_support, cond = support_set(family, spec, model_cfg, extractor)
     return TaskTensors(
         x_train.to(device),
         y_train.to(device),
         x_test.to(device),
         y_test.to(device),
-        cond.float().to(device),
+        cond.to(device),
+        x_support.to(device),
+        y_support.to(device),
     )
 
 

@@ -49,3 +49,52 @@ def test_pipeline_on_cuda(tmp_path: Path) -> None:
     )
     assert out.is_dir()
     assert torch.cuda.is_available()
+
+
+def test_state_input_and_class_augmentation_on_cuda(tmp_path: Path) -> None:
+    """The state-aware policy's support-set forward passes and the augmented batches on CUDA."""
+    import json
+
+    from lohp_cli.config import EvaluateConfig
+    from lohp_cli.evaluate import evaluate
+
+    store = tmp_path / "s.zarr"
+    collect(
+        tiny_config(
+            store, device="cuda", model={"name": "head", "feature_dim": 8, "extractor_steps": 20}
+        )
+    )
+    pol = tmp_path / "p"
+    train_policy(
+        TrainConfig.model_validate(
+            {
+                "store": str(store),
+                "out": str(pol),
+                "k": 2,
+                "steps": 5,
+                "device": "cuda",
+                "augment": "classes",
+                "policy": {"backbone": "mlp", "hidden": 32, "state_input": "support"},
+            }
+        )
+    )
+    gen = tmp_path / "g.zarr"
+    generate(
+        GenerateConfig.model_validate(
+            {"policy": str(pol), "out": str(gen), "num_tasks": 2, "samples": 2, "device": "cuda"}
+        )
+    )
+    evaluate(
+        EvaluateConfig.model_validate(
+            {
+                "generated": str(gen),
+                "out": str(tmp_path / "r"),
+                "baselines": ["adam"],
+                "latency_repeats": 2,
+                "plots": False,
+                "device": "cuda",
+            }
+        )
+    )
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["device"] == "cuda" and all(m["latency_ms"] > 0 for m in report["methods"])

@@ -80,7 +80,8 @@ def test_collect_train_generate_evaluate(tmp_path: Path) -> None:
         "300",
         *POLICY,
     )
-    # one step at a tiny learning rate: the zero-initialised identity policy, i.e. random weights
+    # one step at a tiny learning rate: the zero-initialised identity policy, i.e. random weights;
+    # k = 4 puts a second row into the k study
     lohp(
         "train-policy",
         "--store",
@@ -88,11 +89,24 @@ def test_collect_train_generate_evaluate(tmp_path: Path) -> None:
         "--out",
         str(untrained),
         "--k",
-        "2",
+        "4",
         "--steps",
         "1",
         "--lr",
         "1e-9",
+        *POLICY,
+    )
+    adam_only = tmp_path / "adam-only"
+    lohp(
+        "train-policy",
+        "--store",
+        str(store),
+        "--out",
+        str(adam_only),
+        "--optimizers",
+        "adam",
+        "--steps",
+        "1",
         *POLICY,
     )
     assert lohp(
@@ -121,6 +135,8 @@ def test_collect_train_generate_evaluate(tmp_path: Path) -> None:
         "adam",
         "--policy",
         f"untrained={untrained}",
+        "--policy",
+        f"adam-only={adam_only}",
         "--latency-repeats",
         "2",
         "--device",
@@ -131,12 +147,33 @@ def test_collect_train_generate_evaluate(tmp_path: Path) -> None:
     assert report["schema"] == "lohp.report" and report["schema_version"] == 1
     assert len(report["tasks"]) == 4 and report["samples_per_task"] == 2
     methods = {m["name"]: m for m in report["methods"]}
-    assert set(methods) == {"lo-hp (k=2)", "untrained (k=2)", "adam-40", "adam-4"}
+    # optimizers run for T steps and for each policy's N
+    assert set(methods) == {
+        "lo-hp (k=2)",
+        "untrained (k=4)",
+        "adam-only (k=2)",
+        "adam-40",
+        "adam-4",
+        "adam-2",
+    }
     for m in methods.values():
         assert m["n"] == 8 and 0 <= m["acc_mean"] <= 1 and m["latency_ms"] > 0
+    assert methods["untrained (k=4)"]["policy"] == {
+        "method": "lo-hp",
+        "k": 4,
+        "N": 2,
+        "optimizers": None,
+        "state_input": "none",
+        "style": None,
+    }
+    assert methods["adam-only (k=2)"]["policy"]["optimizers"] == ["adam"]
+    assert methods["adam-4"]["policy"] is None
     # 5-way digits: chance is 0.2; the untrained policy returns its random start
-    assert methods["untrained (k=2)"]["acc_mean"] < 0.45
-    assert methods["lo-hp (k=2)"]["acc_mean"] > methods["untrained (k=2)"]["acc_mean"] + 0.3
+    assert methods["untrained (k=4)"]["acc_mean"] < 0.45
+    assert methods["lo-hp (k=2)"]["acc_mean"] > methods["untrained (k=4)"]["acc_mean"] + 0.3
     assert report["cosine"]["n"] > 0
-    assert (rep / "report.md").read_text().startswith("# lohp evaluation")
-    assert (rep / "accuracy_vs_latency.png").stat().st_size > 1000
+    md = (rep / "report.md").read_text()
+    assert md.startswith("# lohp evaluation")
+    assert "k study" in md and "| adam-only (k=2) | 2 | adam |" in md
+    for png in ("accuracy_vs_latency.png", "cosine_hist.png", "k_study.png"):
+        assert (rep / png).stat().st_size > 1000

@@ -181,3 +181,42 @@ def test_cli_generate_exit_codes(trained: dict[str, str], tmp_path: Path) -> Non
         app, ["generate", "--policy", str(tmp_path / "nope"), "--out", str(tmp_path / "x.zarr")]
     )
     assert missing.exit_code == 4 and "Traceback" not in missing.output
+
+
+# ---- optimizer styles ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def token_policy(trained: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> str:
+    pol = str(tmp_path_factory.mktemp("tok") / "pol")
+    train_policy(
+        TrainConfig.model_validate(
+            {
+                "store": trained["store"],
+                "out": pol,
+                "k": 2,
+                "steps": 20,
+                "optimizers": ["sgd", "adam"],
+                "policy": {**POLICY, "optimizer_token": True},
+            }
+        )
+    )
+    return pol
+
+
+def test_style_picks_the_optimizer_token(token_policy: str, tmp_path: Path) -> None:
+    generate(gen_cfg(token_policy, tmp_path / "default.zarr"))
+    generate(gen_cfg(token_policy, tmp_path / "adam.zarr", style="adam"))
+    generate(gen_cfg(token_policy, tmp_path / "sgd.zarr", style="sgd"))
+    default, adam, sgd = (read_weights(tmp_path / f"{n}.zarr") for n in ("default", "adam", "sgd"))
+    t = next(iter(adam))
+    assert np.array_equal(default[t], adam[t])  # adam is the default style
+    assert not np.array_equal(adam[t], sgd[t])
+    attrs = zarr.open_group(str(tmp_path / "sgd.zarr"), mode="r").attrs
+    assert attrs["policy"]["style"] == "sgd"
+
+
+def test_style_errors(trained: dict[str, str], token_policy: str, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="learned from sgd, adam runs only"):
+        generate(gen_cfg(token_policy, tmp_path / "a.zarr", style="sam"))
+    with pytest.raises(ConfigError, match="without policy.optimizer_token"):
+        generate(gen_cfg(trained["lo-hp"], tmp_path / "b.zarr", style="adam"))
+    assert not (tmp_path / "a.zarr").exists() and not (tmp_path / "b.zarr").exists()

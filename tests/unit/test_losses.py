@@ -201,7 +201,7 @@ def true_step_means(monkeypatch: pytest.MonkeyPatch, policy: LoHpPolicy, x: torc
     b, l1, p = x.shape
     delta = torch.cat([x[:, 1:] - x[:, :-1], torch.zeros(b, 1, p)], dim=1)  # [B, L+1, P]
 
-    def means(s, i, cond, opt=None):  # the flat states log_ratios passes, b-major
+    def means(s, i, cond, opt=None, probe=None):  # the flat states log_ratios passes, b-major
         assert s.shape == (b * l1, p)
         torch.testing.assert_close(s, x.reshape(b * l1, p))
         return delta.reshape(b * l1, p), torch.zeros(b * l1, p)

@@ -582,3 +582,57 @@ def test_pathwise_and_detached_on_policy_gradients(small: str) -> None:
         assert torch.isfinite(g).all()
     w = "backbone.out.weight"
     assert not torch.allclose(grads_p[w], grads_d[w]), "pathwise adds the rollout's gradient"
+
+
+# ---- class-order augmentation -------------------------------------------------------------------
+def test_class_augmentation_generalises_to_unseen_tasks(tmp_path: Path) -> None:
+    """Three tasks teach a hypernetwork little; their 3! reorderings teach it six times more."""
+    from tests.conftest import make_class_store
+
+    store = str(tmp_path / "cls.zarr")
+    truth = make_class_store(store, n_tasks=3)
+    rng = np.random.default_rng(7)
+    conds = rng.normal(size=(16, 6)).astype(np.float32)  # unseen tasks
+    targets = np.stack([truth["target"](c) for c in conds])
+    errors = {}
+    for augment in ("auto", "none"):
+        out = tmp_path / augment
+        train_policy(
+            config(store, out, method="hypernetwork", steps=300, batch_size=8, augment=augment)
+        )
+        model, _, stats = load_policy(out)
+        with torch.no_grad():
+            pred = stats.denormalize(model(stats.normalize_condition(torch.from_numpy(conds))))
+        errors[augment] = float(np.abs(pred.numpy() - targets).mean())
+    assert errors["auto"] < 0.6 * errors["none"], errors
+
+
+def test_class_augmentation_symmetrises_the_statistics(tmp_path: Path) -> None:
+    from tests.conftest import make_class_store
+
+    store = str(tmp_path / "cls.zarr")
+    make_class_store(store)
+    train_policy(config(store, tmp_path / "p", steps=1))
+    _, _, stats = load_policy(tmp_path / "p")
+    rows = torch.tensor([[0, 1, 6], [2, 3, 7], [4, 5, 8]])  # weight row j, then bias j
+    assert torch.equal(stats.std[rows], stats.std[rows[:1]].expand(3, -1))
+    assert torch.equal(stats.cond_mean.view(3, 2), stats.cond_mean[:2].expand(3, -1))
+    train_policy(config(store, tmp_path / "n", steps=1, augment="none"))
+    _, _, plain = load_policy(tmp_path / "n")
+    assert not torch.equal(plain.std[rows], plain.std[rows[:1]].expand(3, -1))
+
+
+def test_class_augmentation_needs_class_structure(linear: tuple[str, dict], tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="augment='none'"):
+        train_policy(config(linear[0], tmp_path / "p", augment="classes"))
+
+
+def test_policy_records_the_store_as_an_absolute_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """generate and evaluate find the store from any working directory."""
+    monkeypatch.chdir(tmp_path)
+    make_linear_store("rel.zarr", n_tasks=2, size=4, cond_dim=2, steps=2)
+    train_policy(config("rel.zarr", "p", steps=1))
+    meta = json.loads((tmp_path / "p" / "config.json").read_text())
+    assert meta["store_location"] == str((tmp_path / "rel.zarr").resolve())

@@ -1,0 +1,344 @@
+"""Score learned optimizers against tuned Adam/SGD on held-out tasks: loss-vs-step curves.
+
+Every method optimises the same problems from the same starts for the same number of steps.
+Held-out tasks come from the ``target`` split (synthetic: fresh draws, optionally shifted out of
+the training distribution; image families: the family's held-out class subsets). Self-adaptation
+(M-L2O) uses other problems of the same task than the ones scored. Adam/SGD learning rates are
+picked from the policy's ``l2o.lr_grid`` on source tasks, never on the held-out ones.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lohp_cli.checkpoint import atomic_write_bytes, atomic_write_json
+from lohp_cli.config import TrainConfig
+from lohp_cli.errors import ConfigError, DataError
+from lohp_cli.l2o.config import L2OEvaluateConfig
+from lohp_cli.l2o.meta import adapt, functional_step
+from lohp_cli.l2o.optimizer import LSTMOptimizer, StepFn, analytical, run_trajectory, tune_lr
+from lohp_cli.l2o.problems import (
+    ImageProblems,
+    LeastSquares,
+    Optimizee,
+    check_same_family,
+    make_family,
+)
+from lohp_cli.l2o.train import load_l2o
+from lohp_cli.runtime import provenance, resolve_device
+
+REPORT_SCHEMA = "lohp.l2o-report"
+REPORT_VERSION = 1
+Progress = Callable[[dict[str, Any]], None]
+
+
+def learned_step(
+    model: LSTMOptimizer, problem: Optimizee, adapt_steps: int, lc: Any
+) -> tuple[StepFn, list[float]]:
+    """The optimizer's step function, after ``adapt_steps`` self-adaptation steps on ``problem``.
+
+    Returns ``(step, meta-loss before each adaptation step)``.
+    """
+    if adapt_steps == 0:
+        return model, []
+    params, history = adapt(
+        model, problem, adapt_steps, lc.adapt_lr, lc.adapt_unroll, objective=lc.objective
+    )
+    return functional_step(model, {k: v.detach() for k, v in params.items()}), history
+
+
+def run_learned(
+    step: StepFn, model: LSTMOptimizer, problem: Optimizee, steps: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Optimize ``problem`` for ``steps``: ``(losses [steps+1, B], final θ [B, P])``."""
+    losses, states = run_trajectory(
+        step, model.init_state(problem.batch, problem.size), problem, steps, keep_states=True
+    )
+    assert states is not None
+    return losses, states[-1]
+
+
+def run_on_task(
+    model: LSTMOptimizer,
+    meta: dict[str, Any],
+    net: torch.nn.Module,
+    theta0: torch.Tensor,
+    data: Any,
+    steps: int,
+    batch_size: int,
+    seed: int,
+) -> torch.Tensor:
+    """Train the target model on one image task from each of ``theta0 [B, P]``: ``[B, P]``.
+
+    Used by ``lohp evaluate`` to score an L2O policy from the same starts as the other methods;
+    an m-l2o policy first adapts itself on the task's training loss from other starts (the given
+    ones shifted by a fixed permutation of rows, so no start is scored after adapting on itself
+    when B > 1).
+    """
+    problem = ImageProblems(net, [data] * theta0.shape[0], theta0, batch_size, seed)
+    lc = TrainConfig.model_validate(meta["train_config"]).l2o
+    k = lc.adapt_steps if meta["method"] == "m-l2o" else 0
+    support = ImageProblems(net, [data] * theta0.shape[0], theta0.roll(1, 0), batch_size, seed + 1)
+    step, _ = learned_step(model, support, k, lc)
+    _, theta = run_learned(step, model, problem, steps)
+    if not bool(torch.isfinite(theta).all()):
+        raise DataError(f"Learned optimizer {meta['method']} diverged (non-finite weights).")
+    return theta
+
+
+def is_l2o_policy(path: str | Path) -> bool:
+    """True when ``path`` is a policy directory of a learned optimizer."""
+    import json
+
+    from lohp_cli.l2o import L2O_METHODS
+
+    try:
+        meta = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("method") in L2O_METHODS
+
+
+def l2o_accuracies(
+    path: str | Path,
+    store_compat: dict[str, Any],
+    net: torch.nn.Module,
+    data: dict[str, Any],
+    start: Callable[[str, int], torch.Tensor],
+    samples: int,
+    steps: int,
+    batch_size: int,
+    seed: int,
+    device: str = "cpu",
+) -> tuple[dict[str, Any], list[float]]:
+    """Test accuracies of an L2O policy trained on image tasks, for ``lohp evaluate``.
+
+    Each task ``t`` of ``data`` (task id -> TaskTensors) is trained from ``start(t, j) [P]`` for
+    j < ``samples`` for ``steps`` steps; returns ``(policy config, accuracies)``.
+    """
+    from lohp_cli.errors import CompatibilityError
+    from lohp_cli.runtime import derive_seed
+    from lohp_cli.scoring import accuracy
+
+    model, meta = load_l2o(path, device)
+    if meta.get("store_compat") != store_compat:
+        raise CompatibilityError(
+            f"Learned optimizer '{path}' was trained on {meta['family'].get('name')!r} problems, "
+            "not on the task family and target model of the generated weights."
+        )
+    accs: list[float] = []
+    for t, d in data.items():
+        theta0 = torch.stack([start(t, j) for j in range(samples)])  # [S, P]
+        theta = run_on_task(
+            model, meta, net, theta0, d, steps, batch_size, derive_seed(seed, "l2o", t)
+        )
+        accs += [accuracy(net, theta[j], d)[0] for j in range(samples)]
+    return meta, accs
+
+
+def _summary(values: torch.Tensor) -> dict[str, float | None]:
+    v = values.double()
+    ok = torch.isfinite(v)
+    if not bool(ok.any()):
+        return {"mean": None, "std": None, "median": None, "finite": 0.0}
+    v = v[ok]
+    return {
+        "mean": float(v.mean()),
+        "std": float(v.std(unbiased=False)),
+        "median": float(v.median()),
+        "finite": float(ok.double().mean()),
+    }
+
+
+def _curve(losses: list[torch.Tensor]) -> list[float]:
+    """Mean over tasks and problems per step of ``[S+1, B]`` curves (non-finite -> NaN)."""
+    c = torch.cat(losses, 1).double()  # [S+1, tasks·B]
+    return [
+        round(float(x), 8) for x in torch.nanmean(torch.where(torch.isfinite(c), c, torch.nan), 1)
+    ]
+
+
+def evaluate_l2o(cfg: L2OEvaluateConfig, progress: Progress | None = None) -> dict[str, Any]:
+    """Run every policy and baseline on the held-out tasks; write report.json/.md and plots."""
+    emit = progress or (lambda _e: None)
+    t_start = time.perf_counter()
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"Report directory '{out}' is a file; choose another --out.")
+    device = resolve_device(cfg.device)
+    loaded = {name: load_l2o(path, "cpu") for name, path in cfg.policies.items()}
+    first_name = next(iter(loaded))
+    ref_meta = loaded[first_name][1]
+    for name, (_, meta) in loaded.items():
+        check_same_family(ref_meta["family"], meta["family"], f"Policy {name!r}")
+    tc = TrainConfig.model_validate(ref_meta["train_config"])
+    lc = tc.l2o
+    store = cfg.store or ref_meta.get("store_location")
+    family = make_family(lc, store if lc.family == "store" else None, cfg.data_root)
+    synthetic = lc.family != "store"
+    if cfg.shift and not synthetic:
+        raise ConfigError("--shift applies to quadratic/lasso policies; image tasks use splits.")
+    emit({"event": "info", "message": f"{len(loaded)} learned optimizer(s) on {lc.family}"})
+
+    # analytical baselines: learning rate tuned on source tasks
+    tuned: dict[str, dict[str, Any]] = {}
+    for name in cfg.baselines:
+        lr, scores = tune_lr(
+            family, name, lc.lr_grid, cfg.steps, cfg.tune_tasks, cfg.instances, cfg.seed
+        )
+        tuned[name] = {"lr": lr, "scores": scores}
+        emit({"event": "info", "message": f"{name}: tuned lr = {lr}"})
+
+    # methods: (label, kind, runner(query, support) -> (losses, theta, adapt history))
+    methods: list[tuple[str, dict[str, Any], Callable[..., Any]]] = []
+    for name, (model, meta) in loaded.items():
+        plc = TrainConfig.model_validate(meta["train_config"]).l2o
+        k = plc.adapt_steps if cfg.adapt_steps is None else cfg.adapt_steps
+        variants = [k] if meta["method"] == "m-l2o" else ([0, k] if cfg.adapt_all and k else [0])
+        for steps_k in variants:
+            label = name if steps_k == 0 else f"{name} +{steps_k} adapt"
+
+            def runner(q: Any, s: Any, model=model, steps_k=steps_k, plc=plc) -> Any:
+                step, hist = learned_step(model, s, steps_k, plc)
+                losses, theta = run_learned(step, model, q, cfg.steps)
+                return losses, theta, hist
+
+            info = {"kind": "learned", "method": meta["method"], "adapt_steps": steps_k}
+            methods.append((label, info, runner))
+    for name, t in tuned.items():
+
+        def base_runner(q: Any, s: Any, name=name, lr=t["lr"]) -> Any:
+            step, init = analytical(name, lr)
+            losses, states = run_trajectory(
+                step, init(q.batch, q.size), q, cfg.steps, keep_states=True
+            )
+            return losses, states[-1], []
+
+        methods.append(
+            (f"{name} (lr {t['lr']:g})", {"kind": "optimizer", "lr": t["lr"]}, base_runner)
+        )
+
+    curves: dict[str, list[torch.Tensor]] = {m[0]: [] for m in methods}
+    finals: dict[str, dict[str, list[torch.Tensor]]] = {m[0]: {} for m in methods}
+    adapt_hist: dict[str, list[list[float]]] = {m[0]: [] for m in methods}
+    optima: list[torch.Tensor] = []
+    for i in range(cfg.tasks):
+        both = family.sample("target", i, cfg.seed, 2 * cfg.instances, cfg.shift)
+        query = both.subset(slice(0, cfg.instances))
+        support = both.subset(slice(cfg.instances, 2 * cfg.instances))
+        if synthetic:
+            assert isinstance(query, LeastSquares)
+            optima.append(query.optimum())
+        for label, _, runner in methods:
+            losses, theta, hist = runner(query, support)
+            curves[label].append(losses)
+            for key, val in query.metrics(theta).items():
+                finals[label].setdefault(key, []).append(val)
+            if hist:
+                adapt_hist[label].append(hist)
+        emit({"event": "task", "done": i + 1, "tasks": cfg.tasks})
+
+    fstar = torch.cat(optima) if optima else None
+    rows = []
+    for label, info, _ in methods:
+        row: dict[str, Any] = {"name": label, **info}
+        for key, vals in finals[label].items():
+            row[f"final_{key}"] = _summary(torch.cat(vals))
+        row["curve"] = _curve(curves[label])
+        if fstar is not None:
+            gap = torch.cat([c[-1] for c in curves[label]]).double() - fstar
+            row["final_gap"] = _summary(gap)
+            row["curve_gap"] = _curve(
+                [c.double() - f for c, f in zip(curves[label], optima, strict=True)]
+            )
+        if adapt_hist[label]:
+            h = np.asarray(adapt_hist[label])
+            row["adapt_loss"] = [round(float(x), 6) for x in h.mean(0)]
+        rows.append(row)
+        emit({"event": "method", "name": label, "final_loss": row["final_loss"]["mean"]})
+    report = {
+        "schema": REPORT_SCHEMA,
+        "schema_version": REPORT_VERSION,
+        "family": family.describe(),
+        "policies": {
+            n: {"path": cfg.policies[n], "method": m["method"], "trained_steps": m["trained_steps"]}
+            for n, (_, m) in loaded.items()
+        },
+        "tasks": cfg.tasks,
+        "instances": cfg.instances,
+        "steps": cfg.steps,
+        "shift": cfg.shift,
+        "tuning": tuned,
+        "methods": rows,
+        "config": cfg.model_dump(mode="json"),
+        "wall_time_s": round(time.perf_counter() - t_start, 3),
+        "provenance": provenance(device),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "report.json", report)
+    atomic_write_bytes(out / "report.md", markdown_report(report).encode())
+    if cfg.plots:
+        write_curves(report, out / "loss_curves.png")
+    return report
+
+
+def _fmt(s: dict[str, Any] | None) -> str:
+    if not s or s["mean"] is None:
+        return "diverged"
+    text = f"{s['mean']:.4g} ± {s['std']:.2g}"
+    return text if s["finite"] == 1.0 else f"{text} ({s['finite']:.0%} finite)"
+
+
+def markdown_report(r: dict[str, Any]) -> str:
+    """The report as Markdown: one row per method."""
+    fam = r["family"]["name"]
+    cols = [("final_loss", "final loss")]
+    if any("final_gap" in m for m in r["methods"]):
+        cols.append(("final_gap", "f − f* (final)"))
+    if any("final_test_acc" in m for m in r["methods"]):
+        cols.append(("final_test_acc", "test accuracy"))
+    lines = [
+        f"# L2O evaluation: {fam}",
+        "",
+        f"{r['tasks']} held-out task(s) × {r['instances']} problem(s), {r['steps']} steps, "
+        f"shift {r['shift']}. Mean ± std over all problems.",
+        "",
+        "| method | kind | adapt steps | " + " | ".join(c[1] for c in cols) + " |",
+        "|---|---|---|" + "---|" * len(cols),
+    ]
+    for m in r["methods"]:
+        cells = [_fmt(m.get(key)) for key, _ in cols]
+        lines.append(
+            f"| {m['name']} | {m['kind']} | {m.get('adapt_steps', '-')} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_curves(r: dict[str, Any], path: Path) -> None:
+    """Mean loss (or gap to the optimum) against steps, log scale, one line per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    key = "curve_gap" if all("curve_gap" in m for m in r["methods"]) else "curve"
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in r["methods"]:
+        ys = np.asarray(m[key], dtype=float)
+        ax.plot(np.arange(len(ys)), np.clip(ys, 1e-12, None), label=m["name"])
+    ax.set_yscale("log")
+    ax.set_xlabel("optimizee step")
+    ax.set_ylabel("mean f − f*" if key == "curve_gap" else "mean training loss")
+    ax.set_title(f"{r['family']['name']}: shift {r['shift']}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,380 @@
+"""Meta-train a learned optimizer (l2o, l2o-tt, l2o-flat, m-l2o) into a policy directory.
+
+One training *step* is one episode: B fresh problems of one task optimised for ``l2o.horizon``
+steps, cut into truncated unrolls. l2o, l2o-tt and l2o-flat update the optimizer after every
+unroll (truncated BPTT); m-l2o adapts a copy of the optimizer to the task on other problems first,
+then, after every unroll on the task's query problems, applies the gradient at the adapted copy to
+the original weights (first-order meta-gradient; as many meta-updates per episode as l2o).
+Resumable at episode boundaries: every episode draws its problems and noise from seeds of
+(seed, episode), so a resumed run ends with the same weights as an uninterrupted one.
+
+The policy directory follows the Lo-Hp conventions: ``config.json`` (kind ``lohp.policy``, method,
+family, train config, provenance, complete flag), ``model.safetensors``, ``metrics.jsonl`` and
+``state/`` (written by :func:`lohp_cli.checkpoint.save_state`), all written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+from torch import nn
+
+from lohp_cli.checkpoint import (
+    POLICY_FORMAT,
+    POLICY_KIND,
+    atomic_save_tensors,
+    atomic_write_json,
+    load_tensors,
+    optimizer_from_tensors,
+    read_json,
+    save_state,
+    state_dir,
+)
+from lohp_cli.config import TrainConfig
+from lohp_cli.errors import CompatibilityError, ConfigError, DataError
+from lohp_cli.l2o import L2O_METHODS
+from lohp_cli.l2o.config import L2OConfig
+from lohp_cli.l2o.meta import (
+    adapt,
+    flatness_terms,
+    functional_step,
+    imitation_loss,
+    meta_loss,
+    unroll,
+)
+from lohp_cli.l2o.optimizer import (
+    LSTMOptimizer,
+    analytical,
+    detach_state,
+    run_trajectory,
+    tune_lr,
+)
+from lohp_cli.l2o.problems import ImageFamily, ProblemFamily, make_family
+from lohp_cli.runtime import derive_seed, provenance, resolve_device
+
+
+def build_l2o(lc: L2OConfig, seed: int) -> LSTMOptimizer:
+    """A freshly initialised learned optimizer (weights from ``seed``)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, "init"))
+        return LSTMOptimizer(lc.arch, lc.hidden, lc.layers, lc.out_scale)
+
+
+def check_method_settings(cfg: TrainConfig) -> None:
+    """Settings a method needs, as one :class:`ConfigError` listing every problem."""
+    lc, problems = cfg.l2o, []
+    if cfg.method == "l2o-flat" and lc.hessian_weight == 0 and lc.entropy_weight == 0:
+        problems.append(
+            "l2o-flat with l2o.hessian_weight=0 and l2o.entropy_weight=0 has no flatness term; "
+            "give one a positive weight"
+        )
+    if cfg.method == "m-l2o" and lc.adapt_steps == 0:
+        problems.append("m-l2o needs l2o.adapt_steps >= 1")
+    if cfg.method == "l2o-tt" and lc.family != "store" and lc.teacher == "sam":
+        problems.append(
+            "l2o.teacher=sam needs a store of SAM runs; synthetic families imitate adam or sgd"
+        )
+    if problems:
+        raise ConfigError("Invalid config: " + "; ".join(problems) + ".")
+
+
+def unroll_length(cfg: TrainConfig, episode: int) -> int:
+    """The unroll length of an episode: fixed, or l2o-tt's progressive stages."""
+    lc = cfg.l2o
+    if cfg.method != "l2o-tt":
+        return lc.unroll
+    stages = lc.progressive
+    return stages[min(len(stages) - 1, episode * len(stages) // cfg.steps)]
+
+
+def imitation_weight(cfg: TrainConfig, episode: int) -> float:
+    """l2o-tt's imitation weight: ``imitation_weight`` decaying linearly to 0 (0 otherwise)."""
+    lc = cfg.l2o
+    if cfg.method != "l2o-tt" or lc.imitation_weight == 0:
+        return 0.0
+    if lc.imitation_decay == 0:
+        return lc.imitation_weight
+    return lc.imitation_weight * max(0.0, 1.0 - episode / (lc.imitation_decay * cfg.steps))
+
+
+def _family_fingerprint(cfg: TrainConfig, family: ProblemFamily) -> dict[str, Any]:
+    if isinstance(family, ImageFamily):
+        from lohp_cli.train import store_fingerprint
+
+        return store_fingerprint(family.store)
+    return {"family": family.describe()}
+
+
+def _config_json(
+    cfg: TrainConfig,
+    family: ProblemFamily,
+    fingerprint: dict[str, Any],
+    teacher: dict[str, Any] | None,
+    device: str,
+    step: int,
+    complete: bool,
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "kind": POLICY_KIND,
+        "format": POLICY_FORMAT,
+        "method": cfg.method,
+        "family": family.describe(),
+        "store_fingerprint": fingerprint,
+        "teacher": teacher,
+        "train_config": cfg.model_dump(mode="json"),
+        "trained_steps": step,
+        "complete": complete,
+        "provenance": provenance(device),
+    }
+    if isinstance(family, ImageFamily):
+        meta["store_location"] = family.store.location
+        meta["store_compat"] = family.compat
+        meta["param_count"] = sum(p.numel() for p in family.net.parameters())
+    return meta
+
+
+def _teacher(
+    cfg: TrainConfig, family: ProblemFamily, instances: int, emit: Any
+) -> dict[str, Any] | None:
+    """l2o-tt's teacher: stored runs (image families) or a tuned on-the-fly optimizer."""
+    if cfg.method != "l2o-tt" or cfg.l2o.imitation_weight == 0:
+        return None
+    lc = cfg.l2o
+    if isinstance(family, ImageFamily):
+        return {"name": lc.teacher, "source": "store"}
+    emit({"event": "info", "message": f"tuning the {lc.teacher} teacher's lr on source tasks"})
+    lr, scores = tune_lr(family, lc.teacher, lc.lr_grid, lc.horizon, 4, instances, cfg.seed)
+    emit({"event": "info", "message": f"teacher {lc.teacher} lr = {lr}"})
+    return {"name": lc.teacher, "source": "on-the-fly", "lr": lr, "scores": scores}
+
+
+def train_l2o(cfg: TrainConfig, progress: Any = None) -> Any:
+    """Meta-train (or resume) a learned optimizer as configured; returns a ``TrainResult``."""
+    from lohp_cli.train import TrainResult, _check_out_dir, _truncate_metrics
+
+    emit = progress or (lambda _e: None)
+    t_start = time.perf_counter()
+    if cfg.method not in L2O_METHODS:
+        raise ConfigError(f"method {cfg.method!r} is not an L2O method ({', '.join(L2O_METHODS)}).")
+    check_method_settings(cfg)
+    lc = cfg.l2o
+    device = resolve_device(cfg.device)
+    emit({"event": "device", "device": device, "world_size": 1})
+    family = make_family(lc, cfg.store if lc.family == "store" else None)
+    instances = lc.instances or cfg.batch_size
+    fingerprint = _family_fingerprint(cfg, family)
+    out = Path(cfg.out)
+    resume = _check_out_dir(out, cfg, fingerprint)
+
+    model = build_l2o(lc, cfg.seed).to(device)
+    meta_opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start, teacher = 0, None
+    sdir = state_dir(out) if resume else None
+    if sdir is not None:
+        model.load_state_dict(load_tensors(sdir / "model.safetensors"))
+        optimizer_from_tensors(
+            meta_opt,
+            load_tensors(sdir / "optimizer.safetensors"),
+            read_json(sdir / "optimizer.json"),
+        )
+        trainer = read_json(sdir / "trainer.json")
+        start, teacher = int(trainer["step"]), trainer.get("teacher")
+        emit({"event": "resume", "step": start})
+    else:
+        teacher = _teacher(cfg, family, instances, emit)
+        atomic_write_json(
+            out / "config.json",
+            _config_json(cfg, family, fingerprint, teacher, device, 0, False),
+        )
+    _truncate_metrics(out / "metrics.jsonl", start)
+
+    def write_policy(step: int, complete: bool) -> None:
+        sd = dict(model.state_dict())
+        save_state(out, sd, meta_opt, {"step": step, "teacher": teacher})
+        atomic_save_tensors(out / "model.safetensors", sd)
+        atomic_write_json(
+            out / "config.json",
+            _config_json(cfg, family, fingerprint, teacher, device, step, complete),
+        )
+
+    n_params = sum(p.numel() for p in model.parameters())
+    emit(
+        {
+            "event": "info",
+            "message": f"meta-training {cfg.method} ({n_params:,} weights, {lc.arch}) on "
+            f"{family.describe()['name']} for {cfg.steps} episode(s) of {lc.horizon} steps × "
+            f"{instances} problem(s)",
+        }
+    )
+    deadline = None if cfg.max_minutes is None else t_start + 60 * cfg.max_minutes
+    step, last = start, None
+    while step < cfg.steps:
+        terms = run_episode(cfg, model, meta_opt, family, instances, teacher, step, device)
+        step += 1
+        last = terms["loss"]
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            line = {"step": step, **terms, "time_s": round(time.perf_counter() - t_start, 3)}
+            with open(out / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps(line) + "\n")
+            emit({"event": "log", **line, "steps": cfg.steps})
+        timed_out = deadline is not None and time.perf_counter() > deadline
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps or timed_out:
+            write_policy(step, step == cfg.steps)
+        if timed_out:
+            emit({"event": "timeout", "step": step})
+            break
+    if step == start and not (out / "model.safetensors").exists():
+        write_policy(step, step >= cfg.steps)
+    return TrainResult(
+        str(out), step, step >= cfg.steps, last, round(time.perf_counter() - t_start, 3)
+    )
+
+
+def _check(value: torch.Tensor, what: str, episode: int) -> None:
+    if not bool(torch.isfinite(value).all()):
+        raise DataError(
+            f"Non-finite {what} in meta-training episode {episode}; lower --lr or "
+            "l2o.out_scale, or shorten l2o.unroll."
+        )
+
+
+def run_episode(
+    cfg: TrainConfig,
+    model: LSTMOptimizer,
+    meta_opt: torch.optim.Optimizer,
+    family: ProblemFamily,
+    instances: int,
+    teacher: dict[str, Any] | None,
+    episode: int,
+    device: str,
+) -> dict[str, float]:
+    """One meta-training episode; returns its logged terms (means over its unrolls)."""
+    lc = cfg.l2o
+    length = unroll_length(cfg, episode)
+    w_imit = imitation_weight(cfg, episode)
+    index = derive_seed(cfg.seed, "episode", episode)
+    gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "noise", episode))
+    states, record_every = None, 1
+    if w_imit > 0 and isinstance(family, ImageFamily):
+        problem, states, record_every = family.sample_stored(lc.teacher, index, cfg.seed, instances)
+    else:
+        problem = family.sample(
+            "source", index, cfg.seed, instances * (2 if cfg.method == "m-l2o" else 1)
+        )
+    params: dict[str, torch.Tensor] | None = None
+    if cfg.method == "m-l2o":
+        support, problem = (
+            problem.subset(slice(0, instances)),
+            problem.subset(slice(instances, 2 * instances)),
+        )
+        params, _ = adapt(
+            model, support, lc.adapt_steps, lc.adapt_lr, lc.adapt_unroll, objective=lc.objective
+        )
+        step_fn = functional_step(model, params)
+    else:
+        step_fn = model
+    if w_imit > 0 and states is None and teacher is not None:
+        t_step, t_init = analytical(teacher["name"], teacher["lr"])
+        _, states = run_trajectory(
+            t_step, t_init(problem.batch, problem.size), problem, lc.horizon, keep_states=True
+        )
+    theta = problem.init().to(device)
+    state = model.init_state(problem.batch, problem.size, device)
+    imit_state = model.init_state(problem.batch, problem.size, device)
+    with torch.no_grad():
+        initial = problem.loss(theta, 0)
+    _check(initial, "initial loss", episode)
+    sums: dict[str, float] = {}
+    count = 0
+    for seg_start in range(0, lc.horizon, length):
+        seg = min(length, lc.horizon - seg_start)
+        u = unroll(step_fn, problem, theta, state, seg_start, seg, lc.second_order)
+        loss = meta_loss(u.losses, initial, lc.objective)
+        terms = {"meta": loss}
+        if states is not None and w_imit > 0:
+            # the teacher transitions j -> j+1 that start inside this unroll, each counted once
+            lo = -(-seg_start // record_every)
+            hi = min(-(-(seg_start + seg) // record_every), len(states) - 1)
+            if hi > lo:
+                imit, imit_state = imitation_loss(
+                    model, problem, states[lo : hi + 1].to(device), imit_state,
+                    lo * record_every, record_every,
+                )  # fmt: skip
+                terms["imitation"] = imit
+                loss = loss + w_imit * imit
+        if cfg.method == "l2o-flat":
+            flat = flatness_terms(problem, u.theta, seg_start + seg, lc, gen)
+            if "hessian" in flat:
+                terms["hessian"] = flat["hessian"]
+                loss = loss + lc.hessian_weight * flat["hessian"]
+            if "entropy" in flat:
+                terms["entropy"] = flat["entropy"]
+                loss = loss + lc.entropy_weight * flat["entropy"]
+        _check(loss, "meta-loss", episode)
+        meta_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if params is not None:
+            # first-order M-L2O: the gradient at the adapted weights moves the original ones,
+            # after every query unroll (as many meta-updates per episode as l2o)
+            for name, p in model.named_parameters():
+                g = params[name].grad
+                p.grad = None if g is None else g.clone()
+                params[name].grad = None
+        gnorm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        _check(gnorm, "meta-gradient", episode)
+        meta_opt.step()
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + float(v.detach())
+        count += 1
+        theta, state = u.theta.detach(), detach_state(u.state)
+        imit_state = detach_state(imit_state)
+    with torch.no_grad():
+        final = problem.loss(theta, lc.horizon) / initial.abs().clamp_min(1e-12)
+    out = {k: round(v / count, 6) for k, v in sums.items()}
+    out["loss"] = out.pop("meta")
+    out["final_ratio"] = round(float(final.mean()), 6)
+    out["unroll"] = length
+    if w_imit > 0:
+        out["imitation_weight"] = round(w_imit, 4)
+    return out
+
+
+def load_l2o(path: str | Path, device: str = "cpu") -> tuple[LSTMOptimizer, dict[str, Any]]:
+    """Load an L2O policy directory: ``(optimizer in eval mode, config.json dict)``."""
+    out = Path(path)
+    if not out.is_dir():
+        raise CompatibilityError(
+            f"No policy directory at '{out}'; train one with 'lohp train-policy --method l2o'."
+        )
+    meta = read_json(out / "config.json")
+    if not isinstance(meta, dict) or meta.get("kind") != POLICY_KIND:
+        raise CompatibilityError(f"'{out}' is not a lohp policy.")
+    if meta.get("format", 0) > POLICY_FORMAT:
+        raise CompatibilityError(
+            f"Policy '{out}' has format {meta['format']}; this lohp reads up to {POLICY_FORMAT}."
+        )
+    if meta.get("method") not in L2O_METHODS:
+        raise CompatibilityError(
+            f"'{out}' is a {meta.get('method')!r} policy, not a learned optimizer "
+            f"({', '.join(L2O_METHODS)}); score it with 'lohp evaluate'."
+        )
+    try:
+        cfg = TrainConfig.model_validate(meta["train_config"])
+    except (ValidationError, KeyError):
+        raise CompatibilityError(
+            f"Policy '{out}' has a train config this lohp cannot read; it was made by another "
+            "version."
+        ) from None
+    model = build_l2o(cfg.l2o, cfg.seed)
+    try:
+        model.load_state_dict(load_tensors(out / "model.safetensors"))
+    except RuntimeError as exc:
+        raise CompatibilityError(
+            f"Policy weights in '{out}' do not fit its config ({exc})."
+        ) from None
+    return model.to(device).eval(), meta

@@ -1,0 +1,106 @@
+"""State-aware policy input (our extension, LOHP.md; off by default, ``policy.state_input``).
+
+Besides the task condition, each policy step may see what the current weights s_i *predict* on the
+task's labelled support set: the class-mean softmax of the target model, ``[C, C]`` (row j: the
+mean predicted distribution over the support examples of label j), minus the identity. It is a
+forward pass of the target model only — no gradient of the task loss — so the policy stays a
+gradient-free generator, but each step can react to the state it is in, as an optimizer does.
+
+A :class:`ProbeBank` holds the support sets of a set of tasks; :meth:`ProbeBank.probe` gathers a
+batch of them (with class reorderings, for the augmentation) into a :class:`StateProbe`, which the
+policy calls on its states.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lohp_cli.errors import ConfigError
+from lohp_cli.tasks.models import functional_forward
+
+
+def check_state_model(net: nn.Module) -> None:
+    """Refuse target models whose forward pass needs batch statistics (vmap cannot run them)."""
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()):
+        raise ConfigError(
+            "policy.state_input='support' supports target models without batch norm (head, mlp)."
+        )
+
+
+@dataclass
+class StateProbe:
+    """A batch of support sets and how to turn normalised states into state features.
+
+    ``x [B, M, *in]`` support inputs, ``onehot [B, M, C]`` their labels (rows sum to one per
+    class: the class-mean weights), ``mean``/``std [P]`` the policy's normalisation.
+    """
+
+    net: nn.Module
+    x: torch.Tensor
+    onehot: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    @property
+    def classes(self) -> int:
+        return self.onehot.shape[-1]
+
+    def features(self, s: torch.Tensor) -> torch.Tensor:
+        """``s [B·r, P]`` (rows of batch item b at b·r … b·r + r − 1) -> ``[B·r, C·C]``."""
+        b = self.x.shape[0]
+        r = s.shape[0] // b
+        theta = (s * self.std + self.mean).view(b, r, -1)  # [B, r, P]
+
+        if isinstance(self.net, nn.Linear):  # the head model: one batched product
+            c, f = self.net.out_features, self.net.in_features
+            w = theta[..., : c * f].reshape(b, r, c, f)
+            logits = torch.einsum("brcf,bmf->brmc", w, self.x) + theta[:, :, None, c * f :]
+        else:
+
+            def one(th: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # [P], [M, *in] -> [M, C]
+                return functional_forward(self.net, th, x)
+
+            inner = torch.func.vmap(one, in_dims=(0, None))  # over r, same support set
+            logits = torch.func.vmap(inner)(theta, self.x)  # [B, r, M, C]
+        probs = logits.softmax(-1)
+        means = torch.einsum("bmj,brmc->brjc", self.onehot, probs)  # [B, r, C, C]
+        eye = torch.eye(self.classes, device=s.device, dtype=s.dtype)
+        return (means - eye).reshape(b * r, -1)
+
+
+class ProbeBank:
+    """Support sets of tasks, by task id, ready to be batched into :class:`StateProbe`."""
+
+    def __init__(self, net: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
+        check_state_model(net)
+        self.net = net
+        self.mean, self.std = mean, std
+        self.x: dict[str, torch.Tensor] = {}
+        self.y: dict[str, torch.Tensor] = {}
+        self.classes = 0
+
+    def add(self, task_id: str, x: torch.Tensor, y: torch.Tensor, classes: int) -> None:
+        """Register the support set ``x [M, *in]``, ``y [M]`` of a task."""
+        self.x[task_id], self.y[task_id] = x, y
+        self.classes = classes
+
+    def probe(self, task_ids: list[str], perms: torch.Tensor | None = None) -> StateProbe:
+        """The support sets of ``task_ids``; ``perms [B, C]`` reorders each task's classes the way
+        the sampler reordered its weights (new label j is old label ``perms[b, j]``)."""
+        y = torch.stack([self.y[t] for t in task_ids])  # [B, M]
+        if perms is not None:
+            y = torch.gather(torch.argsort(perms.to(y.device), dim=1), 1, y)
+        onehot = nn.functional.one_hot(y, self.classes).float()  # [B, M, C]
+        onehot = onehot / onehot.sum(1, keepdim=True).clamp_min(1)
+        x = torch.stack([self.x[t] for t in task_ids])
+        return StateProbe(self.net, x, onehot, self.mean.to(x.device), self.std.to(x.device))
+
+    def to(self, device: str) -> ProbeBank:
+        """Move every support set to ``device`` (in place); returns self."""
+        self.net = self.net.to(device)
+        self.x = {k: v.to(device) for k, v in self.x.items()}
+        self.y = {k: v.to(device) for k, v in self.y.items()}
+        return self
