@@ -28,10 +28,25 @@ POLICY_KIND = "lohp.policy"
 POLICY_FORMAT = 1
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, fsync, and rename it into place."""
+def _file_mode() -> int:
+    """The mode a plain ``open`` gives a new file (0666 less the umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _temp_beside(path: Path) -> tuple[int, str]:
+    """A temporary file next to ``path`` with the permissions a plain ``open`` would give it
+    (``mkstemp`` makes it 0600, which would leave reports and policies unreadable to others)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, _file_mode())
+    return fd, tmp
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, fsync, and rename it into place."""
+    fd, tmp = _temp_beside(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -51,13 +66,13 @@ def atomic_save_tensors(
     path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None
 ) -> None:
     """safetensors file written atomically (tensors are made contiguous CPU copies)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _temp_beside(path)
     os.close(fd)
     try:
         save_file(
             {k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata
         )
+        os.chmod(tmp, _file_mode())  # safetensors recreates the file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

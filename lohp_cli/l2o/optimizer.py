@@ -176,8 +176,10 @@ def tune_lr(
 ) -> tuple[float, dict[str, float]]:
     """Pick ``name``'s learning rate from ``grid`` on source tasks (split ``tune``).
 
-    The score of a rate is the mean over problems of log f(θ_steps) − log f(θ_0) (non-finite runs
-    score +inf). Returns ``(best lr, {lr: score})``.
+    The score of a rate is the mean over problems and over the last tenth of the steps of
+    log f(θ_t) − log f(θ_0) (non-finite runs score +inf): the tail mean, not the last value, because
+    image problems measure f on one minibatch per step, and one lucky minibatch once picked an
+    Adam rate of 1.0 whose held-out loss was 18× SGD's. Returns ``(best lr, {lr: score})``.
     """
     scores: dict[str, float] = {}
     for lr in grid:
@@ -186,8 +188,9 @@ def tune_lr(
             problem = family.sample("tune", i, seed, instances)  # type: ignore[attr-defined]
             step, init = analytical(name, lr)
             losses, _ = run_trajectory(step, init(problem.batch, problem.size), problem, steps)
-            ratio = losses[-1].abs().clamp_min(1e-30) / losses[0].abs().clamp_min(1e-30)
-            vals.append(ratio.log())
+            tail = losses[-max(1, steps // 10) :]  # [L, B]
+            ratio = tail.abs().clamp_min(1e-30) / losses[0].abs().clamp_min(1e-30)
+            vals.append(ratio.log().mean(0))
         v = torch.cat(vals)
         scores[repr(lr)] = float(v.mean()) if bool(torch.isfinite(v).all()) else float("inf")
     best = min(grid, key=lambda lr: scores[repr(lr)])

@@ -324,3 +324,19 @@ def test_policy_dir_has_no_temp_files(policy_dir: Path) -> None:
     assert not [n for n in names if n.endswith(".tmp") or "/." in n or n.startswith(".")]
     assert "state.tmp" not in names and "state.old" not in names
     assert os.path.isfile(policy_dir / "state" / "trainer.json")
+
+
+def test_atomic_files_get_the_usual_permissions(tmp_path: Path) -> None:
+    """Reports and policies must be readable by others, as a plain open() would make them."""
+    import os
+
+    from lohp_cli.checkpoint import atomic_save_tensors, atomic_write_json
+
+    umask = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "a.json", {"x": 1})
+        atomic_save_tensors(tmp_path / "t.safetensors", {"w": torch.zeros(2)})
+    finally:
+        os.umask(umask)
+    for name in ("a.json", "t.safetensors"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644
