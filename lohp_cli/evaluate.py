@@ -32,9 +32,12 @@ from lohp_cli.generate import (
     GEN_SCHEMA,
     GEN_SCHEMA_VERSION,
     TaskContext,
+    generate_batch,
+    has_tokens,
     initial_state,
     policy_probe,
     style_token,
+    support_probe_bank,
     task_context,
 )
 from lohp_cli.policy.state import StateProbe
@@ -175,18 +178,9 @@ def cosine_check(
     out: list[float] = []
     store = ctx.store
     chosen = list(store.iter_runs())[:runs]
-    bank = policy_probe(
-        model,
-        ctx,
-        {
-            a["task_id"]: task_tensors(
-                ctx.family, TaskSpec.from_id(a["task_id"]), ctx.model_cfg, ctx.extractor, device
-            )
-            for _, a in chosen
-        },
-        stats,
-        device,
-    )
+    bank = None
+    if getattr(model, "needs_probe", False):
+        bank = support_probe_bank(ctx, (a["task_id"] for _, a in chosen), stats, device)
     for rid, attrs in chosen:
         w = torch.from_numpy(
             store.weights(rid)[matched_indices(attrs["steps_written"], meta["k"])]
@@ -198,7 +192,7 @@ def cosine_check(
         n = x.shape[0] - 1
         probe = None if bank is None else bank.probe([attrs["task_id"]])
         tok = None
-        if meta["train_config"].get("policy", {}).get("optimizer_token", False):
+        if has_tokens(meta):  # each offline step is scored in its own optimizer's style
             tok = torch.full((n,), OPTIMIZERS.index(attrs["optimizer"]), device=device)
         with torch.no_grad():
             f, _ = model.means(x[:-1], torch.arange(n, device=device), c.expand(n, -1), tok, probe)
@@ -408,11 +402,9 @@ def _generate_one(
     probe: StateProbe | None = None,
     token: int | None = None,
 ) -> torch.Tensor:
-    opt = None if token is None else torch.full((s0.shape[0],), token, device=s0.device)
+    """The final normalised weights ``[B, P]`` of a mean-mode generation."""
     with torch.no_grad():
-        if meta["method"] == "hypernetwork":
-            return model(c, opt)
-        return model.rollout(s0, 0, c, opt, probe=probe)[:, -1]
+        return generate_batch(model, meta, c, s0, "mean", None, False, probe, token)[:, -1]
 
 
 def markdown_report(r: dict[str, Any]) -> str:

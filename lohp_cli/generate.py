@@ -20,7 +20,7 @@ import os
 import shutil
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +37,7 @@ from lohp_cli.store.sampler import NormStats
 from lohp_cli.store.trajectory_store import TrajectoryStore, absolute_location
 from lohp_cli.tasks import TaskFamily, TaskSpec, make_family
 from lohp_cli.tasks.families import SPLITS
-from lohp_cli.tasks.inputs import TaskTensors, task_tensors
+from lohp_cli.tasks.inputs import TaskTensors, support_set, task_tensors
 from lohp_cli.tasks.models import FeatureExtractor, build_target
 
 GEN_SCHEMA = "lohp.generated"
@@ -110,6 +110,11 @@ def task_context(
     return TaskContext(family, model_cfg, load_extractor(store, collect_cfg, family), store)
 
 
+def has_tokens(meta: dict[str, Any]) -> bool:
+    """Whether a policy was trained with ``policy.optimizer_token`` (and so needs a token)."""
+    return bool(meta["train_config"].get("policy", {}).get("optimizer_token", False))
+
+
 def style_token(meta: dict[str, Any], style: str | None) -> int | None:
     """The optimizer-token index a policy generates with, or None for a policy without tokens.
 
@@ -117,7 +122,7 @@ def style_token(meta: dict[str, Any], style: str | None) -> int | None:
     (default: Adam when it learned from Adam runs, else the first optimizer it learned from).
     """
     tc = meta["train_config"]
-    if not tc.get("policy", {}).get("optimizer_token", False):
+    if not has_tokens(meta):
         if style is not None:
             raise ConfigError(
                 f"--style {style}: the policy was trained without policy.optimizer_token, so it "
@@ -146,6 +151,17 @@ def probe_bank(
     for task_id, (x, y) in supports.items():
         bank.add(task_id, x, y, ctx.family.cfg.ways)
     return bank.to(device)
+
+
+def support_probe_bank(
+    ctx: TaskContext, task_ids: Iterable[str], stats: NormStats, device: str
+) -> ProbeBank:
+    """The support sets of ``task_ids`` (each built once, without its train/test tensors)."""
+    supports = {}
+    for tid in sorted(set(task_ids)):
+        x, y, _ = support_set(ctx.family, TaskSpec.from_id(tid), ctx.model_cfg, ctx.extractor)
+        supports[tid] = (x, y)
+    return probe_bank(ctx, supports, stats, device)
 
 
 def policy_probe(
@@ -214,7 +230,7 @@ def generate_batch(
     cond: torch.Tensor,
     s0: torch.Tensor,
     mode: str,
-    gen: torch.Generator,
+    gen: torch.Generator | None,
     keep_path: bool,
     probe: StateProbe | None = None,
     token: int | None = None,
@@ -286,9 +302,9 @@ def generate(cfg: GenerateConfig, progress: Progress | None = None) -> GenerateR
         s0 = s0.to(device)  # [B, P]
         cond = torch.stack([c for _, c, _ in chunk])
         gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "noise", start))
+        probe = None if bank is None else bank.probe([spec.task_id for spec, _, _ in chunk])
         _sync(device)
         t = time.perf_counter()
-        probe = None if bank is None else bank.probe([spec.task_id for spec, _, _ in chunk])
         with torch.no_grad():
             states = generate_batch(
                 model, meta, cond, s0, cfg.mode, gen, cfg.save_paths, probe, token

@@ -49,8 +49,6 @@ from lohp_cli.store.sampler import (
     select_runs,
 )
 from lohp_cli.store.trajectory_store import TrajectoryStore, absolute_location
-from lohp_cli.tasks import TaskSpec
-from lohp_cli.tasks.inputs import support_set
 from lohp_cli.tasks.models import ParamLayout
 from lohp_cli.tasks.symmetry import ClassSymmetry
 
@@ -122,18 +120,14 @@ def _store_probe_bank(
     cfg: TrainConfig, store: TrajectoryStore, runs: list[Any], stats: NormStats, device: str
 ) -> ProbeBank:
     """Support sets of the runs' tasks, rebuilt from the store's task family (state input)."""
-    from lohp_cli.generate import probe_bank, task_context
+    from lohp_cli.generate import support_probe_bank, task_context
 
     if _classes(store.attrs["compat"]) < 2:
         raise ConfigError("policy.state_input='support' needs a store of class-subset tasks.")
     ctx = task_context(
         {"store_location": cfg.store, "store_compat": store.attrs["compat"]}, cfg.store
     )
-    supports = {}
-    for tid in sorted({r.task_id for r in runs}):
-        x, y, _ = support_set(ctx.family, TaskSpec.from_id(tid), ctx.model_cfg, ctx.extractor)
-        supports[tid] = (x, y)
-    return probe_bank(ctx, supports, stats, device)
+    return support_probe_bank(ctx, (r.task_id for r in runs), stats, device)
 
 
 def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -272,8 +266,8 @@ def train_policy(cfg: TrainConfig, progress: Progress | None = None) -> TrainRes
 
     size, cond_dim = int(attrs["param_count"]), int(attrs["condition_dim"])
     sym = None
+    ways = _classes(attrs["compat"])
     if cfg.augment != "none":
-        ways = attrs["compat"]["family"].get("ways")
         layout = ParamLayout.from_json(attrs["layout"])
         if cfg.augment == "classes" or ClassSymmetry.applies(layout, ways, cond_dim):
             sym = ClassSymmetry.of(layout, ways, cond_dim)
@@ -292,7 +286,7 @@ def train_policy(cfg: TrainConfig, progress: Progress | None = None) -> TrainRes
                     cfg, store, fingerprint, n_steps, states - 1, device, len(runs), 0, False
                 ),
             )
-    model = build_model(cfg, size, cond_dim, n_steps, stats, _classes(attrs["compat"])).to(device)
+    model = build_model(cfg, size, cond_dim, n_steps, stats, ways).to(device)
     bank = None
     if getattr(model, "needs_probe", False):
         emit({"event": "info", "message": "state input: loading the source tasks' support sets"})
