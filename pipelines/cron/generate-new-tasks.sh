@@ -9,7 +9,11 @@ set -euo pipefail
 TASKS=${1:?task list file (one task id per line)}
 POLICY=${2:?policy directory}
 OUTDIR=${3:?output directory}
-LOHP=${LOHP:-lohp}
+# The repository's virtual environment (scripts/install.sh) when there is one, else lohp on PATH.
+VENV_LOHP="$(cd "$(dirname "$0")/../.." && pwd)/.venv/bin/lohp"
+if [ -z "${LOHP:-}" ]; then
+  if [ -x "$VENV_LOHP" ]; then LOHP="$VENV_LOHP"; else LOHP=lohp; fi
+fi
 mkdir -p "$OUTDIR"
 exec 9>"$OUTDIR/.cron.lock"
 flock -n 9 || { echo "$(date -Is) previous run still active; skipping"; exit 0; }

@@ -39,7 +39,7 @@ def test_cron_generates_once_per_task_list(tmp_path: Path) -> None:
     bindir.mkdir()
     (bindir / "lohp").write_text(f'#!/bin/sh\nexec {sys.executable} -m lohp_cli "$@"\n')
     (bindir / "lohp").chmod(0o755)
-    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "SAMPLES": "1"}
+    env = {**os.environ, "LOHP": str(bindir / "lohp"), "SAMPLES": "1"}
 
     def run() -> str:
         p = subprocess.run(
