@@ -620,9 +620,12 @@ def inspect(
     else:
         _print_summary(summary)
     if verify and not summary["verified"]:
+        for problem in summary["problems"]:
+            err_console.print(f"[bold red]damaged:[/] {problem}", highlight=False, soft_wrap=True)
         err_console.print(
-            f"[bold red]error:[/] {len(summary['problems'])} problem(s): "
-            + "; ".join(summary["problems"][:5]),
+            f"[bold red]error:[/] {len(summary['problems'])} problem(s) in '{store}', first: "
+            f"{summary['problems'][0]}. Delete the damaged runs (runs/<run id>) and re-run "
+            "'lohp collect' to redo them.",
             highlight=False,
             soft_wrap=True,
         )
@@ -647,6 +650,8 @@ def _print_summary(s: dict[str, Any]) -> None:
         "recorded_states",
         "tasks",
         "complete_runs",
+        "checksums",
+        "dimension_names",
         "created_at",
         "lohp_version",
     ):

@@ -369,6 +369,13 @@ def collect(cfg: CollectConfig, progress: Progress | None = None) -> CollectResu
     return CollectResult(cfg.out, len(plans), skipped, done, round(time.perf_counter() - t0, 3))
 
 
+def _share(n: int, total: int) -> str:
+    """``all``, ``none`` or ``n of total`` (complete runs with a storage feature)."""
+    if n == total:
+        return "all" if total else "none"
+    return "none" if n == 0 else f"{n} of {total}"
+
+
 def summarize_store(location: str, verify: bool = False) -> dict[str, Any]:
     """A JSON-able summary of a store; with ``verify``, every complete run is read and checked."""
     store = TrajectoryStore.open(location, mode="r")
@@ -379,6 +386,7 @@ def summarize_store(location: str, verify: bool = False) -> dict[str, Any]:
     problems: list[str] = []
     states = compat.get("steps", 0) // max(compat.get("record_every", 1), 1) + 1
     final_acc: dict[str, list[float]] = {}
+    with_checksums = with_dims = 0
     for rid in store.run_ids():
         a = store.run_attrs(rid)
         status = "unreadable" if a is None else a.get("status", "unknown")
@@ -388,14 +396,21 @@ def summarize_store(location: str, verify: bool = False) -> dict[str, Any]:
         if status != "complete":
             continue
         complete += 1
+        checksummed, named = store.run_format(rid)
+        with_checksums += checksummed
+        with_dims += named
         if verify:
+            damaged = store.verify_run(rid)
+            problems += damaged
+            if a.get("steps_written") != states:
+                problems.append(f"run {rid}: steps_written {a.get('steps_written')} != {states}")
+            if damaged:
+                continue
             w = store.weights(rid)
             if w.shape != (states, attrs.get("param_count")):
-                problems.append(f"{rid}: weights shape {w.shape}")
+                problems.append(f"run {rid}: weights shape {w.shape}")
             elif not np.isfinite(w).all():
-                problems.append(f"{rid}: non-finite weights")
-            if a.get("steps_written") != states:
-                problems.append(f"{rid}: steps_written {a.get('steps_written')} != {states}")
+                problems.append(f"run {rid}: non-finite weights")
             acc = store.run_array(rid, "train_acc")
             final_acc.setdefault(opt, []).append(float(acc[-1]))
     size = store.bytes_on_disk()
@@ -420,10 +435,15 @@ def summarize_store(location: str, verify: bool = False) -> dict[str, Any]:
         "weight_bytes_on_disk": weight_bytes,
         "raw_weight_bytes": raw,
         "compression_ratio": round(raw / weight_bytes, 3) if weight_bytes else None,
+        # runs written before lohp 0.2 have neither (they still read; damage is found only where
+        # decompression fails)
+        "checksums": _share(with_checksums, complete),
+        "dimension_names": _share(with_dims, complete),
         "created_at": attrs.get("provenance", {}).get("created_at"),
         "lohp_version": attrs.get("provenance", {}).get("lohp_version"),
     }
     if verify:
+        problems += store.verify_metadata()
         out["verified"] = not problems
         out["problems"] = problems
         out["final_train_acc"] = {k: round(float(np.mean(v)), 4) for k, v in final_acc.items()}

@@ -140,6 +140,10 @@ class StoreCodecConfig(Frozen):
     transpose: bool = Field(
         True, description="Store each chunk coordinate-major (zarr TransposeCodec): better ratio."
     )
+    checksum: bool = Field(
+        True,
+        description="End every chunk with a crc32c checksum (zarr v3 codec): damage is detected.",
+    )
 
 
 class CollectConfig(Frozen):

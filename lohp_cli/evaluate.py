@@ -43,6 +43,7 @@ from lohp_cli.generate import (
 from lohp_cli.policy.state import StateProbe
 from lohp_cli.runtime import derive_seed, provenance, resolve_device
 from lohp_cli.scoring import accuracy
+from lohp_cli.store import chunks
 from lohp_cli.store.sampler import matched_indices
 from lohp_cli.tasks import TaskSpec
 from lohp_cli.tasks.inputs import TaskTensors, task_tensors
@@ -237,7 +238,8 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
         policy=policy_info(meta, tok0),
     )
     for t in tasks:
-        w = torch.from_numpy(g[t]["weights"][:]).to(device)
+        where = f"generated store '{cfg.generated}', task {t}, array 'weights'"
+        w = torch.from_numpy(chunks.read(g[t]["weights"], ..., where)).to(device)
         if not torch.isfinite(w).all():
             raise StoreError(f"Generated weights of task {t} in '{cfg.generated}' are not finite.")
         if w.shape[1] != size:

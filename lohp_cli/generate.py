@@ -29,12 +29,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from lohp_cli.config import OPTIMIZERS, GenerateConfig, ModelConfig, TaskConfig
+from lohp_cli.config import (
+    OPTIMIZERS,
+    GenerateConfig,
+    ModelConfig,
+    StoreCodecConfig,
+    TaskConfig,
+)
 from lohp_cli.errors import CompatibilityError, ConfigError, StoreError
 from lohp_cli.policy.state import ProbeBank, StateProbe
 from lohp_cli.runtime import derive_seed, provenance, resolve_device
 from lohp_cli.store.sampler import NormStats
-from lohp_cli.store.trajectory_store import TrajectoryStore, absolute_location
+from lohp_cli.store.trajectory_store import (
+    CONDITION_DIMS,
+    TrajectoryStore,
+    absolute_location,
+    codecs_for,
+)
 from lohp_cli.tasks import TaskFamily, TaskSpec, make_family
 from lohp_cli.tasks.families import SPLITS
 from lohp_cli.tasks.inputs import TaskTensors, support_set, task_tensors
@@ -348,13 +359,28 @@ def generate(cfg: GenerateConfig, progress: Progress | None = None) -> GenerateR
                 "provenance": provenance(device),
             }
         )
+        codecs = codecs_for(StoreCodecConfig(codec="zstd", level=3))  # zstd, then crc32c
         for spec, c in rows:
             g = root.create_group(spec.task_id)
-            g.create_array("weights", data=weights[spec.task_id])
-            g.create_array("condition", data=c.cpu().numpy())
+            g.create_array(
+                "weights",
+                data=weights[spec.task_id],
+                compressors=codecs,
+                dimension_names=("sample", "param"),
+            )
+            g.create_array(
+                "condition",
+                data=c.cpu().numpy(),
+                compressors=codecs,
+                dimension_names=CONDITION_DIMS,
+            )
             if cfg.save_paths:
                 g.create_array(
-                    "path", data=paths[spec.task_id], chunks=(1, *paths[spec.task_id].shape[1:])
+                    "path",
+                    data=paths[spec.task_id],
+                    chunks=(1, *paths[spec.task_id].shape[1:]),
+                    compressors=codecs,
+                    dimension_names=("sample", "step", "param"),
                 )
             g.attrs["classes"] = list(spec.classes)
         if out.exists():

@@ -25,6 +25,7 @@ import numpy as np
 
 from lohp_cli.config import StoreCodecConfig
 from lohp_cli.errors import StoreError
+from lohp_cli.store import chunks
 from lohp_cli.store.schema import SCHEMA, SCHEMA_VERSION, STATUS_COMPLETE, STATUS_RUNNING
 
 
@@ -46,15 +47,36 @@ def filters_for(cfg: StoreCodecConfig) -> list[Any]:
 
 
 def codecs_for(cfg: StoreCodecConfig) -> list[Any]:
-    """The zarr v3 compressor list for a codec config (empty for ``none``)."""
+    """The zarr v3 bytes-to-bytes codecs for a codec config: the compressor (none for
+    ``none``), then the ``crc32c`` checksum (last, so it covers the compressed bytes)."""
     from zarr.codecs import BloscCodec, ZstdCodec
 
+    crc = [chunks.checksum_codec()] if cfg.checksum else []
     if cfg.codec == "none":
-        return []
+        return crc
     if cfg.codec == "zstd":
-        return [ZstdCodec(level=cfg.level)]
+        return [ZstdCodec(level=cfg.level), *crc]
     cname = "zstd" if cfg.codec == "blosc-zstd" else "lz4"
-    return [BloscCodec(cname=cname, clevel=cfg.level, shuffle=cfg.shuffle)]
+    return [BloscCodec(cname=cname, clevel=cfg.level, shuffle=cfg.shuffle), *crc]
+
+
+# Axis names of every array (zarr v3 ``dimension_names``; xarray and Dask read them).
+WEIGHT_DIMS = ("state", "param")
+STATE_DIMS = ("state",)
+CONDITION_DIMS = ("condition",)
+
+
+def tensor_dims(name: str, ndim: int) -> tuple[str, ...]:
+    """Axis names of a saved module tensor (e.g. the extractor's ``0.weight`` [out, in, kh, kw]):
+    prefixed with the tensor's name so that arrays of one group never share an axis name with a
+    different length."""
+    roles = {1: ("out",), 2: ("out", "in"), 3: ("out", "in", "k"), 4: ("out", "in", "kh", "kw")}
+    axes = roles.get(ndim, tuple(f"d{i}" for i in range(ndim)))
+    return tuple(f"{name}.{a}" for a in axes)
+
+
+# Small arrays (conditions, extractor tensors): no compression, only the checksum.
+_CHECKSUM_ONLY = StoreCodecConfig(codec="none")
 
 
 def absolute_location(location: str) -> str:
@@ -183,14 +205,26 @@ class TrajectoryStore:
             del self.root[group_name]
         g = self.root.create_group(group_name)
         for name, arr in tensors.items():
-            g.create_array(name, data=np.ascontiguousarray(arr, dtype=np.float32))
+            data = np.ascontiguousarray(arr, dtype=np.float32)
+            g.create_array(
+                name,
+                data=data,
+                compressors=codecs_for(_CHECKSUM_ONLY),
+                dimension_names=tensor_dims(name, data.ndim),
+            )
         g.attrs.update({**attrs, "complete": True})
 
     def load_tensors(self, group_name: str) -> dict[str, np.ndarray]:
         if group_name not in self.root or not self.root[group_name].attrs.get("complete"):
             raise StoreError(f"Store '{self.location}' has no complete '{group_name}' group.")
         g = self.root[group_name]
-        return {name: np.asarray(arr[...]) for name, arr in g.arrays()}
+        return {
+            name: chunks.read(arr, ..., f"{self._where()}, group '{group_name}', array '{name}'")
+            for name, arr in g.arrays()
+        }
+
+    def _where(self, rid: str | None = None) -> str:
+        return f"store '{self.location}'" + (f", run {rid}" if rid else "")
 
     # ---- tasks ------------------------------------------------------------------------------
     def has_task(self, task_id: str) -> bool:
@@ -199,13 +233,20 @@ class TrajectoryStore:
     def write_task(self, task_id: str, condition: np.ndarray, attrs: dict[str, Any]) -> None:
         g = self.root["tasks"].require_group(task_id)
         g.attrs.update(attrs)
-        g.create_array("condition", data=np.asarray(condition, dtype=np.float32), overwrite=True)
+        g.create_array(
+            "condition",
+            data=np.asarray(condition, dtype=np.float32),
+            overwrite=True,
+            compressors=codecs_for(_CHECKSUM_ONLY),
+            dimension_names=CONDITION_DIMS,
+        )
 
     def task_ids(self) -> list[str]:
         return sorted(k for k in self.root["tasks"].group_keys())
 
     def condition(self, task_id: str) -> np.ndarray:
-        return np.asarray(self.root["tasks"][task_id]["condition"][...])
+        arr = self.root["tasks"][task_id]["condition"]
+        return chunks.read(arr, ..., f"{self._where()}, task {task_id}, array 'condition'")
 
     # ---- runs -------------------------------------------------------------------------------
     def run_ids(self) -> list[str]:
@@ -262,6 +303,7 @@ class TrajectoryStore:
             filters=filters_for(codec),
             compressors=compressors,
             fill_value=np.nan,
+            dimension_names=WEIGHT_DIMS,
         )
         for name in ("loss", "train_acc"):
             g.create_array(
@@ -271,15 +313,48 @@ class TrajectoryStore:
                 dtype="float32",
                 compressors=compressors,
                 fill_value=np.nan,
+                dimension_names=STATE_DIMS,
             )
         return RunWriter(g, states, size, chunk)
 
     def weights(self, rid: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Recorded weights ``[stop - start, P]`` of a run."""
-        return np.asarray(self.root["runs"][rid]["weights"][start:stop])
+        return self.run_array(rid, "weights", slice(start, stop))
 
-    def run_array(self, rid: str, name: str) -> np.ndarray:
-        return np.asarray(self.root["runs"][rid][name][...])
+    def run_array(self, rid: str, name: str, selection: Any = ...) -> np.ndarray:
+        """``runs/<rid>/<name>[selection]``; a damaged chunk raises ``DamagedChunkError``."""
+        arr = self.root["runs"][rid][name]
+        return chunks.read(arr, selection, f"{self._where(rid)}, array '{name}'")
+
+    def verify_run(self, rid: str) -> list[str]:
+        """Read every chunk of a run's arrays: one line per damaged or missing chunk."""
+        group = self.root["runs"][rid]
+        problems: list[str] = []
+        for name in ("weights", "loss", "train_acc"):
+            if name not in group:
+                problems.append(f"run {rid}: array '{name}' missing")
+                continue
+            problems += chunks.verify(group[name], f"run {rid}, array '{name}'")
+        return problems
+
+    def verify_metadata(self) -> list[str]:
+        """Read every chunk of the task conditions and the saved tensor groups."""
+        problems: list[str] = []
+        for tid in self.task_ids():
+            task = self.root["tasks"][tid]
+            if "condition" in task:
+                problems += chunks.verify(task["condition"], f"task {tid}, array 'condition'")
+        for name, group in self.root.groups():
+            if name in ("tasks", "runs"):
+                continue
+            for aname, arr in group.arrays():
+                problems += chunks.verify(arr, f"group '{name}', array '{aname}'")
+        return problems
+
+    def run_format(self, rid: str) -> tuple[bool, bool]:
+        """``(checksummed, dimension_names)`` of a run's weights array (False for old stores)."""
+        arr = self.root["runs"][rid]["weights"]
+        return chunks.has_checksums(arr), chunks.has_dimension_names(arr)
 
     def iter_runs(self, complete_only: bool = True) -> Iterator[tuple[str, dict[str, Any]]]:
         for rid in self.run_ids():

@@ -30,6 +30,7 @@ from tests.conftest import TINY, needs_fmnist, tiny_config
 # stderr lines a failing command may print before its error line
 LOG_LINE = re.compile(
     r"^(device: \S+"
+    r"|damaged: .*"
     r"|\d+ run\(s\) planned, \d+ already complete, \d+ to do"
     r"|training the frozen feature extractor \(.*\))$"
 )
@@ -445,17 +446,17 @@ def test_inspect_verify_nan_in_complete_run_exit_3(store: Path) -> None:
     assert_error(result, 3, [rid])
     summary = json.loads(result.stdout)
     assert summary["verified"] is False
-    assert summary["problems"] == [f"{rid}: non-finite weights"]
+    assert summary["problems"] == [f"run {rid}: non-finite weights"]
     assert snapshot(store) == before
 
 
 def test_inspect_verify_missing_chunk_exit_3(store: Path) -> None:
     chunks = sorted((store / "runs").glob("*/weights/c/*/*"))
     assert chunks, "expected chunk files under runs/<id>/weights/c/"
-    chunks[-1].unlink()  # a lost chunk reads as the NaN fill value
+    chunks[-1].unlink()  # a lost chunk would read as the NaN fill value
     before = snapshot(store)
     result = invoke("inspect", store, "--verify")
-    assert_error(result, 3, ["non-finite"])
+    assert_error(result, 3, ["missing", "weights"])
     assert snapshot(store) == before
 
 

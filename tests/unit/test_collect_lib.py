@@ -283,9 +283,9 @@ def test_summary_flags_bad_complete_runs(copy_of_reference: str) -> None:
     s = summarize_store(copy_of_reference, verify=True)
     assert s["verified"] is False
     assert s["problems"] == [
-        f"{short_run}: weights shape ({STATES - 1}, {PARAMS})",
-        f"{short_run}: steps_written {STATES - 1} != {STATES}",
-        f"{nan_run}: non-finite weights",
+        f"run {short_run}: steps_written {STATES - 1} != {STATES}",
+        f"run {short_run}: weights shape ({STATES - 1}, {PARAMS})",
+        f"run {nan_run}: non-finite weights",
     ]
     assert s["complete_runs"] == 8
     assert s["runs"]["sam"] == {"complete": 2, "running": 1}

@@ -403,16 +403,21 @@ def test_memory_url_future_schema() -> None:
 
 # ---- codecs ------------------------------------------------------------------------------------
 def test_codecs_for_options() -> None:
-    from zarr.codecs import BloscCodec, ZstdCodec
+    from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
 
-    assert codecs_for(StoreCodecConfig(codec="none")) == []
-    (z,) = codecs_for(StoreCodecConfig(codec="zstd", level=3))
-    assert isinstance(z, ZstdCodec) and z.level == 3
-    (b,) = codecs_for(StoreCodecConfig(codec="blosc-lz4", level=2, shuffle="bitshuffle"))
+    assert codecs_for(StoreCodecConfig(codec="none", checksum=False)) == []
+    assert codecs_for(StoreCodecConfig(codec="none")) == [Crc32cCodec()]
+    z, crc = codecs_for(StoreCodecConfig(codec="zstd", level=3))
+    assert isinstance(z, ZstdCodec) and z.level == 3 and crc == Crc32cCodec()
+    (b,) = codecs_for(
+        StoreCodecConfig(codec="blosc-lz4", level=2, shuffle="bitshuffle", checksum=False)
+    )
     assert isinstance(b, BloscCodec)
     assert (b.cname.value, b.clevel, b.shuffle.value) == ("lz4", 2, "bitshuffle")
-    (b,) = codecs_for(StoreCodecConfig())
+    # the checksum comes last: it covers the compressed bytes
+    b, crc = codecs_for(StoreCodecConfig())
     assert (b.cname.value, b.clevel, b.shuffle.value) == ("zstd", 5, "shuffle")
+    assert crc == Crc32cCodec()
 
 
 CODECS = [
