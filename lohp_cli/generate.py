@@ -4,9 +4,14 @@ The output is a Zarr store (schema ``lohp.generated`` v1)::
 
     generated.zarr/            attrs: schema, schema_version, policy (method, k, N, fingerprint),
                                layout, param_count, tasks, samples, mode, seed, latency, provenance
-      <task_id>/weights        float32 [S, P]        generated weights (de-normalised)
-      <task_id>/path           float32 [S, N+1, P]   every state (with --save-paths)
-      <task_id>/condition      float32 [D]           the task condition the policy saw
+      <task_id>/weights        float32 [S, P]        generated weights (de-normalised); axes
+                                                     ("sample", "param")
+      <task_id>/path           float32 [S, N+1, P]   every state (with --save-paths); axes
+                                                     ("sample", "step", "param")
+      <task_id>/condition      float32 [D]           the task condition the policy saw; axis
+                                                     "condition"
+
+Every array is zstd-compressed and ends with a crc32c checksum (see docs/store.md).
 
 It is written into a temporary directory beside ``out`` and renamed into place, under a lock file,
 so a crash or two overlapping runs (cron) never leave a half-written output. The same arguments and
