@@ -124,32 +124,80 @@ def optimizer_from_tensors(
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+def _complete(d: Path) -> bool:
+    """A state directory is complete once its ``trainer.json`` exists: it is written last."""
+    return (d / "trainer.json").is_file()
+
+
+def _fsync_dir(d: Path) -> None:
+    """Make the renames inside ``d`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _discard(d: Path) -> None:
+    """Remove a directory so that no half-deleted copy of it can ever look complete: it is first
+    renamed out of the names :func:`state_dir` reads, then deleted."""
+    if not d.exists():
+        return
+    trash = d.with_name(f"{d.name}.trash-{os.getpid()}")
+    shutil.rmtree(trash, ignore_errors=True)
+    os.replace(d, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
 def save_state(
     out: Path,
     model_sd: dict[str, torch.Tensor],
     opt: torch.optim.Optimizer,
     trainer: dict[str, Any],
 ) -> None:
-    """Write ``state/`` as a whole: into ``state.tmp``, then swapped in by renames."""
+    """Write ``state/`` as a whole, so that a crash at any point leaves a checkpoint to resume from.
+
+    The new checkpoint is written into ``state.tmp`` (``trainer.json`` last, marking it complete),
+    then swapped in: ``state`` → ``state.old``, ``state.tmp`` → ``state``, ``state.old`` removed.
+    At every moment one of ``state``, ``state.tmp`` (complete) or ``state.old`` holds a complete
+    checkpoint, and a save that follows a cut one first finishes the cut swap, so a second crash
+    never removes the last complete checkpoint (see :func:`state_dir`).
+    """
     tmp, final, old = out / "state.tmp", out / "state", out / "state.old"
-    shutil.rmtree(tmp, ignore_errors=True)
+    for leftover in out.glob("state*.trash-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    if not _complete(final) and _complete(tmp):  # a swap cut after state.tmp was complete
+        _discard(final)
+        os.replace(tmp, final)
+        _fsync_dir(out)
+    _discard(tmp)
     tmp.mkdir(parents=True)
     atomic_save_tensors(tmp / "model.safetensors", model_sd)
     ot, ometa = optimizer_to_tensors(opt)
     atomic_save_tensors(tmp / "optimizer.safetensors", ot)
     atomic_write_json(tmp / "optimizer.json", ometa)
     atomic_write_json(tmp / "trainer.json", trainer)
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
+    _fsync_dir(tmp)
+    if _complete(final):  # otherwise state.old (if any) is the only complete one: keep it
+        _discard(old)
         os.replace(final, old)
+    else:
+        _discard(final)
     os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    _fsync_dir(out)
+    _discard(old)
 
 
 def state_dir(out: Path) -> Path | None:
-    """The newest complete state directory (``state``, or ``state.old`` after a cut swap)."""
-    for name in ("state", "state.old"):
+    """The newest complete state directory: ``state``; after a cut save, ``state.tmp`` when it
+    is complete (it is newer than ``state.old``), else ``state.old``."""
+    for name in ("state", "state.tmp", "state.old"):
         d = out / name
-        if (d / "trainer.json").is_file():
+        if _complete(d):
             return d
     return None

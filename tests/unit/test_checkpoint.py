@@ -212,6 +212,85 @@ def test_state_survives_a_cut_swap(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["state"]
 
 
+class Crash(BaseException):
+    """Stands for a kill: nothing after it runs (BaseException, as SIGKILL skips handlers)."""
+
+
+class CrashAt:
+    """Counts the file-system steps of a save (renames, deletes, file writes, fsyncs) and
+    "kills" the process at step ``at``: before a rename or write, halfway through a delete."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, at: int | None) -> None:
+        import shutil
+
+        import lohp_cli.checkpoint as ckpt
+
+        self.at, self.steps = at, 0
+        replace, rmtree, save_file, fsync = os.replace, shutil.rmtree, ckpt.save_file, os.fsync
+
+        def step() -> None:
+            self.steps += 1
+            if self.steps == self.at:
+                raise Crash
+
+        def cut_rmtree(path, *args, **kwargs) -> None:
+            if self.steps + 1 == self.at and Path(path).is_dir():
+                files = sorted(p for p in Path(path).rglob("*") if p.is_file())
+                for f in files[: len(files) // 2]:  # a delete cut halfway
+                    f.unlink()
+            step()
+            rmtree(path, *args, **kwargs)
+
+        monkeypatch.setattr(os, "replace", lambda *a, **k: (step(), replace(*a, **k))[1])
+        monkeypatch.setattr(shutil, "rmtree", cut_rmtree)
+        monkeypatch.setattr(ckpt, "save_file", lambda *a, **k: (step(), save_file(*a, **k))[1])
+        monkeypatch.setattr(os, "fsync", lambda fd: (step(), fsync(fd))[1])
+
+
+def resumable_step(out: Path) -> int:
+    """The step of the checkpoint a resume would load; every file of it must read."""
+    d = state_dir(out)
+    assert d is not None, f"no checkpoint left: {listing(out)}"
+    step, _ = read_state(d)
+    return step
+
+
+def test_a_kill_at_any_step_of_a_save_leaves_a_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Kill the save of step 2 at each of its file-system steps, then kill the next save (step 3)
+    at each of its steps: a complete checkpoint is always left, never older than the last one
+    that was complete, and an uncut save afterwards leaves exactly ``state``."""
+    counter = CrashAt(monkeypatch, None)
+    write_state(tmp_path / "count", 1)
+    counter.steps = 0
+    write_state(tmp_path / "count", 2)
+    n_steps = counter.steps
+    assert n_steps >= 8  # renames, deletes, four file writes, fsyncs
+    cases = 0
+    for first in range(1, n_steps + 1):
+        for second in range(1, n_steps + 3):
+            out = tmp_path / f"cut-{first}-{second}"
+            with monkeypatch.context() as m:
+                write_state(out, 1)
+                crash = CrashAt(m, first)
+                with pytest.raises(Crash):
+                    write_state(out, 2)
+                after_first = resumable_step(out)
+                assert after_first in (1, 2)
+                crash.at, crash.steps = second, 0
+                try:
+                    write_state(out, 3)
+                except Crash:
+                    pass
+                assert resumable_step(out) >= after_first
+            write_state(out, 4)
+            assert resumable_step(out) == 4
+            assert sorted(p.name for p in out.iterdir()) == ["state"]
+            cases += 1
+    assert cases == n_steps * (n_steps + 2)
+
+
 def test_state_without_trainer_json_is_not_a_state(tmp_path: Path) -> None:
     (tmp_path / "state").mkdir()
     (tmp_path / "state" / "model.safetensors").write_bytes(b"")
