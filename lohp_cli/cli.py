@@ -86,18 +86,6 @@ def _split_list(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()]
 
 
-def _parse_shard(value: str | None) -> list[int] | None:
-    from lohp_cli.errors import ConfigError
-
-    if value is None:
-        return None
-    try:
-        i, n = (int(v) for v in value.split("/"))
-    except ValueError:
-        raise ConfigError(f"--shard {value!r} is not of the form i/n (e.g. 0/4).") from None
-    return [i, n]
-
-
 ConfigOpt = Annotated[
     str | None, typer.Option("--config", "-c", help="TOML config file (see examples/).")
 ]
@@ -166,7 +154,7 @@ def collect(
                 "batch_size": batch_size,
                 "seed": seed,
                 "workers": workers,
-                "shard": _parse_shard(shard),
+                "shard": shard,
                 "task.data_root": data_root,
                 "device": device,
             },

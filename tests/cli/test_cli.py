@@ -294,6 +294,72 @@ def test_out_of_range_count_exit_2(store: Path, args: list[str], names: list[str
     assert snapshot(store) == before
 
 
+def test_bad_set_shadowed_by_a_flag_exit_2(store: Path) -> None:
+    # The flag wins on the value, but the --set value it replaces is still validated.
+    before = snapshot(store)
+    result = invoke("collect", "--out", store, *tiny_sets(), "--steps", "20",
+                    "--set", "steps=notanumber")  # fmt: skip
+    line = assert_error(result, 2, ["steps", "notanumber"])
+    assert "steps: Input should be a valid integer" in line
+    assert snapshot(store) == before
+
+
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        pytest.param(["--set", "steps=notanumber", "--steps", "20", "--family", "bogus"],
+                     ["steps", "notanumber", "task.family", "bogus"], id="set-and-flag"),
+        pytest.param(["--set", "seeds=x", "--seeds", "2", "--shard", "abc"],
+                     ["seeds", "x", "shard", "abc"], id="set-and-shard-flag"),
+    ],
+)  # fmt: skip
+def test_two_bad_keys_one_message_exit_2(store: Path, args: list[str], names: list[str]) -> None:
+    before = snapshot(store)
+    line = assert_error(invoke("collect", "--out", store, *tiny_sets(), *args), 2, names)
+    assert line.startswith("error: Invalid config: ")
+    assert snapshot(store) == before
+
+
+def test_bad_file_key_and_bad_shadowed_set_one_message_exit_2(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(toml_dump({"tasks": 0}))
+    result = invoke("collect", "--dry-run", "--config", cfg, "--set", "steps=notanumber",
+                    "--steps", "20")  # fmt: skip
+    line = assert_error(result, 2, ["tasks", "0", "steps", "notanumber"])
+    assert result.stdout == "", "no config printed when it is invalid"
+    assert "tasks: Input should be greater than or equal to 1" in line
+
+
+def test_good_set_shadowed_by_a_flag_gives_the_flag_value() -> None:
+    cfg = dry_run("--set", "steps=40", "--steps", "30", "--set", "seed=5", "--record-every", "6")
+    assert (cfg["steps"], cfg["record_every"], cfg["seed"]) == (30, 6, 5)
+
+
+# every command that takes --set: (command, flag, its config key, a valid value, needed args)
+SET_COMMANDS = [
+    ("collect", "--steps", "steps", 20, []),
+    ("train-policy", "--steps", "steps", 7, []),
+    ("generate", "--num-tasks", "num_tasks", 3, []),
+    ("evaluate", "--latency-repeats", "latency_repeats", 3, []),
+    ("evaluate-l2o", "--steps", "steps", 9, ["--policy", "a=dir"]),
+]
+
+
+@pytest.mark.parametrize(("command", "flag", "key", "value", "extra"), SET_COMMANDS,
+                         ids=[c[0] for c in SET_COMMANDS])  # fmt: skip
+def test_each_command_validates_a_shadowed_set(
+    command: str, flag: str, key: str, value: int, extra: list[str]
+) -> None:
+    result = invoke(command, "--dry-run", *extra, flag, value, "--set", f"{key}=notanumber")
+    assert_error(result, 2, [key, "notanumber"])
+    result = invoke(command, "--dry-run", *extra, flag, value, "--set", f"{key}=1",
+                    "--set", "nope=1")  # fmt: skip
+    assert_error(result, 2, ["nope"])  # an unknown key is still an error
+    result = invoke(command, "--dry-run", *extra, flag, value, "--set", f"{key}=1")
+    assert result.exit_code == 0, plain(result.output)
+    assert json.loads(result.stdout)[key] == value  # the flag still wins
+
+
 def test_garbage_toml_exit_2(store: Path, tmp_path: Path) -> None:
     bad = tmp_path / "garbage.toml"
     bad.write_text("this is = = not [[ toml\n")

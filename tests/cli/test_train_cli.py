@@ -122,6 +122,24 @@ def test_dry_run_reports_every_config_error_at_once() -> None:
     assert line.count(";") >= 2
 
 
+def test_bad_set_shadowed_by_a_flag_exit_2() -> None:
+    result = invoke("train-policy", "--dry-run", "--steps", 30, "--set", "steps=notanumber")
+    line = assert_error(result, 2, ("steps", "notanumber"))
+    assert "steps: Input should be a valid integer" in line
+
+
+def test_bad_shadowed_set_and_bad_flag_in_one_message_exit_2() -> None:
+    result = invoke("train-policy", "--dry-run", "--set", "lr=fast", "--lr", 1e-4,
+                    "--set", "policy.patch=0", "--method", "lo-xx")  # fmt: skip
+    line = assert_error(result, 2, ("lr", "fast", "policy.patch", "method", "lo-xx"))
+    assert line.count("; ") == 2  # three problems, one line
+
+
+def test_good_set_shadowed_by_a_flag_gives_the_flag_value() -> None:
+    data = dry_run("--set", "steps=20", "--steps", 30, "--set", "lr=1e-4", "--lr", 5e-4)
+    assert (data["steps"], data["lr"]) == (30, 5e-4)
+
+
 def test_library_call_gets_the_resolved_config(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

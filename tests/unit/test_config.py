@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from lohp_cli.config import (
     load_toml,
     parse_value,
     resolve,
+    shadowed_paths,
 )
 from lohp_cli.errors import ConfigError
 
@@ -116,6 +118,13 @@ def test_deep_merge_merges_nested_and_copies() -> None:
     out = deep_merge(base, {"a": {"c": 20, "e": 5}, "d": {"x": 1}})
     assert out == {"a": {"b": 1, "c": 20, "e": 5}, "d": {"x": 1}}
     assert base == {"a": {"b": 1, "c": 2}, "d": 3}
+
+
+def test_shadowed_paths_are_the_values_deep_merge_drops() -> None:
+    base = {"a": {"b": 1, "c": 2}, "d": 3, "e": {"f": 1}, "g": 4}
+    extra = {"a": {"c": 20, "x": 1}, "d": {"y": 1}, "e": 5, "h": 6}
+    assert sorted(shadowed_paths(base, extra)) == [("a", "c"), ("d",), ("e",)]
+    assert shadowed_paths(base, {}) == [] and shadowed_paths({}, extra) == []
 
 
 # ---- resolve: precedence ----------------------------------------------------------------------
@@ -261,3 +270,91 @@ def test_missing_and_unreadable_toml(tmp_path: Path) -> None:
         "a": 1,
         "b": {"c": "x"},
     }
+
+
+# ---- resolve: every given value is validated, also one a later layer replaces ----------------
+def test_bad_set_shadowed_by_a_flag_is_an_error() -> None:
+    with pytest.raises(ConfigError) as info:
+        resolve(CollectConfig, sets=["steps=notanumber"], flags={"steps": 20})
+    assert str(info.value) == (
+        "Invalid config: steps: Input should be a valid integer, unable to parse string as an "
+        "integer (got 'notanumber')."
+    )
+
+
+@pytest.mark.parametrize(
+    ("sets", "flags", "key"),
+    [
+        (["task.family=mnist"], {"task.family": "digits"}, "task.family"),  # field validator
+        (["shard=[3,2]"], {"shard": [0, 2]}, "shard"),
+        (["optim.sgd.lr=0"], {"optim.sgd.lr": 0.1}, "optim.sgd.lr"),  # constraint
+        (["task=5"], {"task.ways": 3}, "task"),  # a value where the flag needs a section
+        (["steps.x=1"], {"steps": 20}, "steps"),  # a section where the flag sets a value
+        (["steps=notanumber", "steps=20"], {}, "steps"),  # shadowed by a later --set
+    ],
+)
+def test_every_shadowed_set_value_is_validated(
+    sets: list[str], flags: dict[str, object], key: str
+) -> None:
+    with pytest.raises(ConfigError, match=rf"^Invalid config: {re.escape(key)}: "):
+        resolve(CollectConfig, sets=sets, flags=flags)
+
+
+def test_bad_file_value_shadowed_by_set_or_flag_is_an_error(tmp_path: Path) -> None:
+    toml = write_toml(tmp_path / "c.toml", 'steps = "many"\n[task]\nways = 1\n')
+    with pytest.raises(ConfigError) as info:
+        resolve(CollectConfig, config_file=toml, sets=["steps=20"], flags={"task.ways": 3})
+    msg = str(info.value)
+    assert "steps: Input should be a valid integer" in msg and "(got 'many')" in msg
+    assert "task.ways: Input should be greater than or equal to 2 (got 1)" in msg
+
+
+def test_good_shadowed_values_keep_the_precedence(tmp_path: Path) -> None:
+    toml = write_toml(tmp_path / "c.toml", "steps = 10\nseed = 1\n")
+    cfg = resolve(CollectConfig, config_file=toml, sets=["steps=40", "seed=2"], flags={"steps": 20})
+    assert (cfg.steps, cfg.seed) == (20, 2)
+
+
+def test_combinations_fixed_by_a_later_layer_are_not_errors(tmp_path: Path) -> None:
+    # Each shadowed value is valid on its own; only the combination below it was not.
+    toml = write_toml(tmp_path / "c.toml", "steps = 100\nrecord_every = 3\n")
+    cfg = resolve(CollectConfig, config_file=toml, flags={"record_every": 5})
+    assert (cfg.steps, cfg.record_every) == (100, 5)
+    cfg = resolve(
+        CollectConfig,
+        sets=["optim.sgd.nesterov=true", "optim.sgd.momentum=0"],
+        flags={"optim.sgd.momentum": 0.5},
+    )
+    assert cfg.optim.sgd.nesterov and cfg.optim.sgd.momentum == 0.5
+
+
+def test_all_layers_errors_in_one_message(tmp_path: Path) -> None:
+    toml = write_toml(tmp_path / "c.toml", "tasks = 0\n")
+    with pytest.raises(ConfigError) as info:
+        resolve(
+            CollectConfig,
+            config_file=toml,
+            sets=["steps=notanumber", "tasks", "nope=1", "seed=1", "seed.x=2"],
+            flags={"steps": 20, "task.family": "bogus", "shard": "abc"},
+        )
+    msg = str(info.value)
+    assert msg.startswith("Invalid config: ") and msg.endswith(".") and "\n" not in msg
+    for part in (
+        "--set 'tasks' is not of the form key=value",
+        "--set 'seed.x=2': 'seed' is a value, not a section",
+        "steps: Input should be a valid integer",
+        "tasks: Input should be greater than or equal to 1 (got 0)",
+        "nope: unknown config key",
+        "task.family: unknown task family 'bogus'",
+        "shard: not of the form i/n (e.g. 0/4) (got 'abc')",
+    ):
+        assert msg.count(part) == 1, part
+    # seven problems, joined by "; " (the family's own message has one more: "; choose from")
+    assert msg.count("; ") == 7
+
+
+def test_shard_accepts_i_slash_n_text() -> None:
+    assert resolve(CollectConfig, flags={"shard": "1/3"}).shard == (1, 3)
+    assert resolve(CollectConfig, sets=["shard=0/2"]).shard == (0, 2)
+    with pytest.raises(ConfigError, match=r"shard 2/2 is out of range"):
+        resolve(CollectConfig, flags={"shard": "2/2"})
