@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+import lohp_cli.store.chunks as chunks
 from lohp_cli.checkpoint import atomic_write_bytes, atomic_write_json
 from lohp_cli.config import (
     OPTIMIZERS,
@@ -43,7 +44,6 @@ from lohp_cli.generate import (
 from lohp_cli.policy.state import StateProbe
 from lohp_cli.runtime import derive_seed, provenance, resolve_device
 from lohp_cli.scoring import accuracy
-from lohp_cli.store import chunks
 from lohp_cli.store.sampler import matched_indices
 from lohp_cli.tasks import TaskSpec
 from lohp_cli.tasks.inputs import TaskTensors, task_tensors

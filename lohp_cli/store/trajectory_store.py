@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
+import lohp_cli.store.chunks as chunks
 from lohp_cli.config import StoreCodecConfig
 from lohp_cli.errors import StoreError
-from lohp_cli.store import chunks
 from lohp_cli.store.schema import SCHEMA, SCHEMA_VERSION, STATUS_COMPLETE, STATUS_RUNNING
 
 
