@@ -407,8 +407,10 @@ def generate(
     result = run_guarded(go)
     if result is not None:
         log(
-            f"[green]done[/]: {result.tasks} task(s) × {result.samples}, "
-            f"{result.median_latency_ms:.3f} ms per sample (median), {result.wall_time_s:.1f} s"
+            f"[green]done[/]: {result.tasks} task(s) × {result.samples} in "
+            f"{result.wall_time_s:.1f} s; batched throughput {result.batched_ms_per_sample:.3f} "
+            f"ms/sample on {result.device} (batch {result.batch_size}, warm-up excluded); latency "
+            f"{result.latency_ms_batch1:.3f} ms per task (batch 1, after warm-up)"
         )
         typer.echo(result.out)
 
@@ -480,10 +482,13 @@ def _print_report(r: dict[str, Any]) -> None:
     from rich.table import Table
 
     t = Table(title=f"{r['family']} / {r['model']}: {len(r['tasks'])} task(s)")
-    for col in ("method", "kind", "steps", "accuracy", "latency ms"):
+    for col in ("method", "kind", "steps", "accuracy", "latency ms/task (batch 1)"):
         t.add_column(col, justify="left" if col in ("method", "kind") else "right")
+    t.caption = (
+        f"latency: weights of one task at batch size 1 on {r['device']}, median after a warm-up"
+    )
     for m in r["methods"]:
-        lat = "-" if m["latency_ms"] is None else f"{m['latency_ms']:.3f}"
+        lat = "-" if m["latency_ms_batch1"] is None else f"{m['latency_ms_batch1']:.3f}"
         t.add_row(
             m["name"], m["kind"], str(m["steps"]), f"{m['acc_mean']:.4f} ± {m['acc_std']:.4f}", lat
         )

@@ -3,14 +3,16 @@
 Every method starts from the same initial-weight draws: sample j of task t starts at
 θ_0 = denormalise(s_0) with s_0 ~ N(0, I) seeded by (seed, task, j), exactly as ``generate`` does,
 so optimizers and policies are compared on the same tasks and starting points. Optimizers run for
-the store's full run length (T·r steps) and for N steps (as many as the policy takes). Latency is
-the median of repeated timed runs of one sample (CUDA-synchronised on GPU).
+the store's full run length (T·r steps) and for N steps (as many as the policy takes).
+
+Latency (``latency_ms_batch1``, what the paper calls latency) is the time to produce the weights of
+one task at batch size 1: the median of repeated timed runs after one untimed warm-up run
+(CUDA-synchronised on GPU), on the report's ``device``. Batched throughput is measured by
+``generate`` and copied from the generated store into ``timing.generate``.
 """
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +42,7 @@ from lohp_cli.generate import (
     style_token,
     support_probe_bank,
     task_context,
+    time_ms,
 )
 from lohp_cli.policy.state import StateProbe
 from lohp_cli.runtime import derive_seed, provenance, resolve_device
@@ -52,6 +55,7 @@ from lohp_cli.tasks.models import build_target, flat_params, load_flat
 REPORT_SCHEMA = "lohp.report"
 REPORT_VERSION = 1
 Progress = Callable[[dict[str, Any]], None]
+LATENCY_LABEL = "latency (ms per task, batch 1)"
 
 
 @dataclass
@@ -59,7 +63,7 @@ class MethodResult:
     name: str
     kind: str  # "generated" | "policy" | "optimizer"
     accuracies: list[float] = field(default_factory=list)
-    latency_ms: float | None = None
+    latency_ms_batch1: float | None = None  # one task at batch size 1, median after a warm-up
     steps: int | None = None
     policy: dict[str, Any] | None = None  # method, k, optimizers of a policy's result
 
@@ -71,7 +75,9 @@ class MethodResult:
             "acc_mean": round(float(a.mean()), 4),
             "acc_std": round(float(a.std()), 4),
             "n": int(a.size),
-            "latency_ms": None if self.latency_ms is None else round(self.latency_ms, 4),
+            "latency_ms_batch1": None
+            if self.latency_ms_batch1 is None
+            else round(self.latency_ms_batch1, 4),
             "steps": self.steps,
             "policy": self.policy,
         }
@@ -113,20 +119,6 @@ def open_generated(path: str) -> Any:
             f"up to {GEN_SCHEMA_VERSION}. Upgrade lohp."
         )
     return g
-
-
-def _time(fn: Callable[[], Any], repeats: int, device: str) -> float:
-    fn()
-    ts = []
-    for _ in range(repeats):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts) * 1e3
 
 
 def _start(stats: Any, task_id: str, j: int, seed: int, size: int) -> torch.Tensor:
@@ -253,7 +245,7 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     s0 = torch.randn(1, size, device=device)
     bank = policy_probe(model, ctx, data, stats, device)
     p0 = None if bank is None else bank.probe(tasks[:1])
-    main.latency_ms = _time(
+    main.latency_ms_batch1 = time_ms(
         lambda: _generate_one(model, meta, c0, s0, p0, tok0), cfg.latency_repeats, device
     )
     results.append(main)
@@ -323,7 +315,7 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
                 r.accuracies.append(accuracy(net, th, data[t])[0])
         cp = pstats.normalize_condition(next(iter(data.values())).condition)[None]
         pp = None if pbank is None else pbank.probe(tasks[:1])
-        r.latency_ms = _time(
+        r.latency_ms_batch1 = time_ms(
             lambda pm=pm, pmeta=pmeta, cp=cp, pp=pp, pt=ptok: _generate_one(
                 pm, pmeta, cp, s0, pp, pt
             ),
@@ -335,6 +327,7 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
 
     # real optimizers for the full run length and for as many steps as each policy takes
     policy_steps = {r.steps for r in results if r.steps and r.steps > 1}
+    optimizer_repeats = max(3, cfg.latency_repeats // 4)
     for name in [b for b in cfg.baselines if b not in ("hypernetwork", *L2O_METHODS)]:
         for steps in sorted({steps_full, *policy_steps}, reverse=True):
             r = MethodResult(f"{name}-{steps}", "optimizer", steps=steps)
@@ -355,11 +348,11 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
                     r.accuracies.append(accuracy(net, flat_params(m), data[t])[0])
             t0 = tasks[0]
             theta0 = _start(stats, t0, 0, gcfg.seed, size)
-            r.latency_ms = _time(
+            r.latency_ms_batch1 = time_ms(
                 lambda name=name, steps=steps, theta0=theta0, t0=t0: run_optimizer(
                     ctx, name, theta0, data[t0], steps, batch_size, optim, 0, device
                 ),
-                max(3, cfg.latency_repeats // 4),
+                optimizer_repeats,
                 device,
             )
             results.append(r)
@@ -379,6 +372,13 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
         "optimizer_steps_full": steps_full,
         "device": device,
         "methods": [r.summary() for r in results],
+        "timing": {
+            "device": device,
+            "warmup_runs": 1,
+            "repeats": cfg.latency_repeats,
+            "optimizer_repeats": optimizer_repeats,
+            "generate": gattrs.get("timing"),
+        },
         "cosine": {
             "n": len(cos),
             "mean": None if not cos else round(float(np.mean(cos)), 4),
@@ -418,11 +418,11 @@ def markdown_report(r: dict[str, Any]) -> str:
         f"{r['device']}; generated by `{r['policy']['path']}` ({r['policy']['method']}, "
         f"k = {r['policy']['k']}, N = {r['policy']['N']}).",
         "",
-        "| method | kind | steps | accuracy (mean ± std) | latency (ms, median) |",
+        f"| method | kind | steps | accuracy (mean ± std) | {LATENCY_LABEL} |",
         "|---|---|---|---|---|",
     ]
     for m in r["methods"]:
-        lat = "-" if m["latency_ms"] is None else f"{m['latency_ms']:.3f}"
+        lat = "-" if m["latency_ms_batch1"] is None else f"{m['latency_ms_batch1']:.3f}"
         lines.append(
             f"| {m['name']} | {m['kind']} | {m['steps']} | "
             f"{m['acc_mean']:.4f} ± {m['acc_std']:.4f} | {lat} |"
@@ -434,11 +434,11 @@ def markdown_report(r: dict[str, Any]) -> str:
             "",
             f"k study (lo-hp trained on {'+'.join(opts) if opts else 'all'} runs):",
             "",
-            "| k | N | accuracy | latency (ms) |",
+            f"| k | N | accuracy | {LATENCY_LABEL} |",
         ]
         lines.append("|---|---|---|---|")
         for row in ks:
-            lat = "-" if row["latency_ms"] is None else f"{row['latency_ms']:.3f}"
+            lat = "-" if row["latency_ms_batch1"] is None else f"{row['latency_ms_batch1']:.3f}"
             lines.append(
                 f"| {row['k']} | {row['policy']['N']} | "
                 f"{row['acc_mean']:.4f} ± {row['acc_std']:.4f} | {lat} |"
@@ -465,6 +465,7 @@ def markdown_report(r: dict[str, Any]) -> str:
                 f"| {m['name']} | {m['policy']['k']} | {on} | "
                 f"{m['acc_mean']:.4f} ± {m['acc_std']:.4f} |"
             )
+    lines += ["", *timing_lines(r)]
     c = r["cosine"]
     if c["n"]:
         lines += [
@@ -476,6 +477,31 @@ def markdown_report(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def timing_lines(r: dict[str, Any]) -> list[str]:
+    """What the report's timings measure, on which device (a report without ``timing``: the
+    device only)."""
+    t = r.get("timing") or {"device": r["device"]}
+    reps = ""
+    if "repeats" in t:
+        reps = (
+            f", median of {t['repeats']} timed runs (optimizers: {t['optimizer_repeats']}) after "
+            f"{t['warmup_runs']} untimed warm-up run"
+        )
+    lines = [
+        f"Latency: the time to produce the weights of one task at batch size 1 on {t['device']}"
+        f"{reps}."
+    ]
+    g = t.get("generate")
+    if g:
+        lines.append(
+            f"Batched throughput of `lohp generate`: {g['batched_ms_per_sample']:.3f} ms per "
+            f"sample on {g['device']} (median over {g['batches_timed']} batch(es) of up to "
+            f"{g['batch_size']}, after {g['warmup_batches']} untimed warm-up batch(es)); its "
+            f"latency there: {g['latency_ms_batch1']:.3f} ms per task (batch 1)."
+        )
+    return lines
+
+
 def write_plots(r: dict[str, Any], out: Path) -> None:
     """accuracy_vs_latency.png, cosine_hist.png and (with ≥ 2 Lo-Hp policies) k_study.png."""
     import matplotlib
@@ -485,17 +511,18 @@ def write_plots(r: dict[str, Any], out: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for m in r["methods"]:
-        if m["latency_ms"]:
-            ax.errorbar(m["latency_ms"], m["acc_mean"], yerr=m["acc_std"], fmt="o", capsize=3)
+        lat = m["latency_ms_batch1"]
+        if lat:
+            ax.errorbar(lat, m["acc_mean"], yerr=m["acc_std"], fmt="o", capsize=3)
             ax.annotate(
                 m["name"],
-                (m["latency_ms"], m["acc_mean"]),
+                (lat, m["acc_mean"]),
                 fontsize=7,
                 xytext=(4, 4),
                 textcoords="offset points",
             )
     ax.set_xscale("log")
-    ax.set_xlabel("latency per sample (ms, log)")
+    ax.set_xlabel(f"{LATENCY_LABEL}, log, {r['device']}")
     ax.set_ylabel("test accuracy")
     ax.set_title("accuracy vs latency")
     fig.tight_layout()
@@ -520,8 +547,8 @@ def write_plots(r: dict[str, Any], out: Path) -> None:
         ax.set_xlabel("matching factor k (N = T / k)")
         ax.set_ylabel("test accuracy", color="C0")
         ax2 = ax.twinx()
-        ax2.plot(k, [row["latency_ms"] for row in ks], "s--", color="C1")
-        ax2.set_ylabel("latency (ms, median)", color="C1")
+        ax2.plot(k, [row["latency_ms_batch1"] for row in ks], "s--", color="C1")
+        ax2.set_ylabel(LATENCY_LABEL, color="C1")
         ax.set_title("k study (lo-hp)")
         fig.tight_layout()
         fig.savefig(out / "k_study.png", dpi=120)

@@ -3,7 +3,8 @@
 The output is a Zarr store (schema ``lohp.generated`` v1)::
 
     generated.zarr/            attrs: schema, schema_version, policy (method, k, N, fingerprint),
-                               layout, param_count, tasks, samples, mode, seed, latency, provenance
+                               layout, param_count, store_location, tasks, config, timing,
+                               provenance
       <task_id>/weights        float32 [S, P]        generated weights (de-normalised); axes
                                                      ("sample", "param")
       <task_id>/path           float32 [S, N+1, P]   every state (with --save-paths); axes
@@ -16,6 +17,14 @@ Every array is zstd-compressed and ends with a crc32c checksum (see docs/store.m
 It is written into a temporary directory beside ``out`` and renamed into place, under a lock file,
 so a crash or two overlapping runs (cron) never leave a half-written output. The same arguments and
 seed give the same weight bytes.
+
+Timing (attrs ``timing``), warm-up excluded from both measures, on the device it ran on:
+
+- ``batched_ms_per_sample``: batched throughput, the median over the timed batches of a batch's
+  wall time divided by its rows; one untimed warm-up batch of the first batch's shape runs first
+  (lazy initialisation, allocator and kernel caches), so every batch of the output is timed.
+- ``latency_ms_batch1``: latency as the paper means it, the wall time of generating the weights of
+  one task at batch size 1 (median of ``LATENCY_REPEATS`` runs after one untimed run).
 """
 
 from __future__ import annotations
@@ -59,6 +68,8 @@ from lohp_cli.tasks.models import FeatureExtractor, build_target
 GEN_SCHEMA = "lohp.generated"
 GEN_SCHEMA_VERSION = 1
 Progress = Callable[[dict[str, Any]], None]
+WARMUP_BATCHES = 1  # untimed batches before the batched-throughput timing
+LATENCY_REPEATS = 5  # timed batch-1 generations behind latency_ms_batch1 (after one untimed)
 
 
 @dataclass(frozen=True)
@@ -66,7 +77,10 @@ class GenerateResult:
     out: str
     tasks: int
     samples: int
-    median_latency_ms: float
+    batched_ms_per_sample: float  # median over timed batches of (batch time / rows), warm-up excl.
+    batch_size: int  # rows of a full timed batch
+    latency_ms_batch1: float  # one task at batch size 1, median after a warm-up run
+    device: str  # where both were timed
     wall_time_s: float
 
     def to_json(self) -> dict[str, Any]:
@@ -240,6 +254,26 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _now() -> float:
+    """The clock of every timing (seconds); tests replace it."""
+    return time.perf_counter()
+
+
+def time_ms(fn: Callable[[], Any], repeats: int, device: str, warmup: int = 1) -> float:
+    """Median wall time (ms) of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls;
+    CUDA-synchronised around each timed call."""
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(repeats):
+        _sync(device)
+        t = _now()
+        fn()
+        _sync(device)
+        ts.append(_now() - t)
+    return statistics.median(ts) * 1e3
+
+
 def generate_batch(
     model: torch.nn.Module,
     meta: dict[str, Any],
@@ -310,23 +344,33 @@ def generate(cfg: GenerateConfig, progress: Progress | None = None) -> GenerateR
 
     weights: dict[str, np.ndarray] = {}
     paths: dict[str, np.ndarray] = {}
-    latencies: list[float] = []
+    per_sample: list[float] = []  # seconds per row of each timed batch
     flat = [(spec, c, j) for spec, c in rows for j in range(cfg.samples)]
+
+    def inputs(chunk: list[tuple[TaskSpec, torch.Tensor, int]]) -> tuple[Any, ...]:
+        s0 = torch.stack([initial_state(cfg.seed, spec.task_id, j, size) for spec, _, j in chunk])
+        cond = torch.stack([c for _, c, _ in chunk])
+        probe = None if bank is None else bank.probe([spec.task_id for spec, _, _ in chunk])
+        return s0.to(device), cond, probe  # s0 [B, P], cond [B, D]
+
+    # untimed warm-up batches of the first batch's shape (own noise: the output bytes are unchanged)
+    ws0, wcond, wprobe = inputs(flat[: cfg.batch_size])
+    for w in range(WARMUP_BATCHES):
+        gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "warmup", w))
+        with torch.no_grad():
+            generate_batch(model, meta, wcond, ws0, cfg.mode, gen, cfg.save_paths, wprobe, token)
     for start in range(0, len(flat), cfg.batch_size):
         chunk = flat[start : start + cfg.batch_size]
-        s0 = torch.stack([initial_state(cfg.seed, spec.task_id, j, size) for spec, _, j in chunk])
-        s0 = s0.to(device)  # [B, P]
-        cond = torch.stack([c for _, c, _ in chunk])
+        s0, cond, probe = inputs(chunk)
         gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "noise", start))
-        probe = None if bank is None else bank.probe([spec.task_id for spec, _, _ in chunk])
         _sync(device)
-        t = time.perf_counter()
+        t = _now()
         with torch.no_grad():
             states = generate_batch(
                 model, meta, cond, s0, cfg.mode, gen, cfg.save_paths, probe, token
             )
         _sync(device)
-        latencies.append((time.perf_counter() - t) / len(chunk))
+        per_sample.append((_now() - t) / len(chunk))
         theta = stats.denormalize(states).cpu().numpy()  # [B, L, P]
         if not np.isfinite(theta).all():
             raise StoreError("The policy generated non-finite weights; check the policy's metrics.")
@@ -337,6 +381,25 @@ def generate(cfg: GenerateConfig, progress: Progress | None = None) -> GenerateR
                     spec.task_id, np.zeros((cfg.samples, th.shape[0], size), np.float32)
                 )[j] = th
         emit({"event": "batch", "done": min(start + cfg.batch_size, len(flat)), "total": len(flat)})
+
+    # latency: the first task's first sample alone (batch size 1), after one untimed run
+    s1, c1, p1 = inputs(flat[:1])
+
+    def one_task() -> torch.Tensor:
+        gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "latency"))
+        return generate_batch(model, meta, c1, s1, cfg.mode, gen, cfg.save_paths, p1, token)
+
+    with torch.no_grad():
+        latency = time_ms(one_task, LATENCY_REPEATS, device)
+    timing = {
+        "batched_ms_per_sample": round(statistics.median(per_sample) * 1e3, 4),
+        "batch_size": min(cfg.batch_size, len(flat)),
+        "batches_timed": len(per_sample),
+        "warmup_batches": WARMUP_BATCHES,
+        "latency_ms_batch1": round(latency, 4),
+        "latency_repeats": LATENCY_REPEATS,
+        "device": device,
+    }
 
     with output_lock(out):
         tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
@@ -360,7 +423,7 @@ def generate(cfg: GenerateConfig, progress: Progress | None = None) -> GenerateR
                 "store_location": absolute_location(ctx.store.location),
                 "tasks": [s.task_id for s, _ in rows],
                 "config": cfg.model_dump(mode="json"),
-                "latency_ms_per_sample": [round(x * 1e3, 4) for x in latencies],
+                "timing": timing,
                 "provenance": provenance(device),
             }
         )
@@ -391,7 +454,13 @@ def generate(cfg: GenerateConfig, progress: Progress | None = None) -> GenerateR
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
-    med = statistics.median(latencies) * 1e3
     return GenerateResult(
-        str(out), len(rows), cfg.samples, round(med, 4), round(time.perf_counter() - t0, 3)
+        str(out),
+        len(rows),
+        cfg.samples,
+        batched_ms_per_sample=timing["batched_ms_per_sample"],
+        batch_size=timing["batch_size"],
+        latency_ms_batch1=timing["latency_ms_batch1"],
+        device=device,
+        wall_time_s=round(time.perf_counter() - t0, 3),
     )

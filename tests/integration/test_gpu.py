@@ -97,4 +97,6 @@ def test_state_input_and_class_augmentation_on_cuda(tmp_path: Path) -> None:
         )
     )
     report = json.loads((tmp_path / "r" / "report.json").read_text())
-    assert report["device"] == "cuda" and all(m["latency_ms"] > 0 for m in report["methods"])
+    assert report["device"] == report["timing"]["device"] == "cuda"
+    assert all(m["latency_ms_batch1"] > 0 for m in report["methods"])
+    assert report["timing"]["generate"]["device"] == "cuda"

@@ -109,7 +109,7 @@ def test_collect_train_generate_evaluate(tmp_path: Path) -> None:
         "1",
         *POLICY,
     )
-    assert lohp(
+    generated = lohp(
         "generate",
         "--policy",
         str(trained),
@@ -124,7 +124,13 @@ def test_collect_train_generate_evaluate(tmp_path: Path) -> None:
         "2",
         "--device",
         "cpu",
-    ).stdout.strip() == str(gen)
+    )
+    assert generated.stdout.strip() == str(gen)
+    said = " ".join(generated.stderr.split())
+    assert (
+        "batched throughput" in said and "ms/sample on cpu" in said and "warm-up excluded" in said
+    )
+    assert "ms per task (batch 1" in said
     out = lohp(
         "evaluate",
         "--generated",
@@ -145,6 +151,17 @@ def test_collect_train_generate_evaluate(tmp_path: Path) -> None:
     assert out.stdout.strip() == str(rep)
     report = json.loads((rep / "report.json").read_text())
     assert report["schema"] == "lohp.report" and report["schema_version"] == 1
+    # the keys of before, plus timing (the device and repeats behind every latency)
+    assert set(report) == {
+        "schema", "schema_version", "generated", "policy", "family", "model", "param_count",
+        "tasks", "samples_per_task", "optimizer_steps_full", "device", "methods", "timing",
+        "cosine", "config", "provenance",
+    }  # fmt: skip
+    assert report["timing"]["device"] == report["device"] == "cpu"
+    assert report["timing"]["repeats"] == 2 and report["timing"]["warmup_runs"] == 1
+    gen_timing = report["timing"]["generate"]  # copied from the generated store
+    assert gen_timing["device"] == "cpu" and gen_timing["batched_ms_per_sample"] > 0
+    assert gen_timing["batches_timed"] == 1 and gen_timing["warmup_batches"] == 1
     assert len(report["tasks"]) == 4 and report["samples_per_task"] == 2
     methods = {m["name"]: m for m in report["methods"]}
     # optimizers run for T steps and for each policy's N
@@ -157,7 +174,8 @@ def test_collect_train_generate_evaluate(tmp_path: Path) -> None:
         "adam-2",
     }
     for m in methods.values():
-        assert m["n"] == 8 and 0 <= m["acc_mean"] <= 1 and m["latency_ms"] > 0
+        assert m["n"] == 8 and 0 <= m["acc_mean"] <= 1 and m["latency_ms_batch1"] > 0
+        assert "latency_ms" not in m
     assert methods["untrained (k=4)"]["policy"] == {
         "method": "lo-hp",
         "k": 4,
@@ -174,6 +192,8 @@ def test_collect_train_generate_evaluate(tmp_path: Path) -> None:
     assert report["cosine"]["n"] > 0
     md = (rep / "report.md").read_text()
     assert md.startswith("# lohp evaluation")
+    assert "| latency (ms per task, batch 1) |" in md and "at batch size 1 on cpu" in md
+    assert "Batched throughput of `lohp generate`" in md
     assert "k study" in md and "| adam-only (k=2) | 2 | adam |" in md
     for png in ("accuracy_vs_latency.png", "cosine_hist.png", "k_study.png"):
         assert (rep / png).stat().st_size > 1000

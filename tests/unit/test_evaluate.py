@@ -1,10 +1,23 @@
-"""Report helpers of evaluate: policy rows, the k study and the optimizer-combination table."""
+"""Report helpers of evaluate: policy rows, the k study, the optimizer-combination table and the
+names of the timings."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from lohp_cli.evaluate import MethodResult, k_study, markdown_report, policy_info
+import pytest
+
+import lohp_cli.generate as generate_mod
+from lohp_cli.evaluate import (
+    LATENCY_LABEL,
+    MethodResult,
+    k_study,
+    markdown_report,
+    policy_info,
+    write_plots,
+)
+from lohp_cli.generate import time_ms
 
 
 def _row(
@@ -81,3 +94,87 @@ def test_markdown_has_k_study_and_optimizer_tables_only_when_there_is_data() -> 
     assert "| lo-hp k4 | 4 |" not in md  # the optimizer table compares one k
     plain = markdown_report(_report(rows[:1]))
     assert "k study" not in plain and "Optimizer combinations" not in plain
+
+
+def test_method_rows_name_the_latency_they_hold() -> None:
+    row = MethodResult("lo-hp (k=2)", "generated", [0.5], 2.34567, 20).summary()
+    assert row["latency_ms_batch1"] == 2.3457 and "latency_ms" not in row
+    assert MethodResult("l2o", "l2o", [0.5]).summary()["latency_ms_batch1"] is None
+
+
+def test_time_ms_leaves_the_warm_up_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fake clock: the first call takes 1000 s (lazy initialisation), later ones 2 ms each."""
+    now, calls = [0.0], []
+
+    def fn() -> None:
+        now[0] += 1000.0 if not calls else 2e-3
+        calls.append(1)
+
+    monkeypatch.setattr(generate_mod, "_now", lambda: now[0])
+    assert time_ms(fn, 3, "cpu") == pytest.approx(2.0)
+    assert len(calls) == 4  # one untimed warm-up, three timed
+
+
+TIMING = {
+    "device": "cpu",
+    "warmup_runs": 1,
+    "repeats": 10,
+    "optimizer_repeats": 3,
+    "generate": {
+        "batched_ms_per_sample": 0.95,
+        "batch_size": 256,
+        "batches_timed": 2,
+        "warmup_batches": 1,
+        "latency_ms_batch1": 11.4,
+        "latency_repeats": 5,
+        "device": "cuda",
+    },
+}
+
+
+def test_markdown_says_what_the_timings_measure() -> None:
+    rows = [
+        _row("lo-hp (k=2)", 0.8, policy_info(_meta("lo-hp", 2)), 11.4, kind="generated"),
+        _row("lo-hp k4", 0.7, policy_info(_meta("lo-hp", 4)), 5.0),
+    ]
+    md = markdown_report({**_report(rows), "timing": TIMING})
+    assert LATENCY_LABEL == "latency (ms per task, batch 1)"
+    # the result table and the k-study table both name the measure in their headers
+    header = "| method | kind | steps | accuracy (mean ± std) | latency (ms per task, batch 1) |"
+    assert header in md
+    assert "| k | N | accuracy | latency (ms per task, batch 1) |" in md
+    assert "| lo-hp (k=2) | generated | 1 | 0.8000 ± 0.0000 | 11.400 |" in md
+    assert "latency (ms)" not in md and "latency (ms, median)" not in md
+    assert (
+        "Latency: the time to produce the weights of one task at batch size 1 on cpu, median of "
+        "10 timed runs (optimizers: 3) after 1 untimed warm-up run." in md
+    )
+    assert (
+        "Batched throughput of `lohp generate`: 0.950 ms per sample on cuda (median over 2 "
+        "batch(es) of up to 256, after 1 untimed warm-up batch(es)); its latency there: 11.400 ms "
+        "per task (batch 1)." in md
+    )
+    # a generated store older than the timing dict: no throughput line, the device still named
+    old = markdown_report({**_report(rows), "timing": {**TIMING, "generate": None}})
+    assert "Batched throughput" not in old and "at batch size 1 on cpu" in old
+
+
+def test_plots_label_the_latency_axis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    labels: dict[str, list[str]] = {}
+
+    def record(fig: Figure, path: Path, **_kw: object) -> None:
+        labels[Path(path).name] = [
+            s for ax in fig.axes for s in (ax.get_xlabel(), ax.get_ylabel()) if s
+        ]
+
+    monkeypatch.setattr(Figure, "savefig", record)
+    rows = [
+        _row("lo-hp (k=2)", 0.8, policy_info(_meta("lo-hp", 2)), 11.4, kind="generated"),
+        _row("lo-hp k4", 0.7, policy_info(_meta("lo-hp", 4)), 5.0),
+    ]
+    write_plots({**_report(rows), "timing": TIMING}, tmp_path)
+    assert labels["accuracy_vs_latency.png"][0] == "latency (ms per task, batch 1), log, cpu"
+    assert "latency (ms per task, batch 1)" in labels["k_study.png"]

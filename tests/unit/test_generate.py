@@ -9,10 +9,11 @@ import pytest
 import torch
 import zarr
 
+import lohp_cli.generate as generate_mod
 from lohp_cli.collect import collect
 from lohp_cli.config import GenerateConfig, TrainConfig
 from lohp_cli.errors import CompatibilityError, ConfigError
-from lohp_cli.generate import GEN_SCHEMA, generate, resolve_tasks, task_context
+from lohp_cli.generate import GEN_SCHEMA, LATENCY_REPEATS, generate, resolve_tasks, task_context
 from lohp_cli.scoring import accuracy
 from lohp_cli.tasks import TaskSpec
 from lohp_cli.tasks.inputs import task_tensors
@@ -65,6 +66,82 @@ def test_same_arguments_same_bytes(trained: dict[str, str], tmp_path: Path, meth
         assert wa[t].shape == (3, zarr.open_group(trained["store"], mode="r").attrs["param_count"])
         assert wa[t].tobytes() == wb[t].tobytes()
     assert zarr.open_group(str(a), mode="r").attrs["schema"] == GEN_SCHEMA
+
+
+def test_timing_attrs_name_what_they_measure(trained: dict[str, str], tmp_path: Path) -> None:
+    out = tmp_path / "t.zarr"
+    res = generate(gen_cfg(trained["lo-hp"], out, batch_size=4))  # 2 tasks × 3 = 6 rows: 4 + 2
+    attrs = zarr.open_group(str(out), mode="r").attrs
+    assert "latency_ms_per_sample" not in attrs  # the old, ambiguous key
+    t = attrs["timing"]
+    assert set(t) == {
+        "batched_ms_per_sample",
+        "batch_size",
+        "batches_timed",
+        "warmup_batches",
+        "latency_ms_batch1",
+        "latency_repeats",
+        "device",
+    }
+    assert t["device"] == "cpu" and t["batch_size"] == 4
+    assert t["batches_timed"] == 2 and t["warmup_batches"] == 1
+    assert t["latency_repeats"] == LATENCY_REPEATS
+    for key in ("batched_ms_per_sample", "latency_ms_batch1"):
+        assert 0 < t[key] < float("inf")
+    assert res.to_json() == {
+        "out": str(out),
+        "tasks": 2,
+        "samples": 3,
+        "batched_ms_per_sample": t["batched_ms_per_sample"],
+        "batch_size": 4,
+        "latency_ms_batch1": t["latency_ms_batch1"],
+        "device": "cpu",
+        "wall_time_s": res.wall_time_s,
+    }
+
+
+def test_warm_up_is_not_timed(
+    trained: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fake clock: the first call (lazy initialisation) takes 1000 s, every later one 1 ms per
+    row. Both timings must come out at 1 ms: neither counts the warm-up."""
+    now = [0.0]
+    rows: list[int] = []
+    real = generate_mod.generate_batch
+
+    def batch(
+        model: torch.nn.Module,
+        meta: dict,
+        cond: torch.Tensor,
+        s0: torch.Tensor,
+        *args: object,
+        **kw: object,
+    ) -> torch.Tensor:
+        states = real(model, meta, cond, s0, *args, **kw)
+        now[0] += 1000.0 if not rows else 1e-3 * s0.shape[0]
+        rows.append(s0.shape[0])
+        return states
+
+    monkeypatch.setattr(generate_mod, "_now", lambda: now[0])
+    monkeypatch.setattr(generate_mod, "generate_batch", batch)
+    res = generate(gen_cfg(trained["lo-hp"], tmp_path / "t.zarr", batch_size=4))
+    # warm-up batch of the first batch's shape, 2 timed batches, then 1 + repeats at batch 1
+    assert rows == [4, 4, 2, *[1] * (1 + LATENCY_REPEATS)]
+    assert res.batched_ms_per_sample == pytest.approx(1.0)
+    assert res.latency_ms_batch1 == pytest.approx(1.0)
+
+
+def test_warm_up_does_not_change_the_weights(
+    trained: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with_warmup = tmp_path / "w.zarr"
+    generate(gen_cfg(trained["lo-hp"], with_warmup, mode="sample", batch_size=4))
+    monkeypatch.setattr(generate_mod, "WARMUP_BATCHES", 0)
+    without = tmp_path / "n.zarr"
+    generate(gen_cfg(trained["lo-hp"], without, mode="sample", batch_size=4))
+    assert zarr.open_group(str(without), mode="r").attrs["timing"]["warmup_batches"] == 0
+    wa, wb = read_weights(with_warmup), read_weights(without)
+    assert all(wa[t].tobytes() == wb[t].tobytes() for t in wa)
 
 
 def test_seed_and_samples_differ(trained: dict[str, str], tmp_path: Path) -> None:
@@ -175,6 +252,9 @@ def test_cli_generate_exit_codes(trained: dict[str, str], tmp_path: Path) -> Non
     )
     assert ok.exit_code == 0, ok.output
     assert ok.stdout.strip().splitlines()[-1] == str(out)
+    said = " ".join(ok.output.split())
+    assert "batched throughput" in said and "ms/sample on cpu (batch 1, warm-up excluded)" in said
+    assert "ms per task (batch 1, after warm-up)" in said and "ms per sample (median)" not in said
     again = runner.invoke(app, ["generate", "--policy", trained["lo-hp"], "--out", str(out)])
     assert again.exit_code == 2 and "--overwrite" in again.output
     missing = runner.invoke(
