@@ -451,7 +451,7 @@ def test_every_codec_round_trips(tmp_path: Path, options: dict) -> None:
     names = [c["name"] for c in meta["codecs"]]
     expected = {"none": [], "zstd": ["zstd"]}.get(options["codec"], ["blosc"])
     head = ["transpose", "bytes"] if options.get("transpose", True) else ["bytes"]
-    assert names == [*head, *expected]  # optional transpose filter, then serialise
+    assert names == [*head, *expected, "crc32c"]  # transpose?, serialise, compress, checksum
     raw = w.nbytes
     stored = reader.bytes_on_disk("runs/*/weights")
     meta_bytes = len((tmp_path / "s.zarr" / "runs" / "r" / "weights" / "zarr.json").read_bytes())
