@@ -43,9 +43,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from lohp_cli.collect import RunContext, RunPlan, collect, plan_runs, train_loop
+from lohp_cli.collect import RunContext, RunPlan, collect, plan_runs
 from lohp_cli.config import CollectConfig, StoreCodecConfig
 from lohp_cli.optim import build_optimizer, train_step
+from lohp_cli.optim.loop import train_loop
 from lohp_cli.runtime import derive_seed
 from lohp_cli.store import RunWriter, TrajectoryStore
 from lohp_cli.store.trajectory_store import codecs_for, filters_for

@@ -16,19 +16,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from lohp_cli.config import CollectConfig
 from lohp_cli.errors import DataError, StoreError
-from lohp_cli.optim import build_optimizer, optimizer_hparams, train_step
+from lohp_cli.optim import build_optimizer, optimizer_hparams
+from lohp_cli.optim.loop import train_loop
 from lohp_cli.runtime import derive_seed, provenance, resolve_device
 from lohp_cli.store import TrajectoryStore, run_id
+from lohp_cli.store.extractor import EXTRACTOR_GROUP, load_extractor
 from lohp_cli.tasks import TaskFamily, TaskSpec, make_family
 from lohp_cli.tasks.inputs import TaskTensors, condition_dim, task_tensors, train_extractor
-from lohp_cli.tasks.models import FeatureExtractor, ParamLayout, build_target, flat_params
+from lohp_cli.tasks.models import ParamLayout, build_target
 
 Progress = Callable[[dict[str, Any]], None]
-EXTRACTOR_GROUP = "extractor"
 
 
 @dataclass(frozen=True)
@@ -100,46 +100,6 @@ def layout_for(cfg: CollectConfig, family: TaskFamily) -> ParamLayout:
     return ParamLayout.of(build_target(cfg.model, family.data.image_shape, cfg.task.ways))
 
 
-def train_loop(
-    model: nn.Module,
-    opt: torch.optim.Optimizer,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    steps: int,
-    record_every: int,
-    batch_size: int,
-    gen: torch.Generator,
-    record: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
-) -> None:
-    """Train for ``steps`` minibatch steps (epoch-shuffled batches drawn with ``gen``).
-
-    ``record(θ_t [P], loss, acc)`` is called for t = 0, r, 2r, …, steps with the weights *before*
-    step t and their loss/accuracy on the minibatch of step t (for t = steps, one extra batch).
-    """
-    n = y.shape[0]
-    perm = torch.randperm(n, generator=gen)
-    pos = 0
-    for t in range(steps + 1):
-        if pos + batch_size > n:
-            perm, pos = torch.randperm(n, generator=gen), 0
-        b = perm[pos : pos + batch_size]
-        pos += batch_size
-        xb, yb = x[b], y[b]
-        recording = record is not None and t % record_every == 0
-        theta = flat_params(model) if recording else None
-        if t == steps:
-            if recording:
-                with torch.no_grad():
-                    logits = model(xb)
-                    loss = nn.functional.cross_entropy(logits, yb)
-                    acc = (logits.argmax(1) == yb).float().mean()
-                record(theta, loss, acc)  # type: ignore[misc]
-            break
-        loss, acc = train_step(model, opt, xb, yb)
-        if recording:
-            record(theta, loss, acc)  # type: ignore[misc]
-
-
 class RunContext:
     """What a process needs to execute runs: the family, the store, the extractor, the tasks."""
 
@@ -154,7 +114,7 @@ class RunContext:
         self.device = device
         self.family = family or make_family(cfg.task)
         self.store = store or TrajectoryStore.open(cfg.out, mode="r+")
-        self.extractor = load_extractor(self.store, cfg, self.family)
+        self.extractor = load_extractor(self.store, cfg.model, self.family)
         self._tasks: dict[str, TaskTensors] = {}
 
     def task(self, task_id: str) -> TaskTensors:
@@ -212,20 +172,6 @@ class RunContext:
             record,
         )
         return writer.finish()
-
-
-def load_extractor(
-    store: TrajectoryStore, cfg: CollectConfig, family: TaskFamily
-) -> FeatureExtractor | None:
-    """The store's frozen feature extractor (head model), or None for whole-network models."""
-    if cfg.model.name != "head":
-        return None
-    tensors = store.load_tensors(EXTRACTOR_GROUP)
-    ext = FeatureExtractor(family.data.image_shape[0], cfg.model.feature_dim)
-    ext.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()})
-    ext.eval()
-    ext.requires_grad_(False)
-    return ext
 
 
 def _init_store(

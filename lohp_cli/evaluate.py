@@ -31,26 +31,23 @@ from lohp_cli.config import (
     TrainConfig,
 )
 from lohp_cli.errors import CompatibilityError, ConfigError, StoreError
-from lohp_cli.generate import (
-    GEN_SCHEMA,
-    GEN_SCHEMA_VERSION,
-    TaskContext,
+from lohp_cli.policy.artifact import (
     generate_batch,
     has_tokens,
     initial_state,
-    policy_probe,
+    load_policy,
     style_token,
-    support_probe_bank,
-    task_context,
-    time_ms,
 )
+from lohp_cli.policy.context import TaskContext, policy_probe, support_probe_bank, task_context
 from lohp_cli.policy.state import StateProbe
 from lohp_cli.runtime import derive_seed, provenance, resolve_device
 from lohp_cli.scoring import accuracy
+from lohp_cli.store.generated import open_generated
 from lohp_cli.store.sampler import matched_indices
 from lohp_cli.tasks import TaskSpec
 from lohp_cli.tasks.inputs import TaskTensors, task_tensors
 from lohp_cli.tasks.models import build_target, flat_params, load_flat
+from lohp_cli.timing import time_ms
 
 REPORT_SCHEMA = "lohp.report"
 REPORT_VERSION = 1
@@ -98,29 +95,6 @@ def policy_info(meta: dict[str, Any], token: int | None = None) -> dict[str, Any
     }
 
 
-def open_generated(path: str) -> Any:
-    import zarr
-
-    p = Path(path)
-    if not p.is_dir() or not (p / "zarr.json").is_file():
-        raise StoreError(f"No generated store at '{path}'; make one with 'lohp generate'.")
-    try:
-        g = zarr.open_group(zarr.storage.LocalStore(p), mode="r")
-        attrs = dict(g.attrs)
-    except Exception as exc:  # noqa: BLE001 - any zarr/json failure means a corrupt store
-        raise StoreError(f"'{path}' is not a readable generated store ({exc}).") from None
-    if attrs.get("schema") != GEN_SCHEMA:
-        raise StoreError(
-            f"'{path}' is not a lohp generated store (schema {attrs.get('schema')!r})."
-        )
-    if attrs.get("schema_version", 0) > GEN_SCHEMA_VERSION:
-        raise StoreError(
-            f"'{path}' has schema_version {attrs['schema_version']}; this lohp reads "
-            f"up to {GEN_SCHEMA_VERSION}. Upgrade lohp."
-        )
-    return g
-
-
 def _start(stats: Any, task_id: str, j: int, seed: int, size: int) -> torch.Tensor:
     """Initial weights θ_0 ``[P]`` of (task, sample j): the generator's s_0, de-normalised."""
     return stats.denormalize(initial_state(seed, task_id, j, size))
@@ -138,8 +112,8 @@ def run_optimizer(
     device: str,
 ) -> torch.nn.Module:
     """Train the target model from ``theta0`` for ``steps`` with a real optimizer."""
-    from lohp_cli.collect import train_loop
     from lohp_cli.optim import build_optimizer
+    from lohp_cli.optim.loop import train_loop
 
     net = build_target(ctx.model_cfg, ctx.family.data.image_shape, ctx.family.cfg.ways).to(device)
     load_flat(net, theta0.to(device))
@@ -196,7 +170,7 @@ def cosine_check(
 
 def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str, Any]:
     """Score the generated weights and every baseline; write report.json/.md and plots."""
-    from lohp_cli.train import load_policy, train_policy
+    from lohp_cli.policy.fit import train_policy
 
     emit = progress or (lambda _e: None)
     out = Path(cfg.out)
@@ -272,7 +246,7 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
         )
         policies["hypernetwork"] = str(hdir)
     from lohp_cli.l2o import L2O_METHODS
-    from lohp_cli.l2o.evaluate import is_l2o_policy, l2o_accuracies
+    from lohp_cli.l2o.apply import is_l2o_policy, l2o_accuracies
 
     unpaired = [b for b in cfg.baselines if b in L2O_METHODS and b not in policies]
     if unpaired:

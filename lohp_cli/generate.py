@@ -34,7 +34,7 @@ import os
 import shutil
 import statistics
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,30 +43,25 @@ from typing import Any
 import numpy as np
 import torch
 
+from lohp_cli import timing as clock
 from lohp_cli.config import (
     OPTIMIZERS,
     GenerateConfig,
-    ModelConfig,
     StoreCodecConfig,
-    TaskConfig,
 )
 from lohp_cli.errors import CompatibilityError, ConfigError, StoreError
-from lohp_cli.policy.state import ProbeBank, StateProbe
+from lohp_cli.policy.artifact import generate_batch, initial_state, load_policy, style_token
+from lohp_cli.policy.context import policy_probe, resolve_tasks, task_context
 from lohp_cli.runtime import derive_seed, provenance, resolve_device
-from lohp_cli.store.sampler import NormStats
+from lohp_cli.store.generated import GEN_SCHEMA, GEN_SCHEMA_VERSION
 from lohp_cli.store.trajectory_store import (
     CONDITION_DIMS,
-    TrajectoryStore,
     absolute_location,
     codecs_for,
 )
-from lohp_cli.tasks import TaskFamily, TaskSpec, make_family
-from lohp_cli.tasks.families import SPLITS
-from lohp_cli.tasks.inputs import TaskTensors, support_set, task_tensors
-from lohp_cli.tasks.models import FeatureExtractor, build_target
+from lohp_cli.tasks import TaskSpec
+from lohp_cli.tasks.inputs import TaskTensors, task_tensors
 
-GEN_SCHEMA = "lohp.generated"
-GEN_SCHEMA_VERSION = 1
 Progress = Callable[[dict[str, Any]], None]
 WARMUP_BATCHES = 1  # untimed batches before the batched-throughput timing
 LATENCY_REPEATS = 5  # timed batch-1 generations behind latency_ms_batch1 (after one untimed)
@@ -87,156 +82,6 @@ class GenerateResult:
         return dict(self.__dict__)
 
 
-def initial_state(seed: int, task_id: str, sample: int, size: int) -> torch.Tensor:
-    """s_0 ~ N(0, I) ``[P]`` of one (task, sample): the start every method shares for that pair."""
-    gen = torch.Generator().manual_seed(derive_seed(seed, task_id, sample))
-    return torch.randn(size, generator=gen)
-
-
-@dataclass
-class TaskContext:
-    """The task family, target model and extractor a policy was trained for."""
-
-    family: TaskFamily
-    model_cfg: ModelConfig
-    extractor: FeatureExtractor | None
-    store: TrajectoryStore
-
-
-def task_context(
-    meta: dict[str, Any], store_location: str | None = None, data_root: str | None = None
-) -> TaskContext:
-    """Rebuild the family/model of a policy from its config; refuse a mismatched data set."""
-    from lohp_cli.collect import load_extractor
-    from lohp_cli.config import CollectConfig
-
-    location = store_location or meta["store_location"]
-    store = TrajectoryStore.open(location, mode="r")
-    compat = store.attrs.get("compat", {})
-    if compat != meta["store_compat"]:
-        raise CompatibilityError(
-            f"Store '{location}' does not match the policy's store (task family, model or "
-            "trajectory settings differ); pass the store the policy was trained on with --store."
-        )
-    fam = dict(compat["family"])
-    stored_cfg = store.attrs.get("config", {}).get("task", {})
-    task_cfg = TaskConfig.model_validate(
-        {
-            "family": fam["name"],
-            **{k: v for k, v in fam.items() if k in TaskConfig.model_fields and k != "family"},
-            "data_root": data_root if data_root is not None else stored_cfg.get("data_root"),
-        }
-    )
-    family = make_family(task_cfg)
-    if family.data.fingerprint() != fam["data_fingerprint"]:
-        raise CompatibilityError(
-            f"The '{fam['name']}' data set found ({family.data.source}) differs from the one the "
-            "policy's store was collected on (data fingerprint); point --data-root at that copy."
-        )
-    model_cfg = ModelConfig.model_validate(compat["model"])
-    collect_cfg = CollectConfig.model_validate(
-        {"task": task_cfg.model_dump(), "model": model_cfg.model_dump()}
-    )
-    return TaskContext(family, model_cfg, load_extractor(store, collect_cfg, family), store)
-
-
-def has_tokens(meta: dict[str, Any]) -> bool:
-    """Whether a policy was trained with ``policy.optimizer_token`` (and so needs a token)."""
-    return bool(meta["train_config"].get("policy", {}).get("optimizer_token", False))
-
-
-def style_token(meta: dict[str, Any], style: str | None) -> int | None:
-    """The optimizer-token index a policy generates with, or None for a policy without tokens.
-
-    A policy trained with ``policy.optimizer_token`` always saw a token; it imitates ``style``
-    (default: Adam when it learned from Adam runs, else the first optimizer it learned from).
-    """
-    tc = meta["train_config"]
-    if not has_tokens(meta):
-        if style is not None:
-            raise ConfigError(
-                f"--style {style}: the policy was trained without policy.optimizer_token, so it "
-                "has one style only; leave --style out."
-            )
-        return None
-    learned = list(tc.get("optimizers") or meta.get("store_optimizers") or OPTIMIZERS)
-    if style is None:
-        style = "adam" if "adam" in learned else learned[0]
-    if style not in learned:
-        raise ConfigError(
-            f"--style {style}: the policy learned from {', '.join(learned)} runs only."
-        )
-    return OPTIMIZERS.index(style)
-
-
-def probe_bank(
-    ctx: TaskContext,
-    supports: dict[str, tuple[torch.Tensor, torch.Tensor]],
-    stats: NormStats,
-    device: str,
-) -> ProbeBank:
-    """Support sets ``{task_id: (x [M, *in], y [M])}`` for a state-aware policy."""
-    net = build_target(ctx.model_cfg, ctx.family.data.image_shape, ctx.family.cfg.ways)
-    bank = ProbeBank(net, stats.mean, stats.std)
-    for task_id, (x, y) in supports.items():
-        bank.add(task_id, x, y, ctx.family.cfg.ways)
-    return bank.to(device)
-
-
-def support_probe_bank(
-    ctx: TaskContext, task_ids: Iterable[str], stats: NormStats, device: str
-) -> ProbeBank:
-    """The support sets of ``task_ids`` (each built once, without its train/test tensors)."""
-    supports = {}
-    for tid in sorted(set(task_ids)):
-        x, y, _ = support_set(ctx.family, TaskSpec.from_id(tid), ctx.model_cfg, ctx.extractor)
-        supports[tid] = (x, y)
-    return probe_bank(ctx, supports, stats, device)
-
-
-def policy_probe(
-    model: torch.nn.Module,
-    ctx: TaskContext,
-    tasks: dict[str, TaskTensors],
-    stats: NormStats,
-    device: str,
-) -> ProbeBank | None:
-    """A probe bank when ``model`` is a state-aware policy, else None."""
-    if not getattr(model, "needs_probe", False):
-        return None
-    return probe_bank(ctx, {k: (t.x_support, t.y_support) for k, t in tasks.items()}, stats, device)
-
-
-def resolve_tasks(spec: str, family: TaskFamily, n: int) -> list[TaskSpec]:
-    """Tasks from a split name, comma-separated ids, or ``@FILE`` (one id per line, # comments)."""
-    if spec in SPLITS:
-        return family.tasks(spec, n)  # type: ignore[arg-type]
-    if spec.startswith("@"):
-        path = Path(spec[1:])
-        try:
-            lines = path.read_text().splitlines()
-        except OSError as exc:
-            raise ConfigError(f"Cannot read task list '{path}': {exc.strerror}.") from None
-        ids = [ln.split("#", 1)[0].strip() for ln in lines]
-    else:
-        ids = [t.strip() for t in spec.split(",")]
-    specs = [TaskSpec.from_id(t) for t in ids if t]
-    if not specs:
-        raise ConfigError(f"No task ids in {spec!r}.")
-    nclass = family.data.num_classes
-    for s in specs:
-        if (
-            len(s.classes) != family.cfg.ways
-            or len(set(s.classes)) != len(s.classes)
-            or not all(0 <= c < nclass for c in s.classes)
-        ):
-            raise ConfigError(
-                f"Task '{s.task_id}' is not a {family.cfg.ways}-way task of distinct classes "
-                f"0..{nclass - 1} of '{family.name}'."
-            )
-    return specs
-
-
 @contextmanager
 def output_lock(out: Path) -> Iterator[None]:
     """An exclusive lock beside ``out``; a second run waits for the first to finish."""
@@ -249,59 +94,9 @@ def output_lock(out: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
-def _now() -> float:
-    """The clock of every timing (seconds); tests replace it."""
-    return time.perf_counter()
-
-
-def time_ms(fn: Callable[[], Any], repeats: int, device: str, warmup: int = 1) -> float:
-    """Median wall time (ms) of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls;
-    CUDA-synchronised around each timed call."""
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(repeats):
-        _sync(device)
-        t = _now()
-        fn()
-        _sync(device)
-        ts.append(_now() - t)
-    return statistics.median(ts) * 1e3
-
-
-def generate_batch(
-    model: torch.nn.Module,
-    meta: dict[str, Any],
-    cond: torch.Tensor,
-    s0: torch.Tensor,
-    mode: str,
-    gen: torch.Generator | None,
-    keep_path: bool,
-    probe: StateProbe | None = None,
-    token: int | None = None,
-) -> torch.Tensor:
-    """Normalised states: ``[B, N+1, P]`` with ``keep_path``, else ``[B, 1, P]`` (the last).
-
-    ``token``: the optimizer style of a policy trained with optimizer tokens (see style_token).
-    """
-    opt = None if token is None else torch.full((s0.shape[0],), token, device=s0.device)
-    if meta["method"] == "hypernetwork":
-        out = model(cond, opt).unsqueeze(1)  # [B, 1, P]
-        return torch.cat([s0.unsqueeze(1), out], dim=1) if keep_path else out
-    path = model.rollout(s0, 0, cond, opt, mode=mode, gen=gen, probe=probe)  # [B, N+1, P]
-    return path if keep_path else path[:, -1:]
-
-
 def generate(cfg: GenerateConfig, progress: Progress | None = None) -> GenerateResult:
     """Generate ``cfg.samples`` weight vectors for each task and write them to ``cfg.out``."""
     import zarr
-
-    from lohp_cli.train import load_policy
 
     emit = progress or (lambda _e: None)
     t0 = time.perf_counter()
@@ -363,14 +158,14 @@ def generate(cfg: GenerateConfig, progress: Progress | None = None) -> GenerateR
         chunk = flat[start : start + cfg.batch_size]
         s0, cond, probe = inputs(chunk)
         gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "noise", start))
-        _sync(device)
-        t = _now()
+        clock.sync(device)
+        t = clock.now()
         with torch.no_grad():
             states = generate_batch(
                 model, meta, cond, s0, cfg.mode, gen, cfg.save_paths, probe, token
             )
-        _sync(device)
-        per_sample.append((_now() - t) / len(chunk))
+        clock.sync(device)
+        per_sample.append((clock.now() - t) / len(chunk))
         theta = stats.denormalize(states).cpu().numpy()  # [B, L, P]
         if not np.isfinite(theta).all():
             raise StoreError("The policy generated non-finite weights; check the policy's metrics.")
@@ -390,7 +185,7 @@ def generate(cfg: GenerateConfig, progress: Progress | None = None) -> GenerateR
         return generate_batch(model, meta, c1, s1, cfg.mode, gen, cfg.save_paths, p1, token)
 
     with torch.no_grad():
-        latency = time_ms(one_task, LATENCY_REPEATS, device)
+        latency = clock.time_ms(one_task, LATENCY_REPEATS, device)
     timing = {
         "batched_ms_per_sample": round(statistics.median(per_sample) * 1e3, 4),
         "batch_size": min(cfg.batch_size, len(flat)),

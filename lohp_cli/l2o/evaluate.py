@@ -19,127 +19,20 @@ import torch
 
 from lohp_cli.checkpoint import atomic_write_bytes, atomic_write_json
 from lohp_cli.config import TrainConfig
-from lohp_cli.errors import ConfigError, DataError
+from lohp_cli.errors import ConfigError
+from lohp_cli.l2o.apply import learned_step, load_l2o, run_learned
 from lohp_cli.l2o.config import L2OEvaluateConfig
-from lohp_cli.l2o.meta import adapt, functional_step
-from lohp_cli.l2o.optimizer import LSTMOptimizer, StepFn, analytical, run_trajectory, tune_lr
+from lohp_cli.l2o.optimizer import analytical, run_trajectory, tune_lr
 from lohp_cli.l2o.problems import (
-    ImageProblems,
     LeastSquares,
-    Optimizee,
     check_same_family,
     make_family,
 )
-from lohp_cli.l2o.train import load_l2o
 from lohp_cli.runtime import provenance, resolve_device
 
 REPORT_SCHEMA = "lohp.l2o-report"
 REPORT_VERSION = 1
 Progress = Callable[[dict[str, Any]], None]
-
-
-def learned_step(
-    model: LSTMOptimizer, problem: Optimizee, adapt_steps: int, lc: Any
-) -> tuple[StepFn, list[float]]:
-    """The optimizer's step function, after ``adapt_steps`` self-adaptation steps on ``problem``.
-
-    Returns ``(step, meta-loss before each adaptation step)``.
-    """
-    if adapt_steps == 0:
-        return model, []
-    params, history = adapt(
-        model, problem, adapt_steps, lc.adapt_lr, lc.adapt_unroll, objective=lc.objective
-    )
-    return functional_step(model, {k: v.detach() for k, v in params.items()}), history
-
-
-def run_learned(
-    step: StepFn, model: LSTMOptimizer, problem: Optimizee, steps: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Optimize ``problem`` for ``steps``: ``(losses [steps+1, B], final θ [B, P])``."""
-    losses, states = run_trajectory(
-        step, model.init_state(problem.batch, problem.size), problem, steps, keep_states=True
-    )
-    assert states is not None
-    return losses, states[-1]
-
-
-def run_on_task(
-    model: LSTMOptimizer,
-    meta: dict[str, Any],
-    net: torch.nn.Module,
-    theta0: torch.Tensor,
-    data: Any,
-    steps: int,
-    batch_size: int,
-    seed: int,
-) -> torch.Tensor:
-    """Train the target model on one image task from each of ``theta0 [B, P]``: ``[B, P]``.
-
-    Used by ``lohp evaluate`` to score an L2O policy from the same starts as the other methods;
-    an m-l2o policy first adapts itself on the task's training loss from other starts (the given
-    ones shifted by a fixed permutation of rows, so no start is scored after adapting on itself
-    when B > 1).
-    """
-    problem = ImageProblems(net, [data] * theta0.shape[0], theta0, batch_size, seed)
-    lc = TrainConfig.model_validate(meta["train_config"]).l2o
-    k = lc.adapt_steps if meta["method"] == "m-l2o" else 0
-    support = ImageProblems(net, [data] * theta0.shape[0], theta0.roll(1, 0), batch_size, seed + 1)
-    step, _ = learned_step(model, support, k, lc)
-    _, theta = run_learned(step, model, problem, steps)
-    if not bool(torch.isfinite(theta).all()):
-        raise DataError(f"Learned optimizer {meta['method']} diverged (non-finite weights).")
-    return theta
-
-
-def is_l2o_policy(path: str | Path) -> bool:
-    """True when ``path`` is a policy directory of a learned optimizer."""
-    import json
-
-    from lohp_cli.l2o import L2O_METHODS
-
-    try:
-        meta = json.loads((Path(path) / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(meta, dict) and meta.get("method") in L2O_METHODS
-
-
-def l2o_accuracies(
-    path: str | Path,
-    store_compat: dict[str, Any],
-    net: torch.nn.Module,
-    data: dict[str, Any],
-    start: Callable[[str, int], torch.Tensor],
-    samples: int,
-    steps: int,
-    batch_size: int,
-    seed: int,
-    device: str = "cpu",
-) -> tuple[dict[str, Any], list[float]]:
-    """Test accuracies of an L2O policy trained on image tasks, for ``lohp evaluate``.
-
-    Each task ``t`` of ``data`` (task id -> TaskTensors) is trained from ``start(t, j) [P]`` for
-    j < ``samples`` for ``steps`` steps; returns ``(policy config, accuracies)``.
-    """
-    from lohp_cli.errors import CompatibilityError
-    from lohp_cli.runtime import derive_seed
-    from lohp_cli.scoring import accuracy
-
-    model, meta = load_l2o(path, device)
-    if meta.get("store_compat") != store_compat:
-        raise CompatibilityError(
-            f"Learned optimizer '{path}' was trained on {meta['family'].get('name')!r} problems, "
-            "not on the task family and target model of the generated weights."
-        )
-    accs: list[float] = []
-    for t, d in data.items():
-        theta0 = torch.stack([start(t, j) for j in range(samples)])  # [S, P]
-        theta = run_on_task(
-            model, meta, net, theta0, d, steps, batch_size, derive_seed(seed, "l2o", t)
-        )
-        accs += [accuracy(net, theta[j], d)[0] for j in range(samples)]
-    return meta, accs
 
 
 def _summary(values: torch.Tensor) -> dict[str, float | None]:

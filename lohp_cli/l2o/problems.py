@@ -281,7 +281,7 @@ class ImageFamily(ProblemFamily):
     name = "store"
 
     def __init__(self, store_location: str, data_root: str | None = None, batch_size: int = 0):
-        from lohp_cli.generate import task_context
+        from lohp_cli.policy.context import task_context
         from lohp_cli.store.trajectory_store import TrajectoryStore
 
         store = TrajectoryStore.open(store_location, mode="r")

@@ -14,7 +14,7 @@ from typer.testing import Result
 
 from lohp_cli.cli import app
 from lohp_cli.config import TrainConfig
-from lohp_cli.train import TrainResult, load_policy
+from lohp_cli.policy.artifact import TrainResult, load_policy
 from tests.cli.runner import ENV, EXIT_CODE_TEXTS, RUNNER, flat, invoke, plain
 from tests.conftest import make_linear_store
 

@@ -10,8 +10,9 @@ import torch
 from lohp_cli.collect import collect
 from lohp_cli.config import GenerateConfig, TrainConfig
 from lohp_cli.generate import generate
+from lohp_cli.policy.artifact import load_policy
 from lohp_cli.runtime import resolve_device
-from lohp_cli.train import load_policy, train_policy
+from lohp_cli.train import train_policy
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.gpu

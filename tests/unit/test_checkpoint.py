@@ -25,7 +25,8 @@ from lohp_cli.checkpoint import (
 )
 from lohp_cli.config import TrainConfig
 from lohp_cli.errors import CompatibilityError
-from lohp_cli.train import load_policy, train_policy
+from lohp_cli.policy.artifact import load_policy
+from lohp_cli.train import train_policy
 from tests.conftest import make_linear_store
 
 

@@ -18,10 +18,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from lohp_cli.collect import collect, plan_runs, summarize_store, train_loop
+from lohp_cli.collect import collect, plan_runs, summarize_store
 from lohp_cli.config import OPTIMIZERS, CollectConfig, StoreCodecConfig
 from lohp_cli.errors import DataError, StoreError
 from lohp_cli.optim import optimizer_hparams
+from lohp_cli.optim.loop import train_loop
 from lohp_cli.runtime import derive_seed
 from lohp_cli.store import TrajectoryStore, parse_run_id, run_id
 from lohp_cli.tasks import TaskSpec, make_family

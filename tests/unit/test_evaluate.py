@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-import lohp_cli.generate as generate_mod
+import lohp_cli.timing
 from lohp_cli.evaluate import (
     LATENCY_LABEL,
     MethodResult,
@@ -17,7 +17,7 @@ from lohp_cli.evaluate import (
     policy_info,
     write_plots,
 )
-from lohp_cli.generate import time_ms
+from lohp_cli.timing import time_ms
 
 
 def _row(
@@ -110,7 +110,7 @@ def test_time_ms_leaves_the_warm_up_out(monkeypatch: pytest.MonkeyPatch) -> None
         now[0] += 1000.0 if not calls else 2e-3
         calls.append(1)
 
-    monkeypatch.setattr(generate_mod, "_now", lambda: now[0])
+    monkeypatch.setattr(lohp_cli.timing, "now", lambda: now[0])
     assert time_ms(fn, 3, "cpu") == pytest.approx(2.0)
     assert len(calls) == 4  # one untimed warm-up, three timed
 

@@ -10,15 +10,19 @@ import torch
 import zarr
 
 import lohp_cli.generate as generate_mod
+import lohp_cli.timing
 from lohp_cli.collect import collect
 from lohp_cli.config import GenerateConfig, TrainConfig
 from lohp_cli.errors import CompatibilityError, ConfigError
-from lohp_cli.generate import GEN_SCHEMA, LATENCY_REPEATS, generate, resolve_tasks, task_context
+from lohp_cli.generate import LATENCY_REPEATS, generate
+from lohp_cli.policy.artifact import load_policy
+from lohp_cli.policy.context import resolve_tasks, task_context
 from lohp_cli.scoring import accuracy
+from lohp_cli.store.generated import GEN_SCHEMA
 from lohp_cli.tasks import TaskSpec
 from lohp_cli.tasks.inputs import task_tensors
 from lohp_cli.tasks.models import build_target
-from lohp_cli.train import load_policy, train_policy
+from lohp_cli.train import train_policy
 from tests.conftest import tiny_config
 
 POLICY = {"backbone": "mlp", "hidden": 16, "emb_dim": 8}
@@ -122,7 +126,7 @@ def test_warm_up_is_not_timed(
         rows.append(s0.shape[0])
         return states
 
-    monkeypatch.setattr(generate_mod, "_now", lambda: now[0])
+    monkeypatch.setattr(lohp_cli.timing, "now", lambda: now[0])
     monkeypatch.setattr(generate_mod, "generate_batch", batch)
     res = generate(gen_cfg(trained["lo-hp"], tmp_path / "t.zarr", batch_size=4))
     # warm-up batch of the first batch's shape, 2 timed batches, then 1 + repeats at batch 1

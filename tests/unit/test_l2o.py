@@ -10,7 +10,9 @@ import torch
 
 from lohp_cli.config import TrainConfig
 from lohp_cli.errors import CompatibilityError, ConfigError, DataError
+from lohp_cli.l2o.apply import load_l2o
 from lohp_cli.l2o.config import LassoConfig, QuadraticConfig
+from lohp_cli.l2o.fit import train_l2o
 from lohp_cli.l2o.flatness import hutchinson_trace, langevin_mean, top_eigenvalue
 from lohp_cli.l2o.meta import adapt, imitation_loss, meta_loss, unroll
 from lohp_cli.l2o.optimizer import (
@@ -22,7 +24,6 @@ from lohp_cli.l2o.optimizer import (
     tune_lr,
 )
 from lohp_cli.l2o.problems import LassoFamily, LeastSquares, QuadraticFamily
-from lohp_cli.l2o.train import load_l2o, train_l2o
 
 
 def quad3(dtype: torch.dtype = torch.float64) -> LeastSquares:
@@ -265,7 +266,7 @@ def test_same_seed_same_bytes_and_resume_equals_uninterrupted(tmp_path: Path) ->
 
 
 def test_progressive_schedule_and_imitation_decay(tmp_path: Path) -> None:
-    from lohp_cli.l2o.train import imitation_weight, unroll_length
+    from lohp_cli.l2o.fit import imitation_weight, unroll_length
 
     cfg = cfg_for(
         tmp_path, "l2o-tt", steps=10, l2o={"progressive": (5, 10, 20), "imitation_weight": 1.0}
@@ -288,8 +289,9 @@ def test_meta_loss_objectives() -> None:
 @pytest.mark.parametrize("method", ["l2o", "m-l2o"])
 def test_m_l2o_updates_as_often_as_l2o(tmp_path: Path, method: str) -> None:
     # one meta-update per unroll for both (m-l2o: the gradient at the adapted copy, first order)
+    from lohp_cli.l2o.apply import build_l2o
+    from lohp_cli.l2o.fit import run_episode
     from lohp_cli.l2o.problems import make_family
-    from lohp_cli.l2o.train import build_l2o, run_episode
 
     cfg = cfg_for(tmp_path, method)
     model = build_l2o(cfg.l2o, 0)
@@ -315,7 +317,7 @@ def test_method_settings_errors(tmp_path: Path) -> None:
 
 
 def test_lohp_loader_refuses_an_l2o_policy(tmp_path: Path) -> None:
-    from lohp_cli.train import load_policy
+    from lohp_cli.policy.artifact import load_policy
 
     result = train_l2o(cfg_for(tmp_path))
     with pytest.raises(CompatibilityError, match="learned optimizer"):
@@ -356,7 +358,7 @@ def test_store_teacher_without_runs_is_a_config_error(digits_store: Path, tmp_pa
 
 
 def test_l2o_accuracies_for_lohp_evaluate(digits_store: Path, tmp_path: Path) -> None:
-    from lohp_cli.l2o.evaluate import l2o_accuracies
+    from lohp_cli.l2o.apply import l2o_accuracies
     from lohp_cli.l2o.problems import ImageFamily
 
     over = {"family": "store", "horizon": 4, "unroll": 2}

@@ -21,8 +21,9 @@ from lohp_cli.checkpoint import state_dir
 from lohp_cli.config import TrainConfig, resolve
 from lohp_cli.errors import CompatibilityError, ConfigError, DataError, StoreError
 from lohp_cli.objectives import Objective
+from lohp_cli.policy.artifact import build_model, load_policy, store_fingerprint
 from lohp_cli.store import TrajectoryStore, run_id
-from lohp_cli.train import build_model, load_policy, store_fingerprint, train_policy
+from lohp_cli.train import train_policy
 from tests.conftest import make_linear_store
 
 MLP = {"backbone": "mlp", "hidden": 32, "emb_dim": 16}

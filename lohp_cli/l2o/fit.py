@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import ValidationError
 from torch import nn
 
 from lohp_cli.checkpoint import (
@@ -36,9 +35,9 @@ from lohp_cli.checkpoint import (
     state_dir,
 )
 from lohp_cli.config import TrainConfig
-from lohp_cli.errors import CompatibilityError, ConfigError, DataError
+from lohp_cli.errors import ConfigError, DataError
 from lohp_cli.l2o import L2O_METHODS
-from lohp_cli.l2o.config import L2OConfig
+from lohp_cli.l2o.apply import build_l2o
 from lohp_cli.l2o.meta import (
     adapt,
     flatness_terms,
@@ -55,14 +54,8 @@ from lohp_cli.l2o.optimizer import (
     tune_lr,
 )
 from lohp_cli.l2o.problems import ImageFamily, ProblemFamily, make_family
+from lohp_cli.policy.artifact import TrainResult, check_out_dir, store_fingerprint, truncate_metrics
 from lohp_cli.runtime import derive_seed, provenance, resolve_device
-
-
-def build_l2o(lc: L2OConfig, seed: int) -> LSTMOptimizer:
-    """A freshly initialised learned optimizer (weights from ``seed``)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(seed, "init"))
-        return LSTMOptimizer(lc.arch, lc.hidden, lc.layers, lc.out_scale)
 
 
 def check_method_settings(cfg: TrainConfig) -> None:
@@ -104,8 +97,6 @@ def imitation_weight(cfg: TrainConfig, episode: int) -> float:
 
 def _family_fingerprint(cfg: TrainConfig, family: ProblemFamily) -> dict[str, Any]:
     if isinstance(family, ImageFamily):
-        from lohp_cli.train import store_fingerprint
-
         return store_fingerprint(family.store)
     return {"family": family.describe()}
 
@@ -155,8 +146,6 @@ def _teacher(
 
 def train_l2o(cfg: TrainConfig, progress: Any = None) -> Any:
     """Meta-train (or resume) a learned optimizer as configured; returns a ``TrainResult``."""
-    from lohp_cli.train import TrainResult, _check_out_dir, _truncate_metrics
-
     emit = progress or (lambda _e: None)
     t_start = time.perf_counter()
     if cfg.method not in L2O_METHODS:
@@ -169,7 +158,7 @@ def train_l2o(cfg: TrainConfig, progress: Any = None) -> Any:
     instances = lc.instances or cfg.batch_size
     fingerprint = _family_fingerprint(cfg, family)
     out = Path(cfg.out)
-    resume = _check_out_dir(out, cfg, fingerprint)
+    resume = check_out_dir(out, cfg, fingerprint)
 
     model = build_l2o(lc, cfg.seed).to(device)
     meta_opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -191,7 +180,7 @@ def train_l2o(cfg: TrainConfig, progress: Any = None) -> Any:
             out / "config.json",
             _config_json(cfg, family, fingerprint, teacher, device, 0, False),
         )
-    _truncate_metrics(out / "metrics.jsonl", start)
+    truncate_metrics(out / "metrics.jsonl", start)
 
     def write_policy(step: int, complete: bool) -> None:
         sd = dict(model.state_dict())
@@ -342,39 +331,3 @@ def run_episode(
     if w_imit > 0:
         out["imitation_weight"] = round(w_imit, 4)
     return out
-
-
-def load_l2o(path: str | Path, device: str = "cpu") -> tuple[LSTMOptimizer, dict[str, Any]]:
-    """Load an L2O policy directory: ``(optimizer in eval mode, config.json dict)``."""
-    out = Path(path)
-    if not out.is_dir():
-        raise CompatibilityError(
-            f"No policy directory at '{out}'; train one with 'lohp train-policy --method l2o'."
-        )
-    meta = read_json(out / "config.json")
-    if not isinstance(meta, dict) or meta.get("kind") != POLICY_KIND:
-        raise CompatibilityError(f"'{out}' is not a lohp policy.")
-    if meta.get("format", 0) > POLICY_FORMAT:
-        raise CompatibilityError(
-            f"Policy '{out}' has format {meta['format']}; this lohp reads up to {POLICY_FORMAT}."
-        )
-    if meta.get("method") not in L2O_METHODS:
-        raise CompatibilityError(
-            f"'{out}' is a {meta.get('method')!r} policy, not a learned optimizer "
-            f"({', '.join(L2O_METHODS)}); score it with 'lohp evaluate'."
-        )
-    try:
-        cfg = TrainConfig.model_validate(meta["train_config"])
-    except (ValidationError, KeyError):
-        raise CompatibilityError(
-            f"Policy '{out}' has a train config this lohp cannot read; it was made by another "
-            "version."
-        ) from None
-    model = build_l2o(cfg.l2o, cfg.seed)
-    try:
-        model.load_state_dict(load_tensors(out / "model.safetensors"))
-    except RuntimeError as exc:
-        raise CompatibilityError(
-            f"Policy weights in '{out}' do not fit its config ({exc})."
-        ) from None
-    return model.to(device).eval(), meta

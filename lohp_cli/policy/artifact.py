@@ -1,0 +1,300 @@
+"""The policy directory as an artifact: its config, fingerprint of the store it learned from,
+building and loading the model, and the generation contract every method shares (the start
+state s_0 and the optimizer style token).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+from torch import nn
+
+from lohp_cli.checkpoint import POLICY_FORMAT, POLICY_KIND, load_tensors, read_json, state_dir
+from lohp_cli.config import OPTIMIZERS, TrainConfig
+from lohp_cli.errors import CompatibilityError, ConfigError
+from lohp_cli.l2o import L2O_METHODS
+from lohp_cli.policy.gaussian import HyperNetwork, LoHpPolicy
+from lohp_cli.policy.state import StateProbe
+from lohp_cli.runtime import derive_seed, provenance
+from lohp_cli.store.sampler import NormStats
+from lohp_cli.store.trajectory_store import TrajectoryStore, absolute_location
+
+# settings that may change between a run and its resumption without changing what is learned
+OWN_FILES = {
+    "normalization.safetensors",
+    "metrics.jsonl",
+    "model.safetensors",
+    "state",
+    "state.old",
+    "state.tmp",
+}
+
+
+RESUMABLE_KEYS = {
+    "out",  # a policy directory that was moved resumes where it is
+    "steps",
+    "max_minutes",
+    "device",
+    "overwrite",
+    "checkpoint_every",
+    "log_every",
+    "cache_mb",
+    "store",
+}
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    policy: str
+    step: int
+    complete: bool
+    final_loss: float | None
+    wall_time_s: float
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def store_fingerprint(store: TrajectoryStore) -> dict[str, Any]:
+    """What identifies the store a policy was trained on (independent of its location)."""
+    a = store.attrs
+    compat = json.dumps(a.get("compat"), sort_keys=True)
+    return {
+        "schema": a.get("schema"),
+        "schema_version": a.get("schema_version"),
+        "compat_sha": hashlib.sha256(compat.encode()).hexdigest()[:16],
+        "created_at": a.get("provenance", {}).get("created_at"),
+    }
+
+
+def build_model(
+    cfg: TrainConfig, size: int, cond_dim: int, n_steps: int, stats: NormStats, classes: int = 0
+) -> nn.Module:
+    """The network a method trains (initialised from ``cfg.seed``); ``classes``: C of the tasks."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(cfg.seed, "init"))
+        if cfg.method == "hypernetwork":
+            return HyperNetwork(size, cond_dim, cfg.policy.hidden, cfg.policy.optimizer_token)
+        sigma = stats.step_rms * cfg.policy.sigma_scale  # [N]
+        return LoHpPolicy(size, cond_dim, n_steps, sigma, cfg.policy, classes)
+
+
+def classes_of(compat: dict[str, Any]) -> int:
+    return int(compat.get("family", {}).get("ways") or 0)
+
+
+def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in cfg.items() if k not in RESUMABLE_KEYS}
+
+
+def check_out_dir(out: Path, cfg: TrainConfig, fingerprint: dict[str, Any]) -> bool:
+    """True when ``out`` holds a compatible run to resume; raise if it holds something else."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"Output '{out}' is a file; give a directory for the policy.")
+    cfg_path = out / "config.json"
+    if not cfg_path.exists():
+        # a crash can leave the files written before config.json; anything else is not ours
+        foreign = [
+            p.name
+            for p in (out.iterdir() if out.exists() else [])
+            if p.name not in OWN_FILES and not (p.name.startswith(".") and p.name.endswith(".tmp"))
+        ]
+        if foreign:
+            raise ConfigError(
+                f"Output '{out}' is a non-empty directory without a lohp policy (it holds "
+                f"{foreign[0]!r}); choose another --out."
+            )
+        return False
+    old = read_json(cfg_path)
+    if not isinstance(old, dict) or old.get("kind") != POLICY_KIND:
+        raise CompatibilityError(f"'{cfg_path}' is not a lohp policy config.")
+    if old.get("format", 0) > POLICY_FORMAT:
+        raise CompatibilityError(
+            f"Policy '{out}' has format {old.get('format')}; this lohp reads up to {POLICY_FORMAT}."
+        )
+    same_store = old.get("store_fingerprint") == fingerprint
+    same_cfg = _comparable(old.get("train_config", {})) == _comparable(cfg.model_dump(mode="json"))
+    if same_store and same_cfg:
+        return state_dir(out) is not None
+    if not cfg.overwrite:
+        why = "another store" if not same_store else "other settings"
+        raise CompatibilityError(
+            f"'{out}' holds a policy trained on {why}; pass --overwrite to replace it or choose "
+            "another --out."
+        )
+    for name in ("model.safetensors", "normalization.safetensors", "config.json", "metrics.jsonl"):
+        (out / name).unlink(missing_ok=True)
+    import shutil
+
+    for name in ("state", "state.old", "state.tmp"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    return False
+
+
+def policy_config_json(
+    cfg: TrainConfig,
+    store: TrajectoryStore,
+    fingerprint: dict[str, Any],
+    n_steps: int,
+    t_steps: int,
+    device: str,
+    runs: int,
+    step: int,
+    complete: bool,
+) -> dict[str, Any]:
+    a = store.attrs
+    return {
+        "kind": POLICY_KIND,
+        "format": POLICY_FORMAT,
+        "method": cfg.method,
+        "k": cfg.k,
+        "N": n_steps,
+        "T": t_steps,
+        "param_count": a["param_count"],
+        "condition_dim": a["condition_dim"],
+        "layout": a["layout"],
+        "store_compat": a["compat"],
+        "store_fingerprint": fingerprint,
+        "store_location": absolute_location(store.location),
+        "store_optimizers": a.get("config", {}).get("optimizers"),
+        "runs_used": runs,
+        "normalization": "normalization.safetensors",
+        "train_config": cfg.model_dump(mode="json"),
+        "trained_steps": step,
+        "complete": complete,
+        "provenance": provenance(device),
+    }
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop metrics lines logged after ``step`` (written before a crash, redone on resume)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line).get("step", 0) <= step:
+                keep.append(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash
+    from lohp_cli.checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(path, ("\n".join(keep) + "\n" if keep else "").encode())
+
+
+def load_policy(
+    path: str | Path, device: str = "cpu"
+) -> tuple[nn.Module, dict[str, Any], NormStats]:
+    """Load a policy directory: ``(model in eval mode, config.json dict, normalisation stats)``."""
+    out = Path(path)
+    if not out.is_dir():
+        raise CompatibilityError(
+            f"No policy directory at '{out}'; train one with 'lohp train-policy'."
+        )
+    meta = read_json(out / "config.json")
+    if not isinstance(meta, dict) or meta.get("kind") != POLICY_KIND:
+        kind = meta.get("kind") if isinstance(meta, dict) else None
+        raise CompatibilityError(f"'{out}' is not a lohp policy (kind {kind!r}).")
+    if meta.get("method") in L2O_METHODS:
+        raise CompatibilityError(
+            f"'{out}' is a learned optimizer ({meta['method']}), not a weight generator; score it "
+            "with 'lohp evaluate-l2o' or 'lohp evaluate --policy NAME=DIR'."
+        )
+    missing = [
+        k
+        for k in ("train_config", "normalization", "param_count", "condition_dim", "N")
+        if k not in meta
+    ]
+    if missing:
+        raise CompatibilityError(f"Policy config '{out / 'config.json'}' lacks {missing[0]!r}.")
+    if meta.get("format", 0) > POLICY_FORMAT:
+        raise CompatibilityError(
+            f"Policy '{out}' has format {meta['format']}; this lohp reads up to {POLICY_FORMAT}."
+        )
+    try:
+        cfg = TrainConfig.model_validate(meta["train_config"])
+    except ValidationError as exc:
+        raise CompatibilityError(
+            f"Policy '{out}' has a train config this lohp cannot read ({exc.error_count()} "
+            "problem(s)); it was made by another version."
+        ) from None
+    stats = NormStats.from_tensors(load_tensors(out / meta["normalization"]))
+    model = build_model(
+        cfg,
+        meta["param_count"],
+        meta["condition_dim"],
+        meta["N"],
+        stats,
+        classes_of(meta.get("store_compat", {})),
+    )
+    try:
+        model.load_state_dict(load_tensors(out / "model.safetensors"))
+    except RuntimeError as exc:
+        raise CompatibilityError(
+            f"Policy weights in '{out}' do not fit its config ({exc})."
+        ) from None
+    return model.to(device).eval(), meta, stats
+
+
+def initial_state(seed: int, task_id: str, sample: int, size: int) -> torch.Tensor:
+    """s_0 ~ N(0, I) ``[P]`` of one (task, sample): the start every method shares for that pair."""
+    gen = torch.Generator().manual_seed(derive_seed(seed, task_id, sample))
+    return torch.randn(size, generator=gen)
+
+
+def has_tokens(meta: dict[str, Any]) -> bool:
+    """Whether a policy was trained with ``policy.optimizer_token`` (and so needs a token)."""
+    return bool(meta["train_config"].get("policy", {}).get("optimizer_token", False))
+
+
+def style_token(meta: dict[str, Any], style: str | None) -> int | None:
+    """The optimizer-token index a policy generates with, or None for a policy without tokens.
+
+    A policy trained with ``policy.optimizer_token`` always saw a token; it imitates ``style``
+    (default: Adam when it learned from Adam runs, else the first optimizer it learned from).
+    """
+    tc = meta["train_config"]
+    if not has_tokens(meta):
+        if style is not None:
+            raise ConfigError(
+                f"--style {style}: the policy was trained without policy.optimizer_token, so it "
+                "has one style only; leave --style out."
+            )
+        return None
+    learned = list(tc.get("optimizers") or meta.get("store_optimizers") or OPTIMIZERS)
+    if style is None:
+        style = "adam" if "adam" in learned else learned[0]
+    if style not in learned:
+        raise ConfigError(
+            f"--style {style}: the policy learned from {', '.join(learned)} runs only."
+        )
+    return OPTIMIZERS.index(style)
+
+
+def generate_batch(
+    model: torch.nn.Module,
+    meta: dict[str, Any],
+    cond: torch.Tensor,
+    s0: torch.Tensor,
+    mode: str,
+    gen: torch.Generator | None,
+    keep_path: bool,
+    probe: StateProbe | None = None,
+    token: int | None = None,
+) -> torch.Tensor:
+    """Normalised states: ``[B, N+1, P]`` with ``keep_path``, else ``[B, 1, P]`` (the last).
+
+    ``token``: the optimizer style of a policy trained with optimizer tokens (see style_token).
+    """
+    opt = None if token is None else torch.full((s0.shape[0],), token, device=s0.device)
+    if meta["method"] == "hypernetwork":
+        out = model(cond, opt).unsqueeze(1)  # [B, 1, P]
+        return torch.cat([s0.unsqueeze(1), out], dim=1) if keep_path else out
+    path = model.rollout(s0, 0, cond, opt, mode=mode, gen=gen, probe=probe)  # [B, N+1, P]
+    return path if keep_path else path[:, -1:]

@@ -1,0 +1,247 @@
+"""Fit the Lo-Hp policy (or an ablation: lo-op, lo-di, hypernetwork) on a trajectory store.
+
+Resumable: the policy directory's ``state/`` holds model and optimizer tensors and the step; every
+batch is drawn with a generator seeded from (seed, rank, step), so a resumed run sees exactly the
+batches an uninterrupted one would and ends with the same weights (CPU). Under ``torchrun`` the
+objective is wrapped in DistributedDataParallel (gloo on CPU, nccl on CUDA) and rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lohp_cli.checkpoint import (
+    atomic_save_tensors,
+    atomic_write_json,
+    load_tensors,
+    optimizer_from_tensors,
+    read_json,
+    save_state,
+    state_dir,
+)
+from lohp_cli.config import TrainConfig
+from lohp_cli.errors import ConfigError
+from lohp_cli.l2o import L2O_METHODS
+from lohp_cli.losses import check_finite
+from lohp_cli.objectives import Objective
+from lohp_cli.policy.artifact import (
+    TrainResult,
+    build_model,
+    check_out_dir,
+    classes_of,
+    policy_config_json,
+    store_fingerprint,
+    truncate_metrics,
+)
+from lohp_cli.policy.context import support_probe_bank, task_context
+from lohp_cli.policy.gaussian import LoHpPolicy
+from lohp_cli.policy.state import ProbeBank
+from lohp_cli.runtime import derive_seed, resolve_device
+from lohp_cli.store.sampler import (
+    NormStats,
+    TrajectorySampler,
+    compute_stats,
+    matched_indices,
+    select_runs,
+)
+from lohp_cli.store.trajectory_store import TrajectoryStore
+from lohp_cli.tasks.models import ParamLayout
+from lohp_cli.tasks.symmetry import ClassSymmetry
+
+Progress = Callable[[dict[str, Any]], None]
+LR_WARN = 1e-3
+
+
+def _store_probe_bank(
+    cfg: TrainConfig, store: TrajectoryStore, runs: list[Any], stats: NormStats, device: str
+) -> ProbeBank:
+    """Support sets of the runs' tasks, rebuilt from the store's task family (state input)."""
+    if classes_of(store.attrs["compat"]) < 2:
+        raise ConfigError("policy.state_input='support' needs a store of class-subset tasks.")
+    ctx = task_context(
+        {"store_location": cfg.store, "store_compat": store.attrs["compat"]}, cfg.store
+    )
+    return support_probe_bank(ctx, (r.task_id for r in runs), stats, device)
+
+
+def _dist_info() -> tuple[int, int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    return world, rank, local
+
+
+def train_policy(cfg: TrainConfig, progress: Progress | None = None) -> TrainResult:
+    """Train (or resume) a policy as configured; returns where it is and how far it got."""
+    if cfg.method in L2O_METHODS:
+        raise ConfigError(
+            f"method {cfg.method!r} is a learned optimizer: train it with "
+            "lohp_cli.train.train_policy (or lohp_cli.l2o.fit.train_l2o)."
+        )
+    emit = progress or (lambda _e: None)
+    t_start = time.perf_counter()
+    world, rank, local = _dist_info()
+    device = resolve_device(cfg.device)
+    if world > 1 and device.startswith("cuda"):
+        device = f"cuda:{local}"
+    if cfg.lr > LR_WARN:
+        warnings.warn(
+            f"policy learning rate {cfg.lr} is above {LR_WARN}; Lo-Hp tends to diverge "
+            "there (the paper uses ≤ 1e-3)",
+            stacklevel=2,
+        )
+        emit({"event": "warning", "message": f"lr {cfg.lr} > {LR_WARN}: training may diverge"})
+    amp = cfg.amp and device.startswith("cuda")
+    compile_ = cfg.compile and device.startswith("cuda")
+    if (cfg.amp and not amp) or (cfg.compile and not compile_):
+        emit({"event": "info", "message": "amp/compile are CUDA-only; switched off on this device"})
+    emit({"event": "device", "device": device, "world_size": world})
+
+    store = TrajectoryStore.open(cfg.store, mode="r")
+    attrs = store.attrs
+    states = attrs["compat"]["steps"] // attrs["compat"]["record_every"] + 1
+    n_steps = len(matched_indices(states, cfg.k)) - 1
+    if cfg.window is not None and cfg.window > n_steps:
+        raise ConfigError(f"window={cfg.window} exceeds N={n_steps} policy steps (T/k).")
+    runs = select_runs(store, cfg.optimizers)
+    fingerprint = store_fingerprint(store)
+    out = Path(cfg.out)
+    resume = check_out_dir(out, cfg, fingerprint) if rank == 0 else True
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        flag = [resume]
+        dist.broadcast_object_list(flag, src=0)
+        resume = bool(flag[0])
+
+    size, cond_dim = int(attrs["param_count"]), int(attrs["condition_dim"])
+    sym = None
+    ways = classes_of(attrs["compat"])
+    if cfg.augment != "none":
+        layout = ParamLayout.from_json(attrs["layout"])
+        if cfg.augment == "classes" or ClassSymmetry.applies(layout, ways, cond_dim):
+            sym = ClassSymmetry.of(layout, ways, cond_dim)
+    norm_path = out / "normalization.safetensors"
+    if resume and norm_path.exists():
+        stats = NormStats.from_tensors(load_tensors(norm_path))
+    else:
+        emit({"event": "stats", "runs": len(runs)})
+        stats = compute_stats(store, runs, cfg.k, cfg.normalize, sym=sym)
+        if rank == 0:
+            atomic_save_tensors(norm_path, stats.to_tensors())
+            # config.json first, so that a crash never leaves a directory that cannot be checked
+            atomic_write_json(
+                out / "config.json",
+                policy_config_json(
+                    cfg, store, fingerprint, n_steps, states - 1, device, len(runs), 0, False
+                ),
+            )
+    model = build_model(cfg, size, cond_dim, n_steps, stats, ways).to(device)
+    bank = None
+    if getattr(model, "needs_probe", False):
+        emit({"event": "info", "message": "state input: loading the source tasks' support sets"})
+        bank = _store_probe_bank(cfg, store, runs, stats, device)
+    objective = Objective(model, cfg, n_steps)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    start = 0
+    sdir = state_dir(out) if resume else None
+    if sdir is not None:
+        model.load_state_dict(load_tensors(sdir / "model.safetensors"))
+        optimizer_from_tensors(
+            opt, load_tensors(sdir / "optimizer.safetensors"), read_json(sdir / "optimizer.json")
+        )
+        start = int(read_json(sdir / "trainer.json")["step"])
+        emit({"event": "resume", "step": start})
+    if rank == 0:
+        truncate_metrics(out / "metrics.jsonl", start)
+
+    if compile_ and isinstance(model, LoHpPolicy):
+        model.backbone = torch.compile(model.backbone)  # type: ignore[assignment]
+    runner: nn.Module = objective
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        runner = DistributedDataParallel(
+            objective,
+            device_ids=[local] if device.startswith("cuda") else None,
+            find_unused_parameters=True,
+        )
+    sampler = TrajectorySampler(store, runs, cfg.k, stats, cfg.cache_mb, sym)
+
+    def write_policy(step: int, complete: bool) -> None:
+        sd = {k: v for k, v in model.state_dict().items()}
+        save_state(out, sd, opt, {"step": step})
+        atomic_save_tensors(out / "model.safetensors", sd)
+        atomic_write_json(
+            out / "config.json",
+            policy_config_json(
+                cfg, store, fingerprint, n_steps, states - 1, device, len(runs), step, complete
+            ),
+        )
+
+    emit(
+        {
+            "event": "start",
+            "step": start,
+            "steps": cfg.steps,
+            "runs": len(runs),
+            "N": n_steps,
+            "params": sum(p.numel() for p in model.parameters()),
+        }
+    )
+    deadline = None if cfg.max_minutes is None else t_start + 60 * cfg.max_minutes
+    step, last_loss = start, None
+    model.train()
+    while step < cfg.steps:
+        gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "step", rank, step))
+        batch = sampler.batch(cfg.batch_size, gen).to(device)
+        objective.gen = gen
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            probe = None if bank is None else bank.probe(batch.task_ids, batch.perms)
+            loss, terms = runner(batch.x, batch.cond, batch.opt, probe)
+        check_finite(loss, "loss", step, batch.run_ids)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        check_finite(gnorm, "gradient", step, batch.run_ids)
+        opt.step()
+        step += 1
+        last_loss = float(loss.detach())
+        if rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps):
+            line = {
+                "step": step,
+                **terms,
+                "grad_norm": float(gnorm),
+                "time_s": round(time.perf_counter() - t_start, 3),
+            }
+            with open(out / "metrics.jsonl", "a") as fh:
+                fh.write(json.dumps(line) + "\n")
+            emit({"event": "log", **line, "steps": cfg.steps})
+        timed_out = deadline is not None and time.perf_counter() > deadline
+        if rank == 0 and (step % cfg.checkpoint_every == 0 or step == cfg.steps or timed_out):
+            write_policy(step, step == cfg.steps)
+        if timed_out:
+            emit({"event": "timeout", "step": step})
+            break
+    if rank == 0 and step == start:  # nothing to do (already complete): keep the files as they are
+        if not (out / "model.safetensors").exists():
+            write_policy(step, step >= cfg.steps)
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return TrainResult(
+        str(out), step, step >= cfg.steps, last_loss, round(time.perf_counter() - t_start, 3)
+    )

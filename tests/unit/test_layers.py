@@ -1,0 +1,152 @@
+"""The package's layers (docs/architecture.md): core ← stages ← cli, one direction only.
+
+Parsed with ast, so a violation fails here before it can become an import cycle at run time:
+no stage imports another stage, the core imports neither stages nor the CLI, and no module-level
+import cycle exists anywhere in ``lohp_cli/``.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "lohp_cli"
+STAGES = {
+    "lohp_cli.collect",
+    "lohp_cli.train",
+    "lohp_cli.generate",
+    "lohp_cli.evaluate",
+    "lohp_cli.l2o.evaluate",
+}
+CLI = "lohp_cli.cli"
+ENTRY = {"lohp_cli.__main__"}
+
+
+def module_name(path: Path, root: Path = PACKAGE) -> str:
+    parts = list(path.relative_to(root.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _targets(node: ast.AST, modules: set[str]) -> list[str]:
+    """The lohp_cli modules an import statement loads (``from pkg import sub`` loads pkg.sub)."""
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names if a.name.startswith("lohp_cli")]
+    if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+        if not node.module.startswith("lohp_cli"):
+            return []
+        subs = [f"{node.module}.{a.name}" for a in node.names]
+        return [node.module, *[s for s in subs if s in modules]]
+    return []
+
+
+def import_graph(root: Path = PACKAGE) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """``(module-level edges, all edges)`` between the modules under ``root``."""
+    files = {module_name(p, root): p for p in root.rglob("*.py")}
+    modules = set(files)
+    top: dict[str, set[str]] = {m: set() for m in modules}
+    every: dict[str, set[str]] = {m: set() for m in modules}
+    for mod, path in files.items():
+        tree = ast.parse(path.read_text())
+        for node in tree.body:
+            top[mod].update(t for t in _targets(node, modules) if t != mod)
+        for node in ast.walk(tree):
+            every[mod].update(t for t in _targets(node, modules) if t != mod)
+    return top, every
+
+
+def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as a list of modules (first repeated at the end), or None."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> list[str] | None:
+        state[m] = 1
+        stack.append(m)
+        for n in sorted(edges.get(m, ())):
+            if state.get(n) == 1:
+                return [*stack[stack.index(n) :], n]
+            if n not in state and (found := visit(n)):
+                return found
+        stack.pop()
+        state[m] = 2
+        return None
+
+    for m in sorted(edges):
+        if m not in state and (found := visit(m)):
+            return found
+    return None
+
+
+def layer(mod: str) -> str:
+    if mod == CLI or mod.startswith(CLI + ".") or mod in ENTRY:
+        return "cli"
+    return "stage" if mod in STAGES else "core"
+
+
+def violations(every: dict[str, set[str]]) -> list[str]:
+    out = []
+    rank = {"core": 0, "stage": 1, "cli": 2}
+    for mod, deps in sorted(every.items()):
+        for dep in sorted(deps):
+            a, b = layer(mod), layer(dep)
+            if a == b == "stage":
+                out.append(f"stage {mod} imports stage {dep}")
+            elif rank[b] > rank[a]:
+                out.append(f"{a} {mod} imports {b} {dep}")
+    return out
+
+
+def test_no_module_level_import_cycle() -> None:
+    top, _ = import_graph()
+    assert find_cycle(top) is None
+
+
+def test_layers_import_downwards_only() -> None:
+    _, every = import_graph()
+    assert STAGES <= set(every), "a stage module moved: update STAGES and docs/architecture.md"
+    assert violations(every) == []
+
+
+# ---- the checks themselves catch what they should ----------------------------------------------
+def write(root: Path, name: str, text: str) -> None:
+    path = root / Path(*name.split(".")[1:]).with_suffix(".py")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for parent in path.parents:
+        if parent == root.parent:
+            break
+        (parent / "__init__.py").touch()
+    path.write_text(text)
+
+
+@pytest.fixture
+def fake(tmp_path: Path) -> Path:
+    root = tmp_path / "lohp_cli"
+    root.mkdir()
+    (root / "__init__.py").touch()
+    return root
+
+
+def test_a_cycle_through_a_submodule_import_is_found(fake: Path) -> None:
+    write(fake, "lohp_cli.a", "from lohp_cli.pkg import b\n")
+    write(fake, "lohp_cli.pkg.b", "import lohp_cli.c\n")
+    write(fake, "lohp_cli.c", "def f():\n    from lohp_cli import a\n")  # lazy: no cycle
+    assert find_cycle(import_graph(fake)[0]) is None
+    write(fake, "lohp_cli.c", "from lohp_cli.a import x\n")
+    assert find_cycle(import_graph(fake)[0]) == ["lohp_cli.a", "lohp_cli.pkg.b", "lohp_cli.c",
+                                                 "lohp_cli.a"]  # fmt: skip
+
+
+def test_stage_to_stage_and_upward_imports_are_found(fake: Path) -> None:
+    write(fake, "lohp_cli.generate", "def f():\n    from lohp_cli.train import load_policy\n")
+    write(fake, "lohp_cli.train", "from lohp_cli.policy import fit\n")
+    write(fake, "lohp_cli.policy.fit", "def g():\n    import lohp_cli.cli\n")
+    write(fake, "lohp_cli.cli", "from lohp_cli import train\n")
+    _, every = import_graph(fake)
+    assert violations(every) == [
+        "stage lohp_cli.generate imports stage lohp_cli.train",
+        "core lohp_cli.policy.fit imports cli lohp_cli.cli",
+    ]
