@@ -1,0 +1,126 @@
+"""``lohp collect``: record optimizer trajectories into a store."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any
+
+import typer
+
+from lohp_cli.cli.common import (
+    ConfigOpt,
+    DeviceOpt,
+    DryRunOpt,
+    Event,
+    SetOpt,
+    command,
+    err_console,
+    log,
+    run_stage,
+    split_list,
+    verbosity,
+)
+
+CONFIG = "lohp_cli.config:CollectConfig"
+LIBRARY = "lohp_cli.collect:collect"  # imported when the command runs (torch)
+
+
+@command("collect")
+def collect(
+    out: Annotated[
+        str | None, typer.Option("--out", "-o", help="Output store: path or fsspec URL.")
+    ] = None,
+    family: Annotated[
+        str | None, typer.Option(help="Task family: fmnist, cifar10, digits.")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Target model: head, mlp, cnn.")] = None,
+    tasks: Annotated[int | None, typer.Option(help="Number of source tasks.")] = None,
+    seeds: Annotated[int | None, typer.Option(help="Replicates per task and optimizer.")] = None,
+    optimizers: Annotated[str | None, typer.Option(help="Comma list of sgd, adam, sam.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimizer steps per run.")] = None,
+    record_every: Annotated[int | None, typer.Option(help="Record weights every N steps.")] = None,
+    ways: Annotated[int | None, typer.Option(help="Classes per task.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Minibatch size.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Base seed.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
+    shard: Annotated[
+        str | None, typer.Option(help="Only share i of n of the runs (0 <= i < n).")
+    ] = None,
+    data_root: Annotated[
+        str | None, typer.Option(help="Directory holding the data set files.")
+    ] = None,
+    device: DeviceOpt = None,
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    dry_run: DryRunOpt = False,
+) -> None:
+    """Train target networks on source tasks with SGD/Adam/SAM and record their trajectories.
+
+    Re-running the same command resumes: complete runs are skipped, partial ones redone. Prints the
+    store location on stdout.
+    """
+    flags = {
+        "out": out,
+        "task.family": family,
+        "model.name": model,
+        "tasks": tasks,
+        "seeds": seeds,
+        "optimizers": split_list(optimizers),
+        "steps": steps,
+        "record_every": record_every,
+        "task.ways": ways,
+        "batch_size": batch_size,
+        "seed": seed,
+        "workers": workers,
+        "shard": shard,
+        "task.data_root": data_root,
+        "device": device,
+    }
+    run_stage(CONFIG, LIBRARY, _progress(), _done, config, set_, flags, dry_run)
+
+
+def _done(result: Any) -> None:
+    log(
+        f"[green]done[/]: {result.collected} run(s) collected, "
+        f"{result.skipped} already complete, "
+        f"{result.wall_time_s:.1f} s"
+    )
+    typer.echo(result.store)
+
+
+def _progress() -> Callable[[Event], None]:
+    """A progress callback rendering collect events on stderr."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    bar: dict[str, Any] = {}
+
+    def on_event(e: Event) -> None:
+        kind = e["event"]
+        if kind == "device":
+            log(f"device: {e['device']}")
+        elif kind == "extractor":
+            log(f"training the frozen feature extractor ({e['steps']} steps, source classes only)")
+        elif kind == "plan":
+            log(
+                f"{e['planned']} run(s) planned, {e['skipped']} already complete, "
+                f"{e['pending']} to do"
+            )
+            if e["pending"] and verbosity() >= 0:
+                p = Progress(
+                    "collect",
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TimeElapsedColumn(),
+                    console=err_console,
+                    transient=True,
+                )
+                p.start()
+                bar["p"], bar["t"] = p, p.add_task("runs", total=e["pending"])
+        elif kind == "run" and "p" in bar:
+            bar["p"].update(bar["t"], completed=e["done"])
+            if e["done"] == e["pending"]:
+                bar["p"].stop()
+        if verbosity() >= 1 and kind == "run":
+            log(f"  {e['run_id']} {e['wall_s']:.2f} s")
+
+    return on_event

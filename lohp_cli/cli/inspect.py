@@ -1,0 +1,86 @@
+"""``lohp inspect``: summarise (and with --verify, check) a trajectory store."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from lohp_cli.cli.common import command, err_console, run_guarded
+
+SUMMARY_KEYS = (
+    "schema",
+    "schema_version",
+    "family",
+    "ways",
+    "model",
+    "param_count",
+    "condition_dim",
+    "steps",
+    "record_every",
+    "recorded_states",
+    "tasks",
+    "complete_runs",
+    "checksums",
+    "dimension_names",
+    "created_at",
+    "lohp_version",
+)
+
+
+@command("inspect")
+def inspect(
+    store: Annotated[str, typer.Argument(help="Trajectory store: path or fsspec URL.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on stdout.")] = False,
+    verify: Annotated[
+        bool, typer.Option("--verify", help="Read every complete run and check it.")
+    ] = False,
+) -> None:
+    """Summarise a trajectory store (human table, or --json); --verify exits 3 on a bad run."""
+    from lohp_cli.collect import summarize_store
+
+    summary = run_guarded(lambda: summarize_store(store, verify=verify))
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+    else:
+        _print_summary(summary)
+    if verify and not summary["verified"]:
+        for problem in summary["problems"]:
+            err_console.print(f"[bold red]damaged:[/] {problem}", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[bold red]error:[/] {len(summary['problems'])} problem(s) in '{store}', first: "
+            f"{summary['problems'][0]}. Delete the damaged runs (runs/<run id>) and re-run "
+            "'lohp collect' to redo them.",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(3)
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    out = Console()
+    t = Table(title=f"lohp store {s['store']}", show_header=False)
+    for key in SUMMARY_KEYS:
+        t.add_row(key, str(s[key]))
+    if s["bytes_on_disk"] is not None:
+        t.add_row("bytes_on_disk", f"{s['bytes_on_disk']:,}")
+    if s["compression_ratio"]:
+        t.add_row("weights compression", f"{s['compression_ratio']:.2f}× vs raw float32")
+    out.print(t)
+    r = Table(title="runs by optimizer and status")
+    statuses = sorted({st for v in s["runs"].values() for st in v})
+    r.add_column("optimizer")
+    for st in statuses:
+        r.add_column(st, justify="right")
+    if "final_train_acc" in s:
+        r.add_column("final train acc", justify="right")
+    for opt, counts in sorted(s["runs"].items()):
+        row = [opt, *(str(counts.get(st, 0)) for st in statuses)]
+        if "final_train_acc" in s:
+            row.append(str(s["final_train_acc"].get(opt, "-")))
+        r.add_row(*row)
+    out.print(r)
