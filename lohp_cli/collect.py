@@ -23,10 +23,10 @@ from lohp_cli.optim import build_optimizer, optimizer_hparams
 from lohp_cli.optim.loop import train_loop
 from lohp_cli.runtime import derive_seed, provenance, resolve_device
 from lohp_cli.store import TrajectoryStore, run_id
-from lohp_cli.store.extractor import EXTRACTOR_GROUP, load_extractor
-from lohp_cli.tasks import TaskFamily, TaskSpec, make_family
-from lohp_cli.tasks.inputs import TaskTensors, condition_dim, task_tensors, train_extractor
-from lohp_cli.tasks.models import ParamLayout, build_target
+from lohp_cli.store.frozen import load_frozen, train_frozen
+from lohp_cli.tasks import Task, TaskFamily, make_family
+from lohp_cli.tasks.families import TaskTensors
+from lohp_cli.tasks.models import ParamLayout, build_target, trainable_parameters
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -54,16 +54,10 @@ class CollectResult:
         return dict(self.__dict__)
 
 
-def plan_runs(cfg: CollectConfig, tasks: list[TaskSpec]) -> list[RunPlan]:
+def plan_runs(cfg: CollectConfig, tasks: list[Task]) -> list[RunPlan]:
     """All runs of the config in a fixed order, restricted to ``cfg.shard`` when set."""
     plans = [
-        RunPlan(
-            run_id(t.task_id, opt, rep),
-            t.task_id,
-            opt,
-            rep,
-            derive_seed(cfg.seed, t.task_id, opt, rep),
-        )
+        RunPlan(run_id(t.id, opt, rep), t.id, opt, rep, derive_seed(cfg.seed, t.id, opt, rep))
         for t in tasks
         for opt in cfg.optimizers
         for rep in range(cfg.seeds)
@@ -97,11 +91,12 @@ def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
 
 
 def layout_for(cfg: CollectConfig, family: TaskFamily) -> ParamLayout:
-    return ParamLayout.of(build_target(cfg.model, family.data.image_shape, cfg.task.ways))
+    return ParamLayout.of(build_target(cfg.model, family.input_shape, family.ways))
 
 
 class RunContext:
-    """What a process needs to execute runs: the family, the store, the extractor, the tasks."""
+    """What a process needs to execute runs: the family, the store, the model's frozen parts,
+    the tasks."""
 
     def __init__(
         self,
@@ -114,17 +109,15 @@ class RunContext:
         self.device = device
         self.family = family or make_family(cfg.task)
         self.store = store or TrajectoryStore.open(cfg.out, mode="r+")
-        self.extractor = load_extractor(self.store, cfg.model, self.family)
+        self.frozen = load_frozen(self.store, cfg.model, self.family)
         self._tasks: dict[str, TaskTensors] = {}
 
     def task(self, task_id: str) -> TaskTensors:
         if task_id not in self._tasks:
             if len(self._tasks) > 16:
                 self._tasks.clear()
-            spec = TaskSpec.from_id(task_id)
-            self._tasks[task_id] = task_tensors(
-                self.family, spec, self.cfg.model, self.extractor, self.device
-            )
+            task = self.family.task(task_id)
+            self._tasks[task_id] = task.data(self.cfg.model, self.frozen, self.device)
         return self._tasks[task_id]
 
     def execute(self, plan: RunPlan) -> float:
@@ -133,11 +126,11 @@ class RunContext:
         data = self.task(plan.task_id)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(plan.seed)
-            model = build_target(cfg.model, self.family.data.image_shape, cfg.task.ways)
+            model = build_target(cfg.model, self.family.input_shape, self.family.ways)
         model.to(self.device).train()
-        opt = build_optimizer(plan.optimizer, model.parameters(), cfg.optim)
+        opt = build_optimizer(plan.optimizer, trainable_parameters(model), cfg.optim)
         gen = torch.Generator().manual_seed(derive_seed(plan.seed, "batches"))
-        size = sum(p.numel() for p in model.parameters())
+        size = ParamLayout.of(model).size
         attrs = {
             "task_id": plan.task_id,
             "optimizer": plan.optimizer,
@@ -183,7 +176,7 @@ def _init_store(
         "compat": compat,
         "layout": layout.to_json(),
         "param_count": layout.size,
-        "condition_dim": condition_dim(cfg.model, family),
+        "condition_dim": family.condition_dim(cfg.model),
         "config": cfg.model_dump(mode="json"),
         "provenance": provenance(device),
     }
@@ -196,18 +189,7 @@ def _init_store(
                 "the store's own settings (see 'lohp inspect')."
             )
     if not store.attrs.get("init_complete"):
-        if cfg.model.name == "head":
-            progress({"event": "extractor", "steps": cfg.model.extractor_steps})
-            ext = train_extractor(family, cfg.model, derive_seed(cfg.seed, "extractor"))
-            store.save_tensors(
-                EXTRACTOR_GROUP,
-                {k: v.numpy() for k, v in ext.state_dict().items()},
-                {
-                    "architecture": "FeatureExtractor",
-                    "feature_dim": cfg.model.feature_dim,
-                    "trained_on_classes": list(family.source_classes),
-                },
-            )
+        train_frozen(store, cfg.model, family, cfg.seed, progress)
         store.update_attrs(init_complete=True)
     return store
 
@@ -255,16 +237,12 @@ def collect(cfg: CollectConfig, progress: Progress | None = None) -> CollectResu
 
     ctx = RunContext(cfg, device, family, store)
     needed = {p.task_id for p in plans}
-    for spec in tasks:
-        if spec.task_id in needed and not store.has_task(spec.task_id):
+    for task in tasks:
+        if task.id in needed and not store.has_task(task.id):
             store.write_task(
-                spec.task_id,
-                ctx.task(spec.task_id).condition.cpu().numpy(),
-                {
-                    "classes": list(spec.classes),
-                    "split": family.split_of(spec),
-                    "family": family.name,
-                },
+                task.id,
+                ctx.task(task.id).condition.cpu().numpy(),
+                {**task.describe(), "split": task.split, "family": family.name},
             )
 
     pending = []

@@ -44,8 +44,7 @@ from lohp_cli.runtime import derive_seed, provenance, resolve_device
 from lohp_cli.scoring import accuracy
 from lohp_cli.store.generated import open_generated
 from lohp_cli.store.sampler import matched_indices
-from lohp_cli.tasks import TaskSpec
-from lohp_cli.tasks.inputs import TaskTensors, task_tensors
+from lohp_cli.tasks.inputs import TaskTensors
 from lohp_cli.tasks.models import build_target, flat_params, load_flat
 from lohp_cli.timing import time_ms
 
@@ -188,10 +187,7 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     size = meta["param_count"]
     tasks = list(gattrs["tasks"])
     samples = gcfg.samples
-    data = {
-        t: task_tensors(ctx.family, TaskSpec.from_id(t), ctx.model_cfg, ctx.extractor, device)
-        for t in tasks
-    }
+    data = {t: ctx.task_data(t, device) for t in tasks}
     net = build_target(ctx.model_cfg, ctx.family.data.image_shape, ctx.family.cfg.ways).to(device)
     results: list[MethodResult] = []
 

@@ -59,8 +59,8 @@ from lohp_cli.store.trajectory_store import (
     absolute_location,
     codecs_for,
 )
-from lohp_cli.tasks import TaskSpec
-from lohp_cli.tasks.inputs import TaskTensors, task_tensors
+from lohp_cli.tasks import Task
+from lohp_cli.tasks.families import TaskTensors
 
 Progress = Callable[[dict[str, Any]], None]
 WARMUP_BATCHES = 1  # untimed batches before the batched-throughput timing
@@ -124,28 +124,28 @@ def generate(cfg: GenerateConfig, progress: Progress | None = None) -> GenerateR
         }
     )
     size = meta["param_count"]
-    rows: list[tuple[TaskSpec, torch.Tensor]] = []
+    rows: list[tuple[Task, torch.Tensor]] = []
     tensors: dict[str, TaskTensors] = {}
-    for spec in tasks:
-        t = task_tensors(ctx.family, spec, ctx.model_cfg, ctx.extractor, device)
+    for task in tasks:
+        t = task.data(ctx.model_cfg, ctx.frozen, device)
         if t.condition.numel() != meta["condition_dim"]:
             raise CompatibilityError(
                 f"Task condition has {t.condition.numel()} entries; the policy expects "
                 f"{meta['condition_dim']}."
             )
-        rows.append((spec, stats.normalize_condition(t.condition)))
-        tensors[spec.task_id] = t
+        rows.append((task, stats.normalize_condition(t.condition)))
+        tensors[task.id] = t
     bank = policy_probe(model, ctx, tensors, stats, device)
 
     weights: dict[str, np.ndarray] = {}
     paths: dict[str, np.ndarray] = {}
     per_sample: list[float] = []  # seconds per row of each timed batch
-    flat = [(spec, c, j) for spec, c in rows for j in range(cfg.samples)]
+    flat = [(task, c, j) for task, c in rows for j in range(cfg.samples)]
 
-    def inputs(chunk: list[tuple[TaskSpec, torch.Tensor, int]]) -> tuple[Any, ...]:
-        s0 = torch.stack([initial_state(cfg.seed, spec.task_id, j, size) for spec, _, j in chunk])
+    def inputs(chunk: list[tuple[Task, torch.Tensor, int]]) -> tuple[Any, ...]:
+        s0 = torch.stack([initial_state(cfg.seed, task.id, j, size) for task, _, j in chunk])
         cond = torch.stack([c for _, c, _ in chunk])
-        probe = None if bank is None else bank.probe([spec.task_id for spec, _, _ in chunk])
+        probe = None if bank is None else bank.probe([task.id for task, _, _ in chunk])
         return s0.to(device), cond, probe  # s0 [B, P], cond [B, D]
 
     # untimed warm-up batches of the first batch's shape (own noise: the output bytes are unchanged)
@@ -169,12 +169,12 @@ def generate(cfg: GenerateConfig, progress: Progress | None = None) -> GenerateR
         theta = stats.denormalize(states).cpu().numpy()  # [B, L, P]
         if not np.isfinite(theta).all():
             raise StoreError("The policy generated non-finite weights; check the policy's metrics.")
-        for (spec, _, j), th in zip(chunk, theta, strict=True):
-            weights.setdefault(spec.task_id, np.zeros((cfg.samples, size), np.float32))[j] = th[-1]
+        for (task, _, j), th in zip(chunk, theta, strict=True):
+            weights.setdefault(task.id, np.zeros((cfg.samples, size), np.float32))[j] = th[-1]
             if cfg.save_paths:
-                paths.setdefault(
-                    spec.task_id, np.zeros((cfg.samples, th.shape[0], size), np.float32)
-                )[j] = th
+                paths.setdefault(task.id, np.zeros((cfg.samples, th.shape[0], size), np.float32))[
+                    j
+                ] = th
         emit({"event": "batch", "done": min(start + cfg.batch_size, len(flat)), "total": len(flat)})
 
     # latency: the first task's first sample alone (batch size 1), after one untimed run
@@ -216,18 +216,18 @@ def generate(cfg: GenerateConfig, progress: Progress | None = None) -> GenerateR
                 "layout": meta["layout"],
                 "param_count": size,
                 "store_location": absolute_location(ctx.store.location),
-                "tasks": [s.task_id for s, _ in rows],
+                "tasks": [task.id for task, _ in rows],
                 "config": cfg.model_dump(mode="json"),
                 "timing": timing,
                 "provenance": provenance(device),
             }
         )
         codecs = codecs_for(StoreCodecConfig(codec="zstd", level=3))  # zstd, then crc32c
-        for spec, c in rows:
-            g = root.create_group(spec.task_id)
+        for task, c in rows:
+            g = root.create_group(task.id)
             g.create_array(
                 "weights",
-                data=weights[spec.task_id],
+                data=weights[task.id],
                 compressors=codecs,
                 dimension_names=("sample", "param"),
             )
@@ -240,12 +240,12 @@ def generate(cfg: GenerateConfig, progress: Progress | None = None) -> GenerateR
             if cfg.save_paths:
                 g.create_array(
                     "path",
-                    data=paths[spec.task_id],
-                    chunks=(1, *paths[spec.task_id].shape[1:]),
+                    data=paths[task.id],
+                    chunks=(1, *paths[task.id].shape[1:]),
                     compressors=codecs,
                     dimension_names=("sample", "step", "param"),
                 )
-            g.attrs["classes"] = list(spec.classes)
+            g.attrs.update(task.describe())  # e.g. ``classes`` of a class-subset task
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

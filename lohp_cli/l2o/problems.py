@@ -315,20 +315,14 @@ class ImageFamily(ProblemFamily):
             return build_target(self.ctx.model_cfg, fam.data.image_shape, fam.cfg.ways)
 
     def task_data(self, task_id: str) -> Any:
-        from lohp_cli.tasks import TaskSpec
-        from lohp_cli.tasks.inputs import task_tensors
-
         if task_id not in self._data:
-            c = self.ctx
-            self._data[task_id] = task_tensors(
-                c.family, TaskSpec.from_id(task_id), c.model_cfg, c.extractor
-            )
+            self._data[task_id] = self.ctx.task_data(task_id)
         return self._data[task_id]
 
     def task_ids(self, split: str, index: int) -> str:
         if split in ("source", "tune"):
             return self.source_ids[index % len(self.source_ids)]
-        return self.ctx.family.tasks(split, index + 1)[index].task_id  # type: ignore[arg-type]
+        return self.ctx.family.tasks(split, index + 1)[index].id  # type: ignore[arg-type]
 
     def initial(self, seed: int, *parts: object) -> torch.Tensor:
         from lohp_cli.tasks.models import flat_params

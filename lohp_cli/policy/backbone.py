@@ -1,15 +1,48 @@
-"""Policy backbones: a 1-D U-Net over the padded parameter vector (the paper's) and an MLP.
+"""Policy backbones and their registry: a 1-D U-Net over the padded parameter vector (the
+paper's) and an MLP.
 
-Both map ``(s [B, P], emb [B, E])`` to two output channels ``[B, 2, P]``: the forward mean step f
-and the backward mean step b. Output layers start at zero: an untrained policy is the identity.
+Every backbone maps ``(s [B, P], emb [B, E])`` to two output channels ``[B, 2, P]``: the forward
+mean step f and the backward mean step b. Output layers start at zero: an untrained policy is the
+identity. A builder registered with :func:`register_backbone` receives the target model's
+parameter layout, the condition size, the number of policy steps and the policy config;
+:class:`~lohp_cli.policy.gaussian.LoHpPolicy` takes the module it returns.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
+
+from lohp_cli.config import PolicyConfig
+from lohp_cli.errors import ConfigError
+from lohp_cli.tasks.layout import ParamLayout
+
+BackboneBuilder = Callable[[ParamLayout, int, int, PolicyConfig], nn.Module]
+BACKBONES: dict[str, BackboneBuilder] = {}
+
+
+def register_backbone(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]:
+    """Decorator: make ``builder(layout, cond_dim, n_steps, cfg) -> nn.Module`` available as
+    ``policy.backbone = name``."""
+
+    def register(builder: BackboneBuilder) -> BackboneBuilder:
+        BACKBONES[name] = builder
+        return builder
+
+    return register
+
+
+def build_backbone(
+    layout: ParamLayout, cond_dim: int, n_steps: int, cfg: PolicyConfig
+) -> nn.Module:
+    """The backbone named by ``cfg.backbone`` (uses the global torch RNG for its weights)."""
+    if cfg.backbone not in BACKBONES:
+        known = ", ".join(sorted(BACKBONES))
+        raise ConfigError(f"Unknown policy backbone '{cfg.backbone}'; choose from {known}.")
+    return BACKBONES[cfg.backbone](layout, cond_dim, n_steps, cfg)
 
 
 def sinusoidal(i: torch.Tensor, dim: int) -> torch.Tensor:
@@ -128,3 +161,13 @@ class MLPBackbone(nn.Module):
     def forward(self, s: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """``s [B, P]``, ``emb [B, E]`` -> ``[B, 2, P]``."""
         return self.out(self.body(torch.cat([s, emb], dim=1))).view(-1, 2, self.size)
+
+
+@register_backbone("unet")
+def unet_backbone(layout: ParamLayout, cond_dim: int, n_steps: int, cfg: PolicyConfig) -> nn.Module:
+    return UNet1d(layout.size, cfg.emb_dim, tuple(cfg.channels), cfg.patch)
+
+
+@register_backbone("mlp")
+def mlp_backbone(layout: ParamLayout, cond_dim: int, n_steps: int, cfg: PolicyConfig) -> nn.Module:
+    return MLPBackbone(layout.size, cfg.emb_dim, cfg.hidden)

@@ -1,5 +1,6 @@
-"""What a policy needs of its tasks at run time: the task family, target model and extractor of
-its store (:class:`TaskContext`), support-set probe banks for state-aware policies, and task lists.
+"""What a policy needs of its tasks at run time: the task family, target model and frozen parts
+of its store (:class:`TaskContext`), support-set probe banks for state-aware policies, and task
+lists. Task ids are opaque here: only the family turns one into a task.
 """
 
 from __future__ import annotations
@@ -14,23 +15,34 @@ import torch
 from lohp_cli.config import ModelConfig, TaskConfig
 from lohp_cli.errors import CompatibilityError, ConfigError
 from lohp_cli.policy.state import ProbeBank
-from lohp_cli.store.extractor import load_extractor
+from lohp_cli.store.frozen import load_frozen
 from lohp_cli.store.sampler import NormStats
 from lohp_cli.store.trajectory_store import TrajectoryStore
-from lohp_cli.tasks import TaskFamily, TaskSpec, make_family
-from lohp_cli.tasks.families import SPLITS
-from lohp_cli.tasks.inputs import TaskTensors, support_set
-from lohp_cli.tasks.models import FeatureExtractor, build_target
+from lohp_cli.tasks import Task, TaskFamily, make_family
+from lohp_cli.tasks.families import SPLITS, TaskTensors
+from lohp_cli.tasks.models import Frozen, build_target
 
 
 @dataclass
 class TaskContext:
-    """The task family, target model and extractor a policy was trained for."""
+    """The task family, target model and its frozen parts a policy was trained for."""
 
     family: TaskFamily
     model_cfg: ModelConfig
-    extractor: FeatureExtractor | None
+    frozen: Frozen
     store: TrajectoryStore
+
+    def task(self, task_id: str) -> Task:
+        """The family's task of this id (a ConfigError naming it if the family has none)."""
+        return self.family.task(task_id)
+
+    def task_data(self, task_id: str, device: str = "cpu") -> TaskTensors:
+        """The tensors of one task for the store's target model."""
+        return self.task(task_id).data(self.model_cfg, self.frozen, device)
+
+    def build_target(self) -> torch.nn.Module:
+        """A fresh target model of the store (global torch RNG)."""
+        return build_target(self.model_cfg, self.family.input_shape, self.family.ways)
 
 
 def task_context(
@@ -55,13 +67,14 @@ def task_context(
         }
     )
     family = make_family(task_cfg)
-    if family.data.fingerprint() != fam["data_fingerprint"]:
+    if family.describe().get("data_fingerprint") != fam.get("data_fingerprint"):
+        source = getattr(getattr(family, "data", None), "source", "?")
         raise CompatibilityError(
-            f"The '{fam['name']}' data set found ({family.data.source}) differs from the one the "
+            f"The '{fam['name']}' data set found ({source}) differs from the one the "
             "policy's store was collected on (data fingerprint); point --data-root at that copy."
         )
     model_cfg = ModelConfig.model_validate(compat["model"])
-    return TaskContext(family, model_cfg, load_extractor(store, model_cfg, family), store)
+    return TaskContext(family, model_cfg, load_frozen(store, model_cfg, family), store)
 
 
 def probe_bank(
@@ -71,10 +84,9 @@ def probe_bank(
     device: str,
 ) -> ProbeBank:
     """Support sets ``{task_id: (x [M, *in], y [M])}`` for a state-aware policy."""
-    net = build_target(ctx.model_cfg, ctx.family.data.image_shape, ctx.family.cfg.ways)
-    bank = ProbeBank(net, stats.mean, stats.std)
+    bank = ProbeBank(ctx.build_target(), stats.mean, stats.std)
     for task_id, (x, y) in supports.items():
-        bank.add(task_id, x, y, ctx.family.cfg.ways)
+        bank.add(task_id, x, y, ctx.family.ways)
     return bank.to(device)
 
 
@@ -84,7 +96,7 @@ def support_probe_bank(
     """The support sets of ``task_ids`` (each built once, without its train/test tensors)."""
     supports = {}
     for tid in sorted(set(task_ids)):
-        x, y, _ = support_set(ctx.family, TaskSpec.from_id(tid), ctx.model_cfg, ctx.extractor)
+        x, y, _ = ctx.task(tid).support_set(ctx.model_cfg, ctx.frozen)
         supports[tid] = (x, y)
     return probe_bank(ctx, supports, stats, device)
 
@@ -102,7 +114,7 @@ def policy_probe(
     return probe_bank(ctx, {k: (t.x_support, t.y_support) for k, t in tasks.items()}, stats, device)
 
 
-def resolve_tasks(spec: str, family: TaskFamily, n: int) -> list[TaskSpec]:
+def resolve_tasks(spec: str, family: TaskFamily, n: int) -> list[Task]:
     """Tasks from a split name, comma-separated ids, or ``@FILE`` (one id per line, # comments)."""
     if spec in SPLITS:
         return family.tasks(spec, n)  # type: ignore[arg-type]
@@ -115,18 +127,7 @@ def resolve_tasks(spec: str, family: TaskFamily, n: int) -> list[TaskSpec]:
         ids = [ln.split("#", 1)[0].strip() for ln in lines]
     else:
         ids = [t.strip() for t in spec.split(",")]
-    specs = [TaskSpec.from_id(t) for t in ids if t]
-    if not specs:
+    tasks = [family.task(t) for t in ids if t]
+    if not tasks:
         raise ConfigError(f"No task ids in {spec!r}.")
-    nclass = family.data.num_classes
-    for s in specs:
-        if (
-            len(s.classes) != family.cfg.ways
-            or len(set(s.classes)) != len(s.classes)
-            or not all(0 <= c < nclass for c in s.classes)
-        ):
-            raise ConfigError(
-                f"Task '{s.task_id}' is not a {family.cfg.ways}-way task of distinct classes "
-                f"0..{nclass - 1} of '{family.name}'."
-            )
-    return specs
+    return tasks

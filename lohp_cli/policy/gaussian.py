@@ -15,12 +15,19 @@ import torch
 from torch import nn
 
 from lohp_cli.config import OPTIMIZERS, PolicyConfig
-from lohp_cli.policy.backbone import MLPBackbone, UNet1d, sinusoidal
+from lohp_cli.policy.backbone import build_backbone, sinusoidal
 from lohp_cli.policy.state import StateProbe
+from lohp_cli.tasks.layout import ParamLayout
 
 
 class LoHpPolicy(nn.Module):
-    """Forward/backward Gaussian policies, σ schedule and learnable coefficient."""
+    """Forward/backward Gaussian policies, σ schedule and learnable coefficient.
+
+    The backbone (``(s, emb) -> [B, 2, P]``) is injected: pass a built module as ``backbone``, or
+    leave it None to build ``cfg.backbone`` from the registry over ``layout`` (default: one flat
+    vector of ``size``) at the point of the constructor where it always was built, so a seed gives
+    the same initial weights as before the registry.
+    """
 
     def __init__(
         self,
@@ -30,6 +37,8 @@ class LoHpPolicy(nn.Module):
         sigma: torch.Tensor,
         cfg: PolicyConfig,
         classes: int = 0,
+        backbone: nn.Module | None = None,
+        layout: ParamLayout | None = None,
     ) -> None:
         super().__init__()
         self.size, self.cond_dim, self.n_steps, self.cfg = size, cond_dim, n_steps, cfg
@@ -44,10 +53,11 @@ class LoHpPolicy(nn.Module):
             self.state_mlp = nn.Sequential(
                 nn.Linear(classes * classes, e), nn.SiLU(), nn.Linear(e, e)
             )
-        if cfg.backbone == "unet":
-            self.backbone: nn.Module = UNet1d(size, e, tuple(cfg.channels), cfg.patch)
-        else:
-            self.backbone = MLPBackbone(size, e, cfg.hidden)
+        if layout is not None and layout.size != size:
+            raise ValueError(f"layout has {layout.size} parameters, the policy {size}")
+        if backbone is None:
+            backbone = build_backbone(layout or ParamLayout.flat(size), cond_dim, n_steps, cfg)
+        self.backbone: nn.Module = backbone
         log_sigma = torch.log(sigma.clamp_min(cfg.sigma_min))  # [N]
         if cfg.sigma == "learned":
             self.log_sigma = nn.Parameter(log_sigma.clone())

@@ -1,5 +1,18 @@
-"""Task families, data sets, target models and task inputs."""
+"""Task families and tasks, data sets, target models and their layouts.
 
-from lohp_cli.tasks.families import FAMILIES, TaskFamily, TaskSpec, make_family, register_family
+Importing the package registers the built-in families (:mod:`lohp_cli.tasks.classes`) and
+target models (:mod:`lohp_cli.tasks.models`).
+"""
 
-__all__ = ["FAMILIES", "TaskFamily", "TaskSpec", "make_family", "register_family"]
+from lohp_cli.tasks.classes import ClassSubsetFamily, ClassTask
+from lohp_cli.tasks.families import FAMILIES, Task, TaskFamily, make_family, register_family
+
+__all__ = [
+    "FAMILIES",
+    "ClassSubsetFamily",
+    "ClassTask",
+    "Task",
+    "TaskFamily",
+    "make_family",
+    "register_family",
+]

@@ -1,23 +1,28 @@
-"""Task families: C-way class-subset tasks with a fixed label order, and their source/target split.
+"""The task protocol, in the manner of learned_optimization's ``TaskFamily``/``Task``.
 
-A task is an ordered tuple of classes: position j of the tuple is label j. Its id encodes that order
-(``c3_1_7_0_9``), so ids are stable across runs, machines and lohp versions. A new family is one
-class registered with :func:`register_family`.
+A :class:`TaskFamily` samples tasks by split and index (:meth:`TaskFamily.tasks`) and owns their
+ids: an id is an opaque string outside the family that made it, and only
+:meth:`TaskFamily.task` turns one back into a :class:`Task` (refusing a foreign or malformed id
+with a :class:`~lohp_cli.errors.ConfigError` that names it). A :class:`Task` gives its data
+(:meth:`Task.data`), its labelled support set and condition vector (:meth:`Task.support_set`,
+:meth:`Task.condition`), what stores record about it (:meth:`Task.describe`) and its score.
+
+A new family is one class registered with :func:`register_family`; the stages only use this
+protocol. The built-in class-subset families live in :mod:`lohp_cli.tasks.classes`.
 """
 
 from __future__ import annotations
 
-import itertools
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-import numpy as np
+import torch
+from torch import nn
 
-from lohp_cli.config import TaskConfig
-from lohp_cli.errors import ConfigError, DataError
-from lohp_cli.runtime import derive_seed
-from lohp_cli.tasks.datasets import ImageData, load_cifar10, load_digits_data, load_fmnist
+from lohp_cli.config import ModelConfig, TaskConfig
+from lohp_cli.errors import ConfigError
+from lohp_cli.tasks.models import Frozen
 
 Split = Literal["source", "target", "target-hard"]
 SPLITS: tuple[str, ...] = ("source", "target", "target-hard")
@@ -32,175 +37,96 @@ def register_family(cls: type[TaskFamily]) -> type[TaskFamily]:
 
 
 @dataclass(frozen=True)
-class TaskSpec:
-    """One task: ``classes[j]`` is the data set class that gets label ``j``."""
+class TaskTensors:
+    """Everything a run needs of one task, on one device."""
 
-    classes: tuple[int, ...]
+    x_train: torch.Tensor  # [N_train, *input_shape]
+    y_train: torch.Tensor  # [N_train] int64 labels in the task's label order
+    x_test: torch.Tensor  # [N_test, *input_shape]
+    y_test: torch.Tensor  # [N_test]
+    condition: torch.Tensor  # [D] float32
+    x_support: torch.Tensor  # [M, *input_shape] the support set the condition comes from
+    y_support: torch.Tensor  # [M] int64 labels
+
+
+class Task(ABC):
+    """One task of a family; :attr:`id` is stable across runs, machines and lohp versions."""
 
     @property
-    def task_id(self) -> str:
-        return "c" + "_".join(map(str, self.classes))
+    @abstractmethod
+    def id(self) -> str:
+        """The task's id: opaque outside its family."""
 
-    @classmethod
-    def from_id(cls, task_id: str) -> TaskSpec:
-        try:
-            if not task_id.startswith("c"):
-                raise ValueError
-            return cls(tuple(int(x) for x in task_id[1:].split("_")))
-        except ValueError:
-            raise ConfigError(f"'{task_id}' is not a task id (expected e.g. c3_1_7_0_9).") from None
+    @property
+    @abstractmethod
+    def split(self) -> Split:
+        """The split the task belongs to."""
+
+    def describe(self) -> dict[str, Any]:
+        """JSON attrs stores keep with the task (e.g. ``classes``); none by default."""
+        return {}
+
+    @abstractmethod
+    def support_set(
+        self, model_cfg: ModelConfig, frozen: Frozen
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(x_support [M, *in], y_support [M], condition [D])`` for ``model_cfg``, on the CPU."""
+
+    @abstractmethod
+    def data(self, model_cfg: ModelConfig, frozen: Frozen, device: str = "cpu") -> TaskTensors:
+        """Train/test/support tensors and the condition of the task for ``model_cfg``."""
+
+    def condition(self, model_cfg: ModelConfig, frozen: Frozen) -> torch.Tensor:
+        """The condition vector ``[D]`` (computed from the labelled support set only)."""
+        return self.support_set(model_cfg, frozen)[2]
+
+    def score(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        """(accuracy, mean cross-entropy) of ``logits [N, C]`` against labels ``y [N]``."""
+        loss = nn.functional.cross_entropy(logits, y)
+        return float((logits.argmax(1) == y).float().mean()), float(loss)
 
 
-@dataclass(frozen=True)
-class TaskIndices:
-    """Row indices into the family's data set for one task (label order = the task's classes)."""
-
-    train: np.ndarray  # [C * train_per_class] indices into train_x
-    support: np.ndarray  # [C * support_per_class] indices into train_x, disjoint from train
-    test: np.ndarray  # [C * test_per_class] indices into test_x
-
-
-class TaskFamily:
-    """A family of C-way classification tasks over one labelled image data set."""
+class TaskFamily(ABC):
+    """A family of tasks sharing one target-model interface (input shape, ``ways`` outputs)."""
 
     name: ClassVar[str] = ""
 
     def __init__(self, cfg: TaskConfig) -> None:
         self.cfg = cfg
-        self.data = self.load()
-        n = self.data.num_classes
-        if cfg.ways > n:
-            raise ConfigError(f"task.ways={cfg.ways} exceeds the {n} classes of '{self.name}'.")
-        bad = [c for c in cfg.holdout_classes if not 0 <= c < n]
-        if bad:
-            raise ConfigError(
-                f"task.holdout_classes has {bad}; classes of '{self.name}' are 0..{n - 1}."
-            )
-        if n - len(set(cfg.holdout_classes)) < cfg.ways:
-            raise ConfigError("task.holdout_classes leaves fewer classes than task.ways.")
 
-    def load(self) -> ImageData:
-        raise NotImplementedError
-
-    # ---- splits -----------------------------------------------------------------------------
     @property
-    def source_classes(self) -> tuple[int, ...]:
-        """Classes that source tasks (and the feature extractor) may use."""
-        hold = set(self.cfg.holdout_classes)
-        return tuple(c for c in range(self.data.num_classes) if c not in hold)
+    def ways(self) -> int:
+        """Outputs of the target model (classes per task)."""
+        return self.cfg.ways
 
-    def _is_target_combo(self, combo: tuple[int, ...]) -> bool:
-        u = derive_seed(self.cfg.split_seed, "combo", *combo) / 2**63
-        return u < self.cfg.target_fraction
+    @property
+    @abstractmethod
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one raw input the target model sees (before any frozen part)."""
 
-    @lru_cache(maxsize=4)  # noqa: B019 - families are few and long-lived
-    def combos(self, split: Split) -> tuple[tuple[int, ...], ...]:
-        """Sorted class combinations of a split."""
-        ways = self.cfg.ways
-        if split == "target-hard":
-            hold = set(self.cfg.holdout_classes)
-            allc = itertools.combinations(range(self.data.num_classes), ways)
-            return tuple(c for c in allc if hold & set(c))
-        base = list(itertools.combinations(self.source_classes, ways))
-        want_target = split == "target"
-        return tuple(c for c in base if self._is_target_combo(c) == want_target)
-
-    def tasks(self, split: Split, n: int) -> list[TaskSpec]:
+    @abstractmethod
+    def tasks(self, split: Split, n: int) -> list[Task]:
         """The first ``n`` tasks of a split: a stable sequence, so a larger ``n`` extends it."""
-        if split not in SPLITS:
-            raise ConfigError(f"Unknown split '{split}'; choose from {', '.join(SPLITS)}.")
-        combos = self.combos(split)
-        capacity = len(combos) * int(np.prod(range(1, self.cfg.ways + 1)))
-        if n > capacity:
-            raise ConfigError(
-                f"{n} {split} tasks asked for, but '{self.name}' with ways={self.cfg.ways} has "
-                f"only "
-                f"{capacity}; lower --tasks or change task.target_fraction / holdout_classes."
-            )
-        rng = np.random.default_rng(derive_seed(self.cfg.split_seed, "tasks", split))
-        seen: set[tuple[int, ...]] = set()
-        out: list[TaskSpec] = []
-        while len(out) < n:
-            combo = combos[int(rng.integers(len(combos)))]
-            order = tuple(int(combo[i]) for i in rng.permutation(len(combo)))
-            if order not in seen:
-                seen.add(order)
-                out.append(TaskSpec(order))
-        return out
 
-    def split_of(self, spec: TaskSpec) -> Split:
-        combo = tuple(sorted(spec.classes))
-        if set(combo) & set(self.cfg.holdout_classes):
-            return "target-hard"
-        return "target" if self._is_target_combo(combo) else "source"
+    @abstractmethod
+    def task(self, task_id: str) -> Task:
+        """The task with this id; a ConfigError naming it when it is not one of this family's."""
 
-    # ---- examples ---------------------------------------------------------------------------
-    def indices(self, spec: TaskSpec) -> TaskIndices:
-        """Deterministic example indices of a task (depend on the split seed and the task only)."""
-        cfg = self.cfg
-        if len(spec.classes) != cfg.ways or len(set(spec.classes)) != cfg.ways:
-            raise ConfigError(
-                f"Task '{spec.task_id}' is not a {cfg.ways}-way task of distinct classes."
-            )
-        rng = np.random.default_rng(derive_seed(cfg.split_seed, "examples", spec.task_id))
-        train, support, test = [], [], []
-        for cls in spec.classes:
-            pool = rng.permutation(np.flatnonzero(self.data.train_y == cls))
-            need = cfg.train_per_class + cfg.support_per_class
-            if len(pool) < need:
-                raise DataError(
-                    f"Class {cls} of '{self.name}' has {len(pool)} training images; train_per_class"
-                    f" + support_per_class = {need}. Lower them with --set task.train_per_class=..."
-                )
-            train.append(pool[: cfg.train_per_class])
-            support.append(pool[cfg.train_per_class : need])
-            tpool = rng.permutation(np.flatnonzero(self.data.test_y == cls))
-            test.append(tpool[: cfg.test_per_class])
-        return TaskIndices(np.concatenate(train), np.concatenate(support), np.concatenate(test))
+    def check_id(self, task_id: str) -> str:
+        """``task_id`` when it names a task of this family; a ConfigError otherwise."""
+        return self.task(task_id).id
 
-    def labels(self, spec: TaskSpec, counts: list[int]) -> np.ndarray:
-        """Task labels ``[sum(counts)]`` for per-class blocks of the given sizes."""
-        return np.concatenate([np.full(c, j, dtype=np.int64) for j, c in enumerate(counts)])
+    def foreign(self, task_id: str, why: str) -> ConfigError:
+        """The error for an id this family does not own."""
+        return ConfigError(f"'{task_id}' is not a task id of family '{self.name}': {why}.")
 
+    @abstractmethod
+    def condition_dim(self, model_cfg: ModelConfig) -> int:
+        """Size D of a task's condition vector for this model."""
+
+    @abstractmethod
     def describe(self) -> dict[str, object]:
-        """What the store records about the family (part of its compatibility check)."""
-        return {
-            "name": self.name,
-            "num_classes": self.data.num_classes,
-            "image_shape": list(self.data.image_shape),
-            "data_fingerprint": self.data.fingerprint(),
-            **self.cfg.model_dump(mode="json", exclude={"data_root", "family", "download"}),
-        }
-
-
-@register_family
-class FashionMNISTFamily(TaskFamily):
-    """Fashion-MNIST (28×28 grey): the embedded default, read offline from the Debian package."""
-
-    name = "fmnist"
-
-    def load(self) -> ImageData:
-        return load_fmnist(self.cfg.data_root, download=self.cfg.download)
-
-
-@register_family
-class Cifar10Family(TaskFamily):
-    """CIFAR-10 (32×32 colour) from ``--data-root``."""
-
-    name = "cifar10"
-
-    def load(self) -> ImageData:
-        return load_cifar10(self.cfg.data_root)
-
-
-@register_family
-class DigitsFamily(TaskFamily):
-    """scikit-learn's 8×8 digits: tiny and always available, for tests and quick checks."""
-
-    name = "digits"
-
-    def load(self) -> ImageData:
-        return load_digits_data()
+        """What a store records about the family (part of its compatibility check)."""
 
 
 def make_family(cfg: TaskConfig) -> TaskFamily:

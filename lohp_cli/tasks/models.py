@@ -1,68 +1,52 @@
-"""Target models (the networks whose weights are optimized or generated) and their flat layout.
+"""Target models (the networks whose weights are optimized or generated) and their registry.
 
-Policies and optimizers both see θ as one flat float32 vector ``[P]``; :class:`ParamLayout` records
-names, shapes and offsets, and :func:`functional_forward` runs a model from such a vector.
+A registered :class:`TargetModel` says how to build the network for an input shape and a number of
+outputs, which of its parameters are trainable (recorded and generated, see
+:mod:`lohp_cli.tasks.layout`), and which frozen parts it needs (:class:`FrozenPart`: trained once
+per store, saved in the store's group of that name, loaded by every later stage). Adapter
+modules mark their own parameters the way torchtune's ``AdapterModule`` does
+(``adapter_params()``), and :func:`freeze_all_but_adapters` makes only those trainable: a frozen
+base with LoRA factors is an ordinary model whose θ is its factors.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from lohp_cli.config import ModelConfig
-from lohp_cli.errors import CompatibilityError
+from lohp_cli.errors import ConfigError
+from lohp_cli.tasks.layout import (  # re-exported: the layout used to live here
+    ParamEntry,
+    ParamLayout,
+    flat_params,
+    functional_forward,
+    load_flat,
+    trainable_parameters,
+)
 
+__all__ = [
+    "MODELS",
+    "FrozenPart",
+    "ParamEntry",
+    "ParamLayout",
+    "TargetModel",
+    "build_target",
+    "flat_params",
+    "functional_forward",
+    "load_flat",
+    "register_model",
+    "target_model",
+    "trainable_parameters",
+]
 
-@dataclass(frozen=True)
-class ParamEntry:
-    name: str
-    shape: tuple[int, ...]
-    offset: int
-
-    @property
-    def numel(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n
-
-
-@dataclass(frozen=True)
-class ParamLayout:
-    """Names, shapes and offsets of the flat parameter vector of a target model."""
-
-    entries: tuple[ParamEntry, ...]
-
-    @property
-    def size(self) -> int:
-        return sum(e.numel for e in self.entries)
-
-    @classmethod
-    def of(cls, module: nn.Module) -> ParamLayout:
-        entries, offset = [], 0
-        for name, p in module.named_parameters():
-            entries.append(ParamEntry(name, tuple(p.shape), offset))
-            offset += p.numel()
-        return cls(tuple(entries))
-
-    def to_json(self) -> list[dict[str, Any]]:
-        return [{"name": e.name, "shape": list(e.shape), "offset": e.offset} for e in self.entries]
-
-    @classmethod
-    def from_json(cls, data: list[dict[str, Any]]) -> ParamLayout:
-        return cls(tuple(ParamEntry(d["name"], tuple(d["shape"]), int(d["offset"])) for d in data))
-
-    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Views of ``flat`` ``[P]`` as named parameter tensors."""
-        if flat.shape[-1] != self.size:
-            raise CompatibilityError(
-                f"Weight vector has {flat.shape[-1]} entries; this model's layout has {self.size}."
-            )
-        return {e.name: flat[e.offset : e.offset + e.numel].view(e.shape) for e in self.entries}
+Frozen = dict[str, nn.Module]  # the frozen parts of a target model, by name
 
 
 class MLP(nn.Module):
@@ -122,29 +106,198 @@ class FeatureExtractor(nn.Module):
         return self.body(x)
 
 
-def build_target(cfg: ModelConfig, image_shape: tuple[int, int, int], classes: int) -> nn.Module:
+class LoRALinear(nn.Module):
+    """A frozen linear layer plus a trainable low-rank update ``(alpha / rank) · B A``.
+
+    Only ``lora_a [rank, in]`` and ``lora_b [out, rank]`` are adapter parameters; ``B`` starts at
+    zero, so the layer starts as its base.
+    """
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float = 1.0) -> None:
+        super().__init__()
+        self.base = base
+        self.scale = alpha / rank
+        self.lora_a = nn.Parameter(torch.empty(rank, base.in_features))
+        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank))
+        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
+
+    def adapter_params(self) -> list[str]:
+        """Names of this module's adapter parameters (torchtune's ``AdapterModule`` protocol)."""
+        return ["lora_a", "lora_b"]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.scale * ((x @ self.lora_a.T) @ self.lora_b.T)
+
+
+def adapter_params(module: nn.Module) -> list[str]:
+    """Full names of the adapter parameters of every submodule that declares some."""
+    out = []
+    for prefix, sub in module.named_modules():
+        names = getattr(sub, "adapter_params", None)
+        if callable(names):
+            out += [f"{prefix}.{n}" if prefix else n for n in names()]
+    return out
+
+
+def freeze_all_but_adapters(module: nn.Module) -> nn.Module:
+    """Make the adapter parameters the only trainable ones (θ is then just the adapters)."""
+    keep = set(adapter_params(module))
+    for name, p in module.named_parameters():
+        p.requires_grad_(name in keep)
+    return module
+
+
+# ---- registry ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FrozenPart:
+    """A frozen piece of a target model, trained once per store and saved in group ``name``.
+
+    ``build(cfg, input_shape)`` makes the untrained architecture (to load saved tensors into);
+    ``train(family, cfg, seed)`` returns the trained module and the attrs saved with it;
+    ``progress(cfg)`` is what the collect progress event about it says.
+    """
+
+    name: str
+    build: Callable[[ModelConfig, tuple[int, ...]], nn.Module]
+    train: Callable[[Any, ModelConfig, int], tuple[nn.Module, dict[str, Any]]]
+    progress: Callable[[ModelConfig], dict[str, Any]] = lambda _cfg: {}
+
+
+class TargetModel:
+    """A registered target model. Subclasses set ``name`` and implement :meth:`build`.
+
+    By default the model sees standardised images, all its parameters are trainable, and a task's
+    condition is built from 7×7 average-pooled images.
+    """
+
+    name: ClassVar[str] = ""
+    frozen: ClassVar[tuple[FrozenPart, ...]] = ()
+
+    def build(self, cfg: ModelConfig, input_shape: tuple[int, ...], ways: int) -> nn.Module:
+        raise NotImplementedError
+
+    def encode(self, x: torch.Tensor, frozen: Frozen) -> torch.Tensor:
+        """What the model sees of standardised images ``x [N, C, H, W]``."""
+        return x
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-example features ``[N, F]`` of encoded inputs, for the task condition."""
+        return nn.functional.adaptive_avg_pool2d(x, 7).flatten(1)
+
+    def feature_dim(self, cfg: ModelConfig, input_shape: tuple[int, ...]) -> int:
+        """F of :meth:`features`."""
+        return input_shape[0] * 49
+
+
+MODELS: dict[str, TargetModel] = {}
+
+
+def register_model(cls: type[TargetModel]) -> type[TargetModel]:
+    """Class decorator: make a target model available by its ``name``."""
+    MODELS[cls.name] = cls()
+    return cls
+
+
+def target_model(cfg: ModelConfig | str) -> TargetModel:
+    """The registered model named by ``cfg.name`` (or by a name)."""
+    name = cfg if isinstance(cfg, str) else cfg.name
+    if name not in MODELS:
+        known = ", ".join(sorted(MODELS))
+        raise ConfigError(f"Unknown target model '{name}'; choose from {known}.")
+    return MODELS[name]
+
+
+def build_target(cfg: ModelConfig, image_shape: tuple[int, ...], classes: int) -> nn.Module:
     """A freshly initialised target model (uses the global torch RNG for its initial weights)."""
-    if cfg.name == "head":
-        return nn.Linear(cfg.feature_dim, classes)
-    if cfg.name == "mlp":
-        return MLP(image_shape, cfg.hidden, classes)
-    return SmallCNN(image_shape[0], cfg.hidden, classes)
+    return target_model(cfg).build(cfg, image_shape, classes)
 
 
-def flat_params(module: nn.Module) -> torch.Tensor:
-    """All parameters as one detached flat vector ``[P]`` (a copy)."""
-    return torch.cat([p.detach().reshape(-1) for p in module.parameters()])
+def train_extractor(
+    family: Any, model_cfg: ModelConfig, seed: int, batch_size: int = 128
+) -> FeatureExtractor:
+    """Train the frozen feature extractor on the training images of source classes only.
+
+    ``family`` is an image family (``data``, ``source_classes``, ``standardise``). Deterministic
+    on CPU for a given seed. Returns the extractor in eval mode, gradients off.
+    """
+    data = family.data
+    classes = family.source_classes
+    keep = np.isin(data.train_y, classes)
+    remap = {c: i for i, c in enumerate(classes)}
+    x_all = data.train_x[keep]
+    y_all = torch.tensor([remap[int(c)] for c in data.train_y[keep]], dtype=torch.int64)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        ext = FeatureExtractor(data.image_shape[0], model_cfg.feature_dim)
+        clf = nn.Linear(model_cfg.feature_dim, len(classes))
+        opt = torch.optim.Adam([*ext.parameters(), *clf.parameters()], lr=1e-3)
+        gen = torch.Generator().manual_seed(seed)
+        for _ in range(model_cfg.extractor_steps):
+            b = torch.randint(0, len(y_all), (batch_size,), generator=gen)
+            xb = family.standardise(x_all[b.numpy()])
+            loss = nn.functional.cross_entropy(clf(ext(xb)), y_all[b])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    ext.eval()
+    ext.requires_grad_(False)
+    return ext
 
 
-def load_flat(module: nn.Module, flat: torch.Tensor) -> None:
-    """Copy a flat vector ``[P]`` into the module's parameters in place."""
-    layout = ParamLayout.of(module)
-    with torch.no_grad():
-        for p, view in zip(module.parameters(), layout.unflatten(flat).values(), strict=True):
-            p.copy_(view)
+def _trained_extractor(
+    family: Any, cfg: ModelConfig, seed: int
+) -> tuple[nn.Module, dict[str, Any]]:
+    ext = train_extractor(family, cfg, seed)
+    attrs = {
+        "architecture": "FeatureExtractor",
+        "feature_dim": cfg.feature_dim,
+        "trained_on_classes": list(family.source_classes),
+    }
+    return ext, attrs
 
 
-def functional_forward(module: nn.Module, flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Run ``module`` on ``x`` with parameters taken from ``flat`` ``[P]`` (differentiable)."""
-    params = ParamLayout.of(module).unflatten(flat)
-    return functional_call(module, params, (x,))
+EXTRACTOR = FrozenPart(
+    "extractor",
+    build=lambda cfg, shape: FeatureExtractor(shape[0], cfg.feature_dim),
+    train=_trained_extractor,
+    progress=lambda cfg: {"steps": cfg.extractor_steps},
+)
+
+
+@register_model
+class Head(TargetModel):
+    """A linear classifier over the features of a frozen extractor trained once per store."""
+
+    name = "head"
+    frozen = (EXTRACTOR,)
+
+    def build(self, cfg: ModelConfig, input_shape: tuple[int, ...], ways: int) -> nn.Module:
+        return nn.Linear(cfg.feature_dim, ways)
+
+    def encode(self, x: torch.Tensor, frozen: Frozen) -> torch.Tensor:
+        if EXTRACTOR.name not in frozen:
+            raise ValueError("head model needs the store's feature extractor")
+        with torch.no_grad():
+            return frozen[EXTRACTOR.name](x)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def feature_dim(self, cfg: ModelConfig, input_shape: tuple[int, ...]) -> int:
+        return cfg.feature_dim
+
+
+@register_model
+class MLPModel(TargetModel):
+    name = "mlp"
+
+    def build(self, cfg: ModelConfig, input_shape: tuple[int, ...], ways: int) -> nn.Module:
+        return MLP(input_shape, cfg.hidden, ways)  # type: ignore[arg-type]
+
+
+@register_model
+class CNNModel(TargetModel):
+    name = "cnn"
+
+    def build(self, cfg: ModelConfig, input_shape: tuple[int, ...], ways: int) -> nn.Module:
+        return SmallCNN(input_shape[0], cfg.hidden, ways)

@@ -19,16 +19,17 @@ from hypothesis import strategies as st
 from torch import nn
 
 from lohp_cli.collect import collect, plan_runs, summarize_store
-from lohp_cli.config import OPTIMIZERS, CollectConfig, StoreCodecConfig
+from lohp_cli.config import OPTIMIZERS, CollectConfig, StoreCodecConfig, TaskConfig
 from lohp_cli.errors import DataError, StoreError
 from lohp_cli.optim import optimizer_hparams
 from lohp_cli.optim.loop import train_loop
 from lohp_cli.runtime import derive_seed
 from lohp_cli.store import TrajectoryStore, parse_run_id, run_id
-from lohp_cli.tasks import TaskSpec, make_family
+from lohp_cli.tasks import make_family
 from lohp_cli.tasks.models import build_target, flat_params
 from tests.conftest import TINY, tiny_config
 
+DIGITS3 = make_family(TaskConfig(family="digits", ways=3))
 STATES = 5  # steps 20, record_every 5
 PARAMS = 64 * 8 + 8 + 8 * 5 + 5  # mlp on 8×8 digits, hidden 8, 5 ways
 
@@ -105,12 +106,12 @@ def test_store_contents(reference: str) -> None:
 
     family = make_family(cfg.task)
     tasks = family.tasks("source", 2)
-    assert store.task_ids() == sorted(t.task_id for t in tasks)
+    assert store.task_ids() == sorted(t.id for t in tasks)
     for t in tasks:
-        assert store.condition(t.task_id).shape == (5 * 49,)
-        assert dict(store.root["tasks"][t.task_id].attrs)["split"] == "source"
+        assert store.condition(t.id).shape == (5 * 49,)
+        assert dict(store.root["tasks"][t.id].attrs)["split"] == "source"
     rids = store.run_ids()
-    assert rids == sorted(run_id(t.task_id, o, 0) for t in tasks for o in OPTIMIZERS)
+    assert rids == sorted(run_id(t.id, o, 0) for t in tasks for o in OPTIMIZERS)
     for rid in rids:
         task_id, opt, rep = parse_run_id(rid)
         a = store.run_attrs(rid)
@@ -321,7 +322,7 @@ def test_torn_run_is_redone_by_collect(reference: str, copy_of_reference: str) -
 def test_shards_partition_the_plan(
     n_tasks: int, seeds: int, opts: list[str], n: int, base: int
 ) -> None:
-    tasks = [TaskSpec((i, i + 1, i + 2)) for i in range(n_tasks)]
+    tasks = DIGITS3.tasks("source", n_tasks)
     cfg = CollectConfig(seeds=seeds, optimizers=tuple(opts), seed=base, steps=10, record_every=5)
     full = plan_runs(cfg, tasks)
     assert len(full) == n_tasks * len(opts) * seeds

@@ -13,7 +13,14 @@ from hypothesis import strategies as st
 
 from lohp_cli.config import TaskConfig
 from lohp_cli.errors import ConfigError, DataError
-from lohp_cli.tasks import FAMILIES, TaskFamily, TaskSpec, make_family, register_family
+from lohp_cli.tasks import (
+    FAMILIES,
+    ClassSubsetFamily,
+    ClassTask,
+    TaskFamily,
+    make_family,
+    register_family,
+)
 from lohp_cli.tasks.datasets import ImageData
 from tests.conftest import needs_fmnist
 from tests.unit.test_datasets import fake_fmnist, write_cifar, write_fmnist
@@ -42,17 +49,29 @@ def plain() -> TaskFamily:
 
 
 # ---- task ids ----------------------------------------------------------------------------------
-@given(st.lists(st.integers(0, 10_000), min_size=1, max_size=8))
-def test_task_id_round_trip(classes: list[int]) -> None:
-    spec = TaskSpec(tuple(classes))
-    assert spec.task_id == "c" + "_".join(map(str, classes))
-    assert TaskSpec.from_id(spec.task_id) == spec
+@given(st.permutations(range(10)))
+def test_task_id_round_trip(fam: TaskFamily, perm: list[int]) -> None:
+    task = fam.task("c" + "_".join(map(str, perm[:3])))
+    assert task.classes == tuple(perm[:3])
+    assert task.id == "c" + "_".join(map(str, perm[:3]))  # the byte-identical id format
+    assert fam.task(task.id) == task
 
 
-@pytest.mark.parametrize("bad", ["", "c", "3_1_7", "x3_1", "c3__1", "c3_a", "c3_1_"])
-def test_bad_task_ids(bad: str) -> None:
-    with pytest.raises(ConfigError, match="is not a task id"):
-        TaskSpec.from_id(bad)
+def test_ids_round_trip_through_the_family_only(fam: TaskFamily) -> None:
+    for split in ("source", "target", "target-hard"):
+        for task in fam.tasks(split, 5):  # type: ignore[arg-type]
+            assert fam.task(task.id) == task and fam.check_id(task.id) == task.id
+            assert fam.task(task.id).split == split
+            assert task.describe() == {"classes": list(task.classes)}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["", "c", "3_1_7", "x3_1", "c3__1", "c3_a", "c3_1_", "c1_2", "c1_1_2", "c1_2_10", "c01_2_3"],
+)
+def test_foreign_task_ids_are_refused_by_name(fam: TaskFamily, bad: str) -> None:
+    with pytest.raises(ConfigError, match=f"'{bad}' is not a task id of family 'digits'"):
+        fam.task(bad)
 
 
 # ---- splits ------------------------------------------------------------------------------------
@@ -160,7 +179,7 @@ def test_indices_layout_and_disjointness(fam: TaskFamily) -> None:
         np.testing.assert_array_equal(y.train_y[idx.train], np.repeat(spec.classes, 20))
         np.testing.assert_array_equal(y.train_y[idx.support], np.repeat(spec.classes, 5))
         np.testing.assert_array_equal(y.test_y[idx.test], np.repeat(spec.classes, 8))
-        labels = fam.labels(spec, [20] * 3)
+        labels = fam.labels([20] * 3)
         np.testing.assert_array_equal(labels, np.repeat(np.arange(3), 20))
 
 
@@ -176,18 +195,18 @@ def test_indices_deterministic_and_seeded(fam: TaskFamily) -> None:
     d = make_family(CFG.model_copy(update={"split_seed": 5})).indices(spec)
     assert not np.array_equal(a.train, d.train)
     # The same classes in another order is another task with its own examples.
-    rev = TaskSpec(tuple(reversed(spec.classes)))
+    rev = fam.task("c" + "_".join(map(str, reversed(spec.classes))))
     assert not np.array_equal(np.sort(fam.indices(rev).train), np.sort(a.train))
 
 
 def test_indices_errors(fam: TaskFamily) -> None:
     with pytest.raises(ConfigError, match="is not a 3-way task of distinct classes"):
-        fam.indices(TaskSpec((1, 2)))
+        fam.indices(ClassTask((1, 2), fam))  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="is not a 3-way task"):
-        fam.indices(TaskSpec((1, 1, 2)))
+        fam.indices(ClassTask((1, 1, 2), fam))  # type: ignore[arg-type]
     greedy = make_family(CFG.model_copy(update={"train_per_class": 200}))
     with pytest.raises(DataError, match=r"Class \d of 'digits' has \d+ training images"):
-        greedy.indices(TaskSpec((0, 1, 2)))
+        greedy.indices(greedy.task("c0_1_2"))
 
 
 # ---- family construction -----------------------------------------------------------------------
@@ -224,7 +243,7 @@ def test_register_family(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(FAMILIES, "toy", None)  # restored (removed) after the test
 
     @register_family
-    class Toy(TaskFamily):
+    class Toy(ClassSubsetFamily):
         name = "toy"
 
         def load(self) -> ImageData:

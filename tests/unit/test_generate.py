@@ -19,8 +19,6 @@ from lohp_cli.policy.artifact import load_policy
 from lohp_cli.policy.context import resolve_tasks, task_context
 from lohp_cli.scoring import accuracy
 from lohp_cli.store.generated import GEN_SCHEMA
-from lohp_cli.tasks import TaskSpec
-from lohp_cli.tasks.inputs import task_tensors
 from lohp_cli.tasks.models import build_target
 from lohp_cli.train import train_policy
 from tests.conftest import tiny_config
@@ -183,13 +181,11 @@ def test_paths_start_at_s0_and_end_at_weights(trained: dict[str, str], tmp_path:
 def test_task_lists(trained: dict[str, str], tmp_path: Path) -> None:
     _, meta, _ = load_policy(trained["lo-hp"])
     fam = task_context(meta).family
-    assert [t.task_id for t in resolve_tasks("target", fam, 3)] == [
-        t.task_id for t in fam.tasks("target", 3)
-    ]
+    assert resolve_tasks("target", fam, 3) == fam.tasks("target", 3)
     f = tmp_path / "tasks.txt"
     f.write_text("# new tasks\nc0_1_2_3_4\n\nc9_8_7_6_5  # comment\n")
-    assert [t.task_id for t in resolve_tasks(f"@{f}", fam, 0)] == ["c0_1_2_3_4", "c9_8_7_6_5"]
-    assert [t.task_id for t in resolve_tasks("c1_2_3_4_5", fam, 0)] == ["c1_2_3_4_5"]
+    assert [t.id for t in resolve_tasks(f"@{f}", fam, 0)] == ["c0_1_2_3_4", "c9_8_7_6_5"]
+    assert [t.id for t in resolve_tasks("c1_2_3_4_5", fam, 0)] == ["c1_2_3_4_5"]
     with pytest.raises(ConfigError, match="c1_1_2_3_4"):
         resolve_tasks("c1_1_2_3_4", fam, 0)
     with pytest.raises(ConfigError, match="5-way"):
@@ -220,8 +216,7 @@ def test_output_that_is_a_file(trained: dict[str, str], tmp_path: Path) -> None:
 def test_accuracy_matches_module_forward(trained: dict[str, str]) -> None:
     _, meta, _ = load_policy(trained["lo-hp"])
     ctx = task_context(meta)
-    spec = TaskSpec.from_id(ctx.store.task_ids()[0])
-    data = task_tensors(ctx.family, spec, ctx.model_cfg, ctx.extractor)
+    data = ctx.task_data(ctx.store.task_ids()[0])
     net = build_target(ctx.model_cfg, ctx.family.data.image_shape, 5)
     theta = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
     acc, loss = accuracy(net, theta, data)

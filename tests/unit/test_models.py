@@ -19,7 +19,6 @@ from lohp_cli.tasks.inputs import (
     class_means,
     condition_dim,
     standardise,
-    task_tensors,
     train_extractor,
 )
 from lohp_cli.tasks.models import (
@@ -230,7 +229,7 @@ def test_channel_stats_and_standardise(fam: TaskFamily) -> None:
 def test_image_condition_brute_force(fam: TaskFamily, name: str) -> None:
     cfg = ModelConfig(name=name, hidden=8)
     spec = fam.tasks("source", 2)[1]
-    t = task_tensors(fam, spec, cfg, None)
+    t = spec.data(cfg, {})
     assert t.condition.shape == (condition_dim(cfg, fam),) == (3 * 1 * 49,)
     assert t.condition.dtype == torch.float32
     # Brute force: mean over each class's support images of the 7×7 average-pooled image.
@@ -254,7 +253,7 @@ def test_head_condition(fam: TaskFamily) -> None:
     torch.manual_seed(0)
     ext = FeatureExtractor(1, 5).eval()
     spec = fam.tasks("source", 1)[0]
-    t = task_tensors(fam, spec, cfg, ext)
+    t = spec.data(cfg, {"extractor": ext})
     assert t.condition.shape == (condition_dim(cfg, fam),) == (15,)
     idx = fam.indices(spec)
     with torch.no_grad():
@@ -264,7 +263,7 @@ def test_head_condition(fam: TaskFamily) -> None:
     torch.testing.assert_close(t.condition, expected)
     assert t.x_train.shape == (18, 5)
     with pytest.raises(ValueError, match="feature extractor"):
-        task_tensors(fam, spec, cfg, None)
+        spec.data(cfg, {})
 
 
 def test_condition_dim_multichannel(tmp_path) -> None:

@@ -1,0 +1,116 @@
+"""Families over one labelled image data set, and tasks that are labelled image subsets.
+
+An :class:`ImageFamily` loads its data set and standardises images (per channel, with the training
+set's statistics). An :class:`ImageTask` only says which images and labels it has
+(:meth:`ImageTask.examples`); turning them into model inputs and a condition is shared: the
+registered target model encodes the images (``head`` runs its frozen extractor) and gives
+per-example features, and the condition is their class means in label order. So the condition
+comes from the labelled support set only, and a policy can be asked for weights for any task with
+a few labelled examples.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+
+from lohp_cli.config import ModelConfig, TaskConfig
+from lohp_cli.tasks.datasets import ImageData
+from lohp_cli.tasks.families import Task, TaskFamily, TaskTensors
+from lohp_cli.tasks.models import Frozen, target_model
+
+Part = Literal["train", "test", "support"]
+
+
+def class_means(x: torch.Tensor, y: torch.Tensor, classes: int) -> torch.Tensor:
+    """Mean of ``x`` ``[N, F]`` per label, in label order, flattened to ``[classes * F]``."""
+    out = torch.zeros(classes, x.shape[1], dtype=x.dtype)
+    out.index_add_(0, y, x)
+    counts = torch.bincount(y, minlength=classes).clamp_min(1).to(x.dtype)
+    return (out / counts[:, None]).reshape(-1)
+
+
+class ImageFamily(TaskFamily):
+    """A family of tasks over one labelled image data set (:meth:`load`)."""
+
+    def __init__(self, cfg: TaskConfig) -> None:
+        super().__init__(cfg)
+        self.data = self.load()
+        self._stats: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def load(self) -> ImageData:
+        raise NotImplementedError
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.data.image_shape
+
+    def channel_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel mean and std ``[C]`` of the training images in [0, 1] (cached)."""
+        if self._stats is None:
+            x = self.data.train_x[::7].astype(np.float64) / 255.0
+            mean = x.mean(axis=(0, 2, 3))
+            std = x.std(axis=(0, 2, 3)) + 1e-6
+            self._stats = (
+                torch.tensor(mean, dtype=torch.float32),
+                torch.tensor(std, dtype=torch.float32),
+            )
+        return self._stats
+
+    def standardise(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 ``[N, C, H, W]`` -> float32 standardised with the training set's channel stats."""
+        mean, std = self.channel_stats()
+        x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
+        return (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+
+    def condition_dim(self, model_cfg: ModelConfig) -> int:
+        return self.ways * target_model(model_cfg).feature_dim(model_cfg, self.input_shape)
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "num_classes": self.data.num_classes,
+            "image_shape": list(self.data.image_shape),
+            "data_fingerprint": self.data.fingerprint(),
+            **self.cfg.model_dump(mode="json", exclude={"data_root", "family", "download"}),
+        }
+
+
+class ImageTask(Task):
+    """A task of an :class:`ImageFamily`: labelled uint8 images for train, test and support."""
+
+    family: ImageFamily
+
+    def examples(self, part: Part) -> tuple[np.ndarray, torch.Tensor]:
+        """uint8 images ``[N, C, H, W]`` and int64 labels ``[N]`` of one part of the task."""
+        raise NotImplementedError
+
+    def inputs(self, images: np.ndarray, model_cfg: ModelConfig, frozen: Frozen) -> torch.Tensor:
+        """What the target model sees of ``images``."""
+        return target_model(model_cfg).encode(self.family.standardise(images), frozen)
+
+    def support_set(
+        self, model_cfg: ModelConfig, frozen: Frozen
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        images, y = self.examples("support")
+        x = self.inputs(images, model_cfg, frozen)
+        cond = class_means(target_model(model_cfg).features(x), y, self.family.ways)
+        return x, y, cond.float()
+
+    def data(self, model_cfg: ModelConfig, frozen: Frozen, device: str = "cpu") -> TaskTensors:
+        train_images, y_train = self.examples("train")
+        test_images, y_test = self.examples("test")
+        x_train = self.inputs(train_images, model_cfg, frozen)
+        x_test = self.inputs(test_images, model_cfg, frozen)
+        x_support, y_support, cond = self.support_set(model_cfg, frozen)
+        return TaskTensors(
+            x_train.to(device),
+            y_train.to(device),
+            x_test.to(device),
+            y_test.to(device),
+            cond.to(device),
+            x_support.to(device),
+            y_support.to(device),
+        )
