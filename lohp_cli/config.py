@@ -421,8 +421,11 @@ class PolicyConfig(Frozen):
     coefficient: Literal["per_step", "mlp"] = Field(
         "per_step", description="Learnable coefficient z_i: a scalar per step, or an MLP of (i, c)."
     )
-    beta: float | Literal["auto"] = Field(
-        "auto", description="Reward sharpness β; auto: β_i = 1/(2σ_i²) (balances f = Δ exactly)."
+    beta: float | Literal["auto", "path"] = Field(
+        "auto",
+        description="Reward sharpness β; auto: β_t = 1/(2σ_t²) (balances f = Δ on one-step pairs); "
+        "path: β per pair (t, n) from the matched offline sub-trajectory, so that f = Δ balances "
+        "every pair (docs/policy.md). With sigma = learned, both use the σ schedule, not σ itself.",
     )
     optimizer_token: bool = Field(
         False, description="Condition on which optimizer's trajectory to imitate."
@@ -438,7 +441,7 @@ class PolicyConfig(Frozen):
     @classmethod
     def _beta_positive(cls, v: float | str) -> float | str:
         if not isinstance(v, str) and v <= 0:
-            raise ValueError("beta must be positive or 'auto'")
+            raise ValueError("beta must be positive, 'auto' or 'path'")
         return v
 
 

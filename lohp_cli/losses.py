@@ -3,7 +3,7 @@
 For states s_0 … s_L of one (sub-)trajectory, matched offline states θ_0 … θ_L (targets), per-step
 log-ratios r_i = log P_F(s_{i+1}|s_i) − log P_B(s_i|s_{i+1}), coefficients z_t and sharpness β_t:
 
-    log F^{(n)}_t(s) = z_t − β_t ||s − θ_n||²
+    log F^{(n)}_t(s) = z_t − β_t ||s − θ_n||²       (or β_{t,n} per pair, see :func:`path_beta`)
     δ(m, n) = log F^{(n)}_m(s_m) + Σ_{i=m}^{n−1} r_i − log F^{(n)}_n(s_n)          (m < n)
 
 and the loss is Σ_{m<n} w(m, n) δ(m, n)² / P² with weights w ∝ λ^{n−m} summing to one. The 1/P² is a
@@ -29,8 +29,39 @@ def pairwise_sq_dist(states: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
 
 
 def log_flows(z: torch.Tensor, beta: torch.Tensor, sq_dist: torch.Tensor) -> torch.Tensor:
-    """``logF[b, m, n] = z[b, m] − β[m] · D[b, m, n]``: flow of state m w.r.t. endpoint n."""
-    return z.unsqueeze(-1) - beta.view(1, -1, 1) * sq_dist
+    """``logF[b, m, n] = z[b, m] − β · D[b, m, n]``: flow of state m w.r.t. endpoint n, with
+    ``β[m]`` (``beta [L+1]``) or ``β[b, m, n]`` (``beta [B, L+1, L+1]``, per pair)."""
+    b = beta.view(1, -1, 1) if beta.dim() == 1 else beta
+    return z.unsqueeze(-1) - b * sq_dist
+
+
+PATH_BETA_CAP = 4.0  # β_{t,n} ≤ 4 × the one-step β_t: a sub-trajectory that returns near its start
+
+
+def path_beta(targets: torch.Tensor, sigma: torch.Tensor, one_step: torch.Tensor) -> torch.Tensor:
+    """Pair-level sharpness ``β [B, L+1, L+1]`` from the matched offline states ``targets
+    [B, L+1, P]``, the step σ_i of the window ``sigma [L]`` and the one-step ``β_t [L+1]``.
+
+    With a fixed Brownian P_B, the policy that takes the optimizer's own steps (f_i = Δ_i) has
+    Σ_{i=t}^{n−1} r_i = Σ ||Δ_i||²/(2σ_i²) over a sub-trajectory, the largest value the sum can
+    take (each r_i is maximised by f_i = Δ_i). The offline residual δ(t, n) = z_t − z_n then
+    vanishes for every pair exactly when
+
+        β_{t,n} = Σ_{i=t}^{n−1} (||Δ_i||²/σ_i²) / (2 ||θ_t − θ_n||²),
+
+    so that f = Δ is the unique balanced policy. A straight sub-trajectory of equal steps gives
+    1/(2 Σ σ_i²) (the scalar ``auto`` β overshoots by n − t); a random walk gives 1/(2σ²) in
+    expectation. The diagonal (the endpoint's own flow) keeps the one-step β; β_{t,n} is capped
+    at ``PATH_BETA_CAP`` × β_t where ||θ_t − θ_n|| is near zero.
+    """
+    steps = ((targets[:, 1:] - targets[:, :-1]) ** 2).sum(-1) / sigma.view(1, -1) ** 2  # [B, L]
+    cum = cumulative_log_ratios(steps)  # [B, L+1]: Σ_{i<j} ||Δ_i||²/σ_i²
+    spent = cum.unsqueeze(1) - cum.unsqueeze(2)  # [B, t, n] = Σ_{i=t}^{n−1}
+    dist = pairwise_sq_dist(targets, targets)  # [B, t, n] = ||θ_t − θ_n||²
+    cap = (PATH_BETA_CAP * one_step).view(1, -1, 1)
+    beta = torch.minimum(spent / (2 * dist.clamp_min(1e-12)), cap)
+    upper = torch.ones_like(dist, dtype=torch.bool).triu(1)
+    return torch.where(upper, beta, one_step.view(1, -1, 1).expand_as(beta)).detach()
 
 
 def subtb_residuals(cum: torch.Tensor, logf: torch.Tensor) -> torch.Tensor:

@@ -11,9 +11,13 @@ import torch
 from torch import nn
 
 from lohp_cli.config import TrainConfig
-from lohp_cli.losses import balance_loss, pair_weights
+from lohp_cli.losses import balance_loss, pair_weights, path_beta
 from lohp_cli.policy.gaussian import HyperNetwork, LoHpPolicy
 from lohp_cli.policy.state import StateProbe
+
+
+def _rows(t: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor | None:
+    return None if t is None else t[idx]
 
 
 def _opt_token(model: nn.Module, opt: torch.Tensor) -> torch.Tensor | None:
@@ -38,6 +42,37 @@ class Objective(nn.Module):
 
     def _randn(self, shape: tuple[int, ...], device: torch.device) -> torch.Tensor:
         return torch.randn(shape, generator=self.gen).to(device)
+
+    def _beta(self, targets: torch.Tensor, m: int) -> torch.Tensor:
+        """β of a window starting at m: ``[W+1]``, or ``[B, W+1, W+1]`` per pair (``path``)."""
+        policy = self.model
+        one_step = policy.beta()[m : m + targets.shape[1]]
+        if policy.cfg.beta != "path":
+            return one_step
+        return path_beta(targets, policy.sigma0()[m : m + targets.shape[1] - 1], one_step)
+
+    def _on_policy(
+        self,
+        policy: LoHpPolicy,
+        x: torch.Tensor,
+        cond: torch.Tensor,
+        tok: torch.Tensor | None,
+        probe: StateProbe | None,
+        m: int,
+        w: int,
+        hybrid: bool,
+    ) -> torch.Tensor:
+        """On-policy SubTB of rollouts over the window m … m + w, from the offline state θ_{k·m}
+        (``hybrid``) or from s_0 ~ N(0, I) (then m = 0)."""
+        lc = self.cfg.loss
+        s0 = x[:, m] if hybrid else self._randn(tuple(x[:, 0].shape), x.device)
+        traj = policy.rollout(s0, m, cond, tok, mode="sample", gen=self.gen, stop=m + w,
+                              grad=lc.on_policy_grad == "pathwise", probe=probe)  # fmt: skip
+        ratios = policy.log_ratios(traj, m, cond, tok, probe)
+        targets = x[:, m : m + w + 1]
+        weights = pair_weights(w + 1, lc.lam, lc.pairs, lc.max_len, device=x.device)
+        z = policy.log_z(cond)[:, m : m + w + 1]
+        return balance_loss(ratios, traj, targets, z, self._beta(targets, m), weights)
 
     def forward(
         self,
@@ -78,45 +113,29 @@ class Objective(nn.Module):
         lc = self.cfg.loss
         weights = pair_weights(w + 1, lc.lam, lc.pairs, lc.max_len, device=x.device)
         z_all = policy.log_z(cond)  # [B, N+1]
-        beta_all = policy.beta()  # [N+1]
         terms: dict[str, float] = {}
         total = x.new_zeros(())
         if method == "lo-hp" and lc.w_off > 0:
             m = self._randint(n - w + 1)
             xs = x[:, m : m + w + 1]  # [B, W+1, P]
             ratios = policy.log_ratios(xs, m, cond, tok, probe)
-            off = balance_loss(
-                ratios, xs, xs, z_all[:, m : m + w + 1], beta_all[m : m + w + 1], weights
-            )
+            off = balance_loss(ratios, xs, xs, z_all[:, m : m + w + 1], self._beta(xs, m), weights)
             total = total + lc.w_off * off
             terms["off"] = float(off.detach())
         if lc.w_on > 0:
-            if self._rand() < lc.hybrid_start:
-                m = self._randint(n - w + 1)
-                s0 = x[:, m]  # hybrid start from an offline state
-            else:
-                m = 0
-                s0 = self._randn(tuple(x[:, 0].shape), x.device)  # s_0 ~ N(0, I)
-            traj = policy.rollout(
-                s0,
-                m,
-                cond,
-                tok,
-                mode="sample",
-                gen=self.gen,
-                stop=m + w,
-                grad=lc.on_policy_grad == "pathwise",
-                probe=probe,
-            )
-            ratios = policy.log_ratios(traj, m, cond, tok, probe)
-            on = balance_loss(
-                ratios,
-                traj,
-                x[:, m : m + w + 1],
-                z_all[:, m : m + w + 1],
-                beta_all[m : m + w + 1],
-                weights,
-            )
+            # a coin per rollout: from an offline state θ_{k·m} (one m for the batch) or s_0
+            offline = torch.rand(x.shape[0], generator=self.gen) < lc.hybrid_start  # [B]
+            m_off = self._randint(n - w + 1)
+            on = x.new_zeros(())
+            for rows, m, hybrid in ((offline, m_off, True), (~offline, 0, False)):
+                if not bool(rows.any()):
+                    continue
+                idx = rows.nonzero().squeeze(1).to(x.device)
+                sub = None if probe is None else probe.rows(idx)
+                part = self._on_policy(
+                    policy, x[idx], cond[idx], _rows(tok, idx), sub, m, w, hybrid
+                )
+                on = on + part * (len(idx) / x.shape[0])  # the batch mean over both groups
             total = total + lc.w_on * on
             terms["on"] = float(on.detach())
         terms["loss"] = float(total.detach())

@@ -59,6 +59,9 @@ class LoHpPolicy(nn.Module):
             backbone = build_backbone(layout or ParamLayout.flat(size), cond_dim, n_steps, cfg)
         self.backbone: nn.Module = backbone
         log_sigma = torch.log(sigma.clamp_min(cfg.sigma_min))  # [N]
+        # the schedule σ was built from: β follows it, not a learned σ (with β = 1/(2σ²) tied to
+        # a learned σ the loss falls as σ grows, a degenerate optimum); rebuilt on load
+        self.register_buffer("log_sigma0", log_sigma.clone(), persistent=False)
         if cfg.sigma == "learned":
             self.log_sigma = nn.Parameter(log_sigma.clone())
         else:
@@ -117,10 +120,16 @@ class LoHpPolicy(nn.Module):
         """σ_i ``[N]``."""
         return self.log_sigma.exp().clamp_min(self.cfg.sigma_min)
 
+    def sigma0(self) -> torch.Tensor:
+        """The σ schedule ``[N]`` the policy was built with (equal to σ unless σ is learned)."""
+        return self.log_sigma0.exp().clamp_min(self.cfg.sigma_min)
+
     def beta(self) -> torch.Tensor:
-        """β_t ``[N+1]`` for the flow at state t (the last state reuses σ_{N−1})."""
-        if self.cfg.beta == "auto":
-            sig = self.sigma()
+        """β_t ``[N+1]`` for the flow at state t (the last state reuses σ_{N−1}); for
+        ``beta = "path"`` the one-step values, which :func:`lohp_cli.losses.path_beta` refines
+        per pair."""
+        if self.cfg.beta in ("auto", "path"):
+            sig = self.sigma0()
             sig = torch.cat([sig, sig[-1:]])
             return 1.0 / (2 * sig**2)
         return torch.full((self.n_steps + 1,), float(self.cfg.beta), device=self.log_sigma.device)

@@ -48,6 +48,11 @@ class StateProbe:
     def classes(self) -> int:
         return self.onehot.shape[-1]
 
+    def rows(self, idx: torch.Tensor) -> StateProbe:
+        """The support sets of batch items ``idx [B']`` only."""
+        i = idx.to(self.x.device)
+        return StateProbe(self.net, self.x[i], self.onehot[i], self.mean, self.std)
+
     def features(self, s: torch.Tensor) -> torch.Tensor:
         """``s [B·r, P]`` (rows of batch item b at b·r … b·r + r − 1) -> ``[B·r, C·C]``."""
         b = self.x.shape[0]

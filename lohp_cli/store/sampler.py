@@ -93,6 +93,9 @@ def matched_indices(states: int, k: int) -> list[int]:
     return list(range(0, states, k))
 
 
+CONSTANT_SCALE = 1e-4  # the normalisation scale of a coordinate that never moves
+
+
 def compute_stats(
     store: TrajectoryStore,
     runs: list[RunRef],
@@ -107,6 +110,8 @@ def compute_stats(
     commutes with normalisation (class augmentation relies on it).
     """
     n = s1 = s2 = None
+    a1 = a2 = None  # sums over every matched state (for coordinates constant at θ_0)
+    n_all = 0
     step_sq = None
     c1 = c2 = None
     cond_n = 0
@@ -119,10 +124,14 @@ def compute_stats(
         rows = x[:1] if normalize == "init" else x
         if s1 is None:
             n, s1, s2 = 0, np.zeros(w.shape[1]), np.zeros(w.shape[1])
+            a1, a2 = np.zeros(w.shape[1]), np.zeros(w.shape[1])
             step_sq = np.zeros((x.shape[0] - 1, w.shape[1]))
         n += rows.shape[0]
         s1 += rows.sum(0)
         s2 += (rows**2).sum(0)
+        n_all += x.shape[0]
+        a1 += x.sum(0)
+        a2 += (x**2).sum(0)
         step_sq += np.diff(x, axis=0) ** 2
         if ref.task_id not in seen_tasks:
             seen_tasks.add(ref.task_id)
@@ -132,8 +141,13 @@ def compute_stats(
             cond_n += 1
     mean = s1 / n
     std = np.sqrt(np.maximum(s2 / n - mean**2, 0)) + eps
-    # all-constant coordinates (e.g. a bias that never moves) keep unit scale instead of blowing up
-    std = np.where(std < 1e-4, 1.0, std)
+    # Coordinates constant at θ_0 (batch-norm γ = 1, β = 0) take the scale of their spread over
+    # the whole trajectories, so a unit step in normalised space is the size they really move; a
+    # coordinate that never moves gets a tiny scale (it stays put) instead of a unit one, which
+    # moved it by O(1) in weight space.
+    amean = a1 / n_all
+    spread = np.sqrt(np.maximum(a2 / n_all - amean**2, 0))
+    std = np.where(std < 1e-4, np.maximum(spread, CONSTANT_SCALE), std)
     cmean = c1 / cond_n
     cstd = np.sqrt(np.maximum(c2 / cond_n - cmean**2, 0)) + 1e-3
     if sym is not None:

@@ -9,18 +9,22 @@ fixed P_B a forward step equal to the optimizer's own step balances every one-st
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from lohp_cli.config import PolicyConfig
 from lohp_cli.errors import DataError
 from lohp_cli.losses import (
+    PATH_BETA_CAP,
     balance_loss,
     check_finite,
     cumulative_log_ratios,
     log_flows,
     pair_weights,
     pairwise_sq_dist,
+    path_beta,
     subtb_loss,
     subtb_residuals,
 )
@@ -304,3 +308,114 @@ def test_nan_state_makes_the_loss_non_finite() -> None:
     loss = balance_loss(r, s, t, z, beta, pair_weights(s.shape[1], 0.9).double())
     with pytest.raises(DataError, match="step 5"):
         check_finite(loss, "loss", 5, ["c0_1-sgd-s0"])
+
+
+# ---- pair-level β (beta = "path") -----------------------------------------------------------
+def straight_line(bsz: int = 2, length: int = 6, size: int = 9) -> torch.Tensor:
+    g = torch.Generator().manual_seed(4)
+    start, step = torch.randn(bsz, 1, size, generator=g), torch.randn(bsz, 1, size, generator=g)
+    return start + 0.3 * step * torch.arange(length + 1).view(1, -1, 1).float()
+
+
+def random_walk(bsz: int = 2, length: int = 6, size: int = 9) -> torch.Tensor:
+    """In P = 9 dimensions a walk often comes back near where it was; see the cap test."""
+    g = torch.Generator().manual_seed(5)
+    steps = 0.3 * torch.randn(bsz, length, size, generator=g)
+    return torch.cat([torch.zeros(bsz, 1, size), steps.cumsum(1)], dim=1)
+
+
+def all_pair_residuals(policy: LoHpPolicy, x: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
+    """δ(m, n) for every pair m < n with z = 0: ``[B, pairs]``."""
+    cum = cumulative_log_ratios(policy.log_ratios(x, 0, torch.zeros(x.shape[0], 3)))
+    z = torch.zeros(x.shape[0], x.shape[1])
+    delta = subtb_residuals(cum, log_flows(z, beta, pairwise_sq_dist(x, x)))
+    mask = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool).triu(1)
+    return delta[:, mask]
+
+
+@pytest.mark.parametrize(
+    "shape", [straight_line, lambda: random_walk(size=400)], ids=["line", "random-walk"]
+)
+def test_path_beta_balances_the_true_step_on_every_pair(
+    monkeypatch: pytest.MonkeyPatch, shape
+) -> None:
+    """With β per pair, f = Δ balances every sub-trajectory, not only one-step pairs; the scalar
+    one-step β leaves residuals on the longer pairs (for a straight line, (n − m − 1)/(n − m) of
+    the reward)."""
+    x = shape()
+    policy = make_policy(6, x.shape[-1], beta="path", backward="fixed")
+    true_step_means(monkeypatch, policy, x)
+    with torch.no_grad():
+        pb = path_beta(x, policy.sigma0(), policy.beta())
+        assert float((pb / policy.beta().view(1, -1, 1)).max()) < PATH_BETA_CAP  # never capped
+        exact = all_pair_residuals(policy, x, pb)
+        scalar = all_pair_residuals(policy, x, policy.beta())
+        reward = (pb * pairwise_sq_dist(x, x))[:, torch.ones(7, 7, dtype=torch.bool).triu(1)]
+    assert float(reward.min()) > 0.1
+    torch.testing.assert_close(
+        exact, torch.zeros_like(exact), atol=1e-4 * float(reward.max()), rtol=0
+    )
+    assert float(scalar.abs().max()) > 0.1 * float(reward.max())
+
+
+def test_path_beta_of_a_straight_line_is_one_over_the_summed_variance() -> None:
+    x = straight_line(bsz=1)
+    sigma = torch.full((6,), 0.5)
+    one = torch.full((7,), 1 / (2 * 0.25))
+    pb = path_beta(x, sigma, one)[0]
+    for m in range(7):
+        for n in range(m + 1, 7):
+            assert float(pb[m, n]) == pytest.approx(1 / (2 * 0.25 * (n - m)), rel=1e-4)
+        assert float(pb[m, m]) == pytest.approx(float(one[m]))
+
+
+def test_path_beta_balances_only_the_true_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    """f = 0.7 Δ is not balanced under the pair-level β (the balance is unique)."""
+    x = straight_line()
+    policy = make_policy(6, 9, beta="path", backward="fixed")
+    true_step_means(monkeypatch, policy, 0.7 * x)  # Δ scaled by 0.7 …
+    monkeypatch.setattr(policy, "means", _scaled(policy.means, x))
+    with torch.no_grad():
+        res = all_pair_residuals(policy, x, path_beta(x, policy.sigma0(), policy.beta()))
+    assert float(res.abs().min()) > 1e-2
+
+
+def _scaled(means, x):
+    def inner(s, i, cond, opt=None, probe=None):  # … at the states of x itself
+        return means(0.7 * s, i, cond, opt, probe)
+
+    return inner
+
+
+def test_path_beta_is_capped_where_a_sub_trajectory_returns_to_its_start() -> None:
+    x = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [0.0, 1e-7]]])  # a closed loop
+    one = torch.full((4,), 2.0)
+    pb = path_beta(x, torch.ones(3), one)
+    assert float(pb[0, 0, 3]) == pytest.approx(PATH_BETA_CAP * 2.0)
+    assert torch.isfinite(pb).all()
+
+
+# ---- learned σ does not move β ----------------------------------------------------------------
+@pytest.mark.parametrize("beta", ["auto", "path"])
+def test_learned_sigma_leaves_beta_on_the_schedule(beta: str) -> None:
+    """β = 1/(2σ²) tied to a learned σ has a degenerate optimum (σ grows, every residual shrinks
+    as 1/σ²); β follows the schedule σ₀ the policy was built with instead."""
+    policy = make_policy(4, 9, sigma="learned", beta=beta, backward="fixed")
+    before = policy.beta().clone()
+    with torch.no_grad():
+        policy.log_sigma.add_(math.log(10.0))
+    torch.testing.assert_close(policy.beta(), before)
+    assert float(policy.sigma()[0].detach()) == pytest.approx(
+        10 * float(policy.sigma0()[0]), rel=1e-5
+    )
+
+
+def test_growing_a_learned_sigma_does_not_zero_the_loss(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = straight_line(length=4)
+    policy = make_policy(4, 9, sigma="learned", beta="auto", backward="fixed")
+    true_step_means(monkeypatch, policy, x)
+    with torch.no_grad():
+        at_schedule = off_policy_loss(policy, x, torch.zeros(2, 3))
+        policy.log_sigma.add_(math.log(30.0))
+        grown = off_policy_loss(policy, x, torch.zeros(2, 3))
+    assert float(grown) > 0.5 * float(at_schedule)

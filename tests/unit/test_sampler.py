@@ -13,6 +13,7 @@ from lohp_cli.config import OPTIMIZERS, StoreCodecConfig, TrainConfig, resolve
 from lohp_cli.errors import ConfigError, DataError, StoreError
 from lohp_cli.store import TrajectoryStore, run_id
 from lohp_cli.store.sampler import (
+    CONSTANT_SCALE,
     NormStats,
     TrajectorySampler,
     compute_stats,
@@ -180,15 +181,37 @@ def write_runs(loc: str, weights: list[np.ndarray], cond_dim: int = 2) -> Trajec
     return TrajectoryStore.open(loc)
 
 
-def test_constant_coordinate_keeps_unit_scale(tmp_path: Path) -> None:
+def test_constant_coordinate_stays_put(tmp_path: Path) -> None:
+    """A weight that never moves gets a tiny scale: s_0 ~ N(0, I) leaves it where it is (a unit
+    scale used to move it by O(1) in weight space)."""
     rng = np.random.default_rng(0)
     ws = [rng.normal(size=(5, 3)) for _ in range(4)]
     for w in ws:
         w[:, 1] = 2.5  # a weight that never moves and starts everywhere at the same value
     store = write_runs(str(tmp_path / "c.zarr"), ws)
     stats = compute_stats(store, select_runs(store, None), 1, "init")
-    assert float(stats.std[1]) == 1.0 and float(stats.mean[1]) == pytest.approx(2.5)
+    assert float(stats.std[1]) == pytest.approx(CONSTANT_SCALE) and float(stats.mean[1]) == 2.5
+    start = stats.denormalize(torch.randn(1000, 3, generator=torch.Generator().manual_seed(0)))
+    assert float((start[:, 1] - 2.5).abs().max()) < 1e-3
     assert torch.isfinite(stats.step_rms).all()
+
+
+def test_batchnorm_like_coordinate_moves_at_its_own_scale(tmp_path: Path) -> None:
+    """γ = 1 at every θ_0, then trained: its scale is its spread over the trajectories, so the
+    generation's starts stay near 1 and its recorded steps are O(1) in normalised units."""
+    rng = np.random.default_rng(1)
+    ws = []
+    for _ in range(6):
+        w = rng.normal(size=(9, 3))
+        w[:, 2] = 1.0 + np.cumsum(np.r_[0.0, rng.normal(0, 0.01, 8)])  # starts at exactly 1
+        ws.append(w)
+    store = write_runs(str(tmp_path / "bn.zarr"), ws)
+    stats = compute_stats(store, select_runs(store, None), 1, "init")
+    spread = np.concatenate([w[:, 2] for w in ws]).std()
+    assert float(stats.mean[2]) == 1.0
+    assert float(stats.std[2]) == pytest.approx(spread, rel=1e-4)
+    start = stats.denormalize(torch.randn(1000, 3, generator=torch.Generator().manual_seed(0)))
+    assert float((start[:, 2] - 1.0).abs().max()) < 6 * spread < 0.3
 
 
 def test_norm_stats_round_trip_and_inverse(store: TrajectoryStore) -> None:

@@ -1,0 +1,83 @@
+"""The hybrid objective's on-policy starts (lohp_cli/objectives.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lohp_cli.config import TrainConfig
+from lohp_cli.objectives import Objective
+from lohp_cli.policy.gaussian import LoHpPolicy
+
+B, N, P, D = 64, 4, 6, 3
+
+
+def objective(hybrid_start: float, beta: str = "auto") -> Objective:
+    cfg = TrainConfig.model_validate(
+        {
+            "method": "lo-hp",
+            "loss": {"w_off": 0.0, "hybrid_start": hybrid_start},
+            "policy": {"backbone": "mlp", "hidden": 8, "emb_dim": 8, "beta": beta},
+        }
+    )
+    torch.manual_seed(0)
+    policy = LoHpPolicy(P, D, N, torch.full((N,), 0.3), cfg.policy)
+    obj = Objective(policy, cfg, N)
+    obj.gen = torch.Generator().manual_seed(1)
+    return obj
+
+
+def batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(B, N + 1, P, generator=g).cumsum(1)
+    return x, torch.randn(B, D, generator=g), torch.zeros(B, dtype=torch.long)
+
+
+def record_rollouts(monkeypatch: pytest.MonkeyPatch, obj: Objective) -> list[tuple]:
+    calls: list[tuple] = []
+    real = obj.model.rollout
+
+    def rollout(s, start, cond, *a, **kw):
+        calls.append((s.detach().clone(), start))
+        return real(s, start, cond, *a, **kw)
+
+    monkeypatch.setattr(obj.model, "rollout", rollout)
+    return calls
+
+
+def test_each_rollout_tosses_its_own_hybrid_start_coin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """hybrid_start = 0.5: about half the rollouts of one batch start at an offline state, the
+    rest at s_0 ~ N(0, I) (one coin for the whole batch made every batch all of one kind)."""
+    obj = objective(0.5)
+    calls = record_rollouts(monkeypatch, obj)
+    x, cond, opt = batch()
+    loss, terms = obj(x, cond, opt)
+    assert torch.isfinite(loss) and "on" in terms
+    assert len(calls) == 2
+    (offline, m), (fresh, zero) = calls
+    assert zero == 0 and len(offline) + len(fresh) == B
+    assert 16 < len(offline) < 48  # Binomial(64, 0.5)
+    rows = [int(((x[:, m] - s).abs().sum(-1) == 0).nonzero()) for s in offline]
+    assert len(set(rows)) == len(offline)  # each is the offline state of its own row
+    assert all(not bool(((x[:, 0] - s).abs().sum(-1) == 0).any()) for s in fresh)
+
+
+@pytest.mark.parametrize(("p", "kinds"), [(0.0, {"fresh"}), (1.0, {"offline"})])
+def test_hybrid_start_zero_and_one_give_one_kind(monkeypatch, p: float, kinds: set) -> None:
+    obj = objective(p)
+    calls = record_rollouts(monkeypatch, obj)
+    x, cond, opt = batch()
+    obj(x, cond, opt)
+    assert len(calls) == 1 and len(calls[0][0]) == B
+    s, m = calls[0]
+    is_offline = bool((s == x[:, m]).all())
+    assert {"offline" if is_offline else "fresh"} == kinds
+
+
+def test_path_beta_objective_runs_and_backpropagates() -> None:
+    obj = objective(0.5, beta="path")
+    x, cond, opt = batch()
+    loss, _ = obj(x, cond, opt)
+    loss.backward()
+    grads = [p.grad for p in obj.model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
