@@ -253,6 +253,7 @@ def train_policy_cmd(
 
     def go() -> Any:
         from lohp_cli.config import TrainConfig, resolve
+        from lohp_cli.train import train_policy  # cheap; registers every training method
 
         cfg = resolve(
             TrainConfig,
@@ -278,8 +279,6 @@ def train_policy_cmd(
             typer.echo(json.dumps(cfg.model_dump(mode="json"), indent=2))
             return None
         import warnings
-
-        from lohp_cli.train import train_policy
 
         warnings.filterwarnings("ignore", message="policy learning rate")
         return train_policy(cfg, _train_progress())
