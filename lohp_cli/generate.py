@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
+import lohp_cli.l2o  # noqa: F401 - registers the learned optimizers, which load_policy refuses
 from lohp_cli import timing as clock
 from lohp_cli.config import (
     OPTIMIZERS,

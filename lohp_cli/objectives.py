@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lohp_cli.config import TrainConfig
+from lohp_cli.config import LoHpTrainConfig
 from lohp_cli.losses import balance_loss, pair_weights, path_beta
 from lohp_cli.policy.gaussian import HyperNetwork, LoHpPolicy
 from lohp_cli.policy.state import StateProbe
@@ -27,7 +27,7 @@ def _opt_token(model: nn.Module, opt: torch.Tensor) -> torch.Tensor | None:
 class Objective(nn.Module):
     """Computes one method's loss on a batch of matched trajectories ``x [B, N+1, P]``."""
 
-    def __init__(self, model: nn.Module, cfg: TrainConfig, n_steps: int) -> None:
+    def __init__(self, model: nn.Module, cfg: LoHpTrainConfig, n_steps: int) -> None:
         super().__init__()
         self.model = model
         self.cfg = cfg

@@ -23,7 +23,7 @@ from lohp_cli.cli.common import (
     verbosity,
 )
 
-CONFIG = "lohp_cli.config:TrainConfig"
+CONFIG = "lohp_cli.train:TrainConfig"  # via the stage: it registers every training method
 LIBRARY = "lohp_cli.train:train_policy"  # imported when the command runs (torch)
 
 

@@ -11,10 +11,9 @@ import torch
 from pydantic import ValidationError
 
 from lohp_cli.checkpoint import POLICY_FORMAT, POLICY_KIND, load_tensors, read_json
-from lohp_cli.config import TrainConfig
 from lohp_cli.errors import CompatibilityError, DataError
 from lohp_cli.l2o import L2O_METHODS
-from lohp_cli.l2o.config import L2OConfig
+from lohp_cli.l2o.config import L2OConfig, L2OTrainConfig
 from lohp_cli.l2o.meta import adapt, functional_step
 from lohp_cli.l2o.optimizer import LSTMOptimizer, StepFn, run_trajectory
 from lohp_cli.l2o.problems import ImageProblems, Optimizee
@@ -65,7 +64,7 @@ def run_on_task(
     when B > 1).
     """
     problem = ImageProblems(net, [data] * theta0.shape[0], theta0, batch_size, seed)
-    lc = TrainConfig.model_validate(meta["train_config"]).l2o
+    lc = L2OTrainConfig.from_stored(meta["train_config"]).l2o
     k = lc.adapt_steps if meta["method"] == "m-l2o" else 0
     support = ImageProblems(net, [data] * theta0.shape[0], theta0.roll(1, 0), batch_size, seed + 1)
     step, _ = learned_step(model, support, k, lc)
@@ -152,7 +151,7 @@ def load_l2o(path: str | Path, device: str = "cpu") -> tuple[LSTMOptimizer, dict
             f"({', '.join(L2O_METHODS)}); score it with 'lohp evaluate'."
         )
     try:
-        cfg = TrainConfig.model_validate(meta["train_config"])
+        cfg = L2OTrainConfig.from_stored(meta["train_config"])
     except (ValidationError, KeyError):
         raise CompatibilityError(
             f"Policy '{out}' has a train config this lohp cannot read; it was made by another "

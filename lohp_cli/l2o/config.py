@@ -1,6 +1,7 @@
-"""Config models of the L2O baselines (the ``l2o`` section of ``TrainConfig``, and evaluate-l2o).
+"""Config models of the L2O baselines (their train config with its ``l2o`` section, and
+evaluate-l2o).
 
-Only pydantic here, so that :mod:`lohp_cli.config` can import it without importing torch.
+Only pydantic here, so that registering the methods (:mod:`lohp_cli.l2o`) imports no torch.
 """
 
 from __future__ import annotations
@@ -8,6 +9,8 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from lohp_cli.config import TrainConfig
 
 
 class _Frozen(BaseModel):
@@ -132,6 +135,17 @@ class L2OConfig(_Frozen):
         if not v or any(x <= 0 for x in v):
             raise ValueError(f"needs at least one value, all positive (got {list(v)})")
         return v
+
+
+class L2OTrainConfig(TrainConfig):
+    """``train-policy`` of a learned optimizer: the shared settings and the ``l2o`` section."""
+
+    method: Literal["l2o", "l2o-tt", "l2o-flat", "m-l2o"] = Field(
+        "l2o",
+        description="Learned optimizers (docs/l2o.md): l2o, l2o-tt, l2o-flat, m-l2o (a step is "
+        "one episode).",
+    )
+    l2o: L2OConfig = Field(default_factory=L2OConfig, description="Learned-optimizer settings.")
 
 
 class L2OEvaluateConfig(_Frozen):

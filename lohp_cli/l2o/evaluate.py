@@ -18,10 +18,9 @@ import numpy as np
 import torch
 
 from lohp_cli.checkpoint import atomic_write_bytes, atomic_write_json
-from lohp_cli.config import TrainConfig
 from lohp_cli.errors import ConfigError
 from lohp_cli.l2o.apply import learned_step, load_l2o, run_learned
-from lohp_cli.l2o.config import L2OEvaluateConfig
+from lohp_cli.l2o.config import L2OEvaluateConfig, L2OTrainConfig
 from lohp_cli.l2o.optimizer import analytical, run_trajectory, tune_lr
 from lohp_cli.l2o.problems import (
     LeastSquares,
@@ -70,7 +69,7 @@ def evaluate_l2o(cfg: L2OEvaluateConfig, progress: Progress | None = None) -> di
     ref_meta = loaded[first_name][1]
     for name, (_, meta) in loaded.items():
         check_same_family(ref_meta["family"], meta["family"], f"Policy {name!r}")
-    tc = TrainConfig.model_validate(ref_meta["train_config"])
+    tc = L2OTrainConfig.from_stored(ref_meta["train_config"])
     lc = tc.l2o
     store = cfg.store or ref_meta.get("store_location")
     family = make_family(lc, store if lc.family == "store" else None, cfg.data_root)
@@ -91,7 +90,7 @@ def evaluate_l2o(cfg: L2OEvaluateConfig, progress: Progress | None = None) -> di
     # methods: (label, kind, runner(query, support) -> (losses, theta, adapt history))
     methods: list[tuple[str, dict[str, Any], Callable[..., Any]]] = []
     for name, (model, meta) in loaded.items():
-        plc = TrainConfig.model_validate(meta["train_config"]).l2o
+        plc = L2OTrainConfig.from_stored(meta["train_config"]).l2o
         k = plc.adapt_steps if cfg.adapt_steps is None else cfg.adapt_steps
         variants = [k] if meta["method"] == "m-l2o" else ([0, k] if cfg.adapt_all and k else [0])
         for steps_k in variants:

@@ -34,10 +34,10 @@ from lohp_cli.checkpoint import (
     save_state,
     state_dir,
 )
-from lohp_cli.config import TrainConfig
 from lohp_cli.errors import ConfigError, DataError
 from lohp_cli.l2o import L2O_METHODS
 from lohp_cli.l2o.apply import build_l2o
+from lohp_cli.l2o.config import L2OTrainConfig
 from lohp_cli.l2o.meta import (
     adapt,
     flatness_terms,
@@ -58,7 +58,7 @@ from lohp_cli.policy.artifact import TrainResult, check_out_dir, store_fingerpri
 from lohp_cli.runtime import derive_seed, provenance, resolve_device
 
 
-def check_method_settings(cfg: TrainConfig) -> None:
+def check_method_settings(cfg: L2OTrainConfig) -> None:
     """Settings a method needs, as one :class:`ConfigError` listing every problem."""
     lc, problems = cfg.l2o, []
     if cfg.method == "l2o-flat" and lc.hessian_weight == 0 and lc.entropy_weight == 0:
@@ -76,7 +76,7 @@ def check_method_settings(cfg: TrainConfig) -> None:
         raise ConfigError("Invalid config: " + "; ".join(problems) + ".")
 
 
-def unroll_length(cfg: TrainConfig, episode: int) -> int:
+def unroll_length(cfg: L2OTrainConfig, episode: int) -> int:
     """The unroll length of an episode: fixed, or l2o-tt's progressive stages."""
     lc = cfg.l2o
     if cfg.method != "l2o-tt":
@@ -85,7 +85,7 @@ def unroll_length(cfg: TrainConfig, episode: int) -> int:
     return stages[min(len(stages) - 1, episode * len(stages) // cfg.steps)]
 
 
-def imitation_weight(cfg: TrainConfig, episode: int) -> float:
+def imitation_weight(cfg: L2OTrainConfig, episode: int) -> float:
     """l2o-tt's imitation weight: ``imitation_weight`` decaying linearly to 0 (0 otherwise)."""
     lc = cfg.l2o
     if cfg.method != "l2o-tt" or lc.imitation_weight == 0:
@@ -95,14 +95,14 @@ def imitation_weight(cfg: TrainConfig, episode: int) -> float:
     return lc.imitation_weight * max(0.0, 1.0 - episode / (lc.imitation_decay * cfg.steps))
 
 
-def _family_fingerprint(cfg: TrainConfig, family: ProblemFamily) -> dict[str, Any]:
+def _family_fingerprint(cfg: L2OTrainConfig, family: ProblemFamily) -> dict[str, Any]:
     if isinstance(family, ImageFamily):
         return store_fingerprint(family.store)
     return {"family": family.describe()}
 
 
 def _config_json(
-    cfg: TrainConfig,
+    cfg: L2OTrainConfig,
     family: ProblemFamily,
     fingerprint: dict[str, Any],
     teacher: dict[str, Any] | None,
@@ -130,7 +130,7 @@ def _config_json(
 
 
 def _teacher(
-    cfg: TrainConfig, family: ProblemFamily, instances: int, emit: Any
+    cfg: L2OTrainConfig, family: ProblemFamily, instances: int, emit: Any
 ) -> dict[str, Any] | None:
     """l2o-tt's teacher: stored runs (image families) or a tuned on-the-fly optimizer."""
     if cfg.method != "l2o-tt" or cfg.l2o.imitation_weight == 0:
@@ -144,7 +144,7 @@ def _teacher(
     return {"name": lc.teacher, "source": "on-the-fly", "lr": lr, "scores": scores}
 
 
-def train_l2o(cfg: TrainConfig, progress: Any = None) -> Any:
+def train_l2o(cfg: L2OTrainConfig, progress: Any = None) -> Any:
     """Meta-train (or resume) a learned optimizer as configured; returns a ``TrainResult``."""
     emit = progress or (lambda _e: None)
     t_start = time.perf_counter()
@@ -233,7 +233,7 @@ def _check(value: torch.Tensor, what: str, episode: int) -> None:
 
 
 def run_episode(
-    cfg: TrainConfig,
+    cfg: L2OTrainConfig,
     model: LSTMOptimizer,
     meta_opt: torch.optim.Optimizer,
     family: ProblemFamily,

@@ -15,10 +15,10 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
+from lohp_cli import trainers
 from lohp_cli.checkpoint import POLICY_FORMAT, POLICY_KIND, load_tensors, read_json, state_dir
-from lohp_cli.config import OPTIMIZERS, TrainConfig
+from lohp_cli.config import OPTIMIZERS, LoHpTrainConfig, TrainConfig, stored_train_config
 from lohp_cli.errors import CompatibilityError, ConfigError
-from lohp_cli.l2o import L2O_METHODS
 from lohp_cli.policy.gaussian import HyperNetwork, LoHpPolicy
 from lohp_cli.policy.state import StateProbe
 from lohp_cli.runtime import derive_seed, provenance
@@ -74,7 +74,7 @@ def store_fingerprint(store: TrajectoryStore) -> dict[str, Any]:
 
 
 def build_model(
-    cfg: TrainConfig, size: int, cond_dim: int, n_steps: int, stats: NormStats, classes: int = 0
+    cfg: LoHpTrainConfig, size: int, cond_dim: int, n_steps: int, stats: NormStats, classes: int = 0
 ) -> nn.Module:
     """The network a method trains (initialised from ``cfg.seed``); ``classes``: C of the tasks."""
     with torch.random.fork_rng(devices=[]):
@@ -119,7 +119,8 @@ def check_out_dir(out: Path, cfg: TrainConfig, fingerprint: dict[str, Any]) -> b
             f"Policy '{out}' has format {old.get('format')}; this lohp reads up to {POLICY_FORMAT}."
         )
     same_store = old.get("store_fingerprint") == fingerprint
-    same_cfg = _comparable(old.get("train_config", {})) == _comparable(cfg.model_dump(mode="json"))
+    stored = stored_train_config(old.get("train_config", {}))
+    same_cfg = _comparable(stored) == _comparable(cfg.model_dump(mode="json"))
     if same_store and same_cfg:
         return state_dir(out) is not None
     if not cfg.overwrite:
@@ -138,7 +139,7 @@ def check_out_dir(out: Path, cfg: TrainConfig, fingerprint: dict[str, Any]) -> b
 
 
 def policy_config_json(
-    cfg: TrainConfig,
+    cfg: LoHpTrainConfig,
     store: TrajectoryStore,
     fingerprint: dict[str, Any],
     n_steps: int,
@@ -201,11 +202,16 @@ def load_policy(
     if not isinstance(meta, dict) or meta.get("kind") != POLICY_KIND:
         kind = meta.get("kind") if isinstance(meta, dict) else None
         raise CompatibilityError(f"'{out}' is not a lohp policy (kind {kind!r}).")
-    if meta.get("method") in L2O_METHODS:
-        raise CompatibilityError(
-            f"'{out}' is a learned optimizer ({meta['method']}), not a weight generator; score it "
-            "with 'lohp evaluate-l2o' or 'lohp evaluate --policy NAME=DIR'."
+    method = meta.get("method")
+    spec = trainers.get(str(method))
+    if spec is None or not spec.generates_weights:
+        what = f"a {spec.kind} ({method})" if spec else f"a policy of an unknown method {method!r}"
+        use = (
+            spec.use
+            if spec and spec.use
+            else (f"this lohp generates with {', '.join(trainers.weight_generators())}")
         )
+        raise CompatibilityError(f"'{out}' is {what}, not a weight generator; {use}.")
     missing = [
         k
         for k in ("train_config", "normalization", "param_count", "condition_dim", "N")
@@ -218,7 +224,7 @@ def load_policy(
             f"Policy '{out}' has format {meta['format']}; this lohp reads up to {POLICY_FORMAT}."
         )
     try:
-        cfg = TrainConfig.model_validate(meta["train_config"])
+        cfg = TrainConfig.from_stored(meta["train_config"])
     except ValidationError as exc:
         raise CompatibilityError(
             f"Policy '{out}' has a train config this lohp cannot read ({exc.error_count()} "

@@ -28,9 +28,8 @@ from lohp_cli.checkpoint import (
     save_state,
     state_dir,
 )
-from lohp_cli.config import TrainConfig
+from lohp_cli.config import LoHpTrainConfig, TrainConfig
 from lohp_cli.errors import ConfigError
-from lohp_cli.l2o import L2O_METHODS
 from lohp_cli.losses import check_finite
 from lohp_cli.objectives import Objective
 from lohp_cli.policy.artifact import (
@@ -62,7 +61,7 @@ LR_WARN = 1e-3
 
 
 def _store_probe_bank(
-    cfg: TrainConfig, store: TrajectoryStore, runs: list[Any], stats: NormStats, device: str
+    cfg: LoHpTrainConfig, store: TrajectoryStore, runs: list[Any], stats: NormStats, device: str
 ) -> ProbeBank:
     """Support sets of the runs' tasks, rebuilt from the store's task family (state input)."""
     if classes_of(store.attrs["compat"]) < 2:
@@ -82,10 +81,9 @@ def _dist_info() -> tuple[int, int, int]:
 
 def train_policy(cfg: TrainConfig, progress: Progress | None = None) -> TrainResult:
     """Train (or resume) a policy as configured; returns where it is and how far it got."""
-    if cfg.method in L2O_METHODS:
+    if not isinstance(cfg, LoHpTrainConfig):
         raise ConfigError(
-            f"method {cfg.method!r} is a learned optimizer: train it with "
-            "lohp_cli.train.train_policy (or lohp_cli.l2o.fit.train_l2o)."
+            f"method {cfg.method!r} is not fitted here: train it with lohp_cli.train.train_policy."
         )
     emit = progress or (lambda _e: None)
     t_start = time.perf_counter()

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import Result
 
 from lohp_cli.cli import app
-from lohp_cli.config import TrainConfig
+from lohp_cli.config import LoHpTrainConfig, TrainConfig
 from lohp_cli.policy.artifact import TrainResult, load_policy
 from tests.cli.runner import ENV, EXIT_CODE_TEXTS, RUNNER, flat, invoke, plain
 from tests.conftest import make_linear_store
@@ -83,7 +83,7 @@ def dry_run(*args: object) -> dict[str, Any]:
 
 
 def test_dry_run_defaults_are_the_config_defaults(tmp_path: Path) -> None:
-    assert dry_run() == TrainConfig().model_dump(mode="json")
+    assert dry_run() == LoHpTrainConfig().model_dump(mode="json")
 
 
 def test_dry_run_precedence(tmp_path: Path) -> None:
@@ -100,7 +100,7 @@ def test_dry_run_precedence(tmp_path: Path) -> None:
     assert data["policy"]["hidden"] == 32 and data["seed"] == 7  # --set over file
     assert data["steps"] == 30 and data["method"] == "lo-di"  # flag over --set and file
     assert data["overwrite"] is True  # an absent --overwrite does not reset the file's value
-    assert data["batch_size"] == TrainConfig().batch_size  # default
+    assert data["batch_size"] == LoHpTrainConfig().batch_size  # default
     assert not Path("from-file.zarr").exists()
 
 

@@ -1,8 +1,9 @@
 """The package's layers (docs/architecture.md): core ← stages ← cli, one direction only.
 
 Parsed with ast, so a violation fails here before it can become an import cycle at run time:
-no stage imports another stage, the core imports neither stages nor the CLI, and no module-level
-import cycle exists anywhere in ``lohp_cli/``.
+no stage imports another stage, the core imports neither stages nor the CLI nor a plug-in
+(``lohp_cli.l2o``, which registers its training methods when a stage or the CLI imports it), and
+no module-level import cycle exists anywhere in ``lohp_cli/``.
 """
 
 from __future__ import annotations
@@ -111,6 +112,28 @@ def test_layers_import_downwards_only() -> None:
     assert violations(every) == []
 
 
+PLUGINS = ("lohp_cli.l2o",)
+
+
+def plugin_importers(every: dict[str, set[str]]) -> list[str]:
+    """Core modules outside a plug-in package that import it (only stages and the CLI load one)."""
+    out = []
+    for mod, deps in sorted(every.items()):
+        if layer(mod) != "core":
+            continue
+        for plugin in PLUGINS:
+            inside = mod == plugin or mod.startswith(plugin + ".")
+            hits = [d for d in deps if d == plugin or d.startswith(plugin + ".")]
+            if hits and not inside:
+                out.append(f"core {mod} imports plug-in {sorted(hits)[0]}")
+    return out
+
+
+def test_the_core_never_imports_a_plugin() -> None:
+    _, every = import_graph()
+    assert plugin_importers(every) == []
+
+
 # ---- the checks themselves catch what they should ----------------------------------------------
 def write(root: Path, name: str, text: str) -> None:
     path = root / Path(*name.split(".")[1:]).with_suffix(".py")
@@ -149,4 +172,16 @@ def test_stage_to_stage_and_upward_imports_are_found(fake: Path) -> None:
     assert violations(every) == [
         "stage lohp_cli.generate imports stage lohp_cli.train",
         "core lohp_cli.policy.fit imports cli lohp_cli.cli",
+    ]
+
+
+def test_a_core_module_importing_a_plugin_is_found(fake: Path) -> None:
+    write(fake, "lohp_cli.l2o.fit", "from lohp_cli.l2o import config\n")
+    write(fake, "lohp_cli.l2o.config", "from lohp_cli import config\n")
+    write(fake, "lohp_cli.train", "import lohp_cli.l2o\n")  # a stage may load it
+    write(fake, "lohp_cli.config", "")
+    write(fake, "lohp_cli.policy.fit", "def f():\n    from lohp_cli.l2o.config import X\n")
+    _, every = import_graph(fake)
+    assert plugin_importers(every) == [
+        "core lohp_cli.policy.fit imports plug-in lohp_cli.l2o.config"
     ]
