@@ -74,19 +74,6 @@ def run_on_task(
     return theta
 
 
-def is_l2o_policy(path: str | Path) -> bool:
-    """True when ``path`` is a policy directory of a learned optimizer."""
-    import json
-
-    from lohp_cli.l2o import L2O_METHODS
-
-    try:
-        meta = json.loads((Path(path) / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(meta, dict) and meta.get("method") in L2O_METHODS
-
-
 def l2o_accuracies(
     path: str | Path,
     store_compat: dict[str, Any],
@@ -104,16 +91,9 @@ def l2o_accuracies(
     Each task ``t`` of ``data`` (task id -> TaskTensors) is trained from ``start(t, j) [P]`` for
     j < ``samples`` for ``steps`` steps; returns ``(policy config, accuracies)``.
     """
-    from lohp_cli.errors import CompatibilityError
-    from lohp_cli.runtime import derive_seed
     from lohp_cli.scoring import accuracy
 
-    model, meta = load_l2o(path, device)
-    if meta.get("store_compat") != store_compat:
-        raise CompatibilityError(
-            f"Learned optimizer '{path}' was trained on {meta['family'].get('name')!r} problems, "
-            "not on the task family and target model of the generated weights."
-        )
+    model, meta = load_l2o_for(path, store_compat, device)
     accs: list[float] = []
     for t, d in data.items():
         theta0 = torch.stack([start(t, j) for j in range(samples)])  # [S, P]
@@ -122,6 +102,20 @@ def l2o_accuracies(
         )
         accs += [accuracy(net, theta[j], d)[0] for j in range(samples)]
     return meta, accs
+
+
+def load_l2o_for(
+    path: str | Path, store_compat: dict[str, Any], device: str = "cpu"
+) -> tuple[LSTMOptimizer, dict[str, Any]]:
+    """:func:`load_l2o`, refusing an optimizer trained for another task family or target model
+    than ``store_compat`` (the generated weights')."""
+    model, meta = load_l2o(path, device)
+    if meta.get("store_compat") != store_compat:
+        raise CompatibilityError(
+            f"Learned optimizer '{path}' was trained on {meta['family'].get('name')!r} problems, "
+            "not on the task family and target model of the generated weights."
+        )
+    return model, meta
 
 
 def build_l2o(lc: L2OConfig, seed: int) -> LSTMOptimizer:

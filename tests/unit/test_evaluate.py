@@ -9,14 +9,9 @@ from typing import Any
 import pytest
 
 import lohp_cli.timing
-from lohp_cli.evaluate import (
-    LATENCY_LABEL,
-    MethodResult,
-    k_study,
-    markdown_report,
-    policy_info,
-    write_plots,
-)
+from lohp_cli.methods.base import MethodResult
+from lohp_cli.methods.policy import policy_info
+from lohp_cli.report import LATENCY_LABEL, k_study, markdown_report, write_plots
 from lohp_cli.timing import time_ms
 
 

@@ -1,0 +1,126 @@
+"""What every evaluated method shares: the context it runs in, the protocol it implements and the
+loop that scores and times it into one report row.
+
+Every method starts from the same draws: sample j of task t is s_0 ~ N(0, I) seeded by
+(seed, t, j), exactly as ``generate`` draws it; policies start from s_0 in their own
+normalisation, optimizers from θ_0 = denormalise(s_0) with the generating policy's statistics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from lohp_cli.config import OptimizersConfig
+from lohp_cli.policy.artifact import initial_state
+from lohp_cli.policy.context import TaskContext
+from lohp_cli.scoring import accuracy
+from lohp_cli.store.sampler import NormStats
+from lohp_cli.tasks.inputs import TaskTensors
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class Starts:
+    """The starting points of one task's samples: ``s0`` (normalised draws) and ``theta0``
+    (weights), both ``[S, P]``, row j for sample j."""
+
+    s0: torch.Tensor
+    theta0: torch.Tensor
+
+
+@dataclass
+class EvalContext:
+    """What ``evaluate`` hands every method: the held-out tasks, their tensors, the shared starts
+    and the run's settings."""
+
+    task: TaskContext  # family, target model config, extractor and source store of the policy
+    data: dict[str, TaskTensors]  # held-out task id -> its tensors, in report order
+    samples: int  # starts per task
+    seed: int  # the generate seed every start is drawn from
+    device: str
+    meta: dict[str, Any]  # config.json of the policy that made the generated weights
+    stats: NormStats  # that policy's normalisation: θ_0 = stats.denormalize(s_0)
+    net: torch.nn.Module  # the target model that scores flat weights
+    steps_full: int  # the store's run length T·r
+    batch_size: int  # the store's minibatch size
+    optim: OptimizersConfig  # the store's optimizer hyperparameters
+    latency_repeats: int  # timed runs per latency (median), after one untimed warm-up
+    timing_s0: torch.Tensor  # [1, P] normalised start that policies are timed from
+    out: str  # the report directory (baselines trained here go below it)
+    emit: Progress = field(default=lambda _e: None)
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.data)
+
+    @property
+    def size(self) -> int:
+        return int(self.meta["param_count"])
+
+    def starts(self, task_id: str) -> Starts:
+        s0 = [initial_state(self.seed, task_id, j, self.size) for j in range(self.samples)]
+        theta0 = [self.stats.denormalize(s) for s in s0]
+        return Starts(torch.stack(s0), torch.stack(theta0))
+
+
+class Method(Protocol):
+    """One row of the report. ``name``, ``steps`` and ``policy`` may be settled by ``prepare``."""
+
+    name: str
+    kind: str  # "generated" | "policy" | "optimizer" | "l2o" | ...
+    steps: int | None  # steps taken to produce the weights (None: not a stepwise method)
+    policy: dict[str, Any] | None  # a policy's identity (see methods.policy.policy_info)
+
+    def prepare(self, ctx: EvalContext) -> None:
+        """Load, train or check what the method needs, before any ``weights`` call."""
+
+    def weights(self, task_id: str, starts: Starts) -> torch.Tensor:
+        """The final flat weights ``[S, P]`` of the task, row j from start j."""
+
+    def time_one(self, task_id: str) -> float | None:
+        """Latency (ms) of producing one task's weights at batch size 1; None when not timed."""
+
+
+@dataclass
+class MethodResult:
+    name: str
+    kind: str  # "generated" | "policy" | "optimizer" | "l2o"
+    accuracies: list[float] = field(default_factory=list)
+    latency_ms_batch1: float | None = None  # one task at batch size 1, median after a warm-up
+    steps: int | None = None
+    policy: dict[str, Any] | None = None  # method, k, optimizers of a policy's result
+
+    def summary(self) -> dict[str, Any]:
+        a = np.asarray(self.accuracies)
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "acc_mean": round(float(a.mean()), 4),
+            "acc_std": round(float(a.std()), 4),
+            "n": int(a.size),
+            "latency_ms_batch1": None
+            if self.latency_ms_batch1 is None
+            else round(self.latency_ms_batch1, 4),
+            "steps": self.steps,
+            "policy": self.policy,
+        }
+
+
+def run_method(ctx: EvalContext, method: Method) -> MethodResult:
+    """Prepare ``method``, score its weights on every task's test split from the shared starts,
+    time it on the first task, and report the row as a ``method`` event."""
+    method.prepare(ctx)
+    accs: list[float] = []
+    for t, data in ctx.data.items():
+        w = method.weights(t, ctx.starts(t))
+        accs += [accuracy(ctx.net, w[j], data)[0] for j in range(w.shape[0])]
+    r = MethodResult(method.name, method.kind, accs, method.time_one(ctx.tasks[0]))
+    r.steps, r.policy = method.steps, method.policy
+    ctx.emit({"event": "method", **r.summary()})
+    return r

@@ -1,0 +1,140 @@
+"""Trained policies as methods: a policy directory generated here from the shared starts, and the
+generated store's own weights (what ``lohp generate`` wrote from the same starts)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+import lohp_cli.store.chunks as chunks
+from lohp_cli.config import OPTIMIZERS
+from lohp_cli.errors import CompatibilityError, StoreError
+from lohp_cli.methods.base import EvalContext, Starts
+from lohp_cli.policy.artifact import generate_batch, load_policy, style_token
+from lohp_cli.policy.context import policy_probe
+from lohp_cli.policy.state import ProbeBank, StateProbe
+from lohp_cli.store.sampler import NormStats
+from lohp_cli.timing import time_ms
+
+
+def policy_info(meta: dict[str, Any], token: int | None = None) -> dict[str, Any]:
+    """What identifies a policy's row in a report: method, k, N, its optimizer subset, its state
+    input and (for policies with optimizer tokens) the style it generated with."""
+    tc = meta["train_config"]
+    opts = tc.get("optimizers")
+    return {
+        "method": meta["method"],
+        "k": meta["k"],
+        "N": meta["N"],
+        "optimizers": sorted(opts) if opts else None,
+        "state_input": tc.get("policy", {}).get("state_input", "none"),
+        "style": None if token is None else OPTIMIZERS[token],
+    }
+
+
+def generate_one(
+    model: torch.nn.Module,
+    meta: dict[str, Any],
+    c: torch.Tensor,
+    s0: torch.Tensor,
+    probe: StateProbe | None = None,
+    token: int | None = None,
+) -> torch.Tensor:
+    """The final normalised weights ``[B, P]`` of a mean-mode generation."""
+    with torch.no_grad():
+        return generate_batch(model, meta, c, s0, "mean", None, False, probe, token)[:, -1]
+
+
+class PolicyMethod:
+    """A trained policy directory (Lo-Hp, Lo-Op, Lo-Di, hypernetwork), generating in mean mode
+    from each start s_0 at batch size 1, in its own normalisation."""
+
+    kind = "policy"
+
+    def __init__(self, name: str, path: str) -> None:
+        self.name = self.label = name
+        self.path = path
+        self.steps: int | None = None
+        self.policy: dict[str, Any] | None = None
+
+    def prepare(self, ctx: EvalContext) -> None:
+        model, meta, stats = load_policy(self.path, ctx.device)
+        if meta["store_compat"] != ctx.meta["store_compat"]:
+            raise CompatibilityError(
+                f"Policy '{self.path}' was trained for another task family or "
+                "target model than the generated weights."
+            )
+        self._use(ctx, model, meta, stats, style_token(meta, None))
+        hyper = meta["method"] == "hypernetwork"
+        self.name = self.label if hyper else f"{self.label} (k={meta['k']})"
+        self.steps = 1 if hyper else meta["N"]
+
+    def _use(
+        self,
+        ctx: EvalContext,
+        model: torch.nn.Module,
+        meta: dict[str, Any],
+        stats: NormStats,
+        token: int | None,
+    ) -> None:
+        self.ctx, self.model, self.meta, self.stats, self.token = ctx, model, meta, stats, token
+        self.policy = policy_info(meta, token)
+        self.bank: ProbeBank | None = policy_probe(model, ctx.task, ctx.data, stats, ctx.device)
+
+    def _generate(self, task_id: str, s0: torch.Tensor) -> torch.Tensor:
+        """Final normalised weights ``[1, P]`` from ``s0 [1, P]`` on one task."""
+        c = self.stats.normalize_condition(self.ctx.data[task_id].condition)[None]
+        probe = None if self.bank is None else self.bank.probe([task_id])
+        return generate_one(self.model, self.meta, c, s0, probe, self.token)
+
+    def weights(self, task_id: str, starts: Starts) -> torch.Tensor:
+        rows = [
+            self.stats.denormalize(self._generate(task_id, s[None].to(self.ctx.device)))[0]
+            for s in starts.s0
+        ]
+        return torch.stack(rows)
+
+    def time_one(self, task_id: str) -> float:
+        ctx = self.ctx
+        return time_ms(
+            lambda: self._generate(task_id, ctx.timing_s0), ctx.latency_repeats, ctx.device
+        )
+
+
+class GeneratedMethod(PolicyMethod):
+    """The weights ``lohp generate`` wrote, scored as stored; timed by regenerating one task with
+    the policy (already loaded by the stage) in the generated store's style."""
+
+    kind = "generated"
+
+    def __init__(
+        self,
+        store: Any,
+        where: str,
+        loaded: tuple[torch.nn.Module, dict[str, Any], NormStats],
+        style: str | None,
+    ) -> None:
+        model, meta, _ = loaded
+        super().__init__(f"{meta['method']} (k={meta['k']})", where)
+        self.store, self.loaded, self.style = store, loaded, style
+        self.steps = meta["N"]
+
+    def prepare(self, ctx: EvalContext) -> None:
+        model, meta, stats = self.loaded
+        self._use(ctx, model, meta, stats, style_token(meta, self.style))
+
+    def weights(self, task_id: str, starts: Starts) -> torch.Tensor:
+        where = f"generated store '{self.path}', task {task_id}, array 'weights'"
+        w = torch.from_numpy(chunks.read(self.store[task_id]["weights"], ..., where))
+        w = w.to(self.ctx.device)
+        if not torch.isfinite(w).all():
+            raise StoreError(
+                f"Generated weights of task {task_id} in '{self.path}' are not finite."
+            )
+        if w.shape[1] != self.ctx.size:
+            raise CompatibilityError(
+                f"Generated weights have {w.shape[1]} entries; the policy's "
+                f"target model has {self.ctx.size}."
+            )
+        return w

@@ -1,0 +1,92 @@
+"""Baseline names → the methods they stand for, and policy-directory kinds → their method.
+
+Built-in baselines are listed in ``_BASELINES`` below; a plug-in registers its own when imported
+(``lohp_cli.l2o.method``, which only the evaluate stage imports). A new method is one module plus
+one registration: a baseline name and a factory ``(name, config, budgets) -> [Method, ...]``, or a
+policy-directory kind (the ``method`` of its ``config.json``) and a factory ``(name, path) ->
+Method``. A "stepped" baseline (an optimizer) runs after every other method, once per step budget:
+the store's T·r and the N of each method scored before it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from lohp_cli.config import EvaluateConfig
+from lohp_cli.errors import ConfigError
+from lohp_cli.methods.base import Method
+from lohp_cli.methods.hypernetwork import hypernetwork_baseline
+from lohp_cli.methods.optimizer import optimizer_methods
+from lohp_cli.methods.policy import PolicyMethod
+
+BaselineFactory = Callable[[str, EvaluateConfig, tuple[int, ...]], list[Method]]
+PolicyFactory = Callable[[str, str], Method]
+
+
+@dataclass(frozen=True)
+class Baseline:
+    factory: BaselineFactory
+    stepped: bool = False  # runs last, once per step budget
+
+
+def _optimizers(name: str, _cfg: EvaluateConfig, budgets: tuple[int, ...]) -> list[Method]:
+    return list(optimizer_methods(name, budgets))
+
+
+_BASELINES: dict[str, Baseline] = {
+    "sgd": Baseline(_optimizers, stepped=True),
+    "adam": Baseline(_optimizers, stepped=True),
+    "sam": Baseline(_optimizers, stepped=True),
+    "hypernetwork": Baseline(hypernetwork_baseline),
+}
+_POLICY_KINDS: dict[str, PolicyFactory] = {}
+
+
+def register(name: str, factory: BaselineFactory, *, stepped: bool = False) -> None:
+    """Make ``name`` a baseline; refuses a name another factory already holds."""
+    entry = Baseline(factory, stepped)
+    if _BASELINES.setdefault(name, entry) != entry:
+        raise ValueError(f"baseline {name!r} is already registered")
+
+
+def register_policy_kind(method: str, factory: PolicyFactory) -> None:
+    """Score policy directories whose ``config.json`` says ``method`` with ``factory``."""
+    if _POLICY_KINDS.setdefault(method, factory) != factory:
+        raise ValueError(f"policy kind {method!r} is already registered")
+
+
+def names() -> tuple[str, ...]:
+    return tuple(_BASELINES)
+
+
+def _entry(name: str) -> Baseline:
+    if name not in _BASELINES:
+        raise ConfigError(f"Unknown baseline {name!r}; choose from {', '.join(_BASELINES)}.")
+    return _BASELINES[name]
+
+
+def is_stepped(name: str) -> bool:
+    return _entry(name).stepped
+
+
+def baseline(name: str, cfg: EvaluateConfig, budgets: tuple[int, ...] = ()) -> list[Method]:
+    """The methods of baseline ``name`` (none when another row already covers it)."""
+    return _entry(name).factory(name, cfg, budgets)
+
+
+def policy_kind(path: str | Path) -> str | None:
+    """The ``method`` a policy directory's ``config.json`` names, or None when unreadable."""
+    try:
+        meta = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return meta.get("method") if isinstance(meta, dict) else None
+
+
+def policy_method(name: str, path: str) -> Method:
+    """The method scoring ``--policy name=path``: its kind's, else a generating policy."""
+    factory = _POLICY_KINDS.get(policy_kind(path) or "", PolicyMethod)
+    return factory(name, path)

@@ -1,0 +1,252 @@
+"""The evaluated methods one by one, their registry, and a plugged-in method as a report row."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import lohp_cli.l2o.method  # registers the learned optimizers, as the evaluate stage does
+from lohp_cli.collect import collect
+from lohp_cli.config import EvaluateConfig, GenerateConfig, TrainConfig
+from lohp_cli.errors import ConfigError
+from lohp_cli.evaluate import context, evaluate
+from lohp_cli.generate import generate
+from lohp_cli.methods import registry
+from lohp_cli.methods.base import EvalContext, Starts, run_method
+from lohp_cli.methods.hypernetwork import HypernetworkMethod
+from lohp_cli.methods.optimizer import OptimizerMethod
+from lohp_cli.methods.policy import GeneratedMethod, PolicyMethod
+from lohp_cli.optim import build_optimizer
+from lohp_cli.optim.loop import train_loop
+from lohp_cli.policy.artifact import initial_state
+from lohp_cli.runtime import derive_seed
+from lohp_cli.scoring import accuracy
+from lohp_cli.store.generated import open_generated
+from lohp_cli.tasks.models import build_target, flat_params, load_flat
+from lohp_cli.train import train_policy
+from tests.conftest import tiny_config
+
+SAMPLES = 2
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny store, a Lo-Hp policy trained 3 steps on it, and 2 tasks × 2 samples generated."""
+    tmp = tmp_path_factory.mktemp("methods")
+    store, pol, gen = tmp / "s.zarr", tmp / "pol", tmp / "g.zarr"
+    collect(tiny_config(store))
+    policy = {"backbone": "mlp", "hidden": 16, "emb_dim": 8}
+    train_policy(
+        TrainConfig.model_validate(
+            {"store": str(store), "out": str(pol), "k": 2, "steps": 3, "policy": policy}
+        )
+    )
+    generate(
+        GenerateConfig.model_validate(
+            {
+                "policy": str(pol),
+                "out": str(gen),
+                "num_tasks": 2,
+                "samples": SAMPLES,
+                "device": "cpu",
+            }
+        )  # fmt: skip
+    )
+    return {"store": store, "policy": pol, "generated": gen, "tmp": tmp}
+
+
+def _cfg(run: dict[str, Path], **over: Any) -> EvaluateConfig:
+    data = {"generated": str(run["generated"]), "out": str(run["tmp"] / "report"),
+            "baselines": [], "latency_repeats": 1, "cosine_runs": 0, "plots": False,
+            "device": "cpu", **over}  # fmt: skip
+    return EvaluateConfig.model_validate(data)
+
+
+@pytest.fixture(scope="module")
+def ctx(run: dict[str, Path]) -> tuple[EvalContext, Any]:
+    """The stage's evaluation context and the generating policy ``(model, meta, stats)``."""
+    cfg = _cfg(run)
+    g = open_generated(cfg.generated)
+    return context(
+        cfg, GenerateConfig.model_validate(g.attrs["config"]), dict(g.attrs), lambda _e: None
+    )
+
+
+# ---- the shared starts ---------------------------------------------------------------------------
+def test_starts_are_generates_draws_in_both_normalisations(ctx: tuple) -> None:
+    c, (_, _, stats) = ctx
+    t = c.tasks[1]
+    s = c.starts(t)
+    assert s.s0.shape == s.theta0.shape == (SAMPLES, c.size)
+    for j in range(SAMPLES):
+        assert torch.equal(s.s0[j], initial_state(c.seed, t, j, c.size))
+        assert torch.equal(s.theta0[j], stats.denormalize(initial_state(c.seed, t, j, c.size)))
+    assert not torch.equal(c.starts(c.tasks[0]).s0, s.s0)  # tasks do not share starts
+
+
+# ---- optimizers ----------------------------------------------------------------------------------
+def test_optimizer_without_steps_returns_the_starts(ctx: tuple) -> None:
+    c, _ = ctx
+    m = OptimizerMethod("adam", 0)
+    m.prepare(c)
+    t = c.tasks[0]
+    assert torch.equal(m.weights(t, c.starts(t)), c.starts(t).theta0)
+
+
+@pytest.mark.parametrize("name", ["sgd", "sam"])
+def test_optimizer_is_the_train_loop_from_each_start(ctx: tuple, name: str) -> None:
+    c, _ = ctx
+    m = OptimizerMethod(name, 7)
+    m.prepare(c)
+    t = c.tasks[1]
+    starts = c.starts(t)
+    got = m.weights(t, starts)
+    assert (m.name, m.kind, m.steps, m.policy) == (f"{name}-7", "optimizer", 7, None)
+    fam = c.task.family
+    for j in range(SAMPLES):
+        net = build_target(c.task.model_cfg, fam.data.image_shape, fam.cfg.ways)
+        load_flat(net, starts.theta0[j])
+        opt = build_optimizer(name, net.parameters(), c.optim)
+        gen = torch.Generator().manual_seed(derive_seed(c.seed, "batches", t, j))
+        train_loop(net, opt, c.data[t].x_train, c.data[t].y_train, 7, 7, c.batch_size, gen)
+        assert torch.equal(got[j], flat_params(net))
+        assert not torch.equal(got[j], starts.theta0[j])
+
+
+def test_optimizer_budgets_are_distinct_and_longest_first() -> None:
+    cfg = EvaluateConfig(baselines=("sgd",))
+    assert registry.is_stepped("sgd") and not registry.is_stepped("hypernetwork")
+    assert [m.name for m in registry.baseline("sgd", cfg, (20, 2, 10, 2))] == [
+        "sgd-20",
+        "sgd-10",
+        "sgd-2",
+    ]
+
+
+# ---- policies ------------------------------------------------------------------------------------
+def test_generated_method_returns_what_generate_wrote(run: dict, ctx: tuple) -> None:
+    c, loaded = ctx
+    g = open_generated(str(run["generated"]))
+    m = GeneratedMethod(g, str(run["generated"]), loaded, None)
+    m.prepare(c)
+    assert (m.name, m.kind, m.steps) == ("lo-hp (k=2)", "generated", loaded[1]["N"])
+    for t in c.tasks:
+        assert torch.equal(m.weights(t, c.starts(t)), torch.from_numpy(g[t]["weights"][...]))
+
+
+def test_policy_method_regenerates_the_stored_weights_from_the_same_starts(
+    run: dict, ctx: tuple
+) -> None:
+    c, loaded = ctx
+    g = open_generated(str(run["generated"]))
+    m = registry.policy_method("again", str(run["policy"]))
+    assert isinstance(m, PolicyMethod)
+    m.prepare(c)
+    assert (m.name, m.kind, m.steps) == ("again (k=2)", "policy", loaded[1]["N"])
+    assert m.policy is not None and m.policy["method"] == "lo-hp"
+    for t in c.tasks:  # batch 1 here, batched in generate: equal up to float rounding
+        want = torch.from_numpy(g[t]["weights"][...])
+        torch.testing.assert_close(m.weights(t, c.starts(t)), want, rtol=1e-5, atol=1e-5)
+    assert m.time_one(c.tasks[0]) > 0
+
+
+def test_hypernetwork_baseline_is_trained_unless_given() -> None:
+    given = EvaluateConfig(baselines=("hypernetwork",), policies={"hypernetwork": "h"})
+    assert registry.baseline("hypernetwork", given) == []
+    (m,) = registry.baseline("hypernetwork", EvaluateConfig(hypernetwork_steps=7))
+    assert isinstance(m, HypernetworkMethod) and m.train_steps == 7 and m.name == "hypernetwork"
+
+
+# ---- learned optimizers and the registry -------------------------------------------------------
+def test_learned_optimizer_dirs_and_baselines_go_to_the_plug_in(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"method": "m-l2o"}))
+    assert isinstance(registry.policy_method("mine", str(tmp_path)), lohp_cli.l2o.method.L2OMethod)
+    assert isinstance(registry.policy_method("x", str(tmp_path / "nothing")), PolicyMethod)
+    with pytest.raises(ConfigError, match="--policy m-l2o=DIR"):
+        registry.baseline("m-l2o", EvaluateConfig(baselines=("m-l2o",)))
+    assert registry.baseline("m-l2o", EvaluateConfig(policies={"m-l2o": str(tmp_path)})) == []
+
+
+def test_unknown_baseline_is_refused_by_name() -> None:
+    with pytest.raises(ConfigError, match="'nearest-endpoint'"):
+        registry.baseline("nearest-endpoint", EvaluateConfig())
+    with pytest.raises(ConfigError, match="nearest-endpoint"):
+        registry.is_stepped("nearest-endpoint")
+
+
+def test_a_name_is_registered_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(registry, "_BASELINES", dict(registry._BASELINES))
+    with pytest.raises(ValueError, match="'sgd'"):
+        registry.register("sgd", lambda n, c, b: [])
+    with pytest.raises(ValueError, match="'m-l2o'"):
+        registry.register_policy_kind("m-l2o", PolicyMethod)
+
+
+class StartsBaseline:
+    """A memorisation-style baseline for the test: the starting weights themselves."""
+
+    kind = "memorised"
+    steps = None
+    policy = None
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.prepared: list[EvalContext] = []
+
+    def prepare(self, ctx: EvalContext) -> None:
+        self.prepared.append(ctx)
+
+    def weights(self, task_id: str, starts: Starts) -> torch.Tensor:
+        return starts.theta0
+
+    def time_one(self, task_id: str) -> float:
+        return 2.5
+
+
+def test_a_plugged_in_method_is_a_row_of_the_report(
+    run: dict, ctx: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(registry, "_BASELINES", dict(registry._BASELINES))
+    made: list[StartsBaseline] = []
+    budgets: list[tuple[int, ...]] = []
+
+    def factory(name: str, cfg: EvaluateConfig, b: tuple[int, ...]) -> list[Any]:
+        budgets.append(b)
+        made.append(StartsBaseline(name))
+        return made[-1:]
+
+    registry.register("starts", factory, stepped=True)
+    # the config lists known names only; the registry is what evaluate consults
+    cfg = _cfg(run).model_copy(update={"baselines": ("starts",)})
+    report = evaluate(cfg)
+    rows = {m["name"]: m for m in report["methods"]}
+    assert list(rows) == ["lo-hp (k=2)", "starts"]
+    c, _ = ctx
+    accs = [accuracy(c.net, th, c.data[t])[0] for t in c.tasks for th in c.starts(t).theta0]
+    assert rows["starts"] == {
+        "name": "starts",
+        "kind": "memorised",
+        "acc_mean": round(float(np.mean(accs)), 4),
+        "acc_std": round(float(np.std(accs)), 4),
+        "n": len(c.tasks) * SAMPLES,
+        "latency_ms_batch1": 2.5,
+        "steps": None,
+        "policy": None,
+    }
+    assert budgets == [(c.steps_full, rows["lo-hp (k=2)"]["steps"])]
+    assert len(made[0].prepared) == 1
+    saved = json.loads((Path(cfg.out) / "report.json").read_text())
+    assert saved["methods"][1] == rows["starts"]
+
+
+def test_run_method_scores_every_start_of_every_task(ctx: tuple) -> None:
+    c, _ = ctx
+    r = run_method(c, StartsBaseline("s"))
+    assert len(r.accuracies) == len(c.tasks) * SAMPLES and r.latency_ms_batch1 == 2.5
+    t = c.tasks[-1]
+    assert r.accuracies[-1] == accuracy(c.net, c.starts(t).theta0[-1], c.data[t])[0]
