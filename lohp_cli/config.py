@@ -692,7 +692,21 @@ class EvaluateConfig(Frozen):
         "lo-di, lo-op, k=1); generated here on the same tasks and seeds.",
     )
     latency_repeats: int = Field(20, ge=1, description="Timed repetitions per method (median).")
-    cosine_runs: int = Field(16, ge=0, description="Source runs for the local-policy check.")
+    cosine_runs: int = Field(
+        16, ge=0, description="Source runs for the cosine to the store's recorded steps."
+    )
+    locality_tasks: int = Field(
+        10,
+        ge=0,
+        description="Held-out tasks of the local-policy check along each optimizer's "
+        "own path (0: off).",
+    )
+    locality_source_tasks: int = Field(
+        10, ge=0, description="Source tasks of that check, for contrast (0: none)."
+    )
+    locality_branches: int = Field(
+        4, ge=2, description="Minibatch seeds per state: the seed-averaged step and the ceiling."
+    )
     plots: bool = Field(True, description="Write PNG plots (needs matplotlib).")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:i.")
 

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 import lohp_cli.l2o.method  # noqa: F401 - registers the learned optimizers as methods
+from lohp_cli import locality
 from lohp_cli.config import OPTIMIZERS, EvaluateConfig, GenerateConfig, OptimizersConfig
 from lohp_cli.errors import ConfigError
 from lohp_cli.methods import registry
@@ -91,7 +92,10 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     rows += [run_method(ctx, m) for b in stepped for m in registry.baseline(b, cfg, budgets)]
     model, meta, stats = loaded
     cos = cosine_check(model, meta, stats, ctx.task, cfg.cosine_runs, ctx.device)
-    report = build_report(cfg, ctx, gattrs, rows, cos)
+    local = locality.check(
+        ctx, model, cfg.locality_tasks, cfg.locality_source_tasks, cfg.locality_branches
+    )
+    report = build_report(cfg, ctx, gattrs, rows, cos, local)
     write_report(report, out, cfg.plots)
     return report
 

@@ -28,9 +28,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from lohp_cli.config import OptimizersConfig
+from lohp_cli.config import OPTIMIZERS, OptimizersConfig
+from lohp_cli.methods.base import EvalContext
 from lohp_cli.optim import build_optimizer
 from lohp_cli.optim.loop import train_loop
+from lohp_cli.policy.artifact import has_tokens
+from lohp_cli.policy.context import policy_probe
 from lohp_cli.policy.state import StateProbe
 from lohp_cli.runtime import derive_seed
 from lohp_cli.store.sampler import NormStats
@@ -158,4 +161,53 @@ def collect_cosines(
     """Summaries ``{space: {measure: summarize(...)}}`` over the paths' :func:`cosines`."""
     return {
         space: {m: summarize([r[space][m] for r in rows]) for m in MEASURES} for space in SPACES
+    }
+
+
+def learned_optimizers(meta: dict[str, Any]) -> list[str]:
+    """The optimizers whose runs the policy learned from (its subset, else the store's)."""
+    tc = meta.get("train_config", {})
+    return list(tc.get("optimizers") or meta.get("store_optimizers") or OPTIMIZERS)
+
+
+def check(
+    ctx: EvalContext, model: nn.Module, targets: int, sources: int, branches: int
+) -> dict[str, Any] | None:
+    """The local-policy check of a report: for every optimizer the policy learned from, on the
+    first ``targets`` held-out tasks and ``sources`` source tasks, from sample 0's start θ₀ (the
+    one every method of the report starts that task from). None for a hypernetwork or when off."""
+    meta, stats, task = ctx.meta, ctx.stats, ctx.task
+    if meta["method"] == "hypernetwork" or (targets == 0 and sources == 0):
+        return None
+    steps_per = meta["k"] * int(meta["store_compat"]["record_every"])
+    splits = {
+        "target": ctx.tasks[:targets],
+        "source": [t.id for t in task.family.tasks("source", sources)] if sources else [],
+    }
+    out: dict[str, Any] = {}
+    for opt in learned_optimizers(meta):
+        ctx.emit({"event": "info", "message": f"local-policy check along {opt}'s path"})
+        token = OPTIMIZERS.index(opt) if has_tokens(meta) else None
+        out[opt] = {}
+        for split, ids in splits.items():
+            rows = []
+            for tid in ids:
+                data = ctx.data.get(tid) or task.task_data(tid, ctx.device)
+                path = probe_path(
+                    lambda: copy.deepcopy(ctx.net), opt, ctx.optim, ctx.starts(tid).theta0[0],
+                    data, int(meta["N"]), steps_per, ctx.batch_size,
+                    derive_seed(ctx.seed, "locality", tid), branches,
+                )  # fmt: skip
+                bank = policy_probe(model, task, {tid: data}, stats, ctx.device)
+                probe = None if bank is None else bank.probe([tid])
+                cond = stats.normalize_condition(data.condition)
+                f = policy_steps(model, stats, path.states, cond, token, probe)
+                rows.append(cosines(f, path, stats.std))
+            if rows:
+                out[opt][split] = {"tasks": len(rows), **collect_cosines(rows)}
+    return {
+        "optimizers": out,
+        "branches": branches,
+        "optimizer_steps_per_policy_step": steps_per,
+        "start": "sample 0's θ₀ of each task, as every method of the report",
     }

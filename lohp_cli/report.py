@@ -35,6 +35,7 @@ def build_report(
     generated: dict[str, Any],
     rows: list[MethodResult],
     cosine: list[float],
+    local: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``report.json``: the run, one summary per method row, timings, the cosine check;
     ``generated`` holds the generated store's attributes."""
@@ -60,6 +61,7 @@ def build_report(
             "generate": generated.get("timing"),
         },
         "cosine": cosine_summary(cosine),
+        "locality": local,
         "config": cfg.model_dump(mode="json"),
         "provenance": provenance(ctx.device),
     }
@@ -139,7 +141,45 @@ def markdown_report(r: dict[str, Any]) -> str:
             f"offline step over {c['n']} steps: mean {c['mean']:.3f}, median "
             f"{c['median']:.3f}.",
         ]
+    lines += locality_lines(r.get("locality"))
     return "\n".join(lines) + "\n"
+
+
+def _iqr(s: dict[str, Any]) -> str:
+    o = s["overall"]
+    if o["median"] is None:
+        return "–"
+    return f"{o['median']:.3f} [{o['q1']:.3f}, {o['q3']:.3f}]"
+
+
+def locality_lines(loc: dict[str, Any] | None) -> list[str]:
+    """The local-policy check's table (weight space; median [interquartile range])."""
+    if not loc:
+        return []
+    lines = [
+        "",
+        "## Local-policy check",
+        "",
+        f"Cosine between the policy's step and the optimizer's next "
+        f"{loc['optimizer_steps_per_policy_step']} steps, along the optimizer's own path from "
+        f"{loc['start']}, in weight space: median [interquartile range] over tasks and step "
+        f"indices. The seed-averaged step is the mean over {loc['branches']} minibatch seeds from "
+        "the same model and optimizer state; run vs run (the noise ceiling) is the cosine between "
+        "two such seeds. Normalised-space values and every step index are in report.json "
+        "(`locality`).",
+        "",
+        "| optimizer | split | tasks | policy vs seed-averaged step | policy vs one run | "
+        "run vs run (ceiling) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for opt, splits in loc["optimizers"].items():
+        for split, s in splits.items():
+            w = s["weight"]
+            lines.append(
+                f"| {opt} | {split} | {s['tasks']} | {_iqr(w['policy_vs_mean'])} | "
+                f"{_iqr(w['policy_vs_run'])} | {_iqr(w['run_vs_run'])} |"
+            )
+    return lines
 
 
 def timing_lines(r: dict[str, Any]) -> list[str]:
@@ -168,7 +208,8 @@ def timing_lines(r: dict[str, Any]) -> list[str]:
 
 
 def write_plots(r: dict[str, Any], out: Path) -> None:
-    """accuracy_vs_latency.png, cosine_hist.png and (with ≥ 2 Lo-Hp policies) k_study.png."""
+    """accuracy_vs_latency.png, cosine_hist.png, locality.png and (with ≥ 2 Lo-Hp policies)
+    k_study.png."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -202,6 +243,8 @@ def write_plots(r: dict[str, Any], out: Path) -> None:
         fig.tight_layout()
         fig.savefig(out / "cosine_hist.png", dpi=120)
         plt.close(fig)
+    if r.get("locality"):
+        locality_plot(r["locality"], out)
     ks = k_study(r)
     if len(ks) >= 2:
         fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -237,3 +280,32 @@ def k_study(r: dict[str, Any]) -> list[dict[str, Any]]:
         ):
             rows.setdefault(p["k"], m)
     return [{"k": k, **rows[k]} for k in sorted(rows)]
+
+
+def locality_plot(loc: dict[str, Any], out: Path) -> None:
+    """locality.png: per step index, the median (and interquartile band) of the cosine between
+    the policy's step and the seed-averaged step, beside the run-vs-run ceiling; one panel per
+    optimizer, one colour per split (weight space)."""
+    import matplotlib.pyplot as plt
+
+    opts = list(loc["optimizers"])
+    fig, axes = plt.subplots(1, len(opts), figsize=(5 * len(opts), 3.5), squeeze=False)
+    for ax, opt in zip(axes[0], opts, strict=True):
+        for c, (split, s) in enumerate(loc["optimizers"][opt].items()):
+            for measure, style in (("policy_vs_mean", "-"), ("run_vs_run", ":")):
+                steps = s["weight"][measure]["per_step"]
+                x = list(range(len(steps)))
+                med = [p["median"] for p in steps]
+                ax.plot(x, med, style, color=f"C{c}", label=f"{split}: {measure}")
+                if measure == "policy_vs_mean":
+                    lo, hi = [p["q1"] for p in steps], [p["q3"] for p in steps]
+                    ax.fill_between(x, lo, hi, color=f"C{c}", alpha=0.2)
+        ax.axhline(0, color="grey", lw=0.5)
+        ax.set_ylim(-1, 1)
+        ax.set_xlabel("policy step i")
+        ax.set_ylabel("cosine (weight space)")
+        ax.set_title(f"local-policy check: {opt}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "locality.png", dpi=120)
+    plt.close(fig)

@@ -117,3 +117,48 @@ def test_summaries_per_step_and_overall() -> None:
              for sp in ("weight", "normalized")}]  # fmt: skip
     out = collect_cosines(rows)
     assert out["weight"]["run_vs_run"]["overall"]["median"] == 1.0
+
+
+# ---- the check inside `lohp evaluate` ------------------------------------------------------------
+def test_evaluate_reports_the_check_per_optimizer_and_split(tmp_path) -> None:
+    """Full-batch runs (batch ≥ the training set): every branch takes the same step, so the
+    ceiling is exactly 1 and one run equals the seed-averaged step — a known answer that goes
+    through collect → train-policy → generate → evaluate's wiring."""
+    import json
+
+    from lohp_cli.collect import collect
+    from lohp_cli.config import EvaluateConfig, GenerateConfig, TrainConfig
+    from lohp_cli.evaluate import evaluate
+    from lohp_cli.generate import generate
+    from lohp_cli.train import train_policy
+    from tests.conftest import tiny_config
+
+    store = tmp_path / "s.zarr"
+    collect(tiny_config(store, batch_size=1000, optimizers=("sgd", "adam")))
+    pol = tmp_path / "p"
+    train_policy(TrainConfig.model_validate({
+        "store": str(store), "out": str(pol), "k": 2, "steps": 2, "optimizers": ["adam"],
+        "policy": {"backbone": "mlp", "hidden": 8, "emb_dim": 8}}))  # fmt: skip
+    gen = tmp_path / "g.zarr"
+    gcfg = {"policy": str(pol), "out": str(gen), "num_tasks": 2, "samples": 1, "device": "cpu"}
+    generate(GenerateConfig.model_validate(gcfg))
+    rep = tmp_path / "r"
+    evaluate(EvaluateConfig.model_validate({
+        "generated": str(gen), "out": str(rep), "baselines": ["adam"], "latency_repeats": 1,
+        "locality_tasks": 2, "locality_source_tasks": 1, "locality_branches": 2}))  # fmt: skip
+    r = json.loads((rep / "report.json").read_text())
+    loc = r["locality"]
+    assert list(loc["optimizers"]) == ["adam"]  # the policy learned from Adam runs only
+    assert loc["optimizer_steps_per_policy_step"] == 2 * 5  # k · record_every
+    for split, tasks in (("target", 2), ("source", 1)):
+        s = loc["optimizers"]["adam"][split]
+        assert s["tasks"] == tasks
+        for space in ("weight", "normalized"):
+            ceiling = s[space]["run_vs_run"]["per_step"]
+            assert len(ceiling) == 2  # N = T / k = 4 / 2
+            assert all(p["median"] == pytest.approx(1.0, abs=1e-4) for p in ceiling)
+            one, mean = s[space]["policy_vs_run"], s[space]["policy_vs_mean"]
+            assert one["overall"]["median"] == pytest.approx(mean["overall"]["median"], abs=1e-4)
+    md = (rep / "report.md").read_text()
+    assert "## Local-policy check" in md and "| adam | target | 2 |" in md
+    assert (rep / "locality.png").is_file()
