@@ -190,7 +190,9 @@ def test_collect_train_generate_evaluate(tmp_path: Path) -> None:
     assert methods["adam-4"]["policy"] is None
     # 5-way digits: chance is 0.2; the untrained policy returns its random start
     assert methods["untrained (k=4)"]["acc_mean"] < 0.45
-    assert methods["lo-hp (k=2)"]["acc_mean"] > methods["untrained (k=4)"]["acc_mean"] + 0.3
+    # over training seeds 0–3 this setting scored 0.49–0.64 (before the per-rollout hybrid coin:
+    # 0.51–0.58); the untrained policy 0.25
+    assert methods["lo-hp (k=2)"]["acc_mean"] > methods["untrained (k=4)"]["acc_mean"] + 0.2
     assert report["cosine"]["n"] > 0
     md = (rep / "report.md").read_text()
     assert md.startswith("# lohp evaluation")
