@@ -32,6 +32,7 @@ from lohp_cli.config import OPTIMIZERS, OptimizersConfig
 from lohp_cli.methods.base import EvalContext
 from lohp_cli.optim import build_optimizer
 from lohp_cli.optim.loop import train_loop
+from lohp_cli.optim.sam import SAM
 from lohp_cli.policy.artifact import has_tokens
 from lohp_cli.policy.context import policy_probe
 from lohp_cli.policy.state import StateProbe
@@ -52,6 +53,17 @@ class PathProbe:
     states: torch.Tensor
     run: torch.Tensor
     branches: torch.Tensor
+
+
+def clone_optimizer(
+    opt: torch.optim.Optimizer, name: str, net: nn.Module, optim: OptimizersConfig
+) -> torch.optim.Optimizer:
+    """A new ``name`` optimizer over ``net``'s parameters holding a copy of ``opt``'s state
+    (moments, step counts); for SAM, its base optimizer's state (SAM's own is per step)."""
+    new = build_optimizer(name, net.parameters(), optim)
+    src, dst = (opt, new) if not isinstance(opt, SAM) else (opt.base_optimizer, new.base_optimizer)
+    dst.load_state_dict(copy.deepcopy(src.state_dict()))
+    return new
 
 
 def probe_path(
@@ -81,7 +93,8 @@ def probe_path(
         theta = flat_params(net)
         states.append(theta)
         for b in range(branches):
-            bnet, bopt = copy.deepcopy((net, opt))  # model and optimizer state together
+            bnet = copy.deepcopy(net)
+            bopt = clone_optimizer(opt, optimizer, bnet, optim)
             advance(bnet, bopt, ("branch", i, b))
             branch[b].append(flat_params(bnet) - theta)
         advance(net, opt, ("path", i))

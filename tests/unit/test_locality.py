@@ -101,6 +101,15 @@ def test_branches_carry_the_optimizer_state() -> None:
     assert not torch.allclose(path.run[1], path.run[0])
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "sam"])
+def test_branches_of_every_optimizer_repeat_the_full_batch_path(optimizer: str) -> None:
+    """SAM keeps its momentum in a base optimizer: that state must reach the branches too."""
+    optim = OptimizersConfig.model_validate({"sgd": {"lr": 0.1, "momentum": 0.9}})
+    path = probe_path(make_net, optimizer, optim, theta0(), data(), N, STEPS_PER, N_TRAIN, 7, 2)
+    for b in range(2):
+        torch.testing.assert_close(path.branches[b], path.run)
+
+
 def test_minibatch_noise_lowers_the_ceiling() -> None:
     _, path = probe("sgd", 4, branches=4)
     st = stats(15)
