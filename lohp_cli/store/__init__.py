@@ -1,7 +1,8 @@
 """The Zarr trajectory store: schema, writer, reader."""
 
 from lohp_cli.store.schema import SCHEMA, SCHEMA_VERSION, parse_run_id, run_id
-from lohp_cli.store.trajectory_store import RunWriter, TrajectoryStore, codecs_for
+from lohp_cli.store.trajectory_store import TrajectoryStore, codecs_for
+from lohp_cli.store.writer import RunWriter
 
 __all__ = [
     "SCHEMA",

@@ -16,7 +16,6 @@ redone by the next ``collect``. A plain ``zarr.open_group`` reads everything.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import lohp_cli.store.chunks as chunks
 from lohp_cli.config import StoreCodecConfig
 from lohp_cli.errors import StoreError
 from lohp_cli.store.schema import SCHEMA, SCHEMA_VERSION, STATUS_COMPLETE, STATUS_RUNNING
+from lohp_cli.store.writer import RunWriter
 
 
 def _is_url(location: str) -> bool:
@@ -370,59 +370,3 @@ class TrajectoryStore:
             return None
         dirs = list(path.glob(sub)) if sub else [path]
         return sum(f.stat().st_size for d in dirs for f in d.rglob("*") if f.is_file())
-
-
-class RunWriter:
-    """Buffers recorded states and writes one whole time chunk at a time.
-
-    Memory is bounded by one chunk (``chunk_steps × P`` floats). A run that does not finish is
-    redone from scratch, so nothing but the final attribute update marks progress: no attribute
-    is rewritten per chunk (each rewrite cost a store round trip per chunk).
-    """
-
-    def __init__(self, group: Any, states: int, size: int, chunk: int) -> None:
-        self.group = group
-        self.states = states
-        self.chunk = chunk
-        self.buf = np.empty((chunk, size), dtype=np.float32)
-        self.loss = np.full(states, np.nan, dtype=np.float32)
-        self.acc = np.full(states, np.nan, dtype=np.float32)
-        self.written = 0  # states flushed to the store
-        self.filled = 0  # states in the buffer
-        self.t0 = time.perf_counter()
-
-    def append(self, weights: np.ndarray, loss: float, acc: float) -> None:
-        """Record one state ``weights [P]`` with its minibatch loss and accuracy."""
-        i = self.written + self.filled
-        if i >= self.states:
-            raise ValueError("more states appended than the run has")
-        self.buf[self.filled] = weights
-        self.loss[i], self.acc[i] = loss, acc
-        self.filled += 1
-        if self.filled == self.chunk:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.filled:
-            w = self.group["weights"]
-            w[self.written : self.written + self.filled] = self.buf[: self.filled]
-            self.written += self.filled
-            self.filled = 0
-
-    def finish(self, extra: dict[str, Any] | None = None) -> float:
-        """Write the rest, then mark the run complete (the last write). Returns wall seconds."""
-        self.flush()
-        if self.written != self.states:
-            raise ValueError(f"run has {self.written} of {self.states} states")
-        self.group["loss"][:] = self.loss
-        self.group["train_acc"][:] = self.acc
-        wall = time.perf_counter() - self.t0
-        self.group.attrs.update(
-            {
-                **(extra or {}),
-                "wall_time_s": round(wall, 4),
-                "steps_written": self.written,
-                "status": STATUS_COMPLETE,
-            }
-        )
-        return wall

@@ -1,4 +1,4 @@
-"""Config resolution: precedence, ``--set`` parsing, validation messages (lohp_cli/config.py)."""
+"""Config resolution: precedence, ``--set`` parsing, validation messages (lohp_cli/config/)."""
 
 from __future__ import annotations
 

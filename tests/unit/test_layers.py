@@ -2,8 +2,9 @@
 
 Parsed with ast, so a violation fails here before it can become an import cycle at run time:
 no stage imports another stage, the core imports neither stages nor the CLI nor a plug-in
-(``lohp_cli.l2o``, which registers its training methods when a stage or the CLI imports it), and
-no module-level import cycle exists anywhere in ``lohp_cli/``.
+(``lohp_cli.l2o``, which registers its training methods when a stage or the CLI imports it),
+no module-level import cycle exists anywhere in ``lohp_cli/``, and no module there grows past
+``MAX_LINES`` lines.
 """
 
 from __future__ import annotations
@@ -134,6 +135,23 @@ def test_the_core_never_imports_a_plugin() -> None:
     assert plugin_importers(every) == []
 
 
+MAX_LINES = 450
+
+
+def long_modules(root: Path = PACKAGE, limit: int = MAX_LINES) -> list[str]:
+    """Modules under ``root`` longer than ``limit`` lines (split one by concern, as config/)."""
+    out = []
+    for path in sorted(root.rglob("*.py")):
+        n = len(path.read_text().splitlines())
+        if n > limit:
+            out.append(f"{module_name(path, root)}: {n} lines")
+    return out
+
+
+def test_no_module_is_much_over_400_lines() -> None:
+    assert long_modules() == []
+
+
 # ---- the checks themselves catch what they should ----------------------------------------------
 def write(root: Path, name: str, text: str) -> None:
     path = root / Path(*name.split(".")[1:]).with_suffix(".py")
@@ -185,3 +203,9 @@ def test_a_core_module_importing_a_plugin_is_found(fake: Path) -> None:
     assert plugin_importers(every) == [
         "core lohp_cli.policy.fit imports plug-in lohp_cli.l2o.config"
     ]
+
+
+def test_a_long_module_is_found(fake: Path) -> None:
+    write(fake, "lohp_cli.pkg.short", "x = 1\n" * 3)
+    write(fake, "lohp_cli.pkg.long", "x = 1\n" * 4)
+    assert long_modules(fake, limit=3) == ["lohp_cli.pkg.long: 4 lines"]

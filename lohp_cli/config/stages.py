@@ -1,0 +1,87 @@
+"""The configs of ``lohp generate`` and ``lohp evaluate``."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from lohp_cli.config.base import Frozen
+
+
+class GenerateConfig(Frozen):
+    policy: str = Field("policies/fmnist-k2", description="Policy directory.")
+    out: str = Field("gen/fmnist-k2.zarr", description="Output generated-weights store (a path).")
+    tasks: str = Field(
+        "target",
+        description="A split (target, target-hard, source), comma-separated task ids, or @FILE "
+        "with one task id per line.",
+    )
+    num_tasks: int = Field(20, ge=1, description="How many tasks of a split.")
+    samples: int = Field(4, ge=1, description="Weight vectors per task.")
+    mode: Literal["mean", "sample"] = Field("mean", description="Mean steps or sampled steps.")
+    seed: int = Field(0, description="Seed of s_0 and of sampled steps.")
+    style: str | None = Field(
+        None,
+        description="For a policy trained with policy.optimizer_token: whose steps to imitate "
+        "(default: adam when the policy learned from Adam runs, else its first optimizer).",
+    )
+    batch_size: int = Field(256, ge=1, description="Trajectories generated at once.")
+    save_paths: bool = Field(False, description="Also store every state [S, N+1, P].")
+    store: str | None = Field(
+        None, description="Trajectory store of the policy (default: where it was trained)."
+    )
+    data_root: str | None = Field(None, description="Data set directory (default: the store's).")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:i.")
+    overwrite: bool = Field(False, description="Replace an existing output.")
+
+
+DEFAULT_BASELINES = ("sgd", "adam", "sam", "hypernetwork")
+BASELINES = (*DEFAULT_BASELINES, "l2o", "l2o-tt", "l2o-flat", "m-l2o")
+
+
+class EvaluateConfig(Frozen):
+    generated: str = Field("gen/fmnist-k2.zarr", description="Output of 'lohp generate'.")
+    out: str = Field("reports/fmnist", description="Report directory.")
+    baselines: tuple[str, ...] = Field(
+        DEFAULT_BASELINES,
+        description="Baselines on the same tasks: sgd, adam, sam (each for T·r and for N "
+        "optimizer steps), hypernetwork (trained here on the policy's store unless given in "
+        "policies) and the learned optimizers l2o, l2o-tt, l2o-flat, m-l2o (each needs its "
+        "policy in policies under the same name).",
+    )
+    hypernetwork_steps: int = Field(1500, ge=1, description="Training steps of that hypernetwork.")
+    policies: dict[str, str] = Field(
+        default_factory=dict,
+        description="More trained policies to compare, name -> directory (e.g. hypernetwork, "
+        "lo-di, lo-op, k=1); generated here on the same tasks and seeds.",
+    )
+    latency_repeats: int = Field(20, ge=1, description="Timed repetitions per method (median).")
+    cosine_runs: int = Field(
+        16, ge=0, description="Source runs for the cosine to the store's recorded steps."
+    )
+    locality_tasks: int = Field(
+        10,
+        ge=0,
+        description="Held-out tasks of the local-policy check along each optimizer's "
+        "own path (0: off).",
+    )
+    locality_source_tasks: int = Field(
+        10, ge=0, description="Source tasks of that check, for contrast (0: none)."
+    )
+    locality_branches: int = Field(
+        4, ge=2, description="Minibatch seeds per state: the seed-averaged step and the ceiling."
+    )
+    plots: bool = Field(True, description="Write PNG plots (needs matplotlib).")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:i.")
+
+    @field_validator("baselines")
+    @classmethod
+    def _known_baselines(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [b for b in v if b not in BASELINES]
+        if unknown:
+            raise ValueError(
+                f"unknown baseline {unknown[0]!r}; choose from {', '.join(BASELINES)} (other "
+                "trained policies go in --policy NAME=DIR)"
+            )
+        return v

@@ -1,0 +1,54 @@
+"""The task family and the target model of a store."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from lohp_cli.config.base import Frozen
+
+
+class TaskConfig(Frozen):
+    family: str = Field("fmnist", description="Task family (see `lohp collect --help`).")
+    ways: int = Field(5, ge=2, description="Classes per task (C-way tasks).")
+    train_per_class: int = Field(100, ge=1, description="Training images per class and task.")
+    test_per_class: int = Field(100, ge=1, description="Test images per class and task.")
+    support_per_class: int = Field(
+        10, ge=1, description="Labelled support images per class for the condition vector."
+    )
+    holdout_classes: tuple[int, ...] = Field(
+        (), description="Classes never used by source tasks nor the feature extractor."
+    )
+    target_fraction: float = Field(
+        0.2, gt=0, lt=1, description="Fraction of class combinations reserved for target tasks."
+    )
+    split_seed: int = Field(0, description="Seed of the source/target split and example choice.")
+    data_root: str | None = Field(
+        None, description="Directory with the data set files; default: the usual system places."
+    )
+    download: bool = Field(
+        False, description="Let torchvision download a missing data set into data_root."
+    )
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, v: str) -> str:
+        from lohp_cli.tasks.families import FAMILIES
+
+        if v not in FAMILIES:
+            raise ValueError(
+                f"unknown task family {v!r}; choose from {', '.join(sorted(FAMILIES))}"
+            )
+        return v
+
+
+class ModelConfig(Frozen):
+    name: Literal["head", "mlp", "cnn"] = Field(
+        "head", description="Target model: head (over a frozen extractor), mlp or cnn."
+    )
+    hidden: int = Field(32, ge=1, description="Hidden width of the mlp / channels of the cnn.")
+    feature_dim: int = Field(64, ge=1, description="Feature size of the frozen extractor (head).")
+    extractor_steps: int = Field(
+        600, ge=1, description="Training steps of the frozen feature extractor (head)."
+    )

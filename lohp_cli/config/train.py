@@ -1,0 +1,259 @@
+"""The config of ``lohp train-policy``: the settings every training method shares
+(``TrainConfig``, the union of the registered method configs) and the Lo-Hp family, which
+registers its methods when this module is imported."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypeVar
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from lohp_cli import trainers
+from lohp_cli.config.base import Frozen
+from lohp_cli.config.optim import check_optimizer_names
+
+METHODS = ("lo-hp", "lo-op", "lo-di", "hypernetwork")
+
+
+class PolicyConfig(Frozen):
+    backbone: Literal["unet", "mlp"] = Field(
+        "unet", description="unet: 1-D U-Net over the parameter vector (paper); mlp: plain MLP."
+    )
+    channels: tuple[int, ...] = Field((32, 64, 128), description="U-Net channels per level.")
+    patch: int = Field(8, ge=1, description="U-Net: coordinates per position (patch size).")
+    hidden: int = Field(512, ge=1, description="Hidden width of the mlp backbone.")
+    emb_dim: int = Field(128, ge=2, description="Size of the step/condition embedding.")
+    sigma: Literal["schedule", "learned"] = Field(
+        "schedule",
+        description="schedule: σ_i from the mean matched offline step; learned: a scalar per step "
+        "initialised there.",
+    )
+    sigma_scale: float = Field(1.0, gt=0, description="Multiplies the σ schedule.")
+    sigma_min: float = Field(1e-4, gt=0, description="Lower bound of σ (normalised units).")
+    backward: Literal["fixed", "learned"] = Field(
+        "fixed", description="fixed: P_B is N(s_{i+1}, σ_i²); learned: its mean has a U-Net head."
+    )
+    coefficient: Literal["per_step", "mlp"] = Field(
+        "per_step", description="Learnable coefficient z_i: a scalar per step, or an MLP of (i, c)."
+    )
+    beta: float | Literal["auto", "path"] = Field(
+        "auto",
+        description="Reward sharpness β; auto: β_t = 1/(2σ_t²) (balances f = Δ on one-step pairs); "
+        "path: β per pair (t, n) from the matched offline sub-trajectory, so that f = Δ balances "
+        "every pair (docs/policy.md). With sigma = learned, both use the σ schedule, not σ itself.",
+    )
+    optimizer_token: bool = Field(
+        False, description="Condition on which optimizer's trajectory to imitate."
+    )
+    state_input: Literal["none", "support"] = Field(
+        "none",
+        description="Our extension (LOHP.md): also condition each step on what the current "
+        "weights predict on the task's support set (class-mean softmax, forward only); head and "
+        "mlp target models.",
+    )
+
+    @field_validator("beta")
+    @classmethod
+    def _beta_positive(cls, v: float | str) -> float | str:
+        if not isinstance(v, str) and v <= 0:
+            raise ValueError("beta must be positive, 'auto' or 'path'")
+        return v
+
+
+class LossConfig(Frozen):
+    lam: float = Field(0.9, gt=0, le=1, description="λ: pair (m, n) weight λ^(n−m).")
+    pairs: Literal["lambda", "equal"] = Field("lambda", description="Pair weighting.")
+    max_len: int | None = Field(None, ge=1, description="Only pairs with n − m ≤ max_len.")
+    w_off: float = Field(1.0, ge=0, description="Weight of the off-policy SubTB term.")
+    w_on: float = Field(1.0, ge=0, description="Weight of the on-policy SubTB term.")
+    hybrid_start: float = Field(
+        0.5, ge=0, le=1, description="Probability that an on-policy rollout starts at θ_{k·m}."
+    )
+    on_policy_grad: Literal["detached", "pathwise"] = Field(
+        "pathwise",
+        description="detached: sampled states are constants (score-function gradients only); "
+        "pathwise: gradients also flow through the reparameterised rollout.",
+    )
+    lodi_noise: float = Field(0.1, ge=0, description="Lo-Di: noise added to inputs (× σ_i).")
+
+
+DEFAULT_METHOD = "lo-hp"
+TC = TypeVar("TC", bound="TrainConfig")
+
+# every field of the one TrainConfig of lohp 0.1.0, which policy directories of that time store
+# whole (config.json's train_config): a field of another method's config is dropped on reading
+LEGACY_TRAIN_KEYS = frozenset(
+    {
+        *("store", "out", "method", "k", "steps", "batch_size", "lr", "weight_decay"),
+        *("grad_clip", "optimizers", "normalize", "augment", "window", "checkpoint_every"),
+        *("log_every", "max_minutes", "seed", "device", "amp", "compile", "cache_mb"),
+        *("overwrite", "policy", "loss", "l2o"),
+    }
+)
+
+
+class TrainConfig(Frozen):
+    """The settings every training method shares; the union of the registered method configs.
+
+    ``TrainConfig.model_validate(data)`` validates ``data`` as the discriminated union (by
+    ``method``, default lo-hp) of the configs in :mod:`lohp_cli.trainers` and returns an instance
+    of the method's subclass, which carries only that method's fields.
+    """
+
+    store: str = Field("runs/fmnist.zarr", description="Trajectory store to learn from.")
+    out: str = Field("policies/fmnist-k2", description="Output policy directory.")
+    method: str = Field(
+        DEFAULT_METHOD, description="Training method (one registered in lohp_cli.trainers)."
+    )
+    steps: int = Field(3000, ge=1, description="Policy training steps.")
+    batch_size: int = Field(32, ge=1, description="Trajectories per step (per process).")
+    lr: float = Field(1e-3, gt=0, description="Learning rate (above 1e-3 tends to diverge).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    grad_clip: float = Field(1.0, gt=0, description="Gradient norm clip.")
+    checkpoint_every: int = Field(100, ge=1, description="Steps between checkpoints.")
+    log_every: int = Field(10, ge=1, description="Steps between metrics lines.")
+    max_minutes: float | None = Field(None, gt=0, description="Stop (resumable) after this time.")
+    seed: int = Field(0, description="Seed of initialisation and sampling.")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:i.")
+    overwrite: bool = Field(False, description="Replace a policy made from another store.")
+
+    def __init__(self, **data: Any) -> None:
+        if type(self) is TrainConfig:
+            raise TypeError(
+                "TrainConfig is the union of the method configs: use "
+                "TrainConfig.model_validate(data) or a method's config class"
+            )
+        super().__init__(**data)
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        if cls is not TrainConfig:
+            return super().model_validate(obj, **kwargs)
+        if isinstance(obj, TrainConfig):
+            return obj
+        if isinstance(obj, dict) and "method" not in obj:
+            obj = {**obj, "method": DEFAULT_METHOD}
+        try:
+            return trainers.adapter().validate_python(obj, **kwargs)
+        except ValidationError as exc:
+            raise _method_errors(exc, obj) from None
+
+    @classmethod
+    def from_stored(cls: type[TC], data: Any) -> TC:
+        """Validate the ``train_config`` of a policy directory, also one of an older lohp."""
+        return cls.model_validate(stored_train_config(data))
+
+
+def _method_errors(exc: ValidationError, data: Any) -> ValidationError:
+    """The union's errors as the method's config reports them: keys without the tag in front,
+    an unknown method or another method's key said in words; with an unknown method, also the
+    other problems as the config that fits ``data`` best reports them."""
+    method = data.get("method") if isinstance(data, dict) else None
+    errors: list[Any] = []
+    for err in exc.errors():
+        if err["type"] not in ("union_tag_invalid", "union_tag_not_found"):
+            errors.append(_in_words(err, err["loc"][1:], method))
+            continue
+        msg = f"unknown method, choose from {', '.join(trainers.method_names())}"
+        errors.append(_said(("method",), method, msg))
+        errors += [_in_words(e, e["loc"], method) for e in _closest_errors(data)]
+    return ValidationError.from_exception_data(exc.title, errors)
+
+
+def _said(loc: tuple[Any, ...], value: Any, message: str) -> dict[str, Any]:
+    """An error at ``loc`` that says ``message`` (a value error, as a validator's)."""
+    return {"type": "value_error", "loc": loc, "input": value, "ctx": {"error": message}}
+
+
+def _in_words(err: Any, loc: tuple[Any, ...], method: Any) -> Any:
+    """One error of a method's config at ``loc``; another method's key says whose it is."""
+    owners = trainers.owners(str(loc[0])) if len(loc) == 1 else ()
+    if err["type"] == "extra_forbidden" and owners:
+        msg = f"belongs to the methods {', '.join(owners)}, not to {method}"
+        return _said(loc, err["input"], msg)
+    return {**{k: err[k] for k in ("type", "input", "ctx") if k in err}, "loc": loc}
+
+
+def _closest_errors(data: Any) -> list[Any]:
+    """The errors (but the method's) of the registered config that fits ``data`` best: the fewest
+    keys it does not have, then the fewest errors (the first registered on a tie)."""
+    if not isinstance(data, dict):
+        return []
+    found = []
+    for config in trainers.config_classes():
+        try:
+            config.model_validate({**data, "method": config.model_fields["method"].default})
+            return []
+        except ValidationError as exc:
+            errors = [e for e in exc.errors() if e["loc"] != ("method",)]
+        foreign = sum(e["type"] == "extra_forbidden" for e in errors)
+        found.append((foreign, len(errors), len(found), errors))
+    return min(found)[-1] if found else []
+
+
+def stored_train_config(data: Any) -> Any:
+    """``data`` without the fields another method's config has (old policies store them all)."""
+    spec = trainers.get(data.get("method", DEFAULT_METHOD)) if isinstance(data, dict) else None
+    if spec is None:
+        return data
+    other = LEGACY_TRAIN_KEYS.union(*(c.model_fields for c in trainers.config_classes()))
+    own = spec.config.model_fields
+    return {k: v for k, v in data.items() if k in own or k not in other}
+
+
+class LoHpTrainConfig(TrainConfig):
+    """Lo-Hp and its ablations: lo-hp, lo-op (on-policy only), lo-di, hypernetwork."""
+
+    method: Literal["lo-hp", "lo-op", "lo-di", "hypernetwork"] = Field(
+        "lo-hp",
+        description="lo-hp, lo-op (on-policy only), lo-di (denoising), hypernetwork.",
+    )
+    k: int = Field(2, ge=1, description="Matching factor: N = T / k policy steps.")
+    optimizers: tuple[str, ...] | None = Field(
+        None, description="Learn only from runs of these optimizers (default: all in the store)."
+    )
+    normalize: Literal["init", "all"] = Field(
+        "init",
+        description="Per-coordinate z-score from θ_0 of all runs (s_0 ~ N(0, I) then looks like "
+        "the optimizers' starts) or from every recorded state.",
+    )
+    augment: Literal["auto", "classes", "none"] = Field(
+        "auto",
+        description="classes: reorder the classes of each drawn run at random (output rows of "
+        "every state and the condition's class blocks), a valid run of the reordered task; auto: "
+        "classes where the store's tasks and model have that structure, else none.",
+    )
+    window: int | None = Field(
+        None, ge=1, description="Online steps per sampled sub-trajectory (default: all N)."
+    )
+    amp: bool = Field(False, description="bfloat16 autocast (CUDA only).")
+    compile: bool = Field(False, description="torch.compile the backbone (CUDA only).")
+    cache_mb: float = Field(32.0, ge=0, description="Cache of decoded runs, in MB.")
+    policy: PolicyConfig = Field(default_factory=PolicyConfig, description="Policy architecture.")
+    loss: LossConfig = Field(default_factory=LossConfig, description="Loss settings.")
+
+    @model_validator(mode="after")
+    def _some_loss_term(self) -> LoHpTrainConfig:
+        lc = self.loss
+        if (self.method == "lo-op" and lc.w_on == 0) or (
+            self.method == "lo-hp" and lc.w_off == 0 and lc.w_on == 0
+        ):
+            raise ValueError(
+                f"method {self.method} with loss.w_off={lc.w_off} and loss.w_on={lc.w_on} has no "
+                "loss term; give one of them a positive weight"
+            )
+        return self
+
+    @field_validator("optimizers")
+    @classmethod
+    def _subset(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("the optimizer subset is empty; list at least one of sgd, adam, sam")
+        return check_optimizer_names(v)
+
+
+trainers.register(
+    trainers.TrainMethod(METHODS, LoHpTrainConfig, "lohp_cli.policy.fit:train_policy")
+)
