@@ -128,21 +128,21 @@ def latency(store: Path, policy_cfg: dict, repeats: int) -> tuple[float, float, 
         )
         train_policy(cfg)
         model, meta, _ = load_policy(d + "/p")
-    s = torch.randn(1, meta["param_count"])
-    c = torch.randn(1, meta["condition_dim"])
+    s = torch.randn(1, meta.param_count)
+    c = torch.randn(1, meta.condition_dim)
     i = torch.zeros(1, dtype=torch.long)
     with torch.no_grad():
         t_pol = median_time(lambda: model.means(s, i, c), repeats)
-    ccfg = CollectConfig.model_validate(
-        json.loads(json.dumps(__import__("zarr").open_group(str(store), mode="r").attrs["config"]))
-    )
+    from lohp_cli.store import TrajectoryStore
+
+    ccfg = CollectConfig.model_validate(TrajectoryStore.open(str(store)).meta.config)
     ctx = RunContext(ccfg, "cpu")
     task = ctx.task(ctx.store.task_ids()[0])
     net = build_target(ccfg.model, ctx.family.data.image_shape, ccfg.task.ways)
     opt = build_optimizer("adam", net.parameters(), ccfg.optim)
     xb, yb = task.x_train[: ccfg.batch_size], task.y_train[: ccfg.batch_size]
     t_adam = median_time(lambda: train_step(net, opt, xb, yb), repeats)
-    return t_pol, t_adam, meta["N"], ccfg.steps
+    return t_pol, t_adam, meta.N, ccfg.steps
 
 
 def main() -> None:

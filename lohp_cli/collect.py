@@ -182,13 +182,13 @@ def _init_store(
     }
     store, created = TrajectoryStore.create_or_open(cfg.out, root)
     if not created:
-        diff = _first_difference(store.attrs.get("compat"), compat)
+        diff = _first_difference(store.meta.compat.to_json(), compat)
         if diff:
             raise StoreError(
                 f"Store '{cfg.out}' was made with other settings ({diff}); use a new --out or "
                 "the store's own settings (see 'lohp inspect')."
             )
-    if not store.attrs.get("init_complete"):
+    if not store.meta.init_complete:
         train_frozen(store, cfg.model, family, cfg.seed, progress)
         store.update_attrs(init_complete=True)
     return store
@@ -303,12 +303,12 @@ def _share(n: int, total: int) -> str:
 def summarize_store(location: str, verify: bool = False) -> dict[str, Any]:
     """A JSON-able summary of a store; with ``verify``, every complete run is read and checked."""
     store = TrajectoryStore.open(location, mode="r")
-    attrs = store.attrs
-    compat = attrs.get("compat", {})
+    meta = store.meta
+    compat = meta.compat
     runs: dict[str, dict[str, int]] = {}
     complete = 0
     problems: list[str] = []
-    states = compat.get("steps", 0) // max(compat.get("record_every", 1), 1) + 1
+    states = compat.states
     final_acc: dict[str, list[float]] = {}
     with_checksums = with_dims = 0
     for rid in store.run_ids():
@@ -331,7 +331,7 @@ def summarize_store(location: str, verify: bool = False) -> dict[str, Any]:
             if damaged:
                 continue
             w = store.weights(rid)
-            if w.shape != (states, attrs.get("param_count")):
+            if w.shape != (states, meta.param_count):
                 problems.append(f"run {rid}: weights shape {w.shape}")
             elif not np.isfinite(w).all():
                 problems.append(f"run {rid}: non-finite weights")
@@ -339,18 +339,18 @@ def summarize_store(location: str, verify: bool = False) -> dict[str, Any]:
             final_acc.setdefault(opt, []).append(float(acc[-1]))
     size = store.bytes_on_disk()
     weight_bytes = store.bytes_on_disk("runs/*/weights")
-    raw = complete * states * int(attrs.get("param_count", 0)) * 4
+    raw = complete * states * meta.param_count * 4
     out: dict[str, Any] = {
         "store": location,
-        "schema": attrs.get("schema"),
-        "schema_version": attrs.get("schema_version"),
-        "family": compat.get("family", {}).get("name"),
-        "ways": compat.get("family", {}).get("ways"),
-        "model": compat.get("model", {}).get("name"),
-        "param_count": attrs.get("param_count"),
-        "condition_dim": attrs.get("condition_dim"),
-        "steps": compat.get("steps"),
-        "record_every": compat.get("record_every"),
+        "schema": meta.schema_,
+        "schema_version": meta.schema_version,
+        "family": compat.family.name,
+        "ways": compat.family.ways,
+        "model": compat.model.name,
+        "param_count": meta.param_count,
+        "condition_dim": meta.condition_dim,
+        "steps": compat.steps,
+        "record_every": compat.record_every,
         "recorded_states": states,
         "tasks": len(store.task_ids()),
         "runs": runs,
@@ -363,8 +363,8 @@ def summarize_store(location: str, verify: bool = False) -> dict[str, Any]:
         # decompression fails)
         "checksums": _share(with_checksums, complete),
         "dimension_names": _share(with_dims, complete),
-        "created_at": attrs.get("provenance", {}).get("created_at"),
-        "lohp_version": attrs.get("provenance", {}).get("lohp_version"),
+        "created_at": meta.created_at,
+        "lohp_version": meta.provenance.get("lohp_version"),
     }
     if verify:
         problems += store.verify_metadata()

@@ -23,12 +23,14 @@ import torch
 
 import lohp_cli.l2o.method  # noqa: F401 - registers the learned optimizers as methods
 from lohp_cli import locality
+from lohp_cli.artifacts.generated import GeneratedMeta
+from lohp_cli.artifacts.policy import PolicyMeta
 from lohp_cli.config import OPTIMIZERS, EvaluateConfig, GenerateConfig, OptimizersConfig
 from lohp_cli.errors import ConfigError
 from lohp_cli.methods import registry
 from lohp_cli.methods.base import EvalContext, Method, MethodResult, Progress, run_method
 from lohp_cli.methods.policy import GeneratedMethod
-from lohp_cli.policy.artifact import has_tokens, load_policy
+from lohp_cli.policy.artifact import load_policy
 from lohp_cli.policy.context import TaskContext, support_probe_bank, task_context
 from lohp_cli.report import build_report, write_report
 from lohp_cli.runtime import resolve_device
@@ -39,14 +41,14 @@ from lohp_cli.tasks.models import build_target
 
 def cosine_check(
     model: torch.nn.Module,
-    meta: dict[str, Any],
+    meta: PolicyMeta,
     stats: Any,
     ctx: TaskContext,
     runs: int,
     device: str,
 ) -> list[float]:
     """Cosine similarity of the policy's step f(θ_{k·i}) with the matched offline step Δ_i."""
-    if meta["method"] == "hypernetwork" or runs == 0:
+    if meta.hypernetwork or runs == 0:
         return []
     out: list[float] = []
     store = ctx.store
@@ -56,7 +58,7 @@ def cosine_check(
         bank = support_probe_bank(ctx, (a["task_id"] for _, a in chosen), stats, device)
     for rid, attrs in chosen:
         w = torch.from_numpy(
-            store.weights(rid)[matched_indices(attrs["steps_written"], meta["k"])]
+            store.weights(rid)[matched_indices(attrs["steps_written"], meta.k)]
         ).to(device)
         x = stats.normalize(w)  # [N+1, P]
         c = stats.normalize_condition(
@@ -65,7 +67,7 @@ def cosine_check(
         n = x.shape[0] - 1
         probe = None if bank is None else bank.probe([attrs["task_id"]])
         tok = None
-        if has_tokens(meta):  # each offline step is scored in its own optimizer's style
+        if meta.has_tokens:  # each offline step is scored in its own optimizer's style
             tok = torch.full((n,), OPTIMIZERS.index(attrs["optimizer"]), device=device)
         with torch.no_grad():
             f, _ = model.means(x[:-1], torch.arange(n, device=device), c.expand(n, -1), tok, probe)
@@ -79,10 +81,9 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"Report directory '{out}' is a file; choose another --out.")
-    g = open_generated(cfg.generated)
-    gattrs = dict(g.attrs)
-    gcfg = GenerateConfig.model_validate(gattrs["config"])
-    ctx, loaded = context(cfg, gcfg, gattrs, progress or (lambda _e: None))
+    g, gmeta = open_generated(cfg.generated)
+    gcfg = GenerateConfig.model_validate(gmeta.config)
+    ctx, loaded = context(cfg, gcfg, gmeta, progress or (lambda _e: None))
     first: list[Method] = [GeneratedMethod(g, cfg.generated, loaded, gcfg.style)]
     first += [registry.policy_method(name, path) for name, path in cfg.policies.items()]
     stepped = [b for b in cfg.baselines if registry.is_stepped(b)]
@@ -95,27 +96,27 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     local = locality.check(
         ctx, model, cfg.locality_tasks, cfg.locality_source_tasks, cfg.locality_branches
     )
-    report = build_report(cfg, ctx, gattrs, rows, cos, local)
+    report = build_report(cfg, ctx, gmeta, rows, cos, local)
     write_report(report, out, cfg.plots)
     return report
 
 
 def context(
-    cfg: EvaluateConfig, gcfg: GenerateConfig, gattrs: dict[str, Any], emit: Progress
-) -> tuple[EvalContext, tuple[torch.nn.Module, dict[str, Any], Any]]:
+    cfg: EvaluateConfig, gcfg: GenerateConfig, gmeta: GeneratedMeta, emit: Progress
+) -> tuple[EvalContext, tuple[torch.nn.Module, PolicyMeta, Any]]:
     """The methods' shared context, and the generating policy ``(model, meta, stats)``."""
     device = resolve_device(cfg.device)
-    model, meta, stats = load_policy(gattrs["policy"]["path"], device)
+    model, meta, stats = load_policy(gmeta.policy.path, device)
     task = task_context(meta, gcfg.store, gcfg.data_root)
-    store_cfg = task.store.attrs["config"]
-    data = {t: task.task_data(t, device) for t in gattrs["tasks"]}
+    store = task.store.meta
+    data = {t: task.task_data(t, device) for t in gmeta.tasks}
     fam = task.family
     net = build_target(task.model_cfg, fam.data.image_shape, fam.cfg.ways).to(device)
     ctx = EvalContext(
         task, data, gcfg.samples, gcfg.seed, device, meta, stats, net,
-        store_cfg["steps"], store_cfg["batch_size"],
-        OptimizersConfig.model_validate(store_cfg["optim"]), cfg.latency_repeats,
-        torch.randn(1, meta["param_count"], device=device), cfg.out, emit,
+        store.compat.steps, store.compat.batch_size,
+        OptimizersConfig.model_validate(store.config["optim"]), cfg.latency_repeats,
+        torch.randn(1, meta.param_count, device=device), cfg.out, emit,
     )  # fmt: skip
     return ctx, (model, meta, stats)
 

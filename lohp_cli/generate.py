@@ -45,6 +45,7 @@ import torch
 
 import lohp_cli.l2o  # noqa: F401 - registers the learned optimizers, which load_policy refuses
 from lohp_cli import timing as clock
+from lohp_cli.artifacts.generated import new_generated_meta
 from lohp_cli.config import (
     OPTIMIZERS,
     GenerateConfig,
@@ -54,7 +55,6 @@ from lohp_cli.errors import CompatibilityError, ConfigError, StoreError
 from lohp_cli.policy.artifact import generate_batch, initial_state, load_policy, style_token
 from lohp_cli.policy.context import policy_probe, resolve_tasks, task_context
 from lohp_cli.runtime import derive_seed, provenance, resolve_device
-from lohp_cli.store.generated import GEN_SCHEMA, GEN_SCHEMA_VERSION
 from lohp_cli.store.trajectory_store import (
     CONDITION_DIMS,
     absolute_location,
@@ -111,7 +111,7 @@ def generate(cfg: GenerateConfig, progress: Progress | None = None) -> GenerateR
     device = resolve_device(cfg.device)
     model, meta, stats = load_policy(cfg.policy, device)
     ctx = task_context(meta, cfg.store, cfg.data_root)
-    if ctx.store.attrs.get("param_count") != meta["param_count"]:
+    if ctx.store.meta.param_count != meta.param_count:
         raise CompatibilityError("The policy's parameter count does not match its store.")
     tasks = resolve_tasks(cfg.tasks, ctx.family, cfg.num_tasks)
     token = style_token(meta, cfg.style)
@@ -120,19 +120,19 @@ def generate(cfg: GenerateConfig, progress: Progress | None = None) -> GenerateR
             "event": "start",
             "tasks": len(tasks),
             "samples": cfg.samples,
-            "N": meta["N"],
+            "N": meta.N,
             "device": device,
         }
     )
-    size = meta["param_count"]
+    size = meta.param_count
     rows: list[tuple[Task, torch.Tensor]] = []
     tensors: dict[str, TaskTensors] = {}
     for task in tasks:
         t = task.data(ctx.model_cfg, ctx.frozen, device)
-        if t.condition.numel() != meta["condition_dim"]:
+        if t.condition.numel() != meta.condition_dim:
             raise CompatibilityError(
                 f"Task condition has {t.condition.numel()} entries; the policy expects "
-                f"{meta['condition_dim']}."
+                f"{meta.condition_dim}."
             )
         rows.append((task, stats.normalize_condition(t.condition)))
         tensors[task.id] = t
@@ -201,28 +201,25 @@ def generate(cfg: GenerateConfig, progress: Progress | None = None) -> GenerateR
         tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         root = zarr.open_group(zarr.storage.LocalStore(tmp), mode="w")
-        root.attrs.update(
-            {
-                "schema": GEN_SCHEMA,
-                "schema_version": GEN_SCHEMA_VERSION,
-                "policy": {
-                    "path": str(cfg.policy),
-                    "method": meta["method"],
-                    "k": meta["k"],
-                    "N": meta["N"],
-                    "store_fingerprint": meta["store_fingerprint"],
-                    "trained_steps": meta["trained_steps"],
-                    "style": None if token is None else OPTIMIZERS[token],
-                },
-                "layout": meta["layout"],
-                "param_count": size,
-                "store_location": absolute_location(ctx.store.location),
-                "tasks": [task.id for task, _ in rows],
-                "config": cfg.model_dump(mode="json"),
-                "timing": timing,
-                "provenance": provenance(device),
-            }
+        attrs = new_generated_meta(
+            policy={
+                "path": str(cfg.policy),
+                "method": meta.method,
+                "k": meta.k,
+                "N": meta.N,
+                "store_fingerprint": meta.store_fingerprint,
+                "trained_steps": meta.trained_steps,
+                "style": None if token is None else OPTIMIZERS[token],
+            },
+            layout=meta.layout,
+            param_count=size,
+            store_location=absolute_location(ctx.store.location),
+            tasks=[task.id for task, _ in rows],
+            config=cfg.model_dump(mode="json"),
+            timing=timing,
+            provenance=provenance(device),
         )
+        root.attrs.update(attrs.to_json())
         codecs = codecs_for(StoreCodecConfig(codec="zstd", level=3))  # zstd, then crc32c
         for task, c in rows:
             g = root.create_group(task.id)

@@ -28,12 +28,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from lohp_cli.artifacts.policy import PolicyMeta
 from lohp_cli.config import OPTIMIZERS, OptimizersConfig
 from lohp_cli.methods.base import EvalContext
 from lohp_cli.optim import build_optimizer
 from lohp_cli.optim.loop import train_loop
 from lohp_cli.optim.sam import SAM
-from lohp_cli.policy.artifact import has_tokens
 from lohp_cli.policy.context import policy_probe
 from lohp_cli.policy.state import StateProbe
 from lohp_cli.runtime import derive_seed
@@ -177,10 +177,9 @@ def collect_cosines(
     }
 
 
-def learned_optimizers(meta: dict[str, Any]) -> list[str]:
+def learned_optimizers(meta: PolicyMeta) -> list[str]:
     """The optimizers whose runs the policy learned from (its subset, else the store's)."""
-    tc = meta.get("train_config", {})
-    return list(tc.get("optimizers") or meta.get("store_optimizers") or OPTIMIZERS)
+    return meta.learned_optimizers or list(OPTIMIZERS)
 
 
 def check(
@@ -190,9 +189,9 @@ def check(
     first ``targets`` held-out tasks and ``sources`` source tasks, from sample 0's start θ₀ (the
     one every method of the report starts that task from). None for a hypernetwork or when off."""
     meta, stats, task = ctx.meta, ctx.stats, ctx.task
-    if meta["method"] == "hypernetwork" or (targets == 0 and sources == 0):
+    if meta.hypernetwork or (targets == 0 and sources == 0):
         return None
-    steps_per = meta["k"] * int(meta["store_compat"]["record_every"])
+    steps_per = meta.k * meta.store_compat.record_every
     splits = {
         "target": ctx.tasks[:targets],
         "source": [t.id for t in task.family.tasks("source", sources)] if sources else [],
@@ -200,7 +199,7 @@ def check(
     out: dict[str, Any] = {}
     for opt in learned_optimizers(meta):
         ctx.emit({"event": "info", "message": f"local-policy check along {opt}'s path"})
-        token = OPTIMIZERS.index(opt) if has_tokens(meta) else None
+        token = OPTIMIZERS.index(opt) if meta.has_tokens else None
         out[opt] = {}
         for split, ids in splits.items():
             rows = []
@@ -208,7 +207,7 @@ def check(
                 data = ctx.data.get(tid) or task.task_data(tid, ctx.device)
                 path = probe_path(
                     lambda: copy.deepcopy(ctx.net), opt, ctx.optim, ctx.starts(tid).theta0[0],
-                    data, int(meta["N"]), steps_per, ctx.batch_size,
+                    data, meta.N, steps_per, ctx.batch_size,
                     derive_seed(ctx.seed, "locality", tid), branches,
                 )  # fmt: skip
                 bank = policy_probe(model, task, {tid: data}, stats, ctx.device)

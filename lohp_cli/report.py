@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from lohp_cli.artifacts.generated import GeneratedMeta
 from lohp_cli.checkpoint import atomic_write_bytes, atomic_write_json
 from lohp_cli.config import EvaluateConfig
 from lohp_cli.methods.base import EvalContext, MethodResult
@@ -32,21 +33,21 @@ def cosine_summary(values: list[float]) -> dict[str, Any]:
 def build_report(
     cfg: EvaluateConfig,
     ctx: EvalContext,
-    generated: dict[str, Any],
+    generated: GeneratedMeta,
     rows: list[MethodResult],
     cosine: list[float],
     local: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``report.json``: the run, one summary per method row, timings, the cosine check;
-    ``generated`` holds the generated store's attributes."""
-    compat = ctx.meta["store_compat"]
+    ``generated``: the generated store's attributes."""
+    compat = ctx.meta.store_compat
     return {
         "schema": REPORT_SCHEMA,
         "schema_version": REPORT_VERSION,
         "generated": cfg.generated,
-        "policy": generated["policy"],
-        "family": compat["family"]["name"],
-        "model": compat["model"]["name"],
+        "policy": generated.policy.to_json(),
+        "family": compat.family.name,
+        "model": compat.model.name,
         "param_count": ctx.size,
         "tasks": ctx.tasks,
         "samples_per_task": ctx.samples,
@@ -58,7 +59,7 @@ def build_report(
             "warmup_runs": 1,
             "repeats": cfg.latency_repeats,
             "optimizer_repeats": optimizer_repeats(cfg.latency_repeats),
-            "generate": generated.get("timing"),
+            "generate": generated.timing,
         },
         "cosine": cosine_summary(cosine),
         "locality": local,

@@ -10,7 +10,9 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from lohp_cli.checkpoint import POLICY_FORMAT, POLICY_KIND, load_tensors, read_json
+from lohp_cli.artifacts.policy import L2OPolicyMeta, read_l2o_meta, read_policy_header
+from lohp_cli.artifacts.store import Compat
+from lohp_cli.checkpoint import load_tensors, read_json
 from lohp_cli.errors import CompatibilityError, DataError
 from lohp_cli.l2o import L2O_METHODS
 from lohp_cli.l2o.config import L2OConfig, L2OTrainConfig
@@ -48,7 +50,7 @@ def run_learned(
 
 def run_on_task(
     model: LSTMOptimizer,
-    meta: dict[str, Any],
+    meta: L2OPolicyMeta,
     net: torch.nn.Module,
     theta0: torch.Tensor,
     data: Any,
@@ -64,19 +66,19 @@ def run_on_task(
     when B > 1).
     """
     problem = ImageProblems(net, [data] * theta0.shape[0], theta0, batch_size, seed)
-    lc = L2OTrainConfig.from_stored(meta["train_config"]).l2o
-    k = lc.adapt_steps if meta["method"] == "m-l2o" else 0
+    lc = L2OTrainConfig.from_stored(meta.train_config).l2o
+    k = lc.adapt_steps if meta.method == "m-l2o" else 0
     support = ImageProblems(net, [data] * theta0.shape[0], theta0.roll(1, 0), batch_size, seed + 1)
     step, _ = learned_step(model, support, k, lc)
     _, theta = run_learned(step, model, problem, steps)
     if not bool(torch.isfinite(theta).all()):
-        raise DataError(f"Learned optimizer {meta['method']} diverged (non-finite weights).")
+        raise DataError(f"Learned optimizer {meta.method} diverged (non-finite weights).")
     return theta
 
 
 def l2o_accuracies(
     path: str | Path,
-    store_compat: dict[str, Any],
+    store_compat: Compat,
     net: torch.nn.Module,
     data: dict[str, Any],
     start: Callable[[str, int], torch.Tensor],
@@ -105,14 +107,15 @@ def l2o_accuracies(
 
 
 def load_l2o_for(
-    path: str | Path, store_compat: dict[str, Any], device: str = "cpu"
-) -> tuple[LSTMOptimizer, dict[str, Any]]:
+    path: str | Path, store_compat: Compat, device: str = "cpu"
+) -> tuple[LSTMOptimizer, L2OPolicyMeta]:
     """:func:`load_l2o`, refusing an optimizer trained for another task family or target model
     than ``store_compat`` (the generated weights')."""
     model, meta = load_l2o(path, device)
-    if meta.get("store_compat") != store_compat:
+    mine = None if meta.store_compat is None else meta.store_compat.to_json()
+    if mine != store_compat.to_json():
         raise CompatibilityError(
-            f"Learned optimizer '{path}' was trained on {meta['family'].get('name')!r} problems, "
+            f"Learned optimizer '{path}' was trained on {meta.family_name!r} problems, "
             "not on the task family and target model of the generated weights."
         )
     return model, meta
@@ -125,27 +128,23 @@ def build_l2o(lc: L2OConfig, seed: int) -> LSTMOptimizer:
         return LSTMOptimizer(lc.arch, lc.hidden, lc.layers, lc.out_scale)
 
 
-def load_l2o(path: str | Path, device: str = "cpu") -> tuple[LSTMOptimizer, dict[str, Any]]:
-    """Load an L2O policy directory: ``(optimizer in eval mode, config.json dict)``."""
+def load_l2o(path: str | Path, device: str = "cpu") -> tuple[LSTMOptimizer, L2OPolicyMeta]:
+    """Load an L2O policy directory: ``(optimizer in eval mode, its validated config.json)``."""
     out = Path(path)
     if not out.is_dir():
         raise CompatibilityError(
             f"No policy directory at '{out}'; train one with 'lohp train-policy --method l2o'."
         )
-    meta = read_json(out / "config.json")
-    if not isinstance(meta, dict) or meta.get("kind") != POLICY_KIND:
-        raise CompatibilityError(f"'{out}' is not a lohp policy.")
-    if meta.get("format", 0) > POLICY_FORMAT:
+    data = read_json(out / "config.json")
+    method = read_policy_header(data, out).method
+    if method not in L2O_METHODS:
         raise CompatibilityError(
-            f"Policy '{out}' has format {meta['format']}; this lohp reads up to {POLICY_FORMAT}."
-        )
-    if meta.get("method") not in L2O_METHODS:
-        raise CompatibilityError(
-            f"'{out}' is a {meta.get('method')!r} policy, not a learned optimizer "
+            f"'{out}' is a {method!r} policy, not a learned optimizer "
             f"({', '.join(L2O_METHODS)}); score it with 'lohp evaluate'."
         )
+    meta = read_l2o_meta(data, out)
     try:
-        cfg = L2OTrainConfig.from_stored(meta["train_config"])
+        cfg = L2OTrainConfig.from_stored(meta.train_config)
     except (ValidationError, KeyError):
         raise CompatibilityError(
             f"Policy '{out}' has a train config this lohp cannot read; it was made by another "

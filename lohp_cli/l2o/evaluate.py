@@ -68,10 +68,10 @@ def evaluate_l2o(cfg: L2OEvaluateConfig, progress: Progress | None = None) -> di
     first_name = next(iter(loaded))
     ref_meta = loaded[first_name][1]
     for name, (_, meta) in loaded.items():
-        check_same_family(ref_meta["family"], meta["family"], f"Policy {name!r}")
-    tc = L2OTrainConfig.from_stored(ref_meta["train_config"])
+        check_same_family(ref_meta.family, meta.family, f"Policy {name!r}")
+    tc = L2OTrainConfig.from_stored(ref_meta.train_config)
     lc = tc.l2o
-    store = cfg.store or ref_meta.get("store_location")
+    store = cfg.store or ref_meta.store_location
     family = make_family(lc, store if lc.family == "store" else None, cfg.data_root)
     synthetic = lc.family != "store"
     if cfg.shift and not synthetic:
@@ -90,9 +90,9 @@ def evaluate_l2o(cfg: L2OEvaluateConfig, progress: Progress | None = None) -> di
     # methods: (label, kind, runner(query, support) -> (losses, theta, adapt history))
     methods: list[tuple[str, dict[str, Any], Callable[..., Any]]] = []
     for name, (model, meta) in loaded.items():
-        plc = L2OTrainConfig.from_stored(meta["train_config"]).l2o
+        plc = L2OTrainConfig.from_stored(meta.train_config).l2o
         k = plc.adapt_steps if cfg.adapt_steps is None else cfg.adapt_steps
-        variants = [k] if meta["method"] == "m-l2o" else ([0, k] if cfg.adapt_all and k else [0])
+        variants = [k] if meta.method == "m-l2o" else ([0, k] if cfg.adapt_all and k else [0])
         for steps_k in variants:
             label = name if steps_k == 0 else f"{name} +{steps_k} adapt"
 
@@ -101,7 +101,7 @@ def evaluate_l2o(cfg: L2OEvaluateConfig, progress: Progress | None = None) -> di
                 losses, theta = run_learned(step, model, q, cfg.steps)
                 return losses, theta, hist
 
-            info = {"kind": "learned", "method": meta["method"], "adapt_steps": steps_k}
+            info = {"kind": "learned", "method": meta.method, "adapt_steps": steps_k}
             methods.append((label, info, runner))
     for name, t in tuned.items():
 
@@ -159,7 +159,7 @@ def evaluate_l2o(cfg: L2OEvaluateConfig, progress: Progress | None = None) -> di
         "schema_version": REPORT_VERSION,
         "family": family.describe(),
         "policies": {
-            n: {"path": cfg.policies[n], "method": m["method"], "trained_steps": m["trained_steps"]}
+            n: {"path": cfg.policies[n], "method": m.method, "trained_steps": m.trained_steps}
             for n, (_, m) in loaded.items()
         },
         "tasks": cfg.tasks,

@@ -23,9 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from lohp_cli.artifacts.policy import new_l2o_meta
 from lohp_cli.checkpoint import (
-    POLICY_FORMAT,
-    POLICY_KIND,
     atomic_save_tensors,
     atomic_write_json,
     load_tensors,
@@ -110,23 +109,25 @@ def _config_json(
     step: int,
     complete: bool,
 ) -> dict[str, Any]:
-    meta: dict[str, Any] = {
-        "kind": POLICY_KIND,
-        "format": POLICY_FORMAT,
-        "method": cfg.method,
-        "family": family.describe(),
-        "store_fingerprint": fingerprint,
-        "teacher": teacher,
-        "train_config": cfg.model_dump(mode="json"),
-        "trained_steps": step,
-        "complete": complete,
-        "provenance": provenance(device),
-    }
+    """The learned optimizer's config.json (a validated ``L2OPolicyMeta``, as JSON)."""
+    image: dict[str, Any] = {}
     if isinstance(family, ImageFamily):
-        meta["store_location"] = family.store.location
-        meta["store_compat"] = family.compat
-        meta["param_count"] = sum(p.numel() for p in family.net.parameters())
-    return meta
+        image = {
+            "store_location": family.store.location,
+            "store_compat": family.compat.to_json(),
+            "param_count": sum(p.numel() for p in family.net.parameters()),
+        }
+    return new_l2o_meta(
+        method=cfg.method,
+        family=family.describe(),
+        store_fingerprint=fingerprint,
+        teacher=teacher,
+        train_config=cfg.model_dump(mode="json"),
+        trained_steps=step,
+        complete=complete,
+        provenance=provenance(device),
+        **image,
+    ).to_json()
 
 
 def _teacher(

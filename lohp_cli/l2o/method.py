@@ -33,7 +33,7 @@ class L2OMethod:
 
     def prepare(self, ctx: EvalContext) -> None:
         self.ctx = ctx
-        self.model, self.meta = load_l2o_for(self.path, ctx.meta["store_compat"], ctx.device)
+        self.model, self.meta = load_l2o_for(self.path, ctx.meta.store_compat, ctx.device)
         self.steps = ctx.steps_full
 
     def weights(self, task_id: str, starts: Starts) -> torch.Tensor:

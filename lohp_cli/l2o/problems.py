@@ -281,12 +281,12 @@ class ImageFamily(ProblemFamily):
     name = "store"
 
     def __init__(self, store_location: str, data_root: str | None = None, batch_size: int = 0):
-        from lohp_cli.policy.context import task_context
+        from lohp_cli.policy.context import store_task_context
         from lohp_cli.store.trajectory_store import TrajectoryStore
 
         store = TrajectoryStore.open(store_location, mode="r")
-        compat = store.attrs.get("compat", {})
-        fam = compat.get("family", {}).get("name")
+        compat = store.meta.compat
+        fam = compat.family.name
         from lohp_cli.tasks.families import FAMILIES
 
         if fam not in FAMILIES:
@@ -295,11 +295,10 @@ class ImageFamily(ProblemFamily):
                 f"train optimizees on; L2O needs a store of {', '.join(sorted(FAMILIES))} "
                 "(or --family quadratic|lasso)."
             )
-        meta = {"store_location": store_location, "store_compat": compat}
-        self.ctx = task_context(meta, store_location, data_root)
+        self.ctx = store_task_context(store, data_root)
         self.store = store
         self.compat = compat
-        self.batch_size = batch_size or int(compat.get("batch_size", 64))
+        self.batch_size = batch_size or compat.batch_size
         self._data: dict[str, Any] = {}
         self.net = self._build(0)
         self.source_ids = store.task_ids()
@@ -366,14 +365,14 @@ class ImageFamily(ProblemFamily):
             states.append(torch.from_numpy(np.asarray(w, dtype=np.float32)))
             data.append(self.task_data(self.store.run_attrs(rid)["task_id"]))
         st = torch.stack(states, 1)  # [T+1, B, P]
-        r = int(self.compat.get("record_every", 1))
+        r = self.compat.record_every
         prob = ImageProblems(
             self.net, data, st[0].clone(), self.batch_size, derive_seed(seed, index)
         )
         return prob, st, r
 
     def describe(self) -> dict[str, Any]:
-        return {"name": "store", "store_compat": self.compat}
+        return {"name": "store", "store_compat": self.compat.to_json()}
 
 
 def make_family(

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from lohp_cli.artifacts.policy import PolicyMeta
 from lohp_cli.config import OptimizersConfig
 from lohp_cli.policy.artifact import initial_state
 from lohp_cli.policy.context import TaskContext
@@ -44,7 +45,7 @@ class EvalContext:
     samples: int  # starts per task
     seed: int  # the generate seed every start is drawn from
     device: str
-    meta: dict[str, Any]  # config.json of the policy that made the generated weights
+    meta: PolicyMeta  # config.json of the policy that made the generated weights
     stats: NormStats  # that policy's normalisation: θ_0 = stats.denormalize(s_0)
     net: torch.nn.Module  # the target model that scores flat weights
     steps_full: int  # the store's run length T·r
@@ -61,7 +62,7 @@ class EvalContext:
 
     @property
     def size(self) -> int:
-        return int(self.meta["param_count"])
+        return self.meta.param_count
 
     def starts(self, task_id: str) -> Starts:
         s0 = [initial_state(self.seed, task_id, j, self.size) for j in range(self.samples)]

@@ -29,10 +29,10 @@ class HypernetworkMethod(PolicyMethod):
                     "store": ctx.task.store.location,
                     "out": self.path,
                     "method": "hypernetwork",
-                    "k": ctx.meta["k"],
+                    "k": ctx.meta.k,
                     "steps": self.train_steps,
                     "device": ctx.device,
-                    "optimizers": ctx.meta["train_config"].get("optimizers"),
+                    "optimizers": ctx.meta.optimizers,
                     "seed": ctx.seed,
                 }
             )

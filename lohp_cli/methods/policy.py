@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 import lohp_cli.store.chunks as chunks
+from lohp_cli.artifacts.policy import PolicyMeta
 from lohp_cli.config import OPTIMIZERS
 from lohp_cli.errors import CompatibilityError, StoreError
 from lohp_cli.methods.base import EvalContext, Starts
@@ -18,24 +19,23 @@ from lohp_cli.store.sampler import NormStats
 from lohp_cli.timing import time_ms
 
 
-def policy_info(meta: dict[str, Any], token: int | None = None) -> dict[str, Any]:
+def policy_info(meta: PolicyMeta, token: int | None = None) -> dict[str, Any]:
     """What identifies a policy's row in a report: method, k, N, its optimizer subset, its state
     input and (for policies with optimizer tokens) the style it generated with."""
-    tc = meta["train_config"]
-    opts = tc.get("optimizers")
+    opts = meta.optimizers
     return {
-        "method": meta["method"],
-        "k": meta["k"],
-        "N": meta["N"],
+        "method": meta.method,
+        "k": meta.k,
+        "N": meta.N,
         "optimizers": sorted(opts) if opts else None,
-        "state_input": tc.get("policy", {}).get("state_input", "none"),
+        "state_input": meta.state_input,
         "style": None if token is None else OPTIMIZERS[token],
     }
 
 
 def generate_one(
     model: torch.nn.Module,
-    meta: dict[str, Any],
+    meta: PolicyMeta,
     c: torch.Tensor,
     s0: torch.Tensor,
     probe: StateProbe | None = None,
@@ -60,21 +60,20 @@ class PolicyMethod:
 
     def prepare(self, ctx: EvalContext) -> None:
         model, meta, stats = load_policy(self.path, ctx.device)
-        if meta["store_compat"] != ctx.meta["store_compat"]:
+        if meta.store_compat.to_json() != ctx.meta.store_compat.to_json():
             raise CompatibilityError(
                 f"Policy '{self.path}' was trained for another task family or "
                 "target model than the generated weights."
             )
         self._use(ctx, model, meta, stats, style_token(meta, None))
-        hyper = meta["method"] == "hypernetwork"
-        self.name = self.label if hyper else f"{self.label} (k={meta['k']})"
-        self.steps = 1 if hyper else meta["N"]
+        self.name = self.label if meta.hypernetwork else f"{self.label} (k={meta.k})"
+        self.steps = 1 if meta.hypernetwork else meta.N
 
     def _use(
         self,
         ctx: EvalContext,
         model: torch.nn.Module,
-        meta: dict[str, Any],
+        meta: PolicyMeta,
         stats: NormStats,
         token: int | None,
     ) -> None:
@@ -112,13 +111,13 @@ class GeneratedMethod(PolicyMethod):
         self,
         store: Any,
         where: str,
-        loaded: tuple[torch.nn.Module, dict[str, Any], NormStats],
+        loaded: tuple[torch.nn.Module, PolicyMeta, NormStats],
         style: str | None,
     ) -> None:
         model, meta, _ = loaded
-        super().__init__(f"{meta['method']} (k={meta['k']})", where)
+        super().__init__(f"{meta.method} (k={meta.k})", where)
         self.store, self.loaded, self.style = store, loaded, style
-        self.steps = meta["N"]
+        self.steps = meta.N
 
     def prepare(self, ctx: EvalContext) -> None:
         model, meta, stats = self.loaded

@@ -10,11 +10,11 @@ the store's T·r and the N of each method scored before it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from lohp_cli.artifacts.policy import stored_method
 from lohp_cli.config import EvaluateConfig
 from lohp_cli.errors import ConfigError
 from lohp_cli.methods.base import Method
@@ -79,11 +79,7 @@ def baseline(name: str, cfg: EvaluateConfig, budgets: tuple[int, ...] = ()) -> l
 
 def policy_kind(path: str | Path) -> str | None:
     """The ``method`` a policy directory's ``config.json`` names, or None when unreadable."""
-    try:
-        meta = json.loads((Path(path) / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    return meta.get("method") if isinstance(meta, dict) else None
+    return stored_method(path)
 
 
 def policy_method(name: str, path: str) -> Method:

@@ -16,7 +16,14 @@ from pydantic import ValidationError
 from torch import nn
 
 from lohp_cli import trainers
-from lohp_cli.checkpoint import POLICY_FORMAT, POLICY_KIND, load_tensors, read_json, state_dir
+from lohp_cli.artifacts.policy import (
+    POLICY_KIND,
+    PolicyMeta,
+    new_policy_meta,
+    read_policy_header,
+    read_policy_meta,
+)
+from lohp_cli.checkpoint import load_tensors, read_json, state_dir
 from lohp_cli.config import OPTIMIZERS, LoHpTrainConfig, TrainConfig, stored_train_config
 from lohp_cli.errors import CompatibilityError, ConfigError
 from lohp_cli.policy.gaussian import HyperNetwork, LoHpPolicy
@@ -63,13 +70,13 @@ class TrainResult:
 
 def store_fingerprint(store: TrajectoryStore) -> dict[str, Any]:
     """What identifies the store a policy was trained on (independent of its location)."""
-    a = store.attrs
-    compat = json.dumps(a.get("compat"), sort_keys=True)
+    meta = store.meta
+    compat = json.dumps(meta.compat.to_json(), sort_keys=True)
     return {
-        "schema": a.get("schema"),
-        "schema_version": a.get("schema_version"),
+        "schema": meta.schema_,
+        "schema_version": meta.schema_version,
         "compat_sha": hashlib.sha256(compat.encode()).hexdigest()[:16],
-        "created_at": a.get("provenance", {}).get("created_at"),
+        "created_at": meta.created_at,
     }
 
 
@@ -83,10 +90,6 @@ def build_model(
             return HyperNetwork(size, cond_dim, cfg.policy.hidden, cfg.policy.optimizer_token)
         sigma = stats.step_rms * cfg.policy.sigma_scale  # [N]
         return LoHpPolicy(size, cond_dim, n_steps, sigma, cfg.policy, classes)
-
-
-def classes_of(compat: dict[str, Any]) -> int:
-    return int(compat.get("family", {}).get("ways") or 0)
 
 
 def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -111,15 +114,12 @@ def check_out_dir(out: Path, cfg: TrainConfig, fingerprint: dict[str, Any]) -> b
                 f"{foreign[0]!r}); choose another --out."
             )
         return False
-    old = read_json(cfg_path)
-    if not isinstance(old, dict) or old.get("kind") != POLICY_KIND:
+    data = read_json(cfg_path)
+    if not isinstance(data, dict) or data.get("kind") != POLICY_KIND:
         raise CompatibilityError(f"'{cfg_path}' is not a lohp policy config.")
-    if old.get("format", 0) > POLICY_FORMAT:
-        raise CompatibilityError(
-            f"Policy '{out}' has format {old.get('format')}; this lohp reads up to {POLICY_FORMAT}."
-        )
-    same_store = old.get("store_fingerprint") == fingerprint
-    stored = stored_train_config(old.get("train_config", {}))
+    old = read_policy_header(data, out)
+    same_store = old.store_fingerprint == fingerprint
+    stored = stored_train_config(old.train_config)
     same_cfg = _comparable(stored) == _comparable(cfg.model_dump(mode="json"))
     if same_store and same_cfg:
         return state_dir(out) is not None
@@ -149,28 +149,27 @@ def policy_config_json(
     step: int,
     complete: bool,
 ) -> dict[str, Any]:
-    a = store.attrs
-    return {
-        "kind": POLICY_KIND,
-        "format": POLICY_FORMAT,
-        "method": cfg.method,
-        "k": cfg.k,
-        "N": n_steps,
-        "T": t_steps,
-        "param_count": a["param_count"],
-        "condition_dim": a["condition_dim"],
-        "layout": a["layout"],
-        "store_compat": a["compat"],
-        "store_fingerprint": fingerprint,
-        "store_location": absolute_location(store.location),
-        "store_optimizers": a.get("config", {}).get("optimizers"),
-        "runs_used": runs,
-        "normalization": "normalization.safetensors",
-        "train_config": cfg.model_dump(mode="json"),
-        "trained_steps": step,
-        "complete": complete,
-        "provenance": provenance(device),
-    }
+    """The policy's config.json (a validated :class:`PolicyMeta`, as JSON)."""
+    a = store.meta
+    return new_policy_meta(
+        method=cfg.method,
+        k=cfg.k,
+        N=n_steps,
+        T=t_steps,
+        param_count=a.param_count,
+        condition_dim=a.condition_dim,
+        layout=a.layout,
+        store_compat=a.compat.to_json(),
+        store_fingerprint=fingerprint,
+        store_location=absolute_location(store.location),
+        store_optimizers=a.config.get("optimizers"),
+        runs_used=runs,
+        normalization="normalization.safetensors",
+        train_config=cfg.model_dump(mode="json"),
+        trained_steps=step,
+        complete=complete,
+        provenance=provenance(device),
+    ).to_json()
 
 
 def truncate_metrics(path: Path, step: int) -> None:
@@ -189,21 +188,17 @@ def truncate_metrics(path: Path, step: int) -> None:
     atomic_write_bytes(path, ("\n".join(keep) + "\n" if keep else "").encode())
 
 
-def load_policy(
-    path: str | Path, device: str = "cpu"
-) -> tuple[nn.Module, dict[str, Any], NormStats]:
-    """Load a policy directory: ``(model in eval mode, config.json dict, normalisation stats)``."""
+def load_policy(path: str | Path, device: str = "cpu") -> tuple[nn.Module, PolicyMeta, NormStats]:
+    """Load a policy directory: ``(model in eval mode, its config.json, normalisation stats)``;
+    the config is validated here, once (a CompatibilityError names a missing or bad field)."""
     out = Path(path)
     if not out.is_dir():
         raise CompatibilityError(
             f"No policy directory at '{out}'; train one with 'lohp train-policy'."
         )
-    meta = read_json(out / "config.json")
-    if not isinstance(meta, dict) or meta.get("kind") != POLICY_KIND:
-        kind = meta.get("kind") if isinstance(meta, dict) else None
-        raise CompatibilityError(f"'{out}' is not a lohp policy (kind {kind!r}).")
-    method = meta.get("method")
-    spec = trainers.get(str(method))
+    data = read_json(out / "config.json")
+    method = read_policy_header(data, out).method
+    spec = trainers.get(method)
     if spec is None or not spec.generates_weights:
         what = f"a {spec.kind} ({method})" if spec else f"a policy of an unknown method {method!r}"
         use = (
@@ -212,32 +207,17 @@ def load_policy(
             else (f"this lohp generates with {', '.join(trainers.weight_generators())}")
         )
         raise CompatibilityError(f"'{out}' is {what}, not a weight generator; {use}.")
-    missing = [
-        k
-        for k in ("train_config", "normalization", "param_count", "condition_dim", "N")
-        if k not in meta
-    ]
-    if missing:
-        raise CompatibilityError(f"Policy config '{out / 'config.json'}' lacks {missing[0]!r}.")
-    if meta.get("format", 0) > POLICY_FORMAT:
-        raise CompatibilityError(
-            f"Policy '{out}' has format {meta['format']}; this lohp reads up to {POLICY_FORMAT}."
-        )
+    meta = read_policy_meta(data, out)
     try:
-        cfg = TrainConfig.from_stored(meta["train_config"])
+        cfg = TrainConfig.from_stored(meta.train_config)
     except ValidationError as exc:
         raise CompatibilityError(
             f"Policy '{out}' has a train config this lohp cannot read ({exc.error_count()} "
             "problem(s)); it was made by another version."
         ) from None
-    stats = NormStats.from_tensors(load_tensors(out / meta["normalization"]))
+    stats = NormStats.from_tensors(load_tensors(out / meta.normalization))
     model = build_model(
-        cfg,
-        meta["param_count"],
-        meta["condition_dim"],
-        meta["N"],
-        stats,
-        classes_of(meta.get("store_compat", {})),
+        cfg, meta.param_count, meta.condition_dim, meta.N, stats, meta.store_compat.classes
     )
     try:
         model.load_state_dict(load_tensors(out / "model.safetensors"))
@@ -254,26 +234,20 @@ def initial_state(seed: int, task_id: str, sample: int, size: int) -> torch.Tens
     return torch.randn(size, generator=gen)
 
 
-def has_tokens(meta: dict[str, Any]) -> bool:
-    """Whether a policy was trained with ``policy.optimizer_token`` (and so needs a token)."""
-    return bool(meta["train_config"].get("policy", {}).get("optimizer_token", False))
-
-
-def style_token(meta: dict[str, Any], style: str | None) -> int | None:
+def style_token(meta: PolicyMeta, style: str | None) -> int | None:
     """The optimizer-token index a policy generates with, or None for a policy without tokens.
 
     A policy trained with ``policy.optimizer_token`` always saw a token; it imitates ``style``
     (default: Adam when it learned from Adam runs, else the first optimizer it learned from).
     """
-    tc = meta["train_config"]
-    if not has_tokens(meta):
+    if not meta.has_tokens:
         if style is not None:
             raise ConfigError(
                 f"--style {style}: the policy was trained without policy.optimizer_token, so it "
                 "has one style only; leave --style out."
             )
         return None
-    learned = list(tc.get("optimizers") or meta.get("store_optimizers") or OPTIMIZERS)
+    learned = meta.learned_optimizers or list(OPTIMIZERS)
     if style is None:
         style = "adam" if "adam" in learned else learned[0]
     if style not in learned:
@@ -285,7 +259,7 @@ def style_token(meta: dict[str, Any], style: str | None) -> int | None:
 
 def generate_batch(
     model: torch.nn.Module,
-    meta: dict[str, Any],
+    meta: PolicyMeta,
     cond: torch.Tensor,
     s0: torch.Tensor,
     mode: str,
@@ -299,7 +273,7 @@ def generate_batch(
     ``token``: the optimizer style of a policy trained with optimizer tokens (see style_token).
     """
     opt = None if token is None else torch.full((s0.shape[0],), token, device=s0.device)
-    if meta["method"] == "hypernetwork":
+    if meta.hypernetwork:
         out = model(cond, opt).unsqueeze(1)  # [B, 1, P]
         return torch.cat([s0.unsqueeze(1), out], dim=1) if keep_path else out
     path = model.rollout(s0, 0, cond, opt, mode=mode, gen=gen, probe=probe)  # [B, N+1, P]

@@ -8,10 +8,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from lohp_cli.artifacts.policy import PolicyMeta
 from lohp_cli.config import ModelConfig, TaskConfig
 from lohp_cli.errors import CompatibilityError, ConfigError
 from lohp_cli.policy.state import ProbeBank
@@ -46,19 +46,25 @@ class TaskContext:
 
 
 def task_context(
-    meta: dict[str, Any], store_location: str | None = None, data_root: str | None = None
+    meta: PolicyMeta, store_location: str | None = None, data_root: str | None = None
 ) -> TaskContext:
     """Rebuild the family/model of a policy from its config; refuse a mismatched data set."""
-    location = store_location or meta["store_location"]
+    location = store_location or meta.store_location
     store = TrajectoryStore.open(location, mode="r")
-    compat = store.attrs.get("compat", {})
-    if compat != meta["store_compat"]:
+    if store.meta.compat.to_json() != meta.store_compat.to_json():
         raise CompatibilityError(
             f"Store '{location}' does not match the policy's store (task family, model or "
             "trajectory settings differ); pass the store the policy was trained on with --store."
         )
-    fam = dict(compat["family"])
-    stored_cfg = store.attrs.get("config", {}).get("task", {})
+    return store_task_context(store, data_root)
+
+
+def store_task_context(store: TrajectoryStore, data_root: str | None = None) -> TaskContext:
+    """The task family, target model and frozen parts of an open store; refuse a data set that
+    differs from the one it was collected on."""
+    compat = store.meta.compat
+    fam = compat.family.to_json()
+    stored_cfg = store.meta.config.get("task", {})
     task_cfg = TaskConfig.model_validate(
         {
             "family": fam["name"],
@@ -73,7 +79,7 @@ def task_context(
             f"The '{fam['name']}' data set found ({source}) differs from the one the "
             "policy's store was collected on (data fingerprint); point --data-root at that copy."
         )
-    model_cfg = ModelConfig.model_validate(compat["model"])
+    model_cfg = ModelConfig.model_validate(compat.model.to_json())
     return TaskContext(family, model_cfg, load_frozen(store, model_cfg, family), store)
 
 

@@ -36,12 +36,11 @@ from lohp_cli.policy.artifact import (
     TrainResult,
     build_model,
     check_out_dir,
-    classes_of,
     policy_config_json,
     store_fingerprint,
     truncate_metrics,
 )
-from lohp_cli.policy.context import support_probe_bank, task_context
+from lohp_cli.policy.context import store_task_context, support_probe_bank
 from lohp_cli.policy.gaussian import LoHpPolicy
 from lohp_cli.policy.state import ProbeBank
 from lohp_cli.runtime import derive_seed, resolve_device
@@ -64,11 +63,9 @@ def _store_probe_bank(
     cfg: LoHpTrainConfig, store: TrajectoryStore, runs: list[Any], stats: NormStats, device: str
 ) -> ProbeBank:
     """Support sets of the runs' tasks, rebuilt from the store's task family (state input)."""
-    if classes_of(store.attrs["compat"]) < 2:
+    if store.meta.compat.classes < 2:
         raise ConfigError("policy.state_input='support' needs a store of class-subset tasks.")
-    ctx = task_context(
-        {"store_location": cfg.store, "store_compat": store.attrs["compat"]}, cfg.store
-    )
+    ctx = store_task_context(store)
     return support_probe_bank(ctx, (r.task_id for r in runs), stats, device)
 
 
@@ -105,8 +102,8 @@ def train_policy(cfg: TrainConfig, progress: Progress | None = None) -> TrainRes
     emit({"event": "device", "device": device, "world_size": world})
 
     store = TrajectoryStore.open(cfg.store, mode="r")
-    attrs = store.attrs
-    states = attrs["compat"]["steps"] // attrs["compat"]["record_every"] + 1
+    meta = store.meta
+    states = meta.compat.states
     n_steps = len(matched_indices(states, cfg.k)) - 1
     if cfg.window is not None and cfg.window > n_steps:
         raise ConfigError(f"window={cfg.window} exceeds N={n_steps} policy steps (T/k).")
@@ -123,11 +120,11 @@ def train_policy(cfg: TrainConfig, progress: Progress | None = None) -> TrainRes
         dist.broadcast_object_list(flag, src=0)
         resume = bool(flag[0])
 
-    size, cond_dim = int(attrs["param_count"]), int(attrs["condition_dim"])
+    size, cond_dim = meta.param_count, meta.condition_dim
     sym = None
-    ways = classes_of(attrs["compat"])
+    ways = meta.compat.classes
     if cfg.augment != "none":
-        layout = ParamLayout.from_json(attrs["layout"])
+        layout = ParamLayout.from_json(meta.layout)
         if cfg.augment == "classes" or ClassSymmetry.applies(layout, ways, cond_dim):
             sym = ClassSymmetry.of(layout, ways, cond_dim)
     norm_path = out / "normalization.safetensors"

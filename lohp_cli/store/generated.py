@@ -1,20 +1,25 @@
 """The generated store (schema ``lohp.generated``) that ``generate`` writes and ``evaluate`` reads;
-its layout is documented in :mod:`lohp_cli.generate`."""
+its layout is documented in :mod:`lohp_cli.generate`, its attributes are
+:class:`lohp_cli.artifacts.generated.GeneratedMeta`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from lohp_cli.artifacts.generated import (
+    GEN_SCHEMA,
+    GEN_SCHEMA_VERSION,
+    GeneratedMeta,
+    read_generated_meta,
+)
 from lohp_cli.errors import StoreError
 
-GEN_SCHEMA = "lohp.generated"
+__all__ = ["GEN_SCHEMA", "GEN_SCHEMA_VERSION", "GeneratedMeta", "open_generated"]
 
 
-GEN_SCHEMA_VERSION = 1
-
-
-def open_generated(path: str) -> Any:
+def open_generated(path: str) -> tuple[Any, GeneratedMeta]:
+    """``(zarr group, its validated attributes)`` of the generated store at ``path``."""
     import zarr
 
     p = Path(path)
@@ -25,13 +30,4 @@ def open_generated(path: str) -> Any:
         attrs = dict(g.attrs)
     except Exception as exc:  # noqa: BLE001 - any zarr/json failure means a corrupt store
         raise StoreError(f"'{path}' is not a readable generated store ({exc}).") from None
-    if attrs.get("schema") != GEN_SCHEMA:
-        raise StoreError(
-            f"'{path}' is not a lohp generated store (schema {attrs.get('schema')!r})."
-        )
-    if attrs.get("schema_version", 0) > GEN_SCHEMA_VERSION:
-        raise StoreError(
-            f"'{path}' has schema_version {attrs['schema_version']}; this lohp reads "
-            f"up to {GEN_SCHEMA_VERSION}. Upgrade lohp."
-        )
-    return g
+    return g, read_generated_meta(attrs, path)

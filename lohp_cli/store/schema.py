@@ -10,8 +10,16 @@ from __future__ import annotations
 
 from typing import Literal
 
-SCHEMA = "lohp.trajectories"
-SCHEMA_VERSION = 1
+from lohp_cli.artifacts.store import SCHEMA, SCHEMA_VERSION
+
+__all__ = [
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "STATUS_COMPLETE",
+    "STATUS_RUNNING",
+    "parse_run_id",
+    "run_id",
+]
 
 RunStatus = Literal["running", "complete"]
 STATUS_RUNNING: RunStatus = "running"

@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 
 import lohp_cli.store.chunks as chunks
+from lohp_cli.artifacts.store import StoreMeta, new_store_meta, read_store_meta
 from lohp_cli.config import StoreCodecConfig
 from lohp_cli.errors import StoreError
-from lohp_cli.store.schema import SCHEMA, SCHEMA_VERSION, STATUS_COMPLETE, STATUS_RUNNING
+from lohp_cli.store.schema import STATUS_COMPLETE, STATUS_RUNNING
 from lohp_cli.store.writer import RunWriter
 
 
@@ -104,9 +105,10 @@ def _open_group(location: str, mode: str):
 class TrajectoryStore:
     """A trajectory store opened for reading (``mode="r"``) or appending runs (``mode="r+"``)."""
 
-    def __init__(self, location: str, group: Any) -> None:
+    def __init__(self, location: str, group: Any, meta: StoreMeta | None = None) -> None:
         self.location = location
         self.root = group
+        self.meta = read_store_meta(dict(group.attrs), location) if meta is None else meta
 
     # ---- opening ----------------------------------------------------------------------------
     @classmethod
@@ -123,9 +125,7 @@ class TrajectoryStore:
                 raise StoreError(f"'{location}' is a file, not a trajectory store (a directory).")
             if not (path / "zarr.json").is_file():
                 raise StoreError(f"'{location}' is not a Zarr v3 store (no zarr.json).")
-        store = cls(location, _open_group(location, mode))
-        store.check_schema()
-        return store
+        return cls(location, _open_group(location, mode))  # validates the root attributes
 
     @classmethod
     def create_or_open(
@@ -161,42 +161,23 @@ class TrajectoryStore:
                 exists = False
         if exists:
             return cls.open(location, mode="r+"), False
+        meta = new_store_meta(root_attrs, location)  # what is written is valid
         group = _open_group(location, "w-")
-        group.attrs.update(
-            {
-                "schema": SCHEMA,
-                "schema_version": SCHEMA_VERSION,
-                "init_complete": False,
-                **root_attrs,
-            }
-        )
+        group.attrs.update(meta.to_json())
         group.require_group("tasks")
         group.require_group("runs")
-        return cls(location, group), True
-
-    def check_schema(self) -> None:
-        attrs = dict(self.root.attrs)
-        if attrs.get("schema") != SCHEMA:
-            raise StoreError(
-                f"'{self.location}' is not a lohp trajectory store (schema "
-                f"{attrs.get('schema')!r}, expected {SCHEMA!r})."
-            )
-        version = attrs.get("schema_version")
-        if not isinstance(version, int):
-            raise StoreError(f"'{self.location}' has no valid schema_version.")
-        if version > SCHEMA_VERSION:
-            raise StoreError(
-                f"Store '{self.location}' has schema_version {version}; this lohp reads up to "
-                f"{SCHEMA_VERSION}. Upgrade lohp or re-run 'lohp collect'."
-            )
+        return cls(location, group, meta), True
 
     # ---- root metadata ----------------------------------------------------------------------
     @property
     def attrs(self) -> dict[str, Any]:
+        """The root attributes as stored (raw JSON); read them through :attr:`meta`."""
         return dict(self.root.attrs)
 
     def update_attrs(self, **values: Any) -> None:
+        """Set root attributes (and the same fields of :attr:`meta`)."""
         self.root.attrs.update(values)
+        self.meta = self.meta.model_copy(update=values)
 
     # ---- feature extractor ------------------------------------------------------------------
     def save_tensors(self, group_name: str, tensors: dict[str, np.ndarray], attrs: dict) -> None:

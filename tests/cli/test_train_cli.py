@@ -173,7 +173,7 @@ def test_prints_the_policy_path(store: Path, tmp_path: Path) -> None:
     assert "device: cpu" in err and "normalisation statistics over 4 run(s)" in err
     assert "done: step 3, complete" in err
     model, meta, _ = load_policy(out)
-    assert meta["trained_steps"] == 3 and meta["N"] == 4
+    assert meta.trained_steps == 3 and meta.N == 4
 
 
 def test_rerun_resumes(store: Path, tmp_path: Path) -> None:
@@ -267,7 +267,7 @@ def test_policy_of_another_store_exit_4_unless_overwrite(store: Path, tmp_path: 
     assert (out / "model.safetensors").read_bytes() == before
     result = ok(train(other, out, "--steps", 1, "--overwrite"))
     assert result.stdout == f"{out}\n"
-    assert load_policy(out)[1]["store_location"] == str(other)
+    assert load_policy(out)[1].store_location == str(other)
 
 
 def test_future_policy_format_exit_4(store: Path, tmp_path: Path) -> None:

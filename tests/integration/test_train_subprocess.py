@@ -69,7 +69,7 @@ def test_end_to_end_and_exit_codes(store: Path, tmp_path: Path) -> None:
     assert proc.stdout == f"{out}\n"
     assert "done: step 3, complete" in proc.stderr
     model, meta, stats = load_policy(out)
-    assert meta["trained_steps"] == 3 and meta["provenance"]["argv"][1:3] == [
+    assert meta.trained_steps == 3 and meta.provenance["argv"][1:3] == [
         "train-policy", "--store"
     ]  # fmt: skip
     proc = run(lohp_cmd("train-policy", "--store", tmp_path / "none.zarr", "--out", out))
@@ -135,12 +135,12 @@ def test_torchrun_two_processes(store: Path, tmp_path: Path) -> None:
     assert proc.stdout.splitlines() == [str(out)], "only rank 0 prints the policy path"
     assert "world size 2" in proc.stderr
     model, meta, stats = load_policy(out)
-    assert meta["trained_steps"] == 4 and meta["complete"] is True
+    assert meta.trained_steps == 4 and meta.complete is True
     assert metric_steps(out) == [1, 2, 3, 4], "only rank 0 writes metrics"
     assert sorted(p.name for p in out.iterdir()) == [
         "config.json", "metrics.jsonl", "model.safetensors", "normalization.safetensors", "state"
     ]  # fmt: skip
     with torch.no_grad():  # it generates: N + 1 finite states from s_0
-        s0 = torch.randn(2, meta["param_count"])
-        traj = model.rollout(s0, 0, torch.zeros(2, meta["condition_dim"]))
-    assert traj.shape == (2, meta["N"] + 1, meta["param_count"]) and torch.isfinite(traj).all()
+        s0 = torch.randn(2, meta.param_count)
+        traj = model.rollout(s0, 0, torch.zeros(2, meta.condition_dim))
+    assert traj.shape == (2, meta.N + 1, meta.param_count) and torch.isfinite(traj).all()

@@ -329,8 +329,8 @@ def policy_copy(policy_dir: Path, tmp_path: Path) -> Path:
 
 def test_load_policy(policy_dir: Path) -> None:
     model, meta, stats = load_policy(policy_dir)
-    assert meta["kind"] == POLICY_KIND and meta["format"] == POLICY_FORMAT
-    assert meta["N"] == 4 and meta["k"] == 1 and meta["T"] == 4 and meta["complete"]
+    assert meta.kind == POLICY_KIND and meta.format == POLICY_FORMAT
+    assert meta.N == 4 and meta.k == 1 and meta.T == 4 and meta.complete
     assert not model.training
     saved = load_tensors(policy_dir / "model.safetensors")
     for k, v in model.state_dict().items():

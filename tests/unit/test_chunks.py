@@ -21,7 +21,20 @@ OTHER = run_id("c2_3", "sgd", 0)
 def make_store(path: Path, checksum: bool = True, chunk_steps: int = 4) -> TrajectoryStore:
     """Two complete runs (weights in 3 time chunks of up to 4 states), two tasks, an extractor."""
     store, _ = TrajectoryStore.create_or_open(
-        str(path), {"compat": {"steps": STATES - 1, "record_every": 1}, "param_count": PARAMS}
+        str(path),
+        {
+            "compat": {
+                "family": {"name": "f"},
+                "model": {"name": "m"},
+                "steps": STATES - 1,
+                "record_every": 1,
+                "batch_size": 1,
+                "seed": 0,
+            },
+            "layout": [],
+            "param_count": PARAMS,
+            "condition_dim": 3,
+        },  # fmt: skip
     )
     codec = StoreCodecConfig(chunk_steps=chunk_steps, checksum=checksum)
     rng = np.random.default_rng(0)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 import lohp_cli.timing
+from lohp_cli.artifacts.policy import PolicyMeta
 from lohp_cli.methods.base import MethodResult
 from lohp_cli.methods.policy import policy_info
 from lohp_cli.report import LATENCY_LABEL, k_study, markdown_report, write_plots
@@ -22,13 +23,13 @@ def _row(
     return MethodResult(name, kind, [acc], lat, 1, policy).summary()
 
 
-def _meta(method: str, k: int, opts: list[str] | None = None, state: str = "none") -> dict:
-    return {
-        "method": method,
-        "k": k,
-        "N": 40 // k,
-        "train_config": {"optimizers": opts, "policy": {"state_input": state}},
-    }
+def _meta(method: str, k: int, opts: list[str] | None = None, state: str = "none") -> PolicyMeta:
+    return PolicyMeta.model_construct(
+        method=method,
+        k=k,
+        N=40 // k,
+        train_config={"optimizers": opts, "policy": {"state_input": state}},
+    )
 
 
 def _report(methods: list[dict]) -> dict[str, Any]:

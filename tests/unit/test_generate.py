@@ -174,7 +174,7 @@ def test_paths_start_at_s0_and_end_at_weights(trained: dict[str, str], tmp_path:
     _, meta, _ = load_policy(trained["lo-hp"])
     for t in g.attrs["tasks"]:
         path = g[t]["path"][:]
-        assert path.shape[:2] == (3, meta["N"] + 1)
+        assert path.shape[:2] == (3, meta.N + 1)
         np.testing.assert_array_equal(path[:, -1], g[t]["weights"][:])
 
 

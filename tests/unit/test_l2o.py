@@ -237,10 +237,10 @@ def test_every_method_trains_and_loads(tmp_path: Path, method: str) -> None:
     result = train_l2o(cfg_for(tmp_path, method))
     assert result.complete and result.step == 4 and result.final_loss is not None
     model, meta = load_l2o(result.policy)
-    assert meta["method"] == method and meta["complete"] and meta["trained_steps"] == 4
-    assert meta["family"]["name"] == "quadratic"
+    assert meta.method == method and meta.complete and meta.trained_steps == 4
+    assert meta.family["name"] == "quadratic"
     if method == "l2o-tt":
-        assert meta["teacher"]["name"] == "adam" and meta["teacher"]["lr"] > 0
+        assert meta.teacher["name"] == "adam" and meta.teacher["lr"] > 0
     init = LSTMOptimizer(hidden=4)
     assert any(
         not torch.equal(p, q) for p, q in zip(model.parameters(), init.parameters(), strict=True)
@@ -344,7 +344,7 @@ def test_store_family_trains_with_stored_imitation(
     cfg = cfg_for(tmp_path, method, steps=2, store=str(digits_store), l2o=over)
     result = train_l2o(cfg)
     model, meta = load_l2o(result.policy)
-    assert meta["store_compat"]["family"]["name"] == "digits" and meta["param_count"] > 0
+    assert meta.store_compat.family.name == "digits" and meta.param_count > 0
     lines = (Path(result.policy) / "metrics.jsonl").read_text().splitlines()
     first = __import__("json").loads(lines[0])
     assert ("imitation" in first) == (method == "l2o-tt")
@@ -369,6 +369,7 @@ def test_l2o_accuracies_for_lohp_evaluate(digits_store: Path, tmp_path: Path) ->
     meta, accs = l2o_accuracies(
         result.policy, fam.compat, fam.net, data, lambda t, j: fam.initial(0, t, j), 2, 5, 16, 0
     )
-    assert meta["method"] == "m-l2o" and len(accs) == 2 and all(0 <= a <= 1 for a in accs)
+    assert meta.method == "m-l2o" and len(accs) == 2 and all(0 <= a <= 1 for a in accs)
     with pytest.raises(CompatibilityError, match="not on the task family"):
-        l2o_accuracies(result.policy, {"other": 1}, fam.net, data, lambda t, j: None, 1, 1, 1, 0)
+        other = fam.compat.model_copy(update={"seed": fam.compat.seed + 1})
+        l2o_accuracies(result.policy, other, fam.net, data, lambda t, j: None, 1, 1, 1, 0)

@@ -209,3 +209,69 @@ def test_a_long_module_is_found(fake: Path) -> None:
     write(fake, "lohp_cli.pkg.short", "x = 1\n" * 3)
     write(fake, "lohp_cli.pkg.long", "x = 1\n" * 4)
     assert long_modules(fake, limit=3) == ["lohp_cli.pkg.long: 4 lines"]
+
+
+# ---- artifacts are read through their typed models (lohp_cli/artifacts) -------------------------
+# The modules that own an artifact's metadata: the models themselves and the stores' readers and
+# writers. Everywhere else reads ``store.meta``, ``load_policy``'s PolicyMeta and
+# ``open_generated``'s GeneratedMeta by attribute; writing attributes (``x.attrs.update``) is fine.
+ARTIFACT_OWNERS = (
+    "lohp_cli.artifacts",
+    "lohp_cli.store.trajectory_store",
+    "lohp_cli.store.generated",
+)
+POLICY_KEYS = {"train_config", "store_compat", "store_fingerprint", "store_optimizers",
+               "normalization", "trained_steps"}  # fmt: skip
+
+
+def _key(node: ast.AST) -> object:
+    """The constant key of ``x["key"]`` or ``x.get("key", ...)``, else None."""
+    if isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant):
+        return node.slice.value
+    if (
+        isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Attribute)
+        and node.func.attr == "get"
+        and node.args
+        and isinstance(node.args[0], ast.Constant)
+    ):
+        return node.args[0].value
+    return None
+
+
+def artifact_dict_reads(root: Path = PACKAGE) -> list[str]:
+    """Reads of an artifact's metadata as a dict outside the modules that own it: any ``.attrs``
+    but ``x.attrs.update(...)``, and a policy config.json key read by subscript or ``.get``."""
+    out = []
+    for path in sorted(root.rglob("*.py")):
+        mod = module_name(path, root)
+        if any(mod == o or mod.startswith(o + ".") for o in ARTIFACT_OWNERS):
+            continue
+        tree = ast.parse(path.read_text())
+        writes = {
+            id(n.func.value)
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+            and n.func.attr == "update"
+        }  # fmt: skip
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr == "attrs" and id(node) not in writes:
+                out.append(f"{mod}:{node.lineno} reads .attrs")
+            if (key := _key(node)) in POLICY_KEYS:
+                out.append(f"{mod}:{node.lineno} reads the policy key {key!r} from a dict")
+    return out
+
+
+def test_artifacts_are_read_through_their_models() -> None:
+    assert artifact_dict_reads() == []
+
+
+def test_an_artifact_read_as_a_dict_is_found(fake: Path) -> None:
+    write(fake, "lohp_cli.store.trajectory_store", "a = store.root.attrs['x']\n")  # the owner
+    write(fake, "lohp_cli.generate", "g.attrs.update({'a': 1})\nn = g.attrs['tasks']\n")
+    write(fake, "lohp_cli.evaluate", "k = meta.get('train_config', {})\ns = dict(store.attrs)\n")
+    assert artifact_dict_reads(fake) == [
+        "lohp_cli.evaluate:1 reads the policy key 'train_config' from a dict",
+        "lohp_cli.evaluate:2 reads .attrs",
+        "lohp_cli.generate:2 reads .attrs",
+    ]

@@ -71,10 +71,8 @@ def _cfg(run: dict[str, Path], **over: Any) -> EvaluateConfig:
 def ctx(run: dict[str, Path]) -> tuple[EvalContext, Any]:
     """The stage's evaluation context and the generating policy ``(model, meta, stats)``."""
     cfg = _cfg(run)
-    g = open_generated(cfg.generated)
-    return context(
-        cfg, GenerateConfig.model_validate(g.attrs["config"]), dict(g.attrs), lambda _e: None
-    )
+    _, gmeta = open_generated(cfg.generated)
+    return context(cfg, GenerateConfig.model_validate(gmeta.config), gmeta, lambda _e: None)
 
 
 # ---- the shared starts ---------------------------------------------------------------------------
@@ -131,10 +129,10 @@ def test_optimizer_budgets_are_distinct_and_longest_first() -> None:
 # ---- policies ------------------------------------------------------------------------------------
 def test_generated_method_returns_what_generate_wrote(run: dict, ctx: tuple) -> None:
     c, loaded = ctx
-    g = open_generated(str(run["generated"]))
+    g, _ = open_generated(str(run["generated"]))
     m = GeneratedMethod(g, str(run["generated"]), loaded, None)
     m.prepare(c)
-    assert (m.name, m.kind, m.steps) == ("lo-hp (k=2)", "generated", loaded[1]["N"])
+    assert (m.name, m.kind, m.steps) == ("lo-hp (k=2)", "generated", loaded[1].N)
     for t in c.tasks:
         assert torch.equal(m.weights(t, c.starts(t)), torch.from_numpy(g[t]["weights"][...]))
 
@@ -143,11 +141,11 @@ def test_policy_method_regenerates_the_stored_weights_from_the_same_starts(
     run: dict, ctx: tuple
 ) -> None:
     c, loaded = ctx
-    g = open_generated(str(run["generated"]))
+    g, _ = open_generated(str(run["generated"]))
     m = registry.policy_method("again", str(run["policy"]))
     assert isinstance(m, PolicyMethod)
     m.prepare(c)
-    assert (m.name, m.kind, m.steps) == ("again (k=2)", "policy", loaded[1]["N"])
+    assert (m.name, m.kind, m.steps) == ("again (k=2)", "policy", loaded[1].N)
     assert m.policy is not None and m.policy["method"] == "lo-hp"
     for t in c.tasks:  # batch 1 here, batched in generate: equal up to float rounding
         want = torch.from_numpy(g[t]["weights"][...])

@@ -16,7 +16,9 @@ from lohp_cli.config import OPTIMIZERS, StoreCodecConfig
 from lohp_cli.errors import StoreError
 from lohp_cli.store import SCHEMA, SCHEMA_VERSION, TrajectoryStore, codecs_for, parse_run_id, run_id
 
-ROOT_ATTRS = {"compat": {"steps": 6}, "param_count": 5}
+COMPAT = {"family": {"name": "f"}, "model": {"name": "m"}, "steps": 6, "record_every": 1,
+          "batch_size": 2, "seed": 0}  # fmt: skip
+ROOT_ATTRS = {"compat": COMPAT, "layout": [], "param_count": 5, "condition_dim": 3}
 
 
 def new_store(tmp_path: Path, name: str = "s.zarr") -> TrajectoryStore:
@@ -66,7 +68,7 @@ def test_create_writes_schema_and_attrs(tmp_path: Path) -> None:
     assert attrs["schema"] == SCHEMA == "lohp.trajectories"
     assert attrs["schema_version"] == SCHEMA_VERSION == 1
     assert attrs["init_complete"] is False
-    assert attrs["compat"] == {"steps": 6} and attrs["param_count"] == 5
+    assert attrs["compat"] == COMPAT and attrs["param_count"] == 5
     # A plain zarr reader sees the same thing.
     root = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")
     assert root.attrs["schema"] == SCHEMA and set(root.group_keys()) == {"tasks", "runs"}
@@ -246,7 +248,7 @@ def test_loss_and_acc_written_only_at_finish(tmp_path: Path) -> None:
     seed=st.integers(0, 1000),
 )
 def test_run_round_trip_property(states: int, size: int, chunk: int, seed: int) -> None:
-    store, _ = TrajectoryStore.create_or_open(mem_url(), {})
+    store, _ = TrajectoryStore.create_or_open(mem_url(), ROOT_ATTRS)
     w, loss, acc = trajectory(states, size, seed)
     write_run(store, "r", w, loss, acc, chunk_steps=chunk)
     assert store.root["runs"]["r"]["weights"].chunks == (min(chunk, states), size)
@@ -395,7 +397,7 @@ def test_memory_url_round_trip() -> None:
 
 def test_memory_url_future_schema() -> None:
     url = mem_url()
-    store, _ = TrajectoryStore.create_or_open(url, {})
+    store, _ = TrajectoryStore.create_or_open(url, ROOT_ATTRS)
     store.update_attrs(schema_version=2)
     with pytest.raises(StoreError, match="has schema_version 2; this lohp reads up to 1"):
         TrajectoryStore.open(url)

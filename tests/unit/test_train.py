@@ -106,11 +106,11 @@ def endpoint_distances(
     else:  # the optimizers' own starts θ_0
         s0 = stats.normalize(torch.tensor(np.stack([st.weights(rid)[0] for rid, _ in runs])))
     with torch.no_grad():
-        if meta["method"] == "hypernetwork":
+        if meta.method == "hypernetwork":
             end = model(cond)
         else:
             traj = model.rollout(s0, 0, cond, mode="mean")
-            assert traj.shape == (len(tids), meta["N"] + 1, target.shape[1])
+            assert traj.shape == (len(tids), meta.N + 1, target.shape[1])
             end = traj[:, -1]
     return float((s0 - target).norm(dim=1).mean()), float((end - target).norm(dim=1).mean())
 

@@ -208,7 +208,7 @@ def test_an_old_lo_hp_policy_loads_and_resumes(tmp_path: Path) -> None:
     old = rewrite_old(tmp_path / "p")
     assert old["l2o"]["hidden"] == 20 and old["policy"]["hidden"] == 8
     model, meta, _ = load_policy(tmp_path / "p")
-    assert meta["method"] == "lo-hp" and sum(p.numel() for p in model.parameters()) > 0
+    assert meta.method == "lo-hp" and sum(p.numel() for p in model.parameters()) > 0
     assert TrainConfig.from_stored(old) == TrainConfig.model_validate(data)
     # the same settings resume (one more step) instead of failing on "other settings"
     result = lohp_cli.train.train_policy(TrainConfig.model_validate({**data, "steps": 3}))
@@ -224,7 +224,7 @@ def test_an_old_l2o_policy_loads_and_is_refused_as_a_weight_generator(tmp_path: 
     old = rewrite_old(tmp_path / "q")
     assert old["k"] == 2 and old["method"] == "m-l2o"
     model, meta = load_l2o(tmp_path / "q")
-    assert meta["method"] == "m-l2o" and model.hidden == 4
+    assert meta.method == "m-l2o" and model.hidden == 4
     assert L2OTrainConfig.from_stored(old) == TrainConfig.model_validate(data)
     with pytest.raises(CompatibilityError, match=r"learned optimizer \(m-l2o\), not a weight"):
         load_policy(tmp_path / "q")

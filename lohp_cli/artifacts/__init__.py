@@ -1,0 +1,31 @@
+"""lohp's artifacts as typed models: the trajectory store's root attributes (:mod:`.store`), a
+policy directory's ``config.json`` (:mod:`.policy`) and the generated store's attributes
+(:mod:`.generated`). Each is validated once, where it is opened; a newer schema or format, a
+missing field or a field of the wrong type is refused naming it. Pydantic only: every layer may
+import these modules.
+"""
+
+from lohp_cli.artifacts.generated import GEN_SCHEMA, GEN_SCHEMA_VERSION, GeneratedMeta
+from lohp_cli.artifacts.policy import (
+    POLICY_FORMAT,
+    POLICY_KIND,
+    L2OPolicyMeta,
+    PolicyHeader,
+    PolicyMeta,
+)
+from lohp_cli.artifacts.store import SCHEMA, SCHEMA_VERSION, Compat, StoreMeta
+
+__all__ = [
+    "GEN_SCHEMA",
+    "GEN_SCHEMA_VERSION",
+    "POLICY_FORMAT",
+    "POLICY_KIND",
+    "SCHEMA",
+    "SCHEMA_VERSION",
+    "Compat",
+    "GeneratedMeta",
+    "L2OPolicyMeta",
+    "PolicyHeader",
+    "PolicyMeta",
+    "StoreMeta",
+]

@@ -1,0 +1,39 @@
+"""What every artifact model shares: extra keys kept (older and newer writers add some), one
+JSON form, and validation that names the first bad field."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from lohp_cli.errors import LohpError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+class ArtifactModel(BaseModel):
+    """A part of an artifact's metadata; keys it does not know are kept as they are."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON as it is stored: the keys that were given (no defaults added), by alias."""
+        return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
+
+
+def parse(cls: type[M], data: Any, where: str, error: type[LohpError]) -> M:
+    """``cls`` validated from ``data``; ``error`` naming ``where`` and the first bad field."""
+    if not isinstance(data, dict):
+        raise error(f"{where} is not a JSON object (got {type(data).__name__}).")
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "(root)"
+        raise error(f"{where}: field {field!r}: {first['msg']}") from None
+
+
+def newer(version: Any, newest: int) -> bool:
+    """Whether ``version`` (an int, else not judged here) is newer than this lohp reads."""
+    return isinstance(version, int) and not isinstance(version, bool) and version > newest
