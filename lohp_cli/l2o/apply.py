@@ -10,15 +10,15 @@ from typing import Any
 import torch
 from pydantic import ValidationError
 
-from lohp_cli.artifacts.policy import L2OPolicyMeta, read_l2o_meta, read_policy_header
+from lohp_cli.artifacts.policy import L2OPolicyMeta, read_l2o_meta
 from lohp_cli.artifacts.store import Compat
-from lohp_cli.checkpoint import load_tensors, read_json
 from lohp_cli.errors import CompatibilityError, DataError
 from lohp_cli.l2o import L2O_METHODS
 from lohp_cli.l2o.config import L2OConfig, L2OTrainConfig
 from lohp_cli.l2o.meta import adapt, functional_step
 from lohp_cli.l2o.optimizer import LSTMOptimizer, StepFn, run_trajectory
 from lohp_cli.l2o.problems import ImageProblems, Optimizee
+from lohp_cli.policy.artifact import load_weights, open_policy_dir
 from lohp_cli.runtime import derive_seed
 
 
@@ -130,13 +130,7 @@ def build_l2o(lc: L2OConfig, seed: int) -> LSTMOptimizer:
 
 def load_l2o(path: str | Path, device: str = "cpu") -> tuple[LSTMOptimizer, L2OPolicyMeta]:
     """Load an L2O policy directory: ``(optimizer in eval mode, its validated config.json)``."""
-    out = Path(path)
-    if not out.is_dir():
-        raise CompatibilityError(
-            f"No policy directory at '{out}'; train one with 'lohp train-policy --method l2o'."
-        )
-    data = read_json(out / "config.json")
-    method = read_policy_header(data, out).method
+    out, data, method = open_policy_dir(path, "lohp train-policy --method l2o")
     if method not in L2O_METHODS:
         raise CompatibilityError(
             f"'{out}' is a {method!r} policy, not a learned optimizer "
@@ -151,10 +145,5 @@ def load_l2o(path: str | Path, device: str = "cpu") -> tuple[LSTMOptimizer, L2OP
             "version."
         ) from None
     model = build_l2o(cfg.l2o, cfg.seed)
-    try:
-        model.load_state_dict(load_tensors(out / "model.safetensors"))
-    except RuntimeError as exc:
-        raise CompatibilityError(
-            f"Policy weights in '{out}' do not fit its config ({exc})."
-        ) from None
+    load_weights(model, out)
     return model.to(device).eval(), meta

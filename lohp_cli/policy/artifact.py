@@ -188,16 +188,31 @@ def truncate_metrics(path: Path, step: int) -> None:
     atomic_write_bytes(path, ("\n".join(keep) + "\n" if keep else "").encode())
 
 
+def open_policy_dir(path: str | Path, train_with: str) -> tuple[Path, dict[str, Any], str]:
+    """``(directory, config.json, method)`` of a policy directory; a missing directory or a
+    config without a readable header is a CompatibilityError (``train_with``: the command to
+    make one)."""
+    out = Path(path)
+    if not out.is_dir():
+        raise CompatibilityError(f"No policy directory at '{out}'; train one with '{train_with}'.")
+    data = read_json(out / "config.json")
+    return out, data, read_policy_header(data, out).method
+
+
+def load_weights(model: nn.Module, out: Path) -> None:
+    """``model.safetensors`` of a policy directory into ``model``; a mismatch is named."""
+    try:
+        model.load_state_dict(load_tensors(out / "model.safetensors"))
+    except RuntimeError as exc:
+        raise CompatibilityError(
+            f"Policy weights in '{out}' do not fit its config ({exc})."
+        ) from None
+
+
 def load_policy(path: str | Path, device: str = "cpu") -> tuple[nn.Module, PolicyMeta, NormStats]:
     """Load a policy directory: ``(model in eval mode, its config.json, normalisation stats)``;
     the config is validated here, once (a CompatibilityError names a missing or bad field)."""
-    out = Path(path)
-    if not out.is_dir():
-        raise CompatibilityError(
-            f"No policy directory at '{out}'; train one with 'lohp train-policy'."
-        )
-    data = read_json(out / "config.json")
-    method = read_policy_header(data, out).method
+    out, data, method = open_policy_dir(path, "lohp train-policy")
     spec = trainers.get(method)
     if spec is None or not spec.generates_weights:
         what = f"a {spec.kind} ({method})" if spec else f"a policy of an unknown method {method!r}"
@@ -219,12 +234,7 @@ def load_policy(path: str | Path, device: str = "cpu") -> tuple[nn.Module, Polic
     model = build_model(
         cfg, meta.param_count, meta.condition_dim, meta.N, stats, meta.store_compat.classes
     )
-    try:
-        model.load_state_dict(load_tensors(out / "model.safetensors"))
-    except RuntimeError as exc:
-        raise CompatibilityError(
-            f"Policy weights in '{out}' do not fit its config ({exc})."
-        ) from None
+    load_weights(model, out)
     return model.to(device).eval(), meta, stats
 
 
