@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field, field_validator
 
 from lohp_cli.config.base import Frozen
@@ -44,11 +42,22 @@ class TaskConfig(Frozen):
 
 
 class ModelConfig(Frozen):
-    name: Literal["head", "mlp", "cnn"] = Field(
-        "head", description="Target model: head (over a frozen extractor), mlp or cnn."
+    name: str = Field(
+        "head",
+        description="Target model from the registry (lohp_cli.tasks.models): head (over a "
+        "frozen extractor), mlp or cnn.",
     )
     hidden: int = Field(32, ge=1, description="Hidden width of the mlp / channels of the cnn.")
     feature_dim: int = Field(64, ge=1, description="Feature size of the frozen extractor (head).")
     extractor_steps: int = Field(
         600, ge=1, description="Training steps of the frozen feature extractor (head)."
     )
+
+    @field_validator("name")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        from lohp_cli.tasks.models import MODELS
+
+        if v not in MODELS:
+            raise ValueError(f"unknown target model {v!r}; choose from {', '.join(sorted(MODELS))}")
+        return v

@@ -16,8 +16,10 @@ METHODS = ("lo-hp", "lo-op", "lo-di", "hypernetwork")
 
 
 class PolicyConfig(Frozen):
-    backbone: Literal["unet", "mlp"] = Field(
-        "unet", description="unet: 1-D U-Net over the parameter vector (paper); mlp: plain MLP."
+    backbone: str = Field(
+        "unet",
+        description="From the backbone registry (lohp_cli.policy.backbone): unet, a 1-D U-Net "
+        "over the parameter vector (paper); mlp, a plain MLP.",
     )
     channels: tuple[int, ...] = Field((32, 64, 128), description="U-Net channels per level.")
     patch: int = Field(8, ge=1, description="U-Net: coordinates per position (patch size).")
@@ -51,6 +53,15 @@ class PolicyConfig(Frozen):
         "weights predict on the task's support set (class-mean softmax, forward only); head and "
         "mlp target models.",
     )
+
+    @field_validator("backbone")
+    @classmethod
+    def _known_backbone(cls, v: str) -> str:
+        from lohp_cli.policy.backbone import BACKBONES
+
+        if v not in BACKBONES:
+            raise ValueError(f"unknown backbone {v!r}; choose from {', '.join(sorted(BACKBONES))}")
+        return v
 
     @field_validator("beta")
     @classmethod

@@ -31,6 +31,7 @@ from lohp_cli.policy.state import StateProbe
 from lohp_cli.runtime import derive_seed, provenance
 from lohp_cli.store.sampler import NormStats
 from lohp_cli.store.trajectory_store import TrajectoryStore, absolute_location
+from lohp_cli.tasks.layout import ParamLayout
 
 # settings that may change between a run and its resumption without changing what is learned
 OWN_FILES = {
@@ -81,15 +82,22 @@ def store_fingerprint(store: TrajectoryStore) -> dict[str, Any]:
 
 
 def build_model(
-    cfg: LoHpTrainConfig, size: int, cond_dim: int, n_steps: int, stats: NormStats, classes: int = 0
+    cfg: LoHpTrainConfig,
+    size: int,
+    cond_dim: int,
+    n_steps: int,
+    stats: NormStats,
+    classes: int = 0,
+    layout: ParamLayout | None = None,
 ) -> nn.Module:
-    """The network a method trains (initialised from ``cfg.seed``); ``classes``: C of the tasks."""
+    """The network a method trains (initialised from ``cfg.seed``); ``classes``: C of the tasks;
+    ``layout``: the target model's parameter layout, handed to the policy's backbone builder."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(cfg.seed, "init"))
         if cfg.method == "hypernetwork":
             return HyperNetwork(size, cond_dim, cfg.policy.hidden, cfg.policy.optimizer_token)
         sigma = stats.step_rms * cfg.policy.sigma_scale  # [N]
-        return LoHpPolicy(size, cond_dim, n_steps, sigma, cfg.policy, classes)
+        return LoHpPolicy(size, cond_dim, n_steps, sigma, cfg.policy, classes, layout=layout)
 
 
 def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -231,8 +239,9 @@ def load_policy(path: str | Path, device: str = "cpu") -> tuple[nn.Module, Polic
             "problem(s)); it was made by another version."
         ) from None
     stats = NormStats.from_tensors(load_tensors(out / meta.normalization))
+    layout = ParamLayout.from_json(meta.layout)
     model = build_model(
-        cfg, meta.param_count, meta.condition_dim, meta.N, stats, meta.store_compat.classes
+        cfg, meta.param_count, meta.condition_dim, meta.N, stats, meta.store_compat.classes, layout
     )
     load_weights(model, out)
     return model.to(device).eval(), meta, stats

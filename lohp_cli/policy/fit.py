@@ -142,7 +142,8 @@ def train_policy(cfg: TrainConfig, progress: Progress | None = None) -> TrainRes
                     cfg, store, fingerprint, n_steps, states - 1, device, len(runs), 0, False
                 ),
             )
-    model = build_model(cfg, size, cond_dim, n_steps, stats, ways).to(device)
+    layout = ParamLayout.from_json(meta.layout)  # the backbone builder sees the target's layers
+    model = build_model(cfg, size, cond_dim, n_steps, stats, ways, layout).to(device)
     bank = None
     if getattr(model, "needs_probe", False):
         emit({"event": "info", "message": "state input: loading the source tasks' support sets"})

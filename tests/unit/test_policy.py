@@ -277,3 +277,43 @@ def test_hypernetwork_shapes() -> None:
     c = torch.randn(4, 3)
     assert net(c).shape == (4, 13)
     assert not torch.allclose(net(c, torch.tensor([0, 0, 0, 0])), net(c, torch.tensor([2] * 4)))
+
+
+# ---- registries reach the config ----------------------------------------------------------
+def test_a_registered_backbone_is_a_config_choice_and_sees_the_layout(
+    tmp_path, monkeypatch
+) -> None:
+    """A backbone registered outside lohp is chosen with policy.backbone and built from the
+    target model's real parameter layout (layer names and shapes), not one flat vector."""
+    import pydantic
+
+    from lohp_cli.policy import backbone as bb
+    from lohp_cli.policy.fit import train_policy
+    from tests.conftest import make_linear_store
+
+    with pytest.raises(pydantic.ValidationError, match="unknown backbone 'rows'"):
+        PolicyConfig(backbone="rows")
+    seen = {}
+
+    def rows(layout, cond_dim, n_steps, cfg):
+        seen["layout"] = [(e.name, tuple(e.shape)) for e in layout.entries]
+        return bb.MLPBackbone(layout.size, cfg.emb_dim, 8)
+
+    monkeypatch.setitem(bb.BACKBONES, "rows", rows)
+    make_linear_store(tmp_path / "s.zarr", n_tasks=2, size=5, cond_dim=3, steps=2)
+    from lohp_cli.config import TrainConfig
+
+    cfg = TrainConfig.model_validate({"store": str(tmp_path / "s.zarr"), "out": str(tmp_path / "p"),
+                                      "k": 1, "steps": 1, "policy": {"backbone": "rows",
+                                                                     "emb_dim": 8}})  # fmt: skip
+    train_policy(cfg)
+    assert seen["layout"] == [("theta", (5,))]
+
+
+def test_an_unknown_target_model_is_refused_naming_the_registered_ones() -> None:
+    import pydantic
+
+    from lohp_cli.config import ModelConfig
+
+    with pytest.raises(pydantic.ValidationError, match="unknown target model 'resnet'.*head"):
+        ModelConfig(name="resnet")
