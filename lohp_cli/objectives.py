@@ -138,5 +138,9 @@ class Objective(nn.Module):
                 on = on + part * (len(idx) / x.shape[0])  # the batch mean over both groups
             total = total + lc.w_on * on
             terms["on"] = float(on.detach())
+        if "on" in terms and terms.get("off"):
+            # how much more the on-policy term weighs (after w_on, w_off): it decides what is
+            # learned when large (docs/policy.md, the local-policy check)
+            terms["on_off_ratio"] = lc.w_on * terms["on"] / (lc.w_off * terms["off"])
         terms["loss"] = float(total.detach())
         return total, terms

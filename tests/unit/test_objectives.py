@@ -81,3 +81,15 @@ def test_path_beta_objective_runs_and_backpropagates() -> None:
     loss.backward()
     grads = [p.grad for p in obj.model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+def test_both_terms_and_their_weighted_ratio_are_logged() -> None:
+    cfg = objective(0.5).cfg.model_copy(
+        update={"loss": objective(0.5).cfg.loss.model_copy(update={"w_off": 2.0, "w_on": 0.5})}
+    )
+    obj = objective(0.5)
+    obj.cfg = cfg
+    x, cond, opt = batch()
+    _, terms = obj(x, cond, opt)
+    assert terms["on_off_ratio"] == pytest.approx(0.5 * terms["on"] / (2.0 * terms["off"]))
+    assert terms["loss"] == pytest.approx(2.0 * terms["off"] + 0.5 * terms["on"], rel=1e-5)
