@@ -240,6 +240,11 @@ def load_policy(path: str | Path, device: str = "cpu") -> tuple[nn.Module, Polic
         ) from None
     stats = NormStats.from_tensors(load_tensors(out / meta.normalization))
     layout = ParamLayout.from_json(meta.layout)
+    if layout.size != meta.param_count:
+        raise CompatibilityError(
+            f"Policy '{out}' config.json: its layout has {layout.size} parameters and its "
+            f"param_count {meta.param_count}; the policy weights do not fit its config."
+        )
     model = build_model(
         cfg, meta.param_count, meta.condition_dim, meta.N, stats, meta.store_compat.classes, layout
     )
