@@ -28,12 +28,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from lohp_cli.artifacts.policy import PolicyMeta
 from lohp_cli.config import OPTIMIZERS, OptimizersConfig
 from lohp_cli.methods.base import EvalContext
 from lohp_cli.optim import build_optimizer
 from lohp_cli.optim.loop import train_loop
 from lohp_cli.optim.sam import SAM
+from lohp_cli.policy.artifact import learned_optimizers
 from lohp_cli.policy.context import policy_probe
 from lohp_cli.policy.state import StateProbe
 from lohp_cli.runtime import derive_seed
@@ -175,11 +175,6 @@ def collect_cosines(
     return {
         space: {m: summarize([r[space][m] for r in rows]) for m in MEASURES} for space in SPACES
     }
-
-
-def learned_optimizers(meta: PolicyMeta) -> list[str]:
-    """The optimizers whose runs the policy learned from (its subset, else the store's)."""
-    return meta.learned_optimizers or list(OPTIMIZERS)
 
 
 def check(

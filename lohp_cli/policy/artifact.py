@@ -258,6 +258,12 @@ def initial_state(seed: int, task_id: str, sample: int, size: int) -> torch.Tens
     return torch.randn(size, generator=gen)
 
 
+def learned_optimizers(meta: PolicyMeta) -> list[str]:
+    """The optimizers whose runs the policy learned from: its subset, else the store's, else all
+    (a policy that recorded neither)."""
+    return meta.learned_optimizers or list(OPTIMIZERS)
+
+
 def style_token(meta: PolicyMeta, style: str | None) -> int | None:
     """The optimizer-token index a policy generates with, or None for a policy without tokens.
 
@@ -271,7 +277,7 @@ def style_token(meta: PolicyMeta, style: str | None) -> int | None:
                 "has one style only; leave --style out."
             )
         return None
-    learned = meta.learned_optimizers or list(OPTIMIZERS)
+    learned = learned_optimizers(meta)
     if style is None:
         style = "adam" if "adam" in learned else learned[0]
     if style not in learned:
