@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -32,6 +33,14 @@ class Frozen(BaseModel):
 
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def registered(value: str, registry: Mapping[str, Any], what: str) -> str:
+    """``value`` when it names an entry of ``registry``, else a ValueError listing the entries
+    (registries live in the modules that build the things; validators import them lazily)."""
+    if value not in registry:
+        raise ValueError(f"unknown {what} {value!r}; choose from {', '.join(sorted(registry))}")
+    return value
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

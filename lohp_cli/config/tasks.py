@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from lohp_cli.config.base import Frozen
+from lohp_cli.config.base import Frozen, registered
 
 
 class TaskConfig(Frozen):
@@ -34,11 +34,7 @@ class TaskConfig(Frozen):
     def _known_family(cls, v: str) -> str:
         from lohp_cli.tasks.families import FAMILIES
 
-        if v not in FAMILIES:
-            raise ValueError(
-                f"unknown task family {v!r}; choose from {', '.join(sorted(FAMILIES))}"
-            )
-        return v
+        return registered(v, FAMILIES, "task family")
 
 
 class ModelConfig(Frozen):
@@ -58,6 +54,4 @@ class ModelConfig(Frozen):
     def _known_model(cls, v: str) -> str:
         from lohp_cli.tasks.models import MODELS
 
-        if v not in MODELS:
-            raise ValueError(f"unknown target model {v!r}; choose from {', '.join(sorted(MODELS))}")
-        return v
+        return registered(v, MODELS, "target model")

@@ -9,7 +9,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from lohp_cli import trainers
-from lohp_cli.config.base import Frozen
+from lohp_cli.config.base import Frozen, registered
 from lohp_cli.config.optim import check_optimizer_names
 
 METHODS = ("lo-hp", "lo-op", "lo-di", "hypernetwork")
@@ -59,9 +59,7 @@ class PolicyConfig(Frozen):
     def _known_backbone(cls, v: str) -> str:
         from lohp_cli.policy.backbone import BACKBONES
 
-        if v not in BACKBONES:
-            raise ValueError(f"unknown backbone {v!r}; choose from {', '.join(sorted(BACKBONES))}")
-        return v
+        return registered(v, BACKBONES, "backbone")
 
     @field_validator("beta")
     @classmethod
