@@ -61,6 +61,7 @@ class Objective(nn.Module):
         m: int,
         w: int,
         hybrid: bool,
+        weights: torch.Tensor,
     ) -> torch.Tensor:
         """On-policy SubTB of rollouts over the window m … m + w, from the offline state θ_{k·m}
         (``hybrid``) or from s_0 ~ N(0, I) (then m = 0)."""
@@ -70,7 +71,6 @@ class Objective(nn.Module):
                               grad=lc.on_policy_grad == "pathwise", probe=probe)  # fmt: skip
         ratios = policy.log_ratios(traj, m, cond, tok, probe)
         targets = x[:, m : m + w + 1]
-        weights = pair_weights(w + 1, lc.lam, lc.pairs, lc.max_len, device=x.device)
         z = policy.log_z(cond)[:, m : m + w + 1]
         return balance_loss(ratios, traj, targets, z, self._beta(targets, m), weights)
 
@@ -112,14 +112,14 @@ class Objective(nn.Module):
 
         lc = self.cfg.loss
         weights = pair_weights(w + 1, lc.lam, lc.pairs, lc.max_len, device=x.device)
-        z_all = policy.log_z(cond)  # [B, N+1]
         terms: dict[str, float] = {}
         total = x.new_zeros(())
         if method == "lo-hp" and lc.w_off > 0:
             m = self._randint(n - w + 1)
             xs = x[:, m : m + w + 1]  # [B, W+1, P]
             ratios = policy.log_ratios(xs, m, cond, tok, probe)
-            off = balance_loss(ratios, xs, xs, z_all[:, m : m + w + 1], self._beta(xs, m), weights)
+            z = policy.log_z(cond)[:, m : m + w + 1]
+            off = balance_loss(ratios, xs, xs, z, self._beta(xs, m), weights)
             total = total + lc.w_off * off
             terms["off"] = float(off.detach())
         if lc.w_on > 0:
@@ -133,7 +133,7 @@ class Objective(nn.Module):
                 idx = rows.nonzero().squeeze(1).to(x.device)
                 sub = None if probe is None else probe.rows(idx)
                 part = self._on_policy(
-                    policy, x[idx], cond[idx], _rows(tok, idx), sub, m, w, hybrid
+                    policy, x[idx], cond[idx], _rows(tok, idx), sub, m, w, hybrid, weights
                 )
                 on = on + part * (len(idx) / x.shape[0])  # the batch mean over both groups
             total = total + lc.w_on * on
