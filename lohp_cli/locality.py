@@ -191,6 +191,10 @@ def check(
         "target": ctx.tasks[:targets],
         "source": [t.id for t in task.family.tasks("source", sources)] if sources else [],
     }
+    # each task's tensors and support sets once, for every optimizer
+    data = {t: ctx.data.get(t) or task.task_data(t, ctx.device) for ids in splits.values()
+            for t in ids}  # fmt: skip
+    bank = policy_probe(model, task, data, stats, ctx.device)
     out: dict[str, Any] = {}
     for opt in learned_optimizers(meta):
         ctx.emit({"event": "info", "message": f"local-policy check along {opt}'s path"})
@@ -199,15 +203,13 @@ def check(
         for split, ids in splits.items():
             rows = []
             for tid in ids:
-                data = ctx.data.get(tid) or task.task_data(tid, ctx.device)
                 path = probe_path(
                     lambda: copy.deepcopy(ctx.net), opt, ctx.optim, ctx.starts(tid).theta0[0],
-                    data, meta.N, steps_per, ctx.batch_size,
+                    data[tid], meta.N, steps_per, ctx.batch_size,
                     derive_seed(ctx.seed, "locality", tid), branches,
                 )  # fmt: skip
-                bank = policy_probe(model, task, {tid: data}, stats, ctx.device)
                 probe = None if bank is None else bank.probe([tid])
-                cond = stats.normalize_condition(data.condition)
+                cond = stats.normalize_condition(data[tid].condition)
                 f = policy_steps(model, stats, path.states, cond, token, probe)
                 rows.append(cosines(f, path, stats.std))
             if rows:
