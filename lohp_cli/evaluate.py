@@ -29,7 +29,7 @@ from lohp_cli.config import OPTIMIZERS, EvaluateConfig, GenerateConfig, Optimize
 from lohp_cli.errors import ConfigError
 from lohp_cli.methods import registry
 from lohp_cli.methods.base import EvalContext, Method, MethodResult, Progress, run_method
-from lohp_cli.methods.policy import GeneratedMethod
+from lohp_cli.methods.policy import GeneratedMethod, PolicyMethod
 from lohp_cli.policy.artifact import load_policy
 from lohp_cli.policy.context import TaskContext, support_probe_bank, task_context
 from lohp_cli.report import build_report, write_report
@@ -93,8 +93,13 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     rows += [run_method(ctx, m) for b in stepped for m in registry.baseline(b, cfg, budgets)]
     model, meta, stats = loaded
     cos = cosine_check(model, meta, stats, ctx.task, cfg.cosine_runs, ctx.device)
+    others = [
+        (m.name, m.model, m.meta, m.stats)
+        for m in first
+        if type(m) is PolicyMethod  # the extra policies, already loaded
+    ]
     local = locality.check(
-        ctx, model, cfg.locality_tasks, cfg.locality_source_tasks, cfg.locality_branches
+        ctx, model, cfg.locality_tasks, cfg.locality_source_tasks, cfg.locality_branches, others
     )
     report = build_report(cfg, ctx, gmeta, rows, cos, local)
     write_report(report, out, cfg.plots)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lohp_cli.artifacts.policy import PolicyMeta
 from lohp_cli.config import OPTIMIZERS, OptimizersConfig
 from lohp_cli.methods.base import EvalContext
 from lohp_cli.optim import build_optimizer
@@ -178,45 +179,71 @@ def collect_cosines(
 
 
 def check(
-    ctx: EvalContext, model: nn.Module, targets: int, sources: int, branches: int
+    ctx: EvalContext,
+    model: nn.Module,
+    targets: int,
+    sources: int,
+    branches: int,
+    others: Sequence[tuple[str, nn.Module, PolicyMeta, NormStats]] = (),
 ) -> dict[str, Any] | None:
     """The local-policy check of a report: for every optimizer the policy learned from, on the
     first ``targets`` held-out tasks and ``sources`` source tasks, from sample 0's start θ₀ (the
-    one every method of the report starts that task from). None for a hypernetwork or when off."""
-    meta, stats, task = ctx.meta, ctx.stats, ctx.task
-    if meta.hypernetwork or (targets == 0 and sources == 0):
+    one every method of the report starts that task from). None for a hypernetwork or when off.
+
+    ``others``: more policies ``(row name, model, meta, stats)`` checked on the same paths (one
+    optimizer path per task, optimizer, N and k·r, shared by every policy that needs it); their
+    results go under ``policies`` by row name (hypernetworks are left out)."""
+    if targets == 0 and sources == 0:
         return None
-    steps_per = meta.k * meta.store_compat.record_every
+    task = ctx.task
     splits = {
         "target": ctx.tasks[:targets],
         "source": [t.id for t in task.family.tasks("source", sources)] if sources else [],
     }
-    # each task's tensors and support sets once, for every optimizer
+    # each task's tensors and support sets once, for every optimizer and policy
     data = {t: ctx.data.get(t) or task.task_data(t, ctx.device) for ids in splits.values()
             for t in ids}  # fmt: skip
-    bank = policy_probe(model, task, data, stats, ctx.device)
-    out: dict[str, Any] = {}
-    for opt in learned_optimizers(meta):
-        ctx.emit({"event": "info", "message": f"local-policy check along {opt}'s path"})
-        token = OPTIMIZERS.index(opt) if meta.has_tokens else None
-        out[opt] = {}
-        for split, ids in splits.items():
-            rows = []
-            for tid in ids:
-                path = probe_path(
-                    lambda: copy.deepcopy(ctx.net), opt, ctx.optim, ctx.starts(tid).theta0[0],
-                    data[tid], meta.N, steps_per, ctx.batch_size,
-                    derive_seed(ctx.seed, "locality", tid), branches,
-                )  # fmt: skip
-                probe = None if bank is None else bank.probe([tid])
-                cond = stats.normalize_condition(data[tid].condition)
-                f = policy_steps(model, stats, path.states, cond, token, probe)
-                rows.append(cosines(f, path, stats.std))
-            if rows:
-                out[opt][split] = {"tasks": len(rows), **collect_cosines(rows)}
-    return {
-        "optimizers": out,
+    paths: dict[tuple[Any, ...], PathProbe] = {}
+
+    def one(model: nn.Module, meta: PolicyMeta, stats: NormStats) -> dict[str, Any]:
+        steps_per = meta.k * meta.store_compat.record_every
+        bank = policy_probe(model, task, data, stats, ctx.device)
+        out: dict[str, Any] = {}
+        for opt in learned_optimizers(meta):
+            ctx.emit({"event": "info", "message": f"local-policy check along {opt}'s path"})
+            token = OPTIMIZERS.index(opt) if meta.has_tokens else None
+            out[opt] = {}
+            for split, ids in splits.items():
+                rows = []
+                for tid in ids:
+                    key = (opt, tid, meta.N, steps_per)
+                    if key not in paths:
+                        paths[key] = probe_path(
+                            lambda: copy.deepcopy(ctx.net), opt, ctx.optim,
+                            ctx.starts(tid).theta0[0], data[tid], meta.N, steps_per,
+                            ctx.batch_size, derive_seed(ctx.seed, "locality", tid), branches,
+                        )  # fmt: skip
+                    probe = None if bank is None else bank.probe([tid])
+                    cond = stats.normalize_condition(data[tid].condition)
+                    f = policy_steps(model, stats, paths[key].states, cond, token, probe)
+                    rows.append(cosines(f, paths[key], stats.std))
+                if rows:
+                    out[opt][split] = {"tasks": len(rows), **collect_cosines(rows)}
+        return out
+
+    if ctx.meta.hypernetwork:
+        return None
+    report: dict[str, Any] = {
+        "optimizers": one(model, ctx.meta, ctx.stats),
         "branches": branches,
-        "optimizer_steps_per_policy_step": steps_per,
+        "optimizer_steps_per_policy_step": ctx.meta.k * ctx.meta.store_compat.record_every,
         "start": "sample 0's θ₀ of each task, as every method of the report",
     }
+    checked = [(n, m, me, st) for n, m, me, st in others if not me.hypernetwork]
+    if checked:
+        report["policies"] = {
+            name: {"optimizers": one(m, me, st), "optimizer_steps_per_policy_step":
+                   me.k * me.store_compat.record_every}
+            for name, m, me, st in checked
+        }  # fmt: skip
+    return report

@@ -169,17 +169,19 @@ def locality_lines(loc: dict[str, Any] | None) -> list[str]:
         "two such seeds. Normalised-space values and every step index are in report.json "
         "(`locality`).",
         "",
-        "| optimizer | split | tasks | policy vs seed-averaged step | policy vs one run | "
-        "run vs run (ceiling) |",
-        "|---|---|---|---|---|---|",
+        "| policy | optimizer | split | tasks | policy vs seed-averaged step | "
+        "policy vs one run | run vs run (ceiling) |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for opt, splits in loc["optimizers"].items():
-        for split, s in splits.items():
-            w = s["weight"]
-            lines.append(
-                f"| {opt} | {split} | {s['tasks']} | {_iqr(w['policy_vs_mean'])} | "
-                f"{_iqr(w['policy_vs_run'])} | {_iqr(w['run_vs_run'])} |"
-            )
+    policies = {"generated": loc, **loc.get("policies", {})}
+    for name, checked in policies.items():
+        for opt, splits in checked["optimizers"].items():
+            for split, s in splits.items():
+                w = s["weight"]
+                lines.append(
+                    f"| {name} | {opt} | {split} | {s['tasks']} | {_iqr(w['policy_vs_mean'])} | "
+                    f"{_iqr(w['policy_vs_run'])} | {_iqr(w['run_vs_run'])} |"
+                )
     return lines
 
 

@@ -47,11 +47,13 @@ class PolicyConfig(Frozen):
     optimizer_token: bool = Field(
         False, description="Condition on which optimizer's trajectory to imitate."
     )
-    state_input: Literal["none", "support"] = Field(
+    state_input: Literal["none", "support", "grad"] = Field(
         "none",
-        description="Our extension (LOHP.md): also condition each step on what the current "
-        "weights predict on the task's support set (class-mean softmax, forward only); head and "
-        "mlp target models.",
+        description="Our extensions (LOHP.md), head and mlp target models: support, also condition "
+        "each step on what the current weights predict on the task's support set (class-mean "
+        "softmax, forward only); grad, also give each step the support-loss gradient at the "
+        "current weights (direction per coordinate, log norm): a learned optimizer with gradient "
+        "access, not the paper's gradient-free policy.",
     )
 
     @field_validator("backbone")

@@ -2,7 +2,8 @@
 paper's) and an MLP.
 
 Every backbone maps ``(s [B, P], emb [B, E])`` to two output channels ``[B, 2, P]``: the forward
-mean step f and the backward mean step b. Output layers start at zero: an untrained policy is the
+mean step f and the backward mean step b. With ``policy.state_input = "grad"`` the input is
+``[B, 2, P]`` (the state and the support-loss gradient direction, :func:`input_channels`). Output layers start at zero: an untrained policy is the
 identity. A builder registered with :func:`register_backbone` receives the target model's
 parameter layout, the condition size, the number of policy steps and the policy config;
 :class:`~lohp_cli.policy.gaussian.LoHpPolicy` takes the module it returns.
@@ -43,6 +44,16 @@ def build_backbone(
         known = ", ".join(sorted(BACKBONES))
         raise ConfigError(f"Unknown policy backbone '{cfg.backbone}'; choose from {known}.")
     return BACKBONES[cfg.backbone](layout, cond_dim, n_steps, cfg)
+
+
+def input_channels(cfg: PolicyConfig) -> int:
+    """Values per coordinate a backbone gets: the state, and the gradient for ``grad`` input."""
+    return 2 if cfg.state_input == "grad" else 1
+
+
+def channels_first(s: torch.Tensor) -> torch.Tensor:
+    """``[B, P]`` or ``[B, ch, P]`` -> ``[B, ch, P]``."""
+    return s.unsqueeze(1) if s.dim() == 2 else s
 
 
 def sinusoidal(i: torch.Tensor, dim: int) -> torch.Tensor:
@@ -91,16 +102,18 @@ class UNet1d(nn.Module):
         channels: tuple[int, ...] = (32, 64, 128),
         patch: int = 8,
         pos_channels: int = 8,
+        in_channels: int = 1,
     ) -> None:
         super().__init__()
         self.size = size
         self.patch = patch
+        self.in_channels = in_channels
         mult = 2 ** len(channels)
         positions = math.ceil(size / patch)
         self.length = math.ceil(positions / mult) * mult  # sequence length after patching
         self.padded = self.length * patch
         self.pos = nn.Parameter(torch.randn(pos_channels, self.length) * 0.1)
-        self.inp = nn.Conv1d(patch + pos_channels, channels[0], 3, padding=1)
+        self.inp = nn.Conv1d(in_channels * patch + pos_channels, channels[0], 3, padding=1)
         self.down = nn.ModuleList()
         self.pool = nn.ModuleList()
         cin = channels[0]
@@ -121,11 +134,13 @@ class UNet1d(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, s: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        """``s [B, P]``, ``emb [B, E]`` -> ``[B, 2, P]``."""
-        b = s.shape[0]
-        x = nn.functional.pad(s, (0, self.padded - self.size))  # [B, L * patch]
-        x = x.view(b, self.length, self.patch).transpose(1, 2)  # [B, patch, L]
-        x = torch.cat([x, self.pos.unsqueeze(0).expand(b, -1, -1)], dim=1)  # [B, patch+pos, L]
+        """``s [B, P]`` (or ``[B, in_channels, P]``), ``emb [B, E]`` -> ``[B, 2, P]``."""
+        s = channels_first(s)
+        b, ch = s.shape[0], s.shape[1]
+        x = nn.functional.pad(s, (0, self.padded - self.size))  # [B, ch, L * patch]
+        x = x.view(b, ch, self.length, self.patch).transpose(2, 3)  # [B, ch, patch, L]
+        x = x.reshape(b, ch * self.patch, self.length)
+        x = torch.cat([x, self.pos.unsqueeze(0).expand(b, -1, -1)], dim=1)  # [B, ch·patch+pos, L]
         h = self.inp(x)
         skips = []
         for block, pool in zip(self.down, self.pool, strict=True):
@@ -145,11 +160,13 @@ class UNet1d(nn.Module):
 class MLPBackbone(nn.Module):
     """A plain MLP on ``[s, emb]`` (the prototype's policy), zero-initialised output."""
 
-    def __init__(self, size: int, emb_dim: int, hidden: int = 512, depth: int = 2) -> None:
+    def __init__(
+        self, size: int, emb_dim: int, hidden: int = 512, depth: int = 2, in_channels: int = 1
+    ) -> None:
         super().__init__()
         self.size = size
         layers: list[nn.Module] = []
-        d = size + emb_dim
+        d = in_channels * size + emb_dim
         for _ in range(depth):
             layers += [nn.Linear(d, hidden), nn.SiLU()]
             d = hidden
@@ -159,15 +176,18 @@ class MLPBackbone(nn.Module):
         nn.init.zeros_(self.out.bias)
 
     def forward(self, s: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        """``s [B, P]``, ``emb [B, E]`` -> ``[B, 2, P]``."""
-        return self.out(self.body(torch.cat([s, emb], dim=1))).view(-1, 2, self.size)
+        """``s [B, P]`` (or ``[B, in_channels, P]``), ``emb [B, E]`` -> ``[B, 2, P]``."""
+        x = channels_first(s).flatten(1)
+        return self.out(self.body(torch.cat([x, emb], dim=1))).view(-1, 2, self.size)
 
 
 @register_backbone("unet")
 def unet_backbone(layout: ParamLayout, cond_dim: int, n_steps: int, cfg: PolicyConfig) -> nn.Module:
-    return UNet1d(layout.size, cfg.emb_dim, tuple(cfg.channels), cfg.patch)
+    return UNet1d(
+        layout.size, cfg.emb_dim, tuple(cfg.channels), cfg.patch, in_channels=input_channels(cfg)
+    )
 
 
 @register_backbone("mlp")
 def mlp_backbone(layout: ParamLayout, cond_dim: int, n_steps: int, cfg: PolicyConfig) -> nn.Module:
-    return MLPBackbone(layout.size, cfg.emb_dim, cfg.hidden)
+    return MLPBackbone(layout.size, cfg.emb_dim, cfg.hidden, in_channels=input_channels(cfg))

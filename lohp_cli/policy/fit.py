@@ -64,7 +64,9 @@ def _store_probe_bank(
 ) -> ProbeBank:
     """Support sets of the runs' tasks, rebuilt from the store's task family (state input)."""
     if store.meta.compat.classes < 2:
-        raise ConfigError("policy.state_input='support' needs a store of class-subset tasks.")
+        raise ConfigError(
+            f"policy.state_input='{cfg.policy.state_input}' needs a store of class-subset tasks."
+        )
     ctx = store_task_context(store)
     return support_probe_bank(ctx, (r.task_id for r in runs), stats, device)
 

@@ -47,12 +47,11 @@ class LoHpPolicy(nn.Module):
         self.cond_mlp = nn.Sequential(nn.Linear(cond_dim, e), nn.SiLU(), nn.Linear(e, e))
         self.opt_emb = nn.Embedding(len(OPTIMIZERS), e) if cfg.optimizer_token else None
         self.state_mlp: nn.Module | None = None
-        if cfg.state_input == "support":
+        if cfg.state_input != "none":
             if classes < 2:
-                raise ValueError("state_input='support' needs the number of classes")
-            self.state_mlp = nn.Sequential(
-                nn.Linear(classes * classes, e), nn.SiLU(), nn.Linear(e, e)
-            )
+                raise ValueError(f"state_input={cfg.state_input!r} needs the number of classes")
+            width = classes * classes if cfg.state_input == "support" else 1  # grad: log RMS
+            self.state_mlp = nn.Sequential(nn.Linear(width, e), nn.SiLU(), nn.Linear(e, e))
         if layout is not None and layout.size != size:
             raise ValueError(f"layout has {layout.size} parameters, the policy {size}")
         if backbone is None:
@@ -106,14 +105,19 @@ class LoHpPolicy(nn.Module):
         """Forward step f and backward step b at states ``s [B, P]``: two ``[B, P]`` tensors.
 
         ``probe`` holds the support sets of the B' tasks of ``s`` (B = B'·r, r rows per task in
-        a row); the policy needs it when ``state_input = "support"``.
+        a row); the policy needs it when ``state_input`` is not "none". With "grad" the
+        backbone's input is ``[B, 2, P]``: the state and the gradient direction.
         """
-        state = None
+        state, x = None, s
         if self.state_mlp is not None:
             if probe is None:
                 raise ValueError("this policy is state-aware: pass the tasks' support sets")
-            state = probe.features(s)
-        out = self.backbone(s, self.embed(i, cond, opt, state))  # [B, 2, P]
+            if self.cfg.state_input == "grad":
+                direction, state = probe.gradient(s)
+                x = torch.stack([s, direction], dim=1)
+            else:
+                state = probe.features(s)
+        out = self.backbone(x, self.embed(i, cond, opt, state))  # [B, 2, P]
         return out[:, 0], out[:, 1]
 
     def sigma(self) -> torch.Tensor:

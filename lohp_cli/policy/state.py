@@ -6,6 +6,10 @@ mean predicted distribution over the support examples of label j), minus the ide
 forward pass of the target model only — no gradient of the task loss — so the policy stays a
 gradient-free generator, but each step can react to the state it is in, as an optimizer does.
 
+With ``state_input = "grad"`` the policy sees the gradient of the support-set loss instead
+(:meth:`StateProbe.gradient`): a second labelled extension, after which the policy is a learned
+optimizer with gradient access rather than a gradient-free generator (docs/policy.md).
+
 A :class:`ProbeBank` holds the support sets of a set of tasks; :meth:`ProbeBank.probe` gathers a
 batch of them (with class reorderings, for the augmentation) into a :class:`StateProbe`, which the
 policy calls on its states.
@@ -26,7 +30,8 @@ def check_state_model(net: nn.Module) -> None:
     """Refuse target models whose forward pass needs batch statistics (vmap cannot run them)."""
     if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()):
         raise ConfigError(
-            "policy.state_input='support' supports target models without batch norm (head, mlp)."
+            "policy.state_input='support' and 'grad' support target models without batch norm "
+            "(head, mlp)."
         )
 
 
@@ -74,6 +79,32 @@ class StateProbe:
         means = torch.einsum("bmj,brmc->brjc", self.onehot, probs)  # [B, r, C, C]
         eye = torch.eye(self.classes, device=s.device, dtype=s.dtype)
         return (means - eye).reshape(b * r, -1)
+
+    def gradient(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The support-loss gradient at ``s [B·r, P]`` (rows as in :meth:`features`), for
+        ``state_input = "grad"``: its direction ``[B·r, P]`` (the weight-space gradient divided by
+        its root-mean-square) and ``log`` of that RMS ``[B·r, 1]``.
+
+        The loss is the class-balanced cross-entropy of the support set (each class weighs the
+        same, as in the class means). The features are constants for the policy's own gradients
+        (no second-order terms, as in learned optimizers).
+        """
+        b = self.x.shape[0]
+        r = s.shape[0] // b
+        with torch.no_grad():
+            theta = (s.detach() * self.std + self.mean).view(b, r, -1)  # [B, r, P]
+        net = self.net
+        scale = 1.0 / self.classes
+
+        def loss(th: torch.Tensor, x: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+            logp = functional_forward(net, th, x).log_softmax(-1)  # [M, C]
+            return -(onehot * logp).sum() * scale
+
+        per_state = torch.func.vmap(torch.func.grad(loss), in_dims=(0, None, None))
+        with torch.enable_grad():
+            g = torch.func.vmap(per_state)(theta, self.x, self.onehot).reshape(b * r, -1)
+        rms = g.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-12)  # [B·r, 1]
+        return g / rms, rms.log()
 
 
 class ProbeBank:

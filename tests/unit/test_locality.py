@@ -154,6 +154,7 @@ def test_evaluate_reports_the_check_per_optimizer_and_split(tmp_path) -> None:
     rep = tmp_path / "r"
     evaluate(EvaluateConfig.model_validate({
         "generated": str(gen), "out": str(rep), "baselines": ["adam"], "latency_repeats": 1,
+        "policies": {"again": str(pol)},
         "locality_tasks": 2, "locality_source_tasks": 1, "locality_branches": 2}))  # fmt: skip
     r = json.loads((rep / "report.json").read_text())
     loc = r["locality"]
@@ -168,6 +169,9 @@ def test_evaluate_reports_the_check_per_optimizer_and_split(tmp_path) -> None:
             assert all(p["median"] == pytest.approx(1.0, abs=1e-4) for p in ceiling)
             one, mean = s[space]["policy_vs_run"], s[space]["policy_vs_mean"]
             assert one["overall"]["median"] == pytest.approx(mean["overall"]["median"], abs=1e-4)
+    # another policy of the report is checked on the same paths: the same policy, the same values
+    assert loc["policies"]["again (k=2)"]["optimizers"] == loc["optimizers"]
     md = (rep / "report.md").read_text()
-    assert "## Local-policy check" in md and "| adam | target | 2 |" in md
+    assert "## Local-policy check" in md and "| generated | adam | target | 2 |" in md
+    assert "| again (k=2) | adam | target | 2 |" in md
     assert (rep / "locality.png").is_file()

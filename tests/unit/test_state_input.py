@@ -91,11 +91,12 @@ def test_state_aware_policy_needs_its_probe() -> None:
         policy.rollout(torch.zeros(1, 12), 0, torch.zeros(1, 4))
 
 
-def test_train_generate_evaluate_with_state_input(tmp_path: Path) -> None:
+@pytest.mark.parametrize("state", ["support", "grad"])
+def test_train_generate_evaluate_with_state_input(tmp_path: Path, state: str) -> None:
     store = str(tmp_path / "s.zarr")
     collect(tiny_config(store))
     pol = tmp_path / "pol"
-    policy = {"backbone": "mlp", "hidden": 16, "emb_dim": 8, "state_input": "support"}
+    policy = {"backbone": "mlp", "hidden": 16, "emb_dim": 8, "state_input": state}
     train_policy(
         TrainConfig.model_validate(
             {"store": store, "out": str(pol), "k": 2, "steps": 3, "policy": policy}
@@ -129,3 +130,54 @@ def test_train_generate_evaluate_with_state_input(tmp_path: Path) -> None:
     # the same policy, from the same starts: the same accuracies
     assert rows["lo-hp (k=2)"]["acc_mean"] == rows["again (k=2)"]["acc_mean"]
     assert report["cosine"]["n"] > 0
+
+
+@pytest.mark.parametrize("name", ["head", "mlp"])
+def test_gradient_features_are_the_class_balanced_support_loss_gradient(name: str) -> None:
+    net = _net(name)
+    bank = _bank(net, name)
+    perm = torch.tensor([[1, 2, 0], [0, 1, 2]])
+    probe = bank.probe(["t0", "t1"], perm)
+    s = torch.randn(2 * 3, ParamLayout.of(net).size)
+    direction, log_rms = probe.gradient(s)
+    assert direction.shape == s.shape and log_rms.shape == (6, 1)
+    for row in range(6):
+        b = row // 3
+        task = f"t{b}"
+        theta = (s[row] * bank.std + bank.mean).requires_grad_(True)
+        y = torch.argsort(perm[b])[bank.y[task]]  # the reordered labels
+        logp = functional_forward(net, theta, bank.x[task]).log_softmax(-1)
+        per_class = [-logp[y == j, j].mean() for j in range(C)]
+        (g,) = torch.autograd.grad(torch.stack(per_class).sum() / C, theta)
+        rms = g.pow(2).mean().sqrt()
+        torch.testing.assert_close(direction[row], g / rms, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(log_rms[row, 0], rms.log(), atol=1e-5, rtol=1e-4)
+        assert direction[row].pow(2).mean().item() == pytest.approx(1.0, rel=1e-4)
+
+
+def test_gradient_features_are_constants_for_the_policy() -> None:
+    """No second-order terms: the features do not carry the states' graph."""
+    net = _net("mlp")
+    s = torch.randn(2, ParamLayout.of(net).size, requires_grad=True)
+    direction, log_rms = _bank(net, "mlp").probe(["t0", "t1"]).gradient(s)
+    assert not direction.requires_grad and not log_rms.requires_grad
+
+
+@pytest.mark.parametrize("backbone", ["mlp", "unet"])
+def test_gradient_policy_is_the_identity_at_init_and_reacts_to_the_gradient(backbone: str) -> None:
+    net = _net("head")
+    size = ParamLayout.of(net).size
+    cfg = PolicyConfig(
+        backbone=backbone, hidden=8, emb_dim=8, channels=(4, 8), patch=2, state_input="grad"
+    )
+    torch.manual_seed(0)
+    policy = LoHpPolicy(size, 4, 3, torch.ones(3), cfg, classes=C)
+    probe = _bank(net, "head").probe(["t0"])
+    s, cond, i = torch.randn(1, size), torch.randn(1, 4), torch.zeros(1, dtype=torch.long)
+    f, _ = policy.means(s, i, cond, probe=probe)
+    assert torch.equal(f, torch.zeros_like(f))  # zero-initialised output
+    torch.nn.init.normal_(policy.backbone.out.weight)
+    f1, _ = policy.means(s, i, cond, probe=probe)
+    other = _bank(net, "head", tasks=2).probe(["t1"])  # another support set, another gradient
+    f2, _ = policy.means(s, i, cond, probe=other)
+    assert not torch.allclose(f1, f2)
