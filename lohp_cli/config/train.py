@@ -19,11 +19,15 @@ class PolicyConfig(Frozen):
     backbone: str = Field(
         "unet",
         description="From the backbone registry (lohp_cli.policy.backbone): unet, a 1-D U-Net "
-        "over the parameter vector (paper); mlp, a plain MLP.",
+        "over the parameter vector (paper); mlp, a plain MLP; coordinate, one small MLP shared "
+        "by every coordinate (a coordinate-wise learned optimizer's form).",
     )
     channels: tuple[int, ...] = Field((32, 64, 128), description="U-Net channels per level.")
     patch: int = Field(8, ge=1, description="U-Net: coordinates per position (patch size).")
     hidden: int = Field(512, ge=1, description="Hidden width of the mlp backbone.")
+    coordinate_hidden: int = Field(
+        64, ge=1, description="Hidden width of the coordinate backbone (per coordinate)."
+    )
     emb_dim: int = Field(128, ge=2, description="Size of the step/condition embedding.")
     sigma: Literal["schedule", "learned"] = Field(
         "schedule",

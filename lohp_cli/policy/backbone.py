@@ -1,5 +1,5 @@
 """Policy backbones and their registry: a 1-D U-Net over the padded parameter vector (the
-paper's) and an MLP.
+paper's), an MLP, and a coordinate-wise MLP.
 
 Every backbone maps ``(s [B, P], emb [B, E])`` to two output channels ``[B, 2, P]``: the forward
 mean step f and the backward mean step b. With ``policy.state_input = "grad"`` the input is
@@ -181,6 +181,48 @@ class MLPBackbone(nn.Module):
         return self.out(self.body(torch.cat([x, emb], dim=1))).view(-1, 2, self.size)
 
 
+class CoordinateBackbone(nn.Module):
+    """One small MLP shared by every coordinate (as coordinate-wise learned optimizers are).
+
+    Coordinate j sees its own inputs (the state s_j and, with ``state_input = "grad"``, the
+    gradient direction g_j), a learned embedding of the parameter tensor it belongs to, and the
+    step/condition embedding through FiLM; nothing else of the vector. The policy is therefore
+    equivariant to any permutation of the coordinates within a tensor, and a step can only differ
+    between tasks through the gradient and the embedding: it cannot store a per-coordinate
+    destination. Zero-initialised output (the identity policy).
+    """
+
+    def __init__(
+        self,
+        layout: ParamLayout,
+        emb_dim: int,
+        hidden: int = 64,
+        in_channels: int = 1,
+        tensor_dim: int = 8,
+    ) -> None:
+        super().__init__()
+        self.size = layout.size
+        ids = torch.cat([torch.full((e.numel,), k) for k, e in enumerate(layout.entries)])
+        self.register_buffer("tensor_id", ids, persistent=False)  # [P]
+        self.tensor_emb = nn.Embedding(len(layout.entries), tensor_dim)
+        self.inp = nn.Linear(in_channels + tensor_dim, hidden)
+        self.film = nn.Linear(emb_dim, 2 * hidden)
+        self.mid = nn.Linear(hidden, hidden)
+        self.out = nn.Linear(hidden, 2)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, s: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """``s [B, P]`` (or ``[B, in_channels, P]``), ``emb [B, E]`` -> ``[B, 2, P]``."""
+        x = channels_first(s).transpose(1, 2)  # [B, P, ch]
+        t = self.tensor_emb(self.tensor_id).expand(x.shape[0], -1, -1)  # [B, P, tensor_dim]
+        h = self.inp(torch.cat([x, t], dim=-1))  # [B, P, H]
+        scale, shift = self.film(emb).unsqueeze(1).chunk(2, dim=-1)  # [B, 1, H] each
+        h = nn.functional.silu(h * (1 + scale) + shift)
+        h = nn.functional.silu(self.mid(h))
+        return self.out(h).transpose(1, 2)  # [B, 2, P]
+
+
 @register_backbone("unet")
 def unet_backbone(layout: ParamLayout, cond_dim: int, n_steps: int, cfg: PolicyConfig) -> nn.Module:
     return UNet1d(
@@ -191,3 +233,12 @@ def unet_backbone(layout: ParamLayout, cond_dim: int, n_steps: int, cfg: PolicyC
 @register_backbone("mlp")
 def mlp_backbone(layout: ParamLayout, cond_dim: int, n_steps: int, cfg: PolicyConfig) -> nn.Module:
     return MLPBackbone(layout.size, cfg.emb_dim, cfg.hidden, in_channels=input_channels(cfg))
+
+
+@register_backbone("coordinate")
+def coordinate_backbone(
+    layout: ParamLayout, cond_dim: int, n_steps: int, cfg: PolicyConfig
+) -> nn.Module:
+    return CoordinateBackbone(
+        layout, cfg.emb_dim, cfg.coordinate_hidden, in_channels=input_channels(cfg)
+    )

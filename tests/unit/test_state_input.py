@@ -181,3 +181,25 @@ def test_gradient_policy_is_the_identity_at_init_and_reacts_to_the_gradient(back
     other = _bank(net, "head", tasks=2).probe(["t1"])  # another support set, another gradient
     f2, _ = policy.means(s, i, cond, probe=other)
     assert not torch.allclose(f1, f2)
+
+
+def test_coordinate_backbone_is_equivariant_within_a_tensor() -> None:
+    """Permuting coordinates within one parameter tensor permutes the steps the same way."""
+    net = _net("head")
+    layout = ParamLayout.of(net)
+    cfg = PolicyConfig(backbone="coordinate", coordinate_hidden=8, emb_dim=8, state_input="grad")
+    torch.manual_seed(0)
+    policy = LoHpPolicy(layout.size, 4, 3, torch.ones(3), cfg, classes=C, layout=layout)
+    torch.nn.init.normal_(policy.backbone.out.weight)
+    x = torch.randn(2, 2, layout.size)  # state and gradient channels
+    emb = torch.randn(2, 8)
+    weight = layout.entries[0]
+    perm = torch.arange(layout.size)
+    perm[: weight.numel] = torch.randperm(weight.numel)  # within the weight matrix only
+    out = policy.backbone(x, emb)
+    torch.testing.assert_close(policy.backbone(x[..., perm], emb), out[..., perm])
+    # a coordinate's step depends on its own inputs only
+    moved = x.clone()
+    moved[:, :, 1] += 1.0
+    changed = (policy.backbone(moved, emb) - out).abs().sum((0, 1)) > 0
+    assert changed.nonzero().flatten().tolist() == [1]
