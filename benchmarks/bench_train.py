@@ -3,9 +3,12 @@
 Prints side-by-side numbers measured in one run, as a markdown table on stdout:
 
 1. throughput (sub-trajectories per second) of each method and backbone on one store;
-2. peak resident memory of a training process on a store and on the same setting with 4× more runs
+2. steps per second and peak resident memory of lo-hp training with each backbone (unet, mlp,
+   rows) on a ``head`` store (P = 325) and an ``mlp`` store (P = 6,469 on Fashion-MNIST), one
+   process each;
+3. peak resident memory of a training process on a store and on the same setting with 4× more runs
    (streaming + bounded cache: should stay within ~10 %);
-3. latency of one policy step (batch 1, mean mode) vs one Adam step of the target model: the ratio
+4. latency of one policy step (batch 1, mean mode) vs one Adam step of the target model: the ratio
    that decides whether N = T/k policy steps can be faster than T·record_every optimizer steps.
 
     python benchmarks/bench_train.py            # full (a few minutes on 2 CPU cores)
@@ -34,6 +37,7 @@ from lohp_cli.collect import collect  # noqa: E402
 from lohp_cli.config import CollectConfig, TrainConfig  # noqa: E402
 from lohp_cli.optim import build_optimizer, train_step  # noqa: E402
 from lohp_cli.runtime import resolve_device  # noqa: E402
+from lohp_cli.store import TrajectoryStore  # noqa: E402
 from lohp_cli.train import train_policy  # noqa: E402
 
 
@@ -75,35 +79,45 @@ def throughput(store: Path, method: str, policy: dict, steps: int, batch: int) -
 
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork + exec, so a
 # child started by a big parent would report the parent's peak.
-PEAK_SCRIPT = """
-import sys, json
+TRAIN_SCRIPT = """
+import sys, json, time
 from lohp_cli.config import TrainConfig
 from lohp_cli.train import train_policy
 cfg = TrainConfig.model_validate(json.loads(sys.argv[1]))
-train_policy(cfg)
+times, cpu = [], []
+def log(e):
+    if e["event"] == "log":
+        times.append(e["time_s"])
+        cpu.append(time.process_time())
+train_policy(cfg, log)
 hwm = [ln for ln in open("/proc/self/status") if ln.startswith("VmHWM:")][0]
-print(int(hwm.split()[1]))
+print(json.dumps({"times": times, "cpu": cpu, "hwm_kb": int(hwm.split()[1])}))
 """
 
 
-def peak_rss_mb(store: Path, steps: int, policy: dict) -> float:
+def train_run(store: Path, policy: dict, steps: int, batch: int) -> tuple[float, float, float]:
+    """(lo-hp training steps per second and CPU seconds per step after 2 warm-up steps, peak RSS
+    in MB) of one process; on a shared machine the CPU time is the steadier of the two."""
     with tempfile.TemporaryDirectory() as d:
         cfg = {
             "store": str(store),
             "out": d + "/p",
-            "steps": steps,
-            "batch_size": 16,
+            "steps": steps + 2,
+            "batch_size": batch,
+            "log_every": 1,
             "checkpoint_every": 10**6,
             "policy": policy,
         }
         out = subprocess.run(
-            [sys.executable, "-c", PEAK_SCRIPT, json.dumps(cfg)],
+            [sys.executable, "-c", TRAIN_SCRIPT, json.dumps(cfg)],
             capture_output=True,
             text=True,
             check=True,
             env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())},
         )
-    return int(out.stdout.strip().splitlines()[-1]) / 1024
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    times, cpu = res["times"], res["cpu"]
+    return steps / (times[-1] - times[1]), (cpu[-1] - cpu[1]) / steps, res["hwm_kb"] / 1024
 
 
 def median_time(fn, repeats: int) -> float:
@@ -133,8 +147,6 @@ def latency(store: Path, policy_cfg: dict, repeats: int) -> tuple[float, float, 
     i = torch.zeros(1, dtype=torch.long)
     with torch.no_grad():
         t_pol = median_time(lambda: model.means(s, i, c), repeats)
-    from lohp_cli.store import TrajectoryStore
-
     ccfg = CollectConfig.model_validate(TrajectoryStore.open(str(store)).meta.config)
     ctx = RunContext(ccfg, "cpu")
     task = ctx.task(ctx.store.task_ids()[0])
@@ -158,6 +170,11 @@ def main() -> None:
         "mlp-512": {"backbone": "mlp", "hidden": 512},
         "unet-32/64/128-p8": {"backbone": "unet", "channels": [32, 64, 128], "patch": 8},
     }
+    backbones = {
+        **policies,
+        "rows-64x2": {"backbone": "rows", "width": 64, "blocks": 2, "heads": 4},
+        "rows-32x1": {"backbone": "rows", "width": 32, "blocks": 1, "heads": 4},
+    }
     lines = [
         f"machine: {platform.processor() or platform.machine()}, "
         f"{os.cpu_count()} cores, torch {torch.__version__}, "
@@ -168,7 +185,9 @@ def main() -> None:
     ]
     with tempfile.TemporaryDirectory() as d:
         small, big = Path(d, "small.zarr"), Path(d, "big.zarr")
+        mlp_store = Path(d, "mlp.zarr")
         make_store(small, tasks, args.family, "head", steps_run)
+        make_store(mlp_store, tasks, args.family, "mlp", steps_run)
         make_store(big, 4 * tasks, args.family, "head", steps_run)
         n_small = 3 * tasks
         lines += [
@@ -186,9 +205,25 @@ def main() -> None:
                 lines.append(
                     f"| {method} | {name if method != 'hypernetwork' else '-'} | {tp:.1f} |"
                 )
+        bsteps = 2 if q else 5
+        lines += [
+            "",
+            f"### Backbones: lo-hp steps per second and peak RSS (k = 2, batch 32, {bsteps} steps)",
+            "",
+            "| store | backbone | steps / s | 1,000 steps (min) | CPU s / step | peak RSS (MB) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for model, store in (("head", small), ("mlp", mlp_store)):
+            label = f"{model}, P = {TrajectoryStore.open(str(store)).meta.param_count:,}"
+            for name, pol in backbones.items():
+                sps, cps, mb = train_run(store, pol, bsteps, 32)
+                lines.append(
+                    f"| {label} | {name} | {sps:.2f} | {1000 / sps / 60:.1f} | {cps:.2f} "
+                    f"| {mb:.0f} |"
+                )
         lines += ["", f"### Peak memory ({n_small} vs {4 * n_small} runs, lo-hp, mlp-512)", ""]
-        m1 = peak_rss_mb(small, 5, policies["mlp-512"])
-        m4 = peak_rss_mb(big, 5, policies["mlp-512"])
+        m1 = train_run(small, policies["mlp-512"], 5, 16)[2]
+        m4 = train_run(big, policies["mlp-512"], 5, 16)[2]
         lines += [
             "| runs | peak RSS (MB) |",
             "|---|---|",

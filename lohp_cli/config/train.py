@@ -19,8 +19,9 @@ class PolicyConfig(Frozen):
     backbone: str = Field(
         "unet",
         description="From the backbone registry (lohp_cli.policy.backbone): unet, a 1-D U-Net "
-        "over the parameter vector (paper); mlp, a plain MLP; coordinate, one small MLP shared "
-        "by every coordinate (a coordinate-wise learned optimizer's form).",
+        "over the parameter vector (paper); mlp, a plain MLP; rows, attention over one token per "
+        "neuron, equivariant to reordering hidden units and classes (docs/policy.md); coordinate, "
+        "one small MLP shared by every coordinate (a coordinate-wise learned optimizer's form).",
     )
     channels: tuple[int, ...] = Field((32, 64, 128), description="U-Net channels per level.")
     patch: int = Field(8, ge=1, description="U-Net: coordinates per position (patch size).")
@@ -29,6 +30,9 @@ class PolicyConfig(Frozen):
         64, ge=1, description="Hidden width of the coordinate backbone (per coordinate)."
     )
     emb_dim: int = Field(128, ge=2, description="Size of the step/condition embedding.")
+    width: int = Field(64, ge=1, description="Token width of the rows backbone.")
+    blocks: int = Field(2, ge=1, description="Attention blocks of the rows backbone.")
+    heads: int = Field(4, ge=1, description="Attention heads of the rows backbone (divide width).")
     sigma: Literal["schedule", "learned"] = Field(
         "schedule",
         description="schedule: σ_i from the mean matched offline step; learned: a scalar per step "
@@ -66,6 +70,15 @@ class PolicyConfig(Frozen):
         from lohp_cli.policy.backbone import BACKBONES
 
         return registered(v, BACKBONES, "backbone")
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> PolicyConfig:
+        if self.width % self.heads:
+            raise ValueError(
+                f"policy.heads = {self.heads} does not divide policy.width = {self.width}; "
+                "choose heads among the divisors of width"
+            )
+        return self
 
     @field_validator("beta")
     @classmethod

@@ -128,6 +128,10 @@ def check_out_dir(out: Path, cfg: TrainConfig, fingerprint: dict[str, Any]) -> b
     old = read_policy_header(data, out)
     same_store = old.store_fingerprint == fingerprint
     stored = stored_train_config(old.train_config)
+    try:  # validated, so a field added since (at its default) compares equal to its absence
+        stored = TrainConfig.from_stored(stored).model_dump(mode="json")
+    except ValidationError:
+        pass  # not a config of this lohp: other settings
     same_cfg = _comparable(stored) == _comparable(cfg.model_dump(mode="json"))
     if same_store and same_cfg:
         return state_dir(out) is not None

@@ -1,12 +1,15 @@
 """Policy backbones and their registry: a 1-D U-Net over the padded parameter vector (the
-paper's), an MLP, and a coordinate-wise MLP.
+paper's), an MLP, attention over the target network's neurons (``rows``,
+:mod:`lohp_cli.policy.rows`) and a coordinate-wise MLP (``coordinate``).
 
 Every backbone maps ``(s [B, P], emb [B, E])`` to two output channels ``[B, 2, P]``: the forward
 mean step f and the backward mean step b. With ``policy.state_input = "grad"`` the input is
-``[B, 2, P]`` (the state and the support-loss gradient direction, :func:`input_channels`). Output layers start at zero: an untrained policy is the
-identity. A builder registered with :func:`register_backbone` receives the target model's
+``[B, 2, P]`` (the state and the support-loss gradient direction, :func:`input_channels`). Output
+layers start at zero: an untrained policy is the identity. A builder registered with :func:`register_backbone` receives the target model's
 parameter layout, the condition size, the number of policy steps and the policy config;
-:class:`~lohp_cli.policy.gaussian.LoHpPolicy` takes the module it returns.
+:class:`~lohp_cli.policy.gaussian.LoHpPolicy` takes the module it returns. A backbone whose
+``takes_condition`` attribute is True is called as ``(s, emb, cond)`` with the normalised task
+condition, and the policy leaves the condition out of ``emb``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from torch import nn
 
 from lohp_cli.config import PolicyConfig
 from lohp_cli.errors import ConfigError
+from lohp_cli.policy.rows import RowSetBackbone
 from lohp_cli.tasks.layout import ParamLayout
 
 BackboneBuilder = Callable[[ParamLayout, int, int, PolicyConfig], nn.Module]
@@ -233,6 +237,16 @@ def unet_backbone(layout: ParamLayout, cond_dim: int, n_steps: int, cfg: PolicyC
 @register_backbone("mlp")
 def mlp_backbone(layout: ParamLayout, cond_dim: int, n_steps: int, cfg: PolicyConfig) -> nn.Module:
     return MLPBackbone(layout.size, cfg.emb_dim, cfg.hidden, in_channels=input_channels(cfg))
+
+
+@register_backbone("rows")
+def rows_backbone(layout: ParamLayout, cond_dim: int, n_steps: int, cfg: PolicyConfig) -> nn.Module:
+    if input_channels(cfg) != 1:
+        raise ConfigError(
+            "policy.backbone='rows' does not take policy.state_input='grad'; use mlp, unet or "
+            "coordinate."
+        )
+    return RowSetBackbone(layout, cond_dim, cfg.emb_dim, cfg.width, cfg.blocks, cfg.heads)
 
 
 @register_backbone("coordinate")

@@ -57,6 +57,8 @@ class LoHpPolicy(nn.Module):
         if backbone is None:
             backbone = build_backbone(layout or ParamLayout.flat(size), cond_dim, n_steps, cfg)
         self.backbone: nn.Module = backbone
+        # read before a torch.compile wrapper hides it: the backbone reads the condition itself
+        self.backbone_takes_condition = bool(getattr(backbone, "takes_condition", False))
         log_sigma = torch.log(sigma.clamp_min(cfg.sigma_min))  # [N]
         # the schedule σ was built from: β follows it, not a learned σ (with β = 1/(2σ²) tied to
         # a learned σ the loss falls as σ grows, a degenerate optimum); rebuilt on load
@@ -81,13 +83,15 @@ class LoHpPolicy(nn.Module):
     def embed(
         self,
         i: torch.Tensor,
-        cond: torch.Tensor,
+        cond: torch.Tensor | None,
         opt: torch.Tensor | None,
         state: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Conditioning embedding ``[B, E]`` of step ``i [B]``, condition ``[B, D]``, optimizer
-        and state features ``[B, C·C]``."""
-        h = self.step_mlp(sinusoidal(i, self.cfg.emb_dim)) + self.cond_mlp(cond)
+        and state features ``[B, C·C]``; ``cond=None`` leaves the condition out."""
+        h = self.step_mlp(sinusoidal(i, self.cfg.emb_dim))
+        if cond is not None:
+            h = h + self.cond_mlp(cond)
         if self.opt_emb is not None and opt is not None:
             h = h + self.opt_emb(opt)
         if self.state_mlp is not None and state is not None:
@@ -117,7 +121,10 @@ class LoHpPolicy(nn.Module):
                 x = torch.stack([s, direction], dim=1)
             else:
                 state = probe.features(s)
-        out = self.backbone(x, self.embed(i, cond, opt, state))  # [B, 2, P]
+        if self.backbone_takes_condition:
+            out = self.backbone(x, self.embed(i, None, opt, state), cond)  # [B, 2, P]
+        else:
+            out = self.backbone(x, self.embed(i, cond, opt, state))
         return out[:, 0], out[:, 1]
 
     def sigma(self) -> torch.Tensor:

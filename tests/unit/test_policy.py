@@ -291,20 +291,20 @@ def test_a_registered_backbone_is_a_config_choice_and_sees_the_layout(
     from lohp_cli.policy.fit import train_policy
     from tests.conftest import make_linear_store
 
-    with pytest.raises(pydantic.ValidationError, match="unknown backbone 'rows'"):
-        PolicyConfig(backbone="rows")
+    with pytest.raises(pydantic.ValidationError, match="unknown backbone 'outside'"):
+        PolicyConfig(backbone="outside")
     seen = {}
 
-    def rows(layout, cond_dim, n_steps, cfg):
+    def outside(layout, cond_dim, n_steps, cfg):
         seen["layout"] = [(e.name, tuple(e.shape)) for e in layout.entries]
         return bb.MLPBackbone(layout.size, cfg.emb_dim, 8)
 
-    monkeypatch.setitem(bb.BACKBONES, "rows", rows)
+    monkeypatch.setitem(bb.BACKBONES, "outside", outside)
     make_linear_store(tmp_path / "s.zarr", n_tasks=2, size=5, cond_dim=3, steps=2)
     from lohp_cli.config import TrainConfig
 
     cfg = TrainConfig.model_validate({"store": str(tmp_path / "s.zarr"), "out": str(tmp_path / "p"),
-                                      "k": 1, "steps": 1, "policy": {"backbone": "rows",
+                                      "k": 1, "steps": 1, "policy": {"backbone": "outside",
                                                                      "emb_dim": 8}})  # fmt: skip
     train_policy(cfg)
     assert seen["layout"] == [("theta", (5,))]

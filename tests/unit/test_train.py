@@ -433,6 +433,19 @@ def test_policy_with_other_settings_is_refused(small: str, tmp_path: Path) -> No
         train_policy(config(small, out, steps=2, policy={"hidden": 16}))
 
 
+def test_a_policy_from_before_a_new_setting_resumes(small: str, tmp_path: Path) -> None:
+    """A stored train_config without a field added since (at its default) is the same setting."""
+    out = tmp_path / "p"
+    train_policy(config(small, out, steps=2, checkpoint_every=2))
+    meta = json.loads((out / "config.json").read_text())
+    for key in ("width", "blocks", "heads"):  # the rows backbone's settings came later
+        del meta["train_config"]["policy"][key]
+    (out / "config.json").write_text(json.dumps(meta))
+    events: list[dict[str, Any]] = []
+    train_policy(config(small, out, steps=4, checkpoint_every=2), events.append)
+    assert {"event": "resume", "step": 2} in events
+
+
 def test_output_that_is_a_file(small: str, tmp_path: Path) -> None:
     (tmp_path / "f").write_text("mine")
     with pytest.raises(ConfigError, match="is a file"):
