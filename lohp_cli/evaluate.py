@@ -3,7 +3,9 @@
 Every method starts from the same initial-weight draws: sample j of task t starts at
 θ_0 = denormalise(s_0) with s_0 ~ N(0, I) seeded by (seed, task, j), exactly as ``generate`` does,
 so optimizers and policies are compared on the same tasks and starting points. Optimizers run for
-the store's full run length (T·r steps) and for N steps (as many as the policy takes).
+the store's full run length (T·r steps) and for N steps (as many as the policy takes), and for the
+accuracy-latency frontier at each other budget of ``frontier_steps`` up to T·r (points of the
+report's ``frontier``, not rows).
 
 Latency (``latency_ms_batch1``, what the paper calls latency) is the time to produce the weights of
 one task at batch size 1: the median of repeated timed runs after one untimed warm-up run
@@ -90,7 +92,16 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     first += [m for b in cfg.baselines if b not in stepped for m in registry.baseline(b, cfg)]
     rows = [run_method(ctx, m) for m in first]
     budgets = _step_budgets(ctx, rows)
-    rows += [run_method(ctx, m) for b in stepped for m in registry.baseline(b, cfg, budgets)]
+    extra = frontier_budgets(cfg.frontier_steps, ctx.steps_full, budgets)
+    points: list[tuple[str, MethodResult]] = []
+    for b in stepped:
+        done = [run_method(ctx, m) for m in registry.baseline(b, cfg, budgets)]
+        rows += done
+        if extra:
+            steps = ", ".join(map(str, extra))
+            ctx.emit({"event": "info", "message": f"frontier: {b} for {steps} steps"})
+            done += [run_method(ctx, m) for m in registry.baseline(b, cfg, extra)]
+        points += [(b, r) for r in done]
     model, meta, stats = loaded
     cos = cosine_check(model, meta, stats, ctx.task, cfg.cosine_runs, ctx.device)
     others = [
@@ -101,7 +112,8 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     local = locality.check(
         ctx, model, cfg.locality_tasks, cfg.locality_source_tasks, cfg.locality_branches, others
     )
-    report = build_report(cfg, ctx, gmeta, rows, cos, local)
+    frontier = points if cfg.frontier_steps else None
+    report = build_report(cfg, ctx, gmeta, rows, cos, local, frontier)
     write_report(report, out, cfg.plots)
     return report
 
@@ -129,3 +141,10 @@ def context(
 def _step_budgets(ctx: EvalContext, rows: list[MethodResult]) -> tuple[int, ...]:
     """The optimizers' step budgets: the store's T·r and the N of each stepwise row so far."""
     return (ctx.steps_full, *(r.steps for r in rows if r.steps and r.steps > 1))
+
+
+def frontier_budgets(
+    steps: tuple[int, ...], steps_full: int, done: tuple[int, ...]
+) -> tuple[int, ...]:
+    """The frontier's step budgets not scored already: ``steps`` up to T·r, less ``done``."""
+    return tuple(s for s in steps if s <= steps_full and s not in done)

@@ -10,14 +10,15 @@ import numpy as np
 
 from lohp_cli.artifacts.generated import GeneratedMeta
 from lohp_cli.checkpoint import atomic_write_bytes, atomic_write_json
+from lohp_cli.comparison import frontier_lines, frontier_section, paired_lines, paired_section
 from lohp_cli.config import EvaluateConfig
 from lohp_cli.methods.base import EvalContext, MethodResult
 from lohp_cli.methods.optimizer import optimizer_repeats
 from lohp_cli.runtime import provenance
+from lohp_cli.timing import LATENCY_LABEL
 
 REPORT_SCHEMA = "lohp.report"
 REPORT_VERSION = 1
-LATENCY_LABEL = "latency (ms per task, batch 1)"
 
 
 def cosine_summary(values: list[float]) -> dict[str, Any]:
@@ -37,9 +38,11 @@ def build_report(
     rows: list[MethodResult],
     cosine: list[float],
     local: dict[str, Any] | None = None,
+    frontier: list[tuple[str, MethodResult]] | None = None,
 ) -> dict[str, Any]:
-    """``report.json``: the run, one summary per method row, timings, the cosine check;
-    ``generated``: the generated store's attributes."""
+    """``report.json``: the run, one summary per method row, paired differences, timings, the
+    cosine check; ``generated``: the generated store's attributes; ``frontier``: the optimizer
+    rows ``(optimizer, row)`` of the accuracy-latency frontier (None: no frontier)."""
     compat = ctx.meta.store_compat
     return {
         "schema": REPORT_SCHEMA,
@@ -54,6 +57,8 @@ def build_report(
         "optimizer_steps_full": ctx.steps_full,
         "device": ctx.device,
         "methods": [r.summary() for r in rows],
+        "paired": paired_section(rows),
+        "frontier": frontier_section(rows, frontier),
         "timing": {
             "device": ctx.device,
             "warmup_runs": 1,
@@ -142,6 +147,8 @@ def markdown_report(r: dict[str, Any]) -> str:
             f"offline step over {c['n']} steps: mean {c['mean']:.3f}, median "
             f"{c['median']:.3f}.",
         ]
+    lines += paired_lines(r.get("paired"))
+    lines += frontier_lines(r.get("frontier"))
     lines += locality_lines(r.get("locality"))
     return "\n".join(lines) + "\n"
 
@@ -211,8 +218,8 @@ def timing_lines(r: dict[str, Any]) -> list[str]:
 
 
 def write_plots(r: dict[str, Any], out: Path) -> None:
-    """accuracy_vs_latency.png, cosine_hist.png, locality.png and (with ≥ 2 Lo-Hp policies)
-    k_study.png."""
+    """accuracy_vs_latency.png, cosine_hist.png, locality.png, frontier.png and (with ≥ 2 Lo-Hp
+    policies) k_study.png."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -223,17 +230,8 @@ def write_plots(r: dict[str, Any], out: Path) -> None:
         lat = m["latency_ms_batch1"]
         if lat:
             ax.errorbar(lat, m["acc_mean"], yerr=m["acc_std"], fmt="o", capsize=3)
-            ax.annotate(
-                m["name"],
-                (lat, m["acc_mean"]),
-                fontsize=7,
-                xytext=(4, 4),
-                textcoords="offset points",
-            )
-    ax.set_xscale("log")
-    ax.set_xlabel(f"{LATENCY_LABEL}, log, {r['device']}")
-    ax.set_ylabel("test accuracy")
-    ax.set_title("accuracy vs latency")
+            _label(ax, m["name"], lat, m["acc_mean"])
+    _accuracy_vs_latency(ax, r["device"], "accuracy vs latency")
     fig.tight_layout()
     fig.savefig(out / "accuracy_vs_latency.png", dpi=120)
     plt.close(fig)
@@ -248,6 +246,8 @@ def write_plots(r: dict[str, Any], out: Path) -> None:
         plt.close(fig)
     if r.get("locality"):
         locality_plot(r["locality"], out)
+    if (r.get("frontier") or {}).get("points"):
+        frontier_plot(r["frontier"], r["device"], out)
     ks = k_study(r)
     if len(ks) >= 2:
         fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -311,4 +311,46 @@ def locality_plot(loc: dict[str, Any], out: Path) -> None:
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "locality.png", dpi=120)
+    plt.close(fig)
+
+
+def _label(ax: Any, text: str, x: float, y: float, **style: Any) -> None:
+    """``text`` beside the point (x, y)."""
+    kw = {"fontsize": 7, "xytext": (4, 4), **style}
+    ax.annotate(text, (x, y), textcoords="offset points", **kw)
+
+
+def _accuracy_vs_latency(ax: Any, device: str, title: str) -> None:
+    """Test accuracy against latency on a log scale."""
+    ax.set_xscale("log")
+    ax.set_xlabel(f"{LATENCY_LABEL}, log, {device}")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title)
+
+
+def frontier_plot(f: dict[str, Any], device: str, out: Path) -> None:
+    """frontier.png: accuracy against latency (log), one curve per optimizer over its step
+    budgets, the frontier as a step function, the other methods as labelled points."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for c, opt in enumerate(dict.fromkeys(p["optimizer"] for p in f["points"])):
+        pts = [p for p in f["points"] if p["optimizer"] == opt]
+        x, y = [p["latency_ms_batch1"] for p in pts], [p["acc_mean"] for p in pts]
+        ax.plot(x, y, "o-", color=f"C{c}", ms=4, label=opt)
+        for p in pts:
+            style = {"fontsize": 6, "xytext": (2, -8), "color": f"C{c}"}
+            _label(ax, str(p["steps"]), p["latency_ms_batch1"], p["acc_mean"], **style)
+    front = f["pareto"]
+    xs = [p["latency_ms_batch1"] for p in front]
+    right = max(p["latency_ms_batch1"] for p in [*f["points"], *f["policies"]]) * 1.2
+    ys = [p["acc_mean"] for p in [*front, front[-1]]]
+    ax.step([*xs, right], ys, where="post", color="black", ls="--", lw=1, label="frontier")
+    for q in f["policies"]:
+        ax.plot(q["latency_ms_batch1"], q["acc_mean"], "*", color="black", ms=9)
+        _label(ax, q["name"], q["latency_ms_batch1"], q["acc_mean"])
+    _accuracy_vs_latency(ax, device, "accuracy-latency frontier (numbers: optimizer steps)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "frontier.png", dpi=120)
     plt.close(fig)

@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+LATENCY_LABEL = "latency (ms per task, batch 1)"  # how reports and plots name the latency
+
 
 def sync(device: str) -> None:
     if device.startswith("cuda"):

@@ -37,6 +37,7 @@ class GenerateConfig(Frozen):
 
 
 DEFAULT_BASELINES = ("sgd", "adam", "sam", "hypernetwork")
+DEFAULT_FRONTIER_STEPS = (1, 2, 5, 10, 20, 50, 100, 200)
 BASELINES = (*DEFAULT_BASELINES, "l2o", "l2o-tt", "l2o-flat", "m-l2o")
 
 
@@ -46,9 +47,9 @@ class EvaluateConfig(Frozen):
     baselines: tuple[str, ...] = Field(
         DEFAULT_BASELINES,
         description="Baselines on the same tasks: sgd, adam, sam (each for T·r and for N "
-        "optimizer steps), hypernetwork (trained here on the policy's store unless given in "
-        "policies) and the learned optimizers l2o, l2o-tt, l2o-flat, m-l2o (each needs its "
-        "policy in policies under the same name).",
+        "optimizer steps, and for frontier_steps), hypernetwork (trained here on the policy's "
+        "store unless given in policies) and the learned optimizers l2o, l2o-tt, l2o-flat, "
+        "m-l2o (each needs its policy in policies under the same name).",
     )
     hypernetwork_steps: int = Field(1500, ge=1, description="Training steps of that hypernetwork.")
     policies: dict[str, str] = Field(
@@ -57,6 +58,12 @@ class EvaluateConfig(Frozen):
         "lo-di, lo-op, k=1); generated here on the same tasks and seeds.",
     )
     latency_repeats: int = Field(20, ge=1, description="Timed repetitions per method (median).")
+    frontier_steps: tuple[int, ...] = Field(
+        DEFAULT_FRONTIER_STEPS,
+        description="Step budgets at which each optimizer baseline is also scored and timed, "
+        "for the accuracy-latency frontier (those over the store's T·r are left out; () "
+        "turns the frontier off).",
+    )
     cosine_runs: int = Field(
         16, ge=0, description="Source runs for the cosine to the store's recorded steps."
     )
@@ -74,6 +81,13 @@ class EvaluateConfig(Frozen):
     )
     plots: bool = Field(True, description="Write PNG plots (needs matplotlib).")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:i.")
+
+    @field_validator("frontier_steps")
+    @classmethod
+    def _positive_steps(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if any(s < 1 for s in v):
+            raise ValueError(f"frontier steps must be ≥ 1, got {min(v)}")
+        return tuple(sorted(set(v)))
 
     @field_validator("baselines")
     @classmethod

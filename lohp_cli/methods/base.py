@@ -96,6 +96,7 @@ class MethodResult:
     latency_ms_batch1: float | None = None  # one task at batch size 1, median after a warm-up
     steps: int | None = None
     policy: dict[str, Any] | None = None  # method, k, optimizers of a policy's result
+    task_acc: list[float] = field(default_factory=list)  # per task, mean over its samples
 
     def summary(self) -> dict[str, Any]:
         a = np.asarray(self.accuracies)
@@ -114,14 +115,18 @@ class MethodResult:
 
 
 def run_method(ctx: EvalContext, method: Method) -> MethodResult:
-    """Prepare ``method``, score its weights on every task's test split from the shared starts,
-    time it on the first task, and report the row as a ``method`` event."""
+    """Prepare ``method``, score its weights on every task's test split from the shared starts
+    (each start's accuracy, and each task's mean over its starts), time it on the first task,
+    and report the row as a ``method`` event."""
     method.prepare(ctx)
     accs: list[float] = []
+    per_task: list[float] = []
     for t, data in ctx.data.items():
         w = method.weights(t, ctx.starts(t))
-        accs += [accuracy(ctx.net, w[j], data)[0] for j in range(w.shape[0])]
+        task = [accuracy(ctx.net, w[j], data)[0] for j in range(w.shape[0])]
+        accs += task
+        per_task.append(float(np.mean(task)))
     r = MethodResult(method.name, method.kind, accs, method.time_one(ctx.tasks[0]))
-    r.steps, r.policy = method.steps, method.policy
+    r.steps, r.policy, r.task_acc = method.steps, method.policy, per_task
     ctx.emit({"event": "method", **r.summary()})
     return r

@@ -151,12 +151,12 @@ def test_collect_train_generate_evaluate(tmp_path: Path) -> None:
     assert out.stdout.strip() == str(rep)
     report = json.loads((rep / "report.json").read_text())
     assert report["schema"] == "lohp.report" and report["schema_version"] == 1
-    # the keys of before, plus timing (the device and repeats behind every latency) and the
-    # local-policy check along the optimizers' own paths
+    # the keys of before, plus timing (the device and repeats behind every latency), the
+    # local-policy check along the optimizers' own paths, the paired differences and the frontier
     assert set(report) == {
         "schema", "schema_version", "generated", "policy", "family", "model", "param_count",
         "tasks", "samples_per_task", "optimizer_steps_full", "device", "methods", "timing",
-        "cosine", "locality", "config", "provenance",
+        "cosine", "locality", "paired", "frontier", "config", "provenance",
     }  # fmt: skip
     assert set(report["locality"]["optimizers"]) == {"adam", "sgd"}  # the store's, all learned
     assert report["timing"]["device"] == report["device"] == "cpu"
@@ -194,6 +194,15 @@ def test_collect_train_generate_evaluate(tmp_path: Path) -> None:
     # 0.51–0.58); the untrained policy 0.25
     assert methods["lo-hp (k=2)"]["acc_mean"] > methods["untrained (k=4)"]["acc_mean"] + 0.2
     assert report["cosine"]["n"] > 0
+    # the main row against every other; Adam at the frontier's budgets up to T·r = 40 and the rows'
+    rest = [m["name"] for m in report["methods"][1:]]
+    assert [(q["a"], q["b"], q["n"]) for q in report["paired"]["pairs"]] == [
+        ("lo-hp (k=2)", name, 4) for name in rest
+    ]
+    points = report["frontier"]["points"]
+    assert [p["steps"] for p in points] == [1, 2, 4, 5, 10, 20, 40]
+    assert [q["name"] for q in report["frontier"]["policies"]] == ["lo-hp (k=2)", *rest[:2]]
+    assert (rep / "frontier.png").exists()
     md = (rep / "report.md").read_text()
     assert md.startswith("# lohp evaluation")
     assert "| latency (ms per task, batch 1) |" in md and "at batch size 1 on cpu" in md

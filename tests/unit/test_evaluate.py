@@ -171,6 +171,11 @@ def test_plots_label_the_latency_axis(tmp_path: Path, monkeypatch: pytest.Monkey
         _row("lo-hp (k=2)", 0.8, policy_info(_meta("lo-hp", 2)), 11.4, kind="generated"),
         _row("lo-hp k4", 0.7, policy_info(_meta("lo-hp", 4)), 5.0),
     ]
-    write_plots({**_report(rows), "timing": TIMING}, tmp_path)
+    point = {"method": "adam-5", "optimizer": "adam", "steps": 5, "acc_mean": 0.7}
+    points = [{**point, "latency_ms_batch1": 2.0}, {**point, "latency_ms_batch1": 2.5}]
+    policy = {"name": "lo-hp (k=2)", "acc_mean": 0.8, "latency_ms_batch1": 11.4}
+    frontier = {"points": points, "pareto": points[:1], "policies": [policy]}
+    write_plots({**_report(rows), "timing": TIMING, "frontier": frontier}, tmp_path)
     assert labels["accuracy_vs_latency.png"][0] == "latency (ms per task, batch 1), log, cpu"
     assert "latency (ms per task, batch 1)" in labels["k_study.png"]
+    assert labels["frontier.png"] == ["latency (ms per task, batch 1), log, cpu", "test accuracy"]

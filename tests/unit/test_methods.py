@@ -14,7 +14,7 @@ import lohp_cli.l2o.method  # registers the learned optimizers, as the evaluate 
 from lohp_cli.collect import collect
 from lohp_cli.config import EvaluateConfig, GenerateConfig, TrainConfig
 from lohp_cli.errors import ConfigError
-from lohp_cli.evaluate import context, evaluate
+from lohp_cli.evaluate import context, evaluate, frontier_budgets
 from lohp_cli.generate import generate
 from lohp_cli.methods import registry
 from lohp_cli.methods.base import EvalContext, Starts, run_method
@@ -236,7 +236,9 @@ def test_a_plugged_in_method_is_a_row_of_the_report(
         "steps": None,
         "policy": None,
     }
-    assert budgets == [(c.steps_full, rows["lo-hp (k=2)"]["steps"])]
+    first = (c.steps_full, rows["lo-hp (k=2)"]["steps"])
+    # then the frontier's budgets not scored already, for the accuracy-latency frontier
+    assert budgets == [first, frontier_budgets(cfg.frontier_steps, c.steps_full, first)]
     assert len(made[0].prepared) == 1
     saved = json.loads((Path(cfg.out) / "report.json").read_text())
     assert saved["methods"][1] == rows["starts"]
@@ -248,3 +250,53 @@ def test_run_method_scores_every_start_of_every_task(ctx: tuple) -> None:
     assert len(r.accuracies) == len(c.tasks) * SAMPLES and r.latency_ms_batch1 == 2.5
     t = c.tasks[-1]
     assert r.accuracies[-1] == accuracy(c.net, c.starts(t).theta0[-1], c.data[t])[0]
+
+
+def test_report_pairs_every_row_with_the_main_one_and_has_the_frontier(
+    run: dict, ctx: tuple
+) -> None:
+    c, _ = ctx
+    cfg = _cfg(
+        run,
+        baselines=("sgd",),
+        policies={"again": str(run["policy"])},
+        frontier_steps=(1, 3, 10_000),
+        plots=True,
+        out=str(run["tmp"] / "paired"),
+    )
+    report = evaluate(cfg)
+    rows = {m["name"]: m for m in report["methods"]}
+    n_steps = rows["lo-hp (k=2)"]["steps"]
+    names = ["lo-hp (k=2)", "again (k=2)", f"sgd-{c.steps_full}", f"sgd-{n_steps}"]
+    assert list(rows) == names  # the frontier's extra budgets are not report rows
+    p = report["paired"]
+    assert p["main"] == "lo-hp (k=2)" and p["confidence"] == 0.95
+    assert [(q["a"], q["b"]) for q in p["pairs"]] == [(names[0], b) for b in names[1:]]
+    for q in p["pairs"]:
+        # every task has the same samples: the paired mean is the difference of the row means
+        want = rows[q["a"]]["acc_mean"] - rows[q["b"]]["acc_mean"]
+        assert q["n"] == len(c.tasks) and q["mean"] == pytest.approx(want, abs=1.5e-4)
+        low, high = q["ci95"]
+        assert low <= q["mean"] <= high
+        assert q["side"] == ("above" if low > 0 else "below" if high < 0 else "tie")
+        assert q["ladder"] is False  # one rung (lo-hp) only
+    f = report["frontier"]
+    steps = sorted({1, 3, c.steps_full, n_steps})  # 10,000 is over T·r
+    assert [(pt["optimizer"], pt["steps"]) for pt in f["points"]] == [("sgd", s) for s in steps]
+    for pt in f["points"]:
+        assert set(pt) == {"method", "optimizer", "steps", "acc_mean", "latency_ms_batch1"}
+        assert pt["method"] == f"sgd-{pt['steps']}" and pt["latency_ms_batch1"] > 0
+        if pt["method"] in rows:  # the report's own optimizer rows are reused
+            assert pt["acc_mean"] == rows[pt["method"]]["acc_mean"]
+    assert f["pareto"] and all(pt in f["points"] for pt in f["pareto"])
+    assert [q["name"] for q in f["policies"]] == names[:2]
+    for q in f["policies"]:
+        assert q["position"] in ("on_or_above", "below")
+    out = Path(cfg.out)
+    assert json.loads((out / "report.json").read_text())["paired"] == p
+    md = (out / "report.md").read_text()
+    assert "## Paired differences" in md and "## Accuracy–latency frontier" in md
+    assert (out / "frontier.png").stat().st_size > 0
+    # () turns the frontier off
+    off = evaluate(cfg.model_copy(update={"frontier_steps": (), "plots": False}))
+    assert off["frontier"] is None and off["paired"]["pairs"]

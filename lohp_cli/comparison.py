@@ -1,0 +1,197 @@
+"""The report's comparisons in numbers: paired per-task differences with confidence intervals
+(``paired``) and the optimizers' accuracy-latency frontier (``frontier``), as report.json sections
+and report.md lines. The statistics are :mod:`lohp_cli.stats`; the format is docs/report.md."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from lohp_cli.methods.base import MethodResult
+from lohp_cli.stats import best_within, paired_difference, pareto_front
+from lohp_cli.timing import LATENCY_LABEL
+
+CONFIDENCE = 0.95
+LADDER = ("hypernetwork", "lo-di", "lo-op", "lo-hp")  # the ablation ladder, lowest rung first
+_SAME_RUNG = ("k", "optimizers", "state_input")  # what a rung shares with the main row
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 4)
+
+
+def ladder(rows: list[MethodResult]) -> list[MethodResult]:
+    """The ablation ladder's rungs among ``rows``, lowest first: for each method of ``LADDER``
+    the first row of a policy of that method with the main row's (``rows[0]``) k, optimizer
+    subset and state input."""
+    ref = rows[0].policy if rows else None
+    if not ref:
+        return []
+    rungs = []
+    for method in LADDER:
+        for r in rows:
+            p = r.policy or {}
+            if p.get("method") == method and all(p.get(k) == ref.get(k) for k in _SAME_RUNG):
+                rungs.append(r)
+                break
+    return rungs
+
+
+def _pair(a: MethodResult, b: MethodResult, on_ladder: bool) -> dict[str, Any]:
+    d = paired_difference(a.task_acc, b.task_acc, CONFIDENCE)
+    ci = None if d.low is None else [_round(d.low), _round(d.high)]
+    return {
+        "a": a.name,
+        "b": b.name,
+        "n": d.n,
+        "mean": _round(d.mean),
+        "ci95": ci,
+        "side": d.side,
+        "ladder": on_ladder,
+    }
+
+
+def paired_section(rows: list[MethodResult]) -> dict[str, Any] | None:
+    """``paired``: the main row (``rows[0]``, the generated weights) against every other row,
+    then each step of the ablation ladder not already among them (upper rung − lower rung, top
+    down);
+    per task the accuracy averaged over its samples, paired over the tasks."""
+    if not rows or not rows[0].task_acc:
+        return None
+    main = rows[0]
+    rungs = ladder(rows)
+    steps = list(zip(rungs[1:], rungs, strict=False))  # (upper, lower)
+    pairs = [
+        _pair(main, r, any(hi is main and lo is r for hi, lo in steps))
+        for r in rows[1:]
+        if len(r.task_acc) == len(main.task_acc)
+    ]
+    pairs += [_pair(hi, lo, True) for hi, lo in reversed(steps) if hi is not main]
+    return {"main": main.name, "confidence": CONFIDENCE, "ladder": list(LADDER), "pairs": pairs}
+
+
+def frontier_section(
+    rows: list[MethodResult], points: list[tuple[str, MethodResult]] | None
+) -> dict[str, Any] | None:
+    """``frontier``: every timed optimizer row ``(optimizer, row)`` as a point, their Pareto
+    frontier, and every other timed row against it (the most accurate point at most as slow)."""
+    if points is None:
+        return None
+    opts = list(dict.fromkeys(opt for opt, _ in points))  # in the report's order
+    pts = [
+        {
+            "method": r.name,
+            "optimizer": opt,
+            "steps": r.steps,
+            "acc_mean": round(float(np.mean(r.accuracies)), 4),
+            "latency_ms_batch1": round(r.latency_ms_batch1, 4),
+        }
+        for opt, r in sorted(points, key=lambda p: (opts.index(p[0]), p[1].steps or 0))
+        if r.latency_ms_batch1 is not None
+    ]
+    xy = [(p["latency_ms_batch1"], p["acc_mean"]) for p in pts]
+    scored = {id(r) for _, r in points}
+    policies = []
+    for r in rows:
+        if id(r) in scored or r.latency_ms_batch1 is None:
+            continue
+        s = r.summary()
+        best = best_within(xy, s["latency_ms_batch1"])
+        acc = None if best is None else pts[best]["acc_mean"]
+        policies.append(
+            {
+                "name": s["name"],
+                "acc_mean": s["acc_mean"],
+                "latency_ms_batch1": s["latency_ms_batch1"],
+                "frontier_method": None if best is None else pts[best]["method"],
+                "frontier_acc": acc,
+                "margin": None if acc is None else round(s["acc_mean"] - acc, 4),
+                "position": "on_or_above" if acc is None or s["acc_mean"] >= acc else "below",
+            }
+        )
+    return {"points": pts, "pareto": [pts[i] for i in pareto_front(xy)], "policies": policies}
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table's lines: the header, its rule, one line per row."""
+    rule = "|" + "---|" * len(header)
+    return [f"| {' | '.join(header)} |", rule, *(f"| {' | '.join(row)} |" for row in rows)]
+
+
+def _fixed(v: float | None, fmt: str) -> str:
+    return "–" if v is None else format(v, fmt)
+
+
+def paired_lines(p: dict[str, Any] | None) -> list[str]:
+    """report.md's paired-difference table."""
+    if not p or not p["pairs"]:
+        return []
+    rows = [
+        [
+            q["a"],
+            q["b"],
+            str(q["n"]),
+            f"{q['mean']:+.4f}",
+            "–" if q["ci95"] is None else f"[{q['ci95'][0]:+.4f}, {q['ci95'][1]:+.4f}]",
+            q["side"] or "–",
+            "yes" if q["ladder"] else "",
+        ]
+        for q in p["pairs"]
+    ]
+    return [
+        "",
+        "## Paired differences",
+        "",
+        f"Accuracy of a minus accuracy of b per held-out task (each task's accuracy averaged over "
+        f"its samples; every method starts from the same draws), paired over the tasks: mean and "
+        f"{p['confidence']:.0%} confidence interval (Student t over tasks; none with one task). "
+        "a is above or below b when the interval lies above or below 0, a tie when it contains "
+        f"0. `ladder`: a step of the ablation ladder {' < '.join(p['ladder'])} (same k, "
+        "optimizer subset and state input as the main row).",
+        "",
+        *md_table(["a", "b", "tasks", "mean difference", "95 % CI", "a vs b", "ladder"], rows),
+    ]
+
+
+def frontier_lines(f: dict[str, Any] | None) -> list[str]:
+    """report.md's frontier section: each row against the frontier, then the optimizer points."""
+    if not f or not f["points"]:
+        return []
+    against = [
+        [
+            q["name"],
+            f"{q['acc_mean']:.4f}",
+            f"{q['latency_ms_batch1']:.3f}",
+            q["frontier_method"] or "–",
+            _fixed(q["frontier_acc"], ".4f"),
+            _fixed(q["margin"], "+.4f"),
+            q["position"].replace("_", " "),
+        ]
+        for q in f["policies"]
+    ]
+    front = {p["method"] for p in f["pareto"]}
+    points = [
+        [
+            p["optimizer"],
+            str(p["steps"]),
+            f"{p['acc_mean']:.4f}",
+            f"{p['latency_ms_batch1']:.3f}",
+            "yes" if p["method"] in front else "",
+        ]
+        for p in f["points"]
+    ]
+    header = ["method", "accuracy", LATENCY_LABEL, "best optimizer at most as slow"]
+    return [
+        "",
+        "## Accuracy–latency frontier",
+        "",
+        "The optimizer baselines scored at several step budgets on the same tasks and starts. The "
+        "frontier is, for each latency, the most accurate optimizer point at most that slow; a "
+        "method is on or above it when it is at least as accurate as that point (always, when no "
+        "optimizer point is as fast).",
+        "",
+        *md_table([*header, "its accuracy", "difference", "position"], against),
+        "",
+        *md_table(["optimizer", "steps", "accuracy", LATENCY_LABEL, "on the frontier"], points),
+    ]
