@@ -151,13 +151,14 @@ def test_collect_train_generate_evaluate(tmp_path: Path) -> None:
     assert out.stdout.strip() == str(rep)
     report = json.loads((rep / "report.json").read_text())
     assert report["schema"] == "lohp.report" and report["schema_version"] == 1
-    # the keys of before, plus timing (the device and repeats behind every latency) and the
-    # local-policy check along the optimizers' own paths
+    # the keys of before, plus timing (the device and repeats behind every latency), the
+    # local-policy check along the optimizers' own paths and where every method started
     assert set(report) == {
-        "schema", "schema_version", "generated", "policy", "family", "model", "param_count",
-        "tasks", "samples_per_task", "optimizer_steps_full", "device", "methods", "timing",
-        "cosine", "locality", "config", "provenance",
+        "schema", "schema_version", "generated", "policy", "family", "model", "init",
+        "param_count", "tasks", "samples_per_task", "optimizer_steps_full", "device", "methods",
+        "timing", "cosine", "locality", "config", "provenance",
     }  # fmt: skip
+    assert report["init"] == "per_run"
     assert set(report["locality"]["optimizers"]) == {"adam", "sgd"}  # the store's, all learned
     assert report["timing"]["device"] == report["device"] == "cpu"
     assert report["timing"]["repeats"] == 2 and report["timing"]["warmup_runs"] == 1
