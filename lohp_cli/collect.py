@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lohp_cli.artifacts.base import first_difference
 from lohp_cli.config import CollectConfig
 from lohp_cli.errors import DataError, StoreError
 from lohp_cli.optim import build_optimizer, optimizer_hparams
@@ -26,7 +27,13 @@ from lohp_cli.store import TrajectoryStore, run_id
 from lohp_cli.store.frozen import load_frozen, train_frozen
 from lohp_cli.tasks import Task, TaskFamily, make_family
 from lohp_cli.tasks.families import TaskTensors
-from lohp_cli.tasks.models import ParamLayout, build_target, trainable_parameters
+from lohp_cli.tasks.models import (
+    ParamLayout,
+    build_target,
+    flat_params,
+    load_flat,
+    trainable_parameters,
+)
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -69,8 +76,11 @@ def plan_runs(cfg: CollectConfig, tasks: list[Task]) -> list[RunPlan]:
 
 
 def compat_spec(cfg: CollectConfig, family: TaskFamily) -> dict[str, Any]:
-    """What every run of one store must share; a store refuses runs made with anything else."""
-    return {
+    """What every run of one store must share; a store refuses runs made with anything else.
+
+    ``init``/``init_seed`` only for a shared-init store: a per-run store keeps the compat (and
+    fingerprint) of the stores made before the option."""
+    spec: dict[str, Any] = {
         "family": family.describe(),
         "model": cfg.model.model_dump(mode="json"),
         "steps": cfg.steps,
@@ -78,16 +88,16 @@ def compat_spec(cfg: CollectConfig, family: TaskFamily) -> dict[str, Any]:
         "batch_size": cfg.batch_size,
         "seed": cfg.seed,
     }
+    if cfg.init == "shared":
+        spec |= {"init": "shared", "init_seed": cfg.shared_init_seed}
+    return spec
 
 
-def _first_difference(a: Any, b: Any, path: str = "") -> str | None:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in sorted(set(a) | set(b), key=lambda k: (k != "name", k)):
-            d = _first_difference(a.get(k), b.get(k), f"{path}.{k}" if path else k)
-            if d:
-                return d
-        return None
-    return None if a == b else f"{path}: store has {a!r}, this command {b!r}"
+def init_target(cfg: CollectConfig, family: TaskFamily, seed: int) -> torch.nn.Module:
+    """A freshly initialised target model, its initial weights drawn from ``seed``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build_target(cfg.model, family.input_shape, family.ways)
 
 
 def layout_for(cfg: CollectConfig, family: TaskFamily) -> ParamLayout:
@@ -110,6 +120,8 @@ class RunContext:
         self.family = family or make_family(cfg.task)
         self.store = store or TrajectoryStore.open(cfg.out, mode="r+")
         self.frozen = load_frozen(self.store, cfg.model, self.family)
+        shared = self.store.shared_init()  # [P] of a shared-init store, else None
+        self.theta0 = None if shared is None else torch.from_numpy(shared)
         self._tasks: dict[str, TaskTensors] = {}
 
     def task(self, task_id: str) -> TaskTensors:
@@ -124,9 +136,9 @@ class RunContext:
         """Collect one run into the store; returns its wall time in seconds."""
         cfg = self.cfg
         data = self.task(plan.task_id)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(plan.seed)
-            model = build_target(cfg.model, self.family.input_shape, self.family.ways)
+        model = init_target(cfg, self.family, plan.seed)
+        if self.theta0 is not None:
+            load_flat(model, self.theta0)  # every run of a shared-init store starts here
         model.to(self.device).train()
         opt = build_optimizer(plan.optimizer, trainable_parameters(model), cfg.optim)
         gen = torch.Generator().manual_seed(derive_seed(plan.seed, "batches"))
@@ -182,13 +194,17 @@ def _init_store(
     }
     store, created = TrajectoryStore.create_or_open(cfg.out, root)
     if not created:
-        diff = _first_difference(store.meta.compat.to_json(), compat)
+        diff = first_difference(store.meta.compat.to_json(), compat)
         if diff:
             raise StoreError(
                 f"Store '{cfg.out}' was made with other settings ({diff}); use a new --out or "
                 "the store's own settings (see 'lohp inspect')."
             )
     if not store.meta.init_complete:
+        seed = cfg.shared_init_seed
+        if seed is not None and not store.has_shared_init():  # written once, never redrawn
+            progress({"event": "shared_init", "seed": seed})
+            store.write_shared_init(flat_params(init_target(cfg, family, seed)).numpy(), seed)
         train_frozen(store, cfg.model, family, cfg.seed, progress)
         store.update_attrs(init_complete=True)
     return store
@@ -197,7 +213,7 @@ def _init_store(
 def _check_complete_run(store: TrajectoryStore, plan: RunPlan, cfg: CollectConfig) -> None:
     attrs = store.run_attrs(plan.run_id) or {}
     want = optimizer_hparams(plan.optimizer, cfg.optim)
-    diff = _first_difference(attrs.get("hparams"), want)
+    diff = first_difference(attrs.get("hparams"), want)
     if diff:
         raise StoreError(
             f"Run {plan.run_id} in '{cfg.out}' was collected with other hyperparameters ({diff}); "
@@ -352,6 +368,7 @@ def summarize_store(location: str, verify: bool = False) -> dict[str, Any]:
         "steps": compat.steps,
         "record_every": compat.record_every,
         "recorded_states": states,
+        "init": compat.init,
         "tasks": len(store.task_ids()),
         "runs": runs,
         "complete_runs": complete,

@@ -1,8 +1,9 @@
 """Stage 4: score generated weights on their tasks' test splits against baselines.
 
-Every method starts from the same initial-weight draws: sample j of task t starts at
-θ_0 = denormalise(s_0) with s_0 ~ N(0, I) seeded by (seed, task, j), exactly as ``generate`` does,
-so optimizers and policies are compared on the same tasks and starting points. Optimizers run for
+Every method starts from the same initial weights, exactly as ``generate`` does
+(``policy.artifact.StartRule``): sample j of task t starts at θ_0 = denormalise(s_0) with
+s_0 ~ N(0, I) seeded by (seed, task, j), or, on a shared-init store, at the store's θ₀ itself, so
+optimizers and policies are compared on the same tasks and starting points. Optimizers run for
 the store's full run length (T·r steps) and for N steps (as many as the policy takes), and for the
 accuracy-latency frontier at each other budget of ``frontier_steps`` up to T·r (points of the
 report's ``frontier``, not rows).

@@ -52,7 +52,7 @@ from lohp_cli.config import (
     StoreCodecConfig,
 )
 from lohp_cli.errors import CompatibilityError, ConfigError, StoreError
-from lohp_cli.policy.artifact import generate_batch, initial_state, load_policy, style_token
+from lohp_cli.policy.artifact import generate_batch, load_policy, start_rule, style_token
 from lohp_cli.policy.context import policy_probe, resolve_tasks, task_context
 from lohp_cli.runtime import derive_seed, provenance, resolve_device
 from lohp_cli.store.trajectory_store import (
@@ -137,6 +137,7 @@ def generate(cfg: GenerateConfig, progress: Progress | None = None) -> GenerateR
         rows.append((task, stats.normalize_condition(t.condition)))
         tensors[task.id] = t
     bank = policy_probe(model, ctx, tensors, stats, device)
+    starts = start_rule(ctx.store, cfg.seed)  # s_0: the store's shared θ₀, else N(0, I) draws
 
     weights: dict[str, np.ndarray] = {}
     paths: dict[str, np.ndarray] = {}
@@ -144,7 +145,7 @@ def generate(cfg: GenerateConfig, progress: Progress | None = None) -> GenerateR
     flat = [(task, c, j) for task, c in rows for j in range(cfg.samples)]
 
     def inputs(chunk: list[tuple[Task, torch.Tensor, int]]) -> tuple[Any, ...]:
-        s0 = torch.stack([initial_state(cfg.seed, task.id, j, size) for task, _, j in chunk])
+        s0 = torch.stack([starts.s0(task.id, j, stats) for task, _, j in chunk])
         cond = torch.stack([c for _, c, _ in chunk])
         probe = None if bank is None else bank.probe([task.id for task, _, _ in chunk])
         return s0.to(device), cond, probe  # s0 [B, P], cond [B, D]

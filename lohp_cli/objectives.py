@@ -27,11 +27,16 @@ def _opt_token(model: nn.Module, opt: torch.Tensor) -> torch.Tensor | None:
 class Objective(nn.Module):
     """Computes one method's loss on a batch of matched trajectories ``x [B, N+1, P]``."""
 
-    def __init__(self, model: nn.Module, cfg: LoHpTrainConfig, n_steps: int) -> None:
+    def __init__(
+        self, model: nn.Module, cfg: LoHpTrainConfig, n_steps: int, shared_init: bool = False
+    ) -> None:
         super().__init__()
         self.model = model
         self.cfg = cfg
         self.n_steps = n_steps
+        # a shared-init store: on-policy rollouts "from s_0" start at the run's recorded θ_0
+        # (normalise(θ₀), where generation starts), not at N(0, I) draws
+        self.shared_init = shared_init
         self.gen: torch.Generator | None = None  # set per step: window, starts and noise
 
     def _randint(self, high: int) -> int:
@@ -64,9 +69,12 @@ class Objective(nn.Module):
         weights: torch.Tensor,
     ) -> torch.Tensor:
         """On-policy SubTB of rollouts over the window m … m + w, from the offline state θ_{k·m}
-        (``hybrid``) or from s_0 ~ N(0, I) (then m = 0)."""
+        (``hybrid``) or from s_0 (then m = 0): N(0, I), or a shared-init store's θ₀."""
         lc = self.cfg.loss
-        s0 = x[:, m] if hybrid else self._randn(tuple(x[:, 0].shape), x.device)
+        if hybrid or self.shared_init:
+            s0 = x[:, m]  # [B, P]; m = 0 when not hybrid: the run's own θ_0
+        else:
+            s0 = self._randn(tuple(x[:, 0].shape), x.device)
         traj = policy.rollout(s0, m, cond, tok, mode="sample", gen=self.gen, stop=m + w,
                               grad=lc.on_policy_grad == "pathwise", probe=probe)  # fmt: skip
         ratios = policy.log_ratios(traj, m, cond, tok, probe)

@@ -51,6 +51,7 @@ def build_report(
         "policy": generated.policy.to_json(),
         "family": compat.family.name,
         "model": compat.model.name,
+        "init": compat.init,  # "shared": every method started from the store's θ₀
         "param_count": ctx.size,
         "tasks": ctx.tasks,
         "samples_per_task": ctx.samples,

@@ -43,6 +43,21 @@ def tiny_config(out: str | Path, **overrides: object) -> CollectConfig:
     return CollectConfig.model_validate(data)
 
 
+def evaluate_context(generated: str | Path, out: str | Path, **over: object) -> tuple:
+    """``(cfg, (EvalContext, (model, meta, stats)))``: a quiet CPU evaluate config for a generated
+    store (no baselines unless ``over`` names some), and the stage's context built from it."""
+    from lohp_cli.config import EvaluateConfig, GenerateConfig
+    from lohp_cli.evaluate import context
+    from lohp_cli.store.generated import open_generated
+
+    data = {"generated": str(generated), "out": str(out), "baselines": [], "latency_repeats": 1,
+            "cosine_runs": 0, "plots": False, "device": "cpu", **over}  # fmt: skip
+    cfg = EvaluateConfig.model_validate(data)
+    _, gmeta = open_generated(cfg.generated)
+    gcfg = GenerateConfig.model_validate(gmeta.config)
+    return cfg, context(cfg, gcfg, gmeta, lambda _e: None)
+
+
 @pytest.fixture
 def tiny_cfg(tmp_path: Path) -> CollectConfig:
     return tiny_config(tmp_path / "store.zarr")

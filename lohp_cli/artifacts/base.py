@@ -37,3 +37,17 @@ def parse(cls: type[M], data: Any, where: str, error: type[LohpError]) -> M:
 def newer(version: Any, newest: int) -> bool:
     """Whether ``version`` (an int, else not judged here) is newer than this lohp reads."""
     return isinstance(version, int) and not isinstance(version, bool) and version > newest
+
+
+def first_difference(
+    a: Any, b: Any, path: str = "", left: str = "store has", right: str = "this command"
+) -> str | None:
+    """The first key where two JSON values differ (``name`` first, then sorted), as
+    ``"<path>: <left> <a>, <right> <b>"``; None when they are equal."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b), key=lambda k: (k != "name", k)):
+            d = first_difference(a.get(k), b.get(k), f"{path}.{k}" if path else k, left, right)
+            if d:
+                return d
+        return None
+    return None if a == b else f"{path}: {left} {a!r}, {right} {b!r}"

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from lohp_cli.artifacts.base import ArtifactModel, newer, parse
 from lohp_cli.errors import StoreError
@@ -35,6 +35,21 @@ class Compat(ArtifactModel):
     record_every: int
     batch_size: int
     seed: int
+    # Absent from per-run stores (and from every store made before the option), so their compat and
+    # fingerprint are unchanged; "shared": every run starts from the store's ``init/theta0``.
+    init: Literal["per_run", "shared"] = "per_run"
+    init_seed: int | None = None  # the seed the shared θ₀ was drawn from
+
+    @model_validator(mode="after")
+    def _shared_has_seed(self) -> Compat:
+        if self.init == "shared" and self.init_seed is None:
+            raise ValueError("init 'shared' needs init_seed")
+        return self
+
+    @property
+    def shared_init(self) -> bool:
+        """Whether every run of the store starts from one θ₀ (``init/theta0``)."""
+        return self.init == "shared"
 
     @property
     def states(self) -> int:

@@ -42,6 +42,13 @@ def collect(
     ways: Annotated[int | None, typer.Option(help="Classes per task.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Minibatch size.")] = None,
     seed: Annotated[int | None, typer.Option(help="Base seed.")] = None,
+    init: Annotated[
+        str | None,
+        typer.Option(help="per_run, or shared: every run starts from one θ₀ saved in the store."),
+    ] = None,
+    init_seed: Annotated[
+        int | None, typer.Option(help="Seed of the shared θ₀ (default: derived from --seed).")
+    ] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
     shard: Annotated[
         str | None, typer.Option(help="Only share i of n of the runs (0 <= i < n).")
@@ -71,6 +78,8 @@ def collect(
         "task.ways": ways,
         "batch_size": batch_size,
         "seed": seed,
+        "init": init,
+        "init_seed": init_seed,
         "workers": workers,
         "shard": shard,
         "task.data_root": data_root,
@@ -98,6 +107,8 @@ def _progress() -> Callable[[Event], None]:
         kind = e["event"]
         if kind == "device":
             log(f"device: {e['device']}")
+        elif kind == "shared_init":
+            log(f"drawing the shared θ₀ every run starts from (seed {e['seed']})")
         elif kind == "extractor":
             log(f"training the frozen feature extractor ({e['steps']} steps, source classes only)")
         elif kind == "plan":

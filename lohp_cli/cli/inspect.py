@@ -21,6 +21,7 @@ SUMMARY_KEYS = (
     "steps",
     "record_every",
     "recorded_states",
+    "init",
     "tasks",
     "complete_runs",
     "checksums",

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 from lohp_cli.config.base import Frozen
 from lohp_cli.config.optim import OPTIMIZERS, OptimizersConfig, check_optimizer_names
 from lohp_cli.config.tasks import ModelConfig, TaskConfig
+from lohp_cli.runtime import derive_seed
 
 
 class StoreCodecConfig(Frozen):
@@ -46,6 +47,16 @@ class CollectConfig(Frozen):
     record_every: int = Field(5, ge=1, description="Record the weights every this many steps.")
     batch_size: int = Field(64, ge=1, description="Minibatch size.")
     seed: int = Field(0, description="Base seed; per-run seeds derive from it.")
+    init: Literal["per_run", "shared"] = Field(
+        "per_run",
+        description="Where each run starts: per_run (θ₀ drawn from the run's own seed) or shared "
+        "(every run of the store starts from one θ₀, drawn once and saved in the store, so the "
+        "hidden units of all runs stay aligned; generation and evaluate start from it too).",
+    )
+    init_seed: int | None = Field(
+        None,
+        description="Seed of the shared θ₀ (init = 'shared' only); default: derived from seed.",
+    )
     workers: int = Field(1, ge=1, description="Worker processes writing disjoint runs.")
     threads_per_worker: int = Field(
         1, ge=1, description="Torch threads per worker (fixed so results do not depend on it)."
@@ -92,6 +103,22 @@ class CollectConfig(Frozen):
                 "pick values with steps % record_every == 0"
             )
         return self
+
+    @model_validator(mode="after")
+    def _init_seed_needs_shared(self) -> CollectConfig:
+        if self.init_seed is not None and self.init != "shared":
+            raise ValueError(
+                f"init_seed={self.init_seed} is the seed of a shared θ₀; set init = 'shared' "
+                "(--init shared) or leave init_seed out"
+            )
+        return self
+
+    @property
+    def shared_init_seed(self) -> int | None:
+        """The seed the shared θ₀ is drawn from (None for per-run starts)."""
+        if self.init != "shared":
+            return None
+        return derive_seed(self.seed, "shared-init") if self.init_seed is None else self.init_seed
 
     @property
     def recorded_states(self) -> int:

@@ -20,7 +20,7 @@ class GenerateConfig(Frozen):
     num_tasks: int = Field(20, ge=1, description="How many tasks of a split.")
     samples: int = Field(4, ge=1, description="Weight vectors per task.")
     mode: Literal["mean", "sample"] = Field("mean", description="Mean steps or sampled steps.")
-    seed: int = Field(0, description="Seed of s_0 and of sampled steps.")
+    seed: int = Field(0, description="Seed of s_0 (not of a shared θ₀) and of sampled steps.")
     style: str | None = Field(
         None,
         description="For a policy trained with policy.optimizer_token: whose steps to imitate "

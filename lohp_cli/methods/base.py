@@ -1,15 +1,18 @@
 """What every evaluated method shares: the context it runs in, the protocol it implements and the
 loop that scores and times it into one report row.
 
-Every method starts from the same draws: sample j of task t is s_0 ~ N(0, I) seeded by
-(seed, t, j), exactly as ``generate`` draws it; policies start from s_0 in their own
-normalisation, optimizers from θ_0 = denormalise(s_0) with the generating policy's statistics.
+Every method starts where ``generate`` did (``policy.artifact.StartRule``): sample j of task t
+is s_0 ~ N(0, I) seeded by (seed, t, j), policies start from s_0 in their own normalisation,
+optimizers from θ_0 = denormalise(s_0) with the generating policy's statistics; on a
+shared-init store every start is the store's θ₀ (optimizers start from it exactly, policies from
+its normalisation).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Protocol
 
 import numpy as np
@@ -17,7 +20,7 @@ import torch
 
 from lohp_cli.artifacts.policy import PolicyMeta
 from lohp_cli.config import OptimizersConfig
-from lohp_cli.policy.artifact import initial_state
+from lohp_cli.policy.artifact import StartRule, start_rule
 from lohp_cli.policy.context import TaskContext
 from lohp_cli.scoring import accuracy
 from lohp_cli.store.sampler import NormStats
@@ -28,11 +31,17 @@ Progress = Callable[[dict[str, Any]], None]
 
 @dataclass(frozen=True)
 class Starts:
-    """The starting points of one task's samples: ``s0`` (normalised draws) and ``theta0``
-    (weights), both ``[S, P]``, row j for sample j."""
+    """The starting points of one task's samples: ``s0`` (normalised, in the generating policy's
+    normalisation) and ``theta0`` (weights), both ``[S, P]``, row j for sample j."""
 
     s0: torch.Tensor
     theta0: torch.Tensor
+    task_id: str
+    rule: StartRule
+
+    def s0_for(self, stats: NormStats) -> torch.Tensor:
+        """The normalised starts ``[S, P]`` of a policy with its own normalisation ``stats``."""
+        return torch.stack([self.rule.s0(self.task_id, j, stats) for j in range(len(self.s0))])
 
 
 @dataclass
@@ -64,10 +73,16 @@ class EvalContext:
     def size(self) -> int:
         return self.meta.param_count
 
+    @cached_property
+    def rule(self) -> StartRule:
+        """Where every method starts: the source store's shared θ₀, else generate's draws."""
+        return start_rule(self.task.store, self.seed)
+
     def starts(self, task_id: str) -> Starts:
-        s0 = [initial_state(self.seed, task_id, j, self.size) for j in range(self.samples)]
-        theta0 = [self.stats.denormalize(s) for s in s0]
-        return Starts(torch.stack(s0), torch.stack(theta0))
+        rule, stats, js = self.rule, self.stats, range(self.samples)
+        s0 = torch.stack([rule.s0(task_id, j, stats) for j in js])  # [S, P]
+        theta0 = torch.stack([rule.weights(task_id, j, stats) for j in js])  # [S, P]
+        return Starts(s0, theta0, task_id, rule)
 
 
 class Method(Protocol):

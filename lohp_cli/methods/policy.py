@@ -90,7 +90,7 @@ class PolicyMethod:
     def weights(self, task_id: str, starts: Starts) -> torch.Tensor:
         rows = [
             self.stats.denormalize(self._generate(task_id, s[None].to(self.ctx.device)))[0]
-            for s in starts.s0
+            for s in starts.s0_for(self.stats)
         ]
         return torch.stack(rows)
 

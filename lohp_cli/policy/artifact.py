@@ -257,9 +257,50 @@ def load_policy(path: str | Path, device: str = "cpu") -> tuple[nn.Module, Polic
 
 
 def initial_state(seed: int, task_id: str, sample: int, size: int) -> torch.Tensor:
-    """s_0 ~ N(0, I) ``[P]`` of one (task, sample): the start every method shares for that pair."""
+    """s_0 ~ N(0, I) ``[P]`` of one (task, sample) of a per-run store (see :class:`StartRule`)."""
     gen = torch.Generator().manual_seed(derive_seed(seed, task_id, sample))
     return torch.randn(size, generator=gen)
+
+
+@dataclass(frozen=True)
+class StartRule:
+    """Where sample j of task t starts: ``generate``'s s_0, and the θ₀ of every method of
+    ``evaluate`` (optimizer baselines, other policies, learned optimizers, the local-policy check).
+
+    A per-run store (``theta0`` None): s_0 ~ N(0, I) seeded by (seed, t, j), θ₀ = denormalise(s_0),
+    like the runs' own random starts. A shared-init store: every start is the store's θ₀ itself,
+    s_0 = normalise(θ₀); samples then differ only where a method draws noise (``--mode sample``,
+    an optimizer's minibatches).
+    """
+
+    seed: int
+    size: int
+    theta0: torch.Tensor | None = None  # [P] the store's shared θ₀ (init = "shared")
+
+    @property
+    def shared(self) -> bool:
+        return self.theta0 is not None
+
+    def s0(self, task_id: str, sample: int, stats: NormStats) -> torch.Tensor:
+        """The normalised start ``[P]`` for a policy with normalisation ``stats`` (each policy
+        reads a per-run draw in its own normalisation)."""
+        if self.theta0 is not None:
+            return stats.normalize(self.theta0)
+        return initial_state(self.seed, task_id, sample, self.size)
+
+    def weights(self, task_id: str, sample: int, stats: NormStats) -> torch.Tensor:
+        """The start in weight space ``[P]``: the shared θ₀ exactly, else denormalise(s_0)."""
+        if self.theta0 is not None:
+            return self.theta0.clone()
+        return stats.denormalize(initial_state(self.seed, task_id, sample, self.size))
+
+
+def start_rule(store: TrajectoryStore, seed: int) -> StartRule:
+    """The starts of generation and evaluation on ``store`` (its shared θ₀, if it has one)."""
+    theta0 = store.shared_init()
+    return StartRule(
+        seed, store.meta.param_count, None if theta0 is None else torch.from_numpy(theta0)
+    )
 
 
 def learned_optimizers(meta: PolicyMeta) -> list[str]:

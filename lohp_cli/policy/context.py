@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from lohp_cli.artifacts.base import first_difference
 from lohp_cli.artifacts.policy import PolicyMeta
 from lohp_cli.config import ModelConfig, TaskConfig
 from lohp_cli.errors import CompatibilityError, ConfigError
@@ -51,10 +52,14 @@ def task_context(
     """Rebuild the family/model of a policy from its config; refuse a mismatched data set."""
     location = store_location or meta.store_location
     store = TrajectoryStore.open(location, mode="r")
-    if store.meta.compat.to_json() != meta.store_compat.to_json():
+    diff = first_difference(
+        meta.store_compat.to_json(), store.meta.compat.to_json(), "",
+        "the policy's store has", "this one",
+    )  # fmt: skip
+    if diff:
         raise CompatibilityError(
-            f"Store '{location}' does not match the policy's store (task family, model or "
-            "trajectory settings differ); pass the store the policy was trained on with --store."
+            f"Store '{location}' does not match the policy's store ({diff}); pass the store the "
+            "policy was trained on with --store."
         )
     return store_task_context(store, data_root)
 

@@ -150,7 +150,7 @@ def train_policy(cfg: TrainConfig, progress: Progress | None = None) -> TrainRes
     if getattr(model, "needs_probe", False):
         emit({"event": "info", "message": "state input: loading the source tasks' support sets"})
         bank = _store_probe_bank(cfg, store, runs, stats, device)
-    objective = Objective(model, cfg, n_steps)
+    objective = Objective(model, cfg, n_steps, meta.compat.shared_init)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     start = 0

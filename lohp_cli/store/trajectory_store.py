@@ -4,6 +4,7 @@ Layout::
 
     <store>/                   root attrs: schema, schema_version, compat, layout, config, ...
       extractor/<param>        float32 weights of the frozen feature extractor (head model only)
+      init/theta0              float32 [P]: the θ₀ every run starts from (init = "shared" only)
       tasks/<task_id>/condition  float32 [D]; attrs: task spec
       runs/<run_id>/weights      float32 [T+1, P], chunked along time
       runs/<run_id>/loss, train_acc  float32 [T+1]
@@ -65,6 +66,8 @@ def codecs_for(cfg: StoreCodecConfig) -> list[Any]:
 WEIGHT_DIMS = ("state", "param")
 STATE_DIMS = ("state",)
 CONDITION_DIMS = ("condition",)
+PARAM_DIMS = ("param",)
+INIT_GROUP = "init"  # the shared θ₀ of a shared-init store: INIT_GROUP/theta0 [P]
 
 
 def tensor_dims(name: str, ndim: int) -> tuple[str, ...]:
@@ -203,6 +206,47 @@ class TrajectoryStore:
             name: chunks.read(arr, ..., f"{self._where()}, group '{group_name}', array '{name}'")
             for name, arr in g.arrays()
         }
+
+    # ---- the shared θ₀ (init = "shared") ----------------------------------------------------
+    def has_shared_init(self) -> bool:
+        """Whether a complete ``init/theta0`` is saved (it is marked complete last)."""
+        try:
+            g = self.root[INIT_GROUP]
+            return bool(g.attrs.get("complete")) and "theta0" in g
+        except KeyError:
+            return False
+
+    def write_shared_init(self, theta0: np.ndarray, seed: int) -> None:
+        """Save the θ₀ ``[P]`` every run starts from (replaced whole; marked complete last)."""
+        if INIT_GROUP in self.root:
+            del self.root[INIT_GROUP]
+        g = self.root.create_group(INIT_GROUP)
+        g.create_array(
+            "theta0",
+            data=np.ascontiguousarray(theta0, dtype=np.float32),
+            compressors=codecs_for(_CHECKSUM_ONLY),
+            dimension_names=PARAM_DIMS,
+        )
+        g.attrs.update({"seed": seed, "complete": True})
+
+    def shared_init(self) -> np.ndarray | None:
+        """The θ₀ ``[P]`` every run of a shared-init store started from; None for a store whose
+        runs start from their own draws. A shared-init store without it is damaged."""
+        if not self.meta.compat.shared_init:
+            return None
+        if not self.has_shared_init():
+            raise StoreError(
+                f"Store '{self.location}' starts every run from a shared θ₀ but has no complete "
+                "'init/theta0'; collect it again into a new --out."
+            )
+        where = f"{self._where()}, array 'init/theta0'"
+        theta0 = chunks.read(self.root[INIT_GROUP]["theta0"], ..., where)
+        if theta0.shape != (self.meta.param_count,):
+            raise StoreError(
+                f"Store '{self.location}': 'init/theta0' has shape {theta0.shape}; its runs have "
+                f"{self.meta.param_count} parameters."
+            )
+        return theta0
 
     def _where(self, rid: str | None = None) -> str:
         return f"store '{self.location}'" + (f", run {rid}" if rid else "")

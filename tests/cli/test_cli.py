@@ -162,6 +162,47 @@ def test_collect_help_documents_config_flags() -> None:
         assert flag in text, flag
 
 
+def test_collect_init_flags(tmp_path: Path) -> None:
+    from lohp_cli.runtime import derive_seed
+
+    text = flat(invoke("collect", "--help").stdout)
+    assert "--init" in text and "--init-seed" in text and "shared" in text
+    assert (dry_run()["init"], dry_run()["init_seed"]) == ("per_run", None)
+    cfg = dry_run("--init", "shared", "--init-seed", "7")
+    assert (cfg["init"], cfg["init_seed"]) == ("shared", 7)
+    assert dry_run("--set", "init=shared")["init"] == "shared"
+    resolved = CollectConfig.model_validate(dry_run("--init", "shared", "--seed", "3"))
+    assert resolved.shared_init_seed == derive_seed(3, "shared-init")
+    out = tmp_path / "s.zarr"
+    line = assert_error(invoke("collect", "--out", out, "--init-seed", "7"), 2, ["init_seed", "7"])
+    assert "set init = 'shared' (--init shared)" in line
+    assert_error(invoke("collect", "--out", out, "--init", "same"), 2, ["init", "same"])
+    assert not out.exists()
+
+
+def test_collect_with_a_shared_init_and_its_resume(tmp_path: Path) -> None:
+    """The option through the CLI: the log names the draw, every run starts from the saved θ₀;
+    the same command again resumes (nothing redone), another --init is refused (exit 3)."""
+    from lohp_cli.store import TrajectoryStore
+
+    out = tmp_path / "s.zarr"
+    args = ["collect", "--out", out, *tiny_sets(tasks=1, optimizers=["sgd", "adam"])]
+    result = invoke(*args, "--init", "shared")
+    assert result.exit_code == 0, result.output
+    assert "drawing the shared θ₀ every run starts from (seed" in flat(result.stderr)
+    store = TrajectoryStore.open(str(out))
+    theta0 = store.shared_init()
+    assert theta0 is not None
+    assert all(store.weights(r)[0].tobytes() == theta0.tobytes() for r in store.run_ids())
+    again = invoke(*args, "--init", "shared")
+    assert again.exit_code == 0 and "0 run(s) collected, 2 already complete" in flat(again.stderr)
+    assert "drawing" not in again.stderr
+    before = snapshot(out)
+    line = assert_error(invoke(*args), 3, ["init", "'shared'", "None"])
+    assert "init: store has 'shared', this command None" in line
+    assert snapshot(out) == before
+
+
 def test_version() -> None:
     result = invoke("--version")
     assert result.exit_code == 0, result.output

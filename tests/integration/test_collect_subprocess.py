@@ -68,12 +68,18 @@ def read_store(path: Path) -> dict[str, Any]:
         for tid, tg in g["tasks"].groups()
     }
     keep = ("schema", "schema_version", "compat", "layout", "param_count", "condition_dim")
-    return {"root": {k: root.get(k) for k in keep}, "runs": runs, "tasks": tasks}
+    theta0 = np.asarray(g["init"]["theta0"][...]) if "init" in g else None  # init = "shared"
+    return {"root": {k: root.get(k) for k in keep}, "runs": runs, "tasks": tasks, "theta0": theta0}
 
 
 def assert_same_store(got: Path, want: Path) -> None:
     a, b = read_store(got), read_store(want)
     assert a["root"] == b["root"]
+    assert (a["theta0"] is None) == (b["theta0"] is None)
+    if b["theta0"] is not None:
+        assert np.array_equal(a["theta0"], b["theta0"]), "the shared θ₀ differs"
+        for rid, run in a["runs"].items():  # every run starts from it, bit for bit
+            assert run["weights"][0].tobytes() == a["theta0"].tobytes(), rid
     assert sorted(a["tasks"]) == sorted(b["tasks"])
     for tid, task in b["tasks"].items():
         assert a["tasks"][tid]["attrs"] == task["attrs"], tid
@@ -170,17 +176,21 @@ KILL_STATES = 400 // 10 + 1
 
 
 @pytest.mark.slow
-def test_kill_9_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
+@pytest.mark.parametrize("init", ["per_run", "shared"])
+def test_kill_9_then_resume_equals_uninterrupted(tmp_path: Path, init: str) -> None:
+    """With ``--init shared`` the resumed store also keeps the θ₀ saved before the kill (and its
+    runs start from it), exactly as the uninterrupted one."""
     from lohp_cli.collect import summarize_store
 
     killed, whole = tmp_path / "killed.zarr", tmp_path / "whole.zarr"
+    args = [*KILL_ARGS, "--init", init]
     # the uninterrupted reference runs meanwhile (one torch thread each; the machine has 2 cores)
     with open(tmp_path / "whole.log", "w") as log:
         ref = subprocess.Popen(
-            lohp_cmd(*KILL_ARGS, "--out", whole), stdout=log, stderr=log, text=True, env=ENV
+            lohp_cmd(*args, "--out", whole), stdout=log, stderr=log, text=True, env=ENV
         )
     proc = subprocess.Popen(
-        lohp_cmd(*KILL_ARGS, "--out", killed),
+        lohp_cmd(*args, "--out", killed),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -222,7 +232,9 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
     assert summary["complete_runs"] == len(complete)
 
     # the same command again finishes the job, skipping exactly the complete runs
-    proc2 = ok(lohp(*KILL_ARGS, "--out", killed))
+    theta0 = read_store(killed)["theta0"]  # saved before any run started
+    assert (theta0 is not None) == (init == "shared")
+    proc2 = ok(lohp(*args, "--out", killed))
     assert proc2.stdout == f"{killed}\n"
     plan = f"{KILL_RUNS} run(s) planned, {len(complete)} already complete, "
     assert plan in proc2.stderr, proc2.stderr
@@ -230,6 +242,8 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path: Path) -> None:
 
     assert ref.wait(timeout=120) == 0, (tmp_path / "whole.log").read_text()
     assert_same_store(killed, whole)
+    if theta0 is not None:
+        assert np.array_equal(read_store(killed)["theta0"], theta0)
 
 
 # ---- real Fashion-MNIST -------------------------------------------------------------------------

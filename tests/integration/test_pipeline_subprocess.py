@@ -152,12 +152,14 @@ def test_collect_train_generate_evaluate(tmp_path: Path) -> None:
     report = json.loads((rep / "report.json").read_text())
     assert report["schema"] == "lohp.report" and report["schema_version"] == 1
     # the keys of before, plus timing (the device and repeats behind every latency), the
-    # local-policy check along the optimizers' own paths, the paired differences and the frontier
+    # local-policy check along the optimizers' own paths, where every method started, the paired
+    # differences and the frontier
     assert set(report) == {
-        "schema", "schema_version", "generated", "policy", "family", "model", "param_count",
-        "tasks", "samples_per_task", "optimizer_steps_full", "device", "methods", "timing",
-        "cosine", "locality", "paired", "frontier", "config", "provenance",
+        "schema", "schema_version", "generated", "policy", "family", "model", "init",
+        "param_count", "tasks", "samples_per_task", "optimizer_steps_full", "device", "methods",
+        "timing", "cosine", "locality", "paired", "frontier", "config", "provenance",
     }  # fmt: skip
+    assert report["init"] == "per_run"
     assert set(report["locality"]["optimizers"]) == {"adam", "sgd"}  # the store's, all learned
     assert report["timing"]["device"] == report["device"] == "cpu"
     assert report["timing"]["repeats"] == 2 and report["timing"]["warmup_runs"] == 1

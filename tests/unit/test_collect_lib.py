@@ -18,11 +18,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from lohp_cli.collect import collect, plan_runs, summarize_store
+import lohp_cli.store.chunks as chunks
+from lohp_cli.collect import RunContext, collect, init_target, plan_runs, summarize_store
 from lohp_cli.config import OPTIMIZERS, CollectConfig, StoreCodecConfig, TaskConfig
 from lohp_cli.errors import DataError, StoreError
 from lohp_cli.optim import optimizer_hparams
 from lohp_cli.optim.loop import train_loop
+from lohp_cli.policy.artifact import store_fingerprint
 from lohp_cli.runtime import derive_seed
 from lohp_cli.store import TrajectoryStore, parse_run_id, run_id
 from lohp_cli.tasks import make_family
@@ -199,6 +201,7 @@ def test_changed_lr_of_an_unused_optimizer_is_fine(copy_of_reference: str) -> No
         ({"steps": 40}, "steps: store has 20, this command 40"),
         ({"batch_size": 8}, "batch_size: store has 16, this command 8"),
         ({"seed": 1}, "seed: store has 0, this command 1"),
+        ({"init": "shared"}, "init: store has None, this command 'shared'"),
         (
             {"task": {**TINY["task"], "split_seed": 3}},
             "family.split_seed: store has 0, this command 3",
@@ -245,6 +248,136 @@ def test_non_finite_run_fails_and_is_redone(tmp_path: Path) -> None:
     result = collect(cfg_at(out, optimizers=["sgd"]))
     assert (result.skipped, result.collected) == (0, 2)
     assert TrajectoryStore.open(str(out)).run_status(rid) == "complete"
+
+
+# ---- a shared initialisation (init = "shared") -------------------------------------------------
+SHARED_SEED = derive_seed(0, "shared-init")  # the default: derived from the base seed
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The tiny collect with every run starting from one θ₀."""
+    out = tmp_path_factory.mktemp("shared") / "store.zarr"
+    collect(cfg_at(out, init="shared"))
+    return str(out)
+
+
+def test_every_run_of_a_shared_store_starts_bit_identically_at_its_theta0(
+    shared: str, reference: str
+) -> None:
+    cfg = cfg_at(shared, init="shared")
+    store = TrajectoryStore.open(shared)
+    theta0 = store.shared_init()
+    assert theta0 is not None and theta0.dtype == np.float32 and theta0.shape == (PARAMS,)
+    # one draw of the target model's own initialisation, from the derived seed
+    want = flat_params(init_target(cfg, make_family(cfg.task), SHARED_SEED)).numpy()
+    np.testing.assert_array_equal(theta0, want)
+    rids = store.run_ids()
+    assert len(rids) == 6
+    for rid in rids:
+        w = store.weights(rid)
+        assert w[0].tobytes() == theta0.tobytes(), rid  # the recorded θ_0, bit for bit
+        assert not np.array_equal(w[-1], theta0), rid
+    # each run keeps its own minibatches (and optimizer): the runs part after the start
+    assert len({store.weights(r)[-1].tobytes() for r in rids}) == len(rids)
+    # what a worker process loads (collect --workers N) is the same θ₀
+    assert torch.equal(RunContext(cfg, "cpu").theta0, torch.from_numpy(theta0))
+    # per-run starts: every run its own θ_0, and no θ₀ in the store
+    ref = TrajectoryStore.open(reference)
+    assert len({ref.weights(r)[0].tobytes() for r in ref.run_ids()}) == len(ref.run_ids())
+    assert ref.shared_init() is None and not ref.has_shared_init()
+
+
+def test_the_shared_theta0_is_checksummed_named_and_in_the_compat(
+    shared: str, reference: str, tmp_path: Path
+) -> None:
+    store, ref = TrajectoryStore.open(shared), TrajectoryStore.open(reference)
+    arr = store.root["init"]["theta0"]
+    assert chunks.has_checksums(arr) and tuple(arr.metadata.dimension_names) == ("param",)
+    assert dict(store.root["init"].attrs) == {"seed": SHARED_SEED, "complete": True}
+    compat = store.attrs["compat"]
+    assert (compat["init"], compat["init_seed"]) == ("shared", SHARED_SEED)
+    assert store.meta.compat.shared_init and not ref.meta.compat.shared_init
+    assert "init" not in ref.attrs["compat"]  # a per-run store's compat is what it always was
+    assert store_fingerprint(store)["compat_sha"] != store_fingerprint(ref)["compat_sha"]
+    s = summarize_store(shared, verify=True)
+    assert (s["init"], s["verified"]) == ("shared", True)
+    assert summarize_store(reference)["init"] == "per_run"
+    # a flipped byte in θ₀ is found by --verify and refused by every reader
+    damaged = tmp_path / "damaged.zarr"
+    shutil.copytree(shared, damaged)
+    (chunk,) = [p for p in (damaged / "init" / "theta0").rglob("*") if p.is_file()
+                and p.name != "zarr.json"]  # fmt: skip
+    data = bytearray(chunk.read_bytes())
+    data[7] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    problems = summarize_store(str(damaged), verify=True)["problems"]
+    assert len(problems) == 1 and "group 'init', array 'theta0'" in problems[0]
+    with pytest.raises(StoreError, match="array 'init/theta0'"):
+        TrajectoryStore.open(str(damaged)).shared_init()
+
+
+def test_a_partial_run_of_a_shared_store_is_redone_from_the_same_theta0(
+    shared: str, tmp_path: Path
+) -> None:
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(shared, copy)
+    store = TrajectoryStore.open(str(copy), mode="r+")
+    rid = store.run_ids()[2]
+    writer = store.begin_run(rid, STATES, PARAMS, StoreCodecConfig(chunk_steps=1), {})
+    writer.append(np.full(PARAMS, 7.0, np.float32), 1.0, 0.5)  # interrupted: no finish()
+    result = collect(cfg_at(copy, init="shared"))
+    assert (result.skipped, result.collected) == (5, 1)
+    assert_same_runs(shared, str(copy))
+    np.testing.assert_array_equal(
+        TrajectoryStore.open(str(copy)).shared_init(), TrajectoryStore.open(shared).shared_init()
+    )
+
+
+def test_a_saved_theta0_is_reused_never_redrawn(shared: str, tmp_path: Path) -> None:
+    """A crash after θ₀ was saved and before the store's set-up completed: the next collect
+    starts every run from the saved θ₀ (here a marker no draw gives), it does not draw again."""
+    out = tmp_path / "crashed.zarr"
+    shutil.copytree(shared, out)
+    store = TrajectoryStore.open(str(out), mode="r+")
+    for rid in store.run_ids():
+        store.delete_run(rid)
+    marker = np.linspace(-0.1, 0.1, PARAMS, dtype=np.float32)
+    store.write_shared_init(marker, SHARED_SEED)
+    store.update_attrs(init_complete=False)
+    events: list[dict[str, Any]] = []
+    collect(cfg_at(out, init="shared"), progress=events.append)
+    assert not [e for e in events if e["event"] == "shared_init"]
+    store = TrajectoryStore.open(str(out))
+    assert store.meta.init_complete
+    np.testing.assert_array_equal(store.shared_init(), marker)
+    assert all(store.weights(r)[0].tobytes() == marker.tobytes() for r in store.run_ids())
+
+
+def test_a_theta0_cut_short_is_written_again(tmp_path: Path) -> None:
+    """θ₀ is marked complete last: a write cut short before that is redone (the same draw)."""
+    out = tmp_path / "cut.zarr"
+    events: list[dict[str, Any]] = []
+    collect(cfg_at(out, init="shared", optimizers=["sgd"], tasks=1), progress=events.append)
+    assert {"event": "shared_init", "seed": SHARED_SEED} in events
+    store = TrajectoryStore.open(str(out), mode="r+")
+    first = store.shared_init()
+    store.root["init"].attrs.update({"complete": False})
+    store.update_attrs(init_complete=False)
+    assert not store.has_shared_init()
+    with pytest.raises(StoreError, match="no complete 'init/theta0'"):
+        store.shared_init()
+    assert collect(cfg_at(out, init="shared", optimizers=["sgd"], tasks=1)).skipped == 1
+    np.testing.assert_array_equal(TrajectoryStore.open(str(out)).shared_init(), first)
+
+
+def test_a_shared_store_refuses_another_init_seed(shared: str, tmp_path: Path) -> None:
+    copy = tmp_path / "copy.zarr"
+    shutil.copytree(shared, copy)
+    with pytest.raises(StoreError, match=f"init_seed: store has {SHARED_SEED}, this command 5"):
+        collect(cfg_at(copy, init="shared", init_seed=5))
+    with pytest.raises(StoreError, match="init: store has 'shared', this command None"):
+        collect(cfg_at(copy))
 
 
 # ---- summarize_store ---------------------------------------------------------------------------

@@ -208,6 +208,20 @@ def test_shard_in_range_accepted() -> None:
     assert resolve(CollectConfig, sets=["shard=[1,2]"]).shard == (1, 2)
 
 
+def test_shared_init_and_its_seed() -> None:
+    from lohp_cli.runtime import derive_seed
+
+    assert resolve(CollectConfig).init == "per_run"
+    assert resolve(CollectConfig).shared_init_seed is None
+    cfg = resolve(CollectConfig, flags={"init": "shared", "seed": 4})
+    assert cfg.shared_init_seed == derive_seed(4, "shared-init")  # drawn from the base seed
+    assert resolve(CollectConfig, sets=["init=shared", "init_seed=3"]).shared_init_seed == 3
+    with pytest.raises(ConfigError, match=r"init_seed=3 is the seed of a shared θ₀; set init = "):
+        resolve(CollectConfig, flags={"init_seed": 3})
+    with pytest.raises(ConfigError, match=r"init: Input should be 'per_run' or 'shared'"):
+        resolve(CollectConfig, flags={"init": "same"})
+
+
 def test_unknown_optimizer() -> None:
     with pytest.raises(
         ConfigError, match="unknown optimizer 'rmsprop'; choose from sgd, adam, sam"

@@ -14,7 +14,7 @@ import lohp_cli.l2o.method  # registers the learned optimizers, as the evaluate 
 from lohp_cli.collect import collect
 from lohp_cli.config import EvaluateConfig, GenerateConfig, TrainConfig
 from lohp_cli.errors import ConfigError
-from lohp_cli.evaluate import context, evaluate, frontier_budgets
+from lohp_cli.evaluate import evaluate, frontier_budgets
 from lohp_cli.generate import generate
 from lohp_cli.methods import registry
 from lohp_cli.methods.base import EvalContext, Starts, run_method
@@ -29,7 +29,7 @@ from lohp_cli.scoring import accuracy
 from lohp_cli.store.generated import open_generated
 from lohp_cli.tasks.models import build_target, flat_params, load_flat
 from lohp_cli.train import train_policy
-from tests.conftest import tiny_config
+from tests.conftest import evaluate_context, tiny_config
 
 SAMPLES = 2
 
@@ -61,18 +61,14 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _cfg(run: dict[str, Path], **over: Any) -> EvaluateConfig:
-    data = {"generated": str(run["generated"]), "out": str(run["tmp"] / "report"),
-            "baselines": [], "latency_repeats": 1, "cosine_runs": 0, "plots": False,
-            "device": "cpu", **over}  # fmt: skip
-    return EvaluateConfig.model_validate(data)
+    out = over.pop("out", run["tmp"] / "report")
+    return evaluate_context(run["generated"], out, **over)[0]
 
 
 @pytest.fixture(scope="module")
 def ctx(run: dict[str, Path]) -> tuple[EvalContext, Any]:
     """The stage's evaluation context and the generating policy ``(model, meta, stats)``."""
-    cfg = _cfg(run)
-    _, gmeta = open_generated(cfg.generated)
-    return context(cfg, GenerateConfig.model_validate(gmeta.config), gmeta, lambda _e: None)
+    return evaluate_context(run["generated"], run["tmp"] / "report")[1]
 
 
 # ---- the shared starts ---------------------------------------------------------------------------

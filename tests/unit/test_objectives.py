@@ -12,7 +12,7 @@ from lohp_cli.policy.gaussian import LoHpPolicy
 B, N, P, D = 64, 4, 6, 3
 
 
-def objective(hybrid_start: float, beta: str = "auto") -> Objective:
+def objective(hybrid_start: float, beta: str = "auto", shared_init: bool = False) -> Objective:
     cfg = TrainConfig.model_validate(
         {
             "method": "lo-hp",
@@ -22,7 +22,7 @@ def objective(hybrid_start: float, beta: str = "auto") -> Objective:
     )
     torch.manual_seed(0)
     policy = LoHpPolicy(P, D, N, torch.full((N,), 0.3), cfg.policy)
-    obj = Objective(policy, cfg, N)
+    obj = Objective(policy, cfg, N, shared_init)
     obj.gen = torch.Generator().manual_seed(1)
     return obj
 
@@ -72,6 +72,17 @@ def test_hybrid_start_zero_and_one_give_one_kind(monkeypatch, p: float, kinds: s
     s, m = calls[0]
     is_offline = bool((s == x[:, m]).all())
     assert {"offline" if is_offline else "fresh"} == kinds
+
+
+def test_a_shared_init_store_starts_fresh_rollouts_at_the_runs_theta0(monkeypatch) -> None:
+    """Generation on a shared-init store starts at normalise(θ₀), each run's recorded θ_0: the
+    rollouts "from s_0" start there too, not at N(0, I) draws."""
+    obj = objective(0.0, shared_init=True)
+    calls = record_rollouts(monkeypatch, obj)
+    x, cond, opt = batch()
+    obj(x, cond, opt)
+    ((s, m),) = calls
+    assert m == 0 and torch.equal(s, x[:, 0])
 
 
 def test_path_beta_objective_runs_and_backpropagates() -> None:

@@ -471,3 +471,60 @@ def test_bytes_on_disk(tmp_path: Path) -> None:
     assert store.bytes_on_disk() == total
     weights = store.bytes_on_disk("runs/*/weights")
     assert w.nbytes < weights < total
+
+
+# ---- the shared θ₀ (init = "shared") ------------------------------------------------------------
+def test_an_old_store_without_theta0_opens_and_starts_as_before(tmp_path: Path) -> None:
+    """A store made before the option (no ``init`` in its compat, no ``init/theta0``): it opens,
+    its runs start from their own draws, and its fingerprint is what it always was."""
+    import hashlib
+
+    import torch
+
+    from lohp_cli.policy.artifact import initial_state, start_rule, store_fingerprint
+    from lohp_cli.store.sampler import NormStats
+
+    store = new_store(tmp_path)
+    store.update_attrs(init_complete=True)
+    old = TrajectoryStore.open(str(tmp_path / "s.zarr"))
+    assert old.meta.compat.init == "per_run" and old.meta.compat.init_seed is None
+    assert old.meta.compat.to_json() == COMPAT  # no key added on reading
+    assert old.shared_init() is None and not old.has_shared_init()
+    sha = hashlib.sha256(json.dumps(COMPAT, sort_keys=True).encode()).hexdigest()[:16]
+    assert store_fingerprint(old)["compat_sha"] == sha
+    rule = start_rule(old, seed=3)
+    stats = NormStats(torch.full((5,), 2.0), torch.full((5,), 0.5), torch.zeros(3),
+                      torch.ones(3), torch.ones(2))  # fmt: skip
+    assert not rule.shared
+    assert torch.equal(rule.s0("t", 1, stats), initial_state(3, "t", 1, 5))
+    assert torch.equal(rule.weights("t", 1, stats), initial_state(3, "t", 1, 5) * 0.5 + 2.0)
+
+
+def test_shared_store_starts_and_a_missing_theta0(tmp_path: Path) -> None:
+    import torch
+
+    from lohp_cli.policy.artifact import start_rule
+    from lohp_cli.store.sampler import NormStats
+
+    compat = {**COMPAT, "init": "shared", "init_seed": 7}
+    store, _ = TrajectoryStore.create_or_open(
+        str(tmp_path / "s.zarr"), {**ROOT_ATTRS, "compat": compat}
+    )
+    with pytest.raises(StoreError, match=r"shared θ₀ but has no complete 'init/theta0'"):
+        store.shared_init()
+    theta0 = np.arange(5, dtype=np.float32)
+    store.write_shared_init(theta0, 7)
+    again = TrajectoryStore.open(str(tmp_path / "s.zarr"))
+    np.testing.assert_array_equal(again.shared_init(), theta0)
+    stats = NormStats(torch.full((5,), 2.0), torch.full((5,), 0.5), torch.zeros(3),
+                      torch.ones(3), torch.ones(2))  # fmt: skip
+    rule = start_rule(again, seed=3)
+    for j in range(2):  # every sample of every task: θ₀ exactly, s_0 its normalisation
+        assert torch.equal(rule.weights(f"t{j}", j, stats), torch.from_numpy(theta0))
+        assert torch.equal(rule.s0(f"t{j}", j, stats), (torch.from_numpy(theta0) - 2.0) / 0.5)
+    store.write_shared_init(np.zeros(4, np.float32), 7)
+    with pytest.raises(StoreError, match=r"'init/theta0' has shape \(4,\); its runs have 5"):
+        TrajectoryStore.open(str(tmp_path / "s.zarr")).shared_init()
+    bad = {**ROOT_ATTRS, "compat": {**COMPAT, "init": "shared"}}
+    with pytest.raises(StoreError, match="init 'shared' needs init_seed"):
+        TrajectoryStore.create_or_open(str(tmp_path / "bad.zarr"), bad)
