@@ -30,6 +30,11 @@ class PolicyConfig(Frozen):
         64, ge=1, description="Hidden width of the coordinate backbone (per coordinate)."
     )
     emb_dim: int = Field(128, ge=2, description="Size of the step/condition embedding.")
+    time_embedding: bool = Field(
+        True,
+        description="Give each step its index i (the paper's time embedding); false: the step "
+        "rule is stationary, the same at every index (σ and z stay per index).",
+    )
     width: int = Field(64, ge=1, description="Token width of the rows backbone.")
     blocks: int = Field(2, ge=1, description="Attention blocks of the rows backbone.")
     heads: int = Field(4, ge=1, description="Attention heads of the rows backbone (divide width).")

@@ -89,6 +89,8 @@ class LoHpPolicy(nn.Module):
     ) -> torch.Tensor:
         """Conditioning embedding ``[B, E]`` of step ``i [B]``, condition ``[B, D]``, optimizer
         and state features ``[B, C·C]``; ``cond=None`` leaves the condition out."""
+        if not self.cfg.time_embedding:  # a stationary step rule: the same at every index
+            i = torch.zeros_like(i)
         h = self.step_mlp(sinusoidal(i, self.cfg.emb_dim))
         if cond is not None:
             h = h + self.cond_mlp(cond)

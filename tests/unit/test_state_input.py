@@ -203,3 +203,16 @@ def test_coordinate_backbone_is_equivariant_within_a_tensor() -> None:
     moved[:, :, 1] += 1.0
     changed = (policy.backbone(moved, emb) - out).abs().sum((0, 1)) > 0
     assert changed.nonzero().flatten().tolist() == [1]
+
+
+def test_without_time_embedding_the_step_rule_is_the_same_at_every_index() -> None:
+    size = 12
+    for time_embedding in (True, False):
+        cfg = PolicyConfig(backbone="mlp", hidden=8, emb_dim=8, time_embedding=time_embedding)
+        torch.manual_seed(0)
+        policy = LoHpPolicy(size, 4, 3, torch.ones(3), cfg)
+        torch.nn.init.normal_(policy.backbone.out.weight)
+        s, cond = torch.randn(1, size), torch.randn(1, 4)
+        f0, _ = policy.means(s, torch.tensor([0]), cond)
+        f2, _ = policy.means(s, torch.tensor([2]), cond)
+        assert torch.equal(f0, f2) == (not time_embedding)
