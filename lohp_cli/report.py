@@ -95,12 +95,23 @@ def markdown_report(r: dict[str, Any]) -> str:
         f"| method | kind | steps | accuracy (mean ± std) | {LATENCY_LABEL} |",
         "|---|---|---|---|---|",
     ]
+    grad = False
     for m in r["methods"]:
         lat = "-" if m["latency_ms_batch1"] is None else f"{m['latency_ms_batch1']:.3f}"
+        mark = ""
+        if (m.get("policy") or {}).get("state_input") == "grad":
+            mark, grad = " (gradient input)", True
         lines.append(
-            f"| {m['name']} | {m['kind']} | {m['steps']} | "
+            f"| {m['name']}{mark} | {m['kind']} | {m['steps']} | "
             f"{m['acc_mean']:.4f} ± {m['acc_std']:.4f} | {lat} |"
         )
+    if grad:
+        lines += [
+            "",
+            "(gradient input): `policy.state_input = \"grad\"`, each step sees the support-loss "
+            "gradient at the current weights: a learned optimizer with gradient access, not the "
+            "paper's gradient-free policy (docs/policy.md).",
+        ]
     ks = k_study(r)
     if len(ks) >= 2:
         opts = ks[0]["policy"]["optimizers"]

@@ -126,6 +126,8 @@ def test_train_generate_evaluate_with_state_input(tmp_path: Path, state: str) ->
         )
     )
     report = json.loads((rep / "report.json").read_text())
+    md = (rep / "report.md").read_text()
+    assert ("(gradient input)" in md) == (state == "grad")  # a learned optimizer is labelled
     rows = {m["name"]: m for m in report["methods"]}
     # the same policy, from the same starts: the same accuracies
     assert rows["lo-hp (k=2)"]["acc_mean"] == rows["again (k=2)"]["acc_mean"]
