@@ -203,3 +203,28 @@ def make_class_store(
             theta = theta + alpha * (target(c) - theta)
         w.finish()
     return {"B": b, "target": target}
+
+
+def tiny_policy_run(
+    tmp: Path, gen_tasks: str = "target", samples: int = 2, **collect: object
+) -> dict[str, Path]:
+    """A tiny digits store (``collect`` overrides its config), a Lo-Hp policy trained 3 steps on
+    it (on its Adam runs when it has them) and ``samples`` weights generated for ``gen_tasks`` (a
+    GenerateConfig task spec; 2 tasks of a split): ``{"store", "policy", "generated"}`` paths."""
+    from lohp_cli.collect import collect as run_collect
+    from lohp_cli.config import GenerateConfig, TrainConfig
+    from lohp_cli.generate import generate
+    from lohp_cli.train import train_policy
+
+    store, pol, gen = tmp / "s.zarr", tmp / "pol", tmp / "g.zarr"
+    cfg = tiny_config(store, **collect)
+    run_collect(cfg)
+    train = {"store": str(store), "out": str(pol), "k": 2, "steps": 3,
+             "policy": {"backbone": "mlp", "hidden": 16, "emb_dim": 8}}  # fmt: skip
+    if "adam" in cfg.optimizers:
+        train["optimizers"] = ["adam"]
+    train_policy(TrainConfig.model_validate(train))
+    gen_cfg = {"policy": str(pol), "out": str(gen), "tasks": gen_tasks, "num_tasks": 2,
+               "samples": samples, "device": "cpu"}  # fmt: skip
+    generate(GenerateConfig.model_validate(gen_cfg))
+    return {"store": store, "policy": pol, "generated": gen}

@@ -5,6 +5,8 @@
 ``policy``        a trained policy directory, and the generated store's own weights.
 ``hypernetwork``  the hypernetwork baseline, trained here through :mod:`lohp_cli.policy.fit`.
 ``optimizer``     SGD/Adam/SAM for a step budget.
+``memorization``  nearest, mean, nearest-noise, class-rows: weights looked up in the source
+                  endpoints, never trained.
 ``registry``      baseline names → factories; plug-ins (the learned optimizers in
                   :mod:`lohp_cli.l2o.method`) register themselves when the stage imports them.
 """

@@ -19,6 +19,8 @@ from lohp_cli.config import EvaluateConfig
 from lohp_cli.errors import ConfigError
 from lohp_cli.methods.base import Method
 from lohp_cli.methods.hypernetwork import hypernetwork_baseline
+from lohp_cli.methods.memorization import NAMES as MEMORIZATION
+from lohp_cli.methods.memorization import memorization_baseline
 from lohp_cli.methods.optimizer import optimizer_methods
 from lohp_cli.methods.policy import PolicyMethod
 
@@ -41,6 +43,7 @@ _BASELINES: dict[str, Baseline] = {
     "adam": Baseline(_optimizers, stepped=True),
     "sam": Baseline(_optimizers, stepped=True),
     "hypernetwork": Baseline(hypernetwork_baseline),
+    **{name: Baseline(memorization_baseline) for name in MEMORIZATION},
 }
 _POLICY_KINDS: dict[str, PolicyFactory] = {}
 

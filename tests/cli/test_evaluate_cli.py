@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,63 @@ def test_report_dir_that_is_a_file(tmp_path: Path) -> None:
     f.write_text("keep")
     assert_clean(run("--generated", str(tmp_path / "g.zarr"), "--out", str(f)), 2, "is a file")
     assert f.read_text() == "keep"
+
+
+# ---- the memorisation baselines ------------------------------------------------------------------
+MEMORIZATION = ("nearest", "mean", "nearest-noise", "class-rows")
+QUIET = ["--device", "cpu", "--latency-repeats", "1", "--set", "cosine_runs=0",
+         "--set", "locality_tasks=0", "--set", "locality_source_tasks=0",
+         "--set", "frontier_steps=[]", "--set", "plots=false"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Weights generated for 2 target tasks by a policy of a tiny store's Adam runs."""
+    from tests.conftest import tiny_policy_run
+
+    tmp = tmp_path_factory.mktemp("evaluate-cli")
+    return tiny_policy_run(tmp, optimizers=("sgd", "adam"))["generated"]
+
+
+def test_memorization_baselines_are_report_rows_and_pairs(generated: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r"
+    result = run("--generated", str(generated), "--out", str(out),
+                 "--baselines", ",".join(MEMORIZATION), *QUIET)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().splitlines()[-1] == str(out)
+    report = json.loads((out / "report.json").read_text())
+    rows = report["methods"][1:]
+    assert [(m["name"], m["kind"], m["steps"]) for m in rows] == [
+        (n, "memorization", None) for n in MEMORIZATION
+    ]
+    assert all(m["n"] == 4 and m["latency_ms_batch1"] > 0 for m in rows)
+    main = report["methods"][0]["name"]
+    assert [(q["a"], q["b"]) for q in report["paired"]["pairs"]] == [
+        (main, n) for n in MEMORIZATION
+    ]
+    md = (out / "report.md").read_text()
+    for n in MEMORIZATION:
+        assert f"| {n} | memorization |" in md and f"| {main} | {n} |" in md
+
+
+def test_class_rows_without_class_rows_is_one_line_exit_2(
+    generated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lohp_cli.methods.memorization as memorization
+
+    monkeypatch.setattr(memorization, "class_symmetry", lambda _ctx: None)
+    result = run("--generated", str(generated), "--out", str(tmp_path / "r"),
+                 "--baselines", "class-rows", *QUIET)  # fmt: skip
+    assert_clean(result, 2, "'class-rows'", "one output row per class", "--baselines")
+
+
+def test_no_source_runs_of_the_policys_optimizers_is_one_line_exit_2(
+    generated: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lohp_cli.methods.memorization as memorization
+
+    real = memorization.load_endpoints  # as if the policy had learned from SAM runs
+    monkeypatch.setattr(memorization, "load_endpoints", lambda store, _opts: real(store, ["sam"]))
+    result = run("--generated", str(generated), "--out", str(tmp_path / "r"),
+                 "--baselines", "nearest", *QUIET)  # fmt: skip
+    assert_clean(result, 2, "No complete runs of optimizer(s) sam", "adam, sgd")
