@@ -1,6 +1,7 @@
 """The report's comparisons in numbers: paired per-task differences with confidence intervals
-(``paired``) and the optimizers' accuracy-latency frontier (``frontier``), as report.json sections
-and report.md lines. The statistics are :mod:`lohp_cli.stats`; the format is docs/report.md."""
+(``paired``), the optimizers' accuracy-latency frontier (``frontier``) and the main row's speed-up
+at matched accuracy (``matched``), as report.json sections and report.md lines. The statistics
+are :mod:`lohp_cli.stats`; the format is docs/report.md."""
 
 from __future__ import annotations
 
@@ -113,6 +114,84 @@ def frontier_section(
     return {"points": pts, "pareto": [pts[i] for i in pareto_front(xy)], "policies": policies}
 
 
+# rows of these policy methods at several step/sample budgets are matched like an optimizer's
+MATCHED_METHODS = ("diffusion",)
+
+
+def _budget_groups(
+    rows: list[MethodResult], points: list[tuple[str, MethodResult]]
+) -> dict[str, list[MethodResult]]:
+    """Each optimizer's points, and each policy method of ``MATCHED_METHODS`` with its rows,
+    by budget (steps) ascending; timed rows with a step count only."""
+    groups: dict[str, list[MethodResult]] = {}
+    for key, r in points:
+        groups.setdefault(key, []).append(r)
+    for r in rows[1:]:
+        method = (r.policy or {}).get("method")
+        if method in MATCHED_METHODS:
+            groups.setdefault(method, []).append(r)
+    return {
+        key: sorted(
+            (r for r in rs if r.steps is not None and r.latency_ms_batch1 is not None),
+            key=lambda r: r.steps or 0,
+        )
+        for key, rs in groups.items()
+    }
+
+
+def _first(budgets: list[tuple[MethodResult, Any]], test: Any) -> MethodResult | None:
+    return next((r for r, d in budgets if test(d)), None)
+
+
+def matched_section(
+    rows: list[MethodResult], points: list[tuple[str, MethodResult]] | None
+) -> dict[str, Any] | None:
+    """``matched``: for each optimizer (and diffusion generator) the smallest budget whose mean
+    accuracy reaches the main row's, and the main row's speed-up over it (its latency over the
+    main row's). The interval brackets the budget by the paired 95 % interval of (budget − main)
+    over the tasks: from the smallest budget not below the main row beyond the interval to the
+    smallest one above it beyond the interval (None: no budget is)."""
+    if points is None or not rows or rows[0].latency_ms_batch1 is None or not rows[0].task_acc:
+        return None
+    main = rows[0]
+    base = float(main.latency_ms_batch1 or 0.0)
+    acc = float(np.mean(main.accuracies))
+    out = []
+    for key, group in _budget_groups(rows, points).items():
+        budgets = [
+            (r, paired_difference(r.task_acc, main.task_acc, CONFIDENCE))
+            for r in group
+            if len(r.task_acc) == len(main.task_acc)
+        ]
+        hit = next((r for r, _ in budgets if float(np.mean(r.accuracies)) >= acc), None)
+        low = _first(budgets, lambda d: d.high is None or d.high >= 0)
+        high = _first(budgets, lambda d: d.low is not None and d.low > 0)
+
+        def ratio(r: MethodResult | None) -> float | None:
+            return None if r is None or base <= 0 else _round(r.latency_ms_batch1 / base)
+
+        out.append(
+            {
+                "against": key,
+                "budgets": [r.steps for r, _ in budgets],
+                "matched": None if hit is None else hit.name,
+                "steps": None if hit is None else hit.steps,
+                "acc_mean": None if hit is None else round(float(np.mean(hit.accuracies)), 4),
+                "latency_ms_batch1": None if hit is None else _round(hit.latency_ms_batch1),
+                "speedup": ratio(hit),
+                "speedup_ci95": [ratio(low), ratio(high)],
+                "ci_budgets": [None if r is None else r.steps for r in (low, high)],
+            }
+        )
+    return {
+        "main": main.name,
+        "acc_mean": round(acc, 4),
+        "latency_ms_batch1": _round(base),
+        "confidence": CONFIDENCE,
+        "against": out,
+    }
+
+
 def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     """A Markdown table's lines: the header, its rule, one line per row."""
     rule = "|" + "---|" * len(header)
@@ -194,4 +273,41 @@ def frontier_lines(f: dict[str, Any] | None) -> list[str]:
         *md_table([*header, "its accuracy", "difference", "position"], against),
         "",
         *md_table(["optimizer", "steps", "accuracy", LATENCY_LABEL, "on the frontier"], points),
+    ]
+
+
+def matched_lines(m: dict[str, Any] | None) -> list[str]:
+    """report.md's speed-up at matched accuracy."""
+    if not m or not m["against"]:
+        return []
+
+    def x(v: float | None) -> str:
+        return "–" if v is None else f"{v:.2f}×"
+
+    rows = [
+        [
+            q["against"],
+            q["matched"] or f"none of {q['budgets'][-1] if q['budgets'] else '–'} reaches it",
+            _fixed(q["acc_mean"], ".4f"),
+            _fixed(q["latency_ms_batch1"], ".3f"),
+            x(q["speedup"]),
+            f"[{x(q['speedup_ci95'][0])}, {x(q['speedup_ci95'][1])}]",
+        ]
+        for q in m["against"]
+    ]
+    return [
+        "",
+        "## Speed-up at matched accuracy",
+        "",
+        f"{m['main']} reaches {m['acc_mean']:.4f} in {m['latency_ms_batch1']:.3f} ms per task. "
+        "For each optimizer (and diffusion generator): the smallest step (sample) budget whose "
+        "mean accuracy reaches it, and the speed-up (that budget's latency over the main row's). "
+        f"Interval: from the smallest budget not below the main row beyond the paired "
+        f"{m['confidence']:.0%} interval over tasks to the smallest above it beyond the interval "
+        "(– where no budget is).",
+        "",
+        *md_table(
+            ["against", "matched budget", "its accuracy", LATENCY_LABEL, "speed-up", "interval"],
+            rows,
+        ),
     ]

@@ -10,7 +10,14 @@ import numpy as np
 
 from lohp_cli.artifacts.generated import GeneratedMeta
 from lohp_cli.checkpoint import atomic_write_bytes, atomic_write_json
-from lohp_cli.comparison import frontier_lines, frontier_section, paired_lines, paired_section
+from lohp_cli.comparison import (
+    frontier_lines,
+    frontier_section,
+    matched_lines,
+    matched_section,
+    paired_lines,
+    paired_section,
+)
 from lohp_cli.config import EvaluateConfig
 from lohp_cli.methods.base import EvalContext, MethodResult
 from lohp_cli.methods.optimizer import optimizer_repeats
@@ -60,6 +67,7 @@ def build_report(
         "methods": [r.summary() for r in rows],
         "paired": paired_section(rows),
         "frontier": frontier_section(rows, frontier),
+        "matched": matched_section(rows, frontier),
         "timing": {
             "device": ctx.device,
             "warmup_runs": 1,
@@ -108,7 +116,7 @@ def markdown_report(r: dict[str, Any]) -> str:
     if grad:
         lines += [
             "",
-            "(gradient input): `policy.state_input = \"grad\"`, each step sees the support-loss "
+            '(gradient input): `policy.state_input = "grad"`, each step sees the support-loss '
             "gradient at the current weights: a learned optimizer with gradient access, not the "
             "paper's gradient-free policy (docs/policy.md).",
         ]
@@ -161,6 +169,7 @@ def markdown_report(r: dict[str, Any]) -> str:
         ]
     lines += paired_lines(r.get("paired"))
     lines += frontier_lines(r.get("frontier"))
+    lines += matched_lines(r.get("matched"))
     lines += locality_lines(r.get("locality"))
     return "\n".join(lines) + "\n"
 

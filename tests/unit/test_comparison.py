@@ -11,6 +11,8 @@ from lohp_cli.comparison import (
     frontier_lines,
     frontier_section,
     ladder,
+    matched_lines,
+    matched_section,
     paired_lines,
     paired_section,
 )
@@ -154,3 +156,45 @@ def test_frontier_points_pareto_and_each_method_against_it() -> None:
     assert "| sgd | 200 | 0.8900 | 70.000 |  |" in md
     assert "| sgd | 20 | 0.8000 | 7.000 | yes |" in md
     assert frontier_section(rows, None) is None and frontier_lines(None) == []
+
+
+def _adam(steps: int, accs: list[float], lat: float) -> tuple[str, MethodResult]:
+    return "adam", _row(f"adam-{steps}", accs, None, lat, steps)
+
+
+def test_matched_budget_is_the_smallest_reaching_the_main_accuracy() -> None:
+    # MAIN: mean 0.8 in 5 ms; adam-5 is below everywhere, adam-10 ties (mean 0.8), adam-20 is
+    # above on every task (its interval lies above 0)
+    pts = [
+        _adam(20, [0.95, 0.85, 0.75], 20.0),
+        _adam(5, [0.5, 0.4, 0.45], 4.0),
+        _adam(10, [0.85, 0.75, 0.8], 10.0),
+    ]
+    m = matched_section([MAIN, *(r for _, r in pts)], pts)
+    assert m is not None and m["acc_mean"] == 0.8 and m["latency_ms_batch1"] == 5.0
+    (q,) = m["against"]
+    assert q["against"] == "adam" and q["budgets"] == [5, 10, 20]
+    assert q["matched"] == "adam-10" and q["steps"] == 10
+    assert q["speedup"] == pytest.approx(2.0)  # 10 ms over 5 ms
+    # interval: adam-10 is the first not below beyond the interval, adam-20 the first above
+    assert q["ci_budgets"] == [10, 20]
+    assert q["speedup_ci95"] == pytest.approx([2.0, 4.0])
+    text = "\n".join(matched_lines(m))
+    assert "Speed-up at matched accuracy" in text and "2.00×" in text and "4.00×" in text
+
+
+def test_no_budget_reaching_the_main_row_is_said_and_diffusion_rows_are_matched() -> None:
+    diff = [
+        _row("diffusion-s10", [0.5, 0.5, 0.4], _policy("diffusion"), 10.0, 10),
+        _row("diffusion-s50", [0.9, 0.8, 0.7], _policy("diffusion"), 50.0, 50),
+    ]
+    pts = [_adam(5, [0.5, 0.4, 0.45], 4.0)]
+    m = matched_section([MAIN, *diff, pts[0][1]], pts)
+    assert m is not None
+    by = {q["against"]: q for q in m["against"]}
+    assert by["adam"]["matched"] is None and by["adam"]["speedup"] is None
+    assert by["diffusion"]["matched"] == "diffusion-s50"  # equal accuracy reaches it
+    assert by["diffusion"]["speedup"] == pytest.approx(10.0)
+    assert by["diffusion"]["speedup_ci95"] == [pytest.approx(10.0), None]  # nothing above
+    assert "none of 5 reaches it" in "\n".join(matched_lines(m))
+    assert matched_section([MAIN], None) is None  # no frontier: no section
