@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+import lohp_cli.diffusion  # noqa: F401 - registers the diffusion generator, which load_policy builds
 import lohp_cli.l2o.method  # noqa: F401 - registers the learned optimizers as methods
 from lohp_cli import locality
 from lohp_cli.artifacts.generated import GeneratedMeta

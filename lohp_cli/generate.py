@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
+import lohp_cli.diffusion  # noqa: F401 - registers the diffusion generator, which load_policy builds
 import lohp_cli.l2o  # noqa: F401 - registers the learned optimizers, which load_policy refuses
 from lohp_cli import timing as clock
 from lohp_cli.artifacts.generated import new_generated_meta
