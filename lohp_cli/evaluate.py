@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+import lohp_cli.diffusion  # noqa: F401 - registers the diffusion generator, which load_policy builds
 import lohp_cli.l2o.method  # noqa: F401 - registers the learned optimizers as methods
 from lohp_cli import locality
 from lohp_cli.artifacts.generated import GeneratedMeta
@@ -33,7 +34,7 @@ from lohp_cli.errors import ConfigError
 from lohp_cli.methods import registry
 from lohp_cli.methods.base import EvalContext, Method, MethodResult, Progress, run_method
 from lohp_cli.methods.policy import GeneratedMethod, PolicyMethod
-from lohp_cli.policy.artifact import load_policy
+from lohp_cli.policy.artifact import load_policy, local_steps
 from lohp_cli.policy.context import TaskContext, support_probe_bank, task_context
 from lohp_cli.report import build_report, write_report
 from lohp_cli.runtime import resolve_device
@@ -51,7 +52,7 @@ def cosine_check(
     device: str,
 ) -> list[float]:
     """Cosine similarity of the policy's step f(θ_{k·i}) with the matched offline step Δ_i."""
-    if meta.hypernetwork or runs == 0:
+    if not local_steps(meta) or runs == 0:
         return []
     out: list[float] = []
     store = ctx.store
@@ -124,7 +125,7 @@ def context(
 ) -> tuple[EvalContext, tuple[torch.nn.Module, PolicyMeta, Any]]:
     """The methods' shared context, and the generating policy ``(model, meta, stats)``."""
     device = resolve_device(cfg.device)
-    model, meta, stats = load_policy(gmeta.policy.path, device)
+    model, meta, stats = load_policy(gmeta.policy.path, device, gcfg.sample_steps)
     task = task_context(meta, gcfg.store, gcfg.data_root)
     store = task.store.meta
     data = {t: task.task_data(t, device) for t in gmeta.tasks}

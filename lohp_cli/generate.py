@@ -1,4 +1,5 @@
-"""Stage 3: generate weights for tasks with a trained policy, in N = T/k policy steps.
+"""Stage 3: generate weights for tasks with a trained policy, in N = T/k policy steps (a diffusion
+policy: N = S DDIM steps, ``sample_steps``).
 
 The output is a Zarr store (schema ``lohp.generated`` v1)::
 
@@ -43,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
+import lohp_cli.diffusion  # noqa: F401 - registers the diffusion generator, which load_policy builds
 import lohp_cli.l2o  # noqa: F401 - registers the learned optimizers, which load_policy refuses
 from lohp_cli import timing as clock
 from lohp_cli.artifacts.generated import new_generated_meta
@@ -109,7 +111,7 @@ def generate(cfg: GenerateConfig, progress: Progress | None = None) -> GenerateR
     if out.exists() and not cfg.overwrite:
         raise ConfigError(f"Output '{out}' exists; pass --overwrite to replace it.")
     device = resolve_device(cfg.device)
-    model, meta, stats = load_policy(cfg.policy, device)
+    model, meta, stats = load_policy(cfg.policy, device, cfg.sample_steps)
     ctx = task_context(meta, cfg.store, cfg.data_root)
     if ctx.store.meta.param_count != meta.param_count:
         raise CompatibilityError("The policy's parameter count does not match its store.")

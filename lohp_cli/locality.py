@@ -34,7 +34,7 @@ from lohp_cli.methods.base import EvalContext
 from lohp_cli.optim import build_optimizer
 from lohp_cli.optim.loop import train_loop
 from lohp_cli.optim.sam import SAM
-from lohp_cli.policy.artifact import learned_optimizers
+from lohp_cli.policy.artifact import learned_optimizers, local_steps
 from lohp_cli.policy.context import policy_probe
 from lohp_cli.policy.state import StateProbe
 from lohp_cli.runtime import derive_seed
@@ -188,11 +188,12 @@ def check(
 ) -> dict[str, Any] | None:
     """The local-policy check of a report: for every optimizer the policy learned from, on the
     first ``targets`` held-out tasks and ``sources`` source tasks, from sample 0's start θ₀ (the
-    one every method of the report starts that task from). None for a hypernetwork or when off.
+    one every method of the report starts that task from). None when off, or for a policy without
+    local steps (a hypernetwork, a diffusion sampler).
 
     ``others``: more policies ``(row name, model, meta, stats)`` checked on the same paths (one
     optimizer path per task, optimizer, N and k·r, shared by every policy that needs it); their
-    results go under ``policies`` by row name (hypernetworks are left out)."""
+    results go under ``policies`` by row name (policies without local steps are left out)."""
     if targets == 0 and sources == 0:
         return None
     task = ctx.task
@@ -231,7 +232,7 @@ def check(
                     out[opt][split] = {"tasks": len(rows), **collect_cosines(rows)}
         return out
 
-    if ctx.meta.hypernetwork:
+    if not local_steps(ctx.meta):
         return None
     report: dict[str, Any] = {
         "optimizers": one(model, ctx.meta, ctx.stats),
@@ -239,7 +240,7 @@ def check(
         "optimizer_steps_per_policy_step": ctx.meta.k * ctx.meta.store_compat.record_every,
         "start": "sample 0's θ₀ of each task, as every method of the report",
     }
-    checked = [(n, m, me, st) for n, m, me, st in others if not me.hypernetwork]
+    checked = [(n, m, me, st) for n, m, me, st in others if local_steps(me)]
     if checked:
         report["policies"] = {
             name: {"optimizers": one(m, me, st), "optimizer_steps_per_policy_step":

@@ -1,9 +1,10 @@
-"""Stage 2, ``train-policy``: fit a weight generator (lo-hp, lo-op, lo-di, hypernetwork) or
-meta-train a learned optimizer (l2o, l2o-tt, l2o-flat, m-l2o) on a trajectory store.
+"""Stage 2, ``train-policy``: fit a weight generator (lo-hp, lo-op, lo-di, hypernetwork, diffusion)
+or meta-train a learned optimizer (l2o, l2o-tt, l2o-flat, m-l2o) on a trajectory store.
 
 The work itself lives in the core (:mod:`lohp_cli.policy.fit`) and in plug-ins
-(:mod:`lohp_cli.l2o.fit`), each registered in :mod:`lohp_cli.trainers` with its config; this stage
-loads the plug-ins and calls the fit its method registered. Importing it is cheap (no torch).
+(:mod:`lohp_cli.diffusion.fit`, :mod:`lohp_cli.l2o.fit`), each registered in
+:mod:`lohp_cli.trainers` with its config; this stage loads the plug-ins and calls the fit its
+method registered. Importing it is cheap (no torch).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import lohp_cli.diffusion  # noqa: F401 - registers the diffusion generator
 import lohp_cli.l2o  # noqa: F401 - registers the learned-optimizer methods
 from lohp_cli import trainers
 from lohp_cli.config import TrainConfig

@@ -6,8 +6,9 @@ names, carrying only that method's fields) and its fit function. ``TrainConfig``
 the discriminated union (by ``method``) of the registered config models.
 
 The Lo-Hp family (lo-hp, lo-op, lo-di, hypernetwork) registers from :mod:`lohp_cli.config`; plug-ins
-(the learned optimizers of :mod:`lohp_cli.l2o`) register when imported, which the stages and the
-CLI do; the core never imports a plug-in. Only pydantic here: no torch at import time.
+(the learned optimizers of :mod:`lohp_cli.l2o`, the diffusion generator of
+:mod:`lohp_cli.diffusion`) register when imported, which the stages and the CLI do; the core never
+imports a plug-in. Only pydantic here: no torch at import time.
 """
 
 from __future__ import annotations
@@ -38,12 +39,29 @@ class TrainMethod:
     """What one of its policies is, in messages."""
     use: str = ""
     """Where its policies are used instead, for a method that does not generate weights."""
+    build: Callable[..., Any] | str | None = None
+    """For a weight generator outside the Lo-Hp family: builds the module of one of its policy
+    directories, ``build(cfg, size, cond_dim, n_steps, stats, classes, layout) -> nn.Module``
+    (as :func:`lohp_cli.policy.artifact.build_model`), or ``"module:function"``; None: the Lo-Hp
+    family's ``build_model``."""
+    chooses_steps: bool = False
+    """Whether its policies choose their number of generation steps when generating (a diffusion
+    sampler's S; ``set_sample_steps(S)`` on the module), instead of the N = T/k fixed by
+    training; their steps are not local optimizer steps."""
 
     def fit_function(self) -> Fit:
-        if callable(self.fit):
-            return self.fit
-        module, _, name = self.fit.partition(":")
-        return getattr(importlib.import_module(module), name)
+        return _imported(self.fit)
+
+    def build_function(self) -> Callable[..., Any] | None:
+        return None if self.build is None else _imported(self.build)
+
+
+def _imported(fn: Callable[..., Any] | str) -> Callable[..., Any]:
+    """``fn`` itself, or the function a ``"module:function"`` string names (imported now)."""
+    if callable(fn):
+        return fn
+    module, _, name = fn.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 _METHODS: dict[str, TrainMethod] = {}

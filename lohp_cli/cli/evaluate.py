@@ -44,7 +44,11 @@ def evaluate(
     ] = None,
     policy: Annotated[
         list[str] | None,
-        typer.Option("--policy", help="Another trained policy to compare, NAME=DIR (repeatable)."),
+        typer.Option(
+            "--policy",
+            help="Another trained policy to compare, NAME=DIR (repeatable); NAME@S=DIR: a "
+            "diffusion policy with S DDIM steps.",
+        ),
     ] = None,
     latency_repeats: Annotated[int | None, typer.Option(help="Timed repetitions.")] = None,
     device: DeviceOpt = None,

@@ -35,6 +35,10 @@ def generate(
     num_tasks: Annotated[int | None, typer.Option(help="How many tasks of a split.")] = None,
     samples: Annotated[int | None, typer.Option(help="Weight vectors per task.")] = None,
     mode: Annotated[str | None, typer.Option(help="mean or sample.")] = None,
+    sample_steps: Annotated[
+        int | None,
+        typer.Option(help="A diffusion policy's DDIM steps S (default: its sample_steps)."),
+    ] = None,
     seed: SeedOpt = None,
     style: Annotated[
         str | None,
@@ -67,6 +71,7 @@ def generate(
         "num_tasks": num_tasks,
         "samples": samples,
         "mode": mode,
+        "sample_steps": sample_steps,
         "seed": seed,
         "style": style,
         "save_paths": True if save_paths else None,

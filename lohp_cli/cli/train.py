@@ -35,7 +35,9 @@ def train_policy_cmd(
     out: Annotated[str | None, typer.Option("--out", "-o", help="Output policy directory.")] = None,
     method: Annotated[
         str | None,
-        typer.Option(help="lo-hp, lo-op, lo-di, hypernetwork, or l2o, l2o-tt, l2o-flat, m-l2o."),
+        typer.Option(
+            help="lo-hp, lo-op, lo-di, hypernetwork, diffusion, or l2o, l2o-tt, l2o-flat, m-l2o."
+        ),
     ] = None,
     family: Annotated[
         str | None,

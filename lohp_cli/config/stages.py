@@ -19,7 +19,17 @@ class GenerateConfig(Frozen):
     )
     num_tasks: int = Field(20, ge=1, description="How many tasks of a split.")
     samples: int = Field(4, ge=1, description="Weight vectors per task.")
-    mode: Literal["mean", "sample"] = Field("mean", description="Mean steps or sampled steps.")
+    mode: Literal["mean", "sample"] = Field(
+        "mean",
+        description="Mean steps or sampled steps (a diffusion policy: deterministic DDIM, η = 0, "
+        "or stochastic DDIM, η = 1).",
+    )
+    sample_steps: int | None = Field(
+        None,
+        ge=1,
+        description="A diffusion policy's DDIM steps S (1 … its diffusion.timesteps; default: "
+        "its diffusion.sample_steps); other policies take the N = T/k steps they were trained for.",
+    )
     seed: int = Field(0, description="Seed of s_0 (not of a shared θ₀) and of sampled steps.")
     style: str | None = Field(
         None,
@@ -58,7 +68,8 @@ class EvaluateConfig(Frozen):
     policies: dict[str, str] = Field(
         default_factory=dict,
         description="More trained policies to compare, name -> directory (e.g. hypernetwork, "
-        "lo-di, lo-op, k=1); generated here on the same tasks and seeds.",
+        "lo-di, lo-op, k=1); generated here on the same tasks and seeds. NAME@S asks a "
+        "diffusion policy for S DDIM steps (row 'NAME (S=…)'; default: its own sample_steps).",
     )
     latency_repeats: int = Field(20, ge=1, description="Timed repetitions per method (median).")
     frontier_steps: tuple[int, ...] = Field(
@@ -91,6 +102,18 @@ class EvaluateConfig(Frozen):
         if any(s < 1 for s in v):
             raise ValueError(f"frontier steps must be ≥ 1, got {min(v)}")
         return tuple(sorted(set(v)))
+
+    @field_validator("policies")
+    @classmethod
+    def _sample_steps_positive(cls, v: dict[str, str]) -> dict[str, str]:
+        for name in v:
+            label, sep, steps = name.rpartition("@")
+            if sep and not (label and steps.isdigit() and int(steps) >= 1):
+                raise ValueError(
+                    f"policy name {name!r}: NAME@S gives a diffusion policy's DDIM steps S, a "
+                    f"positive integer, after a name (got {steps!r})"
+                )
+        return v
 
     @field_validator("baselines")
     @classmethod

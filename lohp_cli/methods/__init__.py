@@ -2,7 +2,8 @@
 
 ``base``          the :class:`~lohp_cli.methods.base.Method` protocol, the evaluation context and
                   the scoring/timing loop every method goes through (one report row each).
-``policy``        a trained policy directory, and the generated store's own weights.
+``policy``        a trained policy directory (any weight generator; ``NAME@S``: a diffusion
+                  policy at S DDIM steps), and the generated store's own weights.
 ``hypernetwork``  the hypernetwork baseline, trained here through :mod:`lohp_cli.policy.fit`.
 ``optimizer``     SGD/Adam/SAM for a step budget.
 ``memorization``  nearest, mean, nearest-noise, class-rows: weights looked up in the source

@@ -12,7 +12,7 @@ from lohp_cli.artifacts.policy import PolicyMeta
 from lohp_cli.config import OPTIMIZERS
 from lohp_cli.errors import CompatibilityError, StoreError
 from lohp_cli.methods.base import EvalContext, Starts
-from lohp_cli.policy.artifact import generate_batch, load_policy, style_token
+from lohp_cli.policy.artifact import generate_batch, load_policy, local_steps, style_token
 from lohp_cli.policy.context import policy_probe
 from lohp_cli.policy.state import ProbeBank, StateProbe
 from lohp_cli.store.sampler import NormStats
@@ -33,6 +33,23 @@ def policy_info(meta: PolicyMeta, token: int | None = None) -> dict[str, Any]:
     }
 
 
+def split_sample_steps(name: str) -> tuple[str, int | None]:
+    """``"NAME@S"`` -> ``("NAME", S)``: the row label and the sampling steps S asked of a policy
+    that chooses its steps when generating (diffusion); any other name -> ``(name, None)``."""
+    label, sep, steps = name.rpartition("@")
+    if sep and label and steps.isdigit():
+        return label, int(steps)
+    return name, None
+
+
+def row_name(label: str, meta: PolicyMeta) -> str:
+    """A policy's report row: ``label`` and what sets its steps, k (N = T/k) or S (a policy that
+    chooses its steps when generating, N = S); a hypernetwork has neither."""
+    if meta.hypernetwork:
+        return label
+    return f"{label} (k={meta.k})" if local_steps(meta) else f"{label} (S={meta.N})"
+
+
 def generate_one(
     model: torch.nn.Module,
     meta: PolicyMeta,
@@ -47,26 +64,29 @@ def generate_one(
 
 
 class PolicyMethod:
-    """A trained policy directory (Lo-Hp, Lo-Op, Lo-Di, hypernetwork), generating in mean mode
-    from each start s_0 at batch size 1, in its own normalisation."""
+    """A trained policy directory (Lo-Hp, Lo-Op, Lo-Di, hypernetwork, diffusion), generating in
+    mean mode (a diffusion policy: deterministic DDIM) from each start s_0 at batch size 1, in its
+    own normalisation. ``--policy NAME@S=DIR`` asks a diffusion policy for S sampling steps (its
+    row is ``NAME (S=…)``); ``NAME=DIR`` takes the policy's own."""
 
     kind = "policy"
 
     def __init__(self, name: str, path: str) -> None:
-        self.name = self.label = name
+        self.name = name
+        self.label, self.sample_steps = split_sample_steps(name)
         self.path = path
         self.steps: int | None = None
         self.policy: dict[str, Any] | None = None
 
     def prepare(self, ctx: EvalContext) -> None:
-        model, meta, stats = load_policy(self.path, ctx.device)
+        model, meta, stats = load_policy(self.path, ctx.device, self.sample_steps)
         if meta.store_compat.to_json() != ctx.meta.store_compat.to_json():
             raise CompatibilityError(
                 f"Policy '{self.path}' was trained for another task family or "
                 "target model than the generated weights."
             )
         self._use(ctx, model, meta, stats, style_token(meta, None))
-        self.name = self.label if meta.hypernetwork else f"{self.label} (k={meta.k})"
+        self.name = row_name(self.label, meta)
         self.steps = 1 if meta.hypernetwork else meta.N
 
     def _use(
@@ -115,7 +135,7 @@ class GeneratedMethod(PolicyMethod):
         style: str | None,
     ) -> None:
         model, meta, _ = loaded
-        super().__init__(f"{meta.method} (k={meta.k})", where)
+        super().__init__(row_name(meta.method, meta), where)
         self.store, self.loaded, self.style = store, loaded, style
         self.steps = meta.N
 

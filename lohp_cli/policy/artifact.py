@@ -151,7 +151,7 @@ def check_out_dir(out: Path, cfg: TrainConfig, fingerprint: dict[str, Any]) -> b
 
 
 def policy_config_json(
-    cfg: LoHpTrainConfig,
+    cfg: TrainConfig,
     store: TrajectoryStore,
     fingerprint: dict[str, Any],
     n_steps: int,
@@ -160,12 +160,14 @@ def policy_config_json(
     runs: int,
     step: int,
     complete: bool,
+    k: int | None = None,
 ) -> dict[str, Any]:
-    """The policy's config.json (a validated :class:`PolicyMeta`, as JSON)."""
+    """The policy's config.json (a validated :class:`PolicyMeta`, as JSON); ``k``: the matching
+    factor of a method whose config has none (default ``cfg.k``)."""
     a = store.meta
     return new_policy_meta(
         method=cfg.method,
-        k=cfg.k,
+        k=getattr(cfg, "k") if k is None else k,  # noqa: B009 - Lo-Hp configs only have it
         N=n_steps,
         T=t_steps,
         param_count=a.param_count,
@@ -221,9 +223,16 @@ def load_weights(model: nn.Module, out: Path) -> None:
         ) from None
 
 
-def load_policy(path: str | Path, device: str = "cpu") -> tuple[nn.Module, PolicyMeta, NormStats]:
+def load_policy(
+    path: str | Path, device: str = "cpu", sample_steps: int | None = None
+) -> tuple[nn.Module, PolicyMeta, NormStats]:
     """Load a policy directory: ``(model in eval mode, its config.json, normalisation stats)``;
-    the config is validated here, once (a CompatibilityError names a missing or bad field)."""
+    the config is validated here, once (a CompatibilityError names a missing or bad field).
+
+    ``sample_steps``: the generation steps S of a policy that chooses them when generating (a
+    diffusion sampler; the returned config's N is then S); None keeps the policy's own. A
+    ConfigError for a policy whose N is fixed by training, or an S it cannot take.
+    """
     out, data, method = open_policy_dir(path, "lohp train-policy")
     spec = trainers.get(method)
     if spec is None or not spec.generates_weights:
@@ -249,11 +258,29 @@ def load_policy(path: str | Path, device: str = "cpu") -> tuple[nn.Module, Polic
             f"Policy '{out}' config.json: its layout has {layout.size} parameters and its "
             f"param_count {meta.param_count}; the policy weights do not fit its config."
         )
-    model = build_model(
+    build = spec.build_function() or build_model
+    model = build(
         cfg, meta.param_count, meta.condition_dim, meta.N, stats, meta.store_compat.classes, layout
     )
     load_weights(model, out)
+    if sample_steps is not None:
+        if not spec.chooses_steps:
+            raise ConfigError(
+                f"Policy '{out}' ({method}) takes the N = {meta.N} steps it was trained for; only "
+                "a policy that chooses its steps when generating (diffusion) takes a number of "
+                "sampling steps: leave out --sample-steps (or the @S of --policy NAME@S=DIR)."
+            )
+        model.set_sample_steps(sample_steps)
+        meta = meta.model_copy(update={"N": sample_steps})
     return model.to(device).eval(), meta, stats
+
+
+def local_steps(meta: PolicyMeta) -> bool:
+    """Whether the policy's N steps are local steps along a trajectory (Lo-Hp, Lo-Op, Lo-Di), which
+    evaluate's cosine and local-policy checks compare with an optimizer's: not a hypernetwork's
+    one map, nor the denoising steps of a policy that chooses its steps (diffusion)."""
+    spec = trainers.get(meta.method)
+    return not meta.hypernetwork and not (spec is not None and spec.chooses_steps)
 
 
 def initial_state(seed: int, task_id: str, sample: int, size: int) -> torch.Tensor:

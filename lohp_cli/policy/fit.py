@@ -71,6 +71,20 @@ def _store_probe_bank(
     return support_probe_bank(ctx, (r.task_id for r in runs), stats, device)
 
 
+def class_symmetry(augment: str, store: TrajectoryStore) -> ClassSymmetry | None:
+    """The class-order augmentation ``augment`` ("auto", "classes", "none") asks for on
+    ``store``: auto where its tasks, model and condition have class structure; classes insists
+    (a ConfigError from ``ClassSymmetry.of`` where they do not)."""
+    if augment == "none":
+        return None
+    meta = store.meta
+    layout = ParamLayout.from_json(meta.layout)
+    ways, cond_dim = meta.compat.classes, meta.condition_dim
+    if augment == "classes" or ClassSymmetry.applies(layout, ways, cond_dim):
+        return ClassSymmetry.of(layout, ways, cond_dim)
+    return None
+
+
 def _dist_info() -> tuple[int, int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -123,12 +137,8 @@ def train_policy(cfg: TrainConfig, progress: Progress | None = None) -> TrainRes
         resume = bool(flag[0])
 
     size, cond_dim = meta.param_count, meta.condition_dim
-    sym = None
     ways = meta.compat.classes
-    if cfg.augment != "none":
-        layout = ParamLayout.from_json(meta.layout)
-        if cfg.augment == "classes" or ClassSymmetry.applies(layout, ways, cond_dim):
-            sym = ClassSymmetry.of(layout, ways, cond_dim)
+    sym = class_symmetry(cfg.augment, store)
     norm_path = out / "normalization.safetensors"
     if resume and norm_path.exists():
         stats = NormStats.from_tensors(load_tensors(norm_path))
