@@ -173,7 +173,8 @@ def test_task_images_are_their_domain_images_rotated(fam: RotatedFamily, root: P
     np.testing.assert_array_equal(images, rotate_images(raw.train_x[rows], 45))
     assert set(raw.train_y[rows[y.numpy() == 0]]) == {3}  # label 0 is class 3
     test_images, _ = task.examples("test")
-    np.testing.assert_array_equal(test_images, rotate_images(raw.test_x[fam.indices(task).test], 45))
+    rows = fam.indices(task).test
+    np.testing.assert_array_equal(test_images, rotate_images(raw.test_x[rows], 45))
 
 
 def test_in_source_domains_is_the_same_task_elsewhere(fam: RotatedFamily) -> None:
@@ -216,9 +217,7 @@ def test_extractor_and_statistics_never_read_the_held_out_domain(tmp_path: Path)
         ext = train_extractor(f, model, seed=0, batch_size=64)
         return list(ext.state_dict().values()), f.channel_stats()
 
-    (wa, sa), (wb, sb), (wc, sc) = trained(tmp_path / "a"), trained(tmp_path / "b"), trained(
-        tmp_path / "c"
-    )
+    (wa, sa), (wb, sb), (wc, sc) = (trained(tmp_path / d) for d in "abc")
     assert all(torch.equal(a, b) for a, b in zip(wa, wb, strict=True))
     assert torch.equal(sa[0], sb[0]) and torch.equal(sa[1], sb[1])
     assert not all(torch.equal(a, c) for a, c in zip(wa, wc, strict=True))
