@@ -38,8 +38,8 @@ def evaluate(
     baselines: Annotated[
         str | None,
         typer.Option(
-            help="Comma list of sgd, adam, sam, hypernetwork, l2o, l2o-tt, l2o-flat, m-l2o "
-            "(learned optimizers need --policy NAME=DIR)."
+            help="Comma list of sgd, adam, sam, hypernetwork, erm (domain families), l2o, "
+            "l2o-tt, l2o-flat, m-l2o (learned optimizers need --policy NAME=DIR)."
         ),
     ] = None,
     policy: Annotated[

@@ -5,6 +5,7 @@
 ``policy``        a trained policy directory, and the generated store's own weights.
 ``hypernetwork``  the hypernetwork baseline, trained here through :mod:`lohp_cli.policy.fit`.
 ``optimizer``     SGD/Adam/SAM for a step budget.
+``erm``           DomainBed's ERM for domain families: Adam on a task's pooled source domains.
 ``registry``      baseline names → factories; plug-ins (the learned optimizers in
                   :mod:`lohp_cli.l2o.method`) register themselves when the stage imports them.
 """

@@ -18,6 +18,7 @@ from lohp_cli.artifacts.policy import stored_method
 from lohp_cli.config import EvaluateConfig
 from lohp_cli.errors import ConfigError
 from lohp_cli.methods.base import Method
+from lohp_cli.methods.erm import erm_baseline
 from lohp_cli.methods.hypernetwork import hypernetwork_baseline
 from lohp_cli.methods.optimizer import optimizer_methods
 from lohp_cli.methods.policy import PolicyMethod
@@ -41,6 +42,7 @@ _BASELINES: dict[str, Baseline] = {
     "adam": Baseline(_optimizers, stepped=True),
     "sam": Baseline(_optimizers, stepped=True),
     "hypernetwork": Baseline(hypernetwork_baseline),
+    "erm": Baseline(erm_baseline),  # domain families only: Adam on the pooled source domains
 }
 _POLICY_KINDS: dict[str, PolicyFactory] = {}
 
