@@ -362,6 +362,7 @@ def summarize_store(location: str, verify: bool = False) -> dict[str, Any]:
         "schema_version": meta.schema_version,
         "family": compat.family.name,
         "ways": compat.family.ways,
+        "test_domain": compat.family.test_domain,
         "model": compat.model.name,
         "param_count": meta.param_count,
         "condition_dim": meta.condition_dim,

@@ -57,6 +57,7 @@ def build_report(
         "generated": cfg.generated,
         "policy": generated.policy.to_json(),
         "family": compat.family.name,
+        "test_domain": ctx.task.family.cfg.test_domain,  # a domain family's held-out domain
         "model": compat.model.name,
         "init": compat.init,  # "shared": every method started from the store's θ₀
         "param_count": ctx.size,

@@ -18,6 +18,7 @@ class FamilySpec(ArtifactModel):
 
     name: str
     ways: int | None = None
+    test_domain: int | None = None  # a domain family's held-out domain
 
 
 class ModelSpec(ArtifactModel):

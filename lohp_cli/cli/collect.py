@@ -31,7 +31,7 @@ def collect(
         str | None, typer.Option("--out", "-o", help="Output store: path or fsspec URL.")
     ] = None,
     family: Annotated[
-        str | None, typer.Option(help="Task family: fmnist, cifar10, digits.")
+        str | None, typer.Option(help="Task family: fmnist, cifar10, digits, rotated-fmnist.")
     ] = None,
     model: Annotated[str | None, typer.Option(help="Target model: head, mlp, cnn.")] = None,
     tasks: Annotated[int | None, typer.Option(help="Number of source tasks.")] = None,
@@ -40,6 +40,10 @@ def collect(
     steps: Annotated[int | None, typer.Option(help="Optimizer steps per run.")] = None,
     record_every: Annotated[int | None, typer.Option(help="Record weights every N steps.")] = None,
     ways: Annotated[int | None, typer.Option(help="Classes per task.")] = None,
+    test_domain: Annotated[
+        int | None,
+        typer.Option(help="Held-out domain of a domain family (rotated-fmnist: 0, 15, …, 75)."),
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(help="Minibatch size.")] = None,
     seed: Annotated[int | None, typer.Option(help="Base seed.")] = None,
     init: Annotated[
@@ -76,6 +80,7 @@ def collect(
         "steps": steps,
         "record_every": record_every,
         "task.ways": ways,
+        "task.test_domain": test_domain,
         "batch_size": batch_size,
         "seed": seed,
         "init": init,
@@ -110,7 +115,7 @@ def _progress() -> Callable[[Event], None]:
         elif kind == "shared_init":
             log(f"drawing the shared θ₀ every run starts from (seed {e['seed']})")
         elif kind == "extractor":
-            log(f"training the frozen feature extractor ({e['steps']} steps, source classes only)")
+            log(f"training the frozen feature extractor ({e['steps']} steps, source data only)")
         elif kind == "plan":
             log(
                 f"{e['planned']} run(s) planned, {e['skipped']} already complete, "

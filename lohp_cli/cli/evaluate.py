@@ -39,7 +39,8 @@ def evaluate(
         str | None,
         typer.Option(
             help="Comma list of sgd, adam, sam, hypernetwork, nearest, mean, nearest-noise, "
-            "class-rows, l2o, l2o-tt, l2o-flat, m-l2o (learned optimizers need --policy NAME=DIR)."
+            "class-rows, erm (domain families), l2o, l2o-tt, l2o-flat, m-l2o (learned optimizers "
+            "need --policy NAME=DIR)."
         ),
     ] = None,
     policy: Annotated[

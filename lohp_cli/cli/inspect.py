@@ -67,6 +67,8 @@ def _print_summary(s: dict[str, Any]) -> None:
     t = Table(title=f"lohp store {s['store']}", show_header=False)
     for key in SUMMARY_KEYS:
         t.add_row(key, str(s[key]))
+        if key == "ways" and s.get("test_domain") is not None:
+            t.add_row("test_domain (held out)", str(s["test_domain"]))
     if s["bytes_on_disk"] is not None:
         t.add_row("bytes_on_disk", f"{s['bytes_on_disk']:,}")
     if s["compression_ratio"]:

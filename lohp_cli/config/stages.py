@@ -49,7 +49,15 @@ class GenerateConfig(Frozen):
 DEFAULT_BASELINES = ("sgd", "adam", "sam", "hypernetwork")
 DEFAULT_FRONTIER_STEPS = (1, 2, 5, 10, 20, 50, 100, 200)
 MEMORIZATION_BASELINES = ("nearest", "mean", "nearest-noise", "class-rows")
-BASELINES = (*DEFAULT_BASELINES, *MEMORIZATION_BASELINES, "l2o", "l2o-tt", "l2o-flat", "m-l2o")
+BASELINES = (
+    *DEFAULT_BASELINES,
+    *MEMORIZATION_BASELINES,
+    "erm",
+    "l2o",
+    "l2o-tt",
+    "l2o-flat",
+    "m-l2o",
+)
 
 
 class EvaluateConfig(Frozen):
@@ -60,9 +68,10 @@ class EvaluateConfig(Frozen):
         description="Baselines on the same tasks: sgd, adam, sam (each for T·r and for N "
         "optimizer steps, and for frontier_steps), hypernetwork (trained here on the policy's "
         "store unless given in policies), the memorisation baselines nearest, mean, "
-        "nearest-noise, class-rows (looked up in the endpoints of the policy's source runs) and "
-        "the learned optimizers l2o, l2o-tt, l2o-flat, m-l2o (each needs its policy in policies "
-        "under the same name).",
+        "nearest-noise, class-rows (looked up in the endpoints of the policy's source runs), erm "
+        "(a domain family's baseline: Adam on the task in the pooled source domains, never the "
+        "held-out one) and the learned optimizers l2o, l2o-tt, l2o-flat, m-l2o (each needs its "
+        "policy in policies under the same name).",
     )
     hypernetwork_steps: int = Field(1500, ge=1, description="Training steps of that hypernetwork.")
     policies: dict[str, str] = Field(

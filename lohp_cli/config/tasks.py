@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from lohp_cli.config.base import Frozen, registered
 
@@ -22,6 +22,12 @@ class TaskConfig(Frozen):
         0.2, gt=0, lt=1, description="Fraction of class combinations reserved for target tasks."
     )
     split_seed: int = Field(0, description="Seed of the source/target split and example choice.")
+    test_domain: int | None = Field(
+        None,
+        description="The held-out domain of a domain family (rotated-fmnist: the rotation angle "
+        "in degrees, one of 0, 15, 30, 45, 60, 75): target tasks lie in it, source tasks and the "
+        "feature extractor never see it.",
+    )
     data_root: str | None = Field(
         None, description="Directory with the data set files; default: the usual system places."
     )
@@ -35,6 +41,29 @@ class TaskConfig(Frozen):
         from lohp_cli.tasks.families import FAMILIES
 
         return registered(v, FAMILIES, "task family")
+
+    @model_validator(mode="after")
+    def _known_domain(self) -> TaskConfig:
+        from lohp_cli.tasks.families import FAMILIES
+
+        domains = FAMILIES[self.family].domains
+        listed = ", ".join(map(str, domains))
+        if domains and self.test_domain is None:
+            raise ValueError(
+                f"task family '{self.family}' needs task.test_domain, the held-out domain: one "
+                f"of {listed}"
+            )
+        if self.test_domain is not None and self.test_domain not in domains:
+            if not domains:
+                raise ValueError(
+                    f"task.test_domain={self.test_domain} is for domain families such as "
+                    f"rotated-fmnist; '{self.family}' has no domains"
+                )
+            raise ValueError(
+                f"task.test_domain={self.test_domain} is not a domain of '{self.family}'; "
+                f"choose one of {listed}"
+            )
+        return self
 
 
 class ModelConfig(Frozen):

@@ -8,6 +8,7 @@
 ``optimizer``     SGD/Adam/SAM for a step budget.
 ``memorization``  nearest, mean, nearest-noise, class-rows: weights looked up in the source
                   endpoints, never trained.
+``erm``           DomainBed's ERM for domain families: Adam on a task's pooled source domains.
 ``registry``      baseline names → factories; plug-ins (the learned optimizers in
                   :mod:`lohp_cli.l2o.method`) register themselves when the stage imports them.
 """

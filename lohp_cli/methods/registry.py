@@ -18,6 +18,7 @@ from lohp_cli.artifacts.policy import stored_method
 from lohp_cli.config import EvaluateConfig
 from lohp_cli.errors import ConfigError
 from lohp_cli.methods.base import Method
+from lohp_cli.methods.erm import erm_baseline
 from lohp_cli.methods.hypernetwork import hypernetwork_baseline
 from lohp_cli.methods.memorization import NAMES as MEMORIZATION
 from lohp_cli.methods.memorization import memorization_baseline
@@ -44,6 +45,7 @@ _BASELINES: dict[str, Baseline] = {
     "sam": Baseline(_optimizers, stepped=True),
     "hypernetwork": Baseline(hypernetwork_baseline),
     **{name: Baseline(memorization_baseline) for name in MEMORIZATION},
+    "erm": Baseline(erm_baseline),  # domain families only: Adam on the pooled source domains
 }
 _POLICY_KINDS: dict[str, PolicyFactory] = {}
 

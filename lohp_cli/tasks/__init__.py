@@ -1,16 +1,19 @@
 """Task families and tasks, data sets, target models and their layouts.
 
-Importing the package registers the built-in families (:mod:`lohp_cli.tasks.classes`) and
-target models (:mod:`lohp_cli.tasks.models`).
+Importing the package registers the built-in families (:mod:`lohp_cli.tasks.classes`, the
+domain family :mod:`lohp_cli.tasks.rotated`) and target models (:mod:`lohp_cli.tasks.models`).
 """
 
 from lohp_cli.tasks.classes import ClassSubsetFamily, ClassTask
 from lohp_cli.tasks.families import FAMILIES, Task, TaskFamily, make_family, register_family
+from lohp_cli.tasks.rotated import RotatedFamily, RotatedTask
 
 __all__ = [
     "FAMILIES",
     "ClassSubsetFamily",
     "ClassTask",
+    "RotatedFamily",
+    "RotatedTask",
     "Task",
     "TaskFamily",
     "make_family",

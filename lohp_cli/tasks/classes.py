@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -57,12 +57,12 @@ class ClassTask(ImageTask):
         if part == "test":
             test_y = fam.data.test_y[idx.test]
             counts = [int((test_y == c).sum()) for c in self.classes]
-            return fam.data.test_x[idx.test], torch.from_numpy(fam.labels(counts))
+            return fam.images("test", idx.test), torch.from_numpy(fam.labels(counts))
         if part == "train":
             rows, per = idx.train, cfg.train_per_class
         else:
             rows, per = idx.support, cfg.support_per_class
-        return fam.data.train_x[rows], torch.from_numpy(fam.labels([per] * cfg.ways))
+        return fam.images("train", rows), torch.from_numpy(fam.labels([per] * cfg.ways))
 
 
 class ClassSubsetFamily(ImageFamily):
@@ -104,6 +104,24 @@ class ClassSubsetFamily(ImageFamily):
         """Classes that source tasks (and the feature extractor) may use."""
         hold = set(self.cfg.holdout_classes)
         return tuple(c for c in range(self.data.num_classes) if c not in hold)
+
+    def extractor_rows(self) -> np.ndarray:
+        """Rows of the training images a frozen feature extractor may train on: those of the
+        source classes."""
+        return np.flatnonzero(np.isin(self.data.train_y, self.source_classes))
+
+    def extractor_data(self) -> tuple[np.ndarray, torch.Tensor, int]:
+        """What a frozen feature extractor trains on: uint8 images ``[N, C, H, W]`` (the
+        :meth:`extractor_rows`), their labels ``[N]`` renumbered 0..K-1 over the source classes,
+        and K."""
+        rows, classes = self.extractor_rows(), self.source_classes
+        remap = {c: i for i, c in enumerate(classes)}
+        y = torch.tensor([remap[int(c)] for c in self.data.train_y[rows]], dtype=torch.int64)
+        return self.images("train", rows), y, len(classes)
+
+    def extractor_scope(self) -> dict[str, Any]:
+        """What the frozen extractor's attrs record about the data it saw."""
+        return {"trained_on_classes": list(self.source_classes)}
 
     def _is_target_combo(self, combo: tuple[int, ...]) -> bool:
         u = derive_seed(self.cfg.split_seed, "combo", *combo) / 2**63
@@ -158,18 +176,33 @@ class ClassSubsetFamily(ImageFamily):
         rng = np.random.default_rng(derive_seed(cfg.split_seed, "examples", task.id))
         train, support, test = [], [], []
         for cls in task.classes:
-            pool = rng.permutation(np.flatnonzero(self.data.train_y == cls))
+            pool = rng.permutation(self.pool(task, cls, "train"))
             need = cfg.train_per_class + cfg.support_per_class
             if len(pool) < need:
                 raise DataError(
-                    f"Class {cls} of '{self.name}' has {len(pool)} training images; train_per_class"
-                    f" + support_per_class = {need}. Lower them with --set task.train_per_class=..."
+                    f"Class {cls} of '{self.name}'{self.pool_note(task)} has {len(pool)} training "
+                    f"images; train_per_class + support_per_class = {need}. Lower them with --set "
+                    "task.train_per_class=..."
                 )
             train.append(pool[: cfg.train_per_class])
             support.append(pool[cfg.train_per_class : need])
-            tpool = rng.permutation(np.flatnonzero(self.data.test_y == cls))
+            tpool = rng.permutation(self.pool(task, cls, "test"))
             test.append(tpool[: cfg.test_per_class])
         return TaskIndices(np.concatenate(train), np.concatenate(support), np.concatenate(test))
+
+    def pool(self, task: ClassTask, cls: int, part: Literal["train", "test"]) -> np.ndarray:
+        """Rows of the ``part`` images of class ``cls`` that ``task`` may draw from: all of them
+        (a domain family: those of the task's domain)."""
+        labels = self.data.train_y if part == "train" else self.data.test_y
+        return np.flatnonzero(labels == cls)
+
+    def pool_note(self, task: ClassTask) -> str:
+        """Where :meth:`pool` draws from, for error messages (a domain family: the domain)."""
+        return ""
+
+    def images(self, part: Literal["train", "test"], rows: np.ndarray) -> np.ndarray:
+        """uint8 images ``[len(rows), C, H, W]`` of the ``part`` split, as tasks see them."""
+        return (self.data.train_x if part == "train" else self.data.test_x)[rows]
 
     def labels(self, counts: list[int]) -> np.ndarray:
         """Task labels ``[sum(counts)]`` for per-class blocks of the given sizes."""

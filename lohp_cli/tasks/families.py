@@ -90,6 +90,7 @@ class TaskFamily(ABC):
     """A family of tasks sharing one target-model interface (input shape, ``ways`` outputs)."""
 
     name: ClassVar[str] = ""
+    domains: ClassVar[tuple[int, ...]] = ()  # a domain family's domains; one is held out
 
     def __init__(self, cfg: TaskConfig) -> None:
         self.cfg = cfg
@@ -115,6 +116,14 @@ class TaskFamily(ABC):
     def check_id(self, task_id: str) -> str:
         """``task_id`` when it names a task of this family; a ConfigError otherwise."""
         return self.task(task_id).id
+
+    def in_source_domains(self, task: Task) -> list[Task]:
+        """The same task (classes, label order) in each source domain of a domain family, for
+        domain-generalization baselines; a ConfigError for a family without domains."""
+        raise ConfigError(
+            f"Task family '{self.name}' has no domains; domain generalization needs a domain "
+            "family such as rotated-fmnist (with task.test_domain)."
+        )
 
     def foreign(self, task_id: str, why: str) -> ConfigError:
         """The error for an id this family does not own."""

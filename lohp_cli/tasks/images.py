@@ -47,10 +47,15 @@ class ImageFamily(TaskFamily):
     def input_shape(self) -> tuple[int, ...]:
         return self.data.image_shape
 
+    def stats_images(self) -> np.ndarray:
+        """uint8 images ``[N, C, H, W]`` the standardisation statistics come from: every 7th
+        training image (a domain family: of its source domains only)."""
+        return self.data.train_x[::7]
+
     def channel_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-channel mean and std ``[C]`` of the training images in [0, 1] (cached)."""
+        """Per-channel mean and std ``[C]`` of :meth:`stats_images` in [0, 1] (cached)."""
         if self._stats is None:
-            x = self.data.train_x[::7].astype(np.float64) / 255.0
+            x = self.stats_images().astype(np.float64) / 255.0
             mean = x.mean(axis=(0, 2, 3))
             std = x.std(axis=(0, 2, 3)) + 1e-6
             self._stats = (
@@ -74,7 +79,10 @@ class ImageFamily(TaskFamily):
             "num_classes": self.data.num_classes,
             "image_shape": list(self.data.image_shape),
             "data_fingerprint": self.data.fingerprint(),
-            **self.cfg.model_dump(mode="json", exclude={"data_root", "family", "download"}),
+            # test_domain: a domain family records it itself (older stores lack the key)
+            **self.cfg.model_dump(
+                mode="json", exclude={"data_root", "family", "download", "test_domain"}
+            ),
         }
 
 

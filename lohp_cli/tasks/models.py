@@ -16,7 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -215,21 +214,17 @@ def build_target(cfg: ModelConfig, image_shape: tuple[int, ...], classes: int) -
 def train_extractor(
     family: Any, model_cfg: ModelConfig, seed: int, batch_size: int = 128
 ) -> FeatureExtractor:
-    """Train the frozen feature extractor on the training images of source classes only.
+    """Train the frozen feature extractor on what the family allows: the training images of
+    its source classes only (a domain family: of its source domains only).
 
-    ``family`` is an image family (``data``, ``source_classes``, ``standardise``). Deterministic
-    on CPU for a given seed. Returns the extractor in eval mode, gradients off.
+    ``family`` is a class-subset family (``extractor_data``, ``standardise``). Deterministic on
+    CPU for a given seed. Returns the extractor in eval mode, gradients off.
     """
-    data = family.data
-    classes = family.source_classes
-    keep = np.isin(data.train_y, classes)
-    remap = {c: i for i, c in enumerate(classes)}
-    x_all = data.train_x[keep]
-    y_all = torch.tensor([remap[int(c)] for c in data.train_y[keep]], dtype=torch.int64)
+    x_all, y_all, n_classes = family.extractor_data()  # [N, C, H, W] uint8, [N] in 0..K-1
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        ext = FeatureExtractor(data.image_shape[0], model_cfg.feature_dim)
-        clf = nn.Linear(model_cfg.feature_dim, len(classes))
+        ext = FeatureExtractor(x_all.shape[1], model_cfg.feature_dim)
+        clf = nn.Linear(model_cfg.feature_dim, n_classes)
         opt = torch.optim.Adam([*ext.parameters(), *clf.parameters()], lr=1e-3)
         gen = torch.Generator().manual_seed(seed)
         for _ in range(model_cfg.extractor_steps):
@@ -251,7 +246,7 @@ def _trained_extractor(
     attrs = {
         "architecture": "FeatureExtractor",
         "feature_dim": cfg.feature_dim,
-        "trained_on_classes": list(family.source_classes),
+        **family.extractor_scope(),
     }
     return ext, attrs
 

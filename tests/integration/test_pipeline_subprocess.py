@@ -155,11 +155,12 @@ def test_collect_train_generate_evaluate(tmp_path: Path) -> None:
     # local-policy check along the optimizers' own paths, where every method started, the paired
     # differences and the frontier
     assert set(report) == {
-        "schema", "schema_version", "generated", "policy", "family", "model", "init",
+        "schema", "schema_version", "generated", "policy", "family", "test_domain", "model",
+        "init",
         "param_count", "tasks", "samples_per_task", "optimizer_steps_full", "device", "methods",
         "timing", "cosine", "locality", "paired", "frontier", "config", "provenance",
     }  # fmt: skip
-    assert report["init"] == "per_run"
+    assert report["init"] == "per_run" and report["test_domain"] is None  # no domain family
     assert set(report["locality"]["optimizers"]) == {"adam", "sgd"}  # the store's, all learned
     assert report["timing"]["device"] == report["device"] == "cpu"
     assert report["timing"]["repeats"] == 2 and report["timing"]["warmup_runs"] == 1
