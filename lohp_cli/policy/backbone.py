@@ -6,7 +6,8 @@ Every backbone maps ``(s [B, P], emb [B, E])`` to two output channels ``[B, 2, P
 mean step f and the backward mean step b. With ``policy.state_input = "grad"`` the input is
 ``[B, 2, P]`` (the state and the support-loss gradient direction, :func:`input_channels`). Output
 layers start at zero: an untrained policy is the identity. A builder registered with
-:func:`register_backbone` receives the target model's parameter layout, the condition size, the number of policy steps and the policy config;
+:func:`register_backbone` receives the target model's parameter layout, the condition size, the
+number of policy steps and the policy config;
 :class:`~lohp_cli.policy.gaussian.LoHpPolicy` takes the module it returns. A backbone whose
 ``takes_condition`` attribute is True is called as ``(s, emb, cond)`` with the normalised task
 condition, and the policy leaves the condition out of ``emb``.
