@@ -5,6 +5,10 @@
 ``policy``        a trained policy directory, and the generated store's own weights.
 ``hypernetwork``  the hypernetwork baseline, trained here through :mod:`lohp_cli.policy.fit`.
 ``optimizer``     SGD/Adam/SAM for a step budget.
+``prototype``     the nearest-class-mean classifier as the ``head`` model's linear weights
+                  (registers itself; imported here, so every user of the package has it).
 ``registry``      baseline names → factories; plug-ins (the learned optimizers in
                   :mod:`lohp_cli.l2o.method`) register themselves when the stage imports them.
 """
+
+import lohp_cli.methods.prototype  # noqa: F401 - registers the prototype baseline
