@@ -206,7 +206,8 @@ class FewShotFamily(ImageFamily):
             for c in pool.classes:
                 if len(pool.rows[c]) < need:
                     raise ConfigError(
-                        f"task.shots + task.queries = {cfg.shots} + {cfg.queries} exceeds the "
+                        f"task.shots + task.queries = {cfg.shots} + {cfg.queries} = {need} "
+                        "exceeds the "
                         f"{len(pool.rows[c])} {kind} images of class {c} of '{pool.domain}' "
                         f"({'meta-train' if split == 'source' else 'meta-test'} episodes); lower "
                         "--set task.shots=... or task.queries=..."

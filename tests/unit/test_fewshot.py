@@ -165,7 +165,7 @@ def test_there_is_no_target_hard_split(fam: FewShotFamily) -> None:
         # digits has about 60 test images per class
         (
             {"shots": 50, "queries": 15},
-            r"task.shots \+ task.queries = 50 \+ 15 exceeds the \d+ "
+            r"task.shots \+ task.queries = 50 \+ 15 = 65 exceeds the \d+ "
             r"test images of class \d of 'digits' \(meta-test episodes\)",
         ),
         (
