@@ -111,7 +111,7 @@ def markdown_report(r: dict[str, Any]) -> str:
         if (m.get("policy") or {}).get("state_input") == "grad":
             mark, grad = " (gradient input)", True
         lines.append(
-            f"| {m['name']}{mark} | {m['kind']} | {m['steps']} | "
+            f"| {m['name']}{mark} | {m['kind']} | {'-' if m['steps'] is None else m['steps']} | "
             f"{m['acc_mean']:.4f} ± {m['acc_std']:.4f} | {lat} |"
         )
     if grad:
@@ -121,6 +121,7 @@ def markdown_report(r: dict[str, Any]) -> str:
             "gradient at the current weights: a learned optimizer with gradient access, not the "
             "paper's gradient-free policy (docs/policy.md).",
         ]
+    lines += interval_lines(r["methods"])
     ks = k_study(r)
     if len(ks) >= 2:
         opts = ks[0]["policy"]["optimizers"]
@@ -173,6 +174,30 @@ def markdown_report(r: dict[str, Any]) -> str:
     lines += matched_lines(r.get("matched"))
     lines += locality_lines(r.get("locality"))
     return "\n".join(lines) + "\n"
+
+
+def interval_lines(methods: list[dict[str, Any]]) -> list[str]:
+    """Each row's mean accuracy with its 95 % interval over tasks (rows of reports older than
+    ``acc_ci95``, or of one task, have none)."""
+    rows = [m for m in methods if m.get("acc_ci95")]
+    if not rows:
+        return []
+    lines = [
+        "",
+        "Mean accuracy with its 95 % interval over tasks: mean ± 1.96 · s / √n, s the standard "
+        "deviation of the n tasks' mean accuracies (for few-shot episodes: the literature's "
+        "interval over episodes).",
+        "",
+        "| method | tasks | accuracy ± 95 % interval | interval |",
+        "|---|---|---|---|",
+    ]
+    for m in rows:
+        lo, hi = m["acc_ci95"]
+        lines.append(
+            f"| {m['name']} | {m['n_tasks']} | {m['acc_mean']:.4f} ± {(hi - lo) / 2:.4f} | "
+            f"[{lo:.4f}, {hi:.4f}] |"
+        )
+    return lines
 
 
 def _iqr(s: dict[str, Any]) -> str:

@@ -31,7 +31,11 @@ def collect(
         str | None, typer.Option("--out", "-o", help="Output store: path or fsspec URL.")
     ] = None,
     family: Annotated[
-        str | None, typer.Option(help="Task family: fmnist, cifar10, digits, rotated-fmnist.")
+        str | None,
+        typer.Option(
+            help="Task family: fmnist, cifar10, digits, the domain family rotated-fmnist, or "
+            "few-shot episodes fewshot-fmnist, fewshot-digits (--set task.shots=K)."
+        ),
     ] = None,
     model: Annotated[str | None, typer.Option(help="Target model: head, mlp, cnn.")] = None,
     tasks: Annotated[int | None, typer.Option(help="Number of source tasks.")] = None,

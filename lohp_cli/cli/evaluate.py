@@ -39,8 +39,8 @@ def evaluate(
         str | None,
         typer.Option(
             help="Comma list of sgd, adam, sam, hypernetwork, nearest, mean, nearest-noise, "
-            "class-rows, erm (domain families), l2o, l2o-tt, l2o-flat, m-l2o (learned optimizers "
-            "need --policy NAME=DIR)."
+            "class-rows, erm (domain families), prototype (head model), l2o, l2o-tt, l2o-flat, "
+            "m-l2o (learned optimizers need --policy NAME=DIR)."
         ),
     ] = None,
     policy: Annotated[
@@ -84,16 +84,19 @@ def _done(r: dict[str, Any]) -> None:
     from rich.table import Table
 
     t = Table(title=f"{r['family']} / {r['model']}: {len(r['tasks'])} task(s)")
-    for col in ("method", "kind", "steps", "accuracy", "latency ms/task (batch 1)"):
+    cols = ("method", "kind", "steps", "accuracy ± std", "95 % CI (tasks)", "latency ms/task")
+    for col in cols:
         t.add_column(col, justify="left" if col in ("method", "kind") else "right")
     t.caption = (
-        f"latency: weights of one task at batch size 1 on {r['device']}, median after a warm-up"
+        f"latency: weights of one task at batch size 1 on {r['device']}, median after a warm-up;"
+        " 95 % CI: ± 1.96 · s / √n over the tasks' mean accuracies"
     )
     for m in r["methods"]:
         lat = "-" if m["latency_ms_batch1"] is None else f"{m['latency_ms_batch1']:.3f}"
-        t.add_row(
-            m["name"], m["kind"], str(m["steps"]), f"{m['acc_mean']:.4f} ± {m['acc_std']:.4f}", lat
-        )
+        ci = m.get("acc_ci95")
+        half = "-" if not ci else f"± {(ci[1] - ci[0]) / 2:.4f}"
+        acc = f"{m['acc_mean']:.4f} ± {m['acc_std']:.4f}"
+        t.add_row(m["name"], m["kind"], str(m["steps"]), acc, half, lat)
     if verbosity() >= 0:
         err_console.print(t)
     typer.echo(r["config"]["out"])

@@ -30,7 +30,10 @@ def generate(
     ] = None,
     tasks: Annotated[
         str | None,
-        typer.Option(help="target, target-hard, source, comma-separated task ids, or @FILE."),
+        typer.Option(
+            help="target, target-hard, source, comma-separated task ids, or @FILE (few-shot "
+            "families: source = meta-train episodes, target = meta-test episodes)."
+        ),
     ] = None,
     num_tasks: Annotated[int | None, typer.Option(help="How many tasks of a split.")] = None,
     samples: Annotated[int | None, typer.Option(help="Weight vectors per task.")] = None,

@@ -53,6 +53,7 @@ BASELINES = (
     *DEFAULT_BASELINES,
     *MEMORIZATION_BASELINES,
     "erm",
+    "prototype",
     "l2o",
     "l2o-tt",
     "l2o-flat",
@@ -70,8 +71,9 @@ class EvaluateConfig(Frozen):
         "store unless given in policies), the memorisation baselines nearest, mean, "
         "nearest-noise, class-rows (looked up in the endpoints of the policy's source runs), erm "
         "(a domain family's baseline: Adam on the task in the pooled source domains, never the "
-        "held-out one) and the learned optimizers l2o, l2o-tt, l2o-flat, m-l2o (each needs its "
-        "policy in policies under the same name).",
+        "held-out one), prototype (nearest class mean of the frozen features, head model only) "
+        "and the learned optimizers l2o, l2o-tt, l2o-flat, m-l2o (each needs its policy in "
+        "policies under the same name).",
     )
     hypernetwork_steps: int = Field(1500, ge=1, description="Training steps of that hypernetwork.")
     policies: dict[str, str] = Field(

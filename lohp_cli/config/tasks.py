@@ -34,6 +34,24 @@ class TaskConfig(Frozen):
     download: bool = Field(
         False, description="Let torchvision download a missing data set into data_root."
     )
+    shots: int = Field(
+        1,
+        ge=1,
+        description="Few-shot families only: K labelled support images per class of an episode "
+        "(its training split, and what its condition is computed from).",
+    )
+    queries: int = Field(
+        15,
+        ge=1,
+        description="Few-shot families only: Q query images per class of an episode (its test "
+        "split).",
+    )
+    meta_test: str | None = Field(
+        None,
+        description="Few-shot families only: the data set meta-test episodes come from (digits "
+        "for cross-domain episodes, resized to the family's input size); default: the family's "
+        "own data set, on the held-out classes.",
+    )
 
     @field_validator("family")
     @classmethod
@@ -64,6 +82,13 @@ class TaskConfig(Frozen):
                 f"choose one of {listed}"
             )
         return self
+
+    @field_validator("meta_test")
+    @classmethod
+    def _known_meta_test(cls, v: str | None) -> str | None:
+        from lohp_cli.tasks.fewshot import DOMAINS
+
+        return v if v is None else registered(v, DOMAINS, "meta-test domain")
 
 
 class ModelConfig(Frozen):

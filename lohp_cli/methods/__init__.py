@@ -9,6 +9,10 @@
 ``memorization``  nearest, mean, nearest-noise, class-rows: weights looked up in the source
                   endpoints, never trained.
 ``erm``           DomainBed's ERM for domain families: Adam on a task's pooled source domains.
+``prototype``     the nearest-class-mean classifier as the ``head`` model's linear weights
+                  (registers itself; imported here, so every user of the package has it).
 ``registry``      baseline names → factories; plug-ins (the learned optimizers in
                   :mod:`lohp_cli.l2o.method`) register themselves when the stage imports them.
 """
+
+import lohp_cli.methods.prototype  # noqa: F401 - registers the prototype baseline

@@ -23,6 +23,7 @@ from lohp_cli.config import OptimizersConfig
 from lohp_cli.policy.artifact import StartRule, start_rule
 from lohp_cli.policy.context import TaskContext
 from lohp_cli.scoring import accuracy
+from lohp_cli.stats import normal_mean_ci
 from lohp_cli.store.sampler import NormStats
 from lohp_cli.tasks.inputs import TaskTensors
 
@@ -114,13 +115,22 @@ class MethodResult:
     task_acc: list[float] = field(default_factory=list)  # per task, mean over its samples
 
     def summary(self) -> dict[str, Any]:
+        """The row of report.json: accuracy mean and std over every (task, start), and the 95 %
+        interval of the mean over the tasks' mean accuracies (1.96 · s / √n_tasks; None with
+        fewer than two tasks)."""
         a = np.asarray(self.accuracies)
+        ci = normal_mean_ci(self.task_acc) if self.task_acc else None
+        interval = None
+        if ci is not None and ci.low is not None and ci.high is not None:
+            interval = [round(ci.low, 4), round(ci.high, 4)]
         return {
             "name": self.name,
             "kind": self.kind,
             "acc_mean": round(float(a.mean()), 4),
             "acc_std": round(float(a.std()), 4),
             "n": int(a.size),
+            "n_tasks": len(self.task_acc),
+            "acc_ci95": interval,
             "latency_ms_batch1": None
             if self.latency_ms_batch1 is None
             else round(self.latency_ms_batch1, 4),

@@ -1,11 +1,13 @@
 """Task families and tasks, data sets, target models and their layouts.
 
 Importing the package registers the built-in families (:mod:`lohp_cli.tasks.classes`, the
-domain family :mod:`lohp_cli.tasks.rotated`) and target models (:mod:`lohp_cli.tasks.models`).
+domain family :mod:`lohp_cli.tasks.rotated`, the few-shot episodes of
+:mod:`lohp_cli.tasks.fewshot`) and target models (:mod:`lohp_cli.tasks.models`).
 """
 
 from lohp_cli.tasks.classes import ClassSubsetFamily, ClassTask
 from lohp_cli.tasks.families import FAMILIES, Task, TaskFamily, make_family, register_family
+from lohp_cli.tasks.fewshot import Episode, FewShotFamily
 from lohp_cli.tasks.rotated import RotatedFamily, RotatedTask
 
 __all__ = [
@@ -14,6 +16,8 @@ __all__ = [
     "ClassTask",
     "RotatedFamily",
     "RotatedTask",
+    "Episode",
+    "FewShotFamily",
     "Task",
     "TaskFamily",
     "make_family",

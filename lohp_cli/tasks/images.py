@@ -11,12 +11,13 @@ a few labelled examples.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
 
 from lohp_cli.config import ModelConfig, TaskConfig
+from lohp_cli.errors import ConfigError
 from lohp_cli.tasks.datasets import ImageData
 from lohp_cli.tasks.families import Task, TaskFamily, TaskTensors
 from lohp_cli.tasks.models import Frozen, target_model
@@ -32,13 +33,45 @@ def class_means(x: torch.Tensor, y: torch.Tensor, classes: int) -> torch.Tensor:
     return (out / counts[:, None]).reshape(-1)
 
 
+def channel_stats(images: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std ``[C]`` of uint8 images ``[N, C, H, W]``, in [0, 1]."""
+    x = images.astype(np.float64) / 255.0
+    mean, std = x.mean(axis=(0, 2, 3)), x.std(axis=(0, 2, 3)) + 1e-6
+    return torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+
+
+def standardise_images(images: np.ndarray, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[N, C, H, W]`` -> float32 ``(x / 255 - mean) / std`` per channel."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
+    return (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+
+
 class ImageFamily(TaskFamily):
-    """A family of tasks over one labelled image data set (:meth:`load`)."""
+    """A family of tasks over one labelled image data set (:meth:`load`).
+
+    ``unused_keys``: the ``task`` config keys the family does not read (left out of
+    :meth:`describe`, and an error when set to anything but their default).
+    """
+
+    unused_keys: ClassVar[tuple[str, ...]] = ("shots", "queries", "meta_test")
 
     def __init__(self, cfg: TaskConfig) -> None:
         super().__init__(cfg)
+        fields = TaskConfig.model_fields
+        wrong = [k for k in self.unused_keys if getattr(cfg, k) != fields[k].default]
+        if wrong:
+            keys = ", ".join(f"task.{k}" for k in wrong)
+            raise ConfigError(
+                f"{keys} {'does' if len(wrong) == 1 else 'do'} not apply to task family "
+                f"'{self.name}'; leave {'it' if len(wrong) == 1 else 'them'} out{self.unused_hint}."
+            )
         self.data = self.load()
         self._stats: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def unused_hint(self) -> str:
+        """What to use instead of the unused keys (the end of that error)."""
+        return " (shots, queries and meta_test belong to the few-shot families)"
 
     def load(self) -> ImageData:
         raise NotImplementedError
@@ -55,20 +88,12 @@ class ImageFamily(TaskFamily):
     def channel_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel mean and std ``[C]`` of :meth:`stats_images` in [0, 1] (cached)."""
         if self._stats is None:
-            x = self.stats_images().astype(np.float64) / 255.0
-            mean = x.mean(axis=(0, 2, 3))
-            std = x.std(axis=(0, 2, 3)) + 1e-6
-            self._stats = (
-                torch.tensor(mean, dtype=torch.float32),
-                torch.tensor(std, dtype=torch.float32),
-            )
+            self._stats = channel_stats(self.stats_images())
         return self._stats
 
     def standardise(self, images: np.ndarray) -> torch.Tensor:
         """uint8 ``[N, C, H, W]`` -> float32 standardised with the training set's channel stats."""
-        mean, std = self.channel_stats()
-        x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
-        return (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+        return standardise_images(images, *self.channel_stats())
 
     def condition_dim(self, model_cfg: ModelConfig) -> int:
         return self.ways * target_model(model_cfg).feature_dim(model_cfg, self.input_shape)
@@ -81,7 +106,8 @@ class ImageFamily(TaskFamily):
             "data_fingerprint": self.data.fingerprint(),
             # test_domain: a domain family records it itself (older stores lack the key)
             **self.cfg.model_dump(
-                mode="json", exclude={"data_root", "family", "download", "test_domain"}
+                mode="json",
+                exclude={"data_root", "family", "download", "test_domain", *self.unused_keys},
             ),
         }
 

@@ -92,6 +92,22 @@ def test_markdown_has_k_study_and_optimizer_tables_only_when_there_is_data() -> 
     assert "k study" not in plain and "Optimizer combinations" not in plain
 
 
+def test_markdown_gives_each_rows_interval_over_tasks() -> None:
+    row = MethodResult("prototype", "prototype", [0.0, 1.0, 0.0, 1.0], 0.1)
+    row.task_acc = [0.0, 1.0, 0.0, 1.0]  # four tasks of one sample each
+    summary = row.summary()
+    assert summary["n_tasks"] == 4 and summary["acc_ci95"] == [-0.0658, 1.0658]
+    md = markdown_report(_report([summary]))
+    assert "mean ± 1.96 · s / √n" in md
+    assert "| prototype | 4 | 0.5000 ± 0.5658 | [-0.0658, 1.0658] |" in md
+    assert "| prototype | prototype | - | 0.5000 ± 0.5000 |" in md  # no steps: "-"
+    # rows of one task (and reports from before acc_ci95) have no interval section
+    one = MethodResult("adam-5", "optimizer", [0.5], 1.0, 5)
+    one.task_acc = [0.5]
+    assert one.summary()["acc_ci95"] is None
+    assert "95 % interval" not in markdown_report(_report([one.summary()]))
+
+
 def test_method_rows_name_the_latency_they_hold() -> None:
     row = MethodResult("lo-hp (k=2)", "generated", [0.5], 2.34567, 20).summary()
     assert row["latency_ms_batch1"] == 2.3457 and "latency_ms" not in row

@@ -26,6 +26,7 @@ from lohp_cli.optim.loop import train_loop
 from lohp_cli.policy.artifact import initial_state
 from lohp_cli.runtime import derive_seed
 from lohp_cli.scoring import accuracy
+from lohp_cli.stats import normal_mean_ci
 from lohp_cli.store.generated import open_generated
 from lohp_cli.tasks.models import build_target, flat_params, load_flat
 from lohp_cli.train import train_policy
@@ -222,12 +223,17 @@ def test_a_plugged_in_method_is_a_row_of_the_report(
     assert list(rows) == ["lo-hp (k=2)", "starts"]
     c, _ = ctx
     accs = [accuracy(c.net, th, c.data[t])[0] for t in c.tasks for th in c.starts(t).theta0]
+    ci = normal_mean_ci(
+        [float(np.mean(accs[i : i + SAMPLES])) for i in range(0, len(accs), SAMPLES)]
+    )
     assert rows["starts"] == {
         "name": "starts",
         "kind": "memorised",
         "acc_mean": round(float(np.mean(accs)), 4),
         "acc_std": round(float(np.std(accs)), 4),
         "n": len(c.tasks) * SAMPLES,
+        "n_tasks": len(c.tasks),
+        "acc_ci95": [round(ci.low, 4), round(ci.high, 4)],  # over the tasks' mean accuracies
         "latency_ms_batch1": 2.5,
         "steps": None,
         "policy": None,

@@ -10,6 +10,7 @@ import pytest
 from lohp_cli.stats import (
     best_within,
     mean_ci,
+    normal_mean_ci,
     paired_difference,
     pareto_front,
     t_central,
@@ -62,6 +63,21 @@ def test_mean_ci_of_one_two_three() -> None:
     assert ci.low == pytest.approx(2 - 2.4841377118, abs=1e-9)
     assert ci.high == pytest.approx(2 + 2.4841377118, abs=1e-9)
     assert ci.side == "tie"
+
+
+def test_normal_interval_is_the_few_shot_literatures() -> None:
+    """[0, 1, 0, 1]: mean 0.5, s = √(1/3), 0.5 ± 1.96 · 0.57735 / 2 = 0.5 ± 0.565803."""
+    ci = normal_mean_ci([0.0, 1.0, 0.0, 1.0])
+    assert (ci.n, ci.mean) == (4, 0.5)
+    assert ci.high - 0.5 == pytest.approx(1.96 * math.sqrt(1 / 3) / 2, abs=1e-12)
+    assert ci.low == pytest.approx(0.5 - 0.5658032638, abs=1e-9)
+    # 600 episodes: the normal quantile, within 0.2 % of Student's t at 599 degrees of freedom
+    values = [float(i % 7) / 7 for i in range(600)]
+    n, t = normal_mean_ci(values), mean_ci(values)
+    assert (n.high - n.mean) / (t.high - t.mean) == pytest.approx(1.96 / t_quantile(0.975, 599))
+    assert normal_mean_ci([0.4]).low is None
+    with pytest.raises(ValueError):
+        normal_mean_ci([])
 
 
 def test_constant_values_give_a_zero_width_interval() -> None:
