@@ -13,7 +13,6 @@ One process (no DDP).
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -39,6 +38,7 @@ from lohp_cli.losses import check_finite
 from lohp_cli.policy.artifact import (
     TrainResult,
     check_out_dir,
+    end_of_step,
     policy_config_json,
     store_fingerprint,
     truncate_metrics,
@@ -156,17 +156,8 @@ def train_diffusion(cfg: DiffusionTrainConfig, progress: Progress | None = None)
         opt.step()
         step += 1
         last_loss = float(loss.detach())
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            line = {"step": step, "loss": last_loss, "grad_norm": float(gnorm),
-                    "time_s": round(time.perf_counter() - t_start, 3)}  # fmt: skip
-            with open(out / "metrics.jsonl", "a") as fh:
-                fh.write(json.dumps(line) + "\n")
-            emit({"event": "log", **line, "steps": cfg.steps})
-        timed_out = deadline is not None and time.perf_counter() > deadline
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps or timed_out:
-            write_policy(step, step == cfg.steps)
-        if timed_out:
-            emit({"event": "timeout", "step": step})
+        terms = {"loss": last_loss, "grad_norm": gnorm}
+        if end_of_step(step, cfg, out, terms, t_start, deadline, emit, write_policy):
             break
     if step == start and not (out / "model.safetensors").exists():
         write_policy(step, step >= cfg.steps)

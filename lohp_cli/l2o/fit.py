@@ -15,7 +15,6 @@ family, train config, provenance, complete flag), ``model.safetensors``, ``metri
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -53,7 +52,13 @@ from lohp_cli.l2o.optimizer import (
     tune_lr,
 )
 from lohp_cli.l2o.problems import ImageFamily, ProblemFamily, make_family
-from lohp_cli.policy.artifact import TrainResult, check_out_dir, store_fingerprint, truncate_metrics
+from lohp_cli.policy.artifact import (
+    TrainResult,
+    check_out_dir,
+    end_of_step,
+    store_fingerprint,
+    truncate_metrics,
+)
 from lohp_cli.runtime import derive_seed, provenance, resolve_device
 
 
@@ -207,16 +212,7 @@ def train_l2o(cfg: L2OTrainConfig, progress: Any = None) -> Any:
         terms = run_episode(cfg, model, meta_opt, family, instances, teacher, step, device)
         step += 1
         last = terms["loss"]
-        if step % cfg.log_every == 0 or step == cfg.steps:
-            line = {"step": step, **terms, "time_s": round(time.perf_counter() - t_start, 3)}
-            with open(out / "metrics.jsonl", "a") as fh:
-                fh.write(json.dumps(line) + "\n")
-            emit({"event": "log", **line, "steps": cfg.steps})
-        timed_out = deadline is not None and time.perf_counter() > deadline
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps or timed_out:
-            write_policy(step, step == cfg.steps)
-        if timed_out:
-            emit({"event": "timeout", "step": step})
+        if end_of_step(step, cfg, out, terms, t_start, deadline, emit, write_policy):
             break
     if step == start and not (out / "model.safetensors").exists():
         write_policy(step, step >= cfg.steps)

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -184,6 +186,37 @@ def policy_config_json(
         complete=complete,
         provenance=provenance(device),
     ).to_json()
+
+
+def end_of_step(
+    step: int,
+    cfg: Any,
+    out: Path,
+    terms: dict[str, Any],
+    t_start: float,
+    deadline: float | None,
+    emit: Callable[[dict[str, Any]], None],
+    write_policy: Callable[[int, bool], None],
+    writer: bool = True,
+) -> bool:
+    """What every training loop does after step ``step`` (1-based) of ``cfg.steps``: every
+    ``cfg.log_every`` steps and at the end, append ``{step, **terms, time_s}`` to metrics.jsonl
+    (tensors in ``terms`` as floats, read only then) and emit it as a log event; every
+    ``cfg.checkpoint_every`` steps, at the end and once past ``deadline`` (perf_counter
+    seconds), write the policy (``writer``: this process writes files, rank 0). Returns True
+    when past the deadline (stop training)."""
+    if writer and (step % cfg.log_every == 0 or step == cfg.steps):
+        values = {k: float(v) if isinstance(v, torch.Tensor) else v for k, v in terms.items()}
+        line = {"step": step, **values, "time_s": round(time.perf_counter() - t_start, 3)}
+        with open(out / "metrics.jsonl", "a") as fh:
+            fh.write(json.dumps(line) + "\n")
+        emit({"event": "log", **line, "steps": cfg.steps})
+    timed_out = deadline is not None and time.perf_counter() > deadline
+    if writer and (step % cfg.checkpoint_every == 0 or step == cfg.steps or timed_out):
+        write_policy(step, step == cfg.steps)
+    if timed_out:
+        emit({"event": "timeout", "step": step})
+    return timed_out
 
 
 def truncate_metrics(path: Path, step: int) -> None:

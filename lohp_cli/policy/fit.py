@@ -8,7 +8,6 @@ objective is wrapped in DistributedDataParallel (gloo on CPU, nccl on CUDA) and 
 
 from __future__ import annotations
 
-import json
 import os
 import time
 import warnings
@@ -36,6 +35,7 @@ from lohp_cli.policy.artifact import (
     TrainResult,
     build_model,
     check_out_dir,
+    end_of_step,
     policy_config_json,
     store_fingerprint,
     truncate_metrics,
@@ -227,21 +227,8 @@ def train_policy(cfg: TrainConfig, progress: Progress | None = None) -> TrainRes
         opt.step()
         step += 1
         last_loss = float(loss.detach())
-        if rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps):
-            line = {
-                "step": step,
-                **terms,
-                "grad_norm": float(gnorm),
-                "time_s": round(time.perf_counter() - t_start, 3),
-            }
-            with open(out / "metrics.jsonl", "a") as fh:
-                fh.write(json.dumps(line) + "\n")
-            emit({"event": "log", **line, "steps": cfg.steps})
-        timed_out = deadline is not None and time.perf_counter() > deadline
-        if rank == 0 and (step % cfg.checkpoint_every == 0 or step == cfg.steps or timed_out):
-            write_policy(step, step == cfg.steps)
-        if timed_out:
-            emit({"event": "timeout", "step": step})
+        terms_now = {**terms, "grad_norm": gnorm}
+        if end_of_step(step, cfg, out, terms_now, t_start, deadline, emit, write_policy, rank == 0):
             break
     if rank == 0 and step == start:  # nothing to do (already complete): keep the files as they are
         if not (out / "model.safetensors").exists():
