@@ -129,7 +129,7 @@ def context(
     store = task.store.meta
     data = {t: task.task_data(t, device) for t in gmeta.tasks}
     fam = task.family
-    net = build_target(task.model_cfg, fam.data.image_shape, fam.cfg.ways).to(device)
+    net = build_target(task.model_cfg, fam.data.image_shape, fam.cfg.ways, task.frozen).to(device)
     ctx = EvalContext(
         task, data, gcfg.samples, gcfg.seed, device, meta, stats, net,
         store.compat.steps, store.compat.batch_size,
