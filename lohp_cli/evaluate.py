@@ -87,6 +87,8 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     g, gmeta = open_generated(cfg.generated)
     gcfg = GenerateConfig.model_validate(gmeta.config)
     ctx, loaded = context(cfg, gcfg, gmeta, progress or (lambda _e: None))
+    for b in cfg.baselines:
+        registry.check(b, ctx)
     first: list[Method] = [GeneratedMethod(g, cfg.generated, loaded, gcfg.style)]
     first += [registry.policy_method(name, path) for name, path in cfg.policies.items()]
     stepped = [b for b in cfg.baselines if registry.is_stepped(b)]

@@ -38,7 +38,7 @@ class GenerateConfig(Frozen):
 
 DEFAULT_BASELINES = ("sgd", "adam", "sam", "hypernetwork")
 DEFAULT_FRONTIER_STEPS = (1, 2, 5, 10, 20, 50, 100, 200)
-BASELINES = (*DEFAULT_BASELINES, "l2o", "l2o-tt", "l2o-flat", "m-l2o")
+BASELINES = (*DEFAULT_BASELINES, "full-ft", "l2o", "l2o-tt", "l2o-flat", "m-l2o")
 
 
 class EvaluateConfig(Frozen):
@@ -48,10 +48,15 @@ class EvaluateConfig(Frozen):
         DEFAULT_BASELINES,
         description="Baselines on the same tasks: sgd, adam, sam (each for T·r and for N "
         "optimizer steps, and for frontier_steps), hypernetwork (trained here on the policy's "
-        "store unless given in policies) and the learned optimizers l2o, l2o-tt, l2o-flat, "
-        "m-l2o (each needs its policy in policies under the same name).",
+        "store unless given in policies), full-ft (a lora store: Adam on every weight of the "
+        "merged network, backbone included, for the same step budgets) and the learned "
+        "optimizers l2o, l2o-tt, l2o-flat, m-l2o (each needs its policy in policies under the "
+        "same name).",
     )
     hypernetwork_steps: int = Field(1500, ge=1, description="Training steps of that hypernetwork.")
+    full_ft_lr: float | None = Field(
+        None, gt=0, description="Adam's learning rate for full-ft (default: the store's Adam lr)."
+    )
     policies: dict[str, str] = Field(
         default_factory=dict,
         description="More trained policies to compare, name -> directory (e.g. hypernetwork, "

@@ -5,7 +5,8 @@ Built-in baselines are listed in ``_BASELINES`` below; a plug-in registers its o
 one registration: a baseline name and a factory ``(name, config, budgets) -> [Method, ...]``, or a
 policy-directory kind (the ``method`` of its ``config.json``) and a factory ``(name, path) ->
 Method``. A "stepped" baseline (an optimizer) runs after every other method, once per step budget:
-the store's T·r and the N of each method scored before it.
+the store's T·r and the N of each method scored before it. A baseline's ``check`` (optional) sees
+the evaluation context before any method runs, to refuse a store it cannot run on at once.
 """
 
 from __future__ import annotations
@@ -17,23 +18,30 @@ from pathlib import Path
 from lohp_cli.artifacts.policy import stored_method
 from lohp_cli.config import EvaluateConfig
 from lohp_cli.errors import ConfigError
-from lohp_cli.methods.base import Method
+from lohp_cli.methods.base import EvalContext, Method
+from lohp_cli.methods.full_finetune import check_adapted, full_finetune_methods
 from lohp_cli.methods.hypernetwork import hypernetwork_baseline
 from lohp_cli.methods.optimizer import optimizer_methods
 from lohp_cli.methods.policy import PolicyMethod
 
 BaselineFactory = Callable[[str, EvaluateConfig, tuple[int, ...]], list[Method]]
 PolicyFactory = Callable[[str, str], Method]
+Check = Callable[[EvalContext], None]
 
 
 @dataclass(frozen=True)
 class Baseline:
     factory: BaselineFactory
     stepped: bool = False  # runs last, once per step budget
+    check: Check | None = None  # raises when the baseline cannot run in this context
 
 
 def _optimizers(name: str, _cfg: EvaluateConfig, budgets: tuple[int, ...]) -> list[Method]:
     return list(optimizer_methods(name, budgets))
+
+
+def _full_ft(name: str, cfg: EvaluateConfig, budgets: tuple[int, ...]) -> list[Method]:
+    return list(full_finetune_methods(name, cfg, budgets))
 
 
 _BASELINES: dict[str, Baseline] = {
@@ -41,13 +49,16 @@ _BASELINES: dict[str, Baseline] = {
     "adam": Baseline(_optimizers, stepped=True),
     "sam": Baseline(_optimizers, stepped=True),
     "hypernetwork": Baseline(hypernetwork_baseline),
+    "full-ft": Baseline(_full_ft, stepped=True, check=check_adapted),
 }
 _POLICY_KINDS: dict[str, PolicyFactory] = {}
 
 
-def register(name: str, factory: BaselineFactory, *, stepped: bool = False) -> None:
+def register(
+    name: str, factory: BaselineFactory, *, stepped: bool = False, check: Check | None = None
+) -> None:
     """Make ``name`` a baseline; refuses a name another factory already holds."""
-    entry = Baseline(factory, stepped)
+    entry = Baseline(factory, stepped, check)
     if _BASELINES.setdefault(name, entry) != entry:
         raise ValueError(f"baseline {name!r} is already registered")
 
@@ -70,6 +81,13 @@ def _entry(name: str) -> Baseline:
 
 def is_stepped(name: str) -> bool:
     return _entry(name).stepped
+
+
+def check(name: str, ctx: EvalContext) -> None:
+    """Let baseline ``name`` refuse ``ctx`` before any method runs (a ConfigError)."""
+    entry = _entry(name)
+    if entry.check is not None:
+        entry.check(ctx)
 
 
 def baseline(name: str, cfg: EvaluateConfig, budgets: tuple[int, ...] = ()) -> list[Method]:
