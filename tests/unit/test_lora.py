@@ -302,3 +302,14 @@ def test_condition_is_class_means_of_the_pretrained_features() -> None:
     net = build_target(cfg, fam.input_shape, 3, frozen)
     load_flat(net, flat_params(net))
     assert net(data.x_test).shape == (data.x_test.shape[0], 3)
+
+
+def test_the_example_config_is_valid_and_its_p_is_as_documented() -> None:
+    from pathlib import Path
+
+    from lohp_cli.config.base import load_toml
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "fmnist-lora.toml"
+    cfg = CollectConfig.model_validate(load_toml(path))
+    assert cfg.model.name == "lora" and cfg.init == "shared"
+    assert ParamLayout.of(build_target(cfg.model, SHAPE, cfg.task.ways)).size == 2389
