@@ -124,6 +124,8 @@ def apply_lora(
     layer, and a rank larger than min(fan-in, out) of a wrapped layer (the factors would be no
     lower-rank than the weight they update).
     """
+    if type(module) in _WRAPS:
+        raise ValueError("apply_lora wraps the layers inside a module; put this layer in one")
     layers = {n: m for n, m in module.named_modules() if type(m) in _WRAPS}
     if targets:
         named = dict(module.named_modules())

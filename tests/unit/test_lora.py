@@ -251,6 +251,8 @@ def test_a_target_that_matches_no_layer_is_refused() -> None:
         build_target(lora_cfg(lora_targets=("fc1", "fc3")), SHAPE, 3)
     with pytest.raises(ConfigError, match="'block' names 'block', a Sequential"):
         apply_lora(Mixed(), 2, 1.0, ("block",))
+    with pytest.raises(ValueError, match="inside a module"):
+        apply_lora(nn.Linear(3, 2), 1, 1.0)
     with pytest.raises(ConfigError, match="groups 2"):
         LoRAConv2d(nn.Conv2d(4, 4, 3, groups=2), 1)
 
