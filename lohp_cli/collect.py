@@ -28,6 +28,7 @@ from lohp_cli.store.frozen import load_frozen, train_frozen
 from lohp_cli.tasks import Task, TaskFamily, make_family
 from lohp_cli.tasks.families import TaskTensors
 from lohp_cli.tasks.models import (
+    Frozen,
     ParamLayout,
     build_target,
     flat_params,
@@ -93,11 +94,14 @@ def compat_spec(cfg: CollectConfig, family: TaskFamily) -> dict[str, Any]:
     return spec
 
 
-def init_target(cfg: CollectConfig, family: TaskFamily, seed: int) -> torch.nn.Module:
-    """A freshly initialised target model, its initial weights drawn from ``seed``."""
+def init_target(
+    cfg: CollectConfig, family: TaskFamily, seed: int, frozen: Frozen | None = None
+) -> torch.nn.Module:
+    """A freshly initialised target model, its initial weights drawn from ``seed``, with the
+    store's ``frozen`` parts in it (without them: for its initial θ only)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build_target(cfg.model, family.input_shape, family.ways)
+        return build_target(cfg.model, family.input_shape, family.ways, frozen)
 
 
 def layout_for(cfg: CollectConfig, family: TaskFamily) -> ParamLayout:
@@ -136,7 +140,7 @@ class RunContext:
         """Collect one run into the store; returns its wall time in seconds."""
         cfg = self.cfg
         data = self.task(plan.task_id)
-        model = init_target(cfg, self.family, plan.seed)
+        model = init_target(cfg, self.family, plan.seed, self.frozen)
         if self.theta0 is not None:
             load_flat(model, self.theta0)  # every run of a shared-init store starts here
         model.to(self.device).train()

@@ -88,6 +88,8 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     g, gmeta = open_generated(cfg.generated)
     gcfg = GenerateConfig.model_validate(gmeta.config)
     ctx, loaded = context(cfg, gcfg, gmeta, progress or (lambda _e: None))
+    for b in cfg.baselines:
+        registry.check(b, ctx)
     first: list[Method] = [GeneratedMethod(g, cfg.generated, loaded, gcfg.style)]
     first += [registry.policy_method(name, path) for name, path in cfg.policies.items()]
     stepped = [b for b in cfg.baselines if registry.is_stepped(b)]
@@ -130,7 +132,7 @@ def context(
     store = task.store.meta
     data = {t: task.task_data(t, device) for t in gmeta.tasks}
     fam = task.family
-    net = build_target(task.model_cfg, fam.data.image_shape, fam.cfg.ways).to(device)
+    net = build_target(task.model_cfg, fam.data.image_shape, fam.cfg.ways, task.frozen).to(device)
     ctx = EvalContext(
         task, data, gcfg.samples, gcfg.seed, device, meta, stats, net,
         store.compat.steps, store.compat.batch_size,

@@ -37,7 +37,7 @@ def collect(
             "few-shot episodes fewshot-fmnist, fewshot-digits (--set task.shots=K)."
         ),
     ] = None,
-    model: Annotated[str | None, typer.Option(help="Target model: head, mlp, cnn.")] = None,
+    model: Annotated[str | None, typer.Option(help="Target model: head, mlp, cnn, lora.")] = None,
     tasks: Annotated[int | None, typer.Option(help="Number of source tasks.")] = None,
     seeds: Annotated[int | None, typer.Option(help="Replicates per task and optimizer.")] = None,
     optimizers: Annotated[str | None, typer.Option(help="Comma list of sgd, adam, sam.")] = None,
@@ -120,6 +120,11 @@ def _progress() -> Callable[[Event], None]:
             log(f"drawing the shared θ₀ every run starts from (seed {e['seed']})")
         elif kind == "extractor":
             log(f"training the frozen feature extractor ({e['steps']} steps, source data only)")
+        elif kind == "backbone":
+            log(
+                f"pretraining the frozen {e['backbone']} backbone of the lora model "
+                f"({e['steps']} steps, source classes only)"
+            )
         elif kind == "plan":
             log(
                 f"{e['planned']} run(s) planned, {e['skipped']} already complete, "

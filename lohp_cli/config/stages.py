@@ -54,6 +54,7 @@ BASELINES = (
     *MEMORIZATION_BASELINES,
     "erm",
     "prototype",
+    "full-ft",
     "l2o",
     "l2o-tt",
     "l2o-flat",
@@ -71,11 +72,15 @@ class EvaluateConfig(Frozen):
         "store unless given in policies), the memorisation baselines nearest, mean, "
         "nearest-noise, class-rows (looked up in the endpoints of the policy's source runs), erm "
         "(a domain family's baseline: Adam on the task in the pooled source domains, never the "
-        "held-out one), prototype (nearest class mean of the frozen features, head model only) "
-        "and the learned optimizers l2o, l2o-tt, l2o-flat, m-l2o (each needs its policy in "
-        "policies under the same name).",
+        "held-out one), prototype (nearest class mean of the frozen features, head model only), "
+        "full-ft (a lora store: Adam on every weight of the merged network, backbone included, "
+        "for the same step budgets) and the learned optimizers l2o, l2o-tt, l2o-flat, m-l2o "
+        "(each needs its policy in policies under the same name).",
     )
     hypernetwork_steps: int = Field(1500, ge=1, description="Training steps of that hypernetwork.")
+    full_ft_lr: float | None = Field(
+        None, gt=0, description="Adam's learning rate for full-ft (default: the store's Adam lr)."
+    )
     policies: dict[str, str] = Field(
         default_factory=dict,
         description="More trained policies to compare, name -> directory (e.g. hypernetwork, "

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator, model_validator
+from typing import Any, Literal
+
+from pydantic import (
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from lohp_cli.config.base import Frozen, registered
 
@@ -91,16 +99,42 @@ class TaskConfig(Frozen):
         return v if v is None else registered(v, DOMAINS, "meta-test domain")
 
 
+LORA_FIELDS = ("lora_rank", "lora_alpha", "lora_targets", "lora_backbone")
+
+
 class ModelConfig(Frozen):
     name: str = Field(
         "head",
         description="Target model from the registry (lohp_cli.tasks.models): head (over a "
-        "frozen extractor), mlp or cnn.",
+        "frozen extractor), mlp, cnn or lora (LoRA factors and a task head over a pretrained "
+        "backbone).",
     )
-    hidden: int = Field(32, ge=1, description="Hidden width of the mlp / channels of the cnn.")
-    feature_dim: int = Field(64, ge=1, description="Feature size of the frozen extractor (head).")
+    hidden: int = Field(
+        32, ge=1, description="Hidden width of the mlp / channels of the cnn and lora backbones."
+    )
+    feature_dim: int = Field(
+        64, ge=1, description="Feature size of the frozen extractor (head) or backbone (lora)."
+    )
     extractor_steps: int = Field(
-        600, ge=1, description="Training steps of the frozen feature extractor (head)."
+        600,
+        ge=1,
+        description="Training steps of the frozen feature extractor (head) or of the backbone's "
+        "pretraining on the source classes (lora).",
+    )
+    lora_rank: int = Field(4, ge=1, description="LoRA rank r of every adapted layer (lora).")
+    lora_alpha: float = Field(
+        8.0, gt=0, description="LoRA scale: a layer's update is (lora_alpha / lora_rank)·B·A."
+    )
+    lora_targets: tuple[str, ...] = Field(
+        (),
+        description="Backbone layers given LoRA factors, by name or name suffix as peft's "
+        "target_modules (mlp backbone: fc1, fc2; cnn: conv1, conv2, proj); () = all of them.",
+    )
+    lora_backbone: Literal["mlp", "cnn"] = Field(
+        "mlp",
+        description="The lora model's pretrained backbone: mlp (14×14 inputs, two ReLU layers "
+        "of hidden and feature_dim units) or cnn (two conv layers of hidden/2 and hidden "
+        "channels and a linear projection to feature_dim, as the head model's extractor).",
     )
 
     @field_validator("name")
@@ -109,3 +143,30 @@ class ModelConfig(Frozen):
         from lohp_cli.tasks.models import MODELS
 
         return registered(v, MODELS, "target model")
+
+    @field_validator("lora_targets")
+    @classmethod
+    def _distinct_targets(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not t.strip() for t in v) or len(set(v)) != len(v):
+            raise ValueError(f"needs distinct, non-empty layer names, got {list(v)}")
+        return v
+
+    @model_validator(mode="after")
+    def _lora_fields_need_lora(self) -> ModelConfig:
+        given = [f for f in LORA_FIELDS if f in self.model_fields_set]
+        if self.name != "lora" and given:
+            raise ValueError(
+                f"{given[0]} applies to the lora model only (this is {self.name!r}); set "
+                "model.name = 'lora' or leave it out"
+            )
+        return self
+
+    @model_serializer(mode="wrap")
+    def _lora_fields_for_lora_only(self, handler: SerializerFunctionWrapHandler) -> Any:
+        """Every field, the LoRA ones only for ``lora``: the JSON of other models (in a store's
+        compat and config, a policy's store_compat) is what it was before them."""
+        data = handler(self)
+        if self.name != "lora" and isinstance(data, dict):
+            for f in LORA_FIELDS:
+                data.pop(f, None)
+        return data

@@ -311,7 +311,8 @@ class ImageFamily(ProblemFamily):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             fam = self.ctx.family
-            return build_target(self.ctx.model_cfg, fam.data.image_shape, fam.cfg.ways)
+            cfg = self.ctx.model_cfg
+            return build_target(cfg, fam.data.image_shape, fam.cfg.ways, self.ctx.frozen)
 
     def task_data(self, task_id: str) -> Any:
         if task_id not in self._data:

@@ -87,7 +87,11 @@ class EvalContext:
 
 
 class Method(Protocol):
-    """One row of the report. ``name``, ``steps`` and ``policy`` may be settled by ``prepare``."""
+    """One row of the report. ``name``, ``steps`` and ``policy`` may be settled by ``prepare``.
+
+    A method whose weights are not the target model's θ (full fine-tuning trains every weight of
+    the merged network) sets ``net`` in ``prepare``: the module that scores them.
+    """
 
     name: str
     kind: str  # "generated" | "policy" | "optimizer" | "l2o" | ...
@@ -146,9 +150,11 @@ def run_method(ctx: EvalContext, method: Method) -> MethodResult:
     method.prepare(ctx)
     accs: list[float] = []
     per_task: list[float] = []
+    net = getattr(method, "net", None)
+    net = ctx.net if net is None else net
     for t, data in ctx.data.items():
         w = method.weights(t, ctx.starts(t))
-        task = [accuracy(ctx.net, w[j], data)[0] for j in range(w.shape[0])]
+        task = [accuracy(net, w[j], data)[0] for j in range(w.shape[0])]
         accs += task
         per_task.append(float(np.mean(task)))
     r = MethodResult(method.name, method.kind, accs, method.time_one(ctx.tasks[0]))

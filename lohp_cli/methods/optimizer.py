@@ -12,7 +12,7 @@ from lohp_cli.optim.loop import train_loop
 from lohp_cli.policy.context import TaskContext
 from lohp_cli.runtime import derive_seed
 from lohp_cli.tasks.inputs import TaskTensors
-from lohp_cli.tasks.models import build_target, flat_params, load_flat
+from lohp_cli.tasks.models import flat_params, load_flat, trainable_parameters
 from lohp_cli.timing import time_ms
 
 
@@ -33,9 +33,9 @@ def run_optimizer(
     device: str,
 ) -> torch.nn.Module:
     """Train the target model from ``theta0`` for ``steps`` with a real optimizer."""
-    net = build_target(ctx.model_cfg, ctx.family.data.image_shape, ctx.family.cfg.ways).to(device)
+    net = ctx.build_target().to(device)
     load_flat(net, theta0.to(device))
-    opt = build_optimizer(name, net.parameters(), optim)
+    opt = build_optimizer(name, trainable_parameters(net), optim)
     train_loop(
         net,
         opt,

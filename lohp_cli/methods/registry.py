@@ -5,7 +5,8 @@ Built-in baselines are listed in ``_BASELINES`` below; a plug-in registers its o
 one registration: a baseline name and a factory ``(name, config, budgets) -> [Method, ...]``, or a
 policy-directory kind (the ``method`` of its ``config.json``) and a factory ``(name, path) ->
 Method``. A "stepped" baseline (an optimizer) runs after every other method, once per step budget:
-the store's T·r and the N of each method scored before it.
+the store's T·r and the N of each method scored before it. A baseline's ``check`` (optional) sees
+the evaluation context before any method runs, to refuse a store it cannot run on at once.
 """
 
 from __future__ import annotations
@@ -17,8 +18,9 @@ from pathlib import Path
 from lohp_cli.artifacts.policy import stored_method
 from lohp_cli.config import EvaluateConfig
 from lohp_cli.errors import ConfigError
-from lohp_cli.methods.base import Method
+from lohp_cli.methods.base import EvalContext, Method
 from lohp_cli.methods.erm import erm_baseline
+from lohp_cli.methods.full_finetune import check_adapted, full_finetune_methods
 from lohp_cli.methods.hypernetwork import hypernetwork_baseline
 from lohp_cli.methods.memorization import NAMES as MEMORIZATION
 from lohp_cli.methods.memorization import memorization_baseline
@@ -27,16 +29,22 @@ from lohp_cli.methods.policy import PolicyMethod
 
 BaselineFactory = Callable[[str, EvaluateConfig, tuple[int, ...]], list[Method]]
 PolicyFactory = Callable[[str, str], Method]
+Check = Callable[[EvalContext], None]
 
 
 @dataclass(frozen=True)
 class Baseline:
     factory: BaselineFactory
     stepped: bool = False  # runs last, once per step budget
+    check: Check | None = None  # raises when the baseline cannot run in this context
 
 
 def _optimizers(name: str, _cfg: EvaluateConfig, budgets: tuple[int, ...]) -> list[Method]:
     return list(optimizer_methods(name, budgets))
+
+
+def _full_ft(name: str, cfg: EvaluateConfig, budgets: tuple[int, ...]) -> list[Method]:
+    return list(full_finetune_methods(name, cfg, budgets))
 
 
 _BASELINES: dict[str, Baseline] = {
@@ -46,13 +54,16 @@ _BASELINES: dict[str, Baseline] = {
     "hypernetwork": Baseline(hypernetwork_baseline),
     **{name: Baseline(memorization_baseline) for name in MEMORIZATION},
     "erm": Baseline(erm_baseline),  # domain families only: Adam on the pooled source domains
+    "full-ft": Baseline(_full_ft, stepped=True, check=check_adapted),
 }
 _POLICY_KINDS: dict[str, PolicyFactory] = {}
 
 
-def register(name: str, factory: BaselineFactory, *, stepped: bool = False) -> None:
+def register(
+    name: str, factory: BaselineFactory, *, stepped: bool = False, check: Check | None = None
+) -> None:
     """Make ``name`` a baseline; refuses a name another factory already holds."""
-    entry = Baseline(factory, stepped)
+    entry = Baseline(factory, stepped, check)
     if _BASELINES.setdefault(name, entry) != entry:
         raise ValueError(f"baseline {name!r} is already registered")
 
@@ -75,6 +86,13 @@ def _entry(name: str) -> Baseline:
 
 def is_stepped(name: str) -> bool:
     return _entry(name).stepped
+
+
+def check(name: str, ctx: EvalContext) -> None:
+    """Let baseline ``name`` refuse ``ctx`` before any method runs (a ConfigError)."""
+    entry = _entry(name)
+    if entry.check is not None:
+        entry.check(ctx)
 
 
 def baseline(name: str, cfg: EvaluateConfig, budgets: tuple[int, ...] = ()) -> list[Method]:

@@ -42,8 +42,8 @@ class TaskContext:
         return self.task(task_id).data(self.model_cfg, self.frozen, device)
 
     def build_target(self) -> torch.nn.Module:
-        """A fresh target model of the store (global torch RNG)."""
-        return build_target(self.model_cfg, self.family.input_shape, self.family.ways)
+        """A fresh target model of the store with its frozen parts (global torch RNG)."""
+        return build_target(self.model_cfg, self.family.input_shape, self.family.ways, self.frozen)
 
 
 def task_context(

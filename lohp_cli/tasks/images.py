@@ -130,7 +130,8 @@ class ImageTask(Task):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         images, y = self.examples("support")
         x = self.inputs(images, model_cfg, frozen)
-        cond = class_means(target_model(model_cfg).features(x), y, self.family.ways)
+        feats = target_model(model_cfg).condition_features(x, frozen)  # [M, F]
+        cond = class_means(feats, y, self.family.ways)
         return x, y, cond.float()
 
     def data(self, model_cfg: ModelConfig, frozen: Frozen, device: str = "cpu") -> TaskTensors:

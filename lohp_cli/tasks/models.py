@@ -3,15 +3,16 @@
 A registered :class:`TargetModel` says how to build the network for an input shape and a number of
 outputs, which of its parameters are trainable (recorded and generated, see
 :mod:`lohp_cli.tasks.layout`), and which frozen parts it needs (:class:`FrozenPart`: trained once
-per store, saved in the store's group of that name, loaded by every later stage). Adapter
-modules mark their own parameters the way torchtune's ``AdapterModule`` does
-(``adapter_params()``), and :func:`freeze_all_but_adapters` makes only those trainable: a frozen
-base with LoRA factors is an ordinary model whose θ is its factors.
+per store, saved in the store's group of that name, loaded by every later stage; a model uses
+them on its inputs, as ``head`` runs its extractor in :meth:`TargetModel.encode`, or inside the
+network, as ``lora`` holds its pretrained backbone, put in by :meth:`TargetModel.attach_frozen`).
+Adapter modules (:mod:`lohp_cli.tasks.lora`) mark their own parameters the way torchtune's
+``AdapterModule`` does (``adapter_params()``), and :func:`freeze_all_but_adapters` makes only
+those trainable: a frozen base with LoRA factors is an ordinary model whose θ is its factors.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -29,15 +30,23 @@ from lohp_cli.tasks.layout import (  # re-exported: the layout used to live here
     load_flat,
     trainable_parameters,
 )
+from lohp_cli.tasks.lora import (  # re-exported: the adapters used to live here
+    LoRALinear,
+    adapter_params,
+    freeze_all_but_adapters,
+)
 
 __all__ = [
     "MODELS",
     "FrozenPart",
+    "LoRALinear",
     "ParamEntry",
     "ParamLayout",
     "TargetModel",
+    "adapter_params",
     "build_target",
     "flat_params",
+    "freeze_all_but_adapters",
     "functional_forward",
     "load_flat",
     "register_model",
@@ -105,47 +114,6 @@ class FeatureExtractor(nn.Module):
         return self.body(x)
 
 
-class LoRALinear(nn.Module):
-    """A frozen linear layer plus a trainable low-rank update ``(alpha / rank) · B A``.
-
-    Only ``lora_a [rank, in]`` and ``lora_b [out, rank]`` are adapter parameters; ``B`` starts at
-    zero, so the layer starts as its base.
-    """
-
-    def __init__(self, base: nn.Linear, rank: int, alpha: float = 1.0) -> None:
-        super().__init__()
-        self.base = base
-        self.scale = alpha / rank
-        self.lora_a = nn.Parameter(torch.empty(rank, base.in_features))
-        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank))
-        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
-
-    def adapter_params(self) -> list[str]:
-        """Names of this module's adapter parameters (torchtune's ``AdapterModule`` protocol)."""
-        return ["lora_a", "lora_b"]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + self.scale * ((x @ self.lora_a.T) @ self.lora_b.T)
-
-
-def adapter_params(module: nn.Module) -> list[str]:
-    """Full names of the adapter parameters of every submodule that declares some."""
-    out = []
-    for prefix, sub in module.named_modules():
-        names = getattr(sub, "adapter_params", None)
-        if callable(names):
-            out += [f"{prefix}.{n}" if prefix else n for n in names()]
-    return out
-
-
-def freeze_all_but_adapters(module: nn.Module) -> nn.Module:
-    """Make the adapter parameters the only trainable ones (θ is then just the adapters)."""
-    keep = set(adapter_params(module))
-    for name, p in module.named_parameters():
-        p.requires_grad_(name in keep)
-    return module
-
-
 # ---- registry ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class FrozenPart:
@@ -183,6 +151,15 @@ class TargetModel:
         """Per-example features ``[N, F]`` of encoded inputs, for the task condition."""
         return nn.functional.adaptive_avg_pool2d(x, 7).flatten(1)
 
+    def condition_features(self, x: torch.Tensor, frozen: Frozen) -> torch.Tensor:
+        """:meth:`features` of encoded inputs for a model whose features need its frozen parts
+        (``lora``: its pretrained backbone); by default the frozen parts are not needed."""
+        return self.features(x)
+
+    def attach_frozen(self, module: nn.Module, frozen: Frozen) -> None:
+        """Put the store's frozen parts into a built ``module`` (a no-op for models that use
+        them on their inputs only)."""
+
     def feature_dim(self, cfg: ModelConfig, input_shape: tuple[int, ...]) -> int:
         """F of :meth:`features`."""
         return input_shape[0] * 49
@@ -206,37 +183,69 @@ def target_model(cfg: ModelConfig | str) -> TargetModel:
     return MODELS[name]
 
 
-def build_target(cfg: ModelConfig, image_shape: tuple[int, ...], classes: int) -> nn.Module:
-    """A freshly initialised target model (uses the global torch RNG for its initial weights)."""
-    return target_model(cfg).build(cfg, image_shape, classes)
+def build_target(
+    cfg: ModelConfig, image_shape: tuple[int, ...], classes: int, frozen: Frozen | None = None
+) -> nn.Module:
+    """A freshly initialised target model (uses the global torch RNG for its initial weights),
+    with the store's ``frozen`` parts in it. Without them it is good for its layout and initial
+    θ only: a model that holds a frozen part (``lora``) refuses to run without it."""
+    model = target_model(cfg)
+    net = model.build(cfg, image_shape, classes)
+    if frozen is not None:
+        model.attach_frozen(net, frozen)
+    return net
+
+
+def pretrain(
+    family: Any,
+    make: Callable[[], nn.Module],
+    out_dim: int,
+    steps: int,
+    seed: int,
+    batch_size: int = 128,
+) -> nn.Module:
+    """Train ``make()`` (a network of ``out_dim`` outputs) with a linear classifier over the
+    family's source classes, on what the family allows (``extractor_data``: the training images
+    of its source classes only; a domain family: of its source domains only), then freeze it.
+
+    ``family`` is an image family (``extractor_data``, ``standardise``). Deterministic
+    on CPU for a given seed. Returns the network in eval mode, gradients off; the classifier is
+    dropped (tasks bring their own classes and label order).
+    """
+    x_all, y_all, n_classes = family.extractor_data()  # [N, C, H, W] uint8, [N] in 0..K-1
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = make()
+        clf = nn.Linear(out_dim, n_classes)
+        opt = torch.optim.Adam([*net.parameters(), *clf.parameters()], lr=1e-3)
+        gen = torch.Generator().manual_seed(seed)
+        for _ in range(steps):
+            b = torch.randint(0, len(y_all), (batch_size,), generator=gen)
+            xb = family.standardise(x_all[b.numpy()])
+            loss = nn.functional.cross_entropy(clf(net(xb)), y_all[b])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    net.eval()
+    net.requires_grad_(False)
+    return net
 
 
 def train_extractor(
     family: Any, model_cfg: ModelConfig, seed: int, batch_size: int = 128
 ) -> FeatureExtractor:
-    """Train the frozen feature extractor on what the family allows: the training images of
-    its source classes only (a domain family: of its source domains only).
-
-    ``family`` is a class-subset family (``extractor_data``, ``standardise``). Deterministic on
-    CPU for a given seed. Returns the extractor in eval mode, gradients off.
-    """
-    x_all, y_all, n_classes = family.extractor_data()  # [N, C, H, W] uint8, [N] in 0..K-1
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        ext = FeatureExtractor(x_all.shape[1], model_cfg.feature_dim)
-        clf = nn.Linear(model_cfg.feature_dim, n_classes)
-        opt = torch.optim.Adam([*ext.parameters(), *clf.parameters()], lr=1e-3)
-        gen = torch.Generator().manual_seed(seed)
-        for _ in range(model_cfg.extractor_steps):
-            b = torch.randint(0, len(y_all), (batch_size,), generator=gen)
-            xb = family.standardise(x_all[b.numpy()])
-            loss = nn.functional.cross_entropy(clf(ext(xb)), y_all[b])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    ext.eval()
-    ext.requires_grad_(False)
-    return ext
+    """Train the frozen feature extractor on the training images of source classes only
+    (:func:`pretrain`)."""
+    channels, dim = family.data.image_shape[0], model_cfg.feature_dim
+    ext = pretrain(
+        family,
+        lambda: FeatureExtractor(channels, dim),
+        dim,
+        model_cfg.extractor_steps,
+        seed,
+        batch_size,
+    )
+    return ext  # type: ignore[return-value]
 
 
 def _trained_extractor(
