@@ -153,13 +153,16 @@ def test_collect_train_generate_evaluate(tmp_path: Path) -> None:
     assert report["schema"] == "lohp.report" and report["schema_version"] == 1
     # the keys of before, plus timing (the device and repeats behind every latency), the
     # local-policy check along the optimizers' own paths, where every method started, the paired
-    # differences and the frontier
+    # differences, the frontier and the speed-up at matched accuracy
     assert set(report) == {
         "schema", "schema_version", "generated", "policy", "family", "test_domain", "model",
         "init",
         "param_count", "tasks", "samples_per_task", "optimizer_steps_full", "device", "methods",
-        "timing", "cosine", "locality", "paired", "frontier", "config", "provenance",
+        "timing", "cosine", "locality", "paired", "frontier", "matched", "config", "provenance",
     }  # fmt: skip
+    (adam,) = report["matched"]["against"]  # the one optimizer evaluated, matched or not
+    assert adam["against"] == "adam" and adam["budgets"] == sorted(adam["budgets"])
+    assert adam["speedup"] is None or adam["speedup"] > 0
     assert report["init"] == "per_run" and report["test_domain"] is None  # no domain family
     assert set(report["locality"]["optimizers"]) == {"adam", "sgd"}  # the store's, all learned
     assert report["timing"]["device"] == report["device"] == "cpu"
