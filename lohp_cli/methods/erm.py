@@ -14,12 +14,9 @@ from __future__ import annotations
 import torch
 
 from lohp_cli.config import EvaluateConfig
-from lohp_cli.methods.base import EvalContext, Method, Starts
-from lohp_cli.methods.optimizer import optimizer_repeats, run_optimizer
-from lohp_cli.runtime import derive_seed
+from lohp_cli.methods.base import EvalContext, Method
+from lohp_cli.methods.optimizer import OptimizerMethod, run_optimizer
 from lohp_cli.tasks.inputs import TaskTensors
-from lohp_cli.tasks.models import flat_params
-from lohp_cli.timing import time_ms
 
 
 def pooled_source_data(ctx: EvalContext, task_id: str) -> TaskTensors:
@@ -38,14 +35,14 @@ def pooled_source_data(ctx: EvalContext, task_id: str) -> TaskTensors:
     )  # fmt: skip
 
 
-class ERMMethod:
+class ERMMethod(OptimizerMethod):
     """Adam on the pooled source domains of each task for the store's T·r steps; row ``erm``."""
 
     kind = "erm"
-    policy = None
+    seed_label = "erm"
 
     def __init__(self, name: str = "erm") -> None:
-        self.name = name
+        self.optimizer, self.name = "adam", name
         self.steps: int | None = None
         self._pooled: dict[str, TaskTensors] = {}
 
@@ -67,20 +64,9 @@ class ERMMethod:
             seed, c.device,
         )  # fmt: skip
 
-    def weights(self, task_id: str, starts: Starts) -> torch.Tensor:
-        seed = self.ctx.seed
-        return torch.stack(
-            [
-                flat_params(self._train(task_id, th, derive_seed(seed, "erm", task_id, j)))
-                for j, th in enumerate(starts.theta0)
-            ]
-        )
-
     def time_one(self, task_id: str) -> float:
-        theta0 = self.ctx.starts(task_id).theta0[0]
         self.data(task_id)  # the pooled set is built once, outside the timing
-        reps = optimizer_repeats(self.ctx.latency_repeats)
-        return time_ms(lambda: self._train(task_id, theta0, 0), reps, self.ctx.device)
+        return super().time_one(task_id)
 
 
 def erm_baseline(name: str, _cfg: EvaluateConfig, _budgets: tuple[int, ...]) -> list[Method]:

@@ -18,14 +18,12 @@ import torch
 
 from lohp_cli.config import EvaluateConfig
 from lohp_cli.errors import ConfigError
-from lohp_cli.methods.base import EvalContext, Starts
-from lohp_cli.methods.optimizer import optimizer_repeats
+from lohp_cli.methods.base import EvalContext
+from lohp_cli.methods.optimizer import OptimizerMethod
 from lohp_cli.optim import build_optimizer
 from lohp_cli.optim.loop import train_loop
-from lohp_cli.runtime import derive_seed
 from lohp_cli.tasks.lora import lora_layers, merge
-from lohp_cli.tasks.models import flat_params, load_flat
-from lohp_cli.timing import time_ms
+from lohp_cli.tasks.models import load_flat
 
 
 def check_adapted(ctx: EvalContext) -> None:
@@ -38,16 +36,15 @@ def check_adapted(ctx: EvalContext) -> None:
         )
 
 
-class FullFineTune:
+class FullFineTune(OptimizerMethod):
     """Adam on every weight of the merged network for ``steps`` steps; its row is
-    ``full-ft-steps``."""
+    ``full-ft-steps``; the optimizer rows' minibatch seeds and timing."""
 
     kind = "full-ft"
-    policy = None
 
     def __init__(self, steps: int, lr: float | None = None) -> None:
-        self.steps, self.lr = steps, lr
-        self.name = f"full-ft-{steps}"
+        super().__init__("adam", steps)
+        self.lr, self.name = lr, f"full-ft-{steps}"
 
     def prepare(self, ctx: EvalContext) -> None:
         check_adapted(ctx)
@@ -73,20 +70,6 @@ class FullFineTune:
         steps = self.steps
         train_loop(net, opt, data.x_train, data.y_train, steps, max(steps, 1), c.batch_size, gen)
         return net
-
-    def weights(self, task_id: str, starts: Starts) -> torch.Tensor:
-        seed = self.ctx.seed  # the optimizer rows' minibatch seeds
-        return torch.stack(
-            [
-                flat_params(self._train(task_id, th, derive_seed(seed, "batches", task_id, j)))
-                for j, th in enumerate(starts.theta0)
-            ]
-        )  # [S, P_full]
-
-    def time_one(self, task_id: str) -> float:
-        theta0 = self.ctx.starts(task_id).theta0[0]
-        reps = optimizer_repeats(self.ctx.latency_repeats)
-        return time_ms(lambda: self._train(task_id, theta0, 0), reps, self.ctx.device)
 
 
 def full_finetune_methods(

@@ -50,10 +50,15 @@ def run_optimizer(
 
 
 class OptimizerMethod:
-    """``name`` (sgd, adam, sam) for ``steps`` steps; its row is ``name-steps``."""
+    """``name`` (sgd, adam, sam) for ``steps`` steps; its row is ``name-steps``.
+
+    The base of every method that trains from each start: a subclass overrides ``_train``
+    (and ``prepare``) and keeps the per-sample minibatch seeds (``seed_label``) and the timing.
+    """
 
     kind = "optimizer"
     policy = None
+    seed_label = "batches"  # sample j of task t draws its minibatches from (seed, label, t, j)
 
     def __init__(self, optimizer: str, steps: int) -> None:
         self.optimizer, self.steps = optimizer, steps
@@ -73,7 +78,9 @@ class OptimizerMethod:
         seed = self.ctx.seed
         return torch.stack(
             [
-                flat_params(self._train(task_id, th, derive_seed(seed, "batches", task_id, j)))
+                flat_params(
+                    self._train(task_id, th, derive_seed(seed, self.seed_label, task_id, j))
+                )
                 for j, th in enumerate(starts.theta0)
             ]
         )
