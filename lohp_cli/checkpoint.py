@@ -200,3 +200,34 @@ def state_dir(out: Path) -> Path | None:
         if _complete(d):
             return d
     return None
+
+
+def load_state(
+    out: Path, model: torch.nn.Module, opt: torch.optim.Optimizer
+) -> dict[str, Any] | None:
+    """Load the newest complete ``state/`` of ``out`` (:func:`state_dir`) into ``model`` and
+    ``opt`` and return its ``trainer.json`` (``step`` and what the trainer saved with it); None
+    when there is none."""
+    sdir = state_dir(out)
+    if sdir is None:
+        return None
+    model.load_state_dict(load_tensors(sdir / "model.safetensors"))
+    optimizer_from_tensors(
+        opt, load_tensors(sdir / "optimizer.safetensors"), read_json(sdir / "optimizer.json")
+    )
+    return read_json(sdir / "trainer.json")
+
+
+def write_checkpoint(
+    out: Path,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    trainer: dict[str, Any],
+    config: dict[str, Any],
+) -> None:
+    """A training checkpoint of a policy directory: ``state/`` (:func:`save_state`), then the
+    policy's ``model.safetensors`` and ``config.json``, each written atomically."""
+    sd = dict(model.state_dict())
+    save_state(out, sd, opt, trainer)
+    atomic_save_tensors(out / "model.safetensors", sd)
+    atomic_write_json(out / "config.json", config)

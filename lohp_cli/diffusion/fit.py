@@ -25,11 +25,9 @@ from torch import nn
 from lohp_cli.checkpoint import (
     atomic_save_tensors,
     atomic_write_json,
+    load_state,
     load_tensors,
-    optimizer_from_tensors,
-    read_json,
-    save_state,
-    state_dir,
+    write_checkpoint,
 )
 from lohp_cli.diffusion.config import DiffusionTrainConfig
 from lohp_cli.diffusion.model import DiffusionPolicy, build_diffusion
@@ -122,22 +120,15 @@ def train_diffusion(cfg: DiffusionTrainConfig, progress: Progress | None = None)
         model.x0_bound.fill_(endpoint_bound(store, runs, stats, t_rec))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = 0
-    sdir = state_dir(out) if resume else None
-    if sdir is not None:
-        model.load_state_dict(load_tensors(sdir / "model.safetensors"))
-        optimizer_from_tensors(
-            opt, load_tensors(sdir / "optimizer.safetensors"), read_json(sdir / "optimizer.json")
-        )
-        start = int(read_json(sdir / "trainer.json")["step"])
+    trainer = load_state(out, model, opt) if resume else None
+    if trainer is not None:
+        start = int(trainer["step"])
         emit({"event": "resume", "step": start})
     truncate_metrics(out / "metrics.jsonl", start)
     sampler = TrajectorySampler(store, runs, t_rec, stats, cfg.cache_mb, sym)
 
     def write_policy(step: int, complete: bool) -> None:
-        sd = dict(model.state_dict())
-        save_state(out, sd, opt, {"step": step})
-        atomic_save_tensors(out / "model.safetensors", sd)
-        atomic_write_json(out / "config.json", config_json(step, complete))
+        write_checkpoint(out, model, opt, {"step": step}, config_json(step, complete))
 
     params = sum(p.numel() for p in model.parameters())
     emit({"event": "start", "step": start, "steps": cfg.steps, "runs": len(runs), "N": s_steps,

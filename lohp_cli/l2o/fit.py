@@ -24,13 +24,9 @@ from torch import nn
 
 from lohp_cli.artifacts.policy import new_l2o_meta
 from lohp_cli.checkpoint import (
-    atomic_save_tensors,
     atomic_write_json,
-    load_tensors,
-    optimizer_from_tensors,
-    read_json,
-    save_state,
-    state_dir,
+    load_state,
+    write_checkpoint,
 )
 from lohp_cli.errors import ConfigError, DataError
 from lohp_cli.l2o import L2O_METHODS
@@ -169,15 +165,8 @@ def train_l2o(cfg: L2OTrainConfig, progress: Any = None) -> Any:
     model = build_l2o(lc, cfg.seed).to(device)
     meta_opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start, teacher = 0, None
-    sdir = state_dir(out) if resume else None
-    if sdir is not None:
-        model.load_state_dict(load_tensors(sdir / "model.safetensors"))
-        optimizer_from_tensors(
-            meta_opt,
-            load_tensors(sdir / "optimizer.safetensors"),
-            read_json(sdir / "optimizer.json"),
-        )
-        trainer = read_json(sdir / "trainer.json")
+    trainer = load_state(out, model, meta_opt) if resume else None
+    if trainer is not None:
         start, teacher = int(trainer["step"]), trainer.get("teacher")
         emit({"event": "resume", "step": start})
     else:
@@ -189,13 +178,8 @@ def train_l2o(cfg: L2OTrainConfig, progress: Any = None) -> Any:
     truncate_metrics(out / "metrics.jsonl", start)
 
     def write_policy(step: int, complete: bool) -> None:
-        sd = dict(model.state_dict())
-        save_state(out, sd, meta_opt, {"step": step, "teacher": teacher})
-        atomic_save_tensors(out / "model.safetensors", sd)
-        atomic_write_json(
-            out / "config.json",
-            _config_json(cfg, family, fingerprint, teacher, device, step, complete),
-        )
+        config = _config_json(cfg, family, fingerprint, teacher, device, step, complete)
+        write_checkpoint(out, model, meta_opt, {"step": step, "teacher": teacher}, config)
 
     n_params = sum(p.numel() for p in model.parameters())
     emit(

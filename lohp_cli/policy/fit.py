@@ -21,11 +21,9 @@ from torch import nn
 from lohp_cli.checkpoint import (
     atomic_save_tensors,
     atomic_write_json,
+    load_state,
     load_tensors,
-    optimizer_from_tensors,
-    read_json,
-    save_state,
-    state_dir,
+    write_checkpoint,
 )
 from lohp_cli.config import LoHpTrainConfig, TrainConfig
 from lohp_cli.errors import ConfigError
@@ -164,13 +162,9 @@ def train_policy(cfg: TrainConfig, progress: Progress | None = None) -> TrainRes
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     start = 0
-    sdir = state_dir(out) if resume else None
-    if sdir is not None:
-        model.load_state_dict(load_tensors(sdir / "model.safetensors"))
-        optimizer_from_tensors(
-            opt, load_tensors(sdir / "optimizer.safetensors"), read_json(sdir / "optimizer.json")
-        )
-        start = int(read_json(sdir / "trainer.json")["step"])
+    trainer = load_state(out, model, opt) if resume else None
+    if trainer is not None:
+        start = int(trainer["step"])
         emit({"event": "resume", "step": start})
     if rank == 0:
         truncate_metrics(out / "metrics.jsonl", start)
@@ -189,15 +183,10 @@ def train_policy(cfg: TrainConfig, progress: Progress | None = None) -> TrainRes
     sampler = TrajectorySampler(store, runs, cfg.k, stats, cfg.cache_mb, sym)
 
     def write_policy(step: int, complete: bool) -> None:
-        sd = {k: v for k, v in model.state_dict().items()}
-        save_state(out, sd, opt, {"step": step})
-        atomic_save_tensors(out / "model.safetensors", sd)
-        atomic_write_json(
-            out / "config.json",
-            policy_config_json(
-                cfg, store, fingerprint, n_steps, states - 1, device, len(runs), step, complete
-            ),
+        config = policy_config_json(
+            cfg, store, fingerprint, n_steps, states - 1, device, len(runs), step, complete
         )
+        write_checkpoint(out, model, opt, {"step": step}, config)
 
     emit(
         {
