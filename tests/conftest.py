@@ -205,6 +205,32 @@ def make_class_store(
     return {"B": b, "target": target}
 
 
+def train_and_generate(
+    store: Path,
+    tmp: Path,
+    samples: int = 2,
+    gen_tasks: str = "target",
+    optimizers: list[str] | None = None,
+) -> dict[str, Path]:
+    """A Lo-Hp policy trained 3 steps on ``store`` (on its ``optimizers`` runs; None: all) into
+    ``tmp/pol`` and ``samples`` weights generated for 2 tasks of ``gen_tasks`` (a GenerateConfig
+    task spec) into ``tmp/g.zarr``: ``{"store", "policy", "generated"}`` paths."""
+    from lohp_cli.config import GenerateConfig, TrainConfig
+    from lohp_cli.generate import generate
+    from lohp_cli.train import train_policy
+
+    pol, gen = tmp / "pol", tmp / "g.zarr"
+    train = {"store": str(store), "out": str(pol), "k": 2, "steps": 3,
+             "policy": {"backbone": "mlp", "hidden": 16, "emb_dim": 8}}  # fmt: skip
+    if optimizers is not None:
+        train["optimizers"] = optimizers
+    train_policy(TrainConfig.model_validate(train))
+    gen_cfg = {"policy": str(pol), "out": str(gen), "tasks": gen_tasks, "num_tasks": 2,
+               "samples": samples, "device": "cpu"}  # fmt: skip
+    generate(GenerateConfig.model_validate(gen_cfg))
+    return {"store": store, "policy": pol, "generated": gen}
+
+
 def tiny_policy_run(
     tmp: Path, gen_tasks: str = "target", samples: int = 2, **collect: object
 ) -> dict[str, Path]:
@@ -212,19 +238,9 @@ def tiny_policy_run(
     it (on its Adam runs when it has them) and ``samples`` weights generated for ``gen_tasks`` (a
     GenerateConfig task spec; 2 tasks of a split): ``{"store", "policy", "generated"}`` paths."""
     from lohp_cli.collect import collect as run_collect
-    from lohp_cli.config import GenerateConfig, TrainConfig
-    from lohp_cli.generate import generate
-    from lohp_cli.train import train_policy
 
-    store, pol, gen = tmp / "s.zarr", tmp / "pol", tmp / "g.zarr"
+    store = tmp / "s.zarr"
     cfg = tiny_config(store, **collect)
     run_collect(cfg)
-    train = {"store": str(store), "out": str(pol), "k": 2, "steps": 3,
-             "policy": {"backbone": "mlp", "hidden": 16, "emb_dim": 8}}  # fmt: skip
-    if "adam" in cfg.optimizers:
-        train["optimizers"] = ["adam"]
-    train_policy(TrainConfig.model_validate(train))
-    gen_cfg = {"policy": str(pol), "out": str(gen), "tasks": gen_tasks, "num_tasks": 2,
-               "samples": samples, "device": "cpu"}  # fmt: skip
-    generate(GenerateConfig.model_validate(gen_cfg))
-    return {"store": store, "policy": pol, "generated": gen}
+    adam = ["adam"] if "adam" in cfg.optimizers else None
+    return train_and_generate(store, tmp, samples, gen_tasks, adam)

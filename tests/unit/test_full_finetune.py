@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from lohp_cli.collect import collect
-from lohp_cli.config import GenerateConfig, ModelConfig, TrainConfig
+from lohp_cli.config import GenerateConfig, ModelConfig
 from lohp_cli.errors import CompatibilityError, ConfigError
 from lohp_cli.generate import generate
 from lohp_cli.methods import registry
@@ -22,8 +22,7 @@ from lohp_cli.scoring import accuracy
 from lohp_cli.store import TrajectoryStore
 from lohp_cli.tasks.lora import lora_layers
 from lohp_cli.tasks.models import ParamLayout
-from lohp_cli.train import train_policy
-from tests.conftest import evaluate_context, tiny_config
+from tests.conftest import evaluate_context, tiny_config, train_and_generate
 
 LORA = {"name": "lora", "hidden": 8, "feature_dim": 6, "extractor_steps": 20, "lora_rank": 2}
 SAMPLES = 2
@@ -38,25 +37,7 @@ def lora_store(out: Path, **model: Any) -> Path:
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A tiny lora store (digits 8×8, shared θ₀), a policy trained 3 steps, 2 tasks generated."""
     tmp = tmp_path_factory.mktemp("lora")
-    store, pol, gen = lora_store(tmp / "s.zarr"), tmp / "pol", tmp / "g.zarr"
-    policy = {"backbone": "mlp", "hidden": 16, "emb_dim": 8}
-    train_policy(
-        TrainConfig.model_validate(
-            {"store": str(store), "out": str(pol), "k": 2, "steps": 3, "policy": policy}
-        )
-    )
-    generate(
-        GenerateConfig.model_validate(
-            {
-                "policy": str(pol),
-                "out": str(gen),
-                "num_tasks": 2,
-                "samples": SAMPLES,
-                "device": "cpu",
-            }
-        )
-    )
-    return {"store": store, "policy": pol, "generated": gen, "tmp": tmp}
+    return {**train_and_generate(lora_store(tmp / "s.zarr"), tmp, SAMPLES), "tmp": tmp}
 
 
 @pytest.fixture(scope="module")

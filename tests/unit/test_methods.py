@@ -12,10 +12,9 @@ import torch
 
 import lohp_cli.l2o.method  # registers the learned optimizers, as the evaluate stage does
 from lohp_cli.collect import collect
-from lohp_cli.config import EvaluateConfig, GenerateConfig, TrainConfig
+from lohp_cli.config import EvaluateConfig
 from lohp_cli.errors import ConfigError
 from lohp_cli.evaluate import evaluate, frontier_budgets
-from lohp_cli.generate import generate
 from lohp_cli.methods import registry
 from lohp_cli.methods.base import EvalContext, Starts, run_method
 from lohp_cli.methods.hypernetwork import HypernetworkMethod
@@ -29,8 +28,7 @@ from lohp_cli.scoring import accuracy
 from lohp_cli.stats import normal_mean_ci
 from lohp_cli.store.generated import open_generated
 from lohp_cli.tasks.models import build_target, flat_params, load_flat
-from lohp_cli.train import train_policy
-from tests.conftest import evaluate_context, tiny_config
+from tests.conftest import evaluate_context, tiny_config, train_and_generate
 
 SAMPLES = 2
 
@@ -39,26 +37,9 @@ SAMPLES = 2
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A tiny store, a Lo-Hp policy trained 3 steps on it, and 2 tasks × 2 samples generated."""
     tmp = tmp_path_factory.mktemp("methods")
-    store, pol, gen = tmp / "s.zarr", tmp / "pol", tmp / "g.zarr"
+    store = tmp / "s.zarr"
     collect(tiny_config(store))
-    policy = {"backbone": "mlp", "hidden": 16, "emb_dim": 8}
-    train_policy(
-        TrainConfig.model_validate(
-            {"store": str(store), "out": str(pol), "k": 2, "steps": 3, "policy": policy}
-        )
-    )
-    generate(
-        GenerateConfig.model_validate(
-            {
-                "policy": str(pol),
-                "out": str(gen),
-                "num_tasks": 2,
-                "samples": SAMPLES,
-                "device": "cpu",
-            }
-        )  # fmt: skip
-    )
-    return {"store": store, "policy": pol, "generated": gen, "tmp": tmp}
+    return {**train_and_generate(store, tmp, SAMPLES), "tmp": tmp}
 
 
 def _cfg(run: dict[str, Path], **over: Any) -> EvaluateConfig:
