@@ -4,11 +4,11 @@ evaluate against Adam on the factors and full fine-tuning."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.integration.test_pipeline_subprocess import POLICY, lohp
 
 pytestmark = pytest.mark.slow
 
@@ -20,22 +20,6 @@ COLLECT = [
     "--set", "model.extractor_steps=150", "--set", "model.hidden=32",
     "--set", "model.feature_dim=16", "--set", "model.lora_rank=2",
 ]  # fmt: skip
-POLICY = [
-    "--set", "policy.backbone=mlp", "--set", "policy.hidden=128", "--set", "policy.emb_dim=32",
-    "--device", "cpu",
-]  # fmt: skip
-
-
-def lohp(*args: str) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "lohp_cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={"OMP_NUM_THREADS": "1", "PATH": ""},
-    )
-    assert proc.returncode == 0, proc.stderr
-    return proc
 
 
 def test_lora_collect_train_generate_evaluate(tmp_path: Path) -> None:
