@@ -10,7 +10,7 @@ finite closed form (Abramowitz & Stegun 26.7.3-4), and its quantile is found by 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -76,9 +76,9 @@ class MeanCI:
         return "above" if self.low > 0 else "below" if self.high < 0 else "tie"
 
 
-def mean_ci(values: Sequence[float], confidence: float = 0.95) -> MeanCI:
-    """Mean of ``values`` ± t_{(1+confidence)/2, n-1} · s / √n (s: the sample standard
-    deviation); no interval with fewer than two values."""
+def _mean_half(values: Sequence[float], multiplier: Callable[[int], float]) -> MeanCI:
+    """Mean of ``values`` ± multiplier(n) · s / √n (s: the sample standard deviation); no
+    interval with fewer than two values."""
     n = len(values)
     if n == 0:
         raise ValueError("no values to average")
@@ -86,21 +86,20 @@ def mean_ci(values: Sequence[float], confidence: float = 0.95) -> MeanCI:
     if n < 2:
         return MeanCI(n, mean, None, None)
     sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
-    half = t_quantile((1 + confidence) / 2, n - 1) * sd / math.sqrt(n)
+    half = multiplier(n) * sd / math.sqrt(n)
     return MeanCI(n, mean, mean - half, mean + half)
+
+
+def mean_ci(values: Sequence[float], confidence: float = 0.95) -> MeanCI:
+    """Mean of ``values`` ± t_{(1+confidence)/2, n-1} · s / √n (s: the sample standard
+    deviation); no interval with fewer than two values."""
+    return _mean_half(values, lambda n: t_quantile((1 + confidence) / 2, n - 1))
 
 
 def normal_mean_ci(values: Sequence[float], z: float = 1.96) -> MeanCI:
     """Mean of ``values`` ± z · s / √n (s: the sample standard deviation): the few-shot
     literature's 95 % interval over episodes (z = 1.96); no interval with fewer than two values."""
-    n = len(values)
-    if n == 0:
-        raise ValueError("no values to average")
-    mean = math.fsum(values) / n
-    if n < 2:
-        return MeanCI(n, mean, None, None)
-    half = z * math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1)) / math.sqrt(n)
-    return MeanCI(n, mean, mean - half, mean + half)
+    return _mean_half(values, lambda _n: z)
 
 
 def paired_difference(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) -> MeanCI:
