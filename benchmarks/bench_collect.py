@@ -4,6 +4,7 @@ Run from the repository root::
 
     python benchmarks/bench_collect.py            # full: head, mlp, cnn; a few minutes on 2 cores
     python benchmarks/bench_collect.py --quick    # head and mlp, SGD only in (a); about a minute
+    python benchmarks/bench_collect.py --sections c   # only (c), the codecs
 
 Everything is measured in one process, side by side, and printed on stdout as markdown tables
 (progress goes to stderr). Timings use ``time.perf_counter`` (and ``time.process_time`` for a
@@ -18,14 +19,17 @@ every repeat) and report the median. Torch runs with ``torch.set_num_threads(thr
 (b) Time per optimizer step (``train_step``) for SGD, Adam and SAM on the same batches.
 (c) Bytes on disk of real recorded weights under each codec option (the real runs collected for
     (a) are rewritten with each option), raw/disk ratio, write and read throughput, a bitwise
-    round-trip check. Each option is a ``StoreCodecConfig`` (``transpose`` included), written
-    with the library's own ``codecs_for``/``filters_for``, the codecs ``begin_run`` uses.
+    round-trip check (max absolute and relative error for the lossy ``bf16`` options, and the
+    test accuracy of each run's final weights as read back against the exact ones). Each
+    option is a ``StoreCodecConfig`` (``transpose`` included), written with the library's own
+    ``filters_for``/``serializer_for``/``codecs_for``, the codecs ``begin_run`` uses.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.metadata
 import math
 import os
 import platform
@@ -43,19 +47,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from lohp_cli.collect import RunContext, RunPlan, collect, plan_runs
+from lohp_cli.collect import RunContext, RunPlan, collect, init_target, plan_runs
 from lohp_cli.config import CollectConfig, StoreCodecConfig
 from lohp_cli.optim import build_optimizer, train_step
 from lohp_cli.optim.loop import train_loop
 from lohp_cli.runtime import derive_seed
+from lohp_cli.scoring import accuracy
 from lohp_cli.store import RunWriter, TrajectoryStore
-from lohp_cli.store.trajectory_store import codecs_for, filters_for
+from lohp_cli.store.codecs import codecs_for, filters_for, serializer_for
 from lohp_cli.tasks import TaskFamily, make_family
 from lohp_cli.tasks.models import build_target
 
 OVERHEAD_TARGET = 1.10
 RATIO_TARGET = 1.4
 DEFAULT_CODEC = StoreCodecConfig()
+OLD_DEFAULT = StoreCodecConfig(codec="blosc-zstd")  # the default until pcodec (level 5, shuffle)
 
 
 def log(msg: str) -> None:
@@ -105,6 +111,7 @@ def machine() -> dict[str, str]:
         "torch": torch.__version__,
         "zarr": zarr.__version__,
         "numcodecs": numcodecs.__version__,
+        "pcodec": importlib.metadata.version("pcodec"),
     }
 
 
@@ -364,15 +371,21 @@ def chunk_rows(codec: StoreCodecConfig, states: int) -> int:
 def codec_label(codec: StoreCodecConfig) -> str:
     """Short text of a ``StoreCodecConfig``; ``(default)`` marks ``StoreCodecConfig()``."""
     c = codec
-    text = c.codec if c.codec in ("none", "zstd") else f"{c.codec} {c.shuffle}"
+    text = f"{c.codec} {c.resolved_shuffle}" if c.codec.startswith("blosc") else c.codec
     if c.codec != "none":
-        text += f" L{c.level}"
+        text += f" L{c.resolved_level}"
+    if c.codec == "pcodec":
+        text += f" delta {'auto' if c.delta is None else c.delta}"
+    if c.lossy != "none":
+        text = f"**{c.lossy} (lossy)** + {text}"
     text += f", chunk {c.chunk_steps}"
     if c.chunk_steps >= CollectConfig().recorded_states:
         text += " (whole run)"
     text = ("transpose + " if c.transpose else "no transpose, ") + text
     if c == DEFAULT_CODEC:
         text += " (default)"
+    elif c == OLD_DEFAULT:
+        text += " (default before pcodec)"
     return text
 
 
@@ -380,32 +393,50 @@ def codec_options(quick: bool) -> list[StoreCodecConfig]:
     """The options of (c), each a ``StoreCodecConfig``: the default and variations of it."""
     part = 16  # several chunks per run (the last one padded)
     opt = StoreCodecConfig
+    blosc = "blosc-zstd"
     options = [
-        # With the transpose (coordinate-major chunks).
-        (True, opt(transpose=True)),
-        (False, opt(transpose=True, level=1)),
-        (True, opt(transpose=True, level=3)),
-        (False, opt(transpose=True, level=9)),
-        (True, opt(transpose=True, shuffle="noshuffle")),
-        (False, opt(transpose=True, shuffle="bitshuffle")),
-        (True, opt(transpose=True, codec="blosc-lz4")),
-        (False, opt(transpose=True, codec="zstd")),
-        (True, opt(transpose=True, chunk_steps=part)),
-        # Without it (time-major chunks, as the store wrote before ``transpose``).
+        # pcodec (the default), with the transpose: its delta runs along each time series.
+        (True, opt()),
+        (True, opt(level=4)),
+        (False, opt(level=12)),
+        (True, opt(delta=0)),
+        (True, opt(delta=1)),
+        (False, opt(delta=2)),
+        (True, opt(chunk_steps=part)),
         (True, opt(transpose=False)),
-        (False, opt(transpose=False, level=9)),
-        (True, opt(transpose=False, shuffle="noshuffle")),
-        (False, opt(transpose=False, shuffle="bitshuffle")),
-        (False, opt(transpose=False, codec="blosc-lz4")),
-        (True, opt(transpose=False, codec="zstd")),
-        (True, opt(transpose=False, codec="none")),
-        (True, opt(transpose=False, chunk_steps=part)),
-        (False, opt(transpose=False, codec="zstd", chunk_steps=part)),
-        (False, opt(transpose=False, codec="none", chunk_steps=part)),
+        # blosc and zstd, with the transpose (coordinate-major chunks).
+        (True, opt(codec=blosc, transpose=True)),
+        (False, opt(codec=blosc, transpose=True, level=1)),
+        (True, opt(codec=blosc, transpose=True, level=3)),
+        (True, opt(codec=blosc, transpose=True, level=9)),
+        (True, opt(codec=blosc, transpose=True, shuffle="noshuffle")),
+        (True, opt(codec=blosc, transpose=True, shuffle="bitshuffle")),
+        (True, opt(codec="blosc-lz4", transpose=True)),
+        (True, opt(codec="zstd", transpose=True)),
+        (False, opt(codec="zstd", transpose=True, level=9)),
+        (False, opt(codec=blosc, transpose=True, chunk_steps=part)),
+        # Without it (time-major chunks, as the store wrote before ``transpose``).
+        (True, opt(codec=blosc, transpose=False)),
+        (False, opt(codec=blosc, transpose=False, level=9)),
+        (False, opt(codec=blosc, transpose=False, shuffle="noshuffle")),
+        (False, opt(codec=blosc, transpose=False, shuffle="bitshuffle")),
+        (False, opt(codec="blosc-lz4", transpose=False)),
+        (False, opt(codec="zstd", transpose=False)),
+        (True, opt(codec="none", transpose=False)),
+        (False, opt(codec=blosc, transpose=False, chunk_steps=part)),
+        (False, opt(codec="zstd", transpose=False, chunk_steps=part)),
+        (False, opt(codec="none", transpose=False, chunk_steps=part)),
+        # Lossy: every weight rounded to bfloat16 precision, then each compressor.
+        (True, opt(lossy="bf16")),
+        (True, opt(lossy="bf16", codec=blosc)),
+        (False, opt(lossy="bf16", codec=blosc, shuffle="bitshuffle")),
+        (True, opt(lossy="bf16", codec="zstd")),
+        (False, opt(lossy="bf16", codec="blosc-lz4")),
     ]
     chosen = [o for in_quick, o in options if in_quick or not quick]
-    if DEFAULT_CODEC not in chosen:  # the defaults changed: keep a row for them
-        chosen.insert(0, DEFAULT_CODEC)
+    for must in (OLD_DEFAULT, DEFAULT_CODEC):  # the defaults changed: keep a row for them
+        if must not in chosen:
+            chosen.insert(0, must)
     return list(dict.fromkeys(chosen))  # one row per distinct config
 
 
@@ -417,7 +448,8 @@ def codec_trial(arrays: list[np.ndarray], option: StoreCodecConfig, root: Path) 
     """Write every array with ``option`` into a fresh local store, read it back, measure.
 
     The arrays are created as ``TrajectoryStore.begin_run`` creates ``weights``: the same
-    chunks, ``filters_for`` and ``codecs_for``.
+    chunks, ``filters_for``, ``serializer_for`` and ``codecs_for``; they are written through
+    the array re-opened from its metadata, as ``RunWriter`` writes.
     """
     import zarr
 
@@ -432,10 +464,13 @@ def codec_trial(arrays: list[np.ndarray], option: StoreCodecConfig, root: Path) 
                 chunks=(chunk_rows(option, a.shape[0]), a.shape[1]),
                 dtype="float32",
                 filters=filters_for(option),
+                serializer=serializer_for(option),
                 compressors=codecs_for(option),
                 fill_value=np.nan,
             )
         )
+    group = zarr.open_group(zarr.storage.LocalStore(root), mode="r+")
+    nodes = [group[f"r{i}"] for i in range(len(arrays))]
 
     def write_all() -> None:
         for node, a in zip(nodes, arrays, strict=True):
@@ -451,6 +486,11 @@ def codec_trial(arrays: list[np.ndarray], option: StoreCodecConfig, root: Path) 
         np.array_equal(b.view(np.uint32), a.view(np.uint32))
         for a, b in zip(arrays, back, strict=True)
     )
+    abs_err = max(float(np.abs(b - a).max()) for a, b in zip(arrays, back, strict=True))
+    rel_err = max(
+        float((np.abs(b - a)[a != 0] / np.abs(a[a != 0])).max(initial=0.0))
+        for a, b in zip(arrays, back, strict=True)
+    )
     disk = sum(dir_bytes(root / f"r{i}") for i in range(len(arrays)))
     chunks = sum(dir_bytes(root / f"r{i}" / "c") for i in range(len(arrays)))
     return {
@@ -459,21 +499,38 @@ def codec_trial(arrays: list[np.ndarray], option: StoreCodecConfig, root: Path) 
         "write_cpu": write_cpu,
         "read_cpu": read_cpu,
         "lossless": lossless,
+        "abs_err": abs_err,
+        "rel_err": rel_err,
+        "final": [b[-1] for b in back],  # each run's final weights [P] as read back
         "disk": disk,
         "chunks": chunks,
     }
 
 
+def final_accuracy(ctx: RunContext, plans: list[RunPlan], finals: list[np.ndarray]) -> list[float]:
+    """Test-split accuracy of each run's final weights ``[P]`` (its task's test split)."""
+    out = []
+    for plan, theta in zip(plans, finals, strict=True):
+        model = init_target(ctx.cfg, ctx.family, plan.seed, ctx.frozen)
+        out.append(accuracy(model, torch.from_numpy(theta), ctx.task(plan.task_id))[0])
+    return out
+
+
 def bench_codecs(
-    model: str, store: TrajectoryStore, run_ids: list[str], root: Path, reps: int, quick: bool
+    model: str, ctx: RunContext, plans: list[RunPlan], root: Path, reps: int, quick: bool
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """(c) for one model: every codec option on the same real weight arrays."""
-    arrays = [store.weights(rid) for rid in run_ids]  # each [T+1, P] float32
+    arrays = [ctx.store.weights(p.run_id) for p in plans]  # each [T+1, P] float32
+    exact_acc = final_accuracy(ctx, plans, [a[-1] for a in arrays])
     raw = sum(a.nbytes for a in arrays)
     constant = statistics.mean(float((a == a[0]).all(0).mean()) for a in arrays)
+    options = codec_options(quick)
+    by_option: list[list[dict[str, Any]]] = [[] for _ in options]
+    for rep in range(reps):  # interleaved: every round runs each option once, order rotating
+        for i in [(rep + j) % len(options) for j in range(len(options))]:
+            by_option[i].append(codec_trial(arrays, options[i], root / "codec"))
     results = []
-    for option in codec_options(quick):
-        trials = [codec_trial(arrays, option, root / "codec") for _ in range(reps)]
+    for option, trials in zip(options, by_option, strict=True):
         results.append(
             {
                 "model": model,
@@ -486,8 +543,19 @@ def bench_codecs(
                 "write_cpu": raw / 1e6 / statistics.median(t["write_cpu"] for t in trials),
                 "read_cpu": raw / 1e6 / statistics.median(t["read_cpu"] for t in trials),
                 "lossless": all(t["lossless"] for t in trials),
+                "abs_err": max(t["abs_err"] for t in trials),
+                "rel_err": max(t["rel_err"] for t in trials),
             }
         )
+        if option.lossy != "none" and option.codec == DEFAULT_CODEC.codec:
+            acc = final_accuracy(ctx, plans, trials[-1]["final"])
+            diffs = [a - e for a, e in zip(acc, exact_acc, strict=True)]
+            results[-1]["accuracy"] = {
+                "exact": statistics.mean(exact_acc),
+                "lossy": statistics.mean(acc),
+                "max_abs_diff": max(abs(d) for d in diffs),
+                "runs": len(diffs),
+            }
     shutil.rmtree(root / "codec", ignore_errors=True)
     a = arrays[0]
     log(f"(c) {model}: {len(arrays)} runs of shape {a.shape}, {constant:.0%} θ never change")
@@ -509,20 +577,41 @@ def codec_rows(results: list[dict[str, Any]]) -> list[list[Any]]:
             f"{r['write_cpu']:.0f}",
             f"{r['read']:.0f}",
             f"{r['read_cpu']:.0f}",
-            "yes" if r["lossless"] else "NO",
+            "yes (bitwise)" if r["lossless"] else "no",
+            "0" if r["lossless"] else f"{r['abs_err']:.1e} / {r['rel_err']:.1e}",
         ]
         for r in results
     ]
 
 
+def lossy_accuracy_rows(results: list[dict[str, Any]]) -> list[list[Any]]:
+    """Per model: mean test accuracy of the final weights, exact vs read back from bf16."""
+    return [
+        [
+            r["model"],
+            codec_label(r["option"]),
+            r["accuracy"]["runs"],
+            f"{r['accuracy']['exact']:.4f}",
+            f"{r['accuracy']['lossy']:.4f}",
+            f"{r['accuracy']['max_abs_diff']:.4f}",
+            f"{r['rel_err']:.2e} (bf16 bound 2^-8 = {2.0**-8:.2e})",
+        ]
+        for r in results
+        if "accuracy" in r
+    ]
+
+
 def codec_summary(results: list[dict[str, Any]], models: list[str]) -> list[list[Any]]:
-    """Per model: the default; the best option overall, as fast as the default, untransposed."""
+    """Per model: the default, the old default; the best lossless option overall, as fast as the
+    default, untransposed; the best lossy one."""
     rows = []
     for model in models:
-        mine = [r for r in results if r["model"] == model]
+        every = [r for r in results if r["model"] == model]
+        mine = [r for r in every if r["lossless"]]
         if not mine:
             continue
         default = next(r for r in mine if r["option"] == DEFAULT_CODEC)
+        old = next(r for r in mine if r["option"] == OLD_DEFAULT)
         fast = [r for r in mine if r["write_cpu"] >= 0.8 * default["write_cpu"]]
         plain = [r for r in mine if not r["option"].transpose]
 
@@ -534,8 +623,12 @@ def codec_summary(results: list[dict[str, Any]], models: list[str]) -> list[list
             return f"{r['ratio']:.3f}x, {r['write_cpu']:.0f} MB/CPU-s write ({label})"
 
         rows.append(
-            [model, f"{default['ratio']:.3f}x, {default['write_cpu']:.0f} MB/CPU-s write"]
-            + [cell(mine), cell(fast), cell(plain)]
+            [
+                model,
+                f"{default['ratio']:.3f}x, {default['write_cpu']:.0f} MB/CPU-s write",
+                f"{old['ratio']:.3f}x, {old['write_cpu']:.0f} MB/CPU-s write",
+            ]
+            + [cell(mine), cell(fast), cell(plain), cell([r for r in every if not r["lossless"]])]
         )
     return rows
 
@@ -545,7 +638,7 @@ def bitshuffle_notes(results: list[dict[str, Any]]) -> list[str]:
     notes = []
     for r in results:
         c = r["option"]
-        if c.codec == "none" or c.shuffle != "bitshuffle":
+        if c.resolved_shuffle != "bitshuffle":
             continue
         twin = c.model_copy(update={"shuffle": "noshuffle"})
         rows = chunk_rows(c, r["shape"][0])
@@ -567,7 +660,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer models, repeats and options")
     parser.add_argument("--models", default=None, help="comma list of head,mlp,cnn")
     parser.add_argument("--reps", type=int, default=None, help="timed repeats per variant")
+    parser.add_argument("--sections", default="abc", help="which of (a), (b), (c) to run")
     args = parser.parse_args(argv)
+    sections = set(args.sections)
+    if not sections or not sections <= set("abc"):
+        parser.error(f"--sections {args.sections!r}: give letters of abc, e.g. c or ab")
 
     quick = args.quick
     models = (args.models or ("head,mlp" if quick else "head,mlp,cnn")).split(",")
@@ -603,16 +700,17 @@ def main(argv: list[str] | None = None) -> int:
                 first.setdefault(p.optimizer, p)
             # SGD has the shortest runs, so the largest overhead ratio; cnn runs take seconds.
             chosen = [first["sgd"]] if quick or model == "cnn" else list(first.values())
-            a_rows, bd_rows, labels = bench_overhead(ctx, chosen, reps_a[model])
-            rows_a += a_rows
-            rows_bd += bd_rows
-            block = {"head": 200, "mlp": 50, "cnn": 20}[model]
-            rows_b.append(bench_steps(ctx, reps_b, block))
-            res, c_info = bench_codecs(
-                model, ctx.store, [p.run_id for p in plans], root, 2 if quick else 3, quick
-            )
-            results_c += res
-            runs_info.append(c_info)
+            if "a" in sections:
+                a_rows, bd_rows, labels = bench_overhead(ctx, chosen, reps_a[model])
+                rows_a += a_rows
+                rows_bd += bd_rows
+            if "b" in sections:
+                block = {"head": 200, "mlp": 50, "cnn": 20}[model]
+                rows_b.append(bench_steps(ctx, reps_b, block))
+            if "c" in sections:
+                res, c_info = bench_codecs(model, ctx, plans, root, 2 if quick else 3, quick)
+                results_c += res
+                runs_info.append(c_info)
             shutil.rmtree(root / f"{model}.zarr", ignore_errors=True)
     wall = time.perf_counter() - t_all
     load1 = os.getloadavg()[0]
@@ -623,9 +721,10 @@ def main(argv: list[str] | None = None) -> int:
     states = defaults.recorded_states
     chunk = chunk_rows(codec, states)
     flushes = math.ceil(states / chunk)
+    delta = "auto" if codec.delta is None else codec.delta
     codec_text = (
-        f"codec {codec.codec}, shuffle {codec.shuffle}, level {codec.level}, chunk_steps "
-        f"{codec.chunk_steps}, transpose {codec.transpose}"
+        f"codec {codec.codec}, level {codec.resolved_level}, delta {delta}, "
+        f"lossy {codec.lossy}, chunk_steps {codec.chunk_steps}, transpose {codec.transpose}"
     )
     which_opts = (
         "SGD only (--quick)"
@@ -633,10 +732,12 @@ def main(argv: list[str] | None = None) -> int:
         else "cnn with SGD only (its runs take seconds; SGD has the shortest runs, so the "
         "largest ratio)"
     )
-    out: list[str] = [f"## `lohp collect` benchmarks ({'--quick' if quick else 'full'})\n"]
+    title = f"{'--quick' if quick else 'full'}, sections {''.join(sorted(sections))}"
+    out: list[str] = [f"## `lohp collect` benchmarks ({title})\n"]
     out.append(
         f"{info['date']}; CPU {info['cpu']}, {info['cores']} cores; Python {info['python']}, "
-        f"torch {info['torch']}, zarr {info['zarr']}, numcodecs {info['numcodecs']}. "
+        f"torch {info['torch']}, zarr {info['zarr']}, numcodecs {info['numcodecs']}, "
+        f"pcodec {info['pcodec']}. "
         f"`torch.set_num_threads({threads})` (collect's `threads_per_worker` default), device "
         f"cpu. Default fmnist config: steps {defaults.steps}, record_every "
         f"{defaults.record_every}, batch {defaults.batch_size}, {states} recorded states per run. "
@@ -646,7 +747,29 @@ def main(argv: list[str] | None = None) -> int:
         f"the cores; ratios come from interleaved repeats, so they suffer less than absolute ms)."
         "\n"
     )
-    out.append("### (a) Recording overhead per run\n")
+    if "a" in sections:
+        out += section_a(rows_a, rows_bd, labels, reps_text, which_opts, flushes, states, chunk)
+    if "b" in sections:
+        out += section_b(rows_b, reps_b)
+    if "c" in sections:
+        out += section_c(results_c, runs_info, models)
+    out.append(f"Total benchmark wall time: {wall:.0f} s.")
+    print("\n".join(out))
+    return 0
+
+
+def section_a(
+    rows_a: list[list[Any]],
+    rows_bd: list[list[Any]],
+    labels: list[str],
+    reps_text: str,
+    which_opts: str,
+    flushes: int,
+    states: int,
+    chunk: int,
+) -> list[str]:
+    defaults, codec = CollectConfig(), DEFAULT_CODEC
+    out = ["### (a) Recording overhead per run\n"]
     out.append(
         f"Median wall time of one whole run (model init, optimizer, {defaults.steps} steps) over "
         f"interleaved repeats ({reps_text}) after one warm-up round; {which_opts}. *train*: "
@@ -703,7 +826,12 @@ def main(argv: list[str] | None = None) -> int:
         )
         + "\n"
     )
-    out.append("### (b) Time per optimizer step\n")
+    return out
+
+
+def section_b(rows_b: list[list[Any]], reps_b: int) -> list[str]:
+    defaults = CollectConfig()
+    out = ["### (b) Time per optimizer step\n"]
     out.append(
         f"`train_step` on the same pre-drawn batches of {defaults.batch_size}, blocks of steps "
         f"(head 200, mlp 50, cnn 20), median of {reps_b} interleaved blocks after a warm-up "
@@ -716,7 +844,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         + "\n"
     )
-    out.append("### (c) Recorded weights on disk per codec\n")
+    return out
+
+
+def section_c(
+    results_c: list[dict[str, Any]], runs_info: list[dict[str, Any]], models: list[str]
+) -> list[str]:
+    out = ["### (c) Recorded weights on disk per codec\n"]
     desc = "; ".join(
         f"{r['model']}: {r['runs']} runs × {r['shape'][0]}×{r['shape'][1]} float32 = "
         f"{r['raw_kb']:.0f} kB raw, {r['constant']:.0%} of θ entries constant over a run"
@@ -728,11 +862,16 @@ def main(argv: list[str] | None = None) -> int:
         "inspect` counts). Throughput: MB/s of raw data through zarr, whole-array write and "
         "read (median of repeats, warm page cache, includes zarr's per-call overhead, which "
         "dominates for the small head arrays). Each option is a `StoreCodecConfig`, written "
-        "through the library's `codecs_for`/`filters_for` as `begin_run` writes a run; "
+        "through the library's `filters_for`/`serializer_for`/`codecs_for` as `begin_run` "
+        "writes a run; "
         "*transpose* (`StoreCodecConfig.transpose`) is zarr v3's core "
         "`TransposeCodec(order=(1, 0))` before the compressor, so each chunk is stored "
-        "parameter-major (one parameter's values over time side by side); *(default)* marks "
-        "`StoreCodecConfig()`.\n"
+        "parameter-major (one parameter's values over time side by side); pcodec is the "
+        "array-to-bytes codec (`numcodecs.pcodec`, no compressor after it), its *delta* the "
+        "delta-encoding order along that series (auto: pcodec picks per chunk); *bf16 (lossy)* "
+        "is `BitRound(keepbits=7)` after the transpose (float32 on disk and on read). "
+        "*(default)* marks `StoreCodecConfig()`. *error*: max absolute / max relative error "
+        "of any weight read back (relative over non-zero weights).\n"
     )
     out.append(
         table(
@@ -747,31 +886,52 @@ def main(argv: list[str] | None = None) -> int:
                 "read MB/s",
                 "read MB/CPU-s",
                 "lossless",
+                "error abs / rel",
             ],
             codec_rows(results_c),
         )
         + "\n"
     )
-    out.append("Best ratio per model (in the table above):\n")
+    out.append("Best ratio per model (in the table above; lossless options unless marked):\n")
     out.append(
         table(
             [
                 "model",
                 "default",
-                "best option",
-                "best option with ≥ 80% of the default's write MB/CPU-s",
-                "best option with transpose=False",
+                "default before pcodec",
+                "best lossless option",
+                "best lossless option with ≥ 80% of the default's write MB/CPU-s",
+                "best lossless option with transpose=False",
+                "best lossy option",
             ],
             codec_summary(results_c, models),
+        )
+        + "\n"
+    )
+    out.append(
+        "What bf16 rounding costs: test-split accuracy (each run's own task) of each run's "
+        "final recorded weights, exact vs as read back from the bf16 store; mean over runs, "
+        "and the largest change of any one run.\n"
+    )
+    out.append(
+        table(
+            [
+                "model",
+                "codec",
+                "runs",
+                "test acc exact",
+                "test acc bf16",
+                "max abs Δ acc of a run",
+                "max relative weight error",
+            ],
+            lossy_accuracy_rows(results_c),
         )
         + "\n"
     )
     for note in bitshuffle_notes(results_c):
         out.append(f"- {note}")
     out.append("")
-    out.append(f"Total benchmark wall time: {wall:.0f} s.")
-    print("\n".join(out))
-    return 0
+    return out
 
 
 if __name__ == "__main__":

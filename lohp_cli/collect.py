@@ -330,7 +330,8 @@ def summarize_store(location: str, verify: bool = False) -> dict[str, Any]:
     problems: list[str] = []
     states = compat.states
     final_acc: dict[str, list[float]] = {}
-    with_checksums = with_dims = 0
+    with_checksums = with_dims = lossy = 0
+    codecs: dict[str, int] = {}
     for rid in store.run_ids():
         a = store.run_attrs(rid)
         status = "unreadable" if a is None else a.get("status", "unknown")
@@ -343,6 +344,9 @@ def summarize_store(location: str, verify: bool = False) -> dict[str, Any]:
         checksummed, named = store.run_format(rid)
         with_checksums += checksummed
         with_dims += named
+        codec, rounded = store.run_codec(rid)
+        codecs[codec] = codecs.get(codec, 0) + 1
+        lossy += rounded
         if verify:
             damaged = store.verify_run(rid)
             problems += damaged
@@ -385,6 +389,8 @@ def summarize_store(location: str, verify: bool = False) -> dict[str, Any]:
         # decompression fails)
         "checksums": _share(with_checksums, complete),
         "dimension_names": _share(with_dims, complete),
+        "weight_codecs": codecs,  # codec pipeline of the weights -> complete runs using it
+        "lossy": _share(lossy, complete),  # runs whose weights were rounded (lossy = "bf16")
         "created_at": meta.created_at,
         "lohp_version": meta.provenance.get("lohp_version"),
     }

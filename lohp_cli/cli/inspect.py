@@ -26,6 +26,7 @@ SUMMARY_KEYS = (
     "complete_runs",
     "checksums",
     "dimension_names",
+    "lossy",
     "created_at",
     "lohp_version",
 )
@@ -71,6 +72,8 @@ def _print_summary(s: dict[str, Any]) -> None:
             t.add_row("test_domain (held out)", str(s["test_domain"]))
     if s["bytes_on_disk"] is not None:
         t.add_row("bytes_on_disk", f"{s['bytes_on_disk']:,}")
+    for codec, n in s["weight_codecs"].items():
+        t.add_row("weights codec", f"{codec} ({n} run{'s' * (n != 1)})")
     if s["compression_ratio"]:
         t.add_row("weights compression", f"{s['compression_ratio']:.2f}× vs raw float32")
     out.print(t)

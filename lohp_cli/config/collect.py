@@ -11,25 +11,91 @@ from lohp_cli.config.optim import OPTIMIZERS, OptimizersConfig, check_optimizer_
 from lohp_cli.config.tasks import ModelConfig, TaskConfig
 from lohp_cli.runtime import derive_seed
 
+# Compression level ranges and defaults (pcodec: 0-12, higher is slower and smaller).
+CODEC_LEVELS = {"pcodec": (12, 8), "blosc-zstd": (9, 5), "blosc-lz4": (9, 5), "zstd": (9, 5)}
+
 
 class StoreCodecConfig(Frozen):
-    codec: Literal["blosc-zstd", "blosc-lz4", "zstd", "none"] = Field(
-        "blosc-zstd", description="Compression of trajectory chunks."
+    codec: Literal["pcodec", "blosc-zstd", "blosc-lz4", "zstd", "none"] = Field(
+        "pcodec",
+        description="Compression of trajectory chunks. pcodec (lossless, numerical; stores it "
+        "writes need numcodecs and pcodec to read) is the default since it compresses real "
+        "trajectories best; blosc-zstd was the default before.",
     )
-    level: int = Field(5, ge=0, le=9, description="Compression level.")
-    shuffle: Literal["shuffle", "bitshuffle", "noshuffle"] = Field(
-        "shuffle", description="Blosc shuffle filter."
+    level: int | None = Field(
+        None,
+        ge=0,
+        le=12,
+        description="Compression level: pcodec 0-12 (default 8), blosc and zstd 0-9 (default 5).",
+    )
+    shuffle: Literal["shuffle", "bitshuffle", "noshuffle"] | None = Field(
+        None, description="Blosc shuffle filter (blosc codecs only; default: shuffle)."
+    )
+    delta: int | None = Field(
+        None,
+        ge=0,
+        le=7,
+        description="pcodec only: delta encoding order along each stored series (with transpose, "
+        "a coordinate's time series): 0 none, 1 consecutive differences, 2 differences of those, "
+        "...; default: pcodec picks per chunk.",
+    )
+    lossy: Literal["none", "bf16"] = Field(
+        "none",
+        description="Lossy rounding before compression: bf16 rounds every weight to bfloat16 "
+        "precision (8 significant bits, relative error <= 2^-8; zarr BitRound(keepbits=7)), "
+        "still read as float32. Never the default; 'lohp inspect' shows a lossy store.",
     )
     chunk_steps: int = Field(
         64, ge=1, description="Recorded states per chunk (time axis); default: a run in one chunk."
     )
     transpose: bool = Field(
-        True, description="Store each chunk coordinate-major (zarr TransposeCodec): better ratio."
+        True,
+        description="Store each chunk coordinate-major (zarr TransposeCodec), so each "
+        "coordinate's time series is contiguous: better ratio, and pcodec's delta runs along time.",
     )
     checksum: bool = Field(
         True,
         description="End every chunk with a crc32c checksum (zarr v3 codec): damage is detected.",
     )
+
+    @model_validator(mode="after")
+    def _options_fit_the_codec(self) -> StoreCodecConfig:
+        c = self.codec
+        if self.level is not None:
+            if c == "none":
+                raise ValueError(f"level={self.level} needs a compressor; codec is 'none'")
+            top = CODEC_LEVELS[c][0]
+            if self.level > top:
+                raise ValueError(f"level={self.level} is out of range for {c}; use 0-{top}")
+        if self.shuffle is not None and not c.startswith("blosc"):
+            raise ValueError(
+                f"shuffle={self.shuffle!r} is a blosc option; codec is {c!r} (use blosc-zstd or "
+                "blosc-lz4, or leave shuffle out)"
+            )
+        if self.delta is not None and c != "pcodec":
+            raise ValueError(
+                f"delta={self.delta} is a pcodec option; codec is {c!r} (use codec = 'pcodec' or "
+                "leave delta out)"
+            )
+        if self.lossy != "none" and c == "none":
+            raise ValueError(
+                f"lossy={self.lossy!r} only saves space with a compressor; codec is 'none'"
+            )
+        return self
+
+    @property
+    def resolved_level(self) -> int | None:
+        """The compression level used: ``level``, else the codec's default (None for none)."""
+        if self.codec == "none":
+            return None
+        return CODEC_LEVELS[self.codec][1] if self.level is None else self.level
+
+    @property
+    def resolved_shuffle(self) -> str | None:
+        """The blosc shuffle used (None for other codecs)."""
+        if not self.codec.startswith("blosc"):
+            return None
+        return self.shuffle or "shuffle"
 
 
 class CollectConfig(Frozen):

@@ -27,6 +27,7 @@ import lohp_cli.store.chunks as chunks
 from lohp_cli.artifacts.store import StoreMeta, new_store_meta, read_store_meta
 from lohp_cli.config import StoreCodecConfig
 from lohp_cli.errors import StoreError
+from lohp_cli.store.codecs import codecs_for, describe_codecs, filters_for, serializer_for
 from lohp_cli.store.schema import STATUS_COMPLETE, STATUS_RUNNING
 from lohp_cli.store.writer import RunWriter
 
@@ -39,27 +40,6 @@ def _local_path(location: str) -> Path | None:
     if location.startswith("file://"):
         return Path(location.removeprefix("file://"))
     return None if _is_url(location) else Path(location)
-
-
-def filters_for(cfg: StoreCodecConfig) -> list[Any]:
-    """Array-to-array filters: a transpose so that each coordinate's time series is contiguous."""
-    from zarr.codecs import TransposeCodec
-
-    return [TransposeCodec(order=(1, 0))] if cfg.transpose else []
-
-
-def codecs_for(cfg: StoreCodecConfig) -> list[Any]:
-    """The zarr v3 bytes-to-bytes codecs for a codec config: the compressor (none for
-    ``none``), then the ``crc32c`` checksum (last, so it covers the compressed bytes)."""
-    from zarr.codecs import BloscCodec, ZstdCodec
-
-    crc = [chunks.checksum_codec()] if cfg.checksum else []
-    if cfg.codec == "none":
-        return crc
-    if cfg.codec == "zstd":
-        return [ZstdCodec(level=cfg.level), *crc]
-    cname = "zstd" if cfg.codec == "blosc-zstd" else "lz4"
-    return [BloscCodec(cname=cname, clevel=cfg.level, shuffle=cfg.shuffle), *crc]
 
 
 # Axis names of every array (zarr v3 ``dimension_names``; xarray and Dask read them).
@@ -318,7 +298,7 @@ class TrajectoryStore:
         g = self.root["runs"].create_group(
             rid, attributes={**attrs, "status": STATUS_RUNNING, "steps_written": 0}
         )
-        compressors = codecs_for(codec)
+        compressors, serializer = codecs_for(codec), serializer_for(codec)
         chunk = min(codec.chunk_steps, states)
         g.create_array(
             "weights",
@@ -326,6 +306,7 @@ class TrajectoryStore:
             chunks=(chunk, size),
             dtype="float32",
             filters=filters_for(codec),
+            serializer=serializer,
             compressors=compressors,
             fill_value=np.nan,
             dimension_names=WEIGHT_DIMS,
@@ -336,6 +317,7 @@ class TrajectoryStore:
                 shape=(states,),
                 chunks=(states,),
                 dtype="float32",
+                serializer=serializer,  # lossless: the rounding of lossy="bf16" is for weights
                 compressors=compressors,
                 fill_value=np.nan,
                 dimension_names=STATE_DIMS,
@@ -380,6 +362,10 @@ class TrajectoryStore:
         """``(checksummed, dimension_names)`` of a run's weights array (False for old stores)."""
         arr = self.root["runs"][rid]["weights"]
         return chunks.has_checksums(arr), chunks.has_dimension_names(arr)
+
+    def run_codec(self, rid: str) -> tuple[str, bool]:
+        """``(codec pipeline text, lossy)`` of a run's weights array, from its zarr metadata."""
+        return describe_codecs(self.root["runs"][rid]["weights"])
 
     def iter_runs(self, complete_only: bool = True) -> Iterator[tuple[str, dict[str, Any]]]:
         for rid in self.run_ids():

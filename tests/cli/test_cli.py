@@ -304,6 +304,20 @@ CONFIG_ERRORS = {
     "shard-out-of-range": (["--shard", "3/2"], ["3/2"]),
     "shard-not-i/n": (["--shard", "abc"], ["abc"]),
     "set-not-key=value": (["--set", "tasks"], ["tasks"]),
+    "store-unknown-codec": (["--set", "store.codec=lz5"], ["store.codec", "lz5"]),
+    "store-lossy-without-compressor": (
+        ["--set", "store.codec=none", "--set", "store.lossy=bf16"],
+        ["store", "'bf16'", "'none'"],
+    ),
+    "store-delta-without-pcodec": (
+        ["--set", "store.codec=zstd", "--set", "store.delta=2"],
+        ["store", "delta=2", "'zstd'"],
+    ),
+    "store-shuffle-without-blosc": (["--set", "store.shuffle=bitshuffle"], ["'bitshuffle'"]),
+    "store-level-out-of-range": (
+        ["--set", "store.codec=blosc-lz4", "--set", "store.level=11"],
+        ["level=11", "blosc-lz4", "0-9"],
+    ),
 }
 
 
@@ -591,9 +605,13 @@ def test_collect_then_inspect(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["verified"] is True
 
+    pipeline = "transpose > pcodec L8 delta auto > crc32c"  # the default codec
+    assert (summary["weight_codecs"], summary["lossy"]) == ({pipeline: 6}, "none")
+
     result = invoke("inspect", out)
     assert result.exit_code == 0, result.output
     assert "lohp.trajectories" in result.stdout
+    assert f"weights codec {pipeline} (6 runs)" in flat(result.stdout)
 
     # the same command again resumes: nothing to do, nothing rewritten
     before = snapshot(out)
@@ -602,6 +620,21 @@ def test_collect_then_inspect(tmp_path: Path) -> None:
     assert result.stdout == f"{out}\n"
     assert "0 run(s) collected, 6 already complete" in flat(result.stderr)
     assert snapshot(out) == before
+
+
+def test_inspect_shows_a_lossy_store(tmp_path: Path) -> None:
+    out = tmp_path / "bf16.zarr"
+    args = [*tiny_sets(tasks=1, optimizers=["sgd"]), "--set", "store.lossy=bf16"]
+    result = invoke("collect", "--out", out, *args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(invoke("inspect", out, "--json", "--verify").stdout)
+    assert (summary["lossy"], summary["verified"]) == ("all", True)
+    (pipeline,) = summary["weight_codecs"]
+    assert pipeline == (
+        "transpose > bitround keepbits=7 (bf16, lossy) > pcodec L8 delta auto > crc32c"
+    )
+    text = flat(invoke("inspect", out).stdout)
+    assert "lossy all" in text and f"weights codec {pipeline} (1 run)" in text
 
 
 def test_diverging_run_exit_3_and_not_marked_complete(tmp_path: Path) -> None:

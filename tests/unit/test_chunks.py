@@ -18,7 +18,9 @@ RID = run_id("c0_1", "adam", 0)
 OTHER = run_id("c2_3", "sgd", 0)
 
 
-def make_store(path: Path, checksum: bool = True, chunk_steps: int = 4) -> TrajectoryStore:
+def make_store(
+    path: Path, checksum: bool = True, chunk_steps: int = 4, codec: str = "pcodec"
+) -> TrajectoryStore:
     """Two complete runs (weights in 3 time chunks of up to 4 states), two tasks, an extractor."""
     store, _ = TrajectoryStore.create_or_open(
         str(path),
@@ -36,7 +38,7 @@ def make_store(path: Path, checksum: bool = True, chunk_steps: int = 4) -> Traje
             "condition_dim": 3,
         },  # fmt: skip
     )
-    codec = StoreCodecConfig(chunk_steps=chunk_steps, checksum=checksum)
+    codec = StoreCodecConfig(chunk_steps=chunk_steps, checksum=checksum, codec=codec)
     rng = np.random.default_rng(0)
     for rid, tid in ((RID, "c0_1"), (OTHER, "c2_3")):
         store.write_task(tid, rng.standard_normal(3).astype(np.float32), {"split": "source"})
@@ -64,10 +66,11 @@ def truncate(f: Path) -> None:
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
 
 
+@pytest.mark.parametrize("codec", ["pcodec", "blosc-zstd"])
 @pytest.mark.parametrize("damage", [flip_byte, truncate])
-def test_damaged_chunk_is_reported_naming_run_and_array(tmp_path: Path, damage) -> None:
+def test_damaged_chunk_is_reported_naming_run_and_array(tmp_path: Path, damage, codec) -> None:
     path = tmp_path / "s.zarr"
-    make_store(path)
+    make_store(path, codec=codec)
     damage(chunk_file(path, RID))
     store = TrajectoryStore.open(str(path))
     with pytest.raises(DamagedChunkError, match=rf"run {RID}, array 'weights': checksum mismatch"):
@@ -118,7 +121,7 @@ def test_store_without_checksums_still_opens_and_verifies(tmp_path: Path) -> Non
     """A store written before checksums: it reads and verifies; damage is found where the
     decompression fails (a broken Blosc header), not where a byte flips inside the data."""
     path = tmp_path / "old.zarr"
-    make_store(path, checksum=False)
+    make_store(path, checksum=False, codec="blosc-zstd")
     store = TrajectoryStore.open(str(path))
     assert store.run_format(RID) == (False, True)
     summary = summarize_store(str(path), verify=True)
@@ -163,6 +166,33 @@ def test_inspect_says_when_runs_predate_dimension_names(tmp_path: Path) -> None:
     assert summary["verified"] is True
     assert (summary["checksums"], summary["dimension_names"]) == ("1 of 2", "1 of 2")
     np.testing.assert_array_equal(TrajectoryStore.open(str(path)).weights(OTHER), data)
+
+
+def test_a_store_of_the_old_default_codec_reads_and_takes_new_default_runs(tmp_path: Path) -> None:
+    """Runs written with blosc-zstd L5 shuffle (the default before pcodec) read as written; runs
+    collected into the same store later use the new default; ``inspect`` lists both."""
+    path = tmp_path / "old.zarr"
+    store = make_store(path, codec="blosc-zstd")
+    assert store.run_codec(RID) == ("transpose > blosc-zstd shuffle L5 > crc32c", False)
+    old = {rid: store.weights(rid) for rid in (RID, OTHER)}
+    new_rid = run_id("c0_1", "sgd", 0)
+    rng = np.random.default_rng(1)
+    new = rng.standard_normal((STATES, PARAMS)).astype(np.float32)
+    writer = store.begin_run(new_rid, STATES, PARAMS, StoreCodecConfig(chunk_steps=4), {})
+    for row in new:
+        writer.append(row, 1.0, 0.5)
+    writer.finish()
+    reader = TrajectoryStore.open(str(path))
+    for rid, w in old.items():
+        np.testing.assert_array_equal(reader.weights(rid), w)
+    np.testing.assert_array_equal(reader.weights(new_rid), new)
+    summary = summarize_store(str(path), verify=True)
+    assert summary["verified"] is True
+    assert summary["weight_codecs"] == {
+        "transpose > blosc-zstd shuffle L5 > crc32c": 2,
+        "transpose > pcodec L8 delta auto > crc32c": 1,
+    }
+    assert (summary["lossy"], summary["checksums"]) == ("none", "all")
 
 
 # ---- xarray --------------------------------------------------------------------------------------

@@ -11,10 +11,12 @@ import pytest
 import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from lohp_cli.config import OPTIMIZERS, StoreCodecConfig
 from lohp_cli.errors import StoreError
 from lohp_cli.store import SCHEMA, SCHEMA_VERSION, TrajectoryStore, codecs_for, parse_run_id, run_id
+from lohp_cli.store.codecs import filters_for, serializer_for
 
 COMPAT = {"family": {"name": "f"}, "model": {"name": "m"}, "steps": 6, "record_every": 1,
           "batch_size": 2, "seed": 0}  # fmt: skip
@@ -406,6 +408,7 @@ def test_memory_url_future_schema() -> None:
 # ---- codecs ------------------------------------------------------------------------------------
 def test_codecs_for_options() -> None:
     from zarr.codecs import BloscCodec, Crc32cCodec, ZstdCodec
+    from zarr.codecs.numcodecs import PCodec
 
     assert codecs_for(StoreCodecConfig(codec="none", checksum=False)) == []
     assert codecs_for(StoreCodecConfig(codec="none")) == [Crc32cCodec()]
@@ -417,9 +420,39 @@ def test_codecs_for_options() -> None:
     assert isinstance(b, BloscCodec)
     assert (b.cname.value, b.clevel, b.shuffle.value) == ("lz4", 2, "bitshuffle")
     # the checksum comes last: it covers the compressed bytes
-    b, crc = codecs_for(StoreCodecConfig())
+    b, crc = codecs_for(StoreCodecConfig(codec="blosc-zstd"))  # the default before pcodec
     assert (b.cname.value, b.clevel, b.shuffle.value) == ("zstd", 5, "shuffle")
     assert crc == Crc32cCodec()
+    assert serializer_for(StoreCodecConfig(codec="blosc-zstd")) == "auto"  # zarr's bytes codec
+    # the default: pcodec is the serializer (array -> bytes), only the checksum follows it
+    assert codecs_for(StoreCodecConfig()) == [Crc32cCodec()]
+    p = serializer_for(StoreCodecConfig())
+    assert isinstance(p, PCodec) and p.codec_config["level"] == 8
+    assert p.codec_config["delta_spec"] == "auto"
+    p = serializer_for(StoreCodecConfig(level=3, delta=0))
+    assert (p.codec_config["level"], p.codec_config["delta_encoding_order"]) == (3, 0)
+    assert [type(f).__name__ for f in filters_for(StoreCodecConfig(lossy="bf16"))] == [
+        "TransposeCodec",
+        "BitRound",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"codec": "none", "lossy": "bf16"}, "only saves space with a compressor"),
+        ({"codec": "zstd", "delta": 1}, "delta=1 is a pcodec option"),
+        ({"codec": "pcodec", "shuffle": "bitshuffle"}, "is a blosc option"),
+        ({"codec": "zstd", "shuffle": "noshuffle"}, "is a blosc option"),
+        ({"codec": "blosc-zstd", "level": 10}, "out of range for blosc-zstd; use 0-9"),
+        ({"codec": "none", "level": 3}, "needs a compressor"),
+        ({"codec": "pcodec", "level": 13}, "less than or equal to 12"),
+        ({"codec": "pcodec", "delta": 8}, "less than or equal to 7"),
+    ],
+)
+def test_codec_options_that_do_not_fit_are_rejected(options: dict, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        StoreCodecConfig(**options)
 
 
 CODECS = [
@@ -430,30 +463,43 @@ CODECS = [
     {"codec": "blosc-zstd", "shuffle": "bitshuffle"},
     {"codec": "blosc-lz4", "shuffle": "noshuffle", "level": 0},
     {"codec": "blosc-zstd", "transpose": False},
+    {"codec": "pcodec"},
+    {"codec": "pcodec", "level": 0},
+    {"codec": "pcodec", "delta": 0},
+    {"codec": "pcodec", "delta": 2},
+    {"codec": "pcodec", "level": 12, "transpose": False},
 ]
 
 
-@pytest.mark.parametrize("options", CODECS, ids=lambda o: "-".join(map(str, o.values())))
-def test_every_codec_round_trips(tmp_path: Path, options: dict) -> None:
-    codec = StoreCodecConfig(chunk_steps=4, **options)
-    store = new_store(tmp_path)
+def write_drift(store: TrajectoryStore, codec: StoreCodecConfig) -> tuple[np.ndarray, ...]:
+    """A compressible trajectory ``[10, 300]`` (a slow drift, as real weights are; half the
+    coordinates constant) written through ``begin_run``/``RunWriter`` as run ``r``."""
     rng = np.random.default_rng(0)
-    # Compressible trajectory: a slow drift, as real weights are.
     w = np.cumsum(rng.standard_normal((10, 300)) * 1e-3, axis=0).astype(np.float32)
+    w[:, 150:] += np.linspace(0.1, 3.0, 150, dtype=np.float32)  # magnitudes of several octaves
     w[:, :150] = 0.0
     loss, acc = trajectory(10, 1)[1:]
     writer = store.begin_run("r", 10, 300, codec, {})
     for i in range(10):
         writer.append(w[i], float(loss[i]), float(acc[i]))
     writer.finish()
+    return w, loss, acc
+
+
+@pytest.mark.parametrize("options", CODECS, ids=lambda o: "-".join(map(str, o.values())))
+def test_every_codec_round_trips(tmp_path: Path, options: dict) -> None:
+    codec = StoreCodecConfig(chunk_steps=4, **options)
+    w, loss, acc = write_drift(new_store(tmp_path), codec)
     reader = TrajectoryStore.open(str(tmp_path / "s.zarr"))
-    np.testing.assert_array_equal(reader.weights("r"), w)
+    np.testing.assert_array_equal(reader.weights("r"), w)  # lossless: bitwise equal
     np.testing.assert_array_equal(reader.run_array("r", "train_acc"), acc)
+    np.testing.assert_array_equal(reader.run_array("r", "loss"), loss)
     meta = json.loads((tmp_path / "s.zarr" / "runs" / "r" / "weights" / "zarr.json").read_text())
     names = [c["name"] for c in meta["codecs"]]
-    expected = {"none": [], "zstd": ["zstd"]}.get(options["codec"], ["blosc"])
-    head = ["transpose", "bytes"] if options.get("transpose", True) else ["bytes"]
-    assert names == [*head, *expected, "crc32c"]  # transpose?, serialise, compress, checksum
+    serialize = {"pcodec": ["numcodecs.pcodec"]}.get(options["codec"], ["bytes"])
+    compress = {"none": [], "zstd": ["zstd"], "pcodec": []}.get(options["codec"], ["blosc"])
+    head = ["transpose"] if options.get("transpose", True) else []
+    assert names == [*head, *serialize, *compress, "crc32c"]  # transpose?, serialise, compress, crc
     raw = w.nbytes
     stored = reader.bytes_on_disk("runs/*/weights")
     meta_bytes = len((tmp_path / "s.zarr" / "runs" / "r" / "weights" / "zarr.json").read_bytes())
@@ -461,6 +507,45 @@ def test_every_codec_round_trips(tmp_path: Path, options: dict) -> None:
         assert stored - meta_bytes >= raw
     else:
         assert stored - meta_bytes < 0.8 * raw
+    assert reader.run_codec("r")[1] is False
+
+
+@pytest.mark.parametrize("codec", ["pcodec", "blosc-zstd", "blosc-lz4", "zstd"])
+def test_bf16_rounds_weights_to_bfloat16_and_keeps_float32(tmp_path: Path, codec: str) -> None:
+    """``lossy="bf16"``: the weights read back are float32 equal to torch's round-to-nearest-even
+    bfloat16 cast (relative error ≤ 2^-8); loss and accuracy stay exact."""
+    import torch
+
+    options = StoreCodecConfig(chunk_steps=4, codec=codec, lossy="bf16")
+    w, loss, acc = write_drift(new_store(tmp_path), options)
+    reader = TrajectoryStore.open(str(tmp_path / "s.zarr"))
+    back = reader.weights("r")
+    assert back.dtype == np.float32
+    expected = torch.from_numpy(w).to(torch.bfloat16).to(torch.float32).numpy()
+    np.testing.assert_array_equal(back, expected)
+    nonzero = w != 0
+    rel = np.abs(back - w)[nonzero] / np.abs(w)[nonzero]
+    assert rel.max() <= 2.0**-8 and rel.max() > 0  # rounded, and within bf16 precision
+    np.testing.assert_array_equal(reader.run_array("r", "loss"), loss)
+    np.testing.assert_array_equal(reader.run_array("r", "train_acc"), acc)
+    text, lossy = reader.run_codec("r")
+    assert lossy and "bf16, lossy" in text
+
+
+def test_pcodec_chunks_are_what_stock_numcodecs_decodes(tmp_path: Path) -> None:
+    """The bytes of a transposed pcodec chunk are the stock ``numcodecs.PCodec`` encoding of the
+    chunk in coordinate-major order (what any zarr reader with pcodec decodes), followed by the
+    crc32c. zarr 3.1's stock encoder would store the time-major memory order instead."""
+    from numcodecs.pcodec import PCodec
+
+    w = write_drift(new_store(tmp_path), StoreCodecConfig(chunk_steps=4))[0]
+    chunk_dir = tmp_path / "s.zarr" / "runs" / "r" / "weights" / "c"
+    for index, rows in ((0, slice(0, 4)), (2, slice(8, 12))):
+        data = (chunk_dir / str(index) / "0").read_bytes()
+        chunk = np.asarray(PCodec().decode(data[:-4])).reshape(300, 4)  # [P, chunk_steps]
+        expected = np.full((4, 300), np.nan, np.float32)  # the last chunk is padded with NaN
+        expected[: w[rows].shape[0]] = w[rows]
+        np.testing.assert_array_equal(chunk, expected.T)
 
 
 def test_bytes_on_disk(tmp_path: Path) -> None:
