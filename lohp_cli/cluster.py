@@ -8,7 +8,7 @@ must be importable there (the same lohp installed on every worker).
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -48,9 +48,7 @@ def connect(scheduler: str) -> Iterator[Any]:
         client = distributed.Client(cluster, set_as_default=False)
     else:
         try:
-            client = distributed.Client(
-                scheduler, timeout=CONNECT_TIMEOUT_S, set_as_default=False
-            )
+            client = distributed.Client(scheduler, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
         except (OSError, TimeoutError, ValueError) as exc:
             reason = " ".join(str(exc).split()) or type(exc).__name__
             raise ConfigError(
@@ -80,22 +78,23 @@ def _call(fn: Callable[..., Any], *args: Any) -> Any:
 
 
 def map_unordered(
-    client: Any, fn: Callable[..., Any], items: Sequence[tuple[Any, ...]], name: str
+    client: Any, fn: Callable[..., Any], items: Mapping[str, tuple[Any, ...]], name: str
 ) -> Iterator[Any]:
-    """``fn(*args)`` for each ``args`` of ``items`` on the cluster, yielded as each finishes.
+    """``fn(*args)`` for each ``label: args`` of ``items`` on the cluster, yielded as each
+    finishes.
 
     A task whose worker dies is re-run on another one (the scheduler's ``allowed-failures``); one
     that raises is retried :data:`RETRIES` times, except for a :class:`LohpError`, which is raised
     here at once. Tasks not yet finished are cancelled when the caller stops early or fails.
-    ``name`` prefixes the task keys (one fresh key per item, so that concurrent callers on one
-    scheduler never share results).
+    The task keys are ``name-label-<random tag>``: concurrent callers on one scheduler never
+    share results.
     """
     import distributed
 
     tag = uuid.uuid4().hex[:8]
     futures = [
-        client.submit(_call, fn, *args, key=f"{name}-{i}-{tag}", retries=RETRIES, pure=False)
-        for i, args in enumerate(items)
+        client.submit(_call, fn, *args, key=f"{name}-{label}-{tag}", retries=RETRIES, pure=False)
+        for label, args in items.items()
     ]
     try:
         for future in distributed.as_completed(futures, loop=client.loop):

@@ -338,7 +338,7 @@ def _run_on_cluster(
     from lohp_cli.cluster import map_unordered
 
     cfg_json = cfg.model_copy(update={"out": absolute_location(cfg.out)}).model_dump(mode="json")
-    items = [(cfg_json, store.meta.created_at, [plan]) for plan in pending]
+    items = {plan.run_id: (cfg_json, store.meta.created_at, [plan]) for plan in pending}
     for walls in map_unordered(client, run_plans, items, "lohp-collect"):
         yield from walls
 

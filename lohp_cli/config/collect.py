@@ -115,8 +115,8 @@ class CollectConfig(Frozen):
     def _scheduler_owns_the_workers(self) -> CollectConfig:
         if self.scheduler is not None and self.workers > 1:
             raise ValueError(
-                f"workers={self.workers} with scheduler={self.scheduler}: the cluster's workers run "
-                "the runs; drop --workers (use --scheduler local:N for N local processes)"
+                f"workers={self.workers} with scheduler={self.scheduler}: the cluster's workers "
+                "run the runs; drop --workers (use --scheduler local:N for N local processes)"
             )
         return self
 
