@@ -31,8 +31,9 @@ def flaky(label: str, fails: int, error: type[Exception]) -> str:
 @pytest.fixture(scope="module")
 def client() -> Iterator[Any]:
     with (
-        distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                                 dashboard_address=None) as cluster,  # fmt: skip
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+        ) as cluster,
         distributed.Client(cluster, set_as_default=False) as c,
     ):
         yield c
