@@ -62,39 +62,32 @@ def run_events(events: list[dict[str, Any]]) -> list[str]:
 
 
 @pytest.mark.slow
-def test_scheduler_local_2_equals_one_process(reference: Path, tmp_path: Path) -> None:
+def test_scheduler_local_2_with_a_worker_killed_mid_run_equals_one_process(
+    reference: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--scheduler local:2``; once some runs are complete, SIGKILL a worker while it writes a
+    run: that run is redone elsewhere from scratch, each run is reported once, and the store
+    equals the one-process store. (The ``tcp://`` path: tests/unit/test_cluster.py.)"""
+    import distributed
+
+    clusters: list[Any] = []
+
+    class Recorded(distributed.LocalCluster):  # the cluster collect starts, for the watcher
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            clusters.append(self)
+
+    monkeypatch.setattr(distributed, "LocalCluster", Recorded)
     out = tmp_path / "dask.zarr"
     events: list[dict[str, Any]] = []
-    result = collect(cfg_at(out, scheduler="local:2"), events.append)
-    assert (result.planned, result.skipped, result.collected) == (RUNS, 0, RUNS)
-    assert sorted(run_events(events)) == sorted(statuses(reference))
-    assert_same_store(out, reference)
-    assert_same_extractor(out, reference)
-
-
-@pytest.mark.slow
-def test_a_worker_killed_mid_run_loses_nothing(reference: Path, tmp_path: Path) -> None:
-    """SIGKILL one of two workers while it runs a task, after some runs are complete: its run is
-    redone elsewhere from scratch and the store equals the one-process store."""
-    from distributed import Client, LocalCluster
-
-    out = tmp_path / "killed.zarr"
-    events: list[dict[str, Any]] = []
     killed: dict[str, Any] = {}
-    with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-        ) as cluster,
-        Client(cluster, set_as_default=False) as client,
-    ):
-        pids = client.run(os.getpid)  # {worker address: pid}
 
-        def kill_one_mid_run() -> None:
-            deadline = time.monotonic() + 120
+    def kill_one_mid_run() -> None:
+        deadline = time.monotonic() + 120
+        while not clusters and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with distributed.Client(clusters[0].scheduler_address, set_as_default=False) as client:
+            pids = client.run(os.getpid)  # {worker address: pid}
             while time.monotonic() < deadline:
                 done = sum(e["event"] == "run" for e in events)
                 if done:
@@ -107,18 +100,19 @@ def test_a_worker_killed_mid_run_loses_nothing(reference: Path, tmp_path: Path) 
                             return
                 time.sleep(0.01)
 
-        watcher = threading.Thread(target=kill_one_mid_run, daemon=True)
-        watcher.start()
-        result = collect(cfg_at(out, scheduler=cluster.scheduler_address), events.append)
-        watcher.join(timeout=10)
-        assert killed, "no worker was killed while running a task"
-        assert 1 <= killed["done"] < RUNS
-        with pytest.raises(ProcessLookupError):  # gone (its nanny started another one)
-            os.kill(killed["pid"], 0)
-    assert result.collected == RUNS
+    watcher = threading.Thread(target=kill_one_mid_run, daemon=True)
+    watcher.start()
+    result = collect(cfg_at(out, scheduler="local:2"), events.append)
+    watcher.join(timeout=30)
+    assert killed, "no worker was killed while writing a run"
+    assert 1 <= killed["done"] < RUNS
+    with pytest.raises(ProcessLookupError):  # gone (its nanny started another one)
+        os.kill(killed["pid"], 0)
+    assert (result.planned, result.skipped, result.collected) == (RUNS, 0, RUNS)
     ids = run_events(events)
     assert sorted(ids) == sorted(set(ids)) == sorted(statuses(reference))  # each once
     assert_same_store(out, reference)
+    assert_same_extractor(out, reference)
 
 
 def _shard(out: str, shard: str, barrier: Any) -> None:

@@ -1,5 +1,6 @@
-"""``lohp_cli.cluster.map_unordered`` on an in-process cluster: results as they finish, transient
-failures retried, a user error (LohpError) raised at once without retries."""
+"""``lohp_cli.cluster`` on an in-process cluster reached by its ``tcp://`` address (what
+``--scheduler tcp://HOST:PORT`` does): results as they finish, transient failures retried, a user
+error (LohpError) raised at once without retries."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from lohp_cli.cluster import RETRIES, map_unordered
+from lohp_cli.cluster import RETRIES, connect, map_unordered
 from lohp_cli.errors import DataError
 
 distributed = pytest.importorskip("distributed")
@@ -32,10 +33,16 @@ def flaky(label: str, fails: int, error: type[Exception]) -> str:
 def client() -> Iterator[Any]:
     with (
         distributed.LocalCluster(
-            n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+            n_workers=1,
+            threads_per_worker=2,
+            processes=False,
+            protocol="tcp://",
+            host="127.0.0.1",
+            dashboard_address=None,
         ) as cluster,
-        distributed.Client(cluster, set_as_default=False) as c,
+        connect(cluster.scheduler_address) as c,
     ):
+        assert cluster.scheduler_address.startswith("tcp://")
         yield c
 
 
