@@ -20,6 +20,18 @@ CONNECT_TIMEOUT_S = 20.0  # how long a scheduler address may take to answer
 RETRIES = 3  # re-runs of a task that raised something other than a LohpError
 
 
+def require(scheduler: str) -> Any:
+    """The ``distributed`` module; :class:`ConfigError` naming the extra when it is missing."""
+    try:
+        import distributed
+    except ImportError:
+        raise ConfigError(
+            f"--scheduler {scheduler} needs Dask distributed, which is not installed: "
+            f"{INSTALL_HINT}."
+        ) from None
+    return distributed
+
+
 @contextmanager
 def connect(scheduler: str) -> Iterator[Any]:
     """A ``distributed.Client`` for ``scheduler``, closed on exit.
@@ -29,13 +41,7 @@ def connect(scheduler: str) -> Iterator[Any]:
     running scheduler (``tcp://HOST:PORT``). Raises :class:`ConfigError` when Dask is not installed
     or nothing answers at the address.
     """
-    try:
-        import distributed
-    except ImportError:
-        raise ConfigError(
-            f"--scheduler {scheduler} needs Dask distributed, which is not installed: "
-            f"{INSTALL_HINT}."
-        ) from None
+    distributed = require(scheduler)
     cluster = None
     if scheduler.startswith("local:"):
         cluster = distributed.LocalCluster(

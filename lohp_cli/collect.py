@@ -12,7 +12,9 @@ import multiprocessing as mp
 import os
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -256,13 +258,23 @@ def collect(cfg: CollectConfig, progress: Progress | None = None) -> CollectResu
             "A memory:// store lives in one process, out of the Dask workers' reach; give "
             "--scheduler a store path or URL they all reach."
         )
-    from lohp_cli.cluster import connect
+    from lohp_cli.cluster import connect, require
 
+    require(cfg.scheduler)
+    if cfg.scheduler.startswith("local:"):  # started only when there are runs to do
+        return _collect(cfg, emit, t0, partial(connect, cfg.scheduler))
     with connect(cfg.scheduler) as client:  # first, so that a bad address writes nothing
-        return _collect(cfg, emit, t0, client)
+        return _collect(cfg, emit, t0, partial(nullcontext, client))
 
 
-def _collect(cfg: CollectConfig, emit: Progress, t0: float, client: Any) -> CollectResult:
+def _collect(
+    cfg: CollectConfig,
+    emit: Progress,
+    t0: float,
+    cluster: Callable[[], AbstractContextManager[Any]] | None,
+) -> CollectResult:
+    """:func:`collect`; with ``cluster``, the runs go to the Dask client it opens (opened only
+    when some are pending)."""
     device = resolve_device(cfg.device)
     emit({"event": "device", "device": device})
     family = make_family(cfg.task)
@@ -291,16 +303,19 @@ def _collect(cfg: CollectConfig, emit: Progress, t0: float, client: Any) -> Coll
     skipped = len(plans) - len(pending)
     emit({"event": "plan", "planned": len(plans), "skipped": skipped, "pending": len(pending)})
 
-    if client is not None:
-        walls = _run_on_cluster(client, cfg, store, pending)
-    elif cfg.workers == 1 or len(pending) <= 1:
-        walls = _run_here(ctx, pending)
-    else:
-        walls = _run_in_pool(cfg, device, pending)
     done = 0
-    for rid, wall in walls:
-        done += 1
-        emit({"event": "run", "run_id": rid, "wall_s": wall, "done": done, "pending": len(pending)})
+    with ExitStack() as stack:
+        if cluster is not None and pending:
+            walls = _run_on_cluster(stack.enter_context(cluster()), cfg, store, pending)
+        elif cfg.workers == 1 or len(pending) <= 1:
+            walls = _run_here(ctx, pending)
+        else:
+            walls = _run_in_pool(cfg, device, pending)
+        stack.callback(walls.close)  # on a failure: stop the pool, cancel the cluster's tasks
+        for rid, wall in walls:
+            done += 1
+            event = {"event": "run", "run_id": rid, "wall_s": wall, "done": done}
+            emit({**event, "pending": len(pending)})
     return CollectResult(cfg.out, len(plans), skipped, done, round(time.perf_counter() - t0, 3))
 
 

@@ -113,6 +113,8 @@ def test_scheduler_local_2_with_a_worker_killed_mid_run_equals_one_process(
     assert sorted(ids) == sorted(set(ids)) == sorted(statuses(reference))  # each once
     assert_same_store(out, reference)
     assert_same_extractor(out, reference)
+    again = collect(cfg_at(out, scheduler="local:2"))  # nothing to do: no cluster is started
+    assert (again.skipped, again.collected, len(clusters)) == (RUNS, 0, 1)
 
 
 def _shard(out: str, shard: str, barrier: Any) -> None:
