@@ -7,6 +7,7 @@ must be importable there (the same lohp installed on every worker).
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -37,9 +38,9 @@ def connect(scheduler: str) -> Iterator[Any]:
     """A ``distributed.Client`` for ``scheduler``, closed on exit.
 
     ``local:N`` starts a ``LocalCluster`` of N single-threaded worker processes on this machine
-    (bound to 127.0.0.1, no dashboard) for the duration; any other value is the address of a
-    running scheduler (``tcp://HOST:PORT``). Raises :class:`ConfigError` when Dask is not installed
-    or nothing answers at the address.
+    (bound to 127.0.0.1, no dashboard, only its errors logged) for the duration; any other value
+    is the address of a running scheduler (``tcp://HOST:PORT``). Raises :class:`ConfigError`
+    when Dask is not installed or nothing answers at the address.
     """
     distributed = require(scheduler)
     cluster = None
@@ -50,6 +51,7 @@ def connect(scheduler: str) -> Iterator[Any]:
             processes=True,
             host="127.0.0.1",
             dashboard_address=None,
+            silence_logs=logging.ERROR,  # not "worker still alive after 4 s, killing" at close
         )
         client = distributed.Client(cluster, set_as_default=False)
     else:
