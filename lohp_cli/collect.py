@@ -7,11 +7,14 @@ order or sharding. Complete runs are skipped; partial ones are redone from scrat
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -25,6 +28,8 @@ from lohp_cli.optim.loop import train_loop
 from lohp_cli.runtime import derive_seed, provenance, resolve_device
 from lohp_cli.store import TrajectoryStore, run_id
 from lohp_cli.store.frozen import load_frozen, train_frozen
+from lohp_cli.store.schema import STATUS_COMPLETE
+from lohp_cli.store.trajectory_store import absolute_location, init_lock
 from lohp_cli.tasks import Task, TaskFamily, make_family
 from lohp_cli.tasks.families import TaskTensors
 from lohp_cli.tasks.models import (
@@ -246,24 +251,48 @@ def collect(cfg: CollectConfig, progress: Progress | None = None) -> CollectResu
     """Run stage 1 for ``cfg``; safe to re-run (complete runs are skipped)."""
     emit = progress or (lambda _e: None)
     t0 = time.perf_counter()
+    if cfg.scheduler is None:
+        return _collect(cfg, emit, t0, None)
+    if cfg.out.startswith("memory://"):
+        raise StoreError(
+            "A memory:// store lives in one process, out of the Dask workers' reach; give "
+            "--scheduler a store path or URL they all reach."
+        )
+    from lohp_cli.cluster import connect, require
+
+    require(cfg.scheduler)
+    if cfg.scheduler.startswith("local:"):  # started only when there are runs to do
+        return _collect(cfg, emit, t0, partial(connect, cfg.scheduler))
+    with connect(cfg.scheduler) as client:  # first, so that a bad address writes nothing
+        return _collect(cfg, emit, t0, partial(nullcontext, client))
+
+
+def _collect(
+    cfg: CollectConfig,
+    emit: Progress,
+    t0: float,
+    cluster: Callable[[], AbstractContextManager[Any]] | None,
+) -> CollectResult:
+    """:func:`collect`; with ``cluster``, the runs go to the Dask client it opens (opened only
+    when some are pending)."""
     device = resolve_device(cfg.device)
     emit({"event": "device", "device": device})
     family = make_family(cfg.task)
     if cfg.workers > 1 and cfg.out.startswith("memory://"):
         raise StoreError("A memory:// store lives in one process; use --workers 1 with it.")
     tasks = family.tasks("source", cfg.tasks)
-    store = _init_store(cfg, family, device, emit)
     plans = plan_runs(cfg, tasks)
-
-    ctx = RunContext(cfg, device, family, store)
-    needed = {p.task_id for p in plans}
-    for task in tasks:
-        if task.id in needed and not store.has_task(task.id):
-            store.write_task(
-                task.id,
-                ctx.task(task.id).condition.cpu().numpy(),
-                {**task.describe(), "split": task.split, "family": family.name},
-            )
+    with init_lock(cfg.out):  # shards started at once take turns; the first one creates
+        store = _init_store(cfg, family, device, emit)
+        ctx = RunContext(cfg, device, family, store)
+        needed = {p.task_id for p in plans}
+        for task in tasks:
+            if task.id in needed and not store.has_task(task.id):
+                store.write_task(
+                    task.id,
+                    ctx.task(task.id).condition.cpu().numpy(),
+                    {**task.describe(), "split": task.split, "family": family.name},
+                )
 
     pending = []
     for plan in plans:
@@ -275,42 +304,87 @@ def collect(cfg: CollectConfig, progress: Progress | None = None) -> CollectResu
     emit({"event": "plan", "planned": len(plans), "skipped": skipped, "pending": len(pending)})
 
     done = 0
-    if cfg.workers == 1 or len(pending) <= 1:
-        old = torch.get_num_threads()
-        torch.set_num_threads(cfg.threads_per_worker)
-        try:
-            for plan in pending:
-                wall = ctx.execute(plan)
-                done += 1
-                emit(
-                    {
-                        "event": "run",
-                        "run_id": plan.run_id,
-                        "wall_s": wall,
-                        "done": done,
-                        "pending": len(pending),
-                    }
-                )
-        finally:
-            torch.set_num_threads(old)
-    else:
-        mpctx = mp.get_context("spawn")
-        init_args = (cfg.model_dump(mode="json"), device, cfg.threads_per_worker, os.getpid())
-        with mpctx.Pool(cfg.workers, initializer=_worker_init, initargs=init_args) as pool:
-            for rid, wall in pool.imap_unordered(_worker_run, pending):
-                done += 1
-                emit(
-                    {
-                        "event": "run",
-                        "run_id": rid,
-                        "wall_s": wall,
-                        "done": done,
-                        "pending": len(pending),
-                    }
-                )
-            pool.close()  # a clean shutdown: terminate() at exit leaks semaphores
-            pool.join()
+    with ExitStack() as stack:
+        if cluster is not None and pending:
+            walls = _run_on_cluster(stack.enter_context(cluster()), cfg, store, pending)
+        elif cfg.workers == 1 or len(pending) <= 1:
+            walls = _run_here(ctx, pending)
+        else:
+            walls = _run_in_pool(cfg, device, pending)
+        stack.callback(walls.close)  # on a failure: stop the pool, cancel the cluster's tasks
+        for rid, wall in walls:
+            done += 1
+            event = {"event": "run", "run_id": rid, "wall_s": wall, "done": done}
+            emit({**event, "pending": len(pending)})
     return CollectResult(cfg.out, len(plans), skipped, done, round(time.perf_counter() - t0, 3))
+
+
+def _run_here(ctx: RunContext, pending: list[RunPlan]) -> Iterator[tuple[str, float]]:
+    """``(run id, wall seconds)`` of each run, collected in this process."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(ctx.cfg.threads_per_worker)
+    try:
+        for plan in pending:
+            yield plan.run_id, ctx.execute(plan)
+    finally:
+        torch.set_num_threads(old)
+
+
+def _run_in_pool(
+    cfg: CollectConfig, device: str, pending: list[RunPlan]
+) -> Iterator[tuple[str, float]]:
+    """``(run id, wall seconds)`` of each run, collected by ``cfg.workers`` local processes."""
+    mpctx = mp.get_context("spawn")
+    init_args = (cfg.model_dump(mode="json"), device, cfg.threads_per_worker, os.getpid())
+    with mpctx.Pool(cfg.workers, initializer=_worker_init, initargs=init_args) as pool:
+        yield from pool.imap_unordered(_worker_run, pending)
+        pool.close()  # a clean shutdown: terminate() at exit leaks semaphores
+        pool.join()
+
+
+def _run_on_cluster(
+    client: Any, cfg: CollectConfig, store: TrajectoryStore, pending: list[RunPlan]
+) -> Iterator[tuple[str, float]]:
+    """``(run id, wall seconds)`` of each run, collected by the workers of a Dask cluster.
+
+    One task per run; the workers write into the store themselves, so its location is sent
+    absolute. A task whose worker dies is re-run elsewhere from scratch (``begin_run`` removes
+    what the dead one wrote)."""
+    from lohp_cli.cluster import map_unordered
+
+    cfg_json = cfg.model_copy(update={"out": absolute_location(cfg.out)}).model_dump(mode="json")
+    items = {plan.run_id: (cfg_json, store.meta.created_at, [plan]) for plan in pending}
+    for walls in map_unordered(client, run_plans, items, "lohp-collect"):
+        yield from walls
+
+
+_CONTEXTS: dict[str, RunContext] = {}  # per worker process: one per (config, store)
+
+
+def run_plans(
+    cfg_json: dict[str, Any], created_at: str, plans: list[RunPlan]
+) -> list[tuple[str, float]]:
+    """Collect ``plans`` into the config's store from this process (a Dask worker's task):
+    ``[(run id, wall seconds)]``.
+
+    The RunContext is built once per process, config and store (``created_at`` tells a store
+    made again at the same place apart). A run already complete is kept: a task is re-run when
+    the worker holding its result died before the result was sent."""
+    key = json.dumps([cfg_json, created_at], sort_keys=True)
+    ctx = _CONTEXTS.get(key)
+    if ctx is None:
+        if len(_CONTEXTS) >= 4:
+            _CONTEXTS.clear()
+        cfg = CollectConfig.model_validate(cfg_json)
+        ctx = _CONTEXTS[key] = RunContext(cfg, resolve_device(cfg.device))
+    torch.set_num_threads(ctx.cfg.threads_per_worker)
+    out = []
+    for plan in plans:
+        if ctx.store.run_status(plan.run_id) == STATUS_COMPLETE:
+            out.append((plan.run_id, float(ctx.store.run_attrs(plan.run_id)["wall_time_s"])))
+        else:
+            out.append((plan.run_id, ctx.execute(plan)))
+    return out
 
 
 def _share(n: int, total: int) -> str:

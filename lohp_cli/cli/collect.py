@@ -61,6 +61,13 @@ def collect(
     shard: Annotated[
         str | None, typer.Option(help="Only share i of n of the runs (0 <= i < n).")
     ] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            help="Run on a Dask cluster: local:N worker processes, or a scheduler address "
+            "tcp://HOST:PORT (needs pip install 'lohp[cluster]'; a store every worker reaches)."
+        ),
+    ] = None,
     data_root: Annotated[
         str | None, typer.Option(help="Directory holding the data set files.")
     ] = None,
@@ -91,6 +98,7 @@ def collect(
         "init_seed": init_seed,
         "workers": workers,
         "shard": shard,
+        "scheduler": scheduler,
         "task.data_root": data_root,
         "device": device,
     }

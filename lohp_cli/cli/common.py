@@ -14,6 +14,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from lohp_cli import __version__
 from lohp_cli.errors import EXIT_CODES_HELP, EXIT_INTERRUPTED, EXIT_UNEXPECTED, LohpError
@@ -80,7 +81,10 @@ def run_guarded(fn: Callable[[], T]) -> T:
     try:
         return fn()
     except LohpError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        # escaped: a message may hold brackets (pip install 'lohp[cluster]', a list of values)
+        err_console.print(
+            f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+        )
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]; re-run the same command to resume.")
@@ -89,8 +93,8 @@ def run_guarded(fn: Callable[[], T]) -> T:
         if _state["verbosity"] >= 2:
             traceback.print_exc()
         err_console.print(
-            f"[bold red]unexpected error:[/] {type(exc).__name__}: {exc} (a bug; re-run with -vv "
-            "for the traceback and report it)",
+            f"[bold red]unexpected error:[/] {type(exc).__name__}: {escape(str(exc))} (a bug; "
+            "re-run with -vv for the traceback and report it)",
             highlight=False,
             soft_wrap=True,
         )

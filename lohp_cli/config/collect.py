@@ -130,6 +130,12 @@ class CollectConfig(Frozen):
     shard: tuple[int, int] | None = Field(
         None, description="(i, n) or 'i/n': do only the i-th of n deterministic shares of the runs."
     )
+    scheduler: str | None = Field(
+        None,
+        description="Fan the runs out over a Dask distributed cluster: 'local:N' (N worker "
+        "processes on this machine) or a scheduler address such as 'tcp://HOST:PORT'; the store "
+        "must be a path or URL every worker reaches. Needs pip install 'lohp[cluster]'.",
+    )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:i.")
 
     @field_validator("optimizers")
@@ -160,6 +166,25 @@ class CollectConfig(Frozen):
         if v is not None and not (v[1] >= 1 and 0 <= v[0] < v[1]):
             raise ValueError(f"shard {v[0]}/{v[1]} is out of range; use i/n with 0 <= i < n")
         return v
+
+    @field_validator("scheduler")
+    @classmethod
+    def _scheduler_form(cls, v: str | None) -> str | None:
+        if v is None or "://" in v:
+            return v
+        n = v.removeprefix("local:")
+        if v.startswith("local:") and n.isdigit() and int(n) >= 1:
+            return v
+        raise ValueError(f"'{v}' is neither local:N (N >= 1) nor an address like tcp://HOST:PORT")
+
+    @model_validator(mode="after")
+    def _scheduler_owns_the_workers(self) -> CollectConfig:
+        if self.scheduler is not None and self.workers > 1:
+            raise ValueError(
+                f"workers={self.workers} with scheduler={self.scheduler}: the cluster's workers "
+                "run the runs; drop --workers (use --scheduler local:N for N local processes)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _record_every_divides_steps(self) -> CollectConfig:

@@ -17,7 +17,9 @@ redone by the next ``collect``. A plain ``zarr.open_group`` reads everything.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +69,40 @@ def absolute_location(location: str) -> str:
     """``location`` with a local path made absolute, so that records of it work from any cwd."""
     path = _local_path(location)
     return location if path is None else str(path.resolve())
+
+
+@contextmanager
+def init_lock(location: str) -> Iterator[None]:
+    """Hold an exclusive lock on the initialisation of the store at ``location``.
+
+    Processes that create or initialise one store at the same moment (``collect --shard``) take
+    turns: the first creates it, the others open what it made. A local store is locked with
+    ``flock`` on ``<store>.lock`` beside it (removed on release; a lock file left by a killed
+    process is harmless). An fsspec URL has no lock: start one process on a new remote store
+    first (see the README).
+    """
+    import fcntl
+
+    path = _local_path(location)
+    if path is None:
+        yield
+        return
+    lock = path.resolve().with_name(path.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:  # the holder before us may have removed the file we waited on: lock the new one
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        os.close(fd)
 
 
 def _open_group(location: str, mode: str):
