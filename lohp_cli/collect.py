@@ -310,6 +310,9 @@ def collect(cfg: CollectConfig, progress: Progress | None = None) -> CollectResu
                 )
             pool.close()  # a clean shutdown: terminate() at exit leaks semaphores
             pool.join()
+    # the run index, so that readers list the runs with one read (an interrupted collect leaves
+    # none, and readers then read each run)
+    store.write_run_index()
     return CollectResult(cfg.out, len(plans), skipped, done, round(time.perf_counter() - t0, 3))
 
 
@@ -327,7 +330,8 @@ def summarize_store(location: str, verify: bool = False) -> dict[str, Any]:
     compat = meta.compat
     runs: dict[str, dict[str, int]] = {}
     complete = 0
-    problems: list[str] = []
+    # --verify reads every run's own attributes (not the run index) and checks the index by them
+    problems: list[str] = store.index_mismatches() if verify else []
     states = compat.states
     final_acc: dict[str, list[float]] = {}
     with_checksums = with_dims = 0

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 import lohp_cli.store.chunks as chunks
+import lohp_cli.store.run_index as run_index
 from lohp_cli.artifacts.store import StoreMeta, new_store_meta, read_store_meta
 from lohp_cli.config import StoreCodecConfig
 from lohp_cli.errors import StoreError
@@ -89,6 +90,68 @@ def absolute_location(location: str) -> str:
     return location if path is None else str(path.resolve())
 
 
+def _fsspec_store(location: str, read_only: bool) -> Any:
+    """zarr's ``FsspecStore`` for a URL. Credentials and endpoints come from the environment the
+    way fsspec's backends read them (for ``s3://``: the ``AWS_*`` variables, ``~/.aws``)."""
+    from zarr.storage import FsspecStore
+
+    try:
+        return FsspecStore.from_url(location, read_only=read_only)
+    except ImportError as exc:  # fsspec names the package: "Install s3fs to access S3"
+        hint = " Install it with: pip install 'lohp[s3]'." if location.startswith("s3://") else ""
+        raise StoreError(f"Store '{location}' needs a package that is missing ({exc}).{hint}") from None
+    except ValueError as exc:  # an unknown protocol
+        raise StoreError(f"'{location}' is not a URL fsspec can open ({exc}).") from None
+
+
+def _access_errors() -> tuple[type[BaseException], ...]:
+    """What a store that cannot be reached raises: a missing bucket or a refused permission
+    (``OSError``), no credentials or no endpoint (botocore's errors, where it is installed)."""
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:
+        return (OSError,)
+    return (OSError, BotoCoreError, ClientError)
+
+
+def _unreachable(location: str, exc: BaseException) -> StoreError:
+    hint = (
+        "; check the bucket, the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) and, for a "
+        "server other than AWS, AWS_ENDPOINT_URL"
+        if location.startswith("s3://")
+        else ""
+    )
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return StoreError(f"Cannot access store '{location}' ({type(exc).__name__}: {reason}){hint}.")
+
+
+def _remote_exists(location: str) -> bool:
+    """Whether a URL store has a root ``zarr.json``; an unreachable one is a StoreError."""
+    from zarr.core.sync import sync
+
+    store = _fsspec_store(location, read_only=True)
+    try:
+        return bool(sync(store.exists("zarr.json")))
+    except _access_errors() as exc:
+        raise _unreachable(location, exc) from None
+
+
+def _list_dir(group: Any, prefix: str) -> list[str]:
+    """Names directly under ``prefix`` of a group's store: one listing (on S3, one request per
+    1,000 names), never a read per child as ``Group.group_keys`` does."""
+    from zarr.core.sync import sync
+
+    store = group.store
+    fs = getattr(store, "fs", None)
+    if fs is not None:  # fsspec caches listings, and other processes add runs
+        fs.invalidate_cache(f"{store.path}/{prefix}")
+
+    async def names() -> list[str]:
+        return [name async for name in store.list_dir(prefix)]
+
+    return sync(names())
+
+
 def _open_group(location: str, mode: str):
     import zarr
 
@@ -96,13 +159,19 @@ def _open_group(location: str, mode: str):
     try:
         if path is not None:
             return zarr.open_group(zarr.storage.LocalStore(path), mode=mode)
-        return zarr.open_group(location, mode=mode)
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        # zarr_format=3: one read of zarr.json instead of concurrent v2 probes, whose failures
+        # leave "Exception ignored" noise when the store cannot be reached
+        return zarr.open_group(_fsspec_store(location, mode == "r"), mode=mode, zarr_format=3)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
+        if mode == "w-":  # creating: a missing bucket
+            raise _unreachable(location, exc) from None
         raise StoreError(
             f"No trajectory store at '{location}'. Create one with 'lohp collect --out {location}'."
         ) from None
     except (json.JSONDecodeError, ValueError, KeyError, TypeError) as exc:
         raise StoreError(f"'{location}' is not a readable Zarr store ({exc}).") from None
+    except _access_errors() as exc:
+        raise _unreachable(location, exc) from None
 
 
 class TrajectoryStore:
@@ -112,6 +181,10 @@ class TrajectoryStore:
         self.location = location
         self.root = group
         self.meta = read_store_meta(dict(group.attrs), location) if meta is None else meta
+        # the run index's entries of complete runs (None: not read yet; {}: none or stale), and
+        # whether this process has removed the stored index before changing a run
+        self._index: dict[str, run_index.Entry] | None = None
+        self._index_removed = False
 
     # ---- opening ----------------------------------------------------------------------------
     @classmethod
@@ -156,12 +229,7 @@ class TrajectoryStore:
             elif not path.exists():
                 exists = False
         else:
-            import zarr
-
-            try:
-                zarr.open_group(location, mode="r")
-            except (FileNotFoundError, zarr.errors.GroupNotFoundError):
-                exists = False
+            exists = _remote_exists(location)
         if exists:
             return cls.open(location, mode="r+"), False
         meta = new_store_meta(root_attrs, location)  # what is written is valid
@@ -280,12 +348,52 @@ class TrajectoryStore:
         if path is not None:
             runs = path / "runs"
             return sorted(p.name for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []
-        return sorted(self.root["runs"].group_keys())
+        names = _list_dir(self.root, "runs")
+        return sorted(n for n in names if n != "zarr.json" and not n.startswith("."))
+
+    def _indexed(self, listed: list[str] | None = None) -> dict[str, run_index.Entry]:
+        """The run index's entries of complete runs, read once (``{}`` if absent or stale)."""
+        if self._index is None:
+            try:
+                doc = self.root["runs"].attrs.get(run_index.INDEX_ATTR)
+            except KeyError:
+                doc = None
+            listed = self.run_ids() if listed is None else listed
+            self._index = run_index.complete_entries(doc, listed)
+        return self._index
+
+    def _run_group(self, rid: str) -> Any:
+        # a path from the root: one read of the run's zarr.json, not also the (large) runs/zarr.json
+        try:
+            return self.root[f"runs/{rid}"]
+        except (json.JSONDecodeError, ValueError, TypeError) as exc:
+            raise StoreError(
+                f"Run {rid} in '{self.location}' has unreadable metadata ({exc}); check the store "
+                "with 'lohp inspect --verify'."
+            ) from None
+
+    def index_mismatches(self) -> list[str]:
+        """Runs a fresh run index lists as complete whose own attributes say otherwise (each is
+        read): damage after the index was written. From then on, reads bypass the index."""
+        indexed, self._index = self._indexed(), {}
+        problems = []
+        for rid, hit in indexed.items():
+            attrs = self.run_attrs(rid)
+            if attrs != hit["attrs"]:
+                state = "are unreadable" if attrs is None else "differ"
+                problems.append(
+                    f"run {rid}: the run index lists it as complete but its attributes {state}; "
+                    f"delete runs/{rid} and re-run 'lohp collect'"
+                )
+        return problems
 
     def run_attrs(self, rid: str) -> dict[str, Any] | None:
         """A run's attrs, or None when it is missing or its metadata is unreadable."""
+        hit = self._indexed().get(rid)
+        if hit is not None:
+            return dict(hit["attrs"])
         try:
-            return dict(self.root["runs"][rid].attrs)
+            return dict(self._run_group(rid).attrs)
         except Exception:  # noqa: BLE001 - a half-written run reads as missing
             return None
 
@@ -294,9 +402,42 @@ class TrajectoryStore:
         return None if attrs is None else attrs.get("status")
 
     def complete_runs(self) -> list[str]:
-        return [r for r in self.run_ids() if self.run_status(r) == STATUS_COMPLETE]
+        return [rid for rid, _ in self.iter_runs()]
+
+    def _forget(self, rid: str) -> None:
+        """Before this process first changes a run: remove the stored run index (see
+        ``run_index``); and forget what the index said of ``rid``."""
+        if not self._index_removed:
+            runs = self.root["runs"]
+            if run_index.INDEX_ATTR in runs.attrs:
+                del runs.attrs[run_index.INDEX_ATTR]  # one atomic rewrite of runs/zarr.json
+            self._index_removed = True
+        if self._index:
+            self._index.pop(rid, None)
+
+    def write_run_index(self) -> int:
+        """Write the run index of the runs the store has now; returns how many it lists.
+
+        Reads the attributes of every run not already known complete (from the index read at
+        open), so a collect that adds a few runs to a large indexed store reads only those.
+        """
+        listed = self.run_ids()
+        known = self._indexed(listed)
+        entries: dict[str, run_index.Entry | None] = {}
+        for rid in listed:
+            hit = known.get(rid)
+            if hit is None:
+                attrs = self.run_attrs(rid)
+                if attrs is not None and attrs.get("status") == STATUS_COMPLETE:
+                    hit = run_index.entry(attrs, self.run_format(rid))
+            entries[rid] = hit
+        self.root["runs"].attrs[run_index.INDEX_ATTR] = run_index.document(entries)
+        self._index = {rid: e for rid, e in entries.items() if e is not None}
+        self._index_removed = False
+        return len(entries)
 
     def delete_run(self, rid: str) -> None:
+        self._forget(rid)
         runs = self.root["runs"]
         try:
             del runs[rid]
@@ -312,6 +453,7 @@ class TrajectoryStore:
         self, rid: str, states: int, size: int, codec: StoreCodecConfig, attrs: dict[str, Any]
     ) -> RunWriter:
         """Start (or restart) a run: any earlier partial data of ``rid`` is removed first."""
+        self._forget(rid)
         path = _local_path(self.location)
         if path is None or (path / "runs" / rid).exists():
             self.delete_run(rid)
@@ -348,12 +490,12 @@ class TrajectoryStore:
 
     def run_array(self, rid: str, name: str, selection: Any = ...) -> np.ndarray:
         """``runs/<rid>/<name>[selection]``; a damaged chunk raises ``DamagedChunkError``."""
-        arr = self.root["runs"][rid][name]
+        arr = self._run_group(rid)[name]
         return chunks.read(arr, selection, f"{self._where(rid)}, array '{name}'")
 
     def verify_run(self, rid: str) -> list[str]:
         """Read every chunk of a run's arrays: one line per damaged or missing chunk."""
-        group = self.root["runs"][rid]
+        group = self._run_group(rid)
         problems: list[str] = []
         for name in ("weights", "loss", "train_acc"):
             if name not in group:
@@ -378,11 +520,18 @@ class TrajectoryStore:
 
     def run_format(self, rid: str) -> tuple[bool, bool]:
         """``(checksummed, dimension_names)`` of a run's weights array (False for old stores)."""
-        arr = self.root["runs"][rid]["weights"]
+        hit = self._indexed().get(rid)
+        if hit is not None:
+            return hit["format"][0], hit["format"][1]
+        arr = self._run_group(rid)["weights"]
         return chunks.has_checksums(arr), chunks.has_dimension_names(arr)
 
     def iter_runs(self, complete_only: bool = True) -> Iterator[tuple[str, dict[str, Any]]]:
-        for rid in self.run_ids():
+        """``(run id, attrs)`` of the (complete) runs in id order; from the run index when it is
+        fresh (one listing and one read), else one read per run."""
+        listed = self.run_ids()
+        self._indexed(listed)
+        for rid in listed:
             attrs = self.run_attrs(rid)
             if attrs is None or (complete_only and attrs.get("status") != STATUS_COMPLETE):
                 continue
