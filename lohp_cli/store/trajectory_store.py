@@ -99,7 +99,7 @@ def _fsspec_store(location: str, read_only: bool) -> Any:
         return FsspecStore.from_url(location, read_only=read_only)
     except ImportError as exc:  # fsspec names the package: "Install s3fs to access S3"
         hint = " Install it with: pip install 'lohp[s3]'." if location.startswith("s3://") else ""
-        raise StoreError(f"Store '{location}' needs a package that is missing ({exc}).{hint}") from None
+        raise StoreError(f"Store '{location}' needs a missing package ({exc}).{hint}") from None
     except ValueError as exc:  # an unknown protocol
         raise StoreError(f"'{location}' is not a URL fsspec can open ({exc}).") from None
 
