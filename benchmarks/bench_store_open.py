@@ -23,9 +23,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import zarr
@@ -34,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.s3server
 
 from lohp_cli.config import StoreCodecConfig  # noqa: E402
 from lohp_cli.store import TrajectoryStore  # noqa: E402
-from tests.s3server import BUCKET, local_s3  # noqa: E402
+from tests.s3server import BUCKET, counted_s3_calls, local_s3  # noqa: E402
 
 SIZE, STATES = 4, 3
 ROOT = {
@@ -74,40 +72,25 @@ def open_and_list(location: str) -> int:
     return len(list(TrajectoryStore.open(location).iter_runs()))
 
 
-def count_s3_calls() -> Counter:
-    """Count the S3 requests s3fs makes (by operation) from now on."""
-    import s3fs.core
-
-    calls: Counter = Counter()
-    real = s3fs.core.S3FileSystem._call_s3
-
-    async def counted(self: Any, method: str, *args: Any, **kwargs: Any) -> Any:
-        calls[method] += 1
-        return await real(self, method, *args, **kwargs)
-
-    s3fs.core.S3FileSystem._call_s3 = counted
-    return calls
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory() as tmp, local_s3() as endpoint:
+    with tempfile.TemporaryDirectory() as tmp, local_s3() as endpoint, counted_s3_calls() as calls:
         import s3fs
 
         local = Path(tmp) / "store.zarr"
         t0 = time.perf_counter()
         fake_store(local, args.runs)
-        print(f"wrote {args.runs} runs locally in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        dt = time.perf_counter() - t0
+        print(f"wrote {args.runs} runs locally in {dt:.1f} s", file=sys.stderr)
         url = f"s3://{BUCKET}/bench.zarr"
         t0 = time.perf_counter()
         s3fs.S3FileSystem().put(str(local), url.removeprefix("s3://"), recursive=True)
         print(f"uploaded to {endpoint} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
 
-        calls = count_s3_calls()
         variants = [(where, loc, on) for where, loc in (("disk", str(local)), ("s3 (moto)", url))
                     for on in (True, False)]  # fmt: skip
         times: dict[tuple[str, bool], list[float]] = {(w, on): [] for w, _, on in variants}

@@ -7,8 +7,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 BUCKET = "lohp-test"
 
@@ -61,3 +63,22 @@ def local_s3(bucket: str = BUCKET) -> Iterator[str]:
             else:
                 os.environ[k] = v
         server.stop()
+
+
+@contextmanager
+def counted_s3_calls() -> Iterator[Counter]:
+    """Counts the S3 API requests s3fs makes while open, by operation (get_object, …)."""
+    import s3fs.core
+
+    calls: Counter = Counter()
+    real = s3fs.core.S3FileSystem._call_s3
+
+    async def counted(self: Any, method: str, *args: Any, **kwargs: Any) -> Any:
+        calls[method] += 1
+        return await real(self, method, *args, **kwargs)
+
+    s3fs.core.S3FileSystem._call_s3 = counted
+    try:
+        yield calls
+    finally:
+        s3fs.core.S3FileSystem._call_s3 = real

@@ -25,7 +25,7 @@ from lohp_cli.tasks import make_family
 from lohp_cli.train import train_policy
 from tests.cli.runner import invoke, plain
 from tests.conftest import make_linear_store
-from tests.s3server import BUCKET, clear_s3fs_cache, local_s3
+from tests.s3server import BUCKET, clear_s3fs_cache, counted_s3_calls, local_s3
 from tests.unit.test_collect_lib import assert_same_runs, cfg_at
 from tests.unit.test_train import assert_same_tensors
 from tests.unit.test_train import config as train_config
@@ -113,19 +113,10 @@ def test_resume_after_an_interrupted_collect_on_s3(s3: str, local_reference: str
 
 # ---- the run index: O(1) reads instead of O(runs) ---------------------------------------------
 @pytest.fixture
-def s3_calls(monkeypatch: pytest.MonkeyPatch) -> Counter:
+def s3_calls() -> Iterator[Counter]:
     """Counts the S3 API calls s3fs makes, by operation (get_object, list_objects_v2, …)."""
-    import s3fs.core
-
-    calls: Counter = Counter()
-    real = s3fs.core.S3FileSystem._call_s3
-
-    async def counted(self: Any, method: str, *args: Any, **kwargs: Any) -> Any:
-        calls[method] += 1
-        return await real(self, method, *args, **kwargs)
-
-    monkeypatch.setattr(s3fs.core.S3FileSystem, "_call_s3", counted)
-    return calls
+    with counted_s3_calls() as calls:
+        yield calls
 
 
 def uploaded(local: Path, name: str) -> str:
