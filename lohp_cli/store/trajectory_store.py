@@ -6,12 +6,15 @@ Layout::
       extractor/<param>        float32 weights of the frozen feature extractor (head model only)
       init/theta0              float32 [P]: the θ₀ every run starts from (init = "shared" only)
       tasks/<task_id>/condition  float32 [D]; attrs: task spec
+      runs/                      attrs: index, every run's attrs in one document (run_index.py)
       runs/<run_id>/weights      float32 [T+1, P], chunked along time
       runs/<run_id>/loss, train_acc  float32 [T+1]
                                  attrs: optimizer hparams, seed, status running|complete, ...
 
 A run is marked ``complete`` by the last write, after every chunk; anything else is partial and is
-redone by the next ``collect``. A plain ``zarr.open_group`` reads everything.
+redone by the next ``collect``. A plain ``zarr.open_group`` reads everything. A location is a
+local path (or ``file://`` URL) or an fsspec URL (``s3://``, ``memory://``) opened through zarr's
+``FsspecStore``.
 """
 
 from __future__ import annotations
