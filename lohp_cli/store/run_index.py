@@ -59,3 +59,16 @@ def complete_entries(doc: Any, listed: list[str]) -> dict[str, Entry]:
         and isinstance(e.get("format"), list)
         and len(e["format"]) == 2
     }
+
+
+def mismatches(indexed: dict[str, Entry], attrs: dict[str, dict[str, Any] | None]) -> list[str]:
+    """One line per run whose own ``attrs`` (None: unreadable) are not what the index says."""
+    problems = []
+    for rid, hit in indexed.items():
+        if attrs[rid] != hit["attrs"]:
+            state = "are unreadable" if attrs[rid] is None else "differ"
+            problems.append(
+                f"run {rid}: the run index lists it as complete but its attributes {state}; "
+                f"delete runs/{rid} and re-run 'lohp collect'"
+            )
+    return problems

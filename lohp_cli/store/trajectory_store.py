@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,18 +30,11 @@ import lohp_cli.store.run_index as run_index
 from lohp_cli.artifacts.store import StoreMeta, new_store_meta, read_store_meta
 from lohp_cli.config import StoreCodecConfig
 from lohp_cli.errors import StoreError
+from lohp_cli.store.location import list_dir, remote_exists
+from lohp_cli.store.location import local_path as _local_path
+from lohp_cli.store.location import open_group as _open_group
 from lohp_cli.store.schema import STATUS_COMPLETE, STATUS_RUNNING
 from lohp_cli.store.writer import RunWriter
-
-
-def _is_url(location: str) -> bool:
-    return "://" in location and not location.startswith("file://")
-
-
-def _local_path(location: str) -> Path | None:
-    if location.startswith("file://"):
-        return Path(location.removeprefix("file://"))
-    return None if _is_url(location) else Path(location)
 
 
 def filters_for(cfg: StoreCodecConfig) -> list[Any]:
@@ -85,96 +77,6 @@ def tensor_dims(name: str, ndim: int) -> tuple[str, ...]:
 
 # Small arrays (conditions, extractor tensors): no compression, only the checksum.
 _CHECKSUM_ONLY = StoreCodecConfig(codec="none")
-
-
-def absolute_location(location: str) -> str:
-    """``location`` with a local path made absolute, so that records of it work from any cwd."""
-    path = _local_path(location)
-    return location if path is None else str(path.resolve())
-
-
-def _fsspec_store(location: str, read_only: bool) -> Any:
-    """zarr's ``FsspecStore`` for a URL. Credentials and endpoints come from the environment the
-    way fsspec's backends read them (for ``s3://``: the ``AWS_*`` variables, ``~/.aws``)."""
-    from zarr.storage import FsspecStore
-
-    try:
-        return FsspecStore.from_url(location, read_only=read_only)
-    except ImportError as exc:  # fsspec names the package: "Install s3fs to access S3"
-        hint = " Install it with: pip install 'lohp[s3]'." if location.startswith("s3://") else ""
-        raise StoreError(f"Store '{location}' needs a missing package ({exc}).{hint}") from None
-    except ValueError as exc:  # an unknown protocol
-        raise StoreError(f"'{location}' is not a URL fsspec can open ({exc}).") from None
-
-
-def _access_errors() -> tuple[type[BaseException], ...]:
-    """What a store that cannot be reached raises: a missing bucket or a refused permission
-    (``OSError``), no credentials or no endpoint (botocore's errors, where it is installed)."""
-    try:
-        from botocore.exceptions import BotoCoreError, ClientError
-    except ImportError:
-        return (OSError,)
-    return (OSError, BotoCoreError, ClientError)
-
-
-def _unreachable(location: str, exc: BaseException) -> StoreError:
-    hint = (
-        "; check the bucket, the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) and, for a "
-        "server other than AWS, AWS_ENDPOINT_URL"
-        if location.startswith("s3://")
-        else ""
-    )
-    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return StoreError(f"Cannot access store '{location}' ({type(exc).__name__}: {reason}){hint}.")
-
-
-def _remote_exists(location: str) -> bool:
-    """Whether a URL store has a root ``zarr.json``; an unreachable one is a StoreError."""
-    from zarr.core.sync import sync
-
-    store = _fsspec_store(location, read_only=True)
-    try:
-        return bool(sync(store.exists("zarr.json")))
-    except _access_errors() as exc:
-        raise _unreachable(location, exc) from None
-
-
-def _list_dir(group: Any, prefix: str) -> list[str]:
-    """Names directly under ``prefix`` of a group's store: one listing (on S3, one request per
-    1,000 names), never a read per child as ``Group.group_keys`` does."""
-    from zarr.core.sync import sync
-
-    store = group.store
-    fs = getattr(store, "fs", None)
-    if fs is not None:  # fsspec caches listings, and other processes add runs
-        fs.invalidate_cache(f"{store.path}/{prefix}")
-
-    async def names() -> list[str]:
-        return [name async for name in store.list_dir(prefix)]
-
-    return sync(names())
-
-
-def _open_group(location: str, mode: str):
-    import zarr
-
-    path = _local_path(location)
-    try:
-        if path is not None:
-            return zarr.open_group(zarr.storage.LocalStore(path), mode=mode)
-        # zarr_format=3: one read of zarr.json instead of concurrent v2 probes, whose failures
-        # leave "Exception ignored" noise when the store cannot be reached
-        return zarr.open_group(_fsspec_store(location, mode == "r"), mode=mode, zarr_format=3)
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
-        if mode == "w-":  # creating: a missing bucket
-            raise _unreachable(location, exc) from None
-        raise StoreError(
-            f"No trajectory store at '{location}'. Create one with 'lohp collect --out {location}'."
-        ) from None
-    except (json.JSONDecodeError, ValueError, KeyError, TypeError) as exc:
-        raise StoreError(f"'{location}' is not a readable Zarr store ({exc}).") from None
-    except _access_errors() as exc:
-        raise _unreachable(location, exc) from None
 
 
 class TrajectoryStore:
@@ -232,7 +134,7 @@ class TrajectoryStore:
             elif not path.exists():
                 exists = False
         else:
-            exists = _remote_exists(location)
+            exists = remote_exists(location)
         if exists:
             return cls.open(location, mode="r+"), False
         meta = new_store_meta(root_attrs, location)  # what is written is valid
@@ -351,7 +253,7 @@ class TrajectoryStore:
         if path is not None:
             runs = path / "runs"
             return sorted(p.name for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []
-        names = _list_dir(self.root, "runs")
+        names = list_dir(self.root, "runs")
         return sorted(n for n in names if n != "zarr.json" and not n.startswith("."))
 
     def _indexed(self, listed: list[str] | None = None) -> dict[str, run_index.Entry]:
@@ -379,16 +281,7 @@ class TrajectoryStore:
         """Runs a fresh run index lists as complete whose own attributes say otherwise (each is
         read): damage after the index was written. From then on, reads bypass the index."""
         indexed, self._index = self._indexed(), {}
-        problems = []
-        for rid, hit in indexed.items():
-            attrs = self.run_attrs(rid)
-            if attrs != hit["attrs"]:
-                state = "are unreadable" if attrs is None else "differ"
-                problems.append(
-                    f"run {rid}: the run index lists it as complete but its attributes {state}; "
-                    f"delete runs/{rid} and re-run 'lohp collect'"
-                )
-        return problems
+        return run_index.mismatches(indexed, {rid: self.run_attrs(rid) for rid in indexed})
 
     def run_attrs(self, rid: str) -> dict[str, Any] | None:
         """A run's attrs, or None when it is missing or its metadata is unreadable."""
