@@ -28,8 +28,8 @@ from lohp_cli.optim.loop import train_loop
 from lohp_cli.runtime import derive_seed, provenance, resolve_device
 from lohp_cli.store import TrajectoryStore, run_id
 from lohp_cli.store.frozen import load_frozen, train_frozen
+from lohp_cli.store.location import absolute_location, init_lock
 from lohp_cli.store.schema import STATUS_COMPLETE
-from lohp_cli.store.trajectory_store import absolute_location, init_lock
 from lohp_cli.tasks import Task, TaskFamily, make_family
 from lohp_cli.tasks.families import TaskTensors
 from lohp_cli.tasks.models import (
@@ -316,6 +316,9 @@ def _collect(
             done += 1
             event = {"event": "run", "run_id": rid, "wall_s": wall, "done": done}
             emit({**event, "pending": len(pending)})
+    # the run index, so that readers list the runs with one read (an interrupted collect leaves
+    # none, and readers then read each run)
+    store.write_run_index()
     return CollectResult(cfg.out, len(plans), skipped, done, round(time.perf_counter() - t0, 3))
 
 
@@ -401,7 +404,8 @@ def summarize_store(location: str, verify: bool = False) -> dict[str, Any]:
     compat = meta.compat
     runs: dict[str, dict[str, int]] = {}
     complete = 0
-    problems: list[str] = []
+    # --verify reads every run's own attributes (not the run index) and checks the index by them
+    problems: list[str] = store.index_mismatches() if verify else []
     states = compat.states
     final_acc: dict[str, list[float]] = {}
     with_checksums = with_dims = lossy = 0

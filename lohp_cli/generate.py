@@ -57,11 +57,8 @@ from lohp_cli.errors import CompatibilityError, ConfigError, StoreError
 from lohp_cli.policy.artifact import generate_batch, load_policy, start_rule, style_token
 from lohp_cli.policy.context import policy_probe, resolve_tasks, task_context
 from lohp_cli.runtime import derive_seed, provenance, resolve_device
-from lohp_cli.store.trajectory_store import (
-    CONDITION_DIMS,
-    absolute_location,
-    codecs_for,
-)
+from lohp_cli.store.location import absolute_location
+from lohp_cli.store.trajectory_store import CONDITION_DIMS, codecs_for
 from lohp_cli.tasks import Task
 from lohp_cli.tasks.families import TaskTensors
 

@@ -31,8 +31,9 @@ from lohp_cli.errors import CompatibilityError, ConfigError
 from lohp_cli.policy.gaussian import HyperNetwork, LoHpPolicy
 from lohp_cli.policy.state import StateProbe
 from lohp_cli.runtime import derive_seed, provenance
+from lohp_cli.store.location import absolute_location
 from lohp_cli.store.sampler import NormStats
-from lohp_cli.store.trajectory_store import TrajectoryStore, absolute_location
+from lohp_cli.store.trajectory_store import TrajectoryStore
 from lohp_cli.tasks.layout import ParamLayout
 
 # settings that may change between a run and its resumption without changing what is learned

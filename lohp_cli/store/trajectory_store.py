@@ -6,43 +6,36 @@ Layout::
       extractor/<param>        float32 weights of the frozen feature extractor (head model only)
       init/theta0              float32 [P]: the θ₀ every run starts from (init = "shared" only)
       tasks/<task_id>/condition  float32 [D]; attrs: task spec
+      runs/                      attrs: index, every run's attrs in one document (run_index.py)
       runs/<run_id>/weights      float32 [T+1, P], chunked along time
       runs/<run_id>/loss, train_acc  float32 [T+1]
                                  attrs: optimizer hparams, seed, status running|complete, ...
 
 A run is marked ``complete`` by the last write, after every chunk; anything else is partial and is
-redone by the next ``collect``. A plain ``zarr.open_group`` reads everything.
+redone by the next ``collect``. A plain ``zarr.open_group`` reads everything. A location is a
+local path (or ``file://`` URL) or an fsspec URL (``s3://``, ``memory://``) opened through zarr's
+``FsspecStore``.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 import lohp_cli.store.chunks as chunks
+import lohp_cli.store.run_index as run_index
 from lohp_cli.artifacts.store import StoreMeta, new_store_meta, read_store_meta
 from lohp_cli.config import StoreCodecConfig
 from lohp_cli.errors import StoreError
 from lohp_cli.store.codecs import codecs_for, describe_codecs, filters_for, serializer_for
+from lohp_cli.store.location import list_dir, remote_exists
+from lohp_cli.store.location import local_path as _local_path
+from lohp_cli.store.location import open_group as _open_group
 from lohp_cli.store.schema import STATUS_COMPLETE, STATUS_RUNNING
 from lohp_cli.store.writer import RunWriter
-
-
-def _is_url(location: str) -> bool:
-    return "://" in location and not location.startswith("file://")
-
-
-def _local_path(location: str) -> Path | None:
-    if location.startswith("file://"):
-        return Path(location.removeprefix("file://"))
-    return None if _is_url(location) else Path(location)
-
 
 # Axis names of every array (zarr v3 ``dimension_names``; xarray and Dask read them).
 WEIGHT_DIMS = ("state", "param")
@@ -65,62 +58,6 @@ def tensor_dims(name: str, ndim: int) -> tuple[str, ...]:
 _CHECKSUM_ONLY = StoreCodecConfig(codec="none")
 
 
-def absolute_location(location: str) -> str:
-    """``location`` with a local path made absolute, so that records of it work from any cwd."""
-    path = _local_path(location)
-    return location if path is None else str(path.resolve())
-
-
-@contextmanager
-def init_lock(location: str) -> Iterator[None]:
-    """Hold an exclusive lock on the initialisation of the store at ``location``.
-
-    Processes that create or initialise one store at the same moment (``collect --shard``) take
-    turns: the first creates it, the others open what it made. A local store is locked with
-    ``flock`` on ``<store>.lock`` beside it (removed on release; a lock file left by a killed
-    process is harmless). An fsspec URL has no lock: start one process on a new remote store
-    first (see the README).
-    """
-    import fcntl
-
-    path = _local_path(location)
-    if path is None:
-        yield
-        return
-    lock = path.resolve().with_name(path.name + ".lock")
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:  # the holder before us may have removed the file we waited on: lock the new one
-            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
-                break
-        except FileNotFoundError:
-            pass
-        os.close(fd)
-    try:
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
-        os.close(fd)
-
-
-def _open_group(location: str, mode: str):
-    import zarr
-
-    path = _local_path(location)
-    try:
-        if path is not None:
-            return zarr.open_group(zarr.storage.LocalStore(path), mode=mode)
-        return zarr.open_group(location, mode=mode)
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
-        raise StoreError(
-            f"No trajectory store at '{location}'. Create one with 'lohp collect --out {location}'."
-        ) from None
-    except (json.JSONDecodeError, ValueError, KeyError, TypeError) as exc:
-        raise StoreError(f"'{location}' is not a readable Zarr store ({exc}).") from None
-
-
 class TrajectoryStore:
     """A trajectory store opened for reading (``mode="r"``) or appending runs (``mode="r+"``)."""
 
@@ -128,6 +65,10 @@ class TrajectoryStore:
         self.location = location
         self.root = group
         self.meta = read_store_meta(dict(group.attrs), location) if meta is None else meta
+        # the run index's entries of complete runs (None: not read yet; {}: none or stale), and
+        # whether this process has removed the stored index before changing a run
+        self._index: dict[str, run_index.Entry] | None = None
+        self._index_removed = False
 
     # ---- opening ----------------------------------------------------------------------------
     @classmethod
@@ -172,12 +113,7 @@ class TrajectoryStore:
             elif not path.exists():
                 exists = False
         else:
-            import zarr
-
-            try:
-                zarr.open_group(location, mode="r")
-            except (FileNotFoundError, zarr.errors.GroupNotFoundError):
-                exists = False
+            exists = remote_exists(location)
         if exists:
             return cls.open(location, mode="r+"), False
         meta = new_store_meta(root_attrs, location)  # what is written is valid
@@ -296,12 +232,43 @@ class TrajectoryStore:
         if path is not None:
             runs = path / "runs"
             return sorted(p.name for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []
-        return sorted(self.root["runs"].group_keys())
+        names = list_dir(self.root, "runs")
+        return sorted(n for n in names if n != "zarr.json" and not n.startswith("."))
+
+    def _indexed(self, listed: list[str] | None = None) -> dict[str, run_index.Entry]:
+        """The run index's entries of complete runs, read once (``{}`` if absent or stale)."""
+        if self._index is None:
+            try:
+                doc = self.root["runs"].attrs.get(run_index.INDEX_ATTR)
+            except KeyError:
+                doc = None
+            listed = self.run_ids() if listed is None else listed
+            self._index = run_index.complete_entries(doc, listed)
+        return self._index
+
+    def _run_group(self, rid: str) -> Any:
+        # a path from the root: one read of the run's zarr.json, not also the (large) runs/zarr.json
+        try:
+            return self.root[f"runs/{rid}"]
+        except (json.JSONDecodeError, ValueError, TypeError) as exc:
+            raise StoreError(
+                f"Run {rid} in '{self.location}' has unreadable metadata ({exc}); check the store "
+                "with 'lohp inspect --verify'."
+            ) from None
+
+    def index_mismatches(self) -> list[str]:
+        """Runs a fresh run index lists as complete whose own attributes say otherwise (each is
+        read): damage after the index was written. From then on, reads bypass the index."""
+        indexed, self._index = self._indexed(), {}
+        return run_index.mismatches(indexed, {rid: self.run_attrs(rid) for rid in indexed})
 
     def run_attrs(self, rid: str) -> dict[str, Any] | None:
         """A run's attrs, or None when it is missing or its metadata is unreadable."""
+        hit = self._indexed().get(rid)
+        if hit is not None:
+            return dict(hit["attrs"])
         try:
-            return dict(self.root["runs"][rid].attrs)
+            return dict(self._run_group(rid).attrs)
         except Exception:  # noqa: BLE001 - a half-written run reads as missing
             return None
 
@@ -310,9 +277,42 @@ class TrajectoryStore:
         return None if attrs is None else attrs.get("status")
 
     def complete_runs(self) -> list[str]:
-        return [r for r in self.run_ids() if self.run_status(r) == STATUS_COMPLETE]
+        return [rid for rid, _ in self.iter_runs()]
+
+    def _forget(self, rid: str) -> None:
+        """Before this process first changes a run: remove the stored run index (see
+        ``run_index``); and forget what the index said of ``rid``."""
+        if not self._index_removed:
+            runs = self.root["runs"]
+            if run_index.INDEX_ATTR in runs.attrs:
+                del runs.attrs[run_index.INDEX_ATTR]  # one atomic rewrite of runs/zarr.json
+            self._index_removed = True
+        if self._index:
+            self._index.pop(rid, None)
+
+    def write_run_index(self) -> int:
+        """Write the run index of the runs the store has now; returns how many it lists.
+
+        Reads the attributes of every run not already known complete (from the index read at
+        open), so a collect that adds a few runs to a large indexed store reads only those.
+        """
+        listed = self.run_ids()
+        known = self._indexed(listed)
+        entries: dict[str, run_index.Entry | None] = {}
+        for rid in listed:
+            hit = known.get(rid)
+            if hit is None:
+                attrs = self.run_attrs(rid)
+                if attrs is not None and attrs.get("status") == STATUS_COMPLETE:
+                    hit = run_index.entry(attrs, self.run_format(rid), self.run_codec(rid))
+            entries[rid] = hit
+        self.root["runs"].attrs[run_index.INDEX_ATTR] = run_index.document(entries)
+        self._index = {rid: e for rid, e in entries.items() if e is not None}
+        self._index_removed = False
+        return len(entries)
 
     def delete_run(self, rid: str) -> None:
+        self._forget(rid)
         runs = self.root["runs"]
         try:
             del runs[rid]
@@ -328,6 +328,7 @@ class TrajectoryStore:
         self, rid: str, states: int, size: int, codec: StoreCodecConfig, attrs: dict[str, Any]
     ) -> RunWriter:
         """Start (or restart) a run: any earlier partial data of ``rid`` is removed first."""
+        self._forget(rid)
         path = _local_path(self.location)
         if path is None or (path / "runs" / rid).exists():
             self.delete_run(rid)
@@ -366,12 +367,12 @@ class TrajectoryStore:
 
     def run_array(self, rid: str, name: str, selection: Any = ...) -> np.ndarray:
         """``runs/<rid>/<name>[selection]``; a damaged chunk raises ``DamagedChunkError``."""
-        arr = self.root["runs"][rid][name]
+        arr = self._run_group(rid)[name]
         return chunks.read(arr, selection, f"{self._where(rid)}, array '{name}'")
 
     def verify_run(self, rid: str) -> list[str]:
         """Read every chunk of a run's arrays: one line per damaged or missing chunk."""
-        group = self.root["runs"][rid]
+        group = self._run_group(rid)
         problems: list[str] = []
         for name in ("weights", "loss", "train_acc"):
             if name not in group:
@@ -396,15 +397,26 @@ class TrajectoryStore:
 
     def run_format(self, rid: str) -> tuple[bool, bool]:
         """``(checksummed, dimension_names)`` of a run's weights array (False for old stores)."""
-        arr = self.root["runs"][rid]["weights"]
+        hit = self._indexed().get(rid)
+        if hit is not None:
+            return hit["format"][0], hit["format"][1]
+        arr = self._run_group(rid)["weights"]
         return chunks.has_checksums(arr), chunks.has_dimension_names(arr)
 
     def run_codec(self, rid: str) -> tuple[str, bool]:
-        """``(codec pipeline text, lossy)`` of a run's weights array, from its zarr metadata."""
-        return describe_codecs(self.root["runs"][rid]["weights"])
+        """``(codec pipeline text, lossy)`` of a run's weights array, from its zarr metadata
+        (or the run index)."""
+        codec = self._indexed().get(rid, {}).get("codec")
+        if isinstance(codec, list) and len(codec) == 2:
+            return str(codec[0]), bool(codec[1])
+        return describe_codecs(self._run_group(rid)["weights"])
 
     def iter_runs(self, complete_only: bool = True) -> Iterator[tuple[str, dict[str, Any]]]:
-        for rid in self.run_ids():
+        """``(run id, attrs)`` of the (complete) runs in id order; from the run index when it is
+        fresh (one listing and one read), else one read per run."""
+        listed = self.run_ids()
+        self._indexed(listed)
+        for rid in listed:
             attrs = self.run_attrs(rid)
             if attrs is None or (complete_only and attrs.get("status") != STATUS_COMPLETE):
                 continue

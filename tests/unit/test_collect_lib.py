@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import zarr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -427,20 +428,50 @@ def test_summary_flags_bad_complete_runs(copy_of_reference: str) -> None:
     assert summarize_store(copy_of_reference)["complete_runs"] == 8
 
 
+def _tear(store: str, rid: str | None = None, keep_index: bool = False) -> str:
+    """Cut a run's metadata short, as a crash in its last write did before writes were atomic. A
+    crash happens inside a collect, which has removed the run index (unless ``keep_index``:
+    damage after the collect)."""
+    rid = rid or TrajectoryStore.open(store).run_ids()[0]
+    if not keep_index:
+        group = zarr.open_group(store, mode="r+")["runs"]
+        del group.attrs["index"]
+    (Path(store) / "runs" / rid / "zarr.json").write_text('{"zarr_format": 3, "no')
+    return rid
+
+
 def test_summary_counts_a_torn_run_as_unreadable(copy_of_reference: str) -> None:
-    rid = TrajectoryStore.open(copy_of_reference).run_ids()[0]
-    (Path(copy_of_reference) / "runs" / rid / "zarr.json").write_text('{"zarr_format": 3, "no')
+    _tear(copy_of_reference)
     s = summarize_store(copy_of_reference, verify=True)
     assert s["runs"]["?"] == {"unreadable": 1} and s["complete_runs"] == 5
     assert s["verified"] is True
 
 
 def test_torn_run_is_redone_by_collect(reference: str, copy_of_reference: str) -> None:
-    rid = TrajectoryStore.open(copy_of_reference).run_ids()[0]
-    (Path(copy_of_reference) / "runs" / rid / "zarr.json").write_text('{"zarr_format": 3, "no')
+    _tear(copy_of_reference)
     result = collect(cfg_at(copy_of_reference))
     assert (result.skipped, result.collected) == (5, 1)
     assert_same_runs(reference, copy_of_reference)
+
+
+def test_damage_after_the_index_is_found_by_verify_and_repaired(
+    reference: str, copy_of_reference: str
+) -> None:
+    """The run index trusts the runs it lists as complete; --verify reads each run's own
+    attributes, reports a run damaged since, and deleting the run (as it says) redoes it."""
+    rid = _tear(copy_of_reference, keep_index=True)
+    assert summarize_store(copy_of_reference)["complete_runs"] == 6  # the index, unchecked
+    s = summarize_store(copy_of_reference, verify=True)
+    assert s["runs"]["?"] == {"unreadable": 1} and s["complete_runs"] == 5
+    assert s["verified"] is False
+    assert s["problems"] == [
+        f"run {rid}: the run index lists it as complete but its attributes are unreadable; "
+        f"delete runs/{rid} and re-run 'lohp collect'"
+    ]
+    shutil.rmtree(Path(copy_of_reference) / "runs" / rid)
+    assert (collect(cfg_at(copy_of_reference)).collected) == 1
+    assert_same_runs(reference, copy_of_reference)
+    assert summarize_store(copy_of_reference, verify=True)["verified"] is True
 
 
 # ---- planning ----------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from lohp_cli.config import OPTIMIZERS, StoreCodecConfig
 from lohp_cli.errors import StoreError
 from lohp_cli.store import SCHEMA, SCHEMA_VERSION, TrajectoryStore, codecs_for, parse_run_id, run_id
-from lohp_cli.store.codecs import filters_for, serializer_for
+from lohp_cli.store.codecs import describe_codecs, filters_for, serializer_for
 
 COMPAT = {"family": {"name": "f"}, "model": {"name": "m"}, "steps": 6, "record_every": 1,
           "batch_size": 2, "seed": 0}  # fmt: skip
@@ -335,6 +335,120 @@ def test_a_run_with_torn_metadata_is_listed_and_reads_as_unreadable(tmp_path: Pa
     assert reader.run_attrs("b") is None
     assert reader.run_ids() == ["a", "b"]
     assert reader.complete_runs() == ["a"]
+
+
+# ---- the run index ----------------------------------------------------------------------------
+def indexed_store(tmp_path: Path, runs: int = 3, partial: str | None = "p") -> str:
+    """A store with ``runs`` complete runs (and one running run ``partial``) and its run index."""
+    store = new_store(tmp_path)
+    w, loss, acc = trajectory(2, 2)
+    for i in range(runs):
+        write_run(store, f"r{i}", w, loss, acc, attrs={"optimizer": "sgd", "i": i})
+    if partial:
+        store.begin_run(partial, 2, 2, StoreCodecConfig(), {"optimizer": "adam"})
+    assert store.write_run_index() == runs + bool(partial)
+    return str(tmp_path / "s.zarr")
+
+
+def counting(location: str) -> tuple[TrajectoryStore, dict]:
+    """The store opened through zarr's LoggingStore, and its counter of store calls."""
+    import logging
+
+    from zarr.storage import LocalStore, LoggingStore
+
+    logged = LoggingStore(LocalStore(location), log_handler=logging.NullHandler())
+    store = TrajectoryStore(location, zarr.open_group(logged, mode="r+"))
+    logged.counter.clear()
+    return store, logged.counter
+
+
+def test_the_index_lists_complete_runs_in_one_read(tmp_path: Path) -> None:
+    loc = indexed_store(tmp_path, runs=5)
+    index = zarr.open_group(loc)["runs"].attrs["index"]
+    assert index["version"] == 1 and index["count"] == 6 and index["runs"]["p"] is None
+    opened = TrajectoryStore.open(loc)
+    assert index["runs"]["r2"] == {
+        "attrs": opened.run_attrs("r2"),
+        "format": [True, True],
+        "codec": list(describe_codecs(opened.root["runs"]["r2"]["weights"])),
+    }
+    store, calls = counting(loc)
+    runs = list(store.iter_runs())
+    assert [r for r, _ in runs] == [f"r{i}" for i in range(5)] and runs[3][1]["i"] == 3
+    assert store.run_format("r1") == (True, True)
+    assert store.run_codec("r1") == tuple(index["runs"]["r1"]["codec"])  # no read
+    # runs/zarr.json, and the run that was running when the index was written (it may have
+    # completed since): one read per run not complete, none per complete run
+    assert calls["get"] == 2
+    assert store.run_status("p") == "running"
+
+
+def test_without_an_index_every_run_is_read(tmp_path: Path) -> None:
+    loc = indexed_store(tmp_path, runs=5)
+    with_index = list(TrajectoryStore.open(loc).iter_runs())
+    del zarr.open_group(loc, mode="r+")["runs"].attrs["index"]  # an older store
+    store, calls = counting(loc)
+    assert list(store.iter_runs()) == with_index
+    assert calls["get"] >= 6
+
+
+def test_changing_a_run_removes_the_index_first(tmp_path: Path) -> None:
+    """A crash inside a collect leaves no index: begin_run and delete_run remove it before they
+    change anything, so no index can call complete a run that is being redone."""
+    for change in ("begin", "delete"):
+        loc = indexed_store(tmp_path / change)
+        store = TrajectoryStore.open(loc, mode="r+")
+        assert store.run_status("r1") == "complete"
+        if change == "begin":
+            store.begin_run("r1", 2, 2, StoreCodecConfig(), {})
+        else:
+            store.delete_run("r1")
+        assert "index" not in zarr.open_group(loc)["runs"].attrs
+        expected = "running" if change == "begin" else None
+        assert store.run_status("r1") == TrajectoryStore.open(loc).run_status("r1") == expected
+
+
+def test_a_stale_or_foreign_index_is_ignored(tmp_path: Path) -> None:
+    loc = indexed_store(tmp_path, partial=None)
+    truth = list(TrajectoryStore.open(loc).iter_runs())
+    runs = zarr.open_group(loc, mode="r+")["runs"]
+    index = dict(runs.attrs["index"])
+    # a run added behind its back (another writer): listed, so read
+    w, loss, acc = trajectory(2, 2)
+    write_run(TrajectoryStore.open(loc, mode="r+"), "r9", w, loss, acc)
+    runs.attrs["index"] = index
+    assert [r for r, _ in TrajectoryStore.open(loc).iter_runs()] == ["r0", "r1", "r2", "r9"]
+    TrajectoryStore.open(loc, mode="r+").delete_run("r9")
+    fake = {**index["runs"], "r1": {**index["runs"]["r1"], "attrs": {"status": "complete"}}}
+    for bad in (
+        {**index, "version": 2},
+        {**index, "count": 7},
+        {**index, "runs": {k: v for k, v in index["runs"].items() if k != "r0"}},  # r0 unknown
+        "garbage",
+    ):
+        runs.attrs["index"] = bad
+        assert list(TrajectoryStore.open(loc).iter_runs()) == truth, bad
+    runs.attrs["index"] = {**index, "runs": fake}  # a fresh index is trusted as it stands
+    assert TrajectoryStore.open(loc).run_attrs("r1") == {"status": "complete"}
+
+
+def test_writing_the_index_reads_only_runs_not_known_complete(tmp_path: Path) -> None:
+    loc = indexed_store(tmp_path, runs=6)
+    store, calls = counting(loc)
+    assert store.write_run_index() == 7
+    # runs/zarr.json (read, rewritten), the running run's zarr.json; none of the 6 complete runs
+    assert calls["get"] <= 3 and calls["set"] == 1
+
+
+def test_memory_url_index_round_trip() -> None:
+    url = mem_url()
+    store, _ = TrajectoryStore.create_or_open(url, ROOT_ATTRS)
+    w, loss, acc = trajectory(3, 5)
+    write_run(store, "a", w, loss, acc)
+    assert store.write_run_index() == 1
+    again = TrajectoryStore.open(url)
+    assert again.complete_runs() == ["a"] and again.run_ids() == ["a"]
+    np.testing.assert_array_equal(again.weights("a"), w)
 
 
 # ---- tasks and tensor groups -------------------------------------------------------------------

@@ -7,7 +7,7 @@ import threading
 import time
 from pathlib import Path
 
-from lohp_cli.store.trajectory_store import init_lock
+from lohp_cli.store.location import init_lock
 
 
 def test_the_second_waits_for_the_first_and_the_lock_file_goes(tmp_path: Path) -> None:

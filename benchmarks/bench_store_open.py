@@ -1,0 +1,125 @@
+"""Benchmark: opening a trajectory store and listing its complete runs with their attributes,
+with and without the run index, on local disk and on a local S3-compatible server (moto).
+
+Run from the repository root (needs the dev extra: s3fs, moto[server])::
+
+    python benchmarks/bench_store_open.py                 # 2,000 runs, 3 repeats
+    python benchmarks/bench_store_open.py --runs 200      # quicker
+
+The runs are fake (written with the store API, P = 4, 3 states each; nothing is trained): only
+their number matters here. The store is written once on disk and uploaded once to the moto server
+(started in this process on 127.0.0.1); the index is then removed and written again between the
+variants, which are measured in one process, interleaved (the order rotates every repeat), and
+reported as medians. The operation timed is what ``train-policy``, ``inspect`` and ``collect`` do
+first: ``TrajectoryStore.open(location)`` then ``list(store.iter_runs())``. For S3 the number of
+S3 requests s3fs makes is counted too. moto answers from memory on the same machine, so a real
+S3 endpoint (tens of ms per request) widens the gap.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.s3server
+
+from lohp_cli.config import StoreCodecConfig  # noqa: E402
+from lohp_cli.store import TrajectoryStore  # noqa: E402
+from tests.s3server import BUCKET, counted_s3_calls, local_s3  # noqa: E402
+
+SIZE, STATES = 4, 3
+ROOT = {
+    "compat": {"family": {"name": "fake"}, "model": {"name": "vector"}, "steps": STATES - 1,
+               "record_every": 1, "batch_size": 1, "seed": 0},
+    "layout": [{"name": "theta", "shape": [SIZE], "offset": 0}],
+    "param_count": SIZE,
+    "condition_dim": 1,
+}  # fmt: skip
+
+
+def fake_store(path: Path, runs: int) -> None:
+    """``runs`` complete runs of random weights, written with the store API, and the index."""
+    store, _ = TrajectoryStore.create_or_open(str(path), ROOT)
+    rng = np.random.default_rng(0)
+    codec = StoreCodecConfig()
+    for i in range(runs):
+        attrs = {"task_id": f"t{i // 4}", "optimizer": "sgd", "replicate": i % 4, "seed": i}
+        writer = store.begin_run(f"t{i // 4}-sgd-s{i % 4}", STATES, SIZE, codec, attrs)
+        for w in rng.standard_normal((STATES, SIZE)).astype(np.float32):
+            writer.append(w, 0.0, 0.0)
+        writer.finish()
+    store.write_run_index()
+
+
+def set_index(location: str, on: bool) -> None:
+    """Write the run index (``on``) or remove it."""
+    if on:
+        TrajectoryStore.open(location, mode="r+").write_run_index()
+    else:
+        runs = zarr.open_group(location, mode="r+")["runs"]
+        if "index" in runs.attrs:
+            del runs.attrs["index"]
+
+
+def open_and_list(location: str) -> int:
+    return len(list(TrajectoryStore.open(location).iter_runs()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=2000)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp, local_s3() as endpoint, counted_s3_calls() as calls:
+        import s3fs
+
+        local = Path(tmp) / "store.zarr"
+        t0 = time.perf_counter()
+        fake_store(local, args.runs)
+        dt = time.perf_counter() - t0
+        print(f"wrote {args.runs} runs locally in {dt:.1f} s", file=sys.stderr)
+        url = f"s3://{BUCKET}/bench.zarr"
+        t0 = time.perf_counter()
+        s3fs.S3FileSystem().put(str(local), url.removeprefix("s3://"), recursive=True)
+        print(f"uploaded to {endpoint} in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+
+        variants = [(where, loc, on) for where, loc in (("disk", str(local)), ("s3 (moto)", url))
+                    for on in (True, False)]  # fmt: skip
+        times: dict[tuple[str, bool], list[float]] = {(w, on): [] for w, _, on in variants}
+        requests: dict[tuple[str, bool], int] = {}
+        for rep in range(args.repeats + 1):  # the first round warms up, and is not counted
+            order = variants[rep % len(variants) :] + variants[: rep % len(variants)]
+            for where, loc, on in order:
+                set_index(loc, on)
+                calls.clear()
+                t0 = time.perf_counter()
+                listed = open_and_list(loc)
+                dt = time.perf_counter() - t0
+                assert listed == args.runs, (where, on, listed)
+                if rep:
+                    times[(where, on)].append(dt)
+                    requests[(where, on)] = sum(calls.values())
+                print(f"  {where} index={on}: {dt:.3f} s", file=sys.stderr)
+
+    print(f"\nOpen a store of {args.runs} runs and list its complete runs with their attributes")
+    print(f"(median of {args.repeats}, interleaved):\n")
+    print("| store | run index | seconds | S3 requests | without / with |")
+    print("|---|---|---|---|---|")
+    for where in ("disk", "s3 (moto)"):
+        with_, without = (statistics.median(times[(where, on)]) for on in (True, False))
+        for on, med in ((True, with_), (False, without)):
+            reqs = requests[(where, on)] if where != "disk" else "-"
+            ratio = f"{without / with_:.1f}×" if not on else ""
+            print(f"| {where} | {'yes' if on else 'no'} | {med:.3f} | {reqs} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()
