@@ -7,10 +7,11 @@ order or sharding. Complete runs are skipped; partial ones are redone from scrat
 
 from __future__ import annotations
 
+import math
 import multiprocessing as mp
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,9 +22,10 @@ from lohp_cli.artifacts.base import first_difference
 from lohp_cli.config import CollectConfig
 from lohp_cli.errors import DataError, StoreError
 from lohp_cli.optim import build_optimizer, optimizer_hparams
+from lohp_cli.optim.batched import batchable, train_batched
 from lohp_cli.optim.loop import train_loop
 from lohp_cli.runtime import derive_seed, provenance, resolve_device
-from lohp_cli.store import TrajectoryStore, run_id
+from lohp_cli.store import RunWriter, TrajectoryStore, run_id
 from lohp_cli.store.frozen import load_frozen, train_frozen
 from lohp_cli.tasks import Task, TaskFamily, make_family
 from lohp_cli.tasks.families import TaskTensors
@@ -127,26 +129,27 @@ class RunContext:
         shared = self.store.shared_init()  # [P] of a shared-init store, else None
         self.theta0 = None if shared is None else torch.from_numpy(shared)
         self._tasks: dict[str, TaskTensors] = {}
+        # cnn (BatchNorm buffers) and lora (a frozen backbone inside) take the one-run path
+        model = build_target(cfg.model, self.family.input_shape, self.family.ways, self.frozen)
+        self.batchable = batchable(model)
 
     def task(self, task_id: str) -> TaskTensors:
         if task_id not in self._tasks:
-            if len(self._tasks) > 16:
+            if len(self._tasks) >= max(16, self.cfg.batch_runs):  # a group's tasks stay cached
                 self._tasks.clear()
             task = self.family.task(task_id)
             self._tasks[task_id] = task.data(self.cfg.model, self.frozen, self.device)
         return self._tasks[task_id]
 
-    def execute(self, plan: RunPlan) -> float:
-        """Collect one run into the store; returns its wall time in seconds."""
-        cfg = self.cfg
-        data = self.task(plan.task_id)
-        model = init_target(cfg, self.family, plan.seed, self.frozen)
+    def _model(self, plan: RunPlan) -> torch.nn.Module:
+        """The run's target model at its θ_0, on the device, in train mode."""
+        model = init_target(self.cfg, self.family, plan.seed, self.frozen)
         if self.theta0 is not None:
             load_flat(model, self.theta0)  # every run of a shared-init store starts here
-        model.to(self.device).train()
-        opt = build_optimizer(plan.optimizer, trainable_parameters(model), cfg.optim)
-        gen = torch.Generator().manual_seed(derive_seed(plan.seed, "batches"))
-        size = ParamLayout.of(model).size
+        return model.to(self.device).train()
+
+    def _begin(self, plan: RunPlan, size: int, batch_runs: int = 1) -> RunWriter:
+        cfg = self.cfg
         attrs = {
             "task_id": plan.task_id,
             "optimizer": plan.optimizer,
@@ -158,15 +161,28 @@ class RunContext:
             "batch_size": cfg.batch_size,
             "device": self.device,
         }
-        writer = self.store.begin_run(plan.run_id, cfg.recorded_states, size, cfg.store, attrs)
+        if batch_runs > 1:  # trained in a group: its wall time is the group's
+            attrs["batch_runs"] = batch_runs
+        return self.store.begin_run(plan.run_id, cfg.recorded_states, size, cfg.store, attrs)
+
+    def _non_finite(self, plan: RunPlan, step: int) -> DataError:
+        return DataError(
+            f"Run {plan.run_id} produced non-finite weights or loss at step {step}; lower "
+            f"the learning rate (e.g. --set optim.{plan.optimizer}.lr=...)."
+        )
+
+    def execute(self, plan: RunPlan) -> float:
+        """Collect one run into the store (the one-run path); returns its wall time in seconds."""
+        cfg = self.cfg
+        data = self.task(plan.task_id)
+        model = self._model(plan)
+        opt = build_optimizer(plan.optimizer, trainable_parameters(model), cfg.optim)
+        gen = torch.Generator().manual_seed(derive_seed(plan.seed, "batches"))
+        writer = self._begin(plan, ParamLayout.of(model).size)
 
         def record(theta: torch.Tensor, loss: torch.Tensor, acc: torch.Tensor) -> None:
-            step = (writer.written + writer.filled) * cfg.record_every
             if not (torch.isfinite(theta).all() and torch.isfinite(loss)):
-                raise DataError(
-                    f"Run {plan.run_id} produced non-finite weights or loss at step {step}; lower "
-                    f"the learning rate (e.g. --set optim.{plan.optimizer}.lr=...)."
-                )
+                raise self._non_finite(plan, (writer.written + writer.filled) * cfg.record_every)
             writer.append(theta.cpu().numpy(), float(loss), float(acc))
 
         train_loop(
@@ -181,6 +197,67 @@ class RunContext:
             record,
         )
         return writer.finish()
+
+    def execute_many(self, plans: Sequence[RunPlan]) -> list[tuple[str, float]]:
+        """Collect ``plans`` into the store: runs of one optimizer trained together in groups of
+        up to ``cfg.batch_runs`` (one at a time with 1, or for a model that cannot be batched).
+
+        Returns ``(run_id, wall seconds)`` per run; a batched run's wall time is its group's.
+        Each run is written through its own writer and is complete only after its ``finish``.
+        """
+        if self.cfg.batch_runs == 1 or not self.batchable:
+            return [(p.run_id, self.execute(p)) for p in plans]
+        done: list[tuple[str, float]] = []
+        for group in group_plans(plans, self.cfg.batch_runs):
+            done += self._execute_group(group)
+        return done
+
+    def _execute_group(self, plans: list[RunPlan]) -> list[tuple[str, float]]:
+        """Runs of one optimizer trained together (:func:`train_batched`)."""
+        cfg = self.cfg
+        models = [self._model(p) for p in plans]
+        theta0 = torch.stack([flat_params(m) for m in models])  # [R, P]
+        data = [self.task(p.task_id) for p in plans]
+        gens = [torch.Generator().manual_seed(derive_seed(p.seed, "batches")) for p in plans]
+        writers = [self._begin(p, theta0.shape[1], len(plans)) for p in plans]
+        step = 0
+
+        def record(theta: torch.Tensor, loss: torch.Tensor, acc: torch.Tensor) -> None:
+            nonlocal step
+            w = theta.cpu().numpy()  # [R, P]: one copy off the device per recorded step
+            lo, ac = loss.cpu().numpy(), acc.cpu().numpy()  # [R], [R]
+            bad = ~(np.isfinite(w).all(1) & np.isfinite(lo))
+            if bad.any():
+                raise self._non_finite(plans[int(bad.argmax())], step)
+            for r, writer in enumerate(writers):
+                writer.append(w[r], lo[r], ac[r])
+            step += cfg.record_every
+
+        train_batched(
+            models[0],
+            plans[0].optimizer,
+            cfg.optim,
+            theta0,
+            [d.x_train for d in data],
+            [d.y_train for d in data],
+            cfg.steps,
+            cfg.record_every,
+            cfg.batch_size,
+            gens,
+            record,
+        )
+        return [(p.run_id, w.finish()) for p, w in zip(plans, writers, strict=True)]
+
+
+def group_plans(plans: Sequence[RunPlan], size: int) -> list[list[RunPlan]]:
+    """``plans`` in groups of one optimizer, at most ``size`` runs each, in order of their
+    first run (runs keep their plan order within a group)."""
+    by_opt: dict[str, list[RunPlan]] = {}
+    for p in plans:
+        by_opt.setdefault(p.optimizer, []).append(p)
+    groups = [g[i : i + size] for g in by_opt.values() for i in range(0, len(g), size)]
+    first = {p.run_id: i for i, p in enumerate(plans)}
+    return sorted(groups, key=lambda g: first[g[0].run_id])
 
 
 def _init_store(
@@ -235,11 +312,11 @@ def _worker_init(cfg_json: dict[str, Any], device: str, threads: int, parent: in
     _WORKER.parent = parent  # type: ignore[attr-defined]
 
 
-def _worker_run(plan: RunPlan) -> tuple[str, float]:
+def _worker_run(plans: list[RunPlan]) -> list[tuple[str, float]]:
     assert _WORKER is not None
     if os.getppid() != _WORKER.parent:  # type: ignore[attr-defined]
         os._exit(1)  # the collect process died (e.g. kill -9): stop instead of running on
-    return plan.run_id, _WORKER.execute(plan)
+    return _WORKER.execute_many(plans)
 
 
 def collect(cfg: CollectConfig, progress: Progress | None = None) -> CollectResult:
@@ -275,39 +352,31 @@ def collect(cfg: CollectConfig, progress: Progress | None = None) -> CollectResu
     emit({"event": "plan", "planned": len(plans), "skipped": skipped, "pending": len(pending)})
 
     done = 0
-    if cfg.workers == 1 or len(pending) <= 1:
+
+    def finished(rid: str, wall: float) -> None:
+        nonlocal done
+        done += 1
+        emit({"event": "run", "run_id": rid, "wall_s": wall, "done": done, "pending": len(pending)})
+
+    # Groups small enough that every worker gets some (the results do not depend on grouping).
+    size = max(1, min(cfg.batch_runs, math.ceil(len(pending) / cfg.workers)))
+    groups = group_plans(pending, size)
+    if cfg.workers == 1 or len(groups) <= 1:
         old = torch.get_num_threads()
         torch.set_num_threads(cfg.threads_per_worker)
         try:
-            for plan in pending:
-                wall = ctx.execute(plan)
-                done += 1
-                emit(
-                    {
-                        "event": "run",
-                        "run_id": plan.run_id,
-                        "wall_s": wall,
-                        "done": done,
-                        "pending": len(pending),
-                    }
-                )
+            for group in groups:
+                for rid, wall in ctx.execute_many(group):
+                    finished(rid, wall)
         finally:
             torch.set_num_threads(old)
     else:
         mpctx = mp.get_context("spawn")
         init_args = (cfg.model_dump(mode="json"), device, cfg.threads_per_worker, os.getpid())
         with mpctx.Pool(cfg.workers, initializer=_worker_init, initargs=init_args) as pool:
-            for rid, wall in pool.imap_unordered(_worker_run, pending):
-                done += 1
-                emit(
-                    {
-                        "event": "run",
-                        "run_id": rid,
-                        "wall_s": wall,
-                        "done": done,
-                        "pending": len(pending),
-                    }
-                )
+            for runs in pool.imap_unordered(_worker_run, groups):
+                for rid, wall in runs:
+                    finished(rid, wall)
             pool.close()  # a clean shutdown: terminate() at exit leaks semaphores
             pool.join()
     return CollectResult(cfg.out, len(plans), skipped, done, round(time.perf_counter() - t0, 3))

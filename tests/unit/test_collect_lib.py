@@ -233,21 +233,28 @@ def test_partial_run_is_redone(reference: str, copy_of_reference: str) -> None:
     assert TrajectoryStore.open(copy_of_reference).run_attrs(rid)["steps_written"] == STATES
 
 
-def test_non_finite_run_fails_and_is_redone(tmp_path: Path) -> None:
+@pytest.mark.parametrize("batch_runs", [1, 8])
+def test_non_finite_run_fails_and_is_redone(tmp_path: Path, batch_runs: int) -> None:
     out = tmp_path / "nan.zarr"
     with pytest.raises(
         DataError,
-        match=r"non-finite weights or loss at step \d+; lower the learning rate "
-        r"\(e.g. --set optim.sgd.lr",
-    ):
-        collect(cfg_at(out, optimizers=["sgd"], optim={"sgd": {"lr": 1e30}}))
+        match=r"Run (\S+) produced non-finite weights or loss at step \d+; lower the learning "
+        r"rate \(e.g. --set optim.sgd.lr",
+    ) as err:
+        collect(
+            cfg_at(out, optimizers=["sgd"], optim={"sgd": {"lr": 1e30}}, batch_runs=batch_runs)
+        )
     store = TrajectoryStore.open(str(out))
-    (rid,) = store.run_ids()
-    assert store.run_status(rid) == "running"  # never marked complete
-    # Partial runs carry no hyperparameter check: a saner lr redoes it.
-    result = collect(cfg_at(out, optimizers=["sgd"]))
+    cfg = cfg_at(out, optimizers=["sgd"])
+    plans = [p.run_id for p in plan_runs(cfg, make_family(cfg.task).tasks("source", 2))]
+    assert str(err.value).split()[1] == plans[0]  # both blow up; the first in plan order is named
+    # one at a time, the first run stops collect; batched, its whole group was begun
+    assert store.run_ids() == sorted(plans[: 1 if batch_runs == 1 else 2])
+    assert all(store.run_status(r) == "running" for r in store.run_ids())  # never complete
+    # Partial runs carry no hyperparameter check: a saner lr redoes them.
+    result = collect(cfg_at(out, optimizers=["sgd"], batch_runs=batch_runs))
     assert (result.skipped, result.collected) == (0, 2)
-    assert TrajectoryStore.open(str(out)).run_status(rid) == "complete"
+    assert all(TrajectoryStore.open(str(out)).run_status(r) == "complete" for r in store.run_ids())
 
 
 # ---- a shared initialisation (init = "shared") -------------------------------------------------
