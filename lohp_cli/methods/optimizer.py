@@ -8,6 +8,7 @@ import torch
 from lohp_cli.config import OptimizersConfig
 from lohp_cli.methods.base import EvalContext, Starts
 from lohp_cli.optim import build_optimizer
+from lohp_cli.optim.batched import batchable, train_batched
 from lohp_cli.optim.loop import train_loop
 from lohp_cli.policy.context import TaskContext
 from lohp_cli.runtime import derive_seed
@@ -49,16 +50,44 @@ def run_optimizer(
     return net
 
 
+def run_optimizer_many(
+    ctx: TaskContext,
+    name: str,
+    theta0: torch.Tensor,
+    data: TaskTensors,
+    steps: int,
+    batch_size: int,
+    optim: OptimizersConfig,
+    seeds: list[int],
+    device: str,
+) -> torch.Tensor | None:
+    """:func:`run_optimizer` from every start ``theta0 [S, P]`` at once (start j draws its
+    batches from ``seeds[j]``); the final weights ``[S, P]``, or None for a model that cannot be
+    batched (cnn, lora: train them one by one)."""
+    with torch.random.fork_rng(devices=[]):  # the template's own init is never used
+        net = ctx.build_target().to(device)
+    if not batchable(net):
+        return None
+    runs = len(seeds)
+    return train_batched(
+        net, name, optim, theta0.to(device), [data.x_train] * runs, [data.y_train] * runs,
+        steps, max(steps, 1), batch_size, [torch.Generator().manual_seed(s) for s in seeds],
+    )  # fmt: skip
+
+
 class OptimizerMethod:
     """``name`` (sgd, adam, sam) for ``steps`` steps; its row is ``name-steps``.
 
-    The base of every method that trains from each start: a subclass overrides ``_train``
-    (and ``prepare``) and keeps the per-sample minibatch seeds (``seed_label``) and the timing.
+    The base of every method that trains from each start: a subclass overrides ``data``
+    (its training set), or ``_train`` (and sets ``batched = False``), and ``prepare``, and keeps
+    the per-sample minibatch seeds (``seed_label``) and the timing. All starts of a task train
+    together (:func:`run_optimizer_many`); latency is one start's run (``_train``).
     """
 
     kind = "optimizer"
     policy = None
     seed_label = "batches"  # sample j of task t draws its minibatches from (seed, label, t, j)
+    batched = True  # weights trains all starts of a task together (run_optimizer_many)
 
     def __init__(self, optimizer: str, steps: int) -> None:
         self.optimizer, self.steps = optimizer, steps
@@ -67,23 +96,30 @@ class OptimizerMethod:
     def prepare(self, ctx: EvalContext) -> None:
         self.ctx = ctx
 
+    def data(self, task_id: str) -> TaskTensors:
+        """The training set of task ``task_id``."""
+        return self.ctx.data[task_id]
+
     def _train(self, task_id: str, theta0: torch.Tensor, seed: int) -> torch.nn.Module:
         c = self.ctx
         return run_optimizer(
-            c.task, self.optimizer, theta0, c.data[task_id], self.steps, c.batch_size, c.optim,
-            seed, c.device,
+            c.task, self.optimizer, theta0, self.data(task_id), self.steps, c.batch_size,
+            c.optim, seed, c.device,
         )  # fmt: skip
 
     def weights(self, task_id: str, starts: Starts) -> torch.Tensor:
-        seed = self.ctx.seed
-        return torch.stack(
-            [
-                flat_params(
-                    self._train(task_id, th, derive_seed(seed, self.seed_label, task_id, j))
-                )
-                for j, th in enumerate(starts.theta0)
-            ]
-        )
+        c = self.ctx
+        js = range(len(starts.theta0))
+        seeds = [derive_seed(c.seed, self.seed_label, task_id, j) for j in js]
+        if self.batched:
+            out = run_optimizer_many(
+                c.task, self.optimizer, starts.theta0, self.data(task_id), self.steps,
+                c.batch_size, c.optim, seeds, c.device,
+            )  # fmt: skip
+            if out is not None:
+                return out
+        runs = zip(starts.theta0, seeds, strict=True)
+        return torch.stack([flat_params(self._train(task_id, th, s)) for th, s in runs])
 
     def time_one(self, task_id: str) -> float:
         theta0 = self.ctx.starts(task_id).theta0[0]

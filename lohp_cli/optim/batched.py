@@ -129,13 +129,12 @@ class BatchedTrainer:
         """The current weights ``[R, P]`` (a detached copy)."""
         return torch.cat([p.detach().reshape(self.runs, -1) for p in self.leaves], 1)
 
-    def losses(
-        self, xb: torch.Tensor, yb: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-run mean cross-entropy ``[R]`` and logits ``[R, B, classes]`` on ``xb [R, B, ...]``."""
+    def losses(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-run mean cross-entropy ``[R]`` and logits ``[R, B, classes]`` of ``xb [R, B, ...]``
+        and ``yb [R, B]``."""
         logits = self._forward(tuple(self.leaves), xb)  # [R, B, classes]
         r, b = yb.shape
-        ce = nn.functional.cross_entropy(logits.reshape(r * b, -1), yb.reshape(-1), reduction="none")
+        ce = nn.functional.cross_entropy(logits.flatten(0, 1), yb.reshape(-1), reduction="none")
         return ce.view(r, b).mean(1), logits
 
     def _backward(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,12 +158,9 @@ class BatchedTrainer:
         gradient norm): move to w + e_r, take the gradient there, come back to w."""
         rho, adaptive = self.sam.rho, self.sam.adaptive  # type: ignore[union-attr]
         with torch.no_grad():
-            norm = torch.stack(
-                [
-                    ((torch.abs(p) if adaptive else 1.0) * p.grad).reshape(self.runs, -1).norm(dim=1)
-                    for p in self.leaves
-                ]
-            ).norm(dim=0)  # [R]
+            scaled = [(torch.abs(p) if adaptive else 1.0) * p.grad for p in self.leaves]
+            norm = torch.stack([g.reshape(self.runs, -1).norm(dim=1) for g in scaled])  # [L, R]
+            norm = norm.norm(dim=0)  # [R]
             scale = rho / (norm + 1e-12)  # [R]
             es = []
             for p in self.leaves:

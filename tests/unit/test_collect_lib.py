@@ -241,9 +241,7 @@ def test_non_finite_run_fails_and_is_redone(tmp_path: Path, batch_runs: int) -> 
         match=r"Run (\S+) produced non-finite weights or loss at step \d+; lower the learning "
         r"rate \(e.g. --set optim.sgd.lr",
     ) as err:
-        collect(
-            cfg_at(out, optimizers=["sgd"], optim={"sgd": {"lr": 1e30}}, batch_runs=batch_runs)
-        )
+        collect(cfg_at(out, optimizers=["sgd"], optim={"sgd": {"lr": 1e30}}, batch_runs=batch_runs))
     store = TrajectoryStore.open(str(out))
     cfg = cfg_at(out, optimizers=["sgd"])
     plans = [p.run_id for p in plan_runs(cfg, make_family(cfg.task).tasks("source", 2))]
