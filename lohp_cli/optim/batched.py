@@ -131,7 +131,9 @@ class BatchedTrainer:
 
     def losses(self, xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-run mean cross-entropy ``[R]`` and logits ``[R, B, classes]`` of ``xb [R, B, ...]``
-        and ``yb [R, B]``."""
+        and ``yb [R, B]``. Row by row over the classes (as the one-run path): a log-softmax
+        across rows (faster on CPU for a few classes) rounds a row by its place in the batch,
+        and a run's numbers would depend on the runs beside it."""
         logits = self._forward(tuple(self.leaves), xb)  # [R, B, classes]
         r, b = yb.shape
         ce = nn.functional.cross_entropy(logits.flatten(0, 1), yb.reshape(-1), reduction="none")

@@ -535,3 +535,48 @@ def test_head_model_collect_is_deterministic(tmp_path: Path) -> None:
     assert sa.root["extractor"].attrs["trained_on_classes"] == list(range(10))
     assert sa.attrs["param_count"] == 8 * 5 + 5 and sa.attrs["condition_dim"] == 5 * 8
     assert_same_runs(str(a), str(b))
+
+
+# ---- batched collection (runs of one optimizer trained together) -------------------------------
+def test_one_run_at_a_time_equals_the_batched_store(reference: str, tmp_path: Path) -> None:
+    """``batch_runs=1`` (the one-run path) and the batched default give the same runs, to
+    float tolerance (stacked matmuls round differently); only the batched runs say so."""
+    out = tmp_path / "one.zarr"
+    collect(cfg_at(out, batch_runs=1))
+    sa, sb = TrajectoryStore.open(reference), TrajectoryStore.open(str(out))
+    assert sa.run_ids() == sb.run_ids()
+    for rid in sa.run_ids():
+        assert sb.run_status(rid) == "complete"
+        np.testing.assert_allclose(sa.weights(rid), sb.weights(rid), rtol=0, atol=1e-5)
+        np.testing.assert_allclose(sa.run_array(rid, "loss"), sb.run_array(rid, "loss"), atol=1e-5)
+        acc_a, acc_b = sa.run_array(rid, "train_acc"), sb.run_array(rid, "train_acc")
+        np.testing.assert_array_equal(acc_a, acc_b)
+        assert sa.run_attrs(rid)["batch_runs"] == 2 and "batch_runs" not in sb.run_attrs(rid)
+
+
+def test_a_group_cut_short_is_resumed_to_the_same_runs(
+    reference: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A collect killed inside a group (after its first run's finish) leaves the group's other
+    runs partial; the next collect redoes them, alone now, bit for bit as in their group."""
+    from lohp_cli.store.writer import RunWriter
+
+    out = tmp_path / "cut.zarr"
+    finish, calls = RunWriter.finish, []
+
+    def dying_finish(self: RunWriter, extra: Any = None) -> float:
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        calls.append(self)
+        return finish(self, extra)
+
+    monkeypatch.setattr(RunWriter, "finish", dying_finish)
+    with pytest.raises(KeyboardInterrupt):
+        collect(cfg_at(out))
+    monkeypatch.setattr(RunWriter, "finish", finish)
+    store = TrajectoryStore.open(str(out))
+    status = [store.run_status(r) for r in store.run_ids()]
+    assert status == ["complete", "running"]  # the first group (sgd, 2 runs) was cut short
+    result = collect(cfg_at(out))
+    assert (result.skipped, result.collected) == (1, 5)
+    assert_same_runs(reference, str(out))
