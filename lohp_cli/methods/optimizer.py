@@ -50,44 +50,19 @@ def run_optimizer(
     return net
 
 
-def run_optimizer_many(
-    ctx: TaskContext,
-    name: str,
-    theta0: torch.Tensor,
-    data: TaskTensors,
-    steps: int,
-    batch_size: int,
-    optim: OptimizersConfig,
-    seeds: list[int],
-    device: str,
-) -> torch.Tensor | None:
-    """:func:`run_optimizer` from every start ``theta0 [S, P]`` at once (start j draws its
-    batches from ``seeds[j]``); the final weights ``[S, P]``, or None for a model that cannot be
-    batched (cnn, lora: train them one by one)."""
-    with torch.random.fork_rng(devices=[]):  # the template's own init is never used
-        net = ctx.build_target().to(device)
-    if not batchable(net):
-        return None
-    runs = len(seeds)
-    return train_batched(
-        net, name, optim, theta0.to(device), [data.x_train] * runs, [data.y_train] * runs,
-        steps, max(steps, 1), batch_size, [torch.Generator().manual_seed(s) for s in seeds],
-    )  # fmt: skip
-
-
 class OptimizerMethod:
     """``name`` (sgd, adam, sam) for ``steps`` steps; its row is ``name-steps``.
 
     The base of every method that trains from each start: a subclass overrides ``data``
     (its training set), or ``_train`` (and sets ``batched = False``), and ``prepare``, and keeps
     the per-sample minibatch seeds (``seed_label``) and the timing. All starts of a task train
-    together (:func:`run_optimizer_many`); latency is one start's run (``_train``).
+    together (``_train_many``); latency is one start's run (``_train``).
     """
 
     kind = "optimizer"
     policy = None
     seed_label = "batches"  # sample j of task t draws its minibatches from (seed, label, t, j)
-    batched = True  # weights trains all starts of a task together (run_optimizer_many)
+    batched = True  # weights trains all starts of a task together (_train_many)
 
     def __init__(self, optimizer: str, steps: int) -> None:
         self.optimizer, self.steps = optimizer, steps
@@ -107,17 +82,30 @@ class OptimizerMethod:
             c.optim, seed, c.device,
         )  # fmt: skip
 
+    def _train_many(
+        self, task_id: str, theta0: torch.Tensor, seeds: list[int]
+    ) -> torch.Tensor | None:
+        """:meth:`_train` from every start ``theta0 [S, P]`` at once (start j draws its batches
+        from ``seeds[j]``, as its own run would); the final weights ``[S, P]``, or None for a
+        model that cannot be batched (cnn, lora: one start at a time)."""
+        c, data, runs = self.ctx, self.data(task_id), len(seeds)
+        with torch.random.fork_rng(devices=[]):  # the template's own init is never used
+            net = c.task.build_target().to(c.device)
+        if not batchable(net):
+            return None
+        return train_batched(
+            net, self.optimizer, c.optim, theta0.to(c.device), [data.x_train] * runs,
+            [data.y_train] * runs, self.steps, max(self.steps, 1), c.batch_size,
+            [torch.Generator().manual_seed(s) for s in seeds],
+        )  # fmt: skip
+
     def weights(self, task_id: str, starts: Starts) -> torch.Tensor:
         c = self.ctx
         js = range(len(starts.theta0))
         seeds = [derive_seed(c.seed, self.seed_label, task_id, j) for j in js]
-        if self.batched:
-            out = run_optimizer_many(
-                c.task, self.optimizer, starts.theta0, self.data(task_id), self.steps,
-                c.batch_size, c.optim, seeds, c.device,
-            )  # fmt: skip
-            if out is not None:
-                return out
+        out = self._train_many(task_id, starts.theta0, seeds) if self.batched else None
+        if out is not None:
+            return out
         runs = zip(starts.theta0, seeds, strict=True)
         return torch.stack([flat_params(self._train(task_id, th, s)) for th, s in runs])
 
