@@ -3,6 +3,11 @@
 The work is a deterministic list of runs (task × optimizer × replicate), each with a seed derived
 from (base seed, task, optimizer, replicate), so the result does not depend on worker count, worker
 order or sharding. Complete runs are skipped; partial ones are redone from scratch.
+
+Runs of one optimizer train together, up to ``batch_runs`` at a time, in one process
+(:mod:`lohp_cli.optim.batched`). On CPU a run's numbers do not depend on the runs beside it (a
+group cut short is redone exactly); they equal the one-run path's (``batch_runs = 1``) to float
+tolerance. cnn and lora runs go one at a time.
 """
 
 from __future__ import annotations
