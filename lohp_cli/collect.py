@@ -153,7 +153,9 @@ class RunContext:
             load_flat(model, self.theta0)  # every run of a shared-init store starts here
         return model.to(self.device).train()
 
-    def _begin(self, plan: RunPlan, size: int, batch_runs: int = 1) -> RunWriter:
+    def _begin(self, plan: RunPlan, size: int) -> RunWriter:
+        """Start the run in the store. Its attrs do not say how it was grouped (a batched run's
+        ``wall_time_s`` is its group's), so a store does not depend on the grouping."""
         cfg = self.cfg
         attrs = {
             "task_id": plan.task_id,
@@ -166,8 +168,6 @@ class RunContext:
             "batch_size": cfg.batch_size,
             "device": self.device,
         }
-        if batch_runs > 1:  # trained in a group: its wall time is the group's
-            attrs["batch_runs"] = batch_runs
         return self.store.begin_run(plan.run_id, cfg.recorded_states, size, cfg.store, attrs)
 
     def _non_finite(self, plan: RunPlan, step: int) -> DataError:
@@ -224,7 +224,7 @@ class RunContext:
         theta0 = torch.stack([flat_params(m) for m in models])  # [R, P]
         data = [self.task(p.task_id) for p in plans]
         gens = [torch.Generator().manual_seed(derive_seed(p.seed, "batches")) for p in plans]
-        writers = [self._begin(p, theta0.shape[1], len(plans)) for p in plans]
+        writers = [self._begin(p, theta0.shape[1]) for p in plans]
         step = 0
 
         def record(theta: torch.Tensor, loss: torch.Tensor, acc: torch.Tensor) -> None:
