@@ -5,6 +5,7 @@ Run from the repository root::
     python benchmarks/bench_collect.py            # full: head, mlp, cnn; a few minutes on 2 cores
     python benchmarks/bench_collect.py --quick    # head and mlp, SGD only in (a); about a minute
     python benchmarks/bench_collect.py --sections c   # only (c), the codecs
+    python benchmarks/bench_collect.py --quick --sections d   # (d), batched collection, only
 
 Everything is measured in one process, side by side, and printed on stdout as markdown tables
 (progress goes to stderr). Timings use ``time.perf_counter`` (and ``time.process_time`` for a
@@ -17,6 +18,10 @@ every repeat) and report the median. Torch runs with ``torch.set_num_threads(thr
     into a Zarr store) against the same ``train_loop`` with ``record=None`` (same model init,
     optimizer and batches), and against recording into a numpy buffer (θ copies, no store).
 (b) Time per optimizer step (``train_step``) for SGD, Adam and SAM on the same batches.
+(d) Batched collection: runs/s of the one-run path (``execute``; ``train_loop`` alone) against
+    the batched path (``execute_many`` with ``batch_runs`` = R; ``train_batched`` alone), R runs
+    of one optimizer over the store's tasks, and the batched path's recording overhead (θ into
+    numpy buffers, and into the store) against its training with ``record=None``.
 (c) Bytes on disk of real recorded weights under each codec option (the real runs collected for
     (a) are rewritten with each option), raw/disk ratio, write and read throughput, a bitwise
     round-trip check (max absolute and relative error for the lossy ``bf16`` options, and the
@@ -50,15 +55,17 @@ import torch
 from lohp_cli.collect import RunContext, RunPlan, collect, init_target, plan_runs
 from lohp_cli.config import CollectConfig, StoreCodecConfig
 from lohp_cli.optim import build_optimizer, train_step
+from lohp_cli.optim.batched import train_batched
 from lohp_cli.optim.loop import train_loop
 from lohp_cli.runtime import derive_seed
 from lohp_cli.scoring import accuracy
 from lohp_cli.store import RunWriter, TrajectoryStore
 from lohp_cli.store.codecs import codecs_for, filters_for, serializer_for
 from lohp_cli.tasks import TaskFamily, make_family
-from lohp_cli.tasks.models import build_target
+from lohp_cli.tasks.models import build_target, flat_params
 
 OVERHEAD_TARGET = 1.10
+SPEEDUP_TARGET = 10.0
 RATIO_TARGET = 1.4
 DEFAULT_CODEC = StoreCodecConfig()
 OLD_DEFAULT = StoreCodecConfig(codec="blosc-zstd")  # the default until pcodec (level 5, shuffle)
@@ -362,6 +369,136 @@ def bench_steps(ctx: RunContext, reps: int, block: int) -> list[Any]:
     ]
 
 
+# ---- (d) batched collection ----------------------------------------------------------------
+def fresh_plans(ctx: RunContext, optimizer: str, runs: int, tag: str) -> list[RunPlan]:
+    """``runs`` new runs of ``optimizer`` over the store's tasks in turn (fresh ids and seeds)."""
+    tasks = [t.id for t in ctx.family.tasks("source", ctx.cfg.tasks)]
+    out = []
+    for i in range(runs):
+        task = tasks[i % len(tasks)]
+        seed = derive_seed(ctx.cfg.seed, task, optimizer, i)
+        out.append(RunPlan(f"{task}-{optimizer}-{tag}-{i}", task, optimizer, i, seed))
+    return out
+
+
+def run_batched(ctx: RunContext, plans: list[RunPlan], memory: bool) -> None:
+    """``train_batched`` of ``plans`` as ``execute_many`` runs them, with ``record=None`` or
+    recording θ/loss/acc into numpy buffers (no store)."""
+    cfg = ctx.cfg
+    starts = []
+    for p in plans:
+        model, _, _ = fresh_training(ctx, p)
+        starts.append(flat_params(model))
+    theta0 = torch.stack(starts)  # [R, P]
+    data = [ctx.task(p.task_id) for p in plans]
+    gens = [torch.Generator().manual_seed(derive_seed(p.seed, "batches")) for p in plans]
+    weights = np.empty((len(plans), cfg.recorded_states, theta0.shape[1]), dtype=np.float32)
+    scalars = np.empty((len(plans), cfg.recorded_states, 2), dtype=np.float32)
+    i = 0
+
+    def record(theta: torch.Tensor, loss: torch.Tensor, acc: torch.Tensor) -> None:
+        nonlocal i
+        w = theta.cpu().numpy()  # [R, P]
+        if not np.isfinite(w).all():
+            raise RuntimeError("non-finite weights")
+        weights[:, i] = w
+        scalars[:, i, 0], scalars[:, i, 1] = loss.cpu().numpy(), acc.cpu().numpy()
+        i += 1
+
+    train_batched(
+        model, plans[0].optimizer, cfg.optim, theta0,
+        [d.x_train for d in data], [d.y_train for d in data],
+        cfg.steps, cfg.record_every, cfg.batch_size, gens, record if memory else None,
+    )  # fmt: skip
+
+
+def bench_batched(
+    ctx: RunContext, runs: int, one_runs: int, reps: int, optimizers: tuple[str, ...]
+) -> list[list[Any]]:
+    """(d): ms per run of the one-run and batched paths, with and without recording, interleaved
+    (the one-run variants time ``one_runs`` runs, the batched ones a group of ``runs``)."""
+    model = ctx.cfg.model.name
+    ctx.cfg = ctx.cfg.model_copy(update={"batch_runs": runs})
+    rows = []
+    counter = 0
+
+    def plans(opt: str, n: int) -> list[RunPlan]:
+        nonlocal counter
+        counter += 1
+        return fresh_plans(ctx, opt, n, f"bench{counter}")
+
+    for opt in optimizers:
+        variants: dict[str, tuple[int, Callable[[], Any]]] = {
+            "one train": (
+                one_runs,
+                lambda o=opt: [run_train_only(ctx, p) for p in plans(o, one_runs)],
+            ),
+            "one store": (one_runs, lambda o=opt: [ctx.execute(p) for p in plans(o, one_runs)]),
+            "batched train": (runs, lambda o=opt: run_batched(ctx, plans(o, runs), False)),
+            "batched memory": (runs, lambda o=opt: run_batched(ctx, plans(o, runs), True)),
+            "batched store": (runs, lambda o=opt: ctx.execute_many(plans(o, runs))),
+        }
+        names = list(variants)
+        times: dict[str, list[float]] = {k: [] for k in names}  # wall seconds per run
+        cpu: dict[str, list[float]] = {k: [] for k in names}  # process CPU seconds per run
+        for r in range(reps + 1):  # round 0 is the warm-up
+            k = r % len(names)
+            for name in names[k:] + names[:k]:
+                n, fn = variants[name]
+                wall, used = timed(fn)
+                if r:
+                    times[name].append(wall / n)
+                    cpu[name].append(used / n)
+        ms = {k: median_ms(v) for k, v in times.items()}
+        speed_train = paired_ratio(times["one train"], times["batched train"])
+        speed_store = paired_ratio(times["one store"], times["batched store"])
+        over_mem = paired_ratio(times["batched memory"], times["batched train"])
+        over_store = paired_ratio(times["batched store"], times["batched train"])
+        cpu_store = paired_ratio(cpu["one store"], cpu["batched store"])
+        cpu_mem = paired_ratio(cpu["batched memory"], cpu["batched train"])
+        rows.append(
+            [
+                model, opt, runs,
+                *(f"{ms[k]:.2f}" for k in names),
+                f"{1e3 / ms['one store']:.1f}", f"{1e3 / ms['batched store']:.1f}",
+                f"**{speed_store:.1f}x**", f"{speed_train:.1f}x",
+                "yes" if speed_store >= SPEEDUP_TARGET else "no",
+                f"**{over_mem:.3f}x**", f"{over_store:.2f}x",
+                "yes" if over_mem <= OVERHEAD_TARGET else "no",
+                f"{cpu_store:.1f}x", f"{cpu_mem:.3f}x",
+            ]
+        )  # fmt: skip
+        log(f"(d) {model}/{opt}: {speed_store:.1f}x runs/s, recording {over_mem:.3f}x")
+    return rows
+
+
+def batched_section(rows: list[list[Any]], runs: int, one_runs: int, reps: int) -> list[str]:
+    """The markdown of (d)."""
+    head = (
+        "### (d) Batched collection: runs/s and recording overhead\n\n"
+        f"ms per run, median of {reps} interleaved rounds after a warm-up round (each round "
+        f"runs every variant once, in rotating order). *one*: the one-run path, {one_runs} runs "
+        "one after the other (*train*: `train_loop(record=None)`; *store*: `RunContext.execute`, "
+        f"today's `collect --batch-runs 1`); *batched*: {runs} runs of one optimizer over the "
+        "store's tasks stepped together (*train*: `train_batched(record=None)`; *memory*: "
+        "recording θ/loss/acc into numpy buffers, one [R, P] copy per recorded step; *store*: "
+        f"`RunContext.execute_many` with `batch_runs` {runs}, what `collect` runs). Ratios are "
+        "medians of per-round ratios. Targets: batched store ≥ "
+        f"{SPEEDUP_TARGET:.0f}x the one-run store's runs/s; recording overhead ≤ "
+        f"{OVERHEAD_TARGET:.2f}x. *CPU time*: the same ratios of process CPU seconds (all "
+        "threads, zarr's included), which other load on the machine disturbs less than wall "
+        "time.\n"
+    )
+    header = [
+        "model", "optimizer", "R", "one train ms", "one store ms", "batched train ms",
+        "batched memory ms", "batched store ms", "one runs/s", "batched runs/s",
+        "runs/s batched/one (store)", "train only", f"≥ {SPEEDUP_TARGET:.0f}x",
+        "memory/train", "store/train", f"≤ {OVERHEAD_TARGET:.2f}x",
+        "runs/s batched/one (store), CPU time", "memory/train, CPU time",
+    ]  # fmt: skip
+    return [head, table(header, rows) + "\n"]
+
+
 # ---- (c) codecs -----------------------------------------------------------------------------
 def chunk_rows(codec: StoreCodecConfig, states: int) -> int:
     """Rows (recorded states) per weights chunk, as ``begin_run`` sets them."""
@@ -660,11 +797,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer models, repeats and options")
     parser.add_argument("--models", default=None, help="comma list of head,mlp,cnn")
     parser.add_argument("--reps", type=int, default=None, help="timed repeats per variant")
-    parser.add_argument("--sections", default="abc", help="which of (a), (b), (c) to run")
+    parser.add_argument("--sections", default="abcd", help="which of (a), (b), (c), (d) to run")
+    parser.add_argument("--batched-only", action="store_true", help="section (d) only")
+    parser.add_argument("--batch-runs", type=int, default=64, help="R of (d)")
     args = parser.parse_args(argv)
-    sections = set(args.sections)
-    if not sections or not sections <= set("abc"):
-        parser.error(f"--sections {args.sections!r}: give letters of abc, e.g. c or ab")
+    sections = {"d"} if args.batched_only else set(args.sections)
+    if not sections or not sections <= set("abcd"):
+        parser.error(f"--sections {args.sections!r}: give letters of abcd, e.g. c or ab")
 
     quick = args.quick
     models = (args.models or ("head,mlp" if quick else "head,mlp,cnn")).split(",")
@@ -686,6 +825,9 @@ def main(argv: list[str] | None = None) -> int:
     rows_a: list[list[Any]] = []
     rows_bd: list[list[Any]] = []
     rows_b: list[list[Any]] = []
+    rows_d: list[list[Any]] = []
+    reps_d = args.reps or (3 if quick else 5)
+    one_runs = 4 if quick else 8
     results_c: list[dict[str, Any]] = []
     runs_info: list[dict[str, Any]] = []
     labels: list[str] = []
@@ -711,6 +853,8 @@ def main(argv: list[str] | None = None) -> int:
                 res, c_info = bench_codecs(model, ctx, plans, root, 2 if quick else 3, quick)
                 results_c += res
                 runs_info.append(c_info)
+            if "d" in sections and model != "cnn":  # cnn (BatchNorm) takes the one-run path
+                rows_d += bench_batched(ctx, args.batch_runs, one_runs, reps_d, ("sgd", "adam"))
             shutil.rmtree(root / f"{model}.zarr", ignore_errors=True)
     wall = time.perf_counter() - t_all
     load1 = os.getloadavg()[0]
@@ -753,6 +897,8 @@ def main(argv: list[str] | None = None) -> int:
         out += section_b(rows_b, reps_b)
     if "c" in sections:
         out += section_c(results_c, runs_info, models)
+    if "d" in sections:
+        out += batched_section(rows_d, args.batch_runs, one_runs, reps_d)
     out.append(f"Total benchmark wall time: {wall:.0f} s.")
     print("\n".join(out))
     return 0

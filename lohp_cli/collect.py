@@ -3,15 +3,21 @@
 The work is a deterministic list of runs (task × optimizer × replicate), each with a seed derived
 from (base seed, task, optimizer, replicate), so the result does not depend on worker count, worker
 order or sharding. Complete runs are skipped; partial ones are redone from scratch.
+
+Runs of one optimizer train together, up to ``batch_runs`` at a time, in one process
+(:mod:`lohp_cli.optim.batched`). On CPU a run's numbers do not depend on the runs beside it (a
+group cut short is redone exactly); they equal the one-run path's (``batch_runs = 1``) to float
+tolerance. cnn and lora runs go one at a time.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing as mp
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass
 from functools import partial
@@ -24,9 +30,10 @@ from lohp_cli.artifacts.base import first_difference
 from lohp_cli.config import CollectConfig
 from lohp_cli.errors import DataError, StoreError
 from lohp_cli.optim import build_optimizer, optimizer_hparams
+from lohp_cli.optim.batched import batchable, train_batched
 from lohp_cli.optim.loop import train_loop
 from lohp_cli.runtime import derive_seed, provenance, resolve_device
-from lohp_cli.store import TrajectoryStore, run_id
+from lohp_cli.store import RunWriter, TrajectoryStore, run_id
 from lohp_cli.store.frozen import load_frozen, train_frozen
 from lohp_cli.store.location import absolute_location, init_lock
 from lohp_cli.store.schema import STATUS_COMPLETE
@@ -132,26 +139,29 @@ class RunContext:
         shared = self.store.shared_init()  # [P] of a shared-init store, else None
         self.theta0 = None if shared is None else torch.from_numpy(shared)
         self._tasks: dict[str, TaskTensors] = {}
+        # cnn (BatchNorm buffers) and lora (a frozen backbone inside) take the one-run path
+        model = build_target(cfg.model, self.family.input_shape, self.family.ways, self.frozen)
+        self.batchable = batchable(model)
 
     def task(self, task_id: str) -> TaskTensors:
         if task_id not in self._tasks:
-            if len(self._tasks) > 16:
+            if len(self._tasks) >= max(16, self.cfg.batch_runs):  # a group's tasks stay cached
                 self._tasks.clear()
             task = self.family.task(task_id)
             self._tasks[task_id] = task.data(self.cfg.model, self.frozen, self.device)
         return self._tasks[task_id]
 
-    def execute(self, plan: RunPlan) -> float:
-        """Collect one run into the store; returns its wall time in seconds."""
-        cfg = self.cfg
-        data = self.task(plan.task_id)
-        model = init_target(cfg, self.family, plan.seed, self.frozen)
+    def _model(self, plan: RunPlan) -> torch.nn.Module:
+        """The run's target model at its θ_0, on the device, in train mode."""
+        model = init_target(self.cfg, self.family, plan.seed, self.frozen)
         if self.theta0 is not None:
             load_flat(model, self.theta0)  # every run of a shared-init store starts here
-        model.to(self.device).train()
-        opt = build_optimizer(plan.optimizer, trainable_parameters(model), cfg.optim)
-        gen = torch.Generator().manual_seed(derive_seed(plan.seed, "batches"))
-        size = ParamLayout.of(model).size
+        return model.to(self.device).train()
+
+    def _begin(self, plan: RunPlan, size: int) -> RunWriter:
+        """Start the run in the store. Its attrs do not say how it was grouped (a batched run's
+        ``wall_time_s`` is its group's), so a store does not depend on the grouping."""
+        cfg = self.cfg
         attrs = {
             "task_id": plan.task_id,
             "optimizer": plan.optimizer,
@@ -163,15 +173,26 @@ class RunContext:
             "batch_size": cfg.batch_size,
             "device": self.device,
         }
-        writer = self.store.begin_run(plan.run_id, cfg.recorded_states, size, cfg.store, attrs)
+        return self.store.begin_run(plan.run_id, cfg.recorded_states, size, cfg.store, attrs)
+
+    def _non_finite(self, plan: RunPlan, step: int) -> DataError:
+        return DataError(
+            f"Run {plan.run_id} produced non-finite weights or loss at step {step}; lower "
+            f"the learning rate (e.g. --set optim.{plan.optimizer}.lr=...)."
+        )
+
+    def execute(self, plan: RunPlan) -> float:
+        """Collect one run into the store (the one-run path); returns its wall time in seconds."""
+        cfg = self.cfg
+        data = self.task(plan.task_id)
+        model = self._model(plan)
+        opt = build_optimizer(plan.optimizer, trainable_parameters(model), cfg.optim)
+        gen = torch.Generator().manual_seed(derive_seed(plan.seed, "batches"))
+        writer = self._begin(plan, ParamLayout.of(model).size)
 
         def record(theta: torch.Tensor, loss: torch.Tensor, acc: torch.Tensor) -> None:
-            step = (writer.written + writer.filled) * cfg.record_every
             if not (torch.isfinite(theta).all() and torch.isfinite(loss)):
-                raise DataError(
-                    f"Run {plan.run_id} produced non-finite weights or loss at step {step}; lower "
-                    f"the learning rate (e.g. --set optim.{plan.optimizer}.lr=...)."
-                )
+                raise self._non_finite(plan, (writer.written + writer.filled) * cfg.record_every)
             writer.append(theta.cpu().numpy(), float(loss), float(acc))
 
         train_loop(
@@ -186,6 +207,67 @@ class RunContext:
             record,
         )
         return writer.finish()
+
+    def execute_many(self, plans: Sequence[RunPlan]) -> list[tuple[str, float]]:
+        """Collect ``plans`` into the store: runs of one optimizer trained together in groups of
+        up to ``cfg.batch_runs`` (one at a time with 1, or for a model that cannot be batched).
+
+        Returns ``(run_id, wall seconds)`` per run; a batched run's wall time is its group's.
+        Each run is written through its own writer and is complete only after its ``finish``.
+        """
+        if self.cfg.batch_runs == 1 or not self.batchable:
+            return [(p.run_id, self.execute(p)) for p in plans]
+        done: list[tuple[str, float]] = []
+        for group in group_plans(plans, self.cfg.batch_runs):
+            done += self._execute_group(group)
+        return done
+
+    def _execute_group(self, plans: list[RunPlan]) -> list[tuple[str, float]]:
+        """Runs of one optimizer trained together (:func:`train_batched`)."""
+        cfg = self.cfg
+        models = [self._model(p) for p in plans]
+        theta0 = torch.stack([flat_params(m) for m in models])  # [R, P]
+        data = [self.task(p.task_id) for p in plans]
+        gens = [torch.Generator().manual_seed(derive_seed(p.seed, "batches")) for p in plans]
+        writers = [self._begin(p, theta0.shape[1]) for p in plans]
+        step = 0
+
+        def record(theta: torch.Tensor, loss: torch.Tensor, acc: torch.Tensor) -> None:
+            nonlocal step
+            w = theta.cpu().numpy()  # [R, P]: one copy off the device per recorded step
+            lo, ac = loss.cpu().numpy(), acc.cpu().numpy()  # [R], [R]
+            bad = ~(np.isfinite(w).all(1) & np.isfinite(lo))
+            if bad.any():
+                raise self._non_finite(plans[int(bad.argmax())], step)
+            for r, writer in enumerate(writers):
+                writer.append(w[r], lo[r], ac[r])
+            step += cfg.record_every
+
+        train_batched(
+            models[0],
+            plans[0].optimizer,
+            cfg.optim,
+            theta0,
+            [d.x_train for d in data],
+            [d.y_train for d in data],
+            cfg.steps,
+            cfg.record_every,
+            cfg.batch_size,
+            gens,
+            record,
+        )
+        return [(p.run_id, w.finish()) for p, w in zip(plans, writers, strict=True)]
+
+
+def group_plans(plans: Sequence[RunPlan], size: int) -> list[list[RunPlan]]:
+    """``plans`` in groups of one optimizer, at most ``size`` runs each, in order of their
+    first run (runs keep their plan order within a group)."""
+    by_opt: dict[str, list[RunPlan]] = {}
+    for p in plans:
+        by_opt.setdefault(p.optimizer, []).append(p)
+    groups = [g[i : i + size] for g in by_opt.values() for i in range(0, len(g), size)]
+    first = {p.run_id: i for i, p in enumerate(plans)}
+    return sorted(groups, key=lambda g: first[g[0].run_id])
 
 
 def _init_store(
@@ -240,11 +322,11 @@ def _worker_init(cfg_json: dict[str, Any], device: str, threads: int, parent: in
     _WORKER.parent = parent  # type: ignore[attr-defined]
 
 
-def _worker_run(plan: RunPlan) -> tuple[str, float]:
+def _worker_run(plans: list[RunPlan]) -> list[tuple[str, float]]:
     assert _WORKER is not None
     if os.getppid() != _WORKER.parent:  # type: ignore[attr-defined]
         os._exit(1)  # the collect process died (e.g. kill -9): stop instead of running on
-    return plan.run_id, _WORKER.execute(plan)
+    return _WORKER.execute_many(plans)
 
 
 def collect(cfg: CollectConfig, progress: Progress | None = None) -> CollectResult:
@@ -307,10 +389,14 @@ def _collect(
     with ExitStack() as stack:
         if cluster is not None and pending:
             walls = _run_on_cluster(stack.enter_context(cluster()), cfg, store, pending)
-        elif cfg.workers == 1 or len(pending) <= 1:
-            walls = _run_here(ctx, pending)
         else:
-            walls = _run_in_pool(cfg, device, pending)
+            # groups small enough that every worker gets some (results do not depend on grouping)
+            size = max(1, min(cfg.batch_runs, math.ceil(len(pending) / cfg.workers)))
+            groups = group_plans(pending, size)
+            if cfg.workers == 1 or len(groups) <= 1:
+                walls = _run_here(ctx, groups)
+            else:
+                walls = _run_in_pool(cfg, device, groups)
         stack.callback(walls.close)  # on a failure: stop the pool, cancel the cluster's tasks
         for rid, wall in walls:
             done += 1
@@ -322,25 +408,27 @@ def _collect(
     return CollectResult(cfg.out, len(plans), skipped, done, round(time.perf_counter() - t0, 3))
 
 
-def _run_here(ctx: RunContext, pending: list[RunPlan]) -> Iterator[tuple[str, float]]:
-    """``(run id, wall seconds)`` of each run, collected in this process."""
+def _run_here(ctx: RunContext, groups: list[list[RunPlan]]) -> Iterator[tuple[str, float]]:
+    """``(run id, wall seconds)`` of each run, collected in this process a group at a time."""
     old = torch.get_num_threads()
     torch.set_num_threads(ctx.cfg.threads_per_worker)
     try:
-        for plan in pending:
-            yield plan.run_id, ctx.execute(plan)
+        for group in groups:
+            yield from ctx.execute_many(group)
     finally:
         torch.set_num_threads(old)
 
 
 def _run_in_pool(
-    cfg: CollectConfig, device: str, pending: list[RunPlan]
+    cfg: CollectConfig, device: str, groups: list[list[RunPlan]]
 ) -> Iterator[tuple[str, float]]:
-    """``(run id, wall seconds)`` of each run, collected by ``cfg.workers`` local processes."""
+    """``(run id, wall seconds)`` of each run, collected by ``cfg.workers`` local processes a
+    group at a time."""
     mpctx = mp.get_context("spawn")
     init_args = (cfg.model_dump(mode="json"), device, cfg.threads_per_worker, os.getpid())
     with mpctx.Pool(cfg.workers, initializer=_worker_init, initargs=init_args) as pool:
-        yield from pool.imap_unordered(_worker_run, pending)
+        for walls in pool.imap_unordered(_worker_run, groups):
+            yield from walls
         pool.close()  # a clean shutdown: terminate() at exit leaks semaphores
         pool.join()
 
@@ -350,13 +438,22 @@ def _run_on_cluster(
 ) -> Iterator[tuple[str, float]]:
     """``(run id, wall seconds)`` of each run, collected by the workers of a Dask cluster.
 
-    One task per run; the workers write into the store themselves, so its location is sent
-    absolute. A task whose worker dies is re-run elsewhere from scratch (``begin_run`` removes
-    what the dead one wrote)."""
+    One task per group of runs (batched on the worker; at most ``batch_runs``, and small enough
+    that each worker gets about four, so that a dead worker costs little); the workers write into
+    the store themselves, so its location is sent absolute. A task whose worker dies is re-run
+    elsewhere, its runs not yet complete from scratch (``begin_run`` removes what the dead one
+    wrote)."""
     from lohp_cli.cluster import map_unordered
 
+    workers = max(1, len(client.scheduler_info().get("workers", {})))
+    size = max(1, min(cfg.batch_runs, math.ceil(len(pending) / (4 * workers))))
     cfg_json = cfg.model_copy(update={"out": absolute_location(cfg.out)}).model_dump(mode="json")
-    items = {plan.run_id: (cfg_json, store.meta.created_at, [plan]) for plan in pending}
+    items = {
+        group[0].run_id + (f"+{len(group) - 1}" if len(group) > 1 else ""): (
+            cfg_json, store.meta.created_at, group
+        )
+        for group in group_plans(pending, size)
+    }  # fmt: skip
     for walls in map_unordered(client, run_plans, items, "lohp-collect"):
         yield from walls
 
@@ -381,13 +478,13 @@ def run_plans(
         cfg = CollectConfig.model_validate(cfg_json)
         ctx = _CONTEXTS[key] = RunContext(cfg, resolve_device(cfg.device))
     torch.set_num_threads(ctx.cfg.threads_per_worker)
-    out = []
+    out, todo = [], []
     for plan in plans:
         if ctx.store.run_status(plan.run_id) == STATUS_COMPLETE:
             out.append((plan.run_id, float(ctx.store.run_attrs(plan.run_id)["wall_time_s"])))
         else:
-            out.append((plan.run_id, ctx.execute(plan)))
-    return out
+            todo.append(plan)
+    return out + ctx.execute_many(todo)
 
 
 def _share(n: int, total: int) -> str:

@@ -58,6 +58,10 @@ def collect(
         int | None, typer.Option(help="Seed of the shared θ₀ (default: derived from --seed).")
     ] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
+    batch_runs: Annotated[
+        int | None,
+        typer.Option(help="Runs of one optimizer trained together (1: one at a time)."),
+    ] = None,
     shard: Annotated[
         str | None, typer.Option(help="Only share i of n of the runs (0 <= i < n).")
     ] = None,
@@ -97,6 +101,7 @@ def collect(
         "init": init,
         "init_seed": init_seed,
         "workers": workers,
+        "batch_runs": batch_runs,
         "shard": shard,
         "scheduler": scheduler,
         "task.data_root": data_root,

@@ -124,6 +124,12 @@ class CollectConfig(Frozen):
         description="Seed of the shared θ₀ (init = 'shared' only); default: derived from seed.",
     )
     workers: int = Field(1, ge=1, description="Worker processes writing disjoint runs.")
+    batch_runs: int = Field(
+        64,
+        ge=1,
+        description="Runs of one optimizer trained together in one process (stacked weights, "
+        "torch.vmap); 1 trains one run at a time. cnn and lora runs always go one at a time.",
+    )
     threads_per_worker: int = Field(
         1, ge=1, description="Torch threads per worker (fixed so results do not depend on it)."
     )

@@ -15,7 +15,7 @@ import torch
 
 from lohp_cli.config import EvaluateConfig
 from lohp_cli.methods.base import EvalContext, Method
-from lohp_cli.methods.optimizer import OptimizerMethod, run_optimizer
+from lohp_cli.methods.optimizer import OptimizerMethod
 from lohp_cli.tasks.inputs import TaskTensors
 
 
@@ -56,13 +56,6 @@ class ERMMethod(OptimizerMethod):
         if task_id not in self._pooled:
             self._pooled[task_id] = pooled_source_data(self.ctx, task_id)
         return self._pooled[task_id]
-
-    def _train(self, task_id: str, theta0: torch.Tensor, seed: int) -> torch.nn.Module:
-        c = self.ctx
-        return run_optimizer(
-            c.task, "adam", theta0, self.data(task_id), c.steps_full, c.batch_size, c.optim,
-            seed, c.device,
-        )  # fmt: skip
 
     def time_one(self, task_id: str) -> float:
         self.data(task_id)  # the pooled set is built once, outside the timing

@@ -41,6 +41,7 @@ class FullFineTune(OptimizerMethod):
     ``full-ft-steps``; the optimizer rows' minibatch seeds and timing."""
 
     kind = "full-ft"
+    batched = False  # every weight of the merged network, one start at a time
 
     def __init__(self, steps: int, lr: float | None = None) -> None:
         super().__init__("adam", steps)

@@ -8,6 +8,7 @@ import torch
 from lohp_cli.config import OptimizersConfig
 from lohp_cli.methods.base import EvalContext, Starts
 from lohp_cli.optim import build_optimizer
+from lohp_cli.optim.batched import batchable, train_batched
 from lohp_cli.optim.loop import train_loop
 from lohp_cli.policy.context import TaskContext
 from lohp_cli.runtime import derive_seed
@@ -52,13 +53,16 @@ def run_optimizer(
 class OptimizerMethod:
     """``name`` (sgd, adam, sam) for ``steps`` steps; its row is ``name-steps``.
 
-    The base of every method that trains from each start: a subclass overrides ``_train``
-    (and ``prepare``) and keeps the per-sample minibatch seeds (``seed_label``) and the timing.
+    The base of every method that trains from each start: a subclass overrides ``data``
+    (its training set), or ``_train`` (and sets ``batched = False``), and ``prepare``, and keeps
+    the per-sample minibatch seeds (``seed_label``) and the timing. All starts of a task train
+    together (``_train_many``); latency is one start's run (``_train``).
     """
 
     kind = "optimizer"
     policy = None
     seed_label = "batches"  # sample j of task t draws its minibatches from (seed, label, t, j)
+    batched = True  # weights trains all starts of a task together (_train_many)
 
     def __init__(self, optimizer: str, steps: int) -> None:
         self.optimizer, self.steps = optimizer, steps
@@ -67,23 +71,43 @@ class OptimizerMethod:
     def prepare(self, ctx: EvalContext) -> None:
         self.ctx = ctx
 
+    def data(self, task_id: str) -> TaskTensors:
+        """The training set of task ``task_id``."""
+        return self.ctx.data[task_id]
+
     def _train(self, task_id: str, theta0: torch.Tensor, seed: int) -> torch.nn.Module:
         c = self.ctx
         return run_optimizer(
-            c.task, self.optimizer, theta0, c.data[task_id], self.steps, c.batch_size, c.optim,
-            seed, c.device,
+            c.task, self.optimizer, theta0, self.data(task_id), self.steps, c.batch_size,
+            c.optim, seed, c.device,
+        )  # fmt: skip
+
+    def _train_many(
+        self, task_id: str, theta0: torch.Tensor, seeds: list[int]
+    ) -> torch.Tensor | None:
+        """:meth:`_train` from every start ``theta0 [S, P]`` at once (start j draws its batches
+        from ``seeds[j]``, as its own run would); the final weights ``[S, P]``, or None for a
+        model that cannot be batched (cnn, lora: one start at a time)."""
+        c, data, runs = self.ctx, self.data(task_id), len(seeds)
+        with torch.random.fork_rng(devices=[]):  # the template's own init is never used
+            net = c.task.build_target().to(c.device)
+        if not batchable(net):
+            return None
+        return train_batched(
+            net, self.optimizer, c.optim, theta0.to(c.device), [data.x_train] * runs,
+            [data.y_train] * runs, self.steps, max(self.steps, 1), c.batch_size,
+            [torch.Generator().manual_seed(s) for s in seeds],
         )  # fmt: skip
 
     def weights(self, task_id: str, starts: Starts) -> torch.Tensor:
-        seed = self.ctx.seed
-        return torch.stack(
-            [
-                flat_params(
-                    self._train(task_id, th, derive_seed(seed, self.seed_label, task_id, j))
-                )
-                for j, th in enumerate(starts.theta0)
-            ]
-        )
+        c = self.ctx
+        js = range(len(starts.theta0))
+        seeds = [derive_seed(c.seed, self.seed_label, task_id, j) for j in js]
+        out = self._train_many(task_id, starts.theta0, seeds) if self.batched else None
+        if out is not None:
+            return out
+        runs = zip(starts.theta0, seeds, strict=True)
+        return torch.stack([flat_params(self._train(task_id, th, s)) for th, s in runs])
 
     def time_one(self, task_id: str) -> float:
         theta0 = self.ctx.starts(task_id).theta0[0]

@@ -337,7 +337,8 @@ class TrajectoryStore:
         )
         compressors, serializer = codecs_for(codec), serializer_for(codec)
         chunk = min(codec.chunk_steps, states)
-        g.create_array(
+        arrays = {}
+        arrays["weights"] = g.create_array(
             "weights",
             shape=(states, size),
             chunks=(chunk, size),
@@ -349,7 +350,7 @@ class TrajectoryStore:
             dimension_names=WEIGHT_DIMS,
         )
         for name in ("loss", "train_acc"):
-            g.create_array(
+            arrays[name] = g.create_array(
                 name,
                 shape=(states,),
                 chunks=(states,),
@@ -359,7 +360,7 @@ class TrajectoryStore:
                 fill_value=np.nan,
                 dimension_names=STATE_DIMS,
             )
-        return RunWriter(g, states, size, chunk)
+        return RunWriter(g, states, size, chunk, arrays)
 
     def weights(self, rid: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Recorded weights ``[stop - start, P]`` of a run."""

@@ -18,8 +18,12 @@ class RunWriter:
     is rewritten per chunk (each rewrite cost a store round trip per chunk).
     """
 
-    def __init__(self, group: Any, states: int, size: int, chunk: int) -> None:
+    def __init__(
+        self, group: Any, states: int, size: int, chunk: int, arrays: dict[str, Any] | None = None
+    ) -> None:
         self.group = group
+        # the run's arrays as created (each lookup by name is a metadata read from the store)
+        self.arrays = arrays or {n: group[n] for n in ("weights", "loss", "train_acc")}
         self.states = states
         self.chunk = chunk
         self.buf = np.empty((chunk, size), dtype=np.float32)
@@ -42,7 +46,7 @@ class RunWriter:
 
     def flush(self) -> None:
         if self.filled:
-            w = self.group["weights"]
+            w = self.arrays["weights"]
             w[self.written : self.written + self.filled] = self.buf[: self.filled]
             self.written += self.filled
             self.filled = 0
@@ -52,8 +56,8 @@ class RunWriter:
         self.flush()
         if self.written != self.states:
             raise ValueError(f"run has {self.written} of {self.states} states")
-        self.group["loss"][:] = self.loss
-        self.group["train_acc"][:] = self.acc
+        self.arrays["loss"][:] = self.loss
+        self.arrays["train_acc"][:] = self.acc
         wall = time.perf_counter() - self.t0
         self.group.attrs.update(
             {

@@ -284,13 +284,13 @@ def test_each_flag_reaches_its_config_key(tmp_path: Path) -> None:
         "--out", tmp_path / "x.zarr", "--family", "digits", "--model", "cnn", "--tasks", "3",
         "--seeds", "4", "--optimizers", "sam", "--steps", "30", "--record-every", "6",
         "--ways", "3", "--batch-size", "8", "--seed", "9", "--workers", "2", "--shard", "0/2",
-        "--data-root", tmp_path, "--device", "cpu",
+        "--data-root", tmp_path, "--device", "cpu", "--batch-runs", "5",
     )  # fmt: skip
     assert cfg["out"] == str(tmp_path / "x.zarr")
     assert cfg["task"] == {**cfg["task"], "family": "digits", "ways": 3, "data_root": str(tmp_path)}
     assert cfg["model"]["name"] == "cnn"
     assert (cfg["tasks"], cfg["seeds"], cfg["steps"], cfg["record_every"]) == (3, 4, 30, 6)
-    assert (cfg["batch_size"], cfg["seed"], cfg["workers"]) == (8, 9, 2)
+    assert (cfg["batch_size"], cfg["seed"], cfg["workers"], cfg["batch_runs"]) == (8, 9, 2, 5)
     assert cfg["optimizers"] == ["sam"] and cfg["shard"] == [0, 2] and cfg["device"] == "cpu"
 
 

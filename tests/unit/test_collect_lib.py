@@ -234,21 +234,26 @@ def test_partial_run_is_redone(reference: str, copy_of_reference: str) -> None:
     assert TrajectoryStore.open(copy_of_reference).run_attrs(rid)["steps_written"] == STATES
 
 
-def test_non_finite_run_fails_and_is_redone(tmp_path: Path) -> None:
+@pytest.mark.parametrize("batch_runs", [1, 8])
+def test_non_finite_run_fails_and_is_redone(tmp_path: Path, batch_runs: int) -> None:
     out = tmp_path / "nan.zarr"
     with pytest.raises(
         DataError,
-        match=r"non-finite weights or loss at step \d+; lower the learning rate "
-        r"\(e.g. --set optim.sgd.lr",
-    ):
-        collect(cfg_at(out, optimizers=["sgd"], optim={"sgd": {"lr": 1e30}}))
+        match=r"Run (\S+) produced non-finite weights or loss at step \d+; lower the learning "
+        r"rate \(e.g. --set optim.sgd.lr",
+    ) as err:
+        collect(cfg_at(out, optimizers=["sgd"], optim={"sgd": {"lr": 1e30}}, batch_runs=batch_runs))
     store = TrajectoryStore.open(str(out))
-    (rid,) = store.run_ids()
-    assert store.run_status(rid) == "running"  # never marked complete
-    # Partial runs carry no hyperparameter check: a saner lr redoes it.
-    result = collect(cfg_at(out, optimizers=["sgd"]))
+    cfg = cfg_at(out, optimizers=["sgd"])
+    plans = [p.run_id for p in plan_runs(cfg, make_family(cfg.task).tasks("source", 2))]
+    assert str(err.value).split()[1] == plans[0]  # both blow up; the first in plan order is named
+    # one at a time, the first run stops collect; batched, its whole group was begun
+    assert store.run_ids() == sorted(plans[: 1 if batch_runs == 1 else 2])
+    assert all(store.run_status(r) == "running" for r in store.run_ids())  # never complete
+    # Partial runs carry no hyperparameter check: a saner lr redoes them.
+    result = collect(cfg_at(out, optimizers=["sgd"], batch_runs=batch_runs))
     assert (result.skipped, result.collected) == (0, 2)
-    assert TrajectoryStore.open(str(out)).run_status(rid) == "complete"
+    assert all(TrajectoryStore.open(str(out)).run_status(r) == "complete" for r in store.run_ids())
 
 
 # ---- a shared initialisation (init = "shared") -------------------------------------------------
@@ -561,3 +566,67 @@ def test_head_model_collect_is_deterministic(tmp_path: Path) -> None:
     assert sa.root["extractor"].attrs["trained_on_classes"] == list(range(10))
     assert sa.attrs["param_count"] == 8 * 5 + 5 and sa.attrs["condition_dim"] == 5 * 8
     assert_same_runs(str(a), str(b))
+
+
+# ---- batched collection (runs of one optimizer trained together) -------------------------------
+def test_one_run_at_a_time_equals_the_batched_store(reference: str, tmp_path: Path) -> None:
+    """``batch_runs=1`` (the one-run path) and the batched default give the same runs, to
+    float tolerance (stacked matmuls round differently)."""
+    out = tmp_path / "one.zarr"
+    collect(cfg_at(out, batch_runs=1))
+    sa, sb = TrajectoryStore.open(reference), TrajectoryStore.open(str(out))
+    assert sa.run_ids() == sb.run_ids()
+    for rid in sa.run_ids():
+        assert sb.run_status(rid) == "complete"
+        np.testing.assert_allclose(sa.weights(rid), sb.weights(rid), rtol=0, atol=1e-5)
+        np.testing.assert_allclose(sa.run_array(rid, "loss"), sb.run_array(rid, "loss"), atol=1e-5)
+        acc_a, acc_b = sa.run_array(rid, "train_acc"), sb.run_array(rid, "train_acc")
+        np.testing.assert_array_equal(acc_a, acc_b)
+
+
+def test_a_group_cut_short_is_resumed_to_the_same_runs(
+    reference: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A collect killed inside a group (after its first run's finish) leaves the group's other
+    runs partial; the next collect redoes them, alone now, bit for bit as in their group."""
+    from lohp_cli.store.writer import RunWriter
+
+    out = tmp_path / "cut.zarr"
+    finish, calls = RunWriter.finish, []
+
+    def dying_finish(self: RunWriter, extra: Any = None) -> float:
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        calls.append(self)
+        return finish(self, extra)
+
+    monkeypatch.setattr(RunWriter, "finish", dying_finish)
+    with pytest.raises(KeyboardInterrupt):
+        collect(cfg_at(out))
+    monkeypatch.setattr(RunWriter, "finish", finish)
+    store = TrajectoryStore.open(str(out))
+    status = [store.run_status(r) for r in store.run_ids()]
+    assert status == ["complete", "running"]  # the first group (sgd, 2 runs) was cut short
+    result = collect(cfg_at(out))
+    assert (result.skipped, result.collected) == (1, 5)
+    assert_same_runs(reference, str(out))
+
+
+def test_runs_collected_alone_equal_the_same_runs_in_a_group(tmp_path: Path) -> None:
+    """A run's numbers do not depend on the size of its group (what makes resumed, sharded and
+    cluster stores bit-identical to the one-process store): head runs of every optimizer, SAM's
+    per-run gradient norm included (a row-wise norm over [R, n] once rounded by R)."""
+    settings = {"model": {**TINY["model"], "name": "head"}, "tasks": 2, "steps": 100}
+    grouped, alone = tmp_path / "grouped.zarr", tmp_path / "alone.zarr"
+    collect(cfg_at(grouped, **settings))
+    cfg = cfg_at(alone, **settings)
+    collect(cfg.model_copy(update={"tasks": 1, "optimizers": ("sgd",)}))  # the store, one run
+    ctx = RunContext(cfg, "cpu")
+    for plan in plan_runs(cfg, ctx.family.tasks("source", cfg.tasks)):
+        if ctx.store.run_status(plan.run_id) != "complete":
+            ctx.execute_many([plan])  # a group of one
+    a, b = TrajectoryStore.open(str(grouped)), TrajectoryStore.open(str(alone))
+    assert a.run_ids() == b.run_ids() and len(a.run_ids()) == 2 * len(OPTIMIZERS)
+    for rid in a.run_ids():
+        np.testing.assert_array_equal(a.weights(rid), b.weights(rid), err_msg=rid)
+        np.testing.assert_array_equal(a.run_array(rid, "loss"), b.run_array(rid, "loss"))

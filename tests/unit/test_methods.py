@@ -90,7 +90,8 @@ def test_optimizer_is_the_train_loop_from_each_start(ctx: tuple, name: str) -> N
         opt = build_optimizer(name, net.parameters(), c.optim)
         gen = torch.Generator().manual_seed(derive_seed(c.seed, "batches", t, j))
         train_loop(net, opt, c.data[t].x_train, c.data[t].y_train, 7, 7, c.batch_size, gen)
-        assert torch.equal(got[j], flat_params(net))
+        # all starts train together (batched): the one-run loop's weights to float tolerance
+        torch.testing.assert_close(got[j], flat_params(net), rtol=0, atol=1e-5)
         assert not torch.equal(got[j], starts.theta0[j])
 
 

@@ -155,7 +155,7 @@ def test_optimizer_baselines_start_from_theta0(run: dict[str, Path], ctx: tuple)
         opt = build_optimizer("adam", net.parameters(), c.optim)
         gen = torch.Generator().manual_seed(derive_seed(c.seed, "batches", t, j))
         train_loop(net, opt, c.data[t].x_train, c.data[t].y_train, 7, 7, c.batch_size, gen)
-        assert torch.equal(got[j], flat_params(net))
+        torch.testing.assert_close(got[j], flat_params(net), rtol=0, atol=1e-5)  # batched starts
     assert not torch.equal(got[0], got[1])  # same start, own minibatches
 
 
