@@ -26,13 +26,12 @@ BF16_KEEPBITS = 7  # bfloat16 keeps 7 of float32's 23 mantissa bits
 
 # zarr warns at every construction of a numcodecs codec (also when it opens an array that uses
 # one) that such codecs are outside the zarr v3 spec; the README says what reads these stores.
-warnings.filterwarnings(
-    "ignore", message="Numcodecs codecs are not in the Zarr version 3 specification"
-)
+_OUTSIDE_SPEC = "Numcodecs codecs are not in the Zarr version 3 specification"
+warnings.filterwarnings("ignore", message=_OUTSIDE_SPEC)
 
 
 @functools.cache
-def _contiguous_pcodec() -> type:
+def contiguous_pcodec() -> type:
     """zarr's ``numcodecs.pcodec`` codec, encoding the chunk in its logical (C) order; from the
     first call on, zarr uses it for every array that names ``numcodecs.pcodec``.
 
@@ -42,13 +41,22 @@ def _contiguous_pcodec() -> type:
     the encoder differs: the bytes written are what the stock codec decodes, under its name.
     It is registered as zarr's implementation of the name (not only passed to
     ``create_array``) because zarr rebuilds codecs from the metadata whenever it opens an
-    array, and ``RunWriter`` writes through the re-opened ``weights`` array.
+    array, and ``RunWriter`` writes through the re-opened ``weights`` array; every store lohp
+    opens registers it (:func:`lohp_cli.store.location.open_group`).
     """
     import zarr
     from zarr.codecs.numcodecs import PCodec
     from zarr.registry import register_codec
 
     class ContiguousPCodec(PCodec):
+        def __init__(self, **codec_config: Any) -> None:
+            # zarr warns at every construction (each time an array is opened) that numcodecs
+            # codecs are outside the v3 spec; the module-level filter is lost when a caller
+            # resets the filters (pytest.warns, python -W error), so silence it here too
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=_OUTSIDE_SPEC)
+                super().__init__(**codec_config)
+
         async def _encode_single(self, chunk_data: Any, chunk_spec: Any) -> Any:
             arr = np.ascontiguousarray(chunk_data.as_numpy_array())
             contiguous = chunk_spec.prototype.nd_buffer.from_numpy_array(arr)
@@ -81,7 +89,7 @@ def serializer_for(cfg: StoreCodecConfig) -> Any:
         delta: dict[str, Any] = {"delta_spec": "auto"}
     else:  # numcodecs' delta_spec "none" fails with pcodec 1.x; consecutive order 0 is no delta
         delta = {"delta_spec": "try_consecutive", "delta_encoding_order": cfg.delta}
-    return _contiguous_pcodec()(level=cfg.resolved_level, **delta)
+    return contiguous_pcodec()(level=cfg.resolved_level, **delta)
 
 
 def codecs_for(cfg: StoreCodecConfig) -> list[Any]:

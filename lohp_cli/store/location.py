@@ -42,6 +42,9 @@ def open_group(location: str, mode: str) -> Any:
     one-line StoreError."""
     import zarr
 
+    from lohp_cli.store.codecs import contiguous_pcodec
+
+    contiguous_pcodec()  # lohp's pcodec for the arrays of this store (see there)
     path = local_path(location)
     try:
         if path is not None:
