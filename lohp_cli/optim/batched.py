@@ -24,6 +24,7 @@ from torch.func import functional_call
 
 from lohp_cli.config import OptimizersConfig
 from lohp_cli.optim.factory import build_optimizer
+from lohp_cli.optim.loop import BatchSchedule
 from lohp_cli.tasks.layout import ParamLayout
 
 # record(θ [R, P], loss [R], acc [R]) at t = 0, r, 2r, …, steps (θ before step t)
@@ -36,33 +37,6 @@ def batchable(module: nn.Module) -> bool:
     return not any(True for _ in module.buffers()) and all(
         p.requires_grad for p in module.parameters()
     )
-
-
-class BatchSchedule:
-    """The minibatch indices one run draws, exactly as ``train_loop`` draws them: an
-    epoch-shuffled permutation from ``gen``, a fresh one whenever the next batch would not fit."""
-
-    def __init__(self, n: int, batch_size: int, gen: torch.Generator) -> None:
-        self.n, self.batch_size, self.gen = n, batch_size, gen
-        self.perm = torch.randperm(n, generator=gen)
-        self.pos = 0
-
-    @property
-    def width(self) -> int:
-        """Examples per batch: ``batch_size``, or all ``n`` when fewer."""
-        return min(self.n, self.batch_size)
-
-    def take(self, m: int) -> torch.Tensor:
-        """The indices ``[m, width]`` of the next ``m`` batches (one slice per permutation)."""
-        n, bs, parts, left = self.n, self.batch_size, [], m
-        while left:
-            if self.pos + bs > n:
-                self.perm, self.pos = torch.randperm(n, generator=self.gen), 0
-            k = min(max((n - self.pos) // bs, 1), left)  # whole batches left in this permutation
-            parts.append(self.perm[self.pos : self.pos + k * bs].view(k, self.width))
-            self.pos += k * bs
-            left -= k
-        return torch.cat(parts) if len(parts) > 1 else parts[0]
 
 
 class StackedData:
