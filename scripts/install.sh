@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up lohp on a fresh Debian machine (idempotent; run again at any time):
 #   1. the Fashion-MNIST data set from Debian's packages (as root, or with sudo), when missing;
-#   2. a virtual environment at .venv (no system site packages) holding lohp and its dev extras,
+#   2. a virtual environment at .venv (no system site packages) holding lohp with its dev and glyphs
+#      extras (the glyph tasks' KanjiVG characters),
 #      exactly as pyproject.toml declares them.
 # Nothing needs activating afterwards: the README's commands, the Makefiles and the cron example use
 # .venv/bin/ directly. LOHP_VENV=DIR puts the environment elsewhere; LOHP_PYTHON picks the
@@ -24,7 +25,7 @@ if [ -d "$VENV" ] && ! "$VENV/bin/python" -c "import sys" >/dev/null 2>&1; then 
 if [ ! -d "$VENV" ]; then "$PY" -m venv "$VENV"; fi
 LOG="$(mktemp)"
 trap 'rm -f "$LOG"' EXIT
-if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[dev]' >"$LOG" 2>&1; then
+if ! "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[dev,glyphs]' >"$LOG" 2>&1; then
   cat "$LOG" >&2
   echo "install failed: pip could not install lohp into $VENV (its output is above)" >&2
   exit 1

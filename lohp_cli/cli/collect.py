@@ -33,8 +33,9 @@ def collect(
     family: Annotated[
         str | None,
         typer.Option(
-            help="Task family: fmnist, cifar10, digits, the domain family rotated-fmnist, or "
-            "few-shot episodes fewshot-fmnist, fewshot-digits (--set task.shots=K)."
+            help="Task family: fmnist, cifar10, digits, glyphs (rendered KanjiVG characters), the "
+            "domain family rotated-fmnist, or few-shot episodes fewshot-fmnist, fewshot-digits, "
+            "fewshot-glyphs (--set task.shots=K)."
         ),
     ] = None,
     model: Annotated[str | None, typer.Option(help="Target model: head, mlp, cnn, lora.")] = None,

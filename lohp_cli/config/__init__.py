@@ -27,7 +27,7 @@ from lohp_cli.config.optim import (
     check_optimizer_names,
 )
 from lohp_cli.config.stages import BASELINES, DEFAULT_BASELINES, EvaluateConfig, GenerateConfig
-from lohp_cli.config.tasks import ModelConfig, TaskConfig
+from lohp_cli.config.tasks import GlyphConfig, ModelConfig, TaskConfig
 from lohp_cli.config.train import (
     DEFAULT_METHOD,
     LEGACY_TRAIN_KEYS,
@@ -51,6 +51,7 @@ __all__ = [
     "EvaluateConfig",
     "Frozen",
     "GenerateConfig",
+    "GlyphConfig",
     "KeyPath",
     "LoHpTrainConfig",
     "LossConfig",

@@ -15,13 +15,70 @@ from pydantic import (
 from lohp_cli.config.base import Frozen, registered
 
 
+class GlyphConfig(Frozen):
+    """How glyph tasks render KanjiVG characters (``lohp_cli.tasks.glyph_render``)."""
+
+    charset: Literal["kanji", "kana", "all"] = Field(
+        "kanji", description="KanjiVG character set: kanji (6,416), kana (184) or all (6,703)."
+    )
+    characters: int | None = Field(
+        1600,
+        ge=2,
+        description="Characters used (a fixed seeded sample of the set; null: all of it). "
+        "1,600 is about Omniglot's 1,623.",
+    )
+    size: int = Field(28, ge=8, le=256, description="Image side in pixels (Omniglot: 28).")
+    drawers: int = Field(20, ge=1, description="Drawers (images) per character (Omniglot: 20).")
+    affine: float = Field(
+        0.15, ge=0, le=1, description="Std of each entry of A − I, the drawer's 2×2 distortion."
+    )
+    shift: float = Field(
+        0.05, ge=0, le=0.5, description="Std of the drawer's translation, in box widths."
+    )
+    jitter: float = Field(
+        2.5, ge=0, le=20, description="Std of each stroke node's displacement (grid units of 109)."
+    )
+    drop: float = Field(0.15, ge=0, lt=1, description="Probability that a stroke is left out.")
+    stroke_width: tuple[float, float] = Field(
+        (3.0, 6.0), description="Range of the drawer's stroke width (grid units; KanjiVG: 3)."
+    )
+    eval_fraction: float = Field(
+        0.4,
+        gt=0,
+        lt=1,
+        description="Share of characters in the evaluation pool (by whole radical groups; "
+        "Omniglot: 659 of 1,623).",
+    )
+
+    @field_validator("stroke_width")
+    @classmethod
+    def _width_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1] <= 30:
+            raise ValueError(f"needs 0 < low <= high <= 30, got {list(v)}")
+        return v
+
+
+# Per-class sizes of the families whose classes have few images (the glyphs' 20 drawers): the
+# defaults when a config leaves them out
+FAMILY_DEFAULTS: dict[str, dict[str, int]] = {
+    "glyphs": {"train_per_class": 10, "support_per_class": 5, "test_per_class": 5},
+}
+
+
 class TaskConfig(Frozen):
     family: str = Field("fmnist", description="Task family (see `lohp collect --help`).")
     ways: int = Field(5, ge=2, description="Classes per task (C-way tasks).")
-    train_per_class: int = Field(100, ge=1, description="Training images per class and task.")
-    test_per_class: int = Field(100, ge=1, description="Test images per class and task.")
+    train_per_class: int = Field(
+        100, ge=1, description="Training images per class and task (glyphs: 10 by default)."
+    )
+    test_per_class: int = Field(
+        100, ge=1, description="Test images per class and task (glyphs: 5 by default)."
+    )
     support_per_class: int = Field(
-        10, ge=1, description="Labelled support images per class for the condition vector."
+        10,
+        ge=1,
+        description="Labelled support images per class for the condition vector (glyphs: 5 by "
+        "default).",
     )
     holdout_classes: tuple[int, ...] = Field(
         (), description="Classes never used by source tasks nor the feature extractor."
@@ -60,6 +117,27 @@ class TaskConfig(Frozen):
         "for cross-domain episodes, resized to the family's input size); default: the family's "
         "own data set, on the held-out classes.",
     )
+
+    source_train: Literal["support", "all"] = Field(
+        "support",
+        description="Few-shot families only: what meta-train (source) episodes train on: their "
+        "K-shot support set, or every training image of their classes (many-shot trajectories; "
+        "the episode's queries included, so its recorded test accuracy is on trained images). "
+        "The condition always comes from the K-shot support set, and meta-test episodes always "
+        "train on their support set.",
+    )
+    glyphs: GlyphConfig = Field(
+        default_factory=GlyphConfig,
+        description="Glyph families (and meta_test = glyphs) only: how KanjiVG characters are "
+        "rendered and split into background and evaluation pools.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _family_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("family") in FAMILY_DEFAULTS:
+            return {**FAMILY_DEFAULTS[data["family"]], **data}
+        return data
 
     @field_validator("family")
     @classmethod

@@ -45,6 +45,15 @@ class PolicyConfig(Frozen):
     )
     sigma_scale: float = Field(1.0, gt=0, description="Multiplies the σ schedule.")
     sigma_min: float = Field(1e-4, gt=0, description="Lower bound of σ (normalised units).")
+    sigma_floor: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Lower bound of σ_i as a fraction of the schedule's largest σ: runs that "
+        "converge (full-batch fine-tuning) take steps hundreds of times smaller at the end, and "
+        "β = 1/(2σ²) there would make the on-policy term demand a precision no policy reaches "
+        "(0: no floor, as policies made before the option).",
+    )
     backward: Literal["fixed", "learned"] = Field(
         "fixed", description="fixed: P_B is N(s_{i+1}, σ_i²); learned: its mean has a U-Net head."
     )
@@ -229,6 +238,9 @@ def stored_train_config(data: Any) -> Any:
     spec = trainers.get(data.get("method", DEFAULT_METHOD)) if isinstance(data, dict) else None
     if spec is None:
         return data
+    policy = data.get("policy")
+    if isinstance(policy, dict) and "sigma_floor" not in policy:
+        data = {**data, "policy": {**policy, "sigma_floor": 0.0}}  # built before the floor
     other = LEGACY_TRAIN_KEYS.union(*(c.model_fields for c in trainers.config_classes()))
     own = spec.config.model_fields
     return {k: v for k, v in data.items() if k in own or k not in other}

@@ -100,6 +100,7 @@ def build_model(
         if cfg.method == "hypernetwork":
             return HyperNetwork(size, cond_dim, cfg.policy.hidden, cfg.policy.optimizer_token)
         sigma = stats.step_rms * cfg.policy.sigma_scale  # [N]
+        sigma = sigma.clamp_min(cfg.policy.sigma_floor * float(sigma.max()))
         return LoHpPolicy(size, cond_dim, n_steps, sigma, cfg.policy, classes, layout=layout)
 
 

@@ -38,6 +38,7 @@ from lohp_cli.errors import ConfigError
 from lohp_cli.runtime import derive_seed
 from lohp_cli.tasks.datasets import ImageData, load_digits_data, load_fmnist
 from lohp_cli.tasks.families import Split, TaskTensors, register_family
+from lohp_cli.tasks.glyphs import glyph_episode_data, load_glyphs, pools_summary, refuse_holdout
 from lohp_cli.tasks.images import (
     ImageFamily,
     ImageTask,
@@ -50,6 +51,7 @@ from lohp_cli.tasks.models import Frozen, target_model
 DOMAINS: dict[str, Callable[[TaskConfig], ImageData]] = {
     "fmnist": lambda cfg: load_fmnist(cfg.data_root, download=cfg.download),
     "digits": lambda _cfg: load_digits_data(),
+    "glyphs": glyph_episode_data,
 }
 EPISODE_SPLITS: tuple[Split, ...] = ("source", "target")
 _ID = re.compile(r"^([a-z0-9]+)-k(\d+)-q(\d+)-e(\d+)-c(\d+(?:_\d+)*)$")
@@ -137,10 +139,21 @@ class Episode(ImageTask):
             "queries": cfg.queries,
         }
 
+    @property
+    def many_shot(self) -> bool:
+        """Whether the episode trains on every pool image of its classes (``task.source_train =
+        "all"``, meta-train episodes only)."""
+        return self.family.cfg.source_train == "all" and self.split == "source"
+
     def examples(self, part: Part) -> tuple[np.ndarray, torch.Tensor]:
-        """Support images for ``train`` and ``support`` (one set), query images for ``test``."""
+        """Support images for ``support``, query images for ``test``; for ``train`` the support
+        images, or of a many-shot episode every pool image of its classes."""
         support, query = self.family.indices(self)
         cfg = self.family.cfg
+        if part == "train" and self.many_shot:
+            rows, counts = self.family.many_shot_rows(self)
+            labels = np.repeat(np.arange(len(self.classes), dtype=np.int64), counts)
+            return self.pool.images[rows], torch.from_numpy(labels)
         rows, per = (query, cfg.queries) if part == "test" else (support, cfg.shots)
         labels = np.repeat(np.arange(len(self.classes), dtype=np.int64), per)
         return self.pool.images[rows], torch.from_numpy(labels)
@@ -149,13 +162,17 @@ class Episode(ImageTask):
         return target_model(model_cfg).encode(self.pool.standardise(images), frozen)
 
     def data(self, model_cfg: ModelConfig, frozen: Frozen, device: str = "cpu") -> TaskTensors:
-        """The support set as the training split (encoded once) and the queries as the test
-        split."""
+        """The support set as the training split (encoded once; a many-shot episode: its
+        many-shot set) and the queries as the test split."""
         x_s, y_s, cond = self.support_set(model_cfg, frozen)
         images, y_q = self.examples("test")
         x_q = self.inputs(images, model_cfg, frozen)
         x_s, y_s = x_s.to(device), y_s.to(device)
-        return TaskTensors(x_s, y_s, x_q.to(device), y_q.to(device), cond.to(device), x_s, y_s)
+        x_t, y_t = x_s, y_s
+        if self.many_shot:
+            train_images, y_t = self.examples("train")
+            x_t, y_t = self.inputs(train_images, model_cfg, frozen).to(device), y_t.to(device)
+        return TaskTensors(x_t, y_t, x_q.to(device), y_q.to(device), cond.to(device), x_s, y_s)
 
 
 class FewShotFamily(ImageFamily):
@@ -163,7 +180,6 @@ class FewShotFamily(ImageFamily):
     meta-test episodes over its held-out classes or another data set (``task.meta_test``)."""
 
     domain: ClassVar[str] = ""  # the data set of the family's own images (a key of DOMAINS)
-    unused_keys = ("train_per_class", "test_per_class", "support_per_class", "target_fraction")
 
     def __init__(self, cfg: TaskConfig) -> None:
         super().__init__(cfg)
@@ -175,7 +191,7 @@ class FewShotFamily(ImageFamily):
             )
         test_domain = cfg.meta_test or self.domain
         cross = test_domain != self.domain
-        hold = set(cfg.holdout_classes) or (set() if cross else set(range(n - n // 2, n)))
+        hold = self.held_out(cross)
         self.source_classes: tuple[int, ...] = tuple(c for c in range(n) if c not in hold)
         if cross:
             test = resize_images(DOMAINS[test_domain](cfg), self.data.image_shape)
@@ -215,6 +231,27 @@ class FewShotFamily(ImageFamily):
 
     def load(self) -> ImageData:
         return DOMAINS[self.domain](self.cfg)
+
+    @property
+    def unused_keys(self) -> tuple[str, ...]:  # type: ignore[override]
+        """The class-subset keys, and ``glyphs`` unless glyphs are one of the domains."""
+        own = ("train_per_class", "test_per_class", "support_per_class", "target_fraction")
+        uses_glyphs = "glyphs" in (self.domain, self.cfg.meta_test)
+        return own if uses_glyphs else (*own, "glyphs")
+
+    def held_out(self, cross: bool) -> set[int]:
+        """The classes of the family's own data set that meta-train episodes and the extractor
+        never see: ``task.holdout_classes``, by default the upper half of the classes (none
+        for a cross-domain meta-test)."""
+        n = self.data.num_classes
+        return set(self.cfg.holdout_classes) or (set() if cross else set(range(n - n // 2, n)))
+
+    def many_shot_rows(self, ep: Episode) -> tuple[np.ndarray, list[int]]:
+        """Rows of a many-shot episode's training images: every pool image of each class (its
+        support and query images included: a glyph has only its drawers), class blocks in label
+        order, and each block's size."""
+        blocks = [ep.pool.rows[c] for c in ep.classes]
+        return np.concatenate(blocks), [len(b) for b in blocks]
 
     @property
     def unused_hint(self) -> str:
@@ -320,6 +357,28 @@ class FewShotFashionMNIST(FewShotFamily):
 
     name = "fewshot-fmnist"
     domain = "fmnist"
+
+
+@register_family
+class FewShotGlyphs(FewShotFamily):
+    """Episodes over rendered KanjiVG characters (:mod:`lohp_cli.tasks.glyphs`): meta-train on
+    the background characters, meta-test on the evaluation characters (or, cross-domain, on
+    digits or Fashion-MNIST at the glyphs' size)."""
+
+    name = "fewshot-glyphs"
+    domain = "glyphs"
+
+    def __init__(self, cfg: TaskConfig) -> None:
+        refuse_holdout(cfg, self.name)
+        super().__init__(cfg)
+
+    def held_out(self, cross: bool) -> set[int]:
+        """The evaluation characters, in-domain and cross-domain alike: meta-train episodes,
+        the extractor and the statistics see the background characters only."""
+        return set(load_glyphs(self.cfg).evaluation_classes)
+
+    def describe(self) -> dict[str, object]:
+        return {**super().describe(), "pools": pools_summary(load_glyphs(self.cfg))}
 
 
 @register_family

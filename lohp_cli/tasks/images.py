@@ -53,12 +53,17 @@ class ImageFamily(TaskFamily):
     :meth:`describe`, and an error when set to anything but their default).
     """
 
-    unused_keys: ClassVar[tuple[str, ...]] = ("shots", "queries", "meta_test")
+    unused_keys: ClassVar[tuple[str, ...]] = (
+        "shots", "queries", "meta_test", "source_train", "glyphs",
+    )  # fmt: skip
 
     def __init__(self, cfg: TaskConfig) -> None:
         super().__init__(cfg)
         fields = TaskConfig.model_fields
-        wrong = [k for k in self.unused_keys if getattr(cfg, k) != fields[k].default]
+        wrong = [
+            k for k in self.unused_keys
+            if getattr(cfg, k) != fields[k].get_default(call_default_factory=True)
+        ]  # fmt: skip
         if wrong:
             keys = ", ".join(f"task.{k}" for k in wrong)
             raise ConfigError(
@@ -71,7 +76,10 @@ class ImageFamily(TaskFamily):
     @property
     def unused_hint(self) -> str:
         """What to use instead of the unused keys (the end of that error)."""
-        return " (shots, queries and meta_test belong to the few-shot families)"
+        return (
+            " (shots, queries, meta_test and source_train belong to the few-shot families, "
+            "glyphs to the glyph families)"
+        )
 
     def load(self) -> ImageData:
         raise NotImplementedError
@@ -99,6 +107,9 @@ class ImageFamily(TaskFamily):
         return self.ways * target_model(model_cfg).feature_dim(model_cfg, self.input_shape)
 
     def describe(self) -> dict[str, object]:
+        # source_train is recorded only when it is not the default, so that stores made before
+        # the option keep their compat
+        later = {"source_train"} if self.cfg.source_train == "support" else set()
         return {
             "name": self.name,
             "num_classes": self.data.num_classes,
@@ -107,7 +118,14 @@ class ImageFamily(TaskFamily):
             # test_domain: a domain family records it itself (older stores lack the key)
             **self.cfg.model_dump(
                 mode="json",
-                exclude={"data_root", "family", "download", "test_domain", *self.unused_keys},
+                exclude={
+                    "data_root",
+                    "family",
+                    "download",
+                    "test_domain",
+                    *self.unused_keys,
+                    *later,
+                },
             ),
         }
 
