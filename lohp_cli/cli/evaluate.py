@@ -76,6 +76,8 @@ def evaluate(
 def _progress(e: Event) -> None:
     if e["event"] == "info":
         log(e["message"])
+    elif e["event"] == "method" and e["acc_mean"] is None:
+        log(f"  {e['name']}: {e.get('note') or 'not applicable'}")
     elif e["event"] == "method":
         log(f"  {e['name']}: {e['acc_mean']:.4f} ± {e['acc_std']:.4f}")
 
@@ -95,8 +97,11 @@ def _done(r: dict[str, Any]) -> None:
         lat = "-" if m["latency_ms_batch1"] is None else f"{m['latency_ms_batch1']:.3f}"
         ci = m.get("acc_ci95")
         half = "-" if not ci else f"± {(ci[1] - ci[0]) / 2:.4f}"
-        acc = f"{m['acc_mean']:.4f} ± {m['acc_std']:.4f}"
+        acc = "n/a" if m["acc_mean"] is None else f"{m['acc_mean']:.4f} ± {m['acc_std']:.4f}"
         t.add_row(m["name"], m["kind"], str(m["steps"]), acc, half, lat)
+    notes = [f"{m['name']}: {m['note']}" for m in r["methods"] if m.get("note")]
+    if notes:
+        t.caption += "\n" + "\n".join(notes)
     if verbosity() >= 0:
         err_console.print(t)
     typer.echo(r["config"]["out"])
