@@ -26,7 +26,12 @@ from lohp_cli.config.optim import (
     SGDConfig,
     check_optimizer_names,
 )
-from lohp_cli.config.stages import BASELINES, DEFAULT_BASELINES, EvaluateConfig, GenerateConfig
+from lohp_cli.config.stages import (
+    BASELINES,
+    DEFAULT_BASELINES,
+    EvaluateConfig,
+    GenerateConfig,
+)
 from lohp_cli.config.tasks import ModelConfig, TaskConfig
 from lohp_cli.config.train import (
     DEFAULT_METHOD,

@@ -48,7 +48,9 @@ class GenerateConfig(Frozen):
 
 DEFAULT_BASELINES = ("sgd", "adam", "sam", "hypernetwork")
 DEFAULT_FRONTIER_STEPS = (1, 2, 5, 10, 20, 50, 100, 200)
-MEMORIZATION_BASELINES = ("nearest", "mean", "nearest-noise", "class-rows")
+MEMORIZATION_BASELINES = (
+    "nearest", "mean", "nearest-noise", "class-rows", "gaussian", "average-16",
+)  # fmt: skip
 BASELINES = (
     *DEFAULT_BASELINES,
     *MEMORIZATION_BASELINES,
@@ -74,8 +76,10 @@ class EvaluateConfig(Frozen):
         "(a domain family's baseline: Adam on the task in the pooled source domains, never the "
         "held-out one), prototype (nearest class mean of the frozen features, head model only), "
         "full-ft (a lora store: Adam on every weight of the merged network, backbone included, "
-        "for the same step budgets) and the learned optimizers l2o, l2o-tt, l2o-flat, m-l2o "
-        "(each needs its policy in policies under the same name).",
+        "for the same step budgets), Zeng et al.'s memorisation baselines gaussian and "
+        "average-16, and the "
+        "learned optimizers l2o, l2o-tt, l2o-flat, m-l2o (each needs its policy in policies "
+        "under the same name).",
     )
     hypernetwork_steps: int = Field(1500, ge=1, description="Training steps of that hypernetwork.")
     full_ft_lr: float | None = Field(

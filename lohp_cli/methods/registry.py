@@ -23,7 +23,7 @@ from lohp_cli.methods.erm import erm_baseline
 from lohp_cli.methods.full_finetune import check_adapted, full_finetune_methods
 from lohp_cli.methods.hypernetwork import hypernetwork_baseline
 from lohp_cli.methods.memorization import NAMES as MEMORIZATION
-from lohp_cli.methods.memorization import memorization_baseline
+from lohp_cli.methods.memorization import check_runs, memorization_baseline
 from lohp_cli.methods.optimizer import optimizer_methods
 from lohp_cli.methods.policy import PolicyMethod
 
@@ -52,7 +52,7 @@ _BASELINES: dict[str, Baseline] = {
     "adam": Baseline(_optimizers, stepped=True),
     "sam": Baseline(_optimizers, stepped=True),
     "hypernetwork": Baseline(hypernetwork_baseline),
-    **{name: Baseline(memorization_baseline) for name in MEMORIZATION},
+    **{name: Baseline(memorization_baseline, check=check_runs(name)) for name in MEMORIZATION},
     "erm": Baseline(erm_baseline),  # domain families only: Adam on the pooled source domains
     "full-ft": Baseline(_full_ft, stepped=True, check=check_adapted),
 }
