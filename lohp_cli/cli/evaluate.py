@@ -39,8 +39,9 @@ def evaluate(
         str | None,
         typer.Option(
             help="Comma list of sgd, adam, sam, hypernetwork, nearest, mean, nearest-noise, "
-            "class-rows, erm (domain families), prototype (head model), l2o, l2o-tt, l2o-flat, "
-            "m-l2o (learned optimizers need --policy NAME=DIR)."
+            "class-rows, gaussian, average-16, reptile, fomaml (a meta-learned start, then Adam; "
+            "settings --set meta_start.KEY=...), erm (domain families), prototype (head model), "
+            "l2o, l2o-tt, l2o-flat, m-l2o (learned optimizers need --policy NAME=DIR)."
         ),
     ] = None,
     policy: Annotated[

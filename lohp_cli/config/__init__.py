@@ -31,6 +31,7 @@ from lohp_cli.config.stages import (
     DEFAULT_BASELINES,
     EvaluateConfig,
     GenerateConfig,
+    MetaStartConfig,
 )
 from lohp_cli.config.tasks import ModelConfig, TaskConfig
 from lohp_cli.config.train import (
@@ -59,6 +60,7 @@ __all__ = [
     "KeyPath",
     "LoHpTrainConfig",
     "LossConfig",
+    "MetaStartConfig",
     "ModelConfig",
     "OptimizersConfig",
     "PolicyConfig",
