@@ -265,10 +265,10 @@ def frontier_lines(f: dict[str, Any] | None) -> list[str]:
         "",
         "## Accuracy–latency frontier",
         "",
-        "The optimizer baselines scored at several step budgets on the same tasks and starts. The "
-        "frontier is, for each latency, the most accurate optimizer point at most that slow; a "
-        "method is on or above it when it is at least as accurate as that point (always, when no "
-        "optimizer point is as fast).",
+        "The optimizer baselines (and meta-learned starts) scored at several step budgets on the "
+        "same tasks. The frontier is, for each latency, the most accurate optimizer point at most "
+        "that slow; a method is on or above it when it is at least as accurate as that point "
+        "(always, when no optimizer point is as fast).",
         "",
         *md_table([*header, "its accuracy", "difference", "position"], against),
         "",
