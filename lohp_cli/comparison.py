@@ -54,9 +54,9 @@ def _pair(a: MethodResult, b: MethodResult, on_ladder: bool) -> dict[str, Any]:
 
 
 def paired_section(rows: list[MethodResult]) -> dict[str, Any] | None:
-    """``paired``: the main row (``rows[0]``, the generated weights) against every other row,
-    then each step of the ablation ladder not already among them (upper rung − lower rung, top
-    down);
+    """``paired``: the main row (``rows[0]``, the generated weights) against every other scored
+    row (not a not-applicable one), then each step of the ablation ladder not already among them
+    (upper rung − lower rung, top down);
     per task the accuracy averaged over its samples, paired over the tasks."""
     if not rows or not rows[0].task_acc:
         return None
@@ -66,7 +66,7 @@ def paired_section(rows: list[MethodResult]) -> dict[str, Any] | None:
     pairs = [
         _pair(main, r, any(hi is main and lo is r for hi, lo in steps))
         for r in rows[1:]
-        if len(r.task_acc) == len(main.task_acc)
+        if r.applicable and len(r.task_acc) == len(main.task_acc)
     ]
     pairs += [_pair(hi, lo, True) for hi, lo in reversed(steps) if hi is not main]
     return {"main": main.name, "confidence": CONFIDENCE, "ladder": list(LADDER), "pairs": pairs}
@@ -265,10 +265,10 @@ def frontier_lines(f: dict[str, Any] | None) -> list[str]:
         "",
         "## Accuracy–latency frontier",
         "",
-        "The optimizer baselines scored at several step budgets on the same tasks and starts. The "
-        "frontier is, for each latency, the most accurate optimizer point at most that slow; a "
-        "method is on or above it when it is at least as accurate as that point (always, when no "
-        "optimizer point is as fast).",
+        "The optimizer baselines (and meta-learned starts) scored at several step budgets on the "
+        "same tasks. The frontier is, for each latency, the most accurate optimizer point at most "
+        "that slow; a method is on or above it when it is at least as accurate as that point "
+        "(always, when no optimizer point is as fast).",
         "",
         *md_table([*header, "its accuracy", "difference", "position"], against),
         "",

@@ -79,7 +79,8 @@ def dg_table(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
         cells: dict[str, dict[str, Any] | None] = {}
         for d in domains:
             m = next((m for m in by_domain[d][1]["methods"] if m["name"] == name), None)
-            cells[str(d)] = None if m is None else {k: m[k] for k in ("acc_mean", "acc_std", "n")}
+            scored = m is not None and m["acc_mean"] is not None  # not a not-applicable row
+            cells[str(d)] = {k: m[k] for k in ("acc_mean", "acc_std", "n")} if scored else None
         means = [c["acc_mean"] for c in cells.values() if c is not None]
         avg = round(float(np.mean(means)), 4) if len(means) == len(domains) else None
         rows.append({"name": name, "kind": kind, "cells": cells, "avg": avg})

@@ -99,7 +99,8 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     extra = frontier_budgets(cfg.frontier_steps, ctx.steps_full, budgets)
     points: list[tuple[str, MethodResult]] = []
     for b in stepped:
-        done = [run_method(ctx, m) for m in registry.baseline(b, cfg, budgets)]
+        main = registry.step_budgets(b, budgets)
+        done = [run_method(ctx, m) for m in registry.baseline(b, cfg, main)]
         rows += done
         if extra:
             steps = ", ".join(map(str, extra))

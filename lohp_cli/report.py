@@ -112,8 +112,9 @@ def markdown_report(r: dict[str, Any]) -> str:
             mark, grad = " (gradient input)", True
         lines.append(
             f"| {m['name']}{mark} | {m['kind']} | {'-' if m['steps'] is None else m['steps']} | "
-            f"{m['acc_mean']:.4f} ± {m['acc_std']:.4f} | {lat} |"
+            f"{accuracy_cell(m)} | {lat} |"
         )
+    lines += not_applicable_lines(r["methods"])
     if grad:
         lines += [
             "",
@@ -174,6 +175,21 @@ def markdown_report(r: dict[str, Any]) -> str:
     lines += matched_lines(r.get("matched"))
     lines += locality_lines(r.get("locality"))
     return "\n".join(lines) + "\n"
+
+
+def accuracy_cell(m: dict[str, Any]) -> str:
+    """A row's ``mean ± std``, or "not applicable" for a row without accuracy."""
+    if m["acc_mean"] is None:
+        return "not applicable"
+    return f"{m['acc_mean']:.4f} ± {m['acc_std']:.4f}"
+
+
+def not_applicable_lines(methods: list[dict[str, Any]]) -> list[str]:
+    """Why each not-applicable row has no accuracy (its ``note``)."""
+    rows = [m for m in methods if m["acc_mean"] is None]
+    if not rows:
+        return []
+    return ["", *(f"- {m['name']}: {m.get('note') or 'not applicable'}." for m in rows)]
 
 
 def interval_lines(methods: list[dict[str, Any]]) -> list[str]:
@@ -275,7 +291,7 @@ def write_plots(r: dict[str, Any], out: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for m in r["methods"]:
         lat = m["latency_ms_batch1"]
-        if lat:
+        if lat and m["acc_mean"] is not None:
             ax.errorbar(lat, m["acc_mean"], yerr=m["acc_std"], fmt="o", capsize=3)
             _label(ax, m["name"], lat, m["acc_mean"])
     _accuracy_vs_latency(ax, r["device"], "accuracy vs latency")

@@ -39,8 +39,9 @@ def evaluate(
         str | None,
         typer.Option(
             help="Comma list of sgd, adam, sam, hypernetwork, nearest, mean, nearest-noise, "
-            "class-rows, erm (domain families), prototype (head model), l2o, l2o-tt, l2o-flat, "
-            "m-l2o (learned optimizers need --policy NAME=DIR)."
+            "class-rows, gaussian, average-16, reptile, fomaml (a meta-learned start, then Adam; "
+            "settings --set meta_start.KEY=...), erm (domain families), prototype (head model), "
+            "l2o, l2o-tt, l2o-flat, m-l2o (learned optimizers need --policy NAME=DIR)."
         ),
     ] = None,
     policy: Annotated[
@@ -76,6 +77,8 @@ def evaluate(
 def _progress(e: Event) -> None:
     if e["event"] == "info":
         log(e["message"])
+    elif e["event"] == "method" and e["acc_mean"] is None:
+        log(f"  {e['name']}: {e.get('note') or 'not applicable'}")
     elif e["event"] == "method":
         log(f"  {e['name']}: {e['acc_mean']:.4f} ± {e['acc_std']:.4f}")
 
@@ -95,8 +98,11 @@ def _done(r: dict[str, Any]) -> None:
         lat = "-" if m["latency_ms_batch1"] is None else f"{m['latency_ms_batch1']:.3f}"
         ci = m.get("acc_ci95")
         half = "-" if not ci else f"± {(ci[1] - ci[0]) / 2:.4f}"
-        acc = f"{m['acc_mean']:.4f} ± {m['acc_std']:.4f}"
+        acc = "n/a" if m["acc_mean"] is None else f"{m['acc_mean']:.4f} ± {m['acc_std']:.4f}"
         t.add_row(m["name"], m["kind"], str(m["steps"]), acc, half, lat)
+    notes = [f"{m['name']}: {m['note']}" for m in r["methods"] if m.get("note")]
+    if notes:
+        t.caption += "\n" + "\n".join(notes)
     if verbosity() >= 0:
         err_console.print(t)
     typer.echo(r["config"]["out"])

@@ -26,7 +26,13 @@ from lohp_cli.config.optim import (
     SGDConfig,
     check_optimizer_names,
 )
-from lohp_cli.config.stages import BASELINES, DEFAULT_BASELINES, EvaluateConfig, GenerateConfig
+from lohp_cli.config.stages import (
+    BASELINES,
+    DEFAULT_BASELINES,
+    EvaluateConfig,
+    GenerateConfig,
+    MetaStartConfig,
+)
 from lohp_cli.config.tasks import GlyphConfig, ModelConfig, TaskConfig
 from lohp_cli.config.train import (
     DEFAULT_METHOD,
@@ -55,6 +61,7 @@ __all__ = [
     "KeyPath",
     "LoHpTrainConfig",
     "LossConfig",
+    "MetaStartConfig",
     "ModelConfig",
     "OptimizersConfig",
     "PolicyConfig",

@@ -48,10 +48,14 @@ class GenerateConfig(Frozen):
 
 DEFAULT_BASELINES = ("sgd", "adam", "sam", "hypernetwork")
 DEFAULT_FRONTIER_STEPS = (1, 2, 5, 10, 20, 50, 100, 200)
-MEMORIZATION_BASELINES = ("nearest", "mean", "nearest-noise", "class-rows")
+MEMORIZATION_BASELINES = (
+    "nearest", "mean", "nearest-noise", "class-rows", "gaussian", "average-16",
+)  # fmt: skip
+META_START_BASELINES = ("reptile", "fomaml")
 BASELINES = (
     *DEFAULT_BASELINES,
     *MEMORIZATION_BASELINES,
+    *META_START_BASELINES,
     "erm",
     "prototype",
     "full-ft",
@@ -60,6 +64,34 @@ BASELINES = (
     "l2o-flat",
     "m-l2o",
 )
+
+
+class MetaStartConfig(Frozen):
+    """How the meta-learned start (``reptile``, ``fomaml``) is learned on the store's source
+    tasks. Defaults: the few-shot settings of Nichol et al. (2018: inner Adam at 0.001, 5 inner
+    steps, meta-batch 5, outer step annealed linearly to 0; their code's outer step 0.1) and Finn
+    et al. (2017: outer Adam at 0.001), with fewer meta steps, so that a 64-episode store
+    meta-trains in seconds on one CPU core (docs/fewshot.md, "The meta-learned start")."""
+
+    inner_steps: int = Field(
+        5, ge=1, description="Adam steps of the inner loop on a source task's adaptation set."
+    )
+    inner_lr: float | None = Field(
+        0.001,
+        gt=0,
+        description="Adam's learning rate in the inner loop (null: the store's, which the "
+        "held-out tasks fine-tune with).",
+    )
+    meta_steps: int = Field(1000, ge=1, description="Outer (meta) steps.")
+    meta_batch: int = Field(5, ge=1, description="Source tasks per meta step.")
+    reptile_lr: float = Field(
+        0.1,
+        gt=0,
+        description="Reptile's outer step size ε (θ ← θ + ε (θ' − θ)), annealed linearly to 0.",
+    )
+    fomaml_lr: float = Field(
+        0.001, gt=0, description="Learning rate of FOMAML's outer Adam (Finn et al.'s β)."
+    )
 
 
 class EvaluateConfig(Frozen):
@@ -74,10 +106,17 @@ class EvaluateConfig(Frozen):
         "(a domain family's baseline: Adam on the task in the pooled source domains, never the "
         "held-out one), prototype (nearest class mean of the frozen features, head model only), "
         "full-ft (a lora store: Adam on every weight of the merged network, backbone included, "
-        "for the same step budgets) and the learned optimizers l2o, l2o-tt, l2o-flat, m-l2o "
-        "(each needs its policy in policies under the same name).",
+        "for the same step budgets), the meta-learned starts reptile and fomaml (θ₀ learned "
+        "on the store's source tasks, then Adam for 0 steps and the optimizers' budgets; "
+        "meta_start), Zeng et al.'s memorisation baselines gaussian and average-16, and the "
+        "learned optimizers l2o, l2o-tt, l2o-flat, m-l2o (each needs its policy in policies "
+        "under the same name).",
     )
     hypernetwork_steps: int = Field(1500, ge=1, description="Training steps of that hypernetwork.")
+    meta_start: MetaStartConfig = Field(
+        default_factory=MetaStartConfig,
+        description="Meta-training of the reptile and fomaml baselines (meta_start.KEY).",
+    )
     full_ft_lr: float | None = Field(
         None, gt=0, description="Adam's learning rate for full-ft (default: the store's Adam lr)."
     )

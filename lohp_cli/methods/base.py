@@ -30,6 +30,12 @@ from lohp_cli.tasks.inputs import TaskTensors
 Progress = Callable[[dict[str, Any]], None]
 
 
+class NotApplicable(Exception):  # noqa: N818 - a verdict, not an error: it never reaches the CLI
+    """Raised by a method's ``prepare`` when it has no answer in this evaluation (``class-rows``
+    on held-out classes): ``run_method`` turns it into a row without accuracy whose ``note``
+    says why; comparisons and plots skip such rows. The message is that reason."""
+
+
 @dataclass(frozen=True)
 class Starts:
     """The starting points of one task's samples: ``s0`` (normalised, in the generating policy's
@@ -99,7 +105,8 @@ class Method(Protocol):
     policy: dict[str, Any] | None  # a policy's identity (see methods.policy.policy_info)
 
     def prepare(self, ctx: EvalContext) -> None:
-        """Load, train or check what the method needs, before any ``weights`` call."""
+        """Load, train or check what the method needs, before any ``weights`` call; raise
+        :class:`NotApplicable` when the method has no answer here."""
 
     def weights(self, task_id: str, starts: Starts) -> torch.Tensor:
         """The final flat weights ``[S, P]`` of the task, row j from start j."""
@@ -117,11 +124,24 @@ class MethodResult:
     steps: int | None = None
     policy: dict[str, Any] | None = None  # method, k, optimizers of a policy's result
     task_acc: list[float] = field(default_factory=list)  # per task, mean over its samples
+    note: str | None = None  # why a row was not scored ("not applicable: …")
+
+    @property
+    def applicable(self) -> bool:
+        """Whether the row was scored (a not-applicable row has no accuracies and a note)."""
+        return self.note is None
 
     def summary(self) -> dict[str, Any]:
         """The row of report.json: accuracy mean and std over every (task, start), and the 95 %
         interval of the mean over the tasks' mean accuracies (1.96 · s / √n_tasks; None with
-        fewer than two tasks)."""
+        fewer than two tasks). A not-applicable row has ``acc_mean``, ``acc_std``, ``acc_ci95``
+        and ``latency_ms_batch1`` null, ``n`` 0 and its ``note``."""
+        if not self.applicable:
+            return {
+                "name": self.name, "kind": self.kind, "acc_mean": None, "acc_std": None,
+                "n": 0, "n_tasks": 0, "acc_ci95": None, "latency_ms_batch1": None,
+                "steps": self.steps, "policy": self.policy, "note": self.note,
+            }  # fmt: skip
         a = np.asarray(self.accuracies)
         ci = normal_mean_ci(self.task_acc) if self.task_acc else None
         interval = None
@@ -146,8 +166,15 @@ class MethodResult:
 def run_method(ctx: EvalContext, method: Method) -> MethodResult:
     """Prepare ``method``, score its weights on every task's test split from the shared starts
     (each start's accuracy, and each task's mean over its starts), time it on the first task,
-    and report the row as a ``method`` event."""
-    method.prepare(ctx)
+    and report the row as a ``method`` event. A method that is not applicable here (its
+    ``prepare`` raised :class:`NotApplicable`) is a row with its reason and no accuracy."""
+    try:
+        method.prepare(ctx)
+    except NotApplicable as why:
+        r = MethodResult(method.name, method.kind, note=f"not applicable: {why}")
+        r.steps, r.policy = method.steps, method.policy
+        ctx.emit({"event": "method", **r.summary()})
+        return r
     accs: list[float] = []
     per_task: list[float] = []
     net = getattr(method, "net", None)

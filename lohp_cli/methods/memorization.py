@@ -5,7 +5,17 @@ produce weights for new tasks.
 ``nearest``        the endpoint of the source task whose condition is nearest the target's.
 ``mean``           the mean endpoint (in weight space).
 ``nearest-noise``  ``nearest`` plus Gaussian noise with the endpoints' per-coordinate spread.
-``class-rows``     a classifier assembled row by row from the source runs that have each class.
+``class-rows``     a classifier assembled row by row from the source runs that have each class;
+                   not applicable (a row without accuracy) when no held-out class is in the store.
+``gaussian``       Zeng et al. (2025): a draw from the per-coordinate Gaussian of the endpoints.
+``average-16``     Zeng et al. (2025): the average of 16 endpoints drawn without replacement.
+
+The last two are the baselines of Zeng, Li, Chen, Liu and Xie, "Generative Modeling of Weights:
+Generalization or Memorization?" (arXiv 2506.07998; github.com/boyazeng/weight_memorization,
+``P-diff/evaluation/baseline.py``): their ``gaussian`` fits the mean and the standard deviation
+(``torch.std``: unbiased) of every coordinate over the training checkpoints and draws each
+coordinate independently; their ``average`` averages ``random.sample(checkpoints, 16)``. Here the
+checkpoints are the source endpoints, each aligned to the target's labels first, as for ``mean``.
 
 The endpoints are the last recorded states of the store's complete runs of the optimizers the
 policy learned from (``store.endpoints``); the condition is the one the policy is conditioned on
@@ -21,6 +31,7 @@ ignored: each sample of ``nearest``, ``mean`` and ``class-rows`` is the same wei
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,9 +39,10 @@ import torch
 
 from lohp_cli.config import EvaluateConfig
 from lohp_cli.errors import ConfigError
-from lohp_cli.methods.base import EvalContext, Method, Starts
+from lohp_cli.methods.base import EvalContext, Method, NotApplicable, Starts
 from lohp_cli.runtime import derive_seed
 from lohp_cli.store.endpoints import Endpoints, load_endpoints
+from lohp_cli.store.sampler import select_runs
 from lohp_cli.tasks.alignment import align_classes
 from lohp_cli.tasks.layout import ParamLayout
 from lohp_cli.tasks.symmetry import ClassSymmetry
@@ -94,10 +106,10 @@ class Memory:
             self.blocks = ((src[:, None, b] - m[None, :, None]) / s[None, :, None]).numpy()
             self.rows = self.sym.rows.to(ctx.device)  # [C, H+1]: weight row j, then bias j
 
-    def task_classes(self, task_id: str) -> tuple[int, ...] | None:
-        """The class (identity) of each label of a task, or None when its family has none."""
-        classes = getattr(self.ctx.task.task(task_id), "classes", None)
-        return None if classes is None else tuple(classes)
+    def task_classes(self, task_id: str) -> tuple[Hashable, ...] | None:
+        """The class (identity) of each label of a task (``Task.class_ids``), or None when its
+        family has none."""
+        return self.ctx.task.task(task_id).class_ids
 
     def match(self, task_id: str) -> Match:
         """Every source task against target ``task_id`` (its condition as the policy sees it)."""
@@ -119,6 +131,14 @@ class Memory:
         w = self.weights[runs.to(self.weights.device)]  # [B, P]
         return w if perms is None else align_endpoints(w, self.sym, torch.from_numpy(perms))
 
+    def all_aligned(self, task_id: str) -> torch.Tensor:
+        """Every endpoint, aligned to target ``task_id`` where the model has class rows (as
+        recorded otherwise) ``[R, P]``."""
+        if self.sym is None:
+            return self.weights
+        perms = self.match(task_id).perms[self.ends.task_of_run]  # [R, C]
+        return self.aligned(torch.arange(len(self.ends.runs)), perms)
+
     def nearest(self, task_id: str) -> torch.Tensor:
         """The first endpoint of the nearest source task, aligned to the target ``[P]``."""
         m = self.match(task_id)
@@ -134,12 +154,14 @@ class MemorizationMethod:
     kind = KIND
     steps: int | None = None
     policy = None
+    min_runs = 1  # source endpoints the baseline needs
 
     def __init__(self, name: str) -> None:
         self.name = name
 
     def prepare(self, ctx: EvalContext) -> None:
         self.ctx, self.memory = ctx, Memory(ctx)
+        require_runs(self.name, self.min_runs, len(self.memory.ends.runs))
 
     def one(self, task_id: str, j: int) -> torch.Tensor:
         """Sample j of the task's weights ``[P]``."""
@@ -169,11 +191,9 @@ class MeanMethod(MemorizationMethod):
         self.plain = self.memory.weights.mean(0)  # [P]
 
     def one(self, task_id: str, j: int) -> torch.Tensor:
-        mem = self.memory
-        if mem.sym is None:
+        if self.memory.sym is None:
             return self.plain.clone()
-        perms = mem.match(task_id).perms[mem.ends.task_of_run]  # [R, C]
-        return mem.aligned(torch.arange(len(mem.ends.runs)), perms).mean(0)
+        return self.memory.all_aligned(task_id).mean(0)
 
 
 class NearestNoiseMethod(MemorizationMethod):
@@ -196,14 +216,26 @@ class ClassRowsMethod(MemorizationMethod):
     """A classifier assembled from per-class rows: output row j (weights and bias) is the row of
     target class j in the nearest source run that has the class (by identity); a class no source
     run has takes the row whose class-mean block is nearest target block j over all runs. Every
-    other weight (hidden layers) is the nearest run's."""
+    other weight (hidden layers) is the nearest run's.
+
+    Not applicable (:class:`NotApplicable`) when no class of any held-out task is the class of a
+    source run (few-shot meta-test classes, a cross-domain meta-test, tasks without class
+    identities): every row would be the fallback, which is ``nearest`` block by block, not a
+    lookup by class."""
 
     def prepare(self, ctx: EvalContext) -> None:
         super().prepare(ctx)
-        if self.memory.sym is None:
+        mem = self.memory
+        if mem.sym is None:
             raise ConfigError(
                 f"Baseline 'class-rows' needs a target model with one output row per class; "
                 f"'{ctx.task.model_cfg.name}' ends otherwise. Leave it out of --baselines."
+            )
+        stored = {c for classes in mem.classes if classes is not None for c in classes}
+        if not any(c in stored for t in ctx.tasks for c in mem.task_classes(t) or ()):
+            raise NotApplicable(
+                "no class of the held-out tasks is the class of a source run (held-out classes), "
+                "so no output row can be looked up by class"
             )
 
     def one(self, task_id: str, j: int) -> torch.Tensor:
@@ -223,13 +255,76 @@ class ClassRowsMethod(MemorizationMethod):
         return w
 
 
+class GaussianMethod(MemorizationMethod):
+    """Zeng et al.'s Gaussian: coordinate i of sample j of task t is μ_i + σ_i ε_i with
+    ε ~ N(0, I) drawn from ``derive_seed(seed, "gaussian", t, j)``; μ, σ ``[P]`` the mean and
+    the (unbiased) standard deviation of the endpoints aligned to the task (the same for every
+    task without class rows)."""
+
+    min_runs = 2  # a standard deviation
+
+    def moments(self, task_id: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and unbiased standard deviation ``[P]`` of the endpoints aligned to the task."""
+        w = self.memory.all_aligned(task_id)  # [R, P]
+        return w.mean(0), w.std(0)
+
+    def one(self, task_id: str, j: int) -> torch.Tensor:
+        mu, sd = self.moments(task_id)
+        gen = torch.Generator().manual_seed(derive_seed(self.ctx.seed, self.name, task_id, j))
+        return mu + sd * torch.randn(mu.shape[0], generator=gen).to(mu.device)  # [P]
+
+
+class AverageMethod(MemorizationMethod):
+    """Zeng et al.'s average: the mean of ``k`` = 16 endpoints drawn without replacement (a
+    ``randperm`` from ``derive_seed(seed, "average-16", t, j)``), each aligned to the task."""
+
+    k = 16
+    min_runs = k
+
+    def picks(self, task_id: str, j: int) -> torch.Tensor:
+        """The endpoints ``[k]`` (run indices, in draw order) sample j of the task averages."""
+        gen = torch.Generator().manual_seed(derive_seed(self.ctx.seed, self.name, task_id, j))
+        return torch.randperm(len(self.memory.ends.runs), generator=gen)[: self.k]
+
+    def one(self, task_id: str, j: int) -> torch.Tensor:
+        mem, runs = self.memory, self.picks(task_id, j)
+        perms = None
+        if mem.sym is not None:  # each picked endpoint's alignment: its task's
+            perms = mem.match(task_id).perms[mem.ends.task_of_run[runs].numpy()]  # [k, C]
+        return mem.aligned(runs, perms).mean(0)  # [P]
+
+
 _METHODS: dict[str, type[MemorizationMethod]] = {
     "nearest": NearestMethod,
     "mean": MeanMethod,
     "nearest-noise": NearestNoiseMethod,
     "class-rows": ClassRowsMethod,
+    "gaussian": GaussianMethod,
+    "average-16": AverageMethod,
 }
 NAMES = tuple(_METHODS)
+
+
+def require_runs(name: str, need: int, have: int) -> None:
+    """A ConfigError when baseline ``name`` needs ``need`` source endpoints and has ``have``."""
+    if have < need:
+        raise ConfigError(
+            f"Baseline '{name}' needs at least {need} source endpoints; the store has {have} "
+            "complete run(s) of the policy's optimizers. Collect more (--tasks, --seeds) or leave "
+            "it out of --baselines."
+        )
+
+
+def check_runs(name: str) -> Callable[[EvalContext], None]:
+    """Baseline ``name``'s up-front check: enough complete runs of the policy's optimizers (read
+    from the run index, before any method runs)."""
+
+    def check(ctx: EvalContext) -> None:
+        opts = ctx.meta.optimizers
+        have = len(select_runs(ctx.task.store, tuple(opts) if opts else None))
+        require_runs(name, _METHODS[name].min_runs, have)
+
+    return check
 
 
 def memorization_baseline(

@@ -54,9 +54,10 @@ class OptimizerMethod:
     """``name`` (sgd, adam, sam) for ``steps`` steps; its row is ``name-steps``.
 
     The base of every method that trains from each start: a subclass overrides ``data``
-    (its training set), or ``_train`` (and sets ``batched = False``), and ``prepare``, and keeps
-    the per-sample minibatch seeds (``seed_label``) and the timing. All starts of a task train
-    together (``_train_many``); latency is one start's run (``_train``).
+    (its training set), ``theta0`` (where it starts), or ``_train`` (and sets
+    ``batched = False``), and ``prepare``, and keeps the per-sample minibatch seeds
+    (``seed_label``) and the timing. All starts of a task train together (``_train_many``);
+    latency is one start's run (``_train``).
     """
 
     kind = "optimizer"
@@ -74,6 +75,10 @@ class OptimizerMethod:
     def data(self, task_id: str) -> TaskTensors:
         """The training set of task ``task_id``."""
         return self.ctx.data[task_id]
+
+    def theta0(self, starts: Starts) -> torch.Tensor:
+        """Where each sample's run starts ``[S, P]``: the shared starts."""
+        return starts.theta0
 
     def _train(self, task_id: str, theta0: torch.Tensor, seed: int) -> torch.nn.Module:
         c = self.ctx
@@ -100,17 +105,17 @@ class OptimizerMethod:
         )  # fmt: skip
 
     def weights(self, task_id: str, starts: Starts) -> torch.Tensor:
-        c = self.ctx
-        js = range(len(starts.theta0))
+        c, theta0 = self.ctx, self.theta0(starts)
+        js = range(len(theta0))
         seeds = [derive_seed(c.seed, self.seed_label, task_id, j) for j in js]
-        out = self._train_many(task_id, starts.theta0, seeds) if self.batched else None
+        out = self._train_many(task_id, theta0, seeds) if self.batched else None
         if out is not None:
             return out
-        runs = zip(starts.theta0, seeds, strict=True)
+        runs = zip(theta0, seeds, strict=True)
         return torch.stack([flat_params(self._train(task_id, th, s)) for th, s in runs])
 
     def time_one(self, task_id: str) -> float:
-        theta0 = self.ctx.starts(task_id).theta0[0]
+        theta0 = self.theta0(self.ctx.starts(task_id))[0]
         reps = optimizer_repeats(self.ctx.latency_repeats)
         return time_ms(lambda: self._train(task_id, theta0, 0), reps, self.ctx.device)
 

@@ -5,8 +5,10 @@ Built-in baselines are listed in ``_BASELINES`` below; a plug-in registers its o
 one registration: a baseline name and a factory ``(name, config, budgets) -> [Method, ...]``, or a
 policy-directory kind (the ``method`` of its ``config.json``) and a factory ``(name, path) ->
 Method``. A "stepped" baseline (an optimizer) runs after every other method, once per step budget:
-the store's T·r and the N of each method scored before it. A baseline's ``check`` (optional) sees
-the evaluation context before any method runs, to refuse a store it cannot run on at once.
+the store's T·r and the N of each method scored before it, and also at 0 steps when it starts
+somewhere of its own (``from_start``: the meta-learned starts, whose start alone is a row). A
+baseline's ``check`` (optional) sees the evaluation context before any method runs, to refuse a
+store it cannot run on at once.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from lohp_cli.methods.erm import erm_baseline
 from lohp_cli.methods.full_finetune import check_adapted, full_finetune_methods
 from lohp_cli.methods.hypernetwork import hypernetwork_baseline
 from lohp_cli.methods.memorization import NAMES as MEMORIZATION
-from lohp_cli.methods.memorization import memorization_baseline
+from lohp_cli.methods.memorization import check_runs, memorization_baseline
+from lohp_cli.methods.meta_start import ALGORITHMS as META_STARTS
+from lohp_cli.methods.meta_start import meta_start_methods
 from lohp_cli.methods.optimizer import optimizer_methods
 from lohp_cli.methods.policy import PolicyMethod
 
@@ -37,6 +41,7 @@ class Baseline:
     factory: BaselineFactory
     stepped: bool = False  # runs last, once per step budget
     check: Check | None = None  # raises when the baseline cannot run in this context
+    from_start: bool = False  # stepped from a start of its own: also scored at 0 steps
 
 
 def _optimizers(name: str, _cfg: EvaluateConfig, budgets: tuple[int, ...]) -> list[Method]:
@@ -47,14 +52,19 @@ def _full_ft(name: str, cfg: EvaluateConfig, budgets: tuple[int, ...]) -> list[M
     return list(full_finetune_methods(name, cfg, budgets))
 
 
+def _meta_start(name: str, cfg: EvaluateConfig, budgets: tuple[int, ...]) -> list[Method]:
+    return list(meta_start_methods(name, cfg, budgets))
+
+
 _BASELINES: dict[str, Baseline] = {
     "sgd": Baseline(_optimizers, stepped=True),
     "adam": Baseline(_optimizers, stepped=True),
     "sam": Baseline(_optimizers, stepped=True),
     "hypernetwork": Baseline(hypernetwork_baseline),
-    **{name: Baseline(memorization_baseline) for name in MEMORIZATION},
+    **{name: Baseline(memorization_baseline, check=check_runs(name)) for name in MEMORIZATION},
     "erm": Baseline(erm_baseline),  # domain families only: Adam on the pooled source domains
     "full-ft": Baseline(_full_ft, stepped=True, check=check_adapted),
+    **{name: Baseline(_meta_start, stepped=True, from_start=True) for name in META_STARTS},
 }
 _POLICY_KINDS: dict[str, PolicyFactory] = {}
 
@@ -86,6 +96,12 @@ def _entry(name: str) -> Baseline:
 
 def is_stepped(name: str) -> bool:
     return _entry(name).stepped
+
+
+def step_budgets(name: str, budgets: tuple[int, ...]) -> tuple[int, ...]:
+    """The budgets stepped baseline ``name`` is scored at with its main rows: ``budgets``, and 0
+    (its start) for a baseline with a start of its own."""
+    return (*budgets, 0) if _entry(name).from_start else budgets
 
 
 def check(name: str, ctx: EvalContext) -> None:

@@ -10,7 +10,7 @@ convention: target label j takes source label ``perm[j]``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 
 import numpy as np
 
@@ -60,7 +60,7 @@ def min_cost_assignment(cost: np.ndarray) -> np.ndarray:
 
 
 def align_classes(
-    target: Sequence[int] | None, source: Sequence[int] | None, cost: np.ndarray
+    target: Sequence[Hashable] | None, source: Sequence[Hashable] | None, cost: np.ndarray
 ) -> np.ndarray:
     """The alignment ``perm [C]`` of a source task to a target task: target label j takes
     source label ``perm[j]``.

@@ -14,6 +14,7 @@ protocol. The built-in class-subset families live in :mod:`lohp_cli.tasks.classe
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -25,6 +26,7 @@ from lohp_cli.errors import ConfigError
 from lohp_cli.tasks.models import Frozen
 
 Split = Literal["source", "target", "target-hard"]
+AdaptPart = Literal["train", "support"]
 SPLITS: tuple[str, ...] = ("source", "target", "target-hard")
 
 FAMILIES: dict[str, type[TaskFamily]] = {}
@@ -65,6 +67,22 @@ class Task(ABC):
     def describe(self) -> dict[str, Any]:
         """JSON attrs stores keep with the task (e.g. ``classes``); none by default."""
         return {}
+
+    @property
+    def adapt_on(self) -> AdaptPart:
+        """The labelled part a meta-learner's inner loop adapts on when this task is a
+        meta-training task: ``"train"`` (the training split, what the optimizer baselines
+        fine-tune on; the default) or ``"support"`` (the support set: a few-shot episode's K
+        shots, even where its training split is larger)."""
+        return "train"
+
+    @property
+    def class_ids(self) -> tuple[Hashable, ...] | None:
+        """The class (identity) of each label, comparable across the tasks of a family: two
+        labels with equal ids are the same class. Default: the task's ``classes`` attribute (the
+        data set's class indices), None for a task without one."""
+        classes = getattr(self, "classes", None)
+        return None if classes is None else tuple(classes)
 
     @abstractmethod
     def support_set(

@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -128,6 +128,16 @@ class Episode(ImageTask):
     @property
     def pool(self) -> Pool:
         return self.family.pools[self.split]
+
+    @property
+    def adapt_on(self) -> Literal["support"]:
+        """A meta-learner adapts on the K-shot support set, whatever the training split holds."""
+        return "support"
+
+    @property
+    def class_ids(self) -> tuple[str, ...]:
+        """``<domain>:<class>`` per label: class 3 of digits is not class 3 of Fashion-MNIST."""
+        return tuple(f"{self.domain}:{c}" for c in self.classes)
 
     def describe(self) -> dict[str, Any]:
         cfg = self.family.cfg

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from lohp_cli.config import CollectConfig, EvaluateConfig
-from tests.cli.runner import invoke
+from tests.cli.runner import flat, invoke
 from tests.cli.test_cli import assert_error, dry_run
 
 EPISODES = ["--family", "fewshot-digits", "--model", "head", "--ways", "5"]
@@ -73,3 +73,50 @@ def test_generate_takes_600_meta_test_episodes(monkeypatch: pytest.MonkeyPatch) 
     cfg = json.loads(result.stdout)
     assert (cfg["tasks"], cfg["num_tasks"], cfg["samples"]) == ("target", 600, 1)
     assert seen == []  # --dry-run calls nothing
+
+
+def test_evaluate_takes_the_few_shot_peers_and_their_settings(tmp_path: Path) -> None:
+    peers = "adam,prototype,reptile,fomaml,gaussian,average-16,class-rows"
+    result = invoke("evaluate", "--generated", tmp_path / "g.zarr", "--baselines", peers,
+                    "--set", "meta_start.meta_steps=200", "--set", "meta_start.inner_lr=null",
+                    "--dry-run")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    cfg = json.loads(result.stdout)
+    assert cfg["baselines"] == peers.split(",")
+    meta = {"inner_steps": 5, "inner_lr": None, "meta_steps": 200, "meta_batch": 5,
+            "reptile_lr": 0.1, "fomaml_lr": 0.001}  # fmt: skip
+    assert cfg["meta_start"] == meta
+    EvaluateConfig.model_validate(cfg)
+    bad = invoke("evaluate", "--set", "meta_start.meta_steps=0", "--set", "meta_start.outer=1",
+                 "--dry-run")  # fmt: skip
+    assert_error(bad, 2, ["meta_start.meta_steps", "meta_start.outer"])
+
+
+def test_a_not_applicable_row_is_one_table_row_and_a_note(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from lohp_cli import evaluate as evaluate_module
+
+    def row(name: str, acc: float | None) -> dict[str, Any]:
+        scored = acc is not None
+        return {"name": name, "kind": "memorization", "steps": None, "acc_mean": acc,
+                "acc_std": 0.01 if scored else None, "n": 6 if scored else 0,
+                "n_tasks": 3 if scored else 0, "acc_ci95": [0.4, 0.6] if scored else None,
+                "latency_ms_batch1": 0.5 if scored else None, "policy": None,
+                **({} if scored else {"note": "not applicable: held-out classes"})}  # fmt: skip
+
+    def fake(cfg: EvaluateConfig, progress: Any = None) -> dict[str, Any]:
+        rows = [row("nearest", 0.5), row("class-rows", None)]
+        for r in rows:
+            progress({"event": "method", **r})
+        return {"family": "fewshot-digits", "model": "head", "tasks": ["a", "b", "c"],
+                "device": "cpu", "methods": rows, "config": {"out": cfg.out}}  # fmt: skip
+
+    monkeypatch.setattr(evaluate_module, "evaluate", fake)
+    result = invoke("evaluate", "--generated", tmp_path / "g.zarr", "--out", tmp_path / "r",
+                    "--baselines", "nearest,class-rows")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    out = flat(result.output)
+    assert "class-rows: not applicable: held-out classes" in out
+    assert "class-rows memorization None n/a - -" in out
+    assert "nearest memorization None 0.5000 ± 0.0100 ± 0.1000 0.500" in out

@@ -243,6 +243,18 @@ def test_cross_domain_meta_test_on_digits() -> None:
     assert not torch.equal(target.mean, f.pools["source"].mean)  # type: ignore[attr-defined]
     d = f.describe()
     assert d["meta_test_domain"] == "digits" and d["meta_test_fingerprint"] != d["data_fingerprint"]
+    # class identities carry the domain: digit 3 is not Fashion-MNIST class 3
+    src = {c for e in f.tasks("source", 20) for c in e.class_ids}
+    assert ep.class_ids == tuple(f"digits:{c}" for c in ep.classes) and not src & set(ep.class_ids)
+
+
+def test_episodes_adapt_on_their_support_set_class_subsets_on_their_training_split(
+    fam: FewShotFamily,
+) -> None:
+    ep = fam.tasks("source", 1)[0]
+    assert ep.adapt_on == "support" and ep.class_ids == tuple(f"digits:{c}" for c in ep.classes)
+    task = make_family(TaskConfig(family="digits")).tasks("source", 1)[0]
+    assert task.adapt_on == "train" and task.class_ids == task.classes  # type: ignore[attr-defined]
 
 
 @needs_fmnist

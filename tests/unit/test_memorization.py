@@ -302,16 +302,28 @@ def shared_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def test_every_baseline_is_a_report_row_on_a_shared_init_store(shared_run: dict) -> None:
+    names = [n for n in NAMES if n != "average-16"]  # 2 source runs; it averages 16
     cfg, (c, _) = evaluate_context(
-        shared_run["generated"], shared_run["tmp"] / "report", baselines=list(NAMES),
+        shared_run["generated"], shared_run["tmp"] / "report", baselines=names,
         locality_tasks=0, locality_source_tasks=0, frontier_steps=[],
     )  # fmt: skip
     report = evaluate(cfg)
     rows = {m["name"]: m for m in report["methods"]}
-    assert report["init"] == "shared" and list(rows)[1:] == list(NAMES)
-    assert all(rows[n]["kind"] == "memorization" and rows[n]["n"] == 2 * SAMPLES for n in NAMES)
+    assert report["init"] == "shared" and list(rows)[1:] == names
+    assert all(rows[n]["kind"] == "memorization" and rows[n]["n"] == 2 * SAMPLES for n in names)
     store = TrajectoryStore.open(str(shared_run["store"]))
     accs = [accuracy(c.net, torch.from_numpy(store.weights(f"{t}-adam-s0")[-1]), c.data[t])[0]
             for t in c.tasks]  # fmt: skip
     assert rows["nearest"]["acc_mean"] == round(float(np.mean(accs)), 4)
-    assert [q["b"] for q in report["paired"]["pairs"]] == list(NAMES)
+    assert [q["b"] for q in report["paired"]["pairs"]] == names
+
+
+def test_average_16_on_a_store_of_2_runs_is_refused_before_any_method_runs(
+    shared_run: dict,
+) -> None:
+    out = shared_run["tmp"] / "refused"
+    cfg, _ = evaluate_context(shared_run["generated"], out, baselines=["adam", "average-16"])
+    with pytest.raises(ConfigError, match="'average-16' needs at least 16 source endpoints; the "
+                       "store has 2 complete run"):  # fmt: skip
+        evaluate(cfg)
+    assert not out.exists()
