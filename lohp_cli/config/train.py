@@ -23,6 +23,12 @@ class PolicyConfig(Frozen):
         "neuron, equivariant to reordering hidden units and classes (docs/policy.md); coordinate, "
         "one small MLP shared by every coordinate (a coordinate-wise learned optimizer's form).",
     )
+    hypernetwork_backbone: str = Field(
+        "mlp",
+        description="The hypernetwork's network: mlp, an MLP from the condition to θ_T (the "
+        "paper's baseline); or a registered backbone (rows, unet, ...) applied once, from the "
+        "zero state, so a one-shot baseline can have the iterative policy's architecture.",
+    )
     channels: tuple[int, ...] = Field((32, 64, 128), description="U-Net channels per level.")
     patch: int = Field(8, ge=1, description="U-Net: coordinates per position (patch size).")
     hidden: int = Field(512, ge=1, description="Hidden width of the mlp backbone.")

@@ -98,7 +98,7 @@ def build_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(cfg.seed, "init"))
         if cfg.method == "hypernetwork":
-            return HyperNetwork(size, cond_dim, cfg.policy.hidden, cfg.policy.optimizer_token)
+            return HyperNetwork(size, cond_dim, cfg.policy, classes, layout)
         sigma = stats.step_rms * cfg.policy.sigma_scale  # [N]
         sigma = sigma.clamp_min(cfg.policy.sigma_floor * float(sigma.max()))
         return LoHpPolicy(size, cond_dim, n_steps, sigma, cfg.policy, classes, layout=layout)

@@ -253,12 +253,31 @@ class LoHpPolicy(nn.Module):
 
 
 class HyperNetwork(nn.Module):
-    """Baseline: an MLP from the task condition (and optimizer token) straight to θ_T."""
+    """Baseline: the task condition (and optimizer token) straight to θ_T in one step.
 
-    def __init__(self, size: int, cond_dim: int, hidden: int = 512, optimizer_token: bool = False):
+    ``policy.hypernetwork_backbone = "mlp"`` (default) is the paper's baseline, an MLP from the
+    condition; another registered backbone is applied once as a one-step policy from the zero
+    state (θ_T = f(0, 0, c)), so that a one-shot map and the iterative policy can share an
+    architecture (``rows``: equivariant to the order of the classes).
+    """
+
+    def __init__(
+        self,
+        size: int,
+        cond_dim: int,
+        cfg: PolicyConfig,
+        classes: int = 0,
+        layout: ParamLayout | None = None,
+    ) -> None:
         super().__init__()
         self.size = size
-        self.opt_emb = nn.Embedding(len(OPTIMIZERS), cond_dim) if optimizer_token else None
+        self.one_step: LoHpPolicy | None = None
+        if cfg.hypernetwork_backbone != "mlp":
+            one = cfg.model_copy(update={"backbone": cfg.hypernetwork_backbone})
+            self.one_step = LoHpPolicy(size, cond_dim, 1, torch.ones(1), one, classes, layout=layout)
+            return
+        self.opt_emb = nn.Embedding(len(OPTIMIZERS), cond_dim) if cfg.optimizer_token else None
+        hidden = cfg.hidden
         self.net = nn.Sequential(
             nn.Linear(cond_dim, hidden),
             nn.SiLU(),
@@ -269,6 +288,10 @@ class HyperNetwork(nn.Module):
 
     def forward(self, cond: torch.Tensor, opt: torch.Tensor | None = None) -> torch.Tensor:
         """``cond [B, D]`` -> normalised final weights ``[B, P]``."""
+        if self.one_step is not None:
+            zero = cond.new_zeros(cond.shape[0], self.size)  # [B, P]
+            step = torch.zeros(cond.shape[0], dtype=torch.long, device=cond.device)
+            return self.one_step.means(zero, step, cond, opt)[0]
         if self.opt_emb is not None and opt is not None:
             cond = cond + self.opt_emb(opt)
         return self.net(cond)

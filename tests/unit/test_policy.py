@@ -273,10 +273,32 @@ def test_step_and_condition_change_the_step() -> None:
 
 def test_hypernetwork_shapes() -> None:
     torch.manual_seed(0)
-    net = HyperNetwork(13, 3, hidden=32, optimizer_token=True)
+    net = HyperNetwork(13, 3, PolicyConfig(hidden=32, optimizer_token=True))
     c = torch.randn(4, 3)
     assert net(c).shape == (4, 13)
     assert not torch.allclose(net(c, torch.tensor([0, 0, 0, 0])), net(c, torch.tensor([2] * 4)))
+
+
+def test_hypernetwork_with_the_rows_backbone_is_equivariant_to_the_class_order() -> None:
+    """A one-shot map with the iterative policy's architecture: permuting the condition's class
+    blocks permutes the predicted output rows, and the initial prediction is the zero state."""
+    from lohp_cli.tasks.layout import ParamLayout
+    from lohp_cli.tasks.symmetry import ClassSymmetry
+
+    torch.manual_seed(0)
+    ways, feat = 3, 4
+    layout = ParamLayout.of(nn.Linear(feat, ways))
+    cfg = PolicyConfig(hypernetwork_backbone="rows", width=16, blocks=1, heads=2)
+    net = HyperNetwork(layout.size, ways * feat, cfg, ways, layout)
+    assert torch.equal(net(torch.randn(2, ways * feat)), torch.zeros(2, layout.size))
+    for p in net.parameters():  # leave the zero-initialised output layers
+        p.data.normal_(0, 0.3)
+    sym = ClassSymmetry.of(layout, ways, ways * feat)
+    c = torch.randn(2, ways * feat)
+    perms = torch.tensor([[2, 0, 1], [2, 0, 1]])
+    out = net(c)  # [2, P]
+    x_p, c_p = sym.permute(out.unsqueeze(1), c, perms)
+    assert torch.allclose(x_p[:, 0], net(c_p), atol=1e-5)
 
 
 # ---- registries reach the config ----------------------------------------------------------
