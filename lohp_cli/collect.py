@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import numpy as np
 import torch
 
 from lohp_cli.artifacts.base import first_difference
@@ -42,6 +41,7 @@ from lohp_cli.store import TrajectoryStore, run_id
 from lohp_cli.store.frozen import train_frozen
 from lohp_cli.store.location import absolute_location, init_lock
 from lohp_cli.store.schema import STATUS_COMPLETE
+from lohp_cli.store.summary import summarize_store  # noqa: F401 - re-exported
 from lohp_cli.tasks import Task, TaskFamily, make_family
 from lohp_cli.tasks.models import flat_params
 
@@ -124,9 +124,9 @@ def _init_store(
 
 
 def _check_complete_run(store: TrajectoryStore, plan: RunPlan, cfg: CollectConfig) -> None:
-    attrs = store.run_attrs(plan.run_id) or {}
+    meta = store.run_meta(plan.run_id)
     want = optimizer_hparams(plan.optimizer, cfg.optim)
-    diff = first_difference(attrs.get("hparams"), want)
+    diff = first_difference(None if meta is None else meta.hparams, want)
     if diff:
         raise StoreError(
             f"Run {plan.run_id} in '{cfg.out}' was collected with other hyperparameters ({diff}); "
@@ -302,98 +302,9 @@ def run_plans(
     torch.set_num_threads(ctx.cfg.threads_per_worker)
     out, todo = [], []
     for plan in plans:
-        if ctx.store.run_status(plan.run_id) == STATUS_COMPLETE:
-            out.append((plan.run_id, float(ctx.store.run_attrs(plan.run_id)["wall_time_s"])))
+        meta = ctx.store.run_meta(plan.run_id)
+        if meta is not None and meta.status == STATUS_COMPLETE:
+            out.append((plan.run_id, float(meta.wall_time_s or 0.0)))
         else:
             todo.append(plan)
     return out + ctx.execute_many(todo)
-
-
-def _share(n: int, total: int) -> str:
-    """``all``, ``none`` or ``n of total`` (complete runs with a storage feature)."""
-    if n == total:
-        return "all" if total else "none"
-    return "none" if n == 0 else f"{n} of {total}"
-
-
-def summarize_store(location: str, verify: bool = False) -> dict[str, Any]:
-    """A JSON-able summary of a store; with ``verify``, every complete run is read and checked."""
-    store = TrajectoryStore.open(location, mode="r")
-    meta = store.meta
-    compat = meta.compat
-    runs: dict[str, dict[str, int]] = {}
-    complete = 0
-    # --verify reads every run's own attributes (not the run index) and checks the index by them
-    problems: list[str] = store.index_mismatches() if verify else []
-    states = compat.states
-    final_acc: dict[str, list[float]] = {}
-    with_checksums = with_dims = lossy = 0
-    codecs: dict[str, int] = {}
-    for rid in store.run_ids():
-        a = store.run_attrs(rid)
-        status = "unreadable" if a is None else a.get("status", "unknown")
-        opt = a.get("optimizer", "?") if a else "?"
-        runs.setdefault(opt, {}).setdefault(status, 0)
-        runs[opt][status] += 1
-        if status != "complete":
-            continue
-        complete += 1
-        checksummed, named = store.run_format(rid)
-        with_checksums += checksummed
-        with_dims += named
-        codec, rounded = store.run_codec(rid)
-        codecs[codec] = codecs.get(codec, 0) + 1
-        lossy += rounded
-        if verify:
-            damaged = store.verify_run(rid)
-            problems += damaged
-            if a.get("steps_written") != states:
-                problems.append(f"run {rid}: steps_written {a.get('steps_written')} != {states}")
-            if damaged:
-                continue
-            w = store.weights(rid)
-            if w.shape != (states, meta.param_count):
-                problems.append(f"run {rid}: weights shape {w.shape}")
-            elif not np.isfinite(w).all():
-                problems.append(f"run {rid}: non-finite weights")
-            acc = store.run_array(rid, "train_acc")
-            final_acc.setdefault(opt, []).append(float(acc[-1]))
-    size = store.bytes_on_disk()
-    weight_bytes = store.bytes_on_disk("runs/*/weights")
-    raw = complete * states * meta.param_count * 4
-    out: dict[str, Any] = {
-        "store": location,
-        "schema": meta.schema_,
-        "schema_version": meta.schema_version,
-        "family": compat.family.name,
-        "ways": compat.family.ways,
-        "test_domain": compat.family.test_domain,
-        "model": compat.model.name,
-        "param_count": meta.param_count,
-        "condition_dim": meta.condition_dim,
-        "steps": compat.steps,
-        "record_every": compat.record_every,
-        "recorded_states": states,
-        "init": compat.init,
-        "tasks": len(store.task_ids()),
-        "runs": runs,
-        "complete_runs": complete,
-        "bytes_on_disk": size,
-        "weight_bytes_on_disk": weight_bytes,
-        "raw_weight_bytes": raw,
-        "compression_ratio": round(raw / weight_bytes, 3) if weight_bytes else None,
-        # runs written before lohp 0.2 have neither (they still read; damage is found only where
-        # decompression fails)
-        "checksums": _share(with_checksums, complete),
-        "dimension_names": _share(with_dims, complete),
-        "weight_codecs": codecs,  # codec pipeline of the weights -> complete runs using it
-        "lossy": _share(lossy, complete),  # runs whose weights were rounded (lossy = "bf16")
-        "created_at": meta.created_at,
-        "lohp_version": meta.provenance.get("lohp_version"),
-    }
-    if verify:
-        problems += store.verify_metadata()
-        out["verified"] = not problems
-        out["problems"] = problems
-        out["final_train_acc"] = {k: round(float(np.mean(v)), 4) for k, v in final_acc.items()}
-    return out

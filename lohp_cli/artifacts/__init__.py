@@ -1,6 +1,6 @@
-"""lohp's artifacts as typed models: the trajectory store's root attributes (:mod:`.store`), a
-policy directory's ``config.json`` (:mod:`.policy`) and the generated store's attributes
-(:mod:`.generated`). Each is validated once, where it is opened; a newer schema or format, a
+"""lohp's artifacts as typed models: the trajectory store's root attributes (:mod:`.store`), its
+runs' attributes and run index entries (:mod:`.run`), a policy directory's ``config.json``
+(:mod:`.policy`) and the generated store's attributes (:mod:`.generated`). Each is validated once, where it is opened; a newer schema or format, a
 missing field or a field of the wrong type is refused naming it. Pydantic only: every layer may
 import these modules.
 """
@@ -13,6 +13,7 @@ from lohp_cli.artifacts.policy import (
     PolicyHeader,
     PolicyMeta,
 )
+from lohp_cli.artifacts.run import IndexEntry, RunMeta
 from lohp_cli.artifacts.store import SCHEMA, SCHEMA_VERSION, Compat, StoreMeta
 
 __all__ = [
@@ -24,8 +25,10 @@ __all__ = [
     "SCHEMA_VERSION",
     "Compat",
     "GeneratedMeta",
+    "IndexEntry",
     "L2OPolicyMeta",
     "PolicyHeader",
     "PolicyMeta",
+    "RunMeta",
     "StoreMeta",
 ]

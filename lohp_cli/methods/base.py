@@ -143,11 +143,13 @@ class MethodResult:
         }
 
 
-def run_method(ctx: EvalContext, method: Method) -> MethodResult:
-    """Prepare ``method``, score its weights on every task's test split from the shared starts
-    (each start's accuracy, and each task's mean over its starts), time it on the first task,
-    and report the row as a ``method`` event."""
-    method.prepare(ctx)
+def run_method(ctx: EvalContext, method: Method, prepared: bool = False) -> MethodResult:
+    """Prepare ``method`` (unless ``prepared``: the stage did, to check it before scoring any),
+    score its weights on every task's test split from the shared starts (each start's accuracy,
+    and each task's mean over its starts), time it on the first task, and report the row as a
+    ``method`` event."""
+    if not prepared:
+        method.prepare(ctx)
     accs: list[float] = []
     per_task: list[float] = []
     net = getattr(method, "net", None)

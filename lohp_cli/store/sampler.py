@@ -61,12 +61,16 @@ class NormStats:
         return (c - self.cond_mean.to(c)) / self.cond_std.to(c)
 
 
-def select_runs(store: TrajectoryStore, optimizers: tuple[str, ...] | None) -> list[RunRef]:
-    """Complete runs of the store, optionally only those of ``optimizers``."""
-    runs = [
-        RunRef(rid, a["task_id"], a["optimizer"], a["steps_written"])
-        for rid, a in store.iter_runs()
-    ]
+def select_runs(
+    store: TrajectoryStore, optimizers: tuple[str, ...] | None, check: bool = True
+) -> list[RunRef]:
+    """Complete runs of the store, optionally only those of ``optimizers``.
+
+    Which runs are selected depends only on validated attributes (:class:`RunMeta`, checked
+    against each run's id and fingerprint). With ``check`` every selected run's weights and its
+    task's condition are checked against the store's layout first (metadata only), so that a
+    stage fails before it spends time, naming the run and the array."""
+    runs = [RunRef(rid, a.task_id, a.optimizer, a.steps_written) for rid, a in store.iter_runs()]
     if not runs:
         raise StoreError(
             f"Store '{store.location}' has no complete runs; run 'lohp collect' first."
@@ -79,7 +83,23 @@ def select_runs(store: TrajectoryStore, optimizers: tuple[str, ...] | None) -> l
                 f"No complete runs of optimizer(s) {', '.join(optimizers)} in '{store.location}'; "
                 f"it has {', '.join(have)}."
             )
+    unknown = next((r for r in runs if r.optimizer not in OPTIMIZERS), None)
+    if unknown is not None:
+        raise StoreError(
+            f"Run {unknown.run_id} in '{store.location}' was collected with optimizer "
+            f"{unknown.optimizer!r}, which this lohp does not know ({', '.join(OPTIMIZERS)}); "
+            "upgrade lohp or choose --optimizers."
+        )
+    if check:
+        check_runs(store, runs)
     return runs
+
+
+def check_runs(store: TrajectoryStore, runs: list[RunRef]) -> None:
+    """Every run's weights and its task's condition, checked against the store's layout
+    (metadata only; a StoreError names the first run and array that does not fit)."""
+    for ref in runs:
+        store.check_run(ref.run_id, ref.task_id)
 
 
 def matched_indices(states: int, k: int) -> list[int]:

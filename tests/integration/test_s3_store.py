@@ -24,7 +24,7 @@ from lohp_cli.store import TrajectoryStore
 from lohp_cli.tasks import make_family
 from lohp_cli.train import train_policy
 from tests.cli.runner import invoke, plain
-from tests.conftest import make_linear_store
+from tests.conftest import ident, make_linear_store
 from tests.s3server import BUCKET, clear_s3fs_cache, counted_s3_calls, local_s3
 from tests.unit.test_collect_lib import assert_same_runs, cfg_at
 from tests.unit.test_train import assert_same_tensors
@@ -102,7 +102,7 @@ def test_resume_after_an_interrupted_collect_on_s3(s3: str, local_reference: str
         collect(cfg, progress=stop_after_two)
     plans = plan_runs(cfg, make_family(cfg.task).tasks("source", cfg.tasks))
     store = TrajectoryStore.open(url, mode="r+")
-    store.begin_run(plans[2].run_id, cfg.recorded_states, 8, cfg.store, {"task_id": "x"})
+    store.begin_run(plans[2].run_id, cfg.recorded_states, 8, cfg.store, ident(plans[2].run_id))
     assert index_of(url) is None  # an interrupted collect leaves no index
     assert TrajectoryStore.open(url).run_status(plans[2].run_id) == "running"
     result = collect(cfg)
