@@ -1,8 +1,8 @@
 """lohp's artifacts as typed models: the trajectory store's root attributes (:mod:`.store`), its
 runs' attributes and run index entries (:mod:`.run`), a policy directory's ``config.json``
-(:mod:`.policy`) and the generated store's attributes (:mod:`.generated`). Each is validated once, where it is opened; a newer schema or format, a
-missing field or a field of the wrong type is refused naming it. Pydantic only: every layer may
-import these modules.
+(:mod:`.policy`) and the generated store's attributes (:mod:`.generated`). Each is validated
+where it is read; a newer schema or format, a missing field or a field of the wrong type is
+refused naming it. Pydantic only: every layer may import these modules.
 """
 
 from lohp_cli.artifacts.generated import GEN_SCHEMA, GEN_SCHEMA_VERSION, GeneratedMeta
