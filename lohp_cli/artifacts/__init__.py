@@ -1,6 +1,7 @@
 """lohp's artifacts as typed models: the trajectory store's root attributes (:mod:`.store`), its
 runs' attributes and run index entries (:mod:`.run`), a policy directory's ``config.json``
-(:mod:`.policy`) and the generated store's attributes (:mod:`.generated`). Each is validated
+(:mod:`.policy`), the generated store's attributes (:mod:`.generated`) and what is read of an
+evaluate report (:mod:`.report`). Each is validated
 where it is read; a newer schema or format, a missing field or a field of the wrong type is
 refused naming it. Pydantic only: every layer may import these modules.
 """
@@ -13,6 +14,7 @@ from lohp_cli.artifacts.policy import (
     PolicyHeader,
     PolicyMeta,
 )
+from lohp_cli.artifacts.report import ReportMeta
 from lohp_cli.artifacts.run import IndexEntry, RunMeta
 from lohp_cli.artifacts.store import SCHEMA, SCHEMA_VERSION, Compat, StoreMeta
 
@@ -29,6 +31,7 @@ __all__ = [
     "L2OPolicyMeta",
     "PolicyHeader",
     "PolicyMeta",
+    "ReportMeta",
     "RunMeta",
     "StoreMeta",
 ]
