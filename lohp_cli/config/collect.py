@@ -15,6 +15,31 @@ from lohp_cli.runtime import derive_seed
 CODEC_LEVELS = {"pcodec": (12, 8), "blosc-zstd": (9, 5), "blosc-lz4": (9, 5), "zstd": (9, 5)}
 
 
+# the address schemes of Dask distributed's comm backends (distributed.comm.registry)
+SCHEDULER_SCHEMES = ("tcp", "tls", "inproc", "ucx", "ws", "wss")
+
+
+def check_scheduler_address(address: str) -> None:
+    """A ValueError unless ``address`` is ``SCHEME://HOST[:PORT]`` with a Dask scheme and a port
+    in 0-65535 (Dask itself is not imported here)."""
+    scheme, _, rest = address.partition("://")
+    if scheme not in SCHEDULER_SCHEMES:
+        raise ValueError(
+            f"'{address}' has the address scheme {scheme!r}; Dask schedulers listen on "
+            f"{', '.join(SCHEDULER_SCHEMES)} (e.g. tcp://HOST:8786)"
+        )
+    rest = rest.rstrip("/")
+    if rest.startswith("["):  # an IPv6 literal: [::1]:8786
+        host, _, tail = rest[1:].partition("]")
+        port = tail[1:] if tail.startswith(":") else tail
+    else:
+        host, _, port = rest.partition(":")
+    if not host:
+        raise ValueError(f"'{address}' names no host; give an address like tcp://HOST:PORT")
+    if port and not (port.isdigit() and port.isascii() and int(port) <= 65535):
+        raise ValueError(f"'{address}' has the port {port!r}; give a number 0-65535")
+
+
 class StoreCodecConfig(Frozen):
     codec: Literal["pcodec", "blosc-zstd", "blosc-lz4", "zstd", "none"] = Field(
         "pcodec",
@@ -176,7 +201,10 @@ class CollectConfig(Frozen):
     @field_validator("scheduler")
     @classmethod
     def _scheduler_form(cls, v: str | None) -> str | None:
-        if v is None or "://" in v:
+        if v is None:
+            return v
+        if "://" in v:
+            check_scheduler_address(v)
             return v
         n = v.removeprefix("local:")
         if v.startswith("local:") and n.isdigit() and int(n) >= 1:
