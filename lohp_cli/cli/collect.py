@@ -69,7 +69,8 @@ def collect(
         str | None,
         typer.Option(
             help="Run on a Dask cluster: local:N worker processes, or a scheduler address "
-            "tcp://HOST:PORT (needs pip install 'lohp[cluster]'; a store every worker reaches)."
+            "tcp://HOST:PORT (needs pip install 'lohp\\[cluster]'; a store every worker "
+            "reaches)."
         ),
     ] = None,
     data_root: Annotated[

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from lohp_cli.config.base import Frozen
+from lohp_cli.config.base import Frozen, Seed
 from lohp_cli.config.optim import OPTIMIZERS, OptimizersConfig, check_optimizer_names
 from lohp_cli.config.tasks import ModelConfig, TaskConfig
 from lohp_cli.runtime import derive_seed
@@ -137,14 +137,14 @@ class CollectConfig(Frozen):
     steps: int = Field(200, ge=1, description="Optimizer steps per run.")
     record_every: int = Field(5, ge=1, description="Record the weights every this many steps.")
     batch_size: int = Field(64, ge=1, description="Minibatch size.")
-    seed: int = Field(0, description="Base seed; per-run seeds derive from it.")
+    seed: Seed = Field(0, description="Base seed; per-run seeds derive from it.")
     init: Literal["per_run", "shared"] = Field(
         "per_run",
         description="Where each run starts: per_run (θ₀ drawn from the run's own seed) or shared "
         "(every run of the store starts from one θ₀, drawn once and saved in the store, so the "
         "hidden units of all runs stay aligned; generation and evaluate start from it too).",
     )
-    init_seed: int | None = Field(
+    init_seed: Seed | None = Field(
         None,
         description="Seed of the shared θ₀ (init = 'shared' only); default: derived from seed.",
     )
