@@ -114,12 +114,17 @@ def _init_store(
                 "the store's own settings (see 'lohp inspect')."
             )
     if not store.meta.init_complete:
-        seed = cfg.shared_init_seed
-        if seed is not None and not store.has_shared_init():  # written once, never redrawn
-            progress({"event": "shared_init", "seed": seed})
-            store.write_shared_init(flat_params(init_target(cfg, family, seed)).numpy(), seed)
-        train_frozen(store, cfg.model, family, cfg.seed, progress)
-        store.update_attrs(init_complete=True)
+        try:
+            seed = cfg.shared_init_seed
+            if seed is not None and not store.has_shared_init():  # written once, never redrawn
+                progress({"event": "shared_init", "seed": seed})
+                store.write_shared_init(flat_params(init_target(cfg, family, seed)).numpy(), seed)
+            train_frozen(store, cfg.model, family, cfg.seed, progress)
+            store.update_attrs(init_complete=True)
+        except BaseException:
+            if created:  # nothing half-made is left: a re-run, with any settings, starts afresh
+                store.destroy()
+            raise
     return store
 
 

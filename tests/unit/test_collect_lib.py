@@ -631,3 +631,34 @@ def test_runs_collected_alone_equal_the_same_runs_in_a_group(tmp_path: Path) -> 
     for rid in a.run_ids():
         np.testing.assert_array_equal(a.weights(rid), b.weights(rid), err_msg=rid)
         np.testing.assert_array_equal(a.run_array(rid, "loss"), b.run_array(rid, "loss"))
+
+
+@pytest.mark.parametrize("error", [DataError("the data ran out"), KeyboardInterrupt()])
+def test_a_failed_store_initialisation_leaves_no_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: BaseException
+) -> None:
+    """A store this collect created and could not initialise is removed, so a re-run (with the
+    same or corrected settings) starts afresh instead of failing on the half-made store."""
+
+    def fail(*_a: object, **_k: object) -> None:
+        raise error
+
+    out = tmp_path / "s.zarr"
+    monkeypatch.setattr("lohp_cli.collect.train_frozen", fail)
+    with pytest.raises(type(error)):
+        collect(tiny_config(out))
+    assert not out.exists() or not any(out.iterdir())
+    monkeypatch.undo()
+    result = collect(tiny_config(out, tasks=1))  # other settings: fine, nothing was left
+    assert result.collected == result.planned == 3
+
+
+def test_a_failed_initialisation_of_an_existing_store_leaves_it(
+    copy_of_reference: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = TrajectoryStore.open(copy_of_reference, mode="r+")
+    store.update_attrs(init_complete=False)  # as a collect killed during its initialisation
+    monkeypatch.setattr("lohp_cli.collect.train_frozen", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        collect(cfg_at(copy_of_reference))
+    assert len(TrajectoryStore.open(copy_of_reference).complete_runs()) == 6
