@@ -24,9 +24,10 @@ from functools import partial
 from typing import Any
 
 import torch
+from pydantic import ValidationError
 
 from lohp_cli.artifacts.base import first_difference
-from lohp_cli.config import CollectConfig
+from lohp_cli.config import OPTIMIZERS, CollectConfig, deep_merge, format_validation_error
 from lohp_cli.errors import StoreError
 from lohp_cli.optim import optimizer_hparams
 from lohp_cli.runs import (  # RunContext, RunPlan, init_target: also imported from here
@@ -39,8 +40,9 @@ from lohp_cli.runs import (  # RunContext, RunPlan, init_target: also imported f
 from lohp_cli.runtime import derive_seed, provenance, resolve_device
 from lohp_cli.store import TrajectoryStore, run_id
 from lohp_cli.store.frozen import train_frozen
-from lohp_cli.store.location import absolute_location, init_lock
-from lohp_cli.store.schema import STATUS_COMPLETE
+from lohp_cli.store.location import absolute_location, init_lock, local_path
+from lohp_cli.store.repair import Damage, delete_task, find_damage, rewrite_group
+from lohp_cli.store.schema import STATUS_COMPLETE, split_run_id
 from lohp_cli.store.summary import summarize_store  # noqa: F401 - re-exported
 from lohp_cli.tasks import Task, TaskFamily, make_family
 from lohp_cli.tasks.models import flat_params
@@ -55,6 +57,7 @@ class CollectResult:
     skipped: int
     collected: int
     wall_time_s: float
+    repaired: dict[str, list[str]] | None = None  # with --repair: groups, conditions, runs
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -160,6 +163,8 @@ def collect(cfg: CollectConfig, progress: Progress | None = None) -> CollectResu
     """Run stage 1 for ``cfg``; safe to re-run (complete runs are skipped)."""
     emit = progress or (lambda _e: None)
     t0 = time.perf_counter()
+    if cfg.repair:
+        cfg = repair_config(cfg)
     if cfg.scheduler is None:
         return _collect(cfg, emit, t0, None)
     if cfg.out.startswith("memory://"):
@@ -191,9 +196,15 @@ def _collect(
         raise StoreError("A memory:// store lives in one process; use --workers 1 with it.")
     tasks = family.tasks("source", cfg.tasks)
     plans = plan_runs(cfg, tasks)
+    damage = None
     with init_lock(cfg.out):  # shards started at once take turns; the first one creates
         store = _init_store(cfg, family, device, emit)
+        if cfg.repair:
+            damage = _find_damage(store)
+        store.runs_group()  # metadata that does not read: a StoreError naming --repair, now
         ctx = RunContext(cfg, device, family, store)
+        if damage is not None:
+            plans += _repair(cfg, ctx, damage, {p.run_id for p in plans}, emit)
         needed = {p.task_id for p in plans}
         for task in tasks:
             if task.id in needed and not store.has_task(task.id):
@@ -232,7 +243,81 @@ def _collect(
     # the run index, so that readers list the runs with one read (an interrupted collect leaves
     # none, and readers then read each run)
     store.write_run_index()
-    return CollectResult(cfg.out, len(plans), skipped, done, round(time.perf_counter() - t0, 3))
+    wall = round(time.perf_counter() - t0, 3)
+    repaired = None if damage is None else damage.to_json()
+    return CollectResult(cfg.out, len(plans), skipped, done, wall, repaired)
+
+
+# ---- --repair ---------------------------------------------------------------------------------
+# how a collect runs, not what it makes: taken from the command, never from the store's settings
+EXECUTION_KEYS = ("out", "workers", "batch_runs", "threads_per_worker", "shard", "scheduler",
+                  "device", "repair")  # fmt: skip
+
+
+def repair_config(cfg: CollectConfig) -> CollectConfig:
+    """The config of ``collect --repair``: the store's own settings (its ``config``), with the
+    ones given explicitly (``cfg.model_fields_set``) on top, and how to run from ``cfg``."""
+    path = local_path(cfg.out)
+    if path is not None and not (path / "zarr.json").is_file():
+        raise StoreError(
+            f"No trajectory store at '{cfg.out}': nothing to repair. Make one with 'lohp collect "
+            f"--out {cfg.out}'."
+        )
+    stored = TrajectoryStore.open(cfg.out).meta.config
+    base = {k: v for k, v in stored.items() if k not in EXECUTION_KEYS}
+    try:
+        return CollectConfig.model_validate(deep_merge(base, cfg.model_dump(exclude_unset=True)))
+    except ValidationError as exc:
+        raise StoreError(
+            f"Store '{cfg.out}': its settings (root attribute 'config') do not read "
+            f"({format_validation_error(exc)}); give them with --config to repair it."
+        ) from None
+
+
+def _find_damage(store: TrajectoryStore) -> Damage:
+    """What --repair redoes; a StoreError for what it cannot, before anything changes. Group
+    metadata that does not read is rewritten at once (the runs and conditions read through it)."""
+    damage = find_damage(store)
+    if damage.unrepairable:
+        raise StoreError(
+            f"Store '{store.location}': cannot repair {damage.unrepairable[0]} (the frozen parts "
+            "and the shared θ₀ are made once per store and every run depends on them); collect "
+            "the store again into a new --out."
+        )
+    for name in damage.groups:
+        rewrite_group(store, name)
+    return damage
+
+
+def _repair(
+    cfg: CollectConfig, ctx: RunContext, damage: Damage, planned: set[str], emit: Progress
+) -> list[RunPlan]:
+    """Rewrite the damaged conditions and delete the damaged runs; returns the plans of the
+    deleted runs that ``cfg``'s plan lacks (made from their run ids)."""
+    store, family = ctx.store, ctx.family
+    for name in damage.groups:
+        emit({"event": "repaired", "what": f"group '{name}' metadata"})
+    for tid, why in sorted(damage.conditions.items()):
+        task = family.task(tid)  # a ConfigError names an id the family cannot make
+        delete_task(store, tid)
+        attrs = {**task.describe(), "split": task.split, "family": family.name}
+        store.write_task(tid, ctx.task(tid).condition.cpu().numpy(), attrs)
+        emit({"event": "repaired", "what": f"condition of task {tid}", "why": why})
+    extra = []
+    for rid, why in sorted(damage.runs.items()):
+        parts = split_run_id(rid)
+        if parts is None or parts[1] not in OPTIMIZERS:
+            raise StoreError(
+                f"Store '{store.location}': run {rid} is damaged ({why}) and its id does not say "
+                f"which run it is; delete runs/{rid} by hand."
+            )
+        task_id, opt, rep = parts
+        family.task(task_id)  # a task of this family
+        store.delete_run(rid)
+        emit({"event": "repaired", "what": f"run {rid}", "why": why})
+        if rid not in planned:
+            extra.append(RunPlan(rid, task_id, opt, rep, derive_seed(cfg.seed, *parts)))
+    return extra
 
 
 def _run_here(ctx: RunContext, groups: list[list[RunPlan]]) -> Iterator[tuple[str, float]]:

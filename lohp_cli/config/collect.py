@@ -168,6 +168,12 @@ class CollectConfig(Frozen):
         "must be a path or URL every worker reaches. Needs pip install 'lohp[cluster]'.",
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:i.")
+    repair: bool = Field(
+        False,
+        description="Check the whole store first and redo what is damaged with the store's own "
+        "settings (settings given explicitly win): unreadable group metadata, task conditions, "
+        "runs (chunks, attributes, disagreement with the run index); then collect as usual.",
+    )
 
     @field_validator("optimizers")
     @classmethod

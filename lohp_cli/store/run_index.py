@@ -98,13 +98,16 @@ def complete_entries(
     return out, ignored
 
 
-def mismatches(indexed: dict[str, Entry], attrs: dict[str, dict[str, Any] | None]) -> list[str]:
-    """One line per run whose own ``attrs`` (None: unreadable) are not what the index says."""
-    problems = []
+def mismatches(
+    indexed: dict[str, Entry], attrs: dict[str, dict[str, Any] | None]
+) -> dict[str, str]:
+    """Run id -> a line, for each run whose own ``attrs`` (None: unreadable) are not what the
+    index says."""
+    problems = {}
     for rid, hit in indexed.items():
         if attrs[rid] != hit.attrs:
             state = "are unreadable" if attrs[rid] is None else "differ"
-            problems.append(
+            problems[rid] = (
                 f"run {rid}: the run index lists it as complete but its attributes {state}; "
                 "re-run 'lohp collect --repair' to redo it"
             )

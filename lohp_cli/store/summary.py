@@ -80,7 +80,7 @@ def summarize_store(location: str, verify: bool = False) -> dict[str, Any]:
     runs: dict[str, dict[str, int]] = {}
     complete = 0
     # --verify reads every run's own attributes (not the run index) and checks the index by them
-    problems: list[str] = store.index_mismatches() if verify else []
+    problems: list[str] = list(store.index_mismatches().values()) if verify else []
     states = compat.states
     final_acc: dict[str, list[float]] = {}
     with_checksums = with_dims = lossy = 0

@@ -187,11 +187,18 @@ class TrajectoryStore(StoreGroups):
             self._index, self.index_rejected = found
         return self._index
 
-    def index_mismatches(self) -> list[str]:
-        """Runs a fresh run index lists as complete whose own attributes say otherwise (each is
-        read): damage after the index was written. From then on, reads bypass the index."""
+    def index_mismatches(self) -> dict[str, str]:
+        """Run id -> a line, for the runs a fresh run index lists as complete whose own
+        attributes say otherwise (each is read): damage after the index was written. From then
+        on, reads bypass the index."""
         indexed, self._index = self._indexed(), {}
-        return run_index.mismatches(indexed, {rid: self._own_attrs(rid) for rid in indexed})
+        return run_index.mismatches(indexed, {rid: self.own_attrs(rid) for rid in indexed})
+
+    def forget_metadata(self) -> None:
+        """Forget what was read of the runs and tasks (after their metadata was rewritten)."""
+        self._index, self.index_rejected, self.runs_group_problem = None, {}, None
+        self._arrays.clear()
+        self._conditions.clear()
 
     def _forget(self, rid: str) -> None:
         """Before this process first changes a run: remove the stored run index (see
@@ -218,7 +225,7 @@ class TrajectoryStore(StoreGroups):
         for rid in listed:
             hit = known.get(rid)
             if hit is None:
-                attrs = self._own_attrs(rid)
+                attrs = self.own_attrs(rid)
                 meta = self._valid(rid, attrs)
                 if meta is not None and meta.complete and attrs is not None:
                     hit = run_index.entry(meta, attrs, self.run_format(rid), self.run_codec(rid))
@@ -229,8 +236,9 @@ class TrajectoryStore(StoreGroups):
         return len(entries)
 
     # ---- a run's attributes -----------------------------------------------------------------
-    def _own_attrs(self, rid: str) -> dict[str, Any] | None:
-        """A run's own attributes as stored; None when missing or unreadable."""
+    def own_attrs(self, rid: str) -> dict[str, Any] | None:
+        """A run's own attributes as stored (never the index's); None when missing or
+        unreadable."""
         try:
             return dict(self.root[f"runs/{rid}"].attrs)
         except Exception:  # noqa: BLE001 - a half-written run reads as missing
@@ -257,13 +265,13 @@ class TrajectoryStore(StoreGroups):
         """A run's attributes as stored (from a trusted index entry, else the run's own), or
         None when they are missing or unreadable; read them validated with :meth:`run_meta`."""
         hit = self._indexed().get(rid)
-        return dict(hit.attrs) if hit is not None else self._own_attrs(rid)
+        return dict(hit.attrs) if hit is not None else self.own_attrs(rid)
 
     def run_meta(self, rid: str) -> RunMeta | None:
         """A run's validated attributes; None when they are missing, unreadable or invalid (a
         run that is not complete, which the next ``lohp collect`` redoes)."""
         hit = self._indexed().get(rid)
-        return hit.meta if hit is not None else self._valid(rid, self._own_attrs(rid))
+        return hit.meta if hit is not None else self._valid(rid, self.own_attrs(rid))
 
     def run_status(self, rid: str) -> str | None:
         meta = self.run_meta(rid)
