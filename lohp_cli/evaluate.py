@@ -27,10 +27,11 @@ import torch
 import lohp_cli.diffusion  # noqa: F401 - registers the diffusion generator, which load_policy builds
 import lohp_cli.l2o.method  # noqa: F401 - registers the learned optimizers as methods
 from lohp_cli import locality
+from lohp_cli.artifacts.base import parse
 from lohp_cli.artifacts.generated import GeneratedMeta
 from lohp_cli.artifacts.policy import PolicyMeta
 from lohp_cli.config import OPTIMIZERS, EvaluateConfig, GenerateConfig, OptimizersConfig
-from lohp_cli.errors import ConfigError
+from lohp_cli.errors import ConfigError, StoreError
 from lohp_cli.methods import registry
 from lohp_cli.methods.base import EvalContext, Method, MethodResult, Progress, run_method
 from lohp_cli.methods.policy import GeneratedMethod, PolicyMethod
@@ -90,7 +91,9 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     if out.exists() and not out.is_dir():
         raise ConfigError(f"Report directory '{out}' is a file; choose another --out.")
     g, gmeta = open_generated(cfg.generated)
-    gcfg = GenerateConfig.model_validate(gmeta.config)
+    gcfg = parse(
+        GenerateConfig, gmeta.config, f"Generated store '{cfg.generated}' config", StoreError
+    )
     ctx, loaded = context(cfg, gcfg, gmeta, progress or (lambda _e: None))
     # every input is checked before any method is scored: the baselines' contexts, the other
     # policies (loaded now), the generated arrays and the runs of the cosine check
@@ -141,13 +144,14 @@ def context(
     model, meta, stats = load_policy(gmeta.policy.path, device, gcfg.sample_steps)
     task = task_context(meta, gcfg.store, gcfg.data_root)
     store = task.store.meta
+    where = f"Store '{task.store.location}' optimizer settings (config.optim)"
     data = {t: task.task_data(t, device) for t in gmeta.tasks}
     fam = task.family
     net = build_target(task.model_cfg, fam.data.image_shape, fam.cfg.ways, task.frozen).to(device)
     ctx = EvalContext(
         task, data, gcfg.samples, gcfg.seed, device, meta, stats, net,
         store.compat.steps, store.compat.batch_size,
-        OptimizersConfig.model_validate(store.config["optim"]), cfg.latency_repeats,
+        parse(OptimizersConfig, store.config.get("optim"), where, StoreError), cfg.latency_repeats,
         torch.randn(1, meta.param_count, device=device), cfg.out, emit,
     )  # fmt: skip
     return ctx, (model, meta, stats)

@@ -106,7 +106,9 @@ def train_diffusion(cfg: DiffusionTrainConfig, progress: Progress | None = None)
 
     norm_path = out / "normalization.safetensors"
     if resume and norm_path.exists():
-        stats = NormStats.from_tensors(load_tensors(norm_path))
+        stats = NormStats.from_tensors(
+            load_tensors(norm_path), meta.param_count, meta.condition_dim, str(norm_path)
+        )
     else:
         emit({"event": "stats", "runs": len(runs)})
         stats = compute_stats(store, runs, t_rec, cfg.normalize, sym=sym)

@@ -225,12 +225,13 @@ def truncate_metrics(path: Path, step: int) -> None:
     if not path.exists():
         return
     keep = []
-    for line in path.read_text().splitlines():
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
         try:
-            if json.loads(line).get("step", 0) <= step:
+            logged = json.loads(line).get("step", 0)
+            if isinstance(logged, int) and logged <= step:
                 keep.append(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a crash
+        except (json.JSONDecodeError, AttributeError):
+            continue  # a line cut short by a crash, or damaged
     from lohp_cli.checkpoint import atomic_write_bytes
 
     atomic_write_bytes(path, ("\n".join(keep) + "\n" if keep else "").encode())
@@ -285,7 +286,8 @@ def load_policy(
             f"Policy '{out}' has a train config this lohp cannot read ({exc.error_count()} "
             "problem(s)); it was made by another version."
         ) from None
-    stats = NormStats.from_tensors(load_tensors(out / meta.normalization))
+    norm = out / meta.normalization
+    stats = NormStats.from_tensors(load_tensors(norm), meta.param_count, meta.condition_dim, norm)
     layout = ParamLayout.from_json(meta.layout)
     if layout.size != meta.param_count:
         raise CompatibilityError(

@@ -139,7 +139,7 @@ def train_policy(cfg: TrainConfig, progress: Progress | None = None) -> TrainRes
     sym = class_symmetry(cfg.augment, store)
     norm_path = out / "normalization.safetensors"
     if resume and norm_path.exists():
-        stats = NormStats.from_tensors(load_tensors(norm_path))
+        stats = NormStats.from_tensors(load_tensors(norm_path), size, cond_dim, str(norm_path))
     else:
         emit({"event": "stats", "runs": len(runs)})
         stats = compute_stats(store, runs, cfg.k, cfg.normalize, sym=sym)

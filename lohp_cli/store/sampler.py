@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from lohp_cli.config import OPTIMIZERS
-from lohp_cli.errors import ConfigError, DataError, StoreError
+from lohp_cli.errors import CompatibilityError, ConfigError, DataError, StoreError
 from lohp_cli.store.trajectory_store import TrajectoryStore
 from lohp_cli.tasks.symmetry import ClassSymmetry
 
@@ -46,8 +46,28 @@ class NormStats:
         return {k: v.contiguous() for k, v in self.__dict__.items()}
 
     @classmethod
-    def from_tensors(cls, t: dict[str, torch.Tensor]) -> NormStats:
-        return cls(**{k: t[k] for k in ("mean", "std", "cond_mean", "cond_std", "step_rms")})
+    def from_tensors(
+        cls,
+        t: dict[str, torch.Tensor],
+        size: int | None = None,
+        cond_dim: int | None = None,
+        where: str = "normalization.safetensors",
+    ) -> NormStats:
+        """The statistics saved by :meth:`to_tensors`, checked: every tensor there, finite, 1-D,
+        ``mean``/``std`` of ``size`` and ``cond_mean``/``cond_std`` of ``cond_dim`` entries
+        (when given), scales positive; a CompatibilityError naming ``where`` otherwise."""
+        shapes = {"mean": size, "std": size, "cond_mean": cond_dim, "cond_std": cond_dim,
+                  "step_rms": None}  # fmt: skip
+        for key, n in shapes.items():
+            v = t.get(key)
+            if v is None:
+                raise CompatibilityError(f"{where} has no tensor '{key}'.")
+            if v.ndim != 1 or (n is not None and v.shape[0] != n):
+                want = f"[{n}]" if n is not None else "1-D"
+                raise CompatibilityError(f"{where}: '{key}' is {list(v.shape)}, not {want}.")
+            if not torch.isfinite(v).all() or (key.endswith("std") and not (v > 0).all()):
+                raise CompatibilityError(f"{where}: '{key}' is not finite and positive.")
+        return cls(**{k: t[k].float() for k in shapes})
 
     def normalize(self, theta: torch.Tensor) -> torch.Tensor:
         """Weights ``[..., P]`` -> normalised space."""
