@@ -19,7 +19,7 @@ def verify_run(store: TrajectoryStore, rid: str) -> list[str]:
         try:
             arr = store.run_array_meta(rid, name)
         except StoreError as exc:
-            problems.append(f"run {rid}: {exc}")
+            problems.append(str(exc))
             continue
         problems += chunks.verify(arr, f"run {rid}, array '{name}'")
     return problems
@@ -103,7 +103,7 @@ def summarize_store(location: str, verify: bool = False) -> dict[str, Any]:
         except StoreError as exc:
             if not verify:
                 raise
-            problems.append(f"run {rid}: {exc}")
+            problems.append(str(exc))
             continue
         with_checksums += checksummed
         with_dims += named
