@@ -228,7 +228,12 @@ class TrajectoryStore(StoreGroups):
                 attrs = self.own_attrs(rid)
                 meta = self._valid(rid, attrs)
                 if meta is not None and meta.complete and attrs is not None:
-                    hit = run_index.entry(meta, attrs, self.run_format(rid), self.run_codec(rid))
+                    try:
+                        fmt, codec = self.run_format(rid), self.run_codec(rid)
+                    except StoreError:  # weights that do not open: no entry, readers see it
+                        fmt = codec = None
+                    if fmt is not None and codec is not None:
+                        hit = run_index.entry(meta, attrs, fmt, codec)
             entries[rid] = hit
         self.runs_group().attrs[run_index.INDEX_ATTR] = run_index.document(entries)
         self._index = {rid: e for rid, e in entries.items() if e is not None}
@@ -293,15 +298,13 @@ class TrajectoryStore(StoreGroups):
 
     # ---- writing runs -----------------------------------------------------------------------
     def delete_run(self, rid: str) -> None:
+        """Remove a run, whether its metadata reads or not (every key under ``runs/<rid>/``)."""
+        from zarr.core.sync import sync
+
         self._forget(rid)
-        try:
-            del self.runs_group()[rid]
-        except KeyError:
-            pass
-        except Exception:  # noqa: BLE001 - a run that is not a valid zarr node: removed below
-            pass
+        sync(self.root.store.delete_dir(f"runs/{rid}"))
         path = _local_path(self.location)
-        if path is not None:  # a run whose metadata was cut short may not be a valid zarr node
+        if path is not None:  # directories the key deletion leaves
             import shutil
 
             shutil.rmtree(path / "runs" / rid, ignore_errors=True)
