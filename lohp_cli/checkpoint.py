@@ -244,3 +244,18 @@ def write_checkpoint(
     save_state(out, sd, opt, trainer)
     atomic_save_tensors(out / "model.safetensors", sd)
     atomic_write_json(out / "config.json", config)
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop metrics lines logged after ``step`` (written before a crash, redone on resume)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
+        try:
+            logged = json.loads(line).get("step", 0)
+            if isinstance(logged, int) and logged <= step:
+                keep.append(line)
+        except (json.JSONDecodeError, AttributeError):
+            continue  # a line cut short by a crash, or damaged
+    atomic_write_bytes(path, ("\n".join(keep) + "\n" if keep else "").encode())

@@ -34,8 +34,8 @@ from lohp_cli.config import OPTIMIZERS, EvaluateConfig, GenerateConfig, Optimize
 from lohp_cli.errors import ConfigError, StoreError
 from lohp_cli.methods import registry
 from lohp_cli.methods.base import EvalContext, Method, MethodResult, Progress, run_method
-from lohp_cli.methods.policy import GeneratedMethod, PolicyMethod
-from lohp_cli.policy.artifact import load_policy, local_steps
+from lohp_cli.methods.policy import GeneratedMethod, PolicyMethod, split_sample_steps
+from lohp_cli.policy.artifact import check_policy_dir, load_policy, local_steps
 from lohp_cli.policy.context import TaskContext, support_probe_bank, task_context
 from lohp_cli.report import build_report, write_report
 from lohp_cli.runtime import resolve_device
@@ -90,6 +90,8 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"Report directory '{out}' is a file; choose another --out.")
+    for name, path in cfg.policies.items():  # before anything is built: found, readable
+        check_policy_dir(path, split_sample_steps(name)[1])
     g, gmeta = open_generated(cfg.generated)
     gcfg = parse(
         GenerateConfig, gmeta.config, f"Generated store '{cfg.generated}' config", StoreError

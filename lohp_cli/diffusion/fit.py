@@ -27,6 +27,7 @@ from lohp_cli.checkpoint import (
     atomic_write_json,
     load_state,
     load_tensors,
+    truncate_metrics,
     write_checkpoint,
 )
 from lohp_cli.diffusion.config import DiffusionTrainConfig
@@ -39,7 +40,6 @@ from lohp_cli.policy.artifact import (
     end_of_step,
     policy_config_json,
     store_fingerprint,
-    truncate_metrics,
 )
 from lohp_cli.policy.fit import class_symmetry
 from lohp_cli.runtime import derive_seed, resolve_device

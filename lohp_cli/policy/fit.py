@@ -23,6 +23,7 @@ from lohp_cli.checkpoint import (
     atomic_write_json,
     load_state,
     load_tensors,
+    truncate_metrics,
     write_checkpoint,
 )
 from lohp_cli.config import LoHpTrainConfig, TrainConfig
@@ -36,7 +37,6 @@ from lohp_cli.policy.artifact import (
     end_of_step,
     policy_config_json,
     store_fingerprint,
-    truncate_metrics,
 )
 from lohp_cli.policy.context import store_task_context, support_probe_bank
 from lohp_cli.policy.gaussian import LoHpPolicy
