@@ -42,7 +42,7 @@ from lohp_cli.store import TrajectoryStore, run_id
 from lohp_cli.store.frozen import train_frozen
 from lohp_cli.store.location import absolute_location, init_lock, local_path
 from lohp_cli.store.repair import Damage, delete_task, find_damage, rewrite_group
-from lohp_cli.store.schema import STATUS_COMPLETE, split_run_id
+from lohp_cli.store.schema import STATUS_COMPLETE, parse_run_id, split_run_id
 from lohp_cli.store.summary import summarize_store  # noqa: F401 - re-exported
 from lohp_cli.tasks import Task, TaskFamily, make_family
 from lohp_cli.tasks.models import flat_params
@@ -200,7 +200,7 @@ def _collect(
     with init_lock(cfg.out):  # shards started at once take turns; the first one creates
         store = _init_store(cfg, family, device, emit)
         if cfg.repair:
-            damage = _find_damage(store)
+            damage = _find_damage(store, family)
         store.runs_group()  # metadata that does not read: a StoreError naming --repair, now
         ctx = RunContext(cfg, device, family, store)
         if damage is not None:
@@ -274,9 +274,10 @@ def repair_config(cfg: CollectConfig) -> CollectConfig:
         ) from None
 
 
-def _find_damage(store: TrajectoryStore) -> Damage:
-    """What --repair redoes; a StoreError for what it cannot, before anything changes. Group
-    metadata that does not read is rewritten at once (the runs and conditions read through it)."""
+def _find_damage(store: TrajectoryStore, family: TaskFamily) -> Damage:
+    """What --repair redoes; a StoreError (or the family's ConfigError for a task id it cannot
+    make) for what it cannot, before anything changes. Group metadata that does not read is
+    rewritten at once (the runs and conditions read through it)."""
     damage = find_damage(store)
     if damage.unrepairable:
         raise StoreError(
@@ -284,6 +285,16 @@ def _find_damage(store: TrajectoryStore) -> Damage:
             "and the shared θ₀ are made once per store and every run depends on them); collect "
             "the store again into a new --out."
         )
+    for rid, why in sorted(damage.runs.items()):
+        parts = split_run_id(rid)
+        if parts is None or parts[1] not in OPTIMIZERS:
+            raise StoreError(
+                f"Store '{store.location}': run {rid} is damaged ({why}) and its id does not say "
+                f"which run it is; delete runs/{rid} by hand."
+            )
+        family.task(parts[0])
+    for tid in damage.conditions:
+        family.task(tid)
     for name in damage.groups:
         rewrite_group(store, name)
     return damage
@@ -298,21 +309,14 @@ def _repair(
     for name in damage.groups:
         emit({"event": "repaired", "what": f"group '{name}' metadata"})
     for tid, why in sorted(damage.conditions.items()):
-        task = family.task(tid)  # a ConfigError names an id the family cannot make
+        task = family.task(tid)
         delete_task(store, tid)
         attrs = {**task.describe(), "split": task.split, "family": family.name}
         store.write_task(tid, ctx.task(tid).condition.cpu().numpy(), attrs)
         emit({"event": "repaired", "what": f"condition of task {tid}", "why": why})
     extra = []
     for rid, why in sorted(damage.runs.items()):
-        parts = split_run_id(rid)
-        if parts is None or parts[1] not in OPTIMIZERS:
-            raise StoreError(
-                f"Store '{store.location}': run {rid} is damaged ({why}) and its id does not say "
-                f"which run it is; delete runs/{rid} by hand."
-            )
-        task_id, opt, rep = parts
-        family.task(task_id)  # a task of this family
+        task_id, opt, rep = parts = parse_run_id(rid)  # each checked by _find_damage
         store.delete_run(rid)
         emit({"event": "repaired", "what": f"run {rid}", "why": why})
         if rid not in planned:

@@ -121,3 +121,17 @@ def test_what_cannot_be_redone_is_named(copy_of_reference: str, tmp_path: Path) 
     flip_byte(chunk(store / "extractor" / "w"))
     with pytest.raises(StoreError, match="cannot repair.*group 'extractor'.*new --out"):
         collect(cfg_at(str(store), repair=True))
+
+
+def test_a_damaged_run_of_an_id_that_says_nothing_stops_the_repair_before_any_change(
+    copy_of_reference: str,
+) -> None:
+    store = Path(copy_of_reference)
+    rid = TrajectoryStore.open(copy_of_reference).run_ids()[0]
+    shutil.copytree(store / "runs" / rid, store / "runs" / "odd")  # fingerprint of another id
+    tid = TrajectoryStore.open(copy_of_reference).task_ids()[0]
+    flip_byte(chunk(store / "tasks" / tid / "condition"))
+    before = {p: p.read_bytes() for p in store.rglob("*") if p.is_file()}
+    with pytest.raises(StoreError, match="run odd is damaged .* delete runs/odd by hand"):
+        collect(cfg_at(copy_of_reference, repair=True))
+    assert {p: p.read_bytes() for p in store.rglob("*") if p.is_file()} == before
