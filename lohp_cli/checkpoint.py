@@ -211,11 +211,24 @@ def load_state(
     sdir = state_dir(out)
     if sdir is None:
         return None
-    model.load_state_dict(load_tensors(sdir / "model.safetensors"))
-    optimizer_from_tensors(
-        opt, load_tensors(sdir / "optimizer.safetensors"), read_json(sdir / "optimizer.json")
-    )
-    return read_json(sdir / "trainer.json")
+    try:
+        trainer = read_json(sdir / "trainer.json")
+        step = trainer.get("step") if isinstance(trainer, dict) else None
+        if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+            raise ValueError(f"trainer.json has step {step!r}, not a step number")
+        model.load_state_dict(load_tensors(sdir / "model.safetensors"))
+        optimizer_from_tensors(
+            opt, load_tensors(sdir / "optimizer.safetensors"), read_json(sdir / "optimizer.json")
+        )
+    except (CompatibilityError, ValueError, KeyError, TypeError, IndexError, AttributeError,
+            RuntimeError) as exc:  # fmt: skip
+        reason = str(exc) if isinstance(exc, CompatibilityError) else f"{type(exc).__name__}: {exc}"
+        reason = " ".join(reason.split())[:300]
+        raise CompatibilityError(
+            f"Policy '{out}' has a damaged resume state '{sdir.name}/' ({reason}); remove "
+            f"'{sdir}' to train from the start, or pass --overwrite."
+        ) from None
+    return trainer
 
 
 def write_checkpoint(
@@ -231,3 +244,18 @@ def write_checkpoint(
     save_state(out, sd, opt, trainer)
     atomic_save_tensors(out / "model.safetensors", sd)
     atomic_write_json(out / "config.json", config)
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop metrics lines logged after ``step`` (written before a crash, redone on resume)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
+        try:
+            logged = json.loads(line).get("step", 0)
+            if isinstance(logged, int) and logged <= step:
+                keep.append(line)
+        except (json.JSONDecodeError, AttributeError):
+            continue  # a line cut short by a crash, or damaged
+    atomic_write_bytes(path, ("\n".join(keep) + "\n" if keep else "").encode())

@@ -33,6 +33,17 @@ def require(scheduler: str) -> Any:
     return distributed
 
 
+def check_address(distributed: Any, scheduler: str) -> None:
+    """A ConfigError unless Dask has a comm backend for the address's scheme. Checked before a
+    ``Client`` is made: one made for an address it cannot parse is left half-built, and its
+    ``__del__`` then prints a traceback and waits 40 s at exit."""
+    scheme = scheduler.partition("://")[0]
+    try:
+        distributed.comm.registry.get_backend(scheme)
+    except ValueError as exc:
+        raise ConfigError(f"--scheduler {scheduler}: {exc}.") from None
+
+
 @contextmanager
 def connect(scheduler: str) -> Iterator[Any]:
     """A ``distributed.Client`` for ``scheduler``, closed on exit.
@@ -55,6 +66,7 @@ def connect(scheduler: str) -> Iterator[Any]:
         )
         client = distributed.Client(cluster, set_as_default=False)
     else:
+        check_address(distributed, scheduler)
         try:
             client = distributed.Client(scheduler, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
         except (OSError, TimeoutError, ValueError) as exc:

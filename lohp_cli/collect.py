@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import numpy as np
 import torch
+from pydantic import ValidationError
 
 from lohp_cli.artifacts.base import first_difference
-from lohp_cli.config import CollectConfig
+from lohp_cli.config import OPTIMIZERS, CollectConfig, deep_merge, format_validation_error
 from lohp_cli.errors import StoreError
 from lohp_cli.optim import optimizer_hparams
 from lohp_cli.runs import (  # RunContext, RunPlan, init_target: also imported from here
@@ -40,8 +40,10 @@ from lohp_cli.runs import (  # RunContext, RunPlan, init_target: also imported f
 from lohp_cli.runtime import derive_seed, provenance, resolve_device
 from lohp_cli.store import TrajectoryStore, run_id
 from lohp_cli.store.frozen import train_frozen
-from lohp_cli.store.location import absolute_location, init_lock
-from lohp_cli.store.schema import STATUS_COMPLETE
+from lohp_cli.store.location import absolute_location, init_lock, local_path
+from lohp_cli.store.repair import Damage, delete_task, find_damage, rewrite_group
+from lohp_cli.store.schema import STATUS_COMPLETE, parse_run_id, split_run_id
+from lohp_cli.store.summary import summarize_store  # noqa: F401 - re-exported
 from lohp_cli.tasks import Task, TaskFamily, make_family
 from lohp_cli.tasks.models import flat_params
 
@@ -55,6 +57,7 @@ class CollectResult:
     skipped: int
     collected: int
     wall_time_s: float
+    repaired: dict[str, list[str]] | None = None  # with --repair: groups, conditions, runs
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -114,19 +117,24 @@ def _init_store(
                 "the store's own settings (see 'lohp inspect')."
             )
     if not store.meta.init_complete:
-        seed = cfg.shared_init_seed
-        if seed is not None and not store.has_shared_init():  # written once, never redrawn
-            progress({"event": "shared_init", "seed": seed})
-            store.write_shared_init(flat_params(init_target(cfg, family, seed)).numpy(), seed)
-        train_frozen(store, cfg.model, family, cfg.seed, progress)
-        store.update_attrs(init_complete=True)
+        try:
+            seed = cfg.shared_init_seed
+            if seed is not None and not store.has_shared_init():  # written once, never redrawn
+                progress({"event": "shared_init", "seed": seed})
+                store.write_shared_init(flat_params(init_target(cfg, family, seed)).numpy(), seed)
+            train_frozen(store, cfg.model, family, cfg.seed, progress)
+            store.update_attrs(init_complete=True)
+        except BaseException:
+            if created:  # nothing half-made is left: a re-run, with any settings, starts afresh
+                store.destroy()
+            raise
     return store
 
 
 def _check_complete_run(store: TrajectoryStore, plan: RunPlan, cfg: CollectConfig) -> None:
-    attrs = store.run_attrs(plan.run_id) or {}
+    meta = store.run_meta(plan.run_id)
     want = optimizer_hparams(plan.optimizer, cfg.optim)
-    diff = first_difference(attrs.get("hparams"), want)
+    diff = first_difference(None if meta is None else meta.hparams, want)
     if diff:
         raise StoreError(
             f"Run {plan.run_id} in '{cfg.out}' was collected with other hyperparameters ({diff}); "
@@ -155,6 +163,8 @@ def collect(cfg: CollectConfig, progress: Progress | None = None) -> CollectResu
     """Run stage 1 for ``cfg``; safe to re-run (complete runs are skipped)."""
     emit = progress or (lambda _e: None)
     t0 = time.perf_counter()
+    if cfg.repair:
+        cfg = repair_config(cfg)
     if cfg.scheduler is None:
         return _collect(cfg, emit, t0, None)
     if cfg.out.startswith("memory://"):
@@ -186,9 +196,15 @@ def _collect(
         raise StoreError("A memory:// store lives in one process; use --workers 1 with it.")
     tasks = family.tasks("source", cfg.tasks)
     plans = plan_runs(cfg, tasks)
+    damage = None
     with init_lock(cfg.out):  # shards started at once take turns; the first one creates
         store = _init_store(cfg, family, device, emit)
+        if cfg.repair:
+            damage = _find_damage(store, family)
+        store.runs_group()  # metadata that does not read: a StoreError naming --repair, now
         ctx = RunContext(cfg, device, family, store)
+        if damage is not None:
+            plans += _repair(cfg, ctx, damage, {p.run_id for p in plans}, emit)
         needed = {p.task_id for p in plans}
         for task in tasks:
             if task.id in needed and not store.has_task(task.id):
@@ -227,7 +243,85 @@ def _collect(
     # the run index, so that readers list the runs with one read (an interrupted collect leaves
     # none, and readers then read each run)
     store.write_run_index()
-    return CollectResult(cfg.out, len(plans), skipped, done, round(time.perf_counter() - t0, 3))
+    wall = round(time.perf_counter() - t0, 3)
+    repaired = None if damage is None else damage.to_json()
+    return CollectResult(cfg.out, len(plans), skipped, done, wall, repaired)
+
+
+# ---- --repair ---------------------------------------------------------------------------------
+# how a collect runs, not what it makes: taken from the command, never from the store's settings
+EXECUTION_KEYS = ("out", "workers", "batch_runs", "threads_per_worker", "shard", "scheduler",
+                  "device", "repair")  # fmt: skip
+
+
+def repair_config(cfg: CollectConfig) -> CollectConfig:
+    """The config of ``collect --repair``: the store's own settings (its ``config``), with the
+    ones given explicitly (``cfg.model_fields_set``) on top, and how to run from ``cfg``."""
+    path = local_path(cfg.out)
+    if path is not None and not (path / "zarr.json").is_file():
+        raise StoreError(
+            f"No trajectory store at '{cfg.out}': nothing to repair. Make one with 'lohp collect "
+            f"--out {cfg.out}'."
+        )
+    stored = TrajectoryStore.open(cfg.out).meta.config
+    base = {k: v for k, v in stored.items() if k not in EXECUTION_KEYS}
+    try:
+        return CollectConfig.model_validate(deep_merge(base, cfg.model_dump(exclude_unset=True)))
+    except ValidationError as exc:
+        raise StoreError(
+            f"Store '{cfg.out}': its settings (root attribute 'config') do not read "
+            f"({format_validation_error(exc)}); give them with --config to repair it."
+        ) from None
+
+
+def _find_damage(store: TrajectoryStore, family: TaskFamily) -> Damage:
+    """What --repair redoes; a StoreError (or the family's ConfigError for a task id it cannot
+    make) for what it cannot, before anything changes. Group metadata that does not read is
+    rewritten at once (the runs and conditions read through it)."""
+    damage = find_damage(store)
+    if damage.unrepairable:
+        raise StoreError(
+            f"Store '{store.location}': cannot repair {damage.unrepairable[0]} (the frozen parts "
+            "and the shared θ₀ are made once per store and every run depends on them); collect "
+            "the store again into a new --out."
+        )
+    for rid, why in sorted(damage.runs.items()):
+        parts = split_run_id(rid)
+        if parts is None or parts[1] not in OPTIMIZERS:
+            raise StoreError(
+                f"Store '{store.location}': run {rid} is damaged ({why}) and its id does not say "
+                f"which run it is; delete runs/{rid} by hand."
+            )
+        family.task(parts[0])
+    for tid in damage.conditions:
+        family.task(tid)
+    for name in damage.groups:
+        rewrite_group(store, name)
+    return damage
+
+
+def _repair(
+    cfg: CollectConfig, ctx: RunContext, damage: Damage, planned: set[str], emit: Progress
+) -> list[RunPlan]:
+    """Rewrite the damaged conditions and delete the damaged runs; returns the plans of the
+    deleted runs that ``cfg``'s plan lacks (made from their run ids)."""
+    store, family = ctx.store, ctx.family
+    for name in damage.groups:
+        emit({"event": "repaired", "what": f"group '{name}' metadata"})
+    for tid, why in sorted(damage.conditions.items()):
+        task = family.task(tid)
+        delete_task(store, tid)
+        attrs = {**task.describe(), "split": task.split, "family": family.name}
+        store.write_task(tid, ctx.task(tid).condition.cpu().numpy(), attrs)
+        emit({"event": "repaired", "what": f"condition of task {tid}", "why": why})
+    extra = []
+    for rid, why in sorted(damage.runs.items()):
+        task_id, opt, rep = parts = parse_run_id(rid)  # each checked by _find_damage
+        store.delete_run(rid)
+        emit({"event": "repaired", "what": f"run {rid}", "why": why})
+        if rid not in planned:
+            extra.append(RunPlan(rid, task_id, opt, rep, derive_seed(cfg.seed, *parts)))
+    return extra
 
 
 def _run_here(ctx: RunContext, groups: list[list[RunPlan]]) -> Iterator[tuple[str, float]]:
@@ -302,98 +396,9 @@ def run_plans(
     torch.set_num_threads(ctx.cfg.threads_per_worker)
     out, todo = [], []
     for plan in plans:
-        if ctx.store.run_status(plan.run_id) == STATUS_COMPLETE:
-            out.append((plan.run_id, float(ctx.store.run_attrs(plan.run_id)["wall_time_s"])))
+        meta = ctx.store.run_meta(plan.run_id)
+        if meta is not None and meta.status == STATUS_COMPLETE:
+            out.append((plan.run_id, float(meta.wall_time_s or 0.0)))
         else:
             todo.append(plan)
     return out + ctx.execute_many(todo)
-
-
-def _share(n: int, total: int) -> str:
-    """``all``, ``none`` or ``n of total`` (complete runs with a storage feature)."""
-    if n == total:
-        return "all" if total else "none"
-    return "none" if n == 0 else f"{n} of {total}"
-
-
-def summarize_store(location: str, verify: bool = False) -> dict[str, Any]:
-    """A JSON-able summary of a store; with ``verify``, every complete run is read and checked."""
-    store = TrajectoryStore.open(location, mode="r")
-    meta = store.meta
-    compat = meta.compat
-    runs: dict[str, dict[str, int]] = {}
-    complete = 0
-    # --verify reads every run's own attributes (not the run index) and checks the index by them
-    problems: list[str] = store.index_mismatches() if verify else []
-    states = compat.states
-    final_acc: dict[str, list[float]] = {}
-    with_checksums = with_dims = lossy = 0
-    codecs: dict[str, int] = {}
-    for rid in store.run_ids():
-        a = store.run_attrs(rid)
-        status = "unreadable" if a is None else a.get("status", "unknown")
-        opt = a.get("optimizer", "?") if a else "?"
-        runs.setdefault(opt, {}).setdefault(status, 0)
-        runs[opt][status] += 1
-        if status != "complete":
-            continue
-        complete += 1
-        checksummed, named = store.run_format(rid)
-        with_checksums += checksummed
-        with_dims += named
-        codec, rounded = store.run_codec(rid)
-        codecs[codec] = codecs.get(codec, 0) + 1
-        lossy += rounded
-        if verify:
-            damaged = store.verify_run(rid)
-            problems += damaged
-            if a.get("steps_written") != states:
-                problems.append(f"run {rid}: steps_written {a.get('steps_written')} != {states}")
-            if damaged:
-                continue
-            w = store.weights(rid)
-            if w.shape != (states, meta.param_count):
-                problems.append(f"run {rid}: weights shape {w.shape}")
-            elif not np.isfinite(w).all():
-                problems.append(f"run {rid}: non-finite weights")
-            acc = store.run_array(rid, "train_acc")
-            final_acc.setdefault(opt, []).append(float(acc[-1]))
-    size = store.bytes_on_disk()
-    weight_bytes = store.bytes_on_disk("runs/*/weights")
-    raw = complete * states * meta.param_count * 4
-    out: dict[str, Any] = {
-        "store": location,
-        "schema": meta.schema_,
-        "schema_version": meta.schema_version,
-        "family": compat.family.name,
-        "ways": compat.family.ways,
-        "test_domain": compat.family.test_domain,
-        "model": compat.model.name,
-        "param_count": meta.param_count,
-        "condition_dim": meta.condition_dim,
-        "steps": compat.steps,
-        "record_every": compat.record_every,
-        "recorded_states": states,
-        "init": compat.init,
-        "tasks": len(store.task_ids()),
-        "runs": runs,
-        "complete_runs": complete,
-        "bytes_on_disk": size,
-        "weight_bytes_on_disk": weight_bytes,
-        "raw_weight_bytes": raw,
-        "compression_ratio": round(raw / weight_bytes, 3) if weight_bytes else None,
-        # runs written before lohp 0.2 have neither (they still read; damage is found only where
-        # decompression fails)
-        "checksums": _share(with_checksums, complete),
-        "dimension_names": _share(with_dims, complete),
-        "weight_codecs": codecs,  # codec pipeline of the weights -> complete runs using it
-        "lossy": _share(lossy, complete),  # runs whose weights were rounded (lossy = "bf16")
-        "created_at": meta.created_at,
-        "lohp_version": meta.provenance.get("lohp_version"),
-    }
-    if verify:
-        problems += store.verify_metadata()
-        out["verified"] = not problems
-        out["problems"] = problems
-        out["final_train_acc"] = {k: round(float(np.mean(v)), 4) for k, v in final_acc.items()}
-    return out

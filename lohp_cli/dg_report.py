@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from lohp_cli.artifacts.report import ReportMeta, read_report_meta
 from lohp_cli.checkpoint import atomic_write_bytes, atomic_write_json
 from lohp_cli.errors import ConfigError, DataError
 
@@ -24,8 +25,9 @@ DG_SCHEMA = "lohp.dg-table"
 DG_VERSION = 1
 
 
-def read_report(directory: str | Path) -> dict[str, Any]:
-    """``report.json`` of an evaluate report directory; a DataError naming what is wrong."""
+def read_report(directory: str | Path) -> ReportMeta:
+    """``report.json`` of an evaluate report directory, validated; a DataError naming what is
+    wrong (a missing file, JSON that does not parse, a missing or mistyped field)."""
     path = Path(directory) / "report.json"
     try:
         report = json.loads(path.read_text())
@@ -35,12 +37,10 @@ def read_report(directory: str | Path) -> dict[str, Any]:
         ) from None
     except (OSError, ValueError) as exc:
         raise DataError(f"Cannot read '{path}': {exc}.") from None
-    if not isinstance(report, dict) or report.get("schema") != "lohp.report":
-        raise DataError(f"'{path}' is not a lohp evaluate report (schema lohp.report).")
-    return report
+    return read_report_meta(report, str(path))
 
 
-def dg_table(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def dg_table(reports: dict[str, ReportMeta]) -> dict[str, Any]:
     """The merged table of ``{report directory: report.json}``, one report per held-out domain.
 
     Refuses (ConfigError) a report without a held-out domain, reports of different families,
@@ -48,18 +48,18 @@ def dg_table(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """
     if not reports:
         raise ConfigError("No reports to merge; pass one report directory per held-out domain.")
-    by_domain: dict[int, tuple[str, dict[str, Any]]] = {}
-    families = {r["family"] for r in reports.values()}
+    by_domain: dict[int, tuple[str, ReportMeta]] = {}
+    families = {r.family for r in reports.values()}
     if len(families) > 1:
         raise ConfigError(
             f"The reports are of different task families ({', '.join(sorted(families))}); merge "
             "reports of one domain family."
         )
     for where, r in reports.items():
-        domain = r.get("test_domain")
+        domain = r.test_domain
         if domain is None:
             raise ConfigError(
-                f"Report '{where}' has no held-out domain (family '{r['family']}'); the table "
+                f"Report '{where}' has no held-out domain (family '{r.family}'); the table "
                 "merges reports of a domain family such as rotated-fmnist, one per "
                 "task.test_domain."
             )
@@ -72,15 +72,15 @@ def dg_table(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
     domains = sorted(by_domain)
     names: dict[str, str] = {}  # method name -> kind, in order of first appearance
     for d in domains:
-        for m in by_domain[d][1]["methods"]:
-            names.setdefault(m["name"], m["kind"])
+        for m in by_domain[d][1].methods:
+            names.setdefault(m.name, m.kind)
     rows = []
     for name, kind in names.items():
         cells: dict[str, dict[str, Any] | None] = {}
         for d in domains:
-            m = next((m for m in by_domain[d][1]["methods"] if m["name"] == name), None)
-            scored = m is not None and m["acc_mean"] is not None  # not a not-applicable row
-            cells[str(d)] = {k: m[k] for k in ("acc_mean", "acc_std", "n")} if scored else None
+            m = next((m for m in by_domain[d][1].methods if m.name == name), None)
+            scored = m is not None and m.acc_mean is not None  # not a not-applicable row
+            cells[str(d)] = m.model_dump(include={"acc_mean", "acc_std", "n"}) if scored else None
         means = [c["acc_mean"] for c in cells.values() if c is not None]
         avg = round(float(np.mean(means)), 4) if len(means) == len(domains) else None
         rows.append({"name": name, "kind": kind, "cells": cells, "avg": avg})
@@ -88,12 +88,12 @@ def dg_table(reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return {
         "schema": DG_SCHEMA,
         "schema_version": DG_VERSION,
-        "family": first["family"],
-        "model": first["model"],
+        "family": first.family,
+        "model": first.model,
         "domains": domains,
         "reports": {str(d): by_domain[d][0] for d in domains},
-        "tasks": {str(d): len(by_domain[d][1]["tasks"]) for d in domains},
-        "samples_per_task": {str(d): by_domain[d][1]["samples_per_task"] for d in domains},
+        "tasks": {str(d): len(by_domain[d][1].tasks) for d in domains},
+        "samples_per_task": {str(d): by_domain[d][1].samples_per_task for d in domains},
         "rows": rows,
     }
 

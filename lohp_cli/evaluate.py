@@ -27,20 +27,31 @@ import torch
 import lohp_cli.diffusion  # noqa: F401 - registers the diffusion generator, which load_policy builds
 import lohp_cli.l2o.method  # noqa: F401 - registers the learned optimizers as methods
 from lohp_cli import locality
+from lohp_cli.artifacts.base import parse
 from lohp_cli.artifacts.generated import GeneratedMeta
 from lohp_cli.artifacts.policy import PolicyMeta
 from lohp_cli.config import OPTIMIZERS, EvaluateConfig, GenerateConfig, OptimizersConfig
-from lohp_cli.errors import ConfigError
+from lohp_cli.errors import ConfigError, StoreError
 from lohp_cli.methods import registry
 from lohp_cli.methods.base import EvalContext, Method, MethodResult, Progress, run_method
-from lohp_cli.methods.policy import GeneratedMethod, PolicyMethod
-from lohp_cli.policy.artifact import load_policy, local_steps
+from lohp_cli.methods.policy import GeneratedMethod, PolicyMethod, split_sample_steps
+from lohp_cli.policy.artifact import check_policy_dir, load_policy, local_steps
 from lohp_cli.policy.context import TaskContext, support_probe_bank, task_context
 from lohp_cli.report import build_report, write_report
 from lohp_cli.runtime import resolve_device
 from lohp_cli.store.generated import open_generated
-from lohp_cli.store.sampler import matched_indices
+from lohp_cli.store.sampler import RunRef, check_runs, matched_indices, select_runs
 from lohp_cli.tasks.models import build_target
+
+
+def cosine_runs(ctx: TaskContext, meta: PolicyMeta, runs: int) -> list[RunRef]:
+    """The first ``runs`` complete runs of the store for the cosine check, checked against the
+    store's layout now (before any method is scored); none when the check does not apply."""
+    if not local_steps(meta) or runs == 0:
+        return []
+    chosen = select_runs(ctx.store, None, check=False)[:runs]
+    check_runs(ctx.store, chosen)
+    return chosen
 
 
 def cosine_check(
@@ -48,31 +59,25 @@ def cosine_check(
     meta: PolicyMeta,
     stats: Any,
     ctx: TaskContext,
-    runs: int,
+    chosen: list[RunRef],
     device: str,
 ) -> list[float]:
-    """Cosine similarity of the policy's step f(θ_{k·i}) with the matched offline step Δ_i."""
-    if not local_steps(meta) or runs == 0:
-        return []
+    """Cosine similarity of the policy's step f(θ_{k·i}) with the matched offline step Δ_i on
+    the runs ``chosen`` (:func:`cosine_runs`)."""
     out: list[float] = []
     store = ctx.store
-    chosen = list(store.iter_runs())[:runs]
     bank = None
-    if getattr(model, "needs_probe", False):
-        bank = support_probe_bank(ctx, (a["task_id"] for _, a in chosen), stats, device)
-    for rid, attrs in chosen:
-        w = torch.from_numpy(
-            store.weights(rid)[matched_indices(attrs["steps_written"], meta.k)]
-        ).to(device)
-        x = stats.normalize(w)  # [N+1, P]
-        c = stats.normalize_condition(
-            torch.from_numpy(store.condition(attrs["task_id"])).to(device)
-        )
+    if chosen and getattr(model, "needs_probe", False):
+        bank = support_probe_bank(ctx, (r.task_id for r in chosen), stats, device)
+    for ref in chosen:
+        w = torch.from_numpy(store.weights(ref.run_id)[matched_indices(ref.states, meta.k)])
+        x = stats.normalize(w.to(device))  # [N+1, P]
+        c = stats.normalize_condition(torch.from_numpy(store.condition(ref.task_id)).to(device))
         n = x.shape[0] - 1
-        probe = None if bank is None else bank.probe([attrs["task_id"]])
+        probe = None if bank is None else bank.probe([ref.task_id])
         tok = None
         if meta.has_tokens:  # each offline step is scored in its own optimizer's style
-            tok = torch.full((n,), OPTIMIZERS.index(attrs["optimizer"]), device=device)
+            tok = torch.full((n,), OPTIMIZERS.index(ref.optimizer), device=device)
         with torch.no_grad():
             f, _ = model.means(x[:-1], torch.arange(n, device=device), c.expand(n, -1), tok, probe)
         delta = x[1:] - x[:-1]
@@ -85,16 +90,27 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"Report directory '{out}' is a file; choose another --out.")
+    for name, path in cfg.policies.items():  # before anything is built: found, readable
+        check_policy_dir(path, split_sample_steps(name)[1])
     g, gmeta = open_generated(cfg.generated)
-    gcfg = GenerateConfig.model_validate(gmeta.config)
+    gcfg = parse(
+        GenerateConfig, gmeta.config, f"Generated store '{cfg.generated}' config", StoreError
+    )
     ctx, loaded = context(cfg, gcfg, gmeta, progress or (lambda _e: None))
+    # every input is checked before any method is scored: the baselines' contexts, the other
+    # policies (loaded now), the generated arrays and the runs of the cosine check
     for b in cfg.baselines:
         registry.check(b, ctx)
-    first: list[Method] = [GeneratedMethod(g, cfg.generated, loaded, gcfg.style)]
-    first += [registry.policy_method(name, path) for name, path in cfg.policies.items()]
+    policies = [registry.policy_method(name, path) for name, path in cfg.policies.items()]
+    for m in policies:
+        m.prepare(ctx)
+    generated = GeneratedMethod(g, cfg.generated, loaded, gcfg.style)
+    generated.check(ctx)
+    chosen = cosine_runs(ctx.task, loaded[1], cfg.cosine_runs)
+    first: list[Method] = [generated, *policies]
     stepped = [b for b in cfg.baselines if registry.is_stepped(b)]
     first += [m for b in cfg.baselines if b not in stepped for m in registry.baseline(b, cfg)]
-    rows = [run_method(ctx, m) for m in first]
+    rows = [run_method(ctx, m, prepared=m in policies) for m in first]
     budgets = _step_budgets(ctx, rows)
     extra = frontier_budgets(cfg.frontier_steps, ctx.steps_full, budgets)
     points: list[tuple[str, MethodResult]] = []
@@ -108,7 +124,7 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
             done += [run_method(ctx, m) for m in registry.baseline(b, cfg, extra)]
         points += [(b, r) for r in done]
     model, meta, stats = loaded
-    cos = cosine_check(model, meta, stats, ctx.task, cfg.cosine_runs, ctx.device)
+    cos = cosine_check(model, meta, stats, ctx.task, chosen, ctx.device)
     others = [
         (m.name, m.model, m.meta, m.stats)
         for m in first
@@ -131,13 +147,14 @@ def context(
     model, meta, stats = load_policy(gmeta.policy.path, device, gcfg.sample_steps)
     task = task_context(meta, gcfg.store, gcfg.data_root)
     store = task.store.meta
+    where = f"Store '{task.store.location}' optimizer settings (config.optim)"
     data = {t: task.task_data(t, device) for t in gmeta.tasks}
     fam = task.family
     net = build_target(task.model_cfg, fam.data.image_shape, fam.cfg.ways, task.frozen).to(device)
     ctx = EvalContext(
         task, data, gcfg.samples, gcfg.seed, device, meta, stats, net,
         store.compat.steps, store.compat.batch_size,
-        OptimizersConfig.model_validate(store.config["optim"]), cfg.latency_repeats,
+        parse(OptimizersConfig, store.config.get("optim"), where, StoreError), cfg.latency_repeats,
         torch.randn(1, meta.param_count, device=device), cfg.out, emit,
     )  # fmt: skip
     return ctx, (model, meta, stats)

@@ -58,6 +58,16 @@ def evaluate_context(generated: str | Path, out: str | Path, **over: object) -> 
     return cfg, context(cfg, gcfg, gmeta, lambda _e: None)
 
 
+def ident(rid: str, **extra: object) -> dict:
+    """Valid attributes to begin run ``rid`` with: the task, optimizer and replicate its id says
+    (``t``, sgd, 0 for an id of another form), then ``extra``."""
+    from lohp_cli.store.schema import split_run_id
+
+    parts = split_run_id(rid)
+    task, opt, rep = parts if parts else ("t", extra.get("optimizer", "sgd"), 0)
+    return {"task_id": task, "optimizer": opt, "replicate": rep, **extra}
+
+
 @pytest.fixture
 def tiny_cfg(tmp_path: Path) -> CollectConfig:
     return tiny_config(tmp_path / "store.zarr")

@@ -1,8 +1,9 @@
-"""lohp's artifacts as typed models: the trajectory store's root attributes (:mod:`.store`), a
-policy directory's ``config.json`` (:mod:`.policy`) and the generated store's attributes
-(:mod:`.generated`). Each is validated once, where it is opened; a newer schema or format, a
-missing field or a field of the wrong type is refused naming it. Pydantic only: every layer may
-import these modules.
+"""lohp's artifacts as typed models: the trajectory store's root attributes (:mod:`.store`), its
+runs' attributes and run index entries (:mod:`.run`), a policy directory's ``config.json``
+(:mod:`.policy`), the generated store's attributes (:mod:`.generated`) and what is read of an
+evaluate report (:mod:`.report`). Each is validated
+where it is read; a newer schema or format, a missing field or a field of the wrong type is
+refused naming it. Pydantic only: every layer may import these modules.
 """
 
 from lohp_cli.artifacts.generated import GEN_SCHEMA, GEN_SCHEMA_VERSION, GeneratedMeta
@@ -13,6 +14,8 @@ from lohp_cli.artifacts.policy import (
     PolicyHeader,
     PolicyMeta,
 )
+from lohp_cli.artifacts.report import ReportMeta
+from lohp_cli.artifacts.run import IndexEntry, RunMeta
 from lohp_cli.artifacts.store import SCHEMA, SCHEMA_VERSION, Compat, StoreMeta
 
 __all__ = [
@@ -24,8 +27,11 @@ __all__ = [
     "SCHEMA_VERSION",
     "Compat",
     "GeneratedMeta",
+    "IndexEntry",
     "L2OPolicyMeta",
     "PolicyHeader",
     "PolicyMeta",
+    "ReportMeta",
+    "RunMeta",
     "StoreMeta",
 ]

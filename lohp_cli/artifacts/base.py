@@ -30,8 +30,32 @@ def parse(cls: type[M], data: Any, where: str, error: type[LohpError]) -> M:
         return cls.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = ".".join(str(p) for p in first["loc"]) or "(root)"
-        raise error(f"{where}: field {field!r}: {first['msg']}") from None
+        field = ".".join(str(p) for p in first["loc"])
+        msg = first["msg"].removeprefix("Value error, ")
+        raise error(f"{where}: field {field!r}: {msg}" if field else f"{where}: {msg}") from None
+
+
+def _int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def check_layout(layout: list[dict[str, Any]], param_count: int) -> None:
+    """A ValueError unless ``layout`` is a flat parameter layout of ``param_count`` entries:
+    ``{name, shape, offset}`` each, the offsets consecutive (``ParamLayout.to_json``). An empty
+    layout (a store of a synthetic target) says nothing and passes."""
+    offset = 0
+    for i, e in enumerate(layout):
+        name, shape, at = e.get("name"), e.get("shape"), e.get("offset")
+        if not isinstance(name, str) or not isinstance(shape, list) or not all(map(_int, shape)):
+            raise ValueError(f"layout entry {i} is not {{name, shape, offset}} ({e!r:.80})")
+        if at != offset:
+            raise ValueError(f"layout entry {i} ({name}) starts at {at!r}, not at {offset}")
+        size = 1
+        for n in shape:
+            size *= n
+        offset += size
+    if layout and offset != param_count:
+        raise ValueError(f"the layout holds {offset} parameters, param_count says {param_count}")
 
 
 def newer(version: Any, newest: int) -> bool:

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from lohp_cli.artifacts.base import ArtifactModel, newer, parse
+from lohp_cli.artifacts.base import ArtifactModel, check_layout, newer, parse
 from lohp_cli.errors import StoreError
 
 GEN_SCHEMA = "lohp.generated"
@@ -39,6 +39,11 @@ class GeneratedMeta(ArtifactModel):
     config: dict[str, Any]  # the resolved GenerateConfig (JSON)
     timing: dict[str, Any]
     provenance: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _layout_fits(self) -> GeneratedMeta:
+        check_layout(self.layout, self.param_count)
+        return self
 
 
 def read_generated_meta(attrs: Any, path: str) -> GeneratedMeta:

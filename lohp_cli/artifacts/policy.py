@@ -8,9 +8,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from lohp_cli.artifacts.base import ArtifactModel, newer, parse
+from lohp_cli.artifacts.base import ArtifactModel, check_layout, newer, parse
 from lohp_cli.artifacts.store import Compat
 from lohp_cli.errors import CompatibilityError
 
@@ -53,6 +53,11 @@ class PolicyMeta(PolicyHeader):
     normalization: str
     train_config: dict[str, Any]
     trained_steps: int
+
+    @model_validator(mode="after")
+    def _layout_fits(self) -> PolicyMeta:
+        check_layout(self.layout, self.param_count)
+        return self
 
     @property
     def hypernetwork(self) -> bool:

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from lohp_cli.artifacts.base import ArtifactModel, newer, parse
+from lohp_cli.artifacts.base import ArtifactModel, check_layout, newer, parse
 from lohp_cli.errors import StoreError
 
 SCHEMA = "lohp.trajectories"
@@ -75,6 +75,11 @@ class StoreMeta(ArtifactModel):
     condition_dim: int
     config: dict[str, Any] = Field(default_factory=dict)  # the resolved CollectConfig (JSON)
     provenance: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _layout_fits(self) -> StoreMeta:
+        check_layout(self.layout, self.param_count)
+        return self
 
     @property
     def created_at(self) -> str | None:

@@ -70,11 +70,20 @@ def collect(
         str | None,
         typer.Option(
             help="Run on a Dask cluster: local:N worker processes, or a scheduler address "
-            "tcp://HOST:PORT (needs pip install 'lohp[cluster]'; a store every worker reaches)."
+            "tcp://HOST:PORT (needs pip install 'lohp\\[cluster]'; a store every worker "
+            "reaches)."
         ),
     ] = None,
     data_root: Annotated[
         str | None, typer.Option(help="Directory holding the data set files.")
+    ] = None,
+    repair: Annotated[
+        bool | None,
+        typer.Option(
+            "--repair",
+            help="Check the whole store and redo what is damaged (task conditions, runs, group "
+            "metadata) with the store's own settings, then collect as usual.",
+        ),
     ] = None,
     device: DeviceOpt = None,
     config: ConfigOpt = None,
@@ -83,8 +92,9 @@ def collect(
 ) -> None:
     """Train target networks on source tasks with SGD/Adam/SAM and record their trajectories.
 
-    Re-running the same command resumes: complete runs are skipped, partial ones redone. Prints the
-    store location on stdout.
+    Re-running the same command resumes: complete runs are skipped, partial ones redone. With
+    --repair (and --out), a store that 'lohp inspect --verify' finds damaged is repaired with its
+    own settings. Prints the store location on stdout.
     """
     flags = {
         "out": out,
@@ -107,6 +117,7 @@ def collect(
         "scheduler": scheduler,
         "task.data_root": data_root,
         "device": device,
+        "repair": repair,
     }
     run_stage(CONFIG, LIBRARY, _progress(), _done, config, set_, flags, dry_run)
 
@@ -155,6 +166,9 @@ def _progress() -> Callable[[Event], None]:
                 )
                 p.start()
                 bar["p"], bar["t"] = p, p.add_task("runs", total=e["pending"])
+        elif kind == "repaired":
+            why = f" ({e['why']})" if e.get("why") and verbosity() >= 1 else ""
+            log(f"repaired: {e['what']}{why}")
         elif kind == "run" and "p" in bar:
             bar["p"].update(bar["t"], completed=e["done"])
             if e["done"] == e["pending"]:

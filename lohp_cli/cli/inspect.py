@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from lohp_cli.cli.common import command, err_console, run_guarded
 
@@ -41,7 +42,7 @@ def inspect(
     ] = False,
 ) -> None:
     """Summarise a trajectory store (human table, or --json); --verify exits 3 on a bad run."""
-    from lohp_cli.collect import summarize_store
+    from lohp_cli.store.summary import summarize_store
 
     summary = run_guarded(lambda: summarize_store(store, verify=verify))
     if as_json:
@@ -50,11 +51,14 @@ def inspect(
         _print_summary(summary)
     if verify and not summary["verified"]:
         for problem in summary["problems"]:
-            err_console.print(f"[bold red]damaged:[/] {problem}", highlight=False, soft_wrap=True)
+            err_console.print(
+                f"[bold red]damaged:[/] {escape(problem)}", highlight=False, soft_wrap=True
+            )
+        first = escape(summary["problems"][0].rstrip("."))
         err_console.print(
-            f"[bold red]error:[/] {len(summary['problems'])} problem(s) in '{store}', first: "
-            f"{summary['problems'][0]}. Delete the damaged runs (runs/<run id>) and re-run "
-            "'lohp collect' to redo them.",
+            f"[bold red]error:[/] {len(summary['problems'])} problem(s) in '{escape(store)}', "
+            f"first: {first}. Repair the store with 'lohp collect --out {escape(store)} --repair' "
+            "(it redoes damaged runs and conditions with the store's own settings).",
             highlight=False,
             soft_wrap=True,
         )

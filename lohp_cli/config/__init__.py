@@ -7,8 +7,10 @@ this package is imported) and ``stages`` (generate, evaluate). Every name is imp
 """
 
 from lohp_cli.config.base import (
+    SEED_MAX,
     Frozen,
     KeyPath,
+    Seed,
     apply_sets,
     deep_merge,
     format_validation_error,
@@ -56,6 +58,8 @@ __all__ = [
     "CollectConfig",
     "EvaluateConfig",
     "Frozen",
+    "SEED_MAX",
+    "Seed",
     "GenerateConfig",
     "GlyphConfig",
     "KeyPath",

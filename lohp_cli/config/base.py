@@ -14,9 +14,9 @@ import json
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lohp_cli.errors import ConfigError
 
@@ -27,9 +27,15 @@ else:  # pragma: no cover
 
 
 class Frozen(BaseModel):
-    """Base of every config model: immutable, unknown keys are errors."""
+    """Base of every config model: immutable, unknown keys are errors, and a float must be
+    finite (``inf`` and ``nan`` are refused where they are given, not found later)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
+
+
+SEED_MAX = 2**64 - 1  # what torch.manual_seed takes
+# A seed: 0 <= seed < 2**64, refused where it is given instead of overflowing where it is used.
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
 
 
 M = TypeVar("M", bound=BaseModel)

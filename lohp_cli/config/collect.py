@@ -6,13 +6,38 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from lohp_cli.config.base import Frozen
+from lohp_cli.config.base import Frozen, Seed
 from lohp_cli.config.optim import OPTIMIZERS, OptimizersConfig, check_optimizer_names
 from lohp_cli.config.tasks import ModelConfig, TaskConfig
 from lohp_cli.runtime import derive_seed
 
 # Compression level ranges and defaults (pcodec: 0-12, higher is slower and smaller).
 CODEC_LEVELS = {"pcodec": (12, 8), "blosc-zstd": (9, 5), "blosc-lz4": (9, 5), "zstd": (9, 5)}
+
+
+# the address schemes of Dask distributed's comm backends (distributed.comm.registry)
+SCHEDULER_SCHEMES = ("tcp", "tls", "inproc", "ucx", "ws", "wss")
+
+
+def check_scheduler_address(address: str) -> None:
+    """A ValueError unless ``address`` is ``SCHEME://HOST[:PORT]`` with a Dask scheme and a port
+    in 0-65535 (Dask itself is not imported here)."""
+    scheme, _, rest = address.partition("://")
+    if scheme not in SCHEDULER_SCHEMES:
+        raise ValueError(
+            f"'{address}' has the address scheme {scheme!r}; Dask schedulers listen on "
+            f"{', '.join(SCHEDULER_SCHEMES)} (e.g. tcp://HOST:8786)"
+        )
+    rest = rest.rstrip("/")
+    if rest.startswith("["):  # an IPv6 literal: [::1]:8786
+        host, _, tail = rest[1:].partition("]")
+        port = tail[1:] if tail.startswith(":") else tail
+    else:
+        host, _, port = rest.partition(":")
+    if not host:
+        raise ValueError(f"'{address}' names no host; give an address like tcp://HOST:PORT")
+    if port and not (port.isdigit() and port.isascii() and int(port) <= 65535):
+        raise ValueError(f"'{address}' has the port {port!r}; give a number 0-65535")
 
 
 class StoreCodecConfig(Frozen):
@@ -112,14 +137,14 @@ class CollectConfig(Frozen):
     steps: int = Field(200, ge=1, description="Optimizer steps per run.")
     record_every: int = Field(5, ge=1, description="Record the weights every this many steps.")
     batch_size: int = Field(64, ge=1, description="Minibatch size.")
-    seed: int = Field(0, description="Base seed; per-run seeds derive from it.")
+    seed: Seed = Field(0, description="Base seed; per-run seeds derive from it.")
     init: Literal["per_run", "shared"] = Field(
         "per_run",
         description="Where each run starts: per_run (θ₀ drawn from the run's own seed) or shared "
         "(every run of the store starts from one θ₀, drawn once and saved in the store, so the "
         "hidden units of all runs stay aligned; generation and evaluate start from it too).",
     )
-    init_seed: int | None = Field(
+    init_seed: Seed | None = Field(
         None,
         description="Seed of the shared θ₀ (init = 'shared' only); default: derived from seed.",
     )
@@ -143,6 +168,12 @@ class CollectConfig(Frozen):
         "must be a path or URL every worker reaches. Needs pip install 'lohp[cluster]'.",
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:i.")
+    repair: bool = Field(
+        False,
+        description="Check the whole store first and redo what is damaged with the store's own "
+        "settings (settings given explicitly win): unreadable group metadata, task conditions, "
+        "runs (chunks, attributes, disagreement with the run index); then collect as usual.",
+    )
 
     @field_validator("optimizers")
     @classmethod
@@ -176,7 +207,10 @@ class CollectConfig(Frozen):
     @field_validator("scheduler")
     @classmethod
     def _scheduler_form(cls, v: str | None) -> str | None:
-        if v is None or "://" in v:
+        if v is None:
+            return v
+        if "://" in v:
+            check_scheduler_address(v)
             return v
         n = v.removeprefix("local:")
         if v.startswith("local:") and n.isdigit() and int(n) >= 1:

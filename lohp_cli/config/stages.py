@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from lohp_cli.config.base import Frozen
+from lohp_cli.config.base import Frozen, Seed
 
 
 class GenerateConfig(Frozen):
@@ -30,7 +30,7 @@ class GenerateConfig(Frozen):
         description="A diffusion policy's DDIM steps S (1 … its diffusion.timesteps; default: "
         "its diffusion.sample_steps); other policies take the N = T/k steps they were trained for.",
     )
-    seed: int = Field(0, description="Seed of s_0 (not of a shared θ₀) and of sampled steps.")
+    seed: Seed = Field(0, description="Seed of s_0 (not of a shared θ₀) and of sampled steps.")
     style: str | None = Field(
         None,
         description="For a policy trained with policy.optimizer_token: whose steps to imitate "

@@ -12,7 +12,7 @@ from pydantic import (
     model_validator,
 )
 
-from lohp_cli.config.base import Frozen, registered
+from lohp_cli.config.base import Frozen, Seed, registered
 
 
 class GlyphConfig(Frozen):
@@ -86,7 +86,7 @@ class TaskConfig(Frozen):
     target_fraction: float = Field(
         0.2, gt=0, lt=1, description="Fraction of class combinations reserved for target tasks."
     )
-    split_seed: int = Field(0, description="Seed of the source/target split and example choice.")
+    split_seed: Seed = Field(0, description="Seed of the source/target split and example choice.")
     test_domain: int | None = Field(
         None,
         description="The held-out domain of a domain family (rotated-fmnist: the rotation angle "

@@ -9,7 +9,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from lohp_cli import trainers
-from lohp_cli.config.base import Frozen, registered
+from lohp_cli.config.base import Frozen, Seed, registered
 from lohp_cli.config.optim import check_optimizer_names
 
 METHODS = ("lo-hp", "lo-op", "lo-di", "hypernetwork")
@@ -161,7 +161,7 @@ class TrainConfig(Frozen):
     checkpoint_every: int = Field(100, ge=1, description="Steps between checkpoints.")
     log_every: int = Field(10, ge=1, description="Steps between metrics lines.")
     max_minutes: float | None = Field(None, gt=0, description="Stop (resumable) after this time.")
-    seed: int = Field(0, description="Seed of initialisation and sampling.")
+    seed: Seed = Field(0, description="Seed of initialisation and sampling.")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:i.")
     overwrite: bool = Field(False, description="Replace a policy made from another store.")
 

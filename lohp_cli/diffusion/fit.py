@@ -27,6 +27,7 @@ from lohp_cli.checkpoint import (
     atomic_write_json,
     load_state,
     load_tensors,
+    truncate_metrics,
     write_checkpoint,
 )
 from lohp_cli.diffusion.config import DiffusionTrainConfig
@@ -39,7 +40,6 @@ from lohp_cli.policy.artifact import (
     end_of_step,
     policy_config_json,
     store_fingerprint,
-    truncate_metrics,
 )
 from lohp_cli.policy.fit import class_symmetry
 from lohp_cli.runtime import derive_seed, resolve_device
@@ -106,7 +106,9 @@ def train_diffusion(cfg: DiffusionTrainConfig, progress: Progress | None = None)
 
     norm_path = out / "normalization.safetensors"
     if resume and norm_path.exists():
-        stats = NormStats.from_tensors(load_tensors(norm_path))
+        stats = NormStats.from_tensors(
+            load_tensors(norm_path), meta.param_count, meta.condition_dim, str(norm_path)
+        )
     else:
         emit({"event": "stats", "runs": len(runs)})
         stats = compute_stats(store, runs, t_rec, cfg.normalize, sym=sym)

@@ -8,13 +8,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-from lohp_cli.config import TrainConfig
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+from lohp_cli.config import Frozen as _Frozen
+from lohp_cli.config import Seed, TrainConfig
 
 
 class QuadraticConfig(_Frozen):
@@ -176,7 +173,7 @@ class L2OEvaluateConfig(_Frozen):
         True, description="Also report every non-m-l2o policy after the same adaptation."
     )
     tune_tasks: int = Field(4, ge=1, description="Source tasks used to tune the baselines' lr.")
-    seed: int = Field(0, description="Seed of the held-out tasks and instances.")
+    seed: Seed = Field(0, description="Seed of the held-out tasks and instances.")
     store: str | None = Field(None, description="Image families: the store, if it moved.")
     data_root: str | None = Field(None, description="Image families: the data set directory.")
     plots: bool = Field(True, description="Write loss_curves.png (needs matplotlib).")

@@ -26,6 +26,7 @@ from lohp_cli.artifacts.policy import new_l2o_meta
 from lohp_cli.checkpoint import (
     atomic_write_json,
     load_state,
+    truncate_metrics,
     write_checkpoint,
 )
 from lohp_cli.errors import ConfigError, DataError
@@ -53,7 +54,6 @@ from lohp_cli.policy.artifact import (
     check_out_dir,
     end_of_step,
     store_fingerprint,
-    truncate_metrics,
 )
 from lohp_cli.runtime import derive_seed, provenance, resolve_device
 

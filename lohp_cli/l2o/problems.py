@@ -348,9 +348,9 @@ class ImageFamily(ProblemFamily):
         """
         import numpy as np
 
-        runs = [rid for rid, a in self.store.iter_runs() if a["optimizer"] == optimizer]
+        runs = [(rid, a) for rid, a in self.store.iter_runs() if a.optimizer == optimizer]
         if not runs:
-            have = sorted({a["optimizer"] for _, a in self.store.iter_runs()})
+            have = sorted({a.optimizer for _, a in self.store.iter_runs()})
             raise ConfigError(
                 f"Store '{self.store.location}' has no complete {optimizer} runs to imitate; it "
                 f"has {', '.join(have) or 'none'}. Set l2o.teacher to one of those."
@@ -359,12 +359,12 @@ class ImageFamily(ProblemFamily):
         pick = torch.randint(0, len(runs), (instances,), generator=gen).tolist()
         states, data = [], []
         for j in pick:
-            rid = runs[j]
+            rid, meta = runs[j]
             w = self.store.weights(rid)
             if not np.isfinite(w).all():
                 raise StoreError(f"Run {rid} in '{self.store.location}' has non-finite weights.")
             states.append(torch.from_numpy(np.asarray(w, dtype=np.float32)))
-            data.append(self.task_data(self.store.run_attrs(rid)["task_id"]))
+            data.append(self.task_data(meta.task_id))
         st = torch.stack(states, 1)  # [T+1, B, P]
         r = self.compat.record_every
         prob = ImageProblems(

@@ -163,13 +163,15 @@ class MethodResult:
         }
 
 
-def run_method(ctx: EvalContext, method: Method) -> MethodResult:
-    """Prepare ``method``, score its weights on every task's test split from the shared starts
-    (each start's accuracy, and each task's mean over its starts), time it on the first task,
-    and report the row as a ``method`` event. A method that is not applicable here (its
-    ``prepare`` raised :class:`NotApplicable`) is a row with its reason and no accuracy."""
+def run_method(ctx: EvalContext, method: Method, prepared: bool = False) -> MethodResult:
+    """Prepare ``method`` (unless ``prepared``: the stage did, to check it before scoring any),
+    score its weights on every task's test split from the shared starts (each start's accuracy,
+    and each task's mean over its starts), time it on the first task, and report the row as a
+    ``method`` event. A method that is not applicable here (its ``prepare`` raised
+    :class:`NotApplicable`) is a row with its reason and no accuracy."""
     try:
-        method.prepare(ctx)
+        if not prepared:
+            method.prepare(ctx)
     except NotApplicable as why:
         r = MethodResult(method.name, method.kind, note=f"not applicable: {why}")
         r.steps, r.policy = method.steps, method.policy

@@ -138,14 +138,36 @@ class GeneratedMethod(PolicyMethod):
         super().__init__(row_name(meta.method, meta), where)
         self.store, self.loaded, self.style = store, loaded, style
         self.steps = meta.N
+        self.arrays: dict[str, Any] = {}  # each task's weights array, opened by check()
 
     def prepare(self, ctx: EvalContext) -> None:
         model, meta, stats = self.loaded
         self._use(ctx, model, meta, stats, style_token(meta, self.style))
+        if not self.arrays:
+            self.check(ctx)
+
+    def check(self, ctx: EvalContext) -> None:
+        """Every task's weights are there, float32 ``[S, P]`` (metadata only), before any
+        method is scored."""
+        for task_id in ctx.tasks:
+            try:
+                arr = self.arrays[task_id] = self.store[f"{task_id}/weights"]
+                shape, dtype = tuple(arr.shape), str(arr.dtype)
+            except Exception as exc:  # noqa: BLE001 - missing, or metadata that does not read
+                raise StoreError(
+                    f"Generated store '{self.path}' has no readable weights of task {task_id} "
+                    f"({type(exc).__name__}); run 'lohp generate' again."
+                ) from None
+            if shape != (ctx.samples, ctx.size) or dtype != "float32":
+                raise StoreError(
+                    f"Generated store '{self.path}': the weights of task {task_id} are {dtype} "
+                    f"of shape {shape}, not float32 of shape {(ctx.samples, ctx.size)}; run "
+                    "'lohp generate' again."
+                )
 
     def weights(self, task_id: str, starts: Starts) -> torch.Tensor:
         where = f"generated store '{self.path}', task {task_id}, array 'weights'"
-        w = torch.from_numpy(chunks.read(self.store[task_id]["weights"], ..., where))
+        w = torch.from_numpy(chunks.read(self.arrays[task_id], ..., where))
         w = w.to(self.ctx.device)
         if not torch.isfinite(w).all():
             raise StoreError(

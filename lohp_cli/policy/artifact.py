@@ -221,22 +221,6 @@ def end_of_step(
     return timed_out
 
 
-def truncate_metrics(path: Path, step: int) -> None:
-    """Drop metrics lines logged after ``step`` (written before a crash, redone on resume)."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line).get("step", 0) <= step:
-                keep.append(line)
-        except json.JSONDecodeError:
-            continue  # a line cut short by a crash
-    from lohp_cli.checkpoint import atomic_write_bytes
-
-    atomic_write_bytes(path, ("\n".join(keep) + "\n" if keep else "").encode())
-
-
 def open_policy_dir(path: str | Path, train_with: str) -> tuple[Path, dict[str, Any], str]:
     """``(directory, config.json, method)`` of a policy directory; a missing directory or a
     config without a readable header is a CompatibilityError (``train_with``: the command to
@@ -256,6 +240,27 @@ def load_weights(model: nn.Module, out: Path) -> None:
         raise CompatibilityError(
             f"Policy weights in '{out}' do not fit its config ({exc})."
         ) from None
+
+
+def check_sample_steps(out: Path, method: str, n: int | str = "N") -> None:
+    """A ConfigError unless a policy of ``method`` chooses its steps when generating (a number
+    of sampling steps was asked of it); ``n``: the steps it was trained for."""
+    spec = trainers.get(method)
+    if spec is None or not spec.chooses_steps:
+        raise ConfigError(
+            f"Policy '{out}' ({method}) takes the N = {n} steps it was trained for; only "
+            "a policy that chooses its steps when generating (diffusion) takes a number of "
+            "sampling steps: leave out --sample-steps (or the @S of --policy NAME@S=DIR)."
+        )
+
+
+def check_policy_dir(path: str | Path, sample_steps: int | None) -> None:
+    """What can be checked of a policy directory without loading it: there, with a readable
+    config.json header, and (when a number of sampling steps is asked) of a method that takes
+    one. ``evaluate`` checks its ``--policy`` directories so before it builds anything."""
+    out, data, method = open_policy_dir(path, "lohp train-policy")
+    if sample_steps is not None:
+        check_sample_steps(out, method, data.get("N", "N"))
 
 
 def load_policy(
@@ -286,7 +291,8 @@ def load_policy(
             f"Policy '{out}' has a train config this lohp cannot read ({exc.error_count()} "
             "problem(s)); it was made by another version."
         ) from None
-    stats = NormStats.from_tensors(load_tensors(out / meta.normalization))
+    norm = out / meta.normalization
+    stats = NormStats.from_tensors(load_tensors(norm), meta.param_count, meta.condition_dim, norm)
     layout = ParamLayout.from_json(meta.layout)
     if layout.size != meta.param_count:
         raise CompatibilityError(
@@ -299,12 +305,7 @@ def load_policy(
     )
     load_weights(model, out)
     if sample_steps is not None:
-        if not spec.chooses_steps:
-            raise ConfigError(
-                f"Policy '{out}' ({method}) takes the N = {meta.N} steps it was trained for; only "
-                "a policy that chooses its steps when generating (diffusion) takes a number of "
-                "sampling steps: leave out --sample-steps (or the @S of --policy NAME@S=DIR)."
-            )
+        check_sample_steps(out, method, meta.N)
         model.set_sample_steps(sample_steps)
         meta = meta.model_copy(update={"N": sample_steps})
     return model.to(device).eval(), meta, stats

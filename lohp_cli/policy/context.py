@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from lohp_cli.artifacts.base import first_difference
+from lohp_cli.artifacts.base import first_difference, parse
 from lohp_cli.artifacts.policy import PolicyMeta
 from lohp_cli.config import ModelConfig, TaskConfig
-from lohp_cli.errors import CompatibilityError, ConfigError
+from lohp_cli.errors import CompatibilityError, ConfigError, StoreError
 from lohp_cli.policy.state import ProbeBank
 from lohp_cli.store.frozen import load_frozen
 from lohp_cli.store.sampler import NormStats
@@ -69,13 +69,18 @@ def store_task_context(store: TrajectoryStore, data_root: str | None = None) -> 
     differs from the one it was collected on."""
     compat = store.meta.compat
     fam = compat.family.to_json()
-    stored_cfg = store.meta.config.get("task", {})
-    task_cfg = TaskConfig.model_validate(
+    stored_cfg = store.meta.config.get("task")
+    stored_root = stored_cfg.get("data_root") if isinstance(stored_cfg, dict) else None
+    where = f"Store '{store.location}' task family (compat.family)"
+    task_cfg = parse(
+        TaskConfig,
         {
             "family": fam["name"],
             **{k: v for k, v in fam.items() if k in TaskConfig.model_fields and k != "family"},
-            "data_root": data_root if data_root is not None else stored_cfg.get("data_root"),
-        }
+            "data_root": data_root if data_root is not None else stored_root,
+        },
+        where,
+        StoreError,
     )
     family = make_family(task_cfg)
     if family.describe().get("data_fingerprint") != fam.get("data_fingerprint"):
@@ -84,7 +89,8 @@ def store_task_context(store: TrajectoryStore, data_root: str | None = None) -> 
             f"The '{fam['name']}' data set found ({source}) differs from the one the "
             "policy's store was collected on (data fingerprint); point --data-root at that copy."
         )
-    model_cfg = ModelConfig.model_validate(compat.model.to_json())
+    where = f"Store '{store.location}' target model (compat.model)"
+    model_cfg = parse(ModelConfig, compat.model.to_json(), where, StoreError)
     return TaskContext(family, model_cfg, load_frozen(store, model_cfg, family), store)
 
 

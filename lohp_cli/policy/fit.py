@@ -23,6 +23,7 @@ from lohp_cli.checkpoint import (
     atomic_write_json,
     load_state,
     load_tensors,
+    truncate_metrics,
     write_checkpoint,
 )
 from lohp_cli.config import LoHpTrainConfig, TrainConfig
@@ -36,7 +37,6 @@ from lohp_cli.policy.artifact import (
     end_of_step,
     policy_config_json,
     store_fingerprint,
-    truncate_metrics,
 )
 from lohp_cli.policy.context import store_task_context, support_probe_bank
 from lohp_cli.policy.gaussian import LoHpPolicy
@@ -139,7 +139,7 @@ def train_policy(cfg: TrainConfig, progress: Progress | None = None) -> TrainRes
     sym = class_symmetry(cfg.augment, store)
     norm_path = out / "normalization.safetensors"
     if resume and norm_path.exists():
-        stats = NormStats.from_tensors(load_tensors(norm_path))
+        stats = NormStats.from_tensors(load_tensors(norm_path), size, cond_dim, str(norm_path))
     else:
         emit({"event": "stats", "runs": len(runs)})
         stats = compute_stats(store, runs, cfg.k, cfg.normalize, sym=sym)

@@ -7,11 +7,18 @@ when the index was written is ``{"attrs": {...}, "format": [checksummed, dimensi
 "codec": [pipeline text, lossy]}`` (``codec`` may be absent: an index written before it) and
 that of any other run (running, unreadable) is null: its state is read from the run itself.
 
-Trust rules (docs/store.md, "Run index"):
+What the index is trusted for (docs/store.md, "Run index"): which runs were complete when it was
+written, and their attributes, nothing else; and only entry by entry, after checks that need no
+read of the run:
 
 - The index is used only when it lists exactly the runs the store lists (one listing of ``runs/``):
   runs added or removed since it was written (by an interrupted collect, an older lohp, a user
   deleting a damaged run) make it stale, and readers then read every run as before.
+- An entry is used only when it validates (:func:`lohp_cli.artifacts.run.read_index_entry`: a
+  :class:`RunMeta` of a complete run, consistent with its run id and its fingerprint) and says
+  the store's number of states. Any other entry is ignored and its run read itself, so an entry
+  whose attributes were edited or swapped cannot change which runs a stage uses.
+- Arrays (shapes, chunks) are never taken from the index: readers check them where they open them.
 - lohp never turns a complete run into an incomplete one in place; it only deletes and redoes runs
   that are not complete. And before a lohp process first changes a run it removes the index, which
   the collect that made the change writes again when it ends. So a crashed or concurrent collect
@@ -20,60 +27,88 @@ Trust rules (docs/store.md, "Run index"):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from lohp_cli.store.schema import STATUS_COMPLETE
+from lohp_cli.artifacts.run import RunMeta, read_index_entry
+from lohp_cli.errors import StoreError
 
 INDEX_ATTR = "index"  # the attribute of the ``runs`` group
 INDEX_VERSION = 1
 
-Entry = dict[str, Any]  # {"attrs": run attrs, "format": [checksummed, dimension_names], "codec"}
+
+@dataclass(frozen=True)
+class Entry:
+    """A complete run as the index (or the run itself, when the index is rewritten) says."""
+
+    meta: RunMeta
+    attrs: dict[str, Any]  # as stored (written back unchanged)
+    format: tuple[bool, bool]  # (checksummed, dimension_names) of its weights
+    codec: tuple[str, bool] | None  # (pipeline text, lossy); None: an index written before it
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"attrs": self.attrs, "format": list(self.format)}
+        if self.codec is not None:
+            out["codec"] = list(self.codec)
+        return out
 
 
-def entry(attrs: dict[str, Any], fmt: tuple[bool, bool], codec: tuple[str, bool]) -> Entry:
+def entry(
+    meta: RunMeta, attrs: dict[str, Any], fmt: tuple[bool, bool], codec: tuple[str, bool]
+) -> Entry:
     """The index entry of a complete run: its attributes, storage format and weights codec."""
-    return {
-        "attrs": attrs,
-        "format": [bool(fmt[0]), bool(fmt[1])],
-        "codec": [str(codec[0]), bool(codec[1])],
-    }
+    return Entry(meta, dict(attrs), (bool(fmt[0]), bool(fmt[1])), (str(codec[0]), bool(codec[1])))
 
 
 def document(entries: dict[str, Entry | None]) -> dict[str, Any]:
     """The index document of the runs ``entries`` (None: a run that is not complete)."""
-    return {"version": INDEX_VERSION, "count": len(entries), "runs": dict(sorted(entries.items()))}
+    runs = {rid: None if e is None else e.to_json() for rid, e in sorted(entries.items())}
+    return {"version": INDEX_VERSION, "count": len(entries), "runs": runs}
 
 
-def complete_entries(doc: Any, listed: list[str]) -> dict[str, Entry]:
-    """The entries of the complete runs of an index document that lists exactly ``listed``.
+def complete_entries(
+    doc: Any, listed: list[str], states: int, where: str
+) -> tuple[dict[str, Entry], dict[str, str]]:
+    """``(trusted entries of the complete runs, {run id: why its entry was ignored})`` of an
+    index document that lists exactly ``listed`` (``states``: T+1 of the store; ``where``: e.g.
+    ``"store 's.zarr'"``).
 
-    Empty when there is no index, one of another version, a malformed one, or a stale one (its
-    runs are not the listed runs): the reader then reads each run's own attributes.
+    No entries when there is no index, one of another version, a malformed one, or a stale one
+    (its runs are not the listed runs): the reader then reads each run's own attributes. An entry
+    that does not validate, or says another number of states, is left out: its run is read.
     """
     if not isinstance(doc, dict) or doc.get("version") != INDEX_VERSION:
-        return {}
+        return {}, {}
     runs = doc.get("runs")
     if not isinstance(runs, dict) or doc.get("count") != len(runs) or set(runs) != set(listed):
-        return {}
-    return {
-        rid: e
-        for rid, e in runs.items()
-        if isinstance(e, dict)
-        and isinstance(e.get("attrs"), dict)
-        and e["attrs"].get("status") == STATUS_COMPLETE
-        and isinstance(e.get("format"), list)
-        and len(e["format"]) == 2
-    }
+        return {}, {}
+    out, ignored = {}, {}
+    for rid, data in runs.items():
+        if data is None:
+            continue
+        try:
+            e, meta = read_index_entry(rid, data, "index entry")
+        except StoreError as exc:
+            ignored[rid] = str(exc)
+            continue
+        if not meta.complete or meta.steps_written != states:
+            ignored[rid] = f"it says {meta.status} with {meta.steps_written} of {states} states"
+            continue
+        out[rid] = Entry(meta, e.attrs, e.format, e.codec)
+    return out, ignored
 
 
-def mismatches(indexed: dict[str, Entry], attrs: dict[str, dict[str, Any] | None]) -> list[str]:
-    """One line per run whose own ``attrs`` (None: unreadable) are not what the index says."""
-    problems = []
+def mismatches(
+    indexed: dict[str, Entry], attrs: dict[str, dict[str, Any] | None]
+) -> dict[str, str]:
+    """Run id -> a line, for each run whose own ``attrs`` (None: unreadable) are not what the
+    index says."""
+    problems = {}
     for rid, hit in indexed.items():
-        if attrs[rid] != hit["attrs"]:
+        if attrs[rid] != hit.attrs:
             state = "are unreadable" if attrs[rid] is None else "differ"
-            problems.append(
+            problems[rid] = (
                 f"run {rid}: the run index lists it as complete but its attributes {state}; "
-                f"delete runs/{rid} and re-run 'lohp collect'"
+                "re-run 'lohp collect --repair' to redo it"
             )
     return problems

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from lohp_cli.config import OPTIMIZERS
-from lohp_cli.errors import ConfigError, DataError, StoreError
+from lohp_cli.errors import CompatibilityError, ConfigError, DataError, StoreError
 from lohp_cli.store.trajectory_store import TrajectoryStore
 from lohp_cli.tasks.symmetry import ClassSymmetry
 
@@ -46,8 +46,28 @@ class NormStats:
         return {k: v.contiguous() for k, v in self.__dict__.items()}
 
     @classmethod
-    def from_tensors(cls, t: dict[str, torch.Tensor]) -> NormStats:
-        return cls(**{k: t[k] for k in ("mean", "std", "cond_mean", "cond_std", "step_rms")})
+    def from_tensors(
+        cls,
+        t: dict[str, torch.Tensor],
+        size: int | None = None,
+        cond_dim: int | None = None,
+        where: str = "normalization.safetensors",
+    ) -> NormStats:
+        """The statistics saved by :meth:`to_tensors`, checked: every tensor there, finite, 1-D,
+        ``mean``/``std`` of ``size`` and ``cond_mean``/``cond_std`` of ``cond_dim`` entries
+        (when given), scales positive; a CompatibilityError naming ``where`` otherwise."""
+        shapes = {"mean": size, "std": size, "cond_mean": cond_dim, "cond_std": cond_dim,
+                  "step_rms": None}  # fmt: skip
+        for key, n in shapes.items():
+            v = t.get(key)
+            if v is None:
+                raise CompatibilityError(f"{where} has no tensor '{key}'.")
+            if v.ndim != 1 or (n is not None and v.shape[0] != n):
+                want = f"[{n}]" if n is not None else "1-D"
+                raise CompatibilityError(f"{where}: '{key}' is {list(v.shape)}, not {want}.")
+            if not torch.isfinite(v).all() or (key.endswith("std") and not (v > 0).all()):
+                raise CompatibilityError(f"{where}: '{key}' is not finite and positive.")
+        return cls(**{k: t[k].float() for k in shapes})
 
     def normalize(self, theta: torch.Tensor) -> torch.Tensor:
         """Weights ``[..., P]`` -> normalised space."""
@@ -61,12 +81,16 @@ class NormStats:
         return (c - self.cond_mean.to(c)) / self.cond_std.to(c)
 
 
-def select_runs(store: TrajectoryStore, optimizers: tuple[str, ...] | None) -> list[RunRef]:
-    """Complete runs of the store, optionally only those of ``optimizers``."""
-    runs = [
-        RunRef(rid, a["task_id"], a["optimizer"], a["steps_written"])
-        for rid, a in store.iter_runs()
-    ]
+def select_runs(
+    store: TrajectoryStore, optimizers: tuple[str, ...] | None, check: bool = True
+) -> list[RunRef]:
+    """Complete runs of the store, optionally only those of ``optimizers``.
+
+    Which runs are selected depends only on validated attributes (:class:`RunMeta`, checked
+    against each run's id and fingerprint). With ``check`` every selected run's weights and its
+    task's condition are checked against the store's layout first (metadata only), so that a
+    stage fails before it spends time, naming the run and the array."""
+    runs = [RunRef(rid, a.task_id, a.optimizer, a.steps_written) for rid, a in store.iter_runs()]
     if not runs:
         raise StoreError(
             f"Store '{store.location}' has no complete runs; run 'lohp collect' first."
@@ -79,7 +103,23 @@ def select_runs(store: TrajectoryStore, optimizers: tuple[str, ...] | None) -> l
                 f"No complete runs of optimizer(s) {', '.join(optimizers)} in '{store.location}'; "
                 f"it has {', '.join(have)}."
             )
+    unknown = next((r for r in runs if r.optimizer not in OPTIMIZERS), None)
+    if unknown is not None:
+        raise StoreError(
+            f"Run {unknown.run_id} in '{store.location}' was collected with optimizer "
+            f"{unknown.optimizer!r}, which this lohp does not know ({', '.join(OPTIMIZERS)}); "
+            "upgrade lohp or choose --optimizers."
+        )
+    if check:
+        check_runs(store, runs)
     return runs
+
+
+def check_runs(store: TrajectoryStore, runs: list[RunRef]) -> None:
+    """Every run's weights and its task's condition, checked against the store's layout
+    (metadata only; a StoreError names the first run and array that does not fit)."""
+    for ref in runs:
+        store.check_run(ref.run_id, ref.task_id)
 
 
 def matched_indices(states: int, k: int) -> list[int]:

@@ -19,7 +19,6 @@ local path (or ``file://`` URL) or an fsspec URL (``s3://``, ``memory://``) open
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,48 +26,61 @@ import numpy as np
 
 import lohp_cli.store.chunks as chunks
 import lohp_cli.store.run_index as run_index
+from lohp_cli.artifacts.run import RunMeta, new_run_meta, read_run_meta
 from lohp_cli.artifacts.store import StoreMeta, new_store_meta, read_store_meta
 from lohp_cli.config import StoreCodecConfig
 from lohp_cli.errors import StoreError
 from lohp_cli.store.codecs import codecs_for, describe_codecs, filters_for, serializer_for
-from lohp_cli.store.location import list_dir, remote_exists
+from lohp_cli.store.groups import (  # re-exported: the axis names of every array
+    CONDITION_DIMS,
+    INIT_GROUP,
+    PARAM_DIMS,
+    STATE_DIMS,
+    WEIGHT_DIMS,
+    StoreGroups,
+    tensor_dims,
+)
 from lohp_cli.store.location import local_path as _local_path
 from lohp_cli.store.location import open_group as _open_group
-from lohp_cli.store.schema import STATUS_COMPLETE, STATUS_RUNNING
+from lohp_cli.store.location import remote_exists
+from lohp_cli.store.schema import STATUS_RUNNING
 from lohp_cli.store.writer import RunWriter
 
-# Axis names of every array (zarr v3 ``dimension_names``; xarray and Dask read them).
-WEIGHT_DIMS = ("state", "param")
-STATE_DIMS = ("state",)
-CONDITION_DIMS = ("condition",)
-PARAM_DIMS = ("param",)
-INIT_GROUP = "init"  # the shared θ₀ of a shared-init store: INIT_GROUP/theta0 [P]
+__all__ = [
+    "CONDITION_DIMS",
+    "INIT_GROUP",
+    "PARAM_DIMS",
+    "STATE_DIMS",
+    "WEIGHT_DIMS",
+    "TrajectoryStore",
+    "codecs_for",
+    "tensor_dims",
+]
+RUN_ARRAYS = ("weights", "loss", "train_acc")
 
 
-def tensor_dims(name: str, ndim: int) -> tuple[str, ...]:
-    """Axis names of a saved module tensor (e.g. the extractor's ``0.weight`` [out, in, kh, kw]):
-    prefixed with the tensor's name so that arrays of one group never share an axis name with a
-    different length."""
-    roles = {1: ("out",), 2: ("out", "in"), 3: ("out", "in", "k"), 4: ("out", "in", "kh", "kw")}
-    axes = roles.get(ndim, tuple(f"d{i}" for i in range(ndim)))
-    return tuple(f"{name}.{a}" for a in axes)
+class TrajectoryStore(StoreGroups):
+    """A trajectory store opened for reading (``mode="r"``) or appending runs (``mode="r+"``).
 
-
-# Small arrays (conditions, extractor tensors): no compression, only the checksum.
-_CHECKSUM_ONLY = StoreCodecConfig(codec="none")
-
-
-class TrajectoryStore:
-    """A trajectory store opened for reading (``mode="r"``) or appending runs (``mode="r+"``)."""
+    A run's attributes are read as a validated :class:`RunMeta` (from a trusted entry of the run
+    index, else from the run itself; see :mod:`lohp_cli.store.run_index`); a run whose attributes
+    are missing, unreadable or invalid is not complete. Its arrays are checked against the
+    store's layout (``[T+1, P]`` weights, ``[T+1]`` loss and accuracy) where they are opened.
+    """
 
     def __init__(self, location: str, group: Any, meta: StoreMeta | None = None) -> None:
         self.location = location
         self.root = group
         self.meta = read_store_meta(dict(group.attrs), location) if meta is None else meta
-        # the run index's entries of complete runs (None: not read yet; {}: none or stale), and
-        # whether this process has removed the stored index before changing a run
+        # the run index's trusted entries of complete runs (None: not read yet; {}: none or
+        # stale), whether this process has removed the stored index before changing a run, and
+        # why the runs group's own metadata does not read (None: it reads)
         self._index: dict[str, run_index.Entry] | None = None
         self._index_removed = False
+        self.runs_group_problem: str | None = None
+        self.index_rejected: dict[str, str] = {}  # run id -> why its index entry was ignored
+        self._arrays: dict[tuple[str, str], Any] = {}  # opened and checked run arrays
+        self._conditions: dict[str, Any] = {}
 
     # ---- opening ----------------------------------------------------------------------------
     @classmethod
@@ -123,6 +135,19 @@ class TrajectoryStore:
         group.require_group("runs")
         return cls(location, group, meta), True
 
+    def destroy(self) -> None:
+        """Remove the whole store (a store this process created and could not initialise)."""
+        path = _local_path(self.location)
+        if path is not None:
+            import shutil
+
+            for child in list(path.iterdir()) if path.is_dir() else []:
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+            return
+        from zarr.core.sync import sync
+
+        sync(self.root.store.delete_dir(""))
+
     # ---- root metadata ----------------------------------------------------------------------
     @property
     def attrs(self) -> dict[str, Any]:
@@ -134,161 +159,59 @@ class TrajectoryStore:
         self.root.attrs.update(values)
         self.meta = self.meta.model_copy(update=values)
 
-    # ---- feature extractor ------------------------------------------------------------------
-    def save_tensors(self, group_name: str, tensors: dict[str, np.ndarray], attrs: dict) -> None:
-        """Write named float32 arrays into a sub-group (replaced whole)."""
-        if group_name in self.root:
-            del self.root[group_name]
-        g = self.root.create_group(group_name)
-        for name, arr in tensors.items():
-            data = np.ascontiguousarray(arr, dtype=np.float32)
-            g.create_array(
-                name,
-                data=data,
-                compressors=codecs_for(_CHECKSUM_ONLY),
-                dimension_names=tensor_dims(name, data.ndim),
-            )
-        g.attrs.update({**attrs, "complete": True})
-
-    def load_tensors(self, group_name: str) -> dict[str, np.ndarray]:
-        if group_name not in self.root or not self.root[group_name].attrs.get("complete"):
-            raise StoreError(f"Store '{self.location}' has no complete '{group_name}' group.")
-        g = self.root[group_name]
-        return {
-            name: chunks.read(arr, ..., f"{self._where()}, group '{group_name}', array '{name}'")
-            for name, arr in g.arrays()
-        }
-
-    # ---- the shared θ₀ (init = "shared") ----------------------------------------------------
-    def has_shared_init(self) -> bool:
-        """Whether a complete ``init/theta0`` is saved (it is marked complete last)."""
-        try:
-            g = self.root[INIT_GROUP]
-            return bool(g.attrs.get("complete")) and "theta0" in g
-        except KeyError:
-            return False
-
-    def write_shared_init(self, theta0: np.ndarray, seed: int) -> None:
-        """Save the θ₀ ``[P]`` every run starts from (replaced whole; marked complete last)."""
-        if INIT_GROUP in self.root:
-            del self.root[INIT_GROUP]
-        g = self.root.create_group(INIT_GROUP)
-        g.create_array(
-            "theta0",
-            data=np.ascontiguousarray(theta0, dtype=np.float32),
-            compressors=codecs_for(_CHECKSUM_ONLY),
-            dimension_names=PARAM_DIMS,
-        )
-        g.attrs.update({"seed": seed, "complete": True})
-
-    def shared_init(self) -> np.ndarray | None:
-        """The θ₀ ``[P]`` every run of a shared-init store started from; None for a store whose
-        runs start from their own draws. A shared-init store without it is damaged."""
-        if not self.meta.compat.shared_init:
-            return None
-        if not self.has_shared_init():
-            raise StoreError(
-                f"Store '{self.location}' starts every run from a shared θ₀ but has no complete "
-                "'init/theta0'; collect it again into a new --out."
-            )
-        where = f"{self._where()}, array 'init/theta0'"
-        theta0 = chunks.read(self.root[INIT_GROUP]["theta0"], ..., where)
-        if theta0.shape != (self.meta.param_count,):
-            raise StoreError(
-                f"Store '{self.location}': 'init/theta0' has shape {theta0.shape}; its runs have "
-                f"{self.meta.param_count} parameters."
-            )
-        return theta0
-
-    def _where(self, rid: str | None = None) -> str:
-        return f"store '{self.location}'" + (f", run {rid}" if rid else "")
-
-    # ---- tasks ------------------------------------------------------------------------------
-    def has_task(self, task_id: str) -> bool:
-        return task_id in self.root["tasks"] and "condition" in self.root["tasks"][task_id]
-
-    def write_task(self, task_id: str, condition: np.ndarray, attrs: dict[str, Any]) -> None:
-        g = self.root["tasks"].require_group(task_id)
-        g.attrs.update(attrs)
-        g.create_array(
-            "condition",
-            data=np.asarray(condition, dtype=np.float32),
-            overwrite=True,
-            compressors=codecs_for(_CHECKSUM_ONLY),
-            dimension_names=CONDITION_DIMS,
-        )
-
-    def task_ids(self) -> list[str]:
-        return sorted(k for k in self.root["tasks"].group_keys())
-
-    def condition(self, task_id: str) -> np.ndarray:
-        arr = self.root["tasks"][task_id]["condition"]
-        return chunks.read(arr, ..., f"{self._where()}, task {task_id}, array 'condition'")
-
-    # ---- runs -------------------------------------------------------------------------------
+    # ---- the runs group and its index -------------------------------------------------------
     def run_ids(self) -> list[str]:
         """Names of all run groups, readable or not (a torn one reads as unreadable later)."""
-        path = _local_path(self.location)
-        if path is not None:
-            runs = path / "runs"
-            return sorted(p.name for p in runs.iterdir() if p.is_dir()) if runs.is_dir() else []
-        names = list_dir(self.root, "runs")
-        return sorted(n for n in names if n != "zarr.json" and not n.startswith("."))
+        return self._list("runs")
+
+    def runs_group(self) -> Any:
+        """The ``runs`` group, to change it; unreadable metadata is a StoreError."""
+        try:
+            hint = self.repair_hint().replace("redo", "rewrite")
+            return self.node("runs", "group 'runs'", hint=hint)
+        except KeyError:
+            raise StoreError(f"Store '{self.location}' has no 'runs' group.") from None
 
     def _indexed(self, listed: list[str] | None = None) -> dict[str, run_index.Entry]:
-        """The run index's entries of complete runs, read once (``{}`` if absent or stale)."""
+        """The run index's trusted entries of complete runs, read once (``{}`` if absent,
+        stale or unreadable: runs are then read one by one)."""
         if self._index is None:
+            doc = None
             try:
-                doc = self.root["runs"].attrs.get(run_index.INDEX_ATTR)
-            except KeyError:
-                doc = None
+                doc = self.runs_group().attrs.get(run_index.INDEX_ATTR)
+            except StoreError as exc:
+                self.runs_group_problem = str(exc)
             listed = self.run_ids() if listed is None else listed
-            self._index = run_index.complete_entries(doc, listed)
+            states = self.meta.compat.states
+            found = run_index.complete_entries(doc, listed, states, self._where())
+            self._index, self.index_rejected = found
         return self._index
 
-    def _run_group(self, rid: str) -> Any:
-        # a path from the root: one read of the run's zarr.json, not also the (large) runs/zarr.json
-        try:
-            return self.root[f"runs/{rid}"]
-        except (json.JSONDecodeError, ValueError, TypeError) as exc:
-            raise StoreError(
-                f"Run {rid} in '{self.location}' has unreadable metadata ({exc}); check the store "
-                "with 'lohp inspect --verify'."
-            ) from None
-
-    def index_mismatches(self) -> list[str]:
-        """Runs a fresh run index lists as complete whose own attributes say otherwise (each is
-        read): damage after the index was written. From then on, reads bypass the index."""
+    def index_mismatches(self) -> dict[str, str]:
+        """Run id -> a line, for the runs a fresh run index lists as complete whose own
+        attributes say otherwise (each is read): damage after the index was written. From then
+        on, reads bypass the index."""
         indexed, self._index = self._indexed(), {}
-        return run_index.mismatches(indexed, {rid: self.run_attrs(rid) for rid in indexed})
+        return run_index.mismatches(indexed, {rid: self.own_attrs(rid) for rid in indexed})
 
-    def run_attrs(self, rid: str) -> dict[str, Any] | None:
-        """A run's attrs, or None when it is missing or its metadata is unreadable."""
-        hit = self._indexed().get(rid)
-        if hit is not None:
-            return dict(hit["attrs"])
-        try:
-            return dict(self._run_group(rid).attrs)
-        except Exception:  # noqa: BLE001 - a half-written run reads as missing
-            return None
-
-    def run_status(self, rid: str) -> str | None:
-        attrs = self.run_attrs(rid)
-        return None if attrs is None else attrs.get("status")
-
-    def complete_runs(self) -> list[str]:
-        return [rid for rid, _ in self.iter_runs()]
+    def forget_metadata(self) -> None:
+        """Forget what was read of the runs and tasks (after their metadata was rewritten)."""
+        self._index, self.index_rejected, self.runs_group_problem = None, {}, None
+        self._arrays.clear()
+        self._conditions.clear()
 
     def _forget(self, rid: str) -> None:
         """Before this process first changes a run: remove the stored run index (see
         ``run_index``); and forget what the index said of ``rid``."""
         if not self._index_removed:
-            runs = self.root["runs"]
+            runs = self.runs_group()
             if run_index.INDEX_ATTR in runs.attrs:
                 del runs.attrs[run_index.INDEX_ATTR]  # one atomic rewrite of runs/zarr.json
             self._index_removed = True
         if self._index:
             self._index.pop(rid, None)
+        for name in RUN_ARRAYS:
+            self._arrays.pop((rid, name), None)
 
     def write_run_index(self) -> int:
         """Write the run index of the runs the store has now; returns how many it lists.
@@ -302,24 +225,86 @@ class TrajectoryStore:
         for rid in listed:
             hit = known.get(rid)
             if hit is None:
-                attrs = self.run_attrs(rid)
-                if attrs is not None and attrs.get("status") == STATUS_COMPLETE:
-                    hit = run_index.entry(attrs, self.run_format(rid), self.run_codec(rid))
+                attrs = self.own_attrs(rid)
+                meta = self._valid(rid, attrs)
+                if meta is not None and meta.complete and attrs is not None:
+                    try:
+                        fmt, codec = self.run_format(rid), self.run_codec(rid)
+                    except StoreError:  # weights that do not open: no entry, readers see it
+                        fmt = codec = None
+                    if fmt is not None and codec is not None:
+                        hit = run_index.entry(meta, attrs, fmt, codec)
             entries[rid] = hit
-        self.root["runs"].attrs[run_index.INDEX_ATTR] = run_index.document(entries)
+        self.runs_group().attrs[run_index.INDEX_ATTR] = run_index.document(entries)
         self._index = {rid: e for rid, e in entries.items() if e is not None}
         self._index_removed = False
         return len(entries)
 
-    def delete_run(self, rid: str) -> None:
-        self._forget(rid)
-        runs = self.root["runs"]
+    # ---- a run's attributes -----------------------------------------------------------------
+    def own_attrs(self, rid: str) -> dict[str, Any] | None:
+        """A run's own attributes as stored (never the index's); None when missing or
+        unreadable."""
         try:
-            del runs[rid]
-        except KeyError:
-            pass
+            return dict(self.root[f"runs/{rid}"].attrs)
+        except Exception:  # noqa: BLE001 - a half-written run reads as missing
+            return None
+
+    def check_attrs(self, rid: str, attrs: dict[str, Any]) -> tuple[RunMeta | None, str | None]:
+        """``(attributes, None)`` of a run with stored ``attrs``, or ``(None, why)`` when they
+        are invalid or say a complete run of another length than the store's."""
+        where = f"run {rid}"
+        try:
+            meta = read_run_meta(rid, attrs, where)
+        except StoreError as exc:
+            return None, str(exc)
+        states = self.meta.compat.states
+        if meta.complete and meta.steps_written != states:
+            why = f"steps_written is {meta.steps_written}, the store records {states} states"
+            return None, f"{where} attributes: {why}"
+        return meta, None
+
+    def _valid(self, rid: str, attrs: dict[str, Any] | None) -> RunMeta | None:
+        return None if attrs is None else self.check_attrs(rid, attrs)[0]
+
+    def run_attrs(self, rid: str) -> dict[str, Any] | None:
+        """A run's attributes as stored (from a trusted index entry, else the run's own), or
+        None when they are missing or unreadable; read them validated with :meth:`run_meta`."""
+        hit = self._indexed().get(rid)
+        return dict(hit.attrs) if hit is not None else self.own_attrs(rid)
+
+    def run_meta(self, rid: str) -> RunMeta | None:
+        """A run's validated attributes; None when they are missing, unreadable or invalid (a
+        run that is not complete, which the next ``lohp collect`` redoes)."""
+        hit = self._indexed().get(rid)
+        return hit.meta if hit is not None else self._valid(rid, self.own_attrs(rid))
+
+    def run_status(self, rid: str) -> str | None:
+        meta = self.run_meta(rid)
+        return None if meta is None else meta.status
+
+    def complete_runs(self) -> list[str]:
+        return [rid for rid, _ in self.iter_runs()]
+
+    def iter_runs(self, complete_only: bool = True) -> Iterator[tuple[str, RunMeta]]:
+        """``(run id, attributes)`` of the (complete) runs with valid attributes, in id order;
+        from the run index when it is fresh (one listing and one read), else one read per run."""
+        listed = self.run_ids()
+        self._indexed(listed)
+        for rid in listed:
+            meta = self.run_meta(rid)
+            if meta is None or (complete_only and not meta.complete):
+                continue
+            yield rid, meta
+
+    # ---- writing runs -----------------------------------------------------------------------
+    def delete_run(self, rid: str) -> None:
+        """Remove a run, whether its metadata reads or not (every key under ``runs/<rid>/``)."""
+        from zarr.core.sync import sync
+
+        self._forget(rid)
+        sync(self.root.store.delete_dir(f"runs/{rid}"))
         path = _local_path(self.location)
-        if path is not None:  # a run whose metadata was cut short may not be a valid zarr node
+        if path is not None:  # directories the key deletion leaves
             import shutil
 
             shutil.rmtree(path / "runs" / rid, ignore_errors=True)
@@ -328,13 +313,13 @@ class TrajectoryStore:
         self, rid: str, states: int, size: int, codec: StoreCodecConfig, attrs: dict[str, Any]
     ) -> RunWriter:
         """Start (or restart) a run: any earlier partial data of ``rid`` is removed first."""
+        attrs = {**attrs, "status": STATUS_RUNNING, "steps_written": 0}
+        new_run_meta(rid, attrs)  # what is written is valid
         self._forget(rid)
         path = _local_path(self.location)
         if path is None or (path / "runs" / rid).exists():
             self.delete_run(rid)
-        g = self.root["runs"].create_group(
-            rid, attributes={**attrs, "status": STATUS_RUNNING, "steps_written": 0}
-        )
+        g = self.runs_group().create_group(rid, attributes=attrs)
         compressors, serializer = codecs_for(codec), serializer_for(codec)
         chunk = min(codec.chunk_steps, states)
         arrays = {}
@@ -360,7 +345,32 @@ class TrajectoryStore:
                 fill_value=np.nan,
                 dimension_names=STATE_DIMS,
             )
-        return RunWriter(g, states, size, chunk, arrays)
+        return RunWriter(g, states, size, chunk, arrays, rid=rid, attrs=attrs)
+
+    # ---- a run's arrays ---------------------------------------------------------------------
+    def run_array_meta(self, rid: str, name: str) -> Any:
+        """The zarr array ``runs/<rid>/<name>``, opened once and checked against the store's
+        layout (weights ``[T+1, P]``, loss and train_acc ``[T+1]``, float32): a missing array,
+        unreadable metadata or another shape is a StoreError naming the run and the array."""
+        arr = self._arrays.get((rid, name))
+        if arr is None:
+            states = self.meta.compat.states
+            shape = (states, self.meta.param_count) if name == "weights" else (states,)
+            what = f"run {rid}, array '{name}'"
+            try:
+                arr = self.node(f"runs/{rid}/{name}", what, shape)
+            except KeyError:
+                raise StoreError(
+                    f"Store '{self.location}': {what} is missing; {self.repair_hint()}."
+                ) from None
+            self._arrays[(rid, name)] = arr
+        return arr
+
+    def check_run(self, rid: str, task_id: str) -> None:
+        """Check, before a stage uses it, that a complete run's weights and its task's
+        condition are there in the store's layout (metadata only: no chunk is read)."""
+        self.run_array_meta(rid, "weights")
+        self.condition_array(task_id)
 
     def weights(self, rid: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Recorded weights ``[stop - start, P]`` of a run."""
@@ -368,60 +378,24 @@ class TrajectoryStore:
 
     def run_array(self, rid: str, name: str, selection: Any = ...) -> np.ndarray:
         """``runs/<rid>/<name>[selection]``; a damaged chunk raises ``DamagedChunkError``."""
-        arr = self._run_group(rid)[name]
+        arr = self.run_array_meta(rid, name)
         return chunks.read(arr, selection, f"{self._where(rid)}, array '{name}'")
-
-    def verify_run(self, rid: str) -> list[str]:
-        """Read every chunk of a run's arrays: one line per damaged or missing chunk."""
-        group = self._run_group(rid)
-        problems: list[str] = []
-        for name in ("weights", "loss", "train_acc"):
-            if name not in group:
-                problems.append(f"run {rid}: array '{name}' missing")
-                continue
-            problems += chunks.verify(group[name], f"run {rid}, array '{name}'")
-        return problems
-
-    def verify_metadata(self) -> list[str]:
-        """Read every chunk of the task conditions and the saved tensor groups."""
-        problems: list[str] = []
-        for tid in self.task_ids():
-            task = self.root["tasks"][tid]
-            if "condition" in task:
-                problems += chunks.verify(task["condition"], f"task {tid}, array 'condition'")
-        for name, group in self.root.groups():
-            if name in ("tasks", "runs"):
-                continue
-            for aname, arr in group.arrays():
-                problems += chunks.verify(arr, f"group '{name}', array '{aname}'")
-        return problems
 
     def run_format(self, rid: str) -> tuple[bool, bool]:
         """``(checksummed, dimension_names)`` of a run's weights array (False for old stores)."""
         hit = self._indexed().get(rid)
         if hit is not None:
-            return hit["format"][0], hit["format"][1]
-        arr = self._run_group(rid)["weights"]
+            return hit.format
+        arr = self.run_array_meta(rid, "weights")
         return chunks.has_checksums(arr), chunks.has_dimension_names(arr)
 
     def run_codec(self, rid: str) -> tuple[str, bool]:
         """``(codec pipeline text, lossy)`` of a run's weights array, from its zarr metadata
         (or the run index)."""
-        codec = self._indexed().get(rid, {}).get("codec")
-        if isinstance(codec, list) and len(codec) == 2:
-            return str(codec[0]), bool(codec[1])
-        return describe_codecs(self._run_group(rid)["weights"])
-
-    def iter_runs(self, complete_only: bool = True) -> Iterator[tuple[str, dict[str, Any]]]:
-        """``(run id, attrs)`` of the (complete) runs in id order; from the run index when it is
-        fresh (one listing and one read), else one read per run."""
-        listed = self.run_ids()
-        self._indexed(listed)
-        for rid in listed:
-            attrs = self.run_attrs(rid)
-            if attrs is None or (complete_only and attrs.get("status") != STATUS_COMPLETE):
-                continue
-            yield rid, attrs
+        hit = self._indexed().get(rid)
+        if hit is not None and hit.codec is not None:
+            return hit.codec
+        return describe_codecs(self.run_array_meta(rid, "weights"))
 
     def bytes_on_disk(self, sub: str = "") -> int | None:
         """Bytes under ``sub`` (glob, e.g. ``runs/*/weights``) on a local disk; None if remote."""

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from lohp_cli.store.schema import STATUS_COMPLETE
+from lohp_cli.artifacts.run import STATUS_COMPLETE, run_fingerprint
 
 
 class RunWriter:
@@ -19,9 +19,20 @@ class RunWriter:
     """
 
     def __init__(
-        self, group: Any, states: int, size: int, chunk: int, arrays: dict[str, Any] | None = None
+        self,
+        group: Any,
+        states: int,
+        size: int,
+        chunk: int,
+        arrays: dict[str, Any] | None = None,
+        rid: str | None = None,
+        attrs: dict[str, Any] | None = None,
     ) -> None:
         self.group = group
+        # the run's id and the attributes it was begun with: the fingerprint written at the end
+        # covers both (see lohp_cli.artifacts.run)
+        self.rid = rid
+        self.attrs = dict(attrs or {})
         # the run's arrays as created (each lookup by name is a metadata read from the store)
         self.arrays = arrays or {n: group[n] for n in ("weights", "loss", "train_acc")}
         self.states = states
@@ -52,19 +63,21 @@ class RunWriter:
             self.filled = 0
 
     def finish(self, extra: dict[str, Any] | None = None) -> float:
-        """Write the rest, then mark the run complete (the last write). Returns wall seconds."""
+        """Write the rest, then mark the run complete (the last write), with the fingerprint of
+        its attributes. Returns wall seconds."""
         self.flush()
         if self.written != self.states:
             raise ValueError(f"run has {self.written} of {self.states} states")
         self.arrays["loss"][:] = self.loss
         self.arrays["train_acc"][:] = self.acc
         wall = time.perf_counter() - self.t0
-        self.group.attrs.update(
-            {
-                **(extra or {}),
-                "wall_time_s": round(wall, 4),
-                "steps_written": self.written,
-                "status": STATUS_COMPLETE,
-            }
-        )
+        final = {
+            **(extra or {}),
+            "wall_time_s": round(wall, 4),
+            "steps_written": self.written,
+            "status": STATUS_COMPLETE,
+        }
+        if self.rid is not None:
+            final["fingerprint"] = run_fingerprint(self.rid, {**self.attrs, **final})
+        self.group.attrs.update(final)
         return wall

@@ -53,9 +53,34 @@ def test_a_memory_store_is_refused() -> None:
         pytest.param(["--scheduler", "local:0"], ["local:0"], id="local-0"),
         pytest.param(["--scheduler", "somehost"], ["somehost"], id="no-scheme"),
         pytest.param(["--scheduler", "local:2", "--workers", "2"], ["workers"], id="workers"),
+        pytest.param(
+            ["--scheduler", "foo://1.2.3.4:99"], ["foo://1.2.3.4:99", "'foo'"], id="scheme"
+        ),
+        pytest.param(["--scheduler", "tcp://127.0.0.1:abc"], ["'abc'"], id="port"),
+        pytest.param(["--scheduler", "tcp://127.0.0.1:70000"], ["70000"], id="port-range"),
     ],
 )
 def test_a_bad_scheduler_is_a_config_error(store: Path, args: list[str], names: list[str]) -> None:
     before = snapshot(store)
     assert_error(invoke("collect", "--out", store, *tiny_sets(), *args), 2, names)
     assert snapshot(store) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("address", ["foo://1.2.3.4:99", "tcp://127.0.0.1:abc"])
+def test_a_bad_address_exits_at_once_without_a_dask_traceback(tmp_path: Path, address: str) -> None:
+    """Before: the right error line, then a Client.__del__ traceback and a 40 s hang."""
+    import subprocess
+    import time
+
+    t0 = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-m", "lohp_cli", "collect", "--out", str(tmp_path / "s.zarr"),
+         *tiny_sets(), "--scheduler", address],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), out.stderr
+    assert time.perf_counter() - t0 < 20
+    assert not (tmp_path / "s.zarr").exists()

@@ -128,3 +128,39 @@ def test_no_source_runs_of_the_policys_optimizers_is_one_line_exit_2(
     result = run("--generated", str(generated), "--out", str(tmp_path / "r"),
                  "--baselines", "nearest", *QUIET)  # fmt: skip
     assert_clean(result, 2, "No complete runs of optimizer(s) sam", "adam, sgd")
+
+
+@pytest.mark.parametrize(
+    ("policy", "code", "names"),
+    [
+        ("other={missing}", 4, ["No policy directory at", "nope"]),
+        ("other@5={policy}", 2, ["takes the N = ", "--sample-steps"]),  # not a diffusion policy
+    ],
+)
+def test_a_bad_policy_is_refused_before_any_method_is_scored(
+    generated: Path, tmp_path: Path, policy: str, code: int, names: list[str]
+) -> None:
+    """Before: a bad --policy NAME@S=DIR or a missing policy directory was found only after the
+    generated weights (and every baseline before it) had been scored."""
+    item = policy.format(missing=tmp_path / "nope", policy=generated.parent / "pol")
+    result = run("--generated", str(generated), "--out", str(tmp_path / "r"),
+                 "--policy", item, "--baselines", "mean", *QUIET)  # fmt: skip
+    assert_clean(result, code, *names)
+    assert "±" not in result.output  # no method row was scored
+    assert not (tmp_path / "r").exists()
+
+
+def test_generated_weights_of_another_shape_are_refused_before_scoring(
+    generated: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    gen = Path(shutil.copytree(generated, tmp_path / "g.zarr"))
+    g = zarr.open_group(str(gen), mode="r+")
+    last = g.attrs["tasks"][-1]
+    w = g[last]["weights"][:]
+    del g[last]["weights"]
+    g[last].create_array("weights", data=w[:, :-1])
+    result = run("--generated", str(gen), "--out", str(tmp_path / "r"), *QUIET)
+    assert_clean(result, 3, f"the weights of task {last}", str(tuple(w[:, :-1].shape)))
+    assert "±" not in result.output

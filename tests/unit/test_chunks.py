@@ -12,6 +12,8 @@ from lohp_cli.collect import summarize_store
 from lohp_cli.config import StoreCodecConfig
 from lohp_cli.store import TrajectoryStore, run_id
 from lohp_cli.store.chunks import DamagedChunkError, has_checksums, has_dimension_names
+from lohp_cli.store.summary import verify_run
+from tests.conftest import ident
 
 STATES, PARAMS = 9, 7
 RID = run_id("c0_1", "adam", 0)
@@ -42,7 +44,7 @@ def make_store(
     rng = np.random.default_rng(0)
     for rid, tid in ((RID, "c0_1"), (OTHER, "c2_3")):
         store.write_task(tid, rng.standard_normal(3).astype(np.float32), {"split": "source"})
-        writer = store.begin_run(rid, STATES, PARAMS, codec, {"task_id": tid, "optimizer": "adam"})
+        writer = store.begin_run(rid, STATES, PARAMS, codec, ident(rid))
         for _ in range(STATES):
             writer.append(rng.standard_normal(PARAMS).astype(np.float32), 1.0, 0.5)
         writer.finish()
@@ -77,8 +79,8 @@ def test_damaged_chunk_is_reported_naming_run_and_array(tmp_path: Path, damage, 
         store.weights(RID)
     assert store.weights(RID, 0, 4).shape == (4, PARAMS)  # the sound chunks still read
     assert store.weights(OTHER).shape == (STATES, PARAMS)
-    assert store.verify_run(RID) == [f"run {RID}, array 'weights', chunk 1.0: checksum mismatch"]
-    assert store.verify_run(OTHER) == []
+    assert verify_run(store, RID) == [f"run {RID}, array 'weights', chunk 1.0: checksum mismatch"]
+    assert verify_run(store, OTHER) == []
     summary = summarize_store(str(path), verify=True)
     assert summary["verified"] is False
     assert summary["problems"] == [f"run {RID}, array 'weights', chunk 1.0: checksum mismatch"]
@@ -113,7 +115,7 @@ def test_missing_chunk_of_a_complete_run_is_reported(tmp_path: Path) -> None:
     path = tmp_path / "s.zarr"
     make_store(path)
     chunk_file(path, RID).unlink()
-    problems = TrajectoryStore.open(str(path)).verify_run(RID)
+    problems = verify_run(TrajectoryStore.open(str(path)), RID)
     assert problems == [f"run {RID}, array 'weights': 1 of 3 chunk(s) missing"]
 
 
@@ -178,7 +180,9 @@ def test_a_store_of_the_old_default_codec_reads_and_takes_new_default_runs(tmp_p
     new_rid = run_id("c0_1", "sgd", 0)
     rng = np.random.default_rng(1)
     new = rng.standard_normal((STATES, PARAMS)).astype(np.float32)
-    writer = store.begin_run(new_rid, STATES, PARAMS, StoreCodecConfig(chunk_steps=4), {})
+    writer = store.begin_run(
+        new_rid, STATES, PARAMS, StoreCodecConfig(chunk_steps=4), ident(new_rid)
+    )
     for row in new:
         writer.append(row, 1.0, 0.5)
     writer.finish()

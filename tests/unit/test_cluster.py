@@ -57,3 +57,21 @@ def test_a_user_error_is_raised_at_once(client: Any) -> None:
     with pytest.raises(DataError, match="bad failed"):
         list(map_unordered(client, flaky, {"bad": ("bad", 10, DataError)}, "test"))
     assert CALLS["bad"] == 1  # not retried
+
+
+def test_an_unknown_scheme_is_refused_before_a_client_is_made(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Client made for an address Dask cannot parse is left half-built; its __del__ printed a
+    traceback and waited 40 s at exit. The scheme is checked first."""
+    import distributed
+
+    from lohp_cli.errors import ConfigError
+
+    def no_client(*_a: object, **_k: object) -> None:
+        raise AssertionError("a Client was made")
+
+    monkeypatch.setattr(distributed, "Client", no_client)
+    with pytest.raises(ConfigError, match="unknown address scheme 'foo'"):
+        with connect("foo://1.2.3.4:99"):
+            pass

@@ -30,7 +30,7 @@ from lohp_cli.runtime import derive_seed
 from lohp_cli.store import TrajectoryStore, parse_run_id, run_id
 from lohp_cli.tasks import make_family
 from lohp_cli.tasks.models import build_target, flat_params
-from tests.conftest import TINY, tiny_config
+from tests.conftest import TINY, ident, tiny_config
 
 DIGITS3 = make_family(TaskConfig(family="digits", ways=3))
 STATES = 5  # steps 20, record_every 5
@@ -221,7 +221,7 @@ def test_partial_run_is_redone(reference: str, copy_of_reference: str) -> None:
     store = TrajectoryStore.open(copy_of_reference, mode="r+")
     rid = store.run_ids()[2]
     writer = store.begin_run(
-        rid, STATES, PARAMS, StoreCodecConfig(chunk_steps=1), {"hparams": "old"}
+        rid, STATES, PARAMS, StoreCodecConfig(chunk_steps=1), ident(rid, hparams={"old": 1})
     )
     writer.append(np.full(PARAMS, 7.0, np.float32), 1.0, 0.5)
     writer.append(np.full(PARAMS, 8.0, np.float32), 1.0, 0.5)  # interrupted: no finish()
@@ -330,7 +330,7 @@ def test_a_partial_run_of_a_shared_store_is_redone_from_the_same_theta0(
     shutil.copytree(shared, copy)
     store = TrajectoryStore.open(str(copy), mode="r+")
     rid = store.run_ids()[2]
-    writer = store.begin_run(rid, STATES, PARAMS, StoreCodecConfig(chunk_steps=1), {})
+    writer = store.begin_run(rid, STATES, PARAMS, StoreCodecConfig(chunk_steps=1), ident(rid))
     writer.append(np.full(PARAMS, 7.0, np.float32), 1.0, 0.5)  # interrupted: no finish()
     result = collect(cfg_at(copy, init="shared"))
     assert (result.skipped, result.collected) == (5, 1)
@@ -406,31 +406,32 @@ def test_summary_flags_bad_complete_runs(copy_of_reference: str) -> None:
     store = TrajectoryStore.open(copy_of_reference, mode="r+")
     codec = StoreCodecConfig()
     nan_run = "c0_1_2_3_4-sgd-s9"
-    writer = store.begin_run(nan_run, STATES, PARAMS, codec, {"optimizer": "sgd"})
+    writer = store.begin_run(nan_run, STATES, PARAMS, codec, ident(nan_run))
     for i in range(STATES):
         w = np.zeros(PARAMS, np.float32)
         w[i] = np.nan
         writer.append(w, 1.0, 0.5)
     writer.finish()
     short_run = "c0_1_2_3_4-adam-s9"
-    writer = store.begin_run(short_run, STATES - 1, PARAMS, codec, {"optimizer": "adam"})
+    writer = store.begin_run(short_run, STATES - 1, PARAMS, codec, ident(short_run))
     for _ in range(STATES - 1):
         writer.append(np.zeros(PARAMS, np.float32), 1.0, 0.5)
     writer.finish()
     running = "c0_1_2_3_4-sam-s9"
-    store.begin_run(running, STATES, PARAMS, codec, {"optimizer": "sam"})
+    store.begin_run(running, STATES, PARAMS, codec, ident(running))
     assert store.run_status(nan_run) == "complete"
 
     s = summarize_store(copy_of_reference, verify=True)
     assert s["verified"] is False
+    # a run of another length than the store's is not complete (its attributes say so)
     assert s["problems"] == [
-        f"run {short_run}: steps_written {STATES - 1} != {STATES}",
-        f"run {short_run}: weights shape ({STATES - 1}, {PARAMS})",
+        f"run {short_run} attributes: steps_written is {STATES - 1}, the store records {STATES} "
+        "states; re-run 'lohp collect' to redo the run",
         f"run {nan_run}: non-finite weights",
     ]
-    assert s["complete_runs"] == 8
+    assert s["complete_runs"] == 7 and s["runs"]["?"] == {"invalid": 1}
     assert s["runs"]["sam"] == {"complete": 2, "running": 1}
-    assert summarize_store(copy_of_reference)["complete_runs"] == 8
+    assert summarize_store(copy_of_reference)["complete_runs"] == 7
 
 
 def _tear(store: str, rid: str | None = None, keep_index: bool = False) -> str:
@@ -471,7 +472,7 @@ def test_damage_after_the_index_is_found_by_verify_and_repaired(
     assert s["verified"] is False
     assert s["problems"] == [
         f"run {rid}: the run index lists it as complete but its attributes are unreadable; "
-        f"delete runs/{rid} and re-run 'lohp collect'"
+        "re-run 'lohp collect --repair' to redo it"
     ]
     shutil.rmtree(Path(copy_of_reference) / "runs" / rid)
     assert (collect(cfg_at(copy_of_reference)).collected) == 1
@@ -630,3 +631,34 @@ def test_runs_collected_alone_equal_the_same_runs_in_a_group(tmp_path: Path) -> 
     for rid in a.run_ids():
         np.testing.assert_array_equal(a.weights(rid), b.weights(rid), err_msg=rid)
         np.testing.assert_array_equal(a.run_array(rid, "loss"), b.run_array(rid, "loss"))
+
+
+@pytest.mark.parametrize("error", [DataError("the data ran out"), KeyboardInterrupt()])
+def test_a_failed_store_initialisation_leaves_no_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: BaseException
+) -> None:
+    """A store this collect created and could not initialise is removed, so a re-run (with the
+    same or corrected settings) starts afresh instead of failing on the half-made store."""
+
+    def fail(*_a: object, **_k: object) -> None:
+        raise error
+
+    out = tmp_path / "s.zarr"
+    monkeypatch.setattr("lohp_cli.collect.train_frozen", fail)
+    with pytest.raises(type(error)):
+        collect(tiny_config(out))
+    assert not out.exists() or not any(out.iterdir())
+    monkeypatch.undo()
+    result = collect(tiny_config(out, tasks=1))  # other settings: fine, nothing was left
+    assert result.collected == result.planned == 3
+
+
+def test_a_failed_initialisation_of_an_existing_store_leaves_it(
+    copy_of_reference: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = TrajectoryStore.open(copy_of_reference, mode="r+")
+    store.update_attrs(init_complete=False)  # as a collect killed during its initialisation
+    monkeypatch.setattr("lohp_cli.collect.train_frozen", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        collect(cfg_at(copy_of_reference))
+    assert len(TrajectoryStore.open(copy_of_reference).complete_runs()) == 6

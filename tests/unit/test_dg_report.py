@@ -8,8 +8,13 @@ from typing import Any
 
 import pytest
 
+from lohp_cli.artifacts.report import ReportMeta, read_report_meta
 from lohp_cli.dg_report import dg_table, markdown_dg, read_report, write_dg_table
 from lohp_cli.errors import ConfigError, DataError
+
+
+def meta(reports: dict[str, dict]) -> dict[str, ReportMeta]:
+    return {where: read_report_meta(r, where) for where, r in reports.items()}
 
 
 def report(domain: int | None, accs: dict[str, float], family: str = "rotated-fmnist") -> dict:
@@ -32,10 +37,12 @@ def write(directory: Path, r: dict[str, Any]) -> str:
 
 def test_table_known_answer() -> None:
     t = dg_table(
-        {
-            "r75": report(75, {"lo-hp (k=2)": 0.70, "erm": 0.60, "adam-200": 0.90}),
-            "r0": report(0, {"lo-hp (k=2)": 0.80, "erm": 0.85}),
-        }
+        meta(
+            {
+                "r75": report(75, {"lo-hp (k=2)": 0.70, "erm": 0.60, "adam-200": 0.90}),
+                "r0": report(0, {"lo-hp (k=2)": 0.80, "erm": 0.85}),
+            }
+        )
     )
     assert t["domains"] == [0, 75]  # sorted by angle, whatever the order given
     assert t["reports"] == {"0": "r0", "75": "r75"}
@@ -65,7 +72,7 @@ def test_table_known_answer() -> None:
 )
 def test_table_refuses(reports: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
-        dg_table(reports)
+        dg_table(meta(reports))
 
 
 def test_read_report_errors(tmp_path: Path) -> None:
@@ -90,3 +97,41 @@ def test_write_dg_table(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("keep")
     with pytest.raises(ConfigError, match="is a file"):
         write_dg_table(dirs, tmp_path / "file")
+
+
+def drop(key: str) -> Any:
+    return lambda r: r.pop(key)
+
+
+def method_field(**values: Any) -> Any:
+    return lambda r: r["methods"][0].update(values)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (drop("family"), "family"),  # KeyError: 'family' (exit 1) before
+        (drop("methods"), "methods"),  # KeyError: 'methods'
+        (lambda r: r.update(family=["rotated-fmnist"]), "family"),  # unhashable type: 'list'
+        (lambda r: r.update(methods={"erm": 1}), "methods"),
+        (lambda r: r.update(test_domain="15"), "test_domain"),
+        (lambda r: r.update(tasks=3), "tasks"),
+        (lambda r: r.update(samples_per_task=None), "samples_per_task"),
+        (method_field(name=["erm"]), "methods.0.name"),
+        (method_field(acc_mean="high"), "methods.0.acc_mean"),
+        (lambda r: r["methods"][0].pop("acc_std"), "methods.0.acc_std"),
+        (lambda r: r.update(schema_version=99), "schema_version 99"),
+    ],
+)
+def test_a_report_with_missing_or_mistyped_fields_is_named(
+    tmp_path: Path, change: Any, field: str
+) -> None:
+    """report.json is validated where report-dg reads it: a DataError (exit 3) naming the field,
+    never a KeyError or TypeError (exit 1)."""
+    r = report(15, {"erm": 0.5})
+    change(r)
+    d = write(tmp_path / "r", r)
+    with pytest.raises(DataError, match=field.replace(".", r"\.")) as err:
+        write_dg_table([d, write(tmp_path / "r0", report(0, {"erm": 0.6}))], tmp_path / "dg")
+    assert str(tmp_path / "r" / "report.json") in str(err.value)
+    assert not (tmp_path / "dg").exists()

@@ -219,10 +219,15 @@ def test_a_long_module_is_found(fake: Path) -> None:
 ARTIFACT_OWNERS = (
     "lohp_cli.artifacts",
     "lohp_cli.store.trajectory_store",
+    "lohp_cli.store.groups",
+    "lohp_cli.store.run_index",
+    "lohp_cli.store.writer",
     "lohp_cli.store.generated",
 )
 POLICY_KEYS = {"train_config", "store_compat", "store_fingerprint", "store_optimizers",
                "normalization", "trained_steps"}  # fmt: skip
+# a run's attributes are a RunMeta (lohp_cli.artifacts.run) everywhere but their owners
+RUN_KEYS = {"task_id", "replicate", "steps_written", "wall_time_s"}
 
 
 def _key(node: ast.AST) -> object:
@@ -260,6 +265,8 @@ def artifact_dict_reads(root: Path = PACKAGE) -> list[str]:
                 out.append(f"{mod}:{node.lineno} reads .attrs")
             if (key := _key(node)) in POLICY_KEYS:
                 out.append(f"{mod}:{node.lineno} reads the policy key {key!r} from a dict")
+            elif key in RUN_KEYS:
+                out.append(f"{mod}:{node.lineno} reads the run key {key!r} from a dict")
     return out
 
 
@@ -271,8 +278,10 @@ def test_an_artifact_read_as_a_dict_is_found(fake: Path) -> None:
     write(fake, "lohp_cli.store.trajectory_store", "a = store.root.attrs['x']\n")  # the owner
     write(fake, "lohp_cli.generate", "g.attrs.update({'a': 1})\nn = g.attrs['tasks']\n")
     write(fake, "lohp_cli.evaluate", "k = meta.get('train_config', {})\ns = dict(store.attrs)\n")
+    write(fake, "lohp_cli.store.sampler", "t = [a['task_id'] for a in runs]\n")
     assert artifact_dict_reads(fake) == [
         "lohp_cli.evaluate:1 reads the policy key 'train_config' from a dict",
         "lohp_cli.evaluate:2 reads .attrs",
         "lohp_cli.generate:2 reads .attrs",
+        "lohp_cli.store.sampler:1 reads the run key 'task_id' from a dict",
     ]

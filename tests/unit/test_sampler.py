@@ -124,7 +124,7 @@ def brute_stats(store: TrajectoryStore, k: int, normalize: str) -> dict[str, np.
     std = np.where(std < 1e-4, 1.0, std)
     xn = (x - mean) / std
     step_rms = np.sqrt((np.diff(xn, axis=1) ** 2).mean(axis=(0, 2)))  # [N]
-    tasks = sorted({a["task_id"] for _, a in store.iter_runs()})
+    tasks = sorted({a.task_id for _, a in store.iter_runs()})
     c = np.stack([store.condition(t).astype(np.float64) for t in tasks])
     return {
         "mean": mean,

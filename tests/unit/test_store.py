@@ -17,16 +17,31 @@ from lohp_cli.config import OPTIMIZERS, StoreCodecConfig
 from lohp_cli.errors import StoreError
 from lohp_cli.store import SCHEMA, SCHEMA_VERSION, TrajectoryStore, codecs_for, parse_run_id, run_id
 from lohp_cli.store.codecs import describe_codecs, filters_for, serializer_for
+from lohp_cli.store.schema import split_run_id
 
 COMPAT = {"family": {"name": "f"}, "model": {"name": "m"}, "steps": 6, "record_every": 1,
           "batch_size": 2, "seed": 0}  # fmt: skip
 ROOT_ATTRS = {"compat": COMPAT, "layout": [], "param_count": 5, "condition_dim": 3}
 
 
-def new_store(tmp_path: Path, name: str = "s.zarr") -> TrajectoryStore:
-    store, created = TrajectoryStore.create_or_open(str(tmp_path / name), ROOT_ATTRS)
+def root_attrs(states: int = 7, size: int = 5) -> dict:
+    """Root attributes of a store whose runs record ``states`` states of ``size`` parameters."""
+    return {**ROOT_ATTRS, "compat": {**COMPAT, "steps": states - 1}, "param_count": size}
+
+
+def new_store(
+    tmp_path: Path, name: str = "s.zarr", states: int = 7, size: int = 5
+) -> TrajectoryStore:
+    store, created = TrajectoryStore.create_or_open(str(tmp_path / name), root_attrs(states, size))
     assert created
     return store
+
+
+def ident(rid: str, **extra: object) -> dict:
+    """Valid run attributes for run ``rid`` (what its id says, when it says it), and ``extra``."""
+    parts = split_run_id(rid)
+    task, opt, rep = parts if parts else ("t", extra.get("optimizer", "sgd"), 0)
+    return {"task_id": task, "optimizer": opt, "replicate": rep, **extra}
 
 
 def mem_url() -> str:
@@ -43,7 +58,7 @@ def trajectory(states: int, size: int, seed: int = 0):
 
 def write_run(store, rid, w, loss, acc, chunk_steps=16, attrs=None, codec="blosc-zstd"):
     codec_cfg = StoreCodecConfig(chunk_steps=chunk_steps, codec=codec)
-    writer = store.begin_run(rid, w.shape[0], w.shape[1], codec_cfg, attrs or {"optimizer": "sgd"})
+    writer = store.begin_run(rid, w.shape[0], w.shape[1], codec_cfg, ident(rid, **(attrs or {})))
     for i in range(w.shape[0]):
         writer.append(w[i], float(loss[i]), float(acc[i]))
     writer.finish({"final": 1})
@@ -196,7 +211,7 @@ def test_run_round_trip_chunking_and_status(tmp_path: Path) -> None:
     store = new_store(tmp_path)
     w, loss, acc = trajectory(7, 5)
     codec = StoreCodecConfig(chunk_steps=3)
-    writer = store.begin_run("c1_2-sgd-s0", 7, 5, codec, {"optimizer": "sgd", "lr": 0.1})
+    writer = store.begin_run("c1_2-sgd-s0", 7, 5, codec, ident("c1_2-sgd-s0", lr=0.1))
     arr = store.root["runs"]["c1_2-sgd-s0"]["weights"]
     assert arr.shape == (7, 5) and arr.chunks == (3, 5) and arr.dtype == np.float32
     assert store.run_status("c1_2-sgd-s0") == "running"
@@ -231,9 +246,9 @@ def test_run_round_trip_chunking_and_status(tmp_path: Path) -> None:
 
 
 def test_loss_and_acc_written_only_at_finish(tmp_path: Path) -> None:
-    store = new_store(tmp_path)
+    store = new_store(tmp_path, states=4, size=2)
     w, loss, acc = trajectory(4, 2)
-    writer = store.begin_run("r", 4, 2, StoreCodecConfig(chunk_steps=1), {})
+    writer = store.begin_run("r", 4, 2, StoreCodecConfig(chunk_steps=1), ident("r"))
     for i in range(4):
         writer.append(w[i], float(loss[i]), float(acc[i]))
     assert np.isnan(store.run_array("r", "loss")).all()
@@ -250,7 +265,7 @@ def test_loss_and_acc_written_only_at_finish(tmp_path: Path) -> None:
     seed=st.integers(0, 1000),
 )
 def test_run_round_trip_property(states: int, size: int, chunk: int, seed: int) -> None:
-    store, _ = TrajectoryStore.create_or_open(mem_url(), ROOT_ATTRS)
+    store, _ = TrajectoryStore.create_or_open(mem_url(), root_attrs(states, size))
     w, loss, acc = trajectory(states, size, seed)
     write_run(store, "r", w, loss, acc, chunk_steps=chunk)
     assert store.root["runs"]["r"]["weights"].chunks == (min(chunk, states), size)
@@ -261,8 +276,8 @@ def test_run_round_trip_property(states: int, size: int, chunk: int, seed: int) 
 
 
 def test_writer_refuses_short_and_long_runs(tmp_path: Path) -> None:
-    store = new_store(tmp_path)
-    writer = store.begin_run("r", 3, 2, StoreCodecConfig(chunk_steps=2), {})
+    store = new_store(tmp_path, states=3, size=2)
+    writer = store.begin_run("r", 3, 2, StoreCodecConfig(chunk_steps=2), ident("r"))
     writer.append(np.zeros(2, np.float32), 0.0, 0.0)
     with pytest.raises(ValueError, match="run has 1 of 3 states"):
         writer.finish()
@@ -276,13 +291,13 @@ def test_writer_refuses_short_and_long_runs(tmp_path: Path) -> None:
 
 
 def test_begin_run_replaces_a_partial_run(tmp_path: Path) -> None:
-    store = new_store(tmp_path)
-    old = store.begin_run("r", 6, 3, StoreCodecConfig(chunk_steps=1), {"old_key": 1, "lr": 9.0})
+    store = new_store(tmp_path, states=5, size=2)
+    old = store.begin_run("r", 6, 3, StoreCodecConfig(chunk_steps=1), ident("r", old_key=1, lr=9.0))
     for _ in range(4):
         old.append(np.full(3, 99.0, np.float32), 1.0, 1.0)
     assert store.run_attrs("r")["steps_written"] == 0  # set by finish() only
     w, loss, acc = trajectory(5, 2, seed=3)
-    writer = store.begin_run("r", 5, 2, StoreCodecConfig(chunk_steps=2), {"lr": 0.1})
+    writer = store.begin_run("r", 5, 2, StoreCodecConfig(chunk_steps=2), ident("r", lr=0.1))
     attrs = store.run_attrs("r")
     assert "old_key" not in attrs and attrs["lr"] == 0.1
     assert attrs["steps_written"] == 0 and attrs["status"] == "running"
@@ -296,12 +311,12 @@ def test_begin_run_replaces_a_partial_run(tmp_path: Path) -> None:
 
 
 def test_iter_runs_and_delete(tmp_path: Path) -> None:
-    store = new_store(tmp_path)
+    store = new_store(tmp_path, states=2, size=2)
     w, loss, acc = trajectory(2, 2)
     write_run(store, "a", w, loss, acc, attrs={"optimizer": "sgd"})
-    store.begin_run("b", 2, 2, StoreCodecConfig(), {"optimizer": "adam"})
+    store.begin_run("b", 2, 2, StoreCodecConfig(), ident("b", optimizer="adam"))
     assert [r for r, _ in store.iter_runs()] == ["a"]
-    assert [(r, a["optimizer"]) for r, a in store.iter_runs(complete_only=False)] == [
+    assert [(r, a.optimizer) for r, a in store.iter_runs(complete_only=False)] == [
         ("a", "sgd"),
         ("b", "adam"),
     ]
@@ -313,7 +328,7 @@ def test_iter_runs_and_delete(tmp_path: Path) -> None:
 
 @pytest.mark.filterwarnings("ignore:Object at b is not recognized")
 def test_a_run_with_lost_metadata_reads_as_missing(tmp_path: Path) -> None:
-    store = new_store(tmp_path)
+    store = new_store(tmp_path, states=2, size=2)
     w, loss, acc = trajectory(2, 2)
     write_run(store, "a", w, loss, acc)
     write_run(store, "b", w, loss, acc)
@@ -321,12 +336,12 @@ def test_a_run_with_lost_metadata_reads_as_missing(tmp_path: Path) -> None:
     reader = TrajectoryStore.open(str(tmp_path / "s.zarr"), mode="r+")
     assert reader.run_attrs("b") is None and reader.run_status("b") is None
     assert reader.complete_runs() == ["a"]
-    reader.begin_run("b", 2, 2, StoreCodecConfig(), {})  # a redo clears the remains
+    reader.begin_run("b", 2, 2, StoreCodecConfig(), ident("b"))  # a redo clears the remains
     assert reader.run_status("b") == "running"
 
 
 def test_a_run_with_torn_metadata_is_listed_and_reads_as_unreadable(tmp_path: Path) -> None:
-    store = new_store(tmp_path)
+    store = new_store(tmp_path, states=2, size=2)
     w, loss, acc = trajectory(2, 2)
     write_run(store, "a", w, loss, acc)
     write_run(store, "b", w, loss, acc)
@@ -340,12 +355,12 @@ def test_a_run_with_torn_metadata_is_listed_and_reads_as_unreadable(tmp_path: Pa
 # ---- the run index ----------------------------------------------------------------------------
 def indexed_store(tmp_path: Path, runs: int = 3, partial: str | None = "p") -> str:
     """A store with ``runs`` complete runs (and one running run ``partial``) and its run index."""
-    store = new_store(tmp_path)
+    store = new_store(tmp_path, states=2, size=2)
     w, loss, acc = trajectory(2, 2)
     for i in range(runs):
         write_run(store, f"r{i}", w, loss, acc, attrs={"optimizer": "sgd", "i": i})
     if partial:
-        store.begin_run(partial, 2, 2, StoreCodecConfig(), {"optimizer": "adam"})
+        store.begin_run(partial, 2, 2, StoreCodecConfig(), ident(partial, optimizer="adam"))
     assert store.write_run_index() == runs + bool(partial)
     return str(tmp_path / "s.zarr")
 
@@ -374,7 +389,7 @@ def test_the_index_lists_complete_runs_in_one_read(tmp_path: Path) -> None:
     }
     store, calls = counting(loc)
     runs = list(store.iter_runs())
-    assert [r for r, _ in runs] == [f"r{i}" for i in range(5)] and runs[3][1]["i"] == 3
+    assert [r for r, _ in runs] == [f"r{i}" for i in range(5)] and runs[3][1].model_extra["i"] == 3
     assert store.run_format("r1") == (True, True)
     assert store.run_codec("r1") == tuple(index["runs"]["r1"]["codec"])  # no read
     # runs/zarr.json, and the run that was running when the index was written (it may have
@@ -400,7 +415,7 @@ def test_changing_a_run_removes_the_index_first(tmp_path: Path) -> None:
         store = TrajectoryStore.open(loc, mode="r+")
         assert store.run_status("r1") == "complete"
         if change == "begin":
-            store.begin_run("r1", 2, 2, StoreCodecConfig(), {})
+            store.begin_run("r1", 2, 2, StoreCodecConfig(), ident("r1"))
         else:
             store.delete_run("r1")
         assert "index" not in zarr.open_group(loc)["runs"].attrs
@@ -428,8 +443,13 @@ def test_a_stale_or_foreign_index_is_ignored(tmp_path: Path) -> None:
     ):
         runs.attrs["index"] = bad
         assert list(TrajectoryStore.open(loc).iter_runs()) == truth, bad
-    runs.attrs["index"] = {**index, "runs": fake}  # a fresh index is trusted as it stands
-    assert TrajectoryStore.open(loc).run_attrs("r1") == {"status": "complete"}
+    # a fresh index is trusted entry by entry: an entry that does not validate is ignored, and
+    # its run is read itself
+    runs.attrs["index"] = {**index, "runs": fake}
+    reader = TrajectoryStore.open(loc)
+    assert list(reader.iter_runs()) == truth
+    assert "field 'task_id': Field required" in reader.index_rejected["r1"]
+    assert reader.run_attrs("r1") == dict(zarr.open_group(loc)["runs"]["r1"].attrs)
 
 
 def test_writing_the_index_reads_only_runs_not_known_complete(tmp_path: Path) -> None:
@@ -442,7 +462,7 @@ def test_writing_the_index_reads_only_runs_not_known_complete(tmp_path: Path) ->
 
 def test_memory_url_index_round_trip() -> None:
     url = mem_url()
-    store, _ = TrajectoryStore.create_or_open(url, ROOT_ATTRS)
+    store, _ = TrajectoryStore.create_or_open(url, root_attrs(3, 5))
     w, loss, acc = trajectory(3, 5)
     write_run(store, "a", w, loss, acc)
     assert store.write_run_index() == 1
@@ -453,7 +473,9 @@ def test_memory_url_index_round_trip() -> None:
 
 # ---- tasks and tensor groups -------------------------------------------------------------------
 def test_tasks_round_trip(tmp_path: Path) -> None:
-    store = new_store(tmp_path)
+    store, _ = TrajectoryStore.create_or_open(
+        str(tmp_path / "s.zarr"), {**ROOT_ATTRS, "condition_dim": 7}
+    )
     assert not store.has_task("c1_2")
     cond = np.linspace(-1, 1, 7).astype(np.float64)
     store.write_task("c1_2", cond, {"classes": [1, 2], "split": "source"})
@@ -492,7 +514,7 @@ def test_memory_url_round_trip() -> None:
     url = mem_url()
     with pytest.raises(StoreError, match="No trajectory store"):
         TrajectoryStore.open(url)
-    store, created = TrajectoryStore.create_or_open(url, ROOT_ATTRS)
+    store, created = TrajectoryStore.create_or_open(url, {**root_attrs(9, 4), "condition_dim": 3})
     assert created
     w, loss, acc = trajectory(9, 4, seed=5)
     write_run(store, "c1_2-adam-s1", w, loss, acc, chunk_steps=4)
@@ -593,7 +615,7 @@ def write_drift(store: TrajectoryStore, codec: StoreCodecConfig) -> tuple[np.nda
     w[:, 150:] += np.linspace(0.1, 3.0, 150, dtype=np.float32)  # magnitudes of several octaves
     w[:, :150] = 0.0
     loss, acc = trajectory(10, 1)[1:]
-    writer = store.begin_run("r", 10, 300, codec, {})
+    writer = store.begin_run("r", 10, 300, codec, ident("r"))
     for i in range(10):
         writer.append(w[i], float(loss[i]), float(acc[i]))
     writer.finish()
@@ -603,7 +625,7 @@ def write_drift(store: TrajectoryStore, codec: StoreCodecConfig) -> tuple[np.nda
 @pytest.mark.parametrize("options", CODECS, ids=lambda o: "-".join(map(str, o.values())))
 def test_every_codec_round_trips(tmp_path: Path, options: dict) -> None:
     codec = StoreCodecConfig(chunk_steps=4, **options)
-    w, loss, acc = write_drift(new_store(tmp_path), codec)
+    w, loss, acc = write_drift(new_store(tmp_path, states=10, size=300), codec)
     reader = TrajectoryStore.open(str(tmp_path / "s.zarr"))
     np.testing.assert_array_equal(reader.weights("r"), w)  # lossless: bitwise equal
     np.testing.assert_array_equal(reader.run_array("r", "train_acc"), acc)
@@ -631,7 +653,7 @@ def test_bf16_rounds_weights_to_bfloat16_and_keeps_float32(tmp_path: Path, codec
     import torch
 
     options = StoreCodecConfig(chunk_steps=4, codec=codec, lossy="bf16")
-    w, loss, acc = write_drift(new_store(tmp_path), options)
+    w, loss, acc = write_drift(new_store(tmp_path, states=10, size=300), options)
     reader = TrajectoryStore.open(str(tmp_path / "s.zarr"))
     back = reader.weights("r")
     assert back.dtype == np.float32
@@ -652,7 +674,7 @@ def test_pcodec_chunks_are_what_stock_numcodecs_decodes(tmp_path: Path) -> None:
     crc32c. zarr 3.1's stock encoder would store the time-major memory order instead."""
     from numcodecs.pcodec import PCodec
 
-    w = write_drift(new_store(tmp_path), StoreCodecConfig(chunk_steps=4))[0]
+    w = write_drift(new_store(tmp_path, states=10, size=300), StoreCodecConfig(chunk_steps=4))[0]
     chunk_dir = tmp_path / "s.zarr" / "runs" / "r" / "weights" / "c"
     for index, rows in ((0, slice(0, 4)), (2, slice(8, 12))):
         data = (chunk_dir / str(index) / "0").read_bytes()
@@ -663,7 +685,7 @@ def test_pcodec_chunks_are_what_stock_numcodecs_decodes(tmp_path: Path) -> None:
 
 
 def test_bytes_on_disk(tmp_path: Path) -> None:
-    store = new_store(tmp_path)
+    store = new_store(tmp_path, states=4, size=64)
     w, loss, acc = trajectory(4, 64)
     write_run(store, "r", w, loss, acc, codec="none")
     total = sum(f.stat().st_size for f in (tmp_path / "s.zarr").rglob("*") if f.is_file())
@@ -722,7 +744,11 @@ def test_shared_store_starts_and_a_missing_theta0(tmp_path: Path) -> None:
         assert torch.equal(rule.weights(f"t{j}", j, stats), torch.from_numpy(theta0))
         assert torch.equal(rule.s0(f"t{j}", j, stats), (torch.from_numpy(theta0) - 2.0) / 0.5)
     store.write_shared_init(np.zeros(4, np.float32), 7)
-    with pytest.raises(StoreError, match=r"'init/theta0' has shape \(4,\); its runs have 5"):
+    with pytest.raises(
+        StoreError,
+        match=r"'init/theta0' is float32 of shape \(4,\); the store's layout needs float32 of "
+        r"shape \(5,\)",
+    ):
         TrajectoryStore.open(str(tmp_path / "s.zarr")).shared_init()
     bad = {**ROOT_ATTRS, "compat": {**COMPAT, "init": "shared"}}
     with pytest.raises(StoreError, match="init 'shared' needs init_seed"):

@@ -98,7 +98,7 @@ def endpoint_distances(
     model, meta, stats = load_policy(out)
     st = TrajectoryStore.open(store)
     runs = list(st.iter_runs())
-    tids = [a["task_id"] for _, a in runs]
+    tids = [a.task_id for _, a in runs]
     cond = stats.normalize_condition(torch.tensor(np.stack([truth["conditions"][t] for t in tids])))
     target = stats.normalize(torch.tensor(np.stack([truth["targets"][t] for t in tids])))
     if start == "randn":

@@ -1,0 +1,159 @@
+"""What ``lohp inspect`` reports of a trajectory store, and what ``--verify`` checks: every
+complete run's attributes and chunks, the run index, the task conditions and the tensor groups."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+import lohp_cli.store.chunks as chunks
+from lohp_cli.errors import StoreError
+from lohp_cli.store.trajectory_store import RUN_ARRAYS, TrajectoryStore
+
+
+def verify_run(store: TrajectoryStore, rid: str) -> list[str]:
+    """Read every chunk of a run's arrays: one line per missing, misshapen or damaged one."""
+    problems: list[str] = []
+    for name in RUN_ARRAYS:
+        try:
+            arr = store.run_array_meta(rid, name)
+        except StoreError as exc:
+            problems.append(str(exc))
+            continue
+        problems += chunks.verify(arr, f"run {rid}, array '{name}'")
+    return problems
+
+
+def verify_metadata(store: TrajectoryStore) -> list[str]:
+    """The runs group, the run index's entries, every chunk of the task conditions and of the
+    saved tensor groups: one line per problem."""
+    problems: list[str] = []
+    if store.runs_group_problem:
+        problems.append(store.runs_group_problem)
+    for rid, why in sorted(store.index_rejected.items()):
+        problems.append(
+            f"run {rid}: its run index entry is ignored ({why}); the run was read itself; re-run "
+            "'lohp collect' to rewrite the index"
+        )
+    for tid in store.task_ids():
+        what = f"task {tid}, array 'condition'"
+        try:
+            arr = store.node(f"tasks/{tid}/condition", what, (store.meta.condition_dim,))
+        except KeyError:
+            problems.append(f"{what} missing; {store.repair_hint()}")
+            continue
+        except StoreError as exc:
+            problems.append(str(exc))
+            continue
+        problems += chunks.verify(arr, what)
+    for name in store.group_names():
+        if name in ("tasks", "runs"):
+            continue
+        try:
+            arrays = list(store.root[name].arrays())
+        except Exception as exc:  # noqa: BLE001 - unreadable group metadata
+            problems.append(f"group '{name}': unreadable metadata ({type(exc).__name__})")
+            continue
+        for aname, arr in arrays:
+            problems += chunks.verify(arr, f"group '{name}', array '{aname}'")
+    return problems
+
+
+def _share(n: int, total: int) -> str:
+    """``all``, ``none`` or ``n of total`` (complete runs with a storage feature)."""
+    if n == total:
+        return "all" if total else "none"
+    return "none" if n == 0 else f"{n} of {total}"
+
+
+def summarize_store(location: str, verify: bool = False) -> dict[str, Any]:
+    """A JSON-able summary of a store; with ``verify``, every complete run is read and checked.
+
+    Runs whose attributes do not read count as ``unreadable``, those that do not validate as
+    ``invalid`` (both under optimizer ``"?"``: what they say of themselves is not trusted); with
+    ``verify`` an invalid run is a problem (a run cut short by a crash is unreadable, not
+    invalid)."""
+    store = TrajectoryStore.open(location, mode="r")
+    meta = store.meta
+    compat = meta.compat
+    runs: dict[str, dict[str, int]] = {}
+    complete = 0
+    # --verify reads every run's own attributes (not the run index) and checks the index by them
+    problems: list[str] = list(store.index_mismatches().values()) if verify else []
+    states = compat.states
+    final_acc: dict[str, list[float]] = {}
+    with_checksums = with_dims = lossy = 0
+    codecs: dict[str, int] = {}
+    for rid in store.run_ids():
+        attrs = store.run_attrs(rid)
+        run, why = (None, None) if attrs is None else store.check_attrs(rid, attrs)
+        status = "unreadable" if attrs is None else "invalid" if run is None else run.status
+        opt = run.optimizer if run is not None else "?"
+        runs.setdefault(opt, {}).setdefault(status, 0)
+        runs[opt][status] += 1
+        if verify and why:
+            problems.append(f"{why}; re-run 'lohp collect' to redo the run")
+        if run is None or not run.complete:
+            continue
+        complete += 1
+        try:
+            checksummed, named = store.run_format(rid)
+            codec, rounded = store.run_codec(rid)
+        except StoreError as exc:
+            if not verify:
+                raise
+            problems.append(str(exc))
+            continue
+        with_checksums += checksummed
+        with_dims += named
+        codecs[codec] = codecs.get(codec, 0) + 1
+        lossy += rounded
+        if verify:
+            damaged = verify_run(store, rid)
+            problems += damaged
+            if damaged:
+                continue
+            if not np.isfinite(store.weights(rid)).all():
+                problems.append(f"run {rid}: non-finite weights")
+            acc = store.run_array(rid, "train_acc")
+            final_acc.setdefault(opt, []).append(float(acc[-1]))
+    size = store.bytes_on_disk()
+    weight_bytes = store.bytes_on_disk("runs/*/weights")
+    raw = complete * states * meta.param_count * 4
+    out: dict[str, Any] = {
+        "store": location,
+        "schema": meta.schema_,
+        "schema_version": meta.schema_version,
+        "family": compat.family.name,
+        "ways": compat.family.ways,
+        "test_domain": compat.family.test_domain,
+        "model": compat.model.name,
+        "param_count": meta.param_count,
+        "condition_dim": meta.condition_dim,
+        "steps": compat.steps,
+        "record_every": compat.record_every,
+        "recorded_states": states,
+        "init": compat.init,
+        "tasks": len(store.task_ids()),
+        "runs": runs,
+        "complete_runs": complete,
+        "bytes_on_disk": size,
+        "weight_bytes_on_disk": weight_bytes,
+        "raw_weight_bytes": raw,
+        "compression_ratio": round(raw / weight_bytes, 3) if weight_bytes else None,
+        # runs written before lohp 0.2 have neither (they still read; damage is found only where
+        # decompression fails)
+        "checksums": _share(with_checksums, complete),
+        "dimension_names": _share(with_dims, complete),
+        "weight_codecs": codecs,  # codec pipeline of the weights -> complete runs using it
+        "lossy": _share(lossy, complete),  # runs whose weights were rounded (lossy = "bf16")
+        "created_at": meta.created_at,
+        "lohp_version": meta.provenance.get("lohp_version"),
+    }
+    if verify:
+        problems += verify_metadata(store)
+        out["verified"] = not problems
+        out["problems"] = problems
+        out["final_train_acc"] = {k: round(float(np.mean(v)), 4) for k, v in final_acc.items()}
+    return out
