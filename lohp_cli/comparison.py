@@ -53,21 +53,23 @@ def _pair(a: MethodResult, b: MethodResult, on_ladder: bool) -> dict[str, Any]:
     }
 
 
-def paired_section(rows: list[MethodResult]) -> dict[str, Any] | None:
+def paired_section(
+    rows: list[MethodResult], also: tuple[str, ...] = ()
+) -> dict[str, Any] | None:
     """``paired``: the main row (``rows[0]``, the generated weights) against every other scored
-    row (not a not-applicable one), then each step of the ablation ladder not already among them
-    (upper rung − lower rung, top down);
-    per task the accuracy averaged over its samples, paired over the tasks."""
+    row (not a not-applicable one), then each row named in ``also`` against every scored row
+    after the main one, then each step of the ablation ladder not already among them (upper
+    rung − lower rung, top down); per task the accuracy averaged over its samples, paired over
+    the tasks."""
     if not rows or not rows[0].task_acc:
         return None
     main = rows[0]
     rungs = ladder(rows)
     steps = list(zip(rungs[1:], rungs, strict=False))  # (upper, lower)
-    pairs = [
-        _pair(main, r, any(hi is main and lo is r for hi, lo in steps))
-        for r in rows[1:]
-        if r.applicable and len(r.task_acc) == len(main.task_acc)
-    ]
+    scored = [r for r in rows[1:] if r.applicable and len(r.task_acc) == len(main.task_acc)]
+    pairs = [_pair(main, r, any(hi is main and lo is r for hi, lo in steps)) for r in scored]
+    for a in (r for r in scored if r.name in also):
+        pairs += [_pair(a, r, False) for r in scored if r is not a]
     pairs += [_pair(hi, lo, True) for hi, lo in reversed(steps) if hi is not main]
     return {"main": main.name, "confidence": CONFIDENCE, "ladder": list(LADDER), "pairs": pairs}
 

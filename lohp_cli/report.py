@@ -66,7 +66,7 @@ def build_report(
         "optimizer_steps_full": ctx.steps_full,
         "device": ctx.device,
         "methods": [r.summary() for r in rows],
-        "paired": paired_section(rows),
+        "paired": paired_section(rows, cfg.paired_also),
         "frontier": frontier_section(rows, frontier),
         "matched": matched_section(rows, frontier),
         "timing": {

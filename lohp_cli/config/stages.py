@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from lohp_cli.config.base import Frozen, Seed
 
@@ -126,6 +126,12 @@ class EvaluateConfig(Frozen):
         "lo-di, lo-op, k=1); generated here on the same tasks and seeds. NAME@S asks a "
         "diffusion policy for S DDIM steps (row 'NAME (S=…)'; default: its own sample_steps).",
     )
+    paired_also: tuple[str, ...] = Field(
+        (),
+        description="Names of more policies (keys of policies) whose rows are also paired "
+        "against every other scored row, as the generated weights' row is (e.g. a variant "
+        "that a study compares with the baselines, not only with the main row).",
+    )
     latency_repeats: int = Field(20, ge=1, description="Timed repetitions per method (median).")
     frontier_steps: tuple[int, ...] = Field(
         DEFAULT_FRONTIER_STEPS,
@@ -150,6 +156,16 @@ class EvaluateConfig(Frozen):
     )
     plots: bool = Field(True, description="Write PNG plots (needs matplotlib).")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:i.")
+
+    @model_validator(mode="after")
+    def _paired_are_policies(self) -> EvaluateConfig:
+        unknown = [n for n in self.paired_also if n not in self.policies or "@" in n]
+        if unknown:
+            raise ValueError(
+                f"paired_also names {unknown}, which are not --policy NAME=DIR names "
+                f"({', '.join(n for n in self.policies if '@' not in n) or 'none given'})"
+            )
+        return self
 
     @field_validator("frontier_steps")
     @classmethod

@@ -90,6 +90,29 @@ def test_paired_compares_the_main_row_with_every_row_and_adds_the_ladder_steps()
     assert q["ci95"] == [round(d.low, 4), round(d.high, 4)]
 
 
+def test_paired_also_pairs_a_named_row_with_every_scored_row() -> None:
+    p = paired_section(ROWS, also=("k4 (k=4)",))
+    assert p is not None
+    extra = [(q["a"], q["b"]) for q in p["pairs"] if q["a"] == "k4 (k=4)"]
+    assert extra == [("k4 (k=4)", r.name) for r in ROWS[2:]]  # not itself, not the main row
+    q = next(q for q in p["pairs"] if (q["a"], q["b"]) == ("k4 (k=4)", "adam-200"))
+    d = paired_difference([0.8, 0.8, 0.8], [0.95, 0.85, 0.75])
+    assert q["mean"] == round(d.mean, 4) and not q["ladder"]
+    base = paired_section(ROWS)
+    assert base is not None and len(p["pairs"]) == len(base["pairs"]) + len(ROWS) - 2
+
+
+def test_paired_also_must_name_a_policy() -> None:
+    from pydantic import ValidationError
+
+    from lohp_cli.config import EvaluateConfig
+
+    cfg = EvaluateConfig(policies={"grad": "p/grad"}, paired_also=("grad",))
+    assert cfg.paired_also == ("grad",)
+    with pytest.raises(ValidationError, match="not --policy NAME=DIR names"):
+        EvaluateConfig(policies={"grad": "p/grad"}, paired_also=("adam-20",))
+
+
 def test_paired_with_one_task_has_no_interval() -> None:
     rows = [_row("main", [0.9], _policy("lo-hp"), kind="generated"), _row("adam-5", [0.8])]
     (q,) = paired_section(rows)["pairs"]
