@@ -53,6 +53,12 @@ def _pair(a: MethodResult, b: MethodResult, on_ladder: bool) -> dict[str, Any]:
     }
 
 
+def _named(row: str, names: tuple[str, ...]) -> bool:
+    """Whether a report row is the row of one of the ``--policy`` names (``"grad"`` names the
+    row ``"grad (k=2)"``)."""
+    return any(row == n or row.startswith(f"{n} (") for n in names)
+
+
 def paired_section(
     rows: list[MethodResult], also: tuple[str, ...] = ()
 ) -> dict[str, Any] | None:
@@ -68,7 +74,7 @@ def paired_section(
     steps = list(zip(rungs[1:], rungs, strict=False))  # (upper, lower)
     scored = [r for r in rows[1:] if r.applicable and len(r.task_acc) == len(main.task_acc)]
     pairs = [_pair(main, r, any(hi is main and lo is r for hi, lo in steps)) for r in scored]
-    for a in (r for r in scored if r.name in also):
+    for a in (r for r in scored if _named(r.name, also)):
         pairs += [_pair(a, r, False) for r in scored if r is not a]
     pairs += [_pair(hi, lo, True) for hi, lo in reversed(steps) if hi is not main]
     return {"main": main.name, "confidence": CONFIDENCE, "ladder": list(LADDER), "pairs": pairs}

@@ -91,7 +91,7 @@ def test_paired_compares_the_main_row_with_every_row_and_adds_the_ladder_steps()
 
 
 def test_paired_also_pairs_a_named_row_with_every_scored_row() -> None:
-    p = paired_section(ROWS, also=("k4 (k=4)",))
+    p = paired_section(ROWS, also=("k4",))  # the --policy name; its row is "k4 (k=4)"
     assert p is not None
     extra = [(q["a"], q["b"]) for q in p["pairs"] if q["a"] == "k4 (k=4)"]
     assert extra == [("k4 (k=4)", r.name) for r in ROWS[2:]]  # not itself, not the main row
