@@ -25,7 +25,10 @@ Timing (attrs ``timing``), warm-up excluded from both measures, on the device it
   wall time divided by its rows; one untimed warm-up batch of the first batch's shape runs first
   (lazy initialisation, allocator and kernel caches), so every batch of the output is timed.
 - ``latency_ms_batch1``: latency as the paper means it, the wall time of generating the weights of
-  one task at batch size 1 (median of ``LATENCY_REPEATS`` runs after one untimed run).
+  one task at batch size 1 (median of ``LATENCY_REPEATS`` runs after one untimed run), with its
+  interquartile range (``latency_iqr_ms``), the process's CPU time per run (``cpu_ms_batch1``)
+  and the load average before and after. ``evaluate`` times the policy again, interleaved with
+  the methods it compares, and reports that latency only.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ from lohp_cli.config import (
 from lohp_cli.errors import CompatibilityError, ConfigError, StoreError
 from lohp_cli.policy.artifact import generate_batch, load_policy, start_rule, style_token
 from lohp_cli.policy.context import policy_probe, resolve_tasks, task_context
-from lohp_cli.runtime import derive_seed, provenance, resolve_device
+from lohp_cli.runtime import derive_seed, provenance, resolve_device, stage_threads
 from lohp_cli.store.location import absolute_location
 from lohp_cli.store.trajectory_store import CONDITION_DIMS, codecs_for
 from lohp_cli.tasks import Task
@@ -64,7 +67,7 @@ from lohp_cli.tasks.families import TaskTensors
 
 Progress = Callable[[dict[str, Any]], None]
 WARMUP_BATCHES = 1  # untimed batches before the batched-throughput timing
-LATENCY_REPEATS = 5  # timed batch-1 generations behind latency_ms_batch1 (after one untimed)
+LATENCY_REPEATS = 20  # timed batch-1 generations behind latency_ms_batch1 (after one untimed)
 
 
 @dataclass(frozen=True)
@@ -96,9 +99,14 @@ def output_lock(out: Path) -> Iterator[None]:
 
 def generate(cfg: GenerateConfig, progress: Progress | None = None) -> GenerateResult:
     """Generate ``cfg.samples`` weight vectors for each task and write them to ``cfg.out``."""
+    emit = progress or (lambda _e: None)
+    with stage_threads(cfg.threads, emit):
+        return _generate(cfg, emit)
+
+
+def _generate(cfg: GenerateConfig, emit: Progress) -> GenerateResult:
     import zarr
 
-    emit = progress or (lambda _e: None)
     t0 = time.perf_counter()
     out = Path(cfg.out)
     if "://" in cfg.out:
@@ -185,15 +193,19 @@ def generate(cfg: GenerateConfig, progress: Progress | None = None) -> GenerateR
         gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "latency"))
         return generate_batch(model, meta, c1, s1, cfg.mode, gen, cfg.save_paths, p1, token)
 
+    emit({"event": "timing", "repeats": LATENCY_REPEATS})
+    load_before = clock.load_average()
     with torch.no_grad():
-        latency = clock.time_ms(one_task, LATENCY_REPEATS, device)
+        latency = clock.measure(one_task, LATENCY_REPEATS, device)
     timing = {
         "batched_ms_per_sample": round(statistics.median(per_sample) * 1e3, 4),
         "batch_size": min(cfg.batch_size, len(flat)),
         "batches_timed": len(per_sample),
         "warmup_batches": WARMUP_BATCHES,
-        "latency_ms_batch1": round(latency, 4),
+        **latency.to_json(),  # latency_ms_batch1 (median), its interquartile range, CPU time
         "latency_repeats": LATENCY_REPEATS,
+        "load_average": {"before": load_before, "after": clock.load_average()},
+        "threads": torch.get_num_threads(),
         "device": device,
     }
 

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from lohp_cli.config.base import Frozen, Seed
+from lohp_cli.config.base import THREADS_HELP, Frozen, Seed
 
 
 class GenerateConfig(Frozen):
@@ -43,6 +43,7 @@ class GenerateConfig(Frozen):
     )
     data_root: str | None = Field(None, description="Data set directory (default: the store's).")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:i.")
+    threads: int | None = Field(None, ge=1, description=THREADS_HELP)
     overwrite: bool = Field(False, description="Replace an existing output.")
 
 
@@ -148,8 +149,20 @@ class EvaluateConfig(Frozen):
     locality_branches: int = Field(
         4, ge=2, description="Minibatch seeds per state: the seed-averaged step and the ceiling."
     )
+    latency_budget_s: float = Field(
+        300.0,
+        gt=0,
+        description="Seconds the interleaved latency timing may take: past it, no round is added "
+        "after the fifth (docs/report.md, 'Latency').",
+    )
     plots: bool = Field(True, description="Write PNG plots (needs matplotlib).")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:i.")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="Intra-op CPU threads (default 1: evaluate times one task at batch size 1, "
+        "and one thread is what stays steady on a shared machine; OMP_NUM_THREADS when set).",
+    )
 
     @field_validator("frontier_steps")
     @classmethod

@@ -82,9 +82,14 @@ def test_timing_attrs_name_what_they_measure(trained: dict[str, str], tmp_path: 
         "batches_timed",
         "warmup_batches",
         "latency_ms_batch1",
+        "latency_iqr_ms",
+        "cpu_ms_batch1",
         "latency_repeats",
+        "load_average",
+        "threads",
         "device",
     }
+    assert t["latency_iqr_ms"][0] <= t["latency_ms_batch1"] <= t["latency_iqr_ms"][1]
     assert t["device"] == "cpu" and t["batch_size"] == 4
     assert t["batches_timed"] == 2 and t["warmup_batches"] == 1
     assert t["latency_repeats"] == LATENCY_REPEATS
@@ -253,7 +258,8 @@ def test_cli_generate_exit_codes(trained: dict[str, str], tmp_path: Path) -> Non
     assert ok.stdout.strip().splitlines()[-1] == str(out)
     said = " ".join(ok.output.split())
     assert "batched throughput" in said and "ms/sample on cpu (batch 1, warm-up excluded)" in said
-    assert "ms per task (batch 1, after warm-up)" in said and "ms per sample (median)" not in said
+    assert "ms per task (batch 1, median after warm-up;" in said
+    assert "ms per sample (median)" not in said
     again = runner.invoke(app, ["generate", "--policy", trained["lo-hp"], "--out", str(out)])
     assert again.exit_code == 2 and "--overwrite" in again.output
     missing = runner.invoke(
