@@ -107,7 +107,8 @@ def timing_lines(r: dict[str, Any]) -> list[str]:
             f"{t.get('wall_s', 0):.0f} s of timing."
         ]
         if t.get("warning"):
-            lines += ["", f"**Warning: noisy latencies.** {t['warning']}"]
+            said = t["warning"][:1].upper() + t["warning"][1:]
+            lines += ["", f"**Warning: noisy latencies.** {said}", ""]
     g = t.get("generate")
     if g:
         lines.append(

@@ -177,7 +177,7 @@ def test_markdown_says_what_the_timings_measure() -> None:
     )
     assert "its latency there" not in md
     noisy = markdown_report({**_report(rows), "timing": {**TIMING, "warning": "too busy."}})
-    assert "**Warning: noisy latencies.** too busy." in noisy
+    assert "**Warning: noisy latencies.** Too busy." in noisy
     # a generated store older than the timing dict: no throughput line, the device still named
     old = markdown_report({**_report(rows), "timing": {**TIMING, "generate": None}})
     assert "Batched throughput" not in old and "at batch size 1 on cpu" in old
