@@ -233,6 +233,17 @@ def _value_free_flags() -> None:
 
     display_type_rich._lohp = True  # type: ignore[attr-defined]
     core.TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+    arg = getattr(core.TyperArgument, "display_type_rich", None)
+    if arg is not None and not getattr(arg, "_lohp", False):
+
+        def argument_type(self: Any, ctx: Any) -> str | None:
+            shown = arg(self, ctx)
+            if shown and shown.startswith("<list[") and shown.endswith("]>"):
+                return f"<{shown[6:-2]}>"
+            return shown
+
+        argument_type._lohp = True  # type: ignore[attr-defined]
+        core.TyperArgument.display_type_rich = argument_type  # type: ignore[method-assign]
 
 
 _value_free_flags()

@@ -193,3 +193,33 @@ class EvaluateConfig(Frozen):
                 "trained policies go in --policy NAME=DIR)"
             )
         return v
+
+
+class ExportConfig(Frozen):
+    generated: str = Field("gen/fmnist-k2.zarr", description="Output of 'lohp generate'.")
+    out: str = Field("models", description="Directory that gets one model directory per task.")
+    tasks: tuple[str, ...] = Field(
+        (), description="Task ids of the generated store to export (empty: every task)."
+    )
+    sample: int = Field(0, ge=0, description="Which generated sample of each task.")
+    program: bool = Field(
+        True, description="Also write model.pt2, a torch.export program (loads with torch alone)."
+    )
+    store: str | None = Field(
+        None, description="The policy's trajectory store, if it moved (its frozen parts)."
+    )
+    data_root: str | None = Field(None, description="Data set directory (default: the store's).")
+    overwrite: bool = Field(False, description="Replace existing model directories.")
+    threads: int | None = Field(None, ge=1, description=THREADS_HELP)
+
+
+class PredictConfig(Frozen):
+    model: str = Field(..., description="A directory written by 'lohp export'.")
+    inputs: tuple[str, ...] = Field(
+        ...,
+        min_length=1,
+        description="Image files (png, jpg, …), or tensor files: .npy or .safetensors holding "
+        "images [B, C, H, W] (or [B, H, W] for one channel), uint8 or float in [0, 1].",
+    )
+    top: int = Field(1, ge=1, description="Classes listed per input, most probable first.")
+    threads: int | None = Field(None, ge=1, description=THREADS_HELP)

@@ -19,7 +19,10 @@ from lohp_cli.config import CollectConfig, EvaluateConfig, GenerateConfig
 from lohp_cli.config.train import LoHpTrainConfig
 from tests.cli.runner import flat, invoke, plain
 
-STAGES = ("collect", "train-policy", "generate", "evaluate", "evaluate-l2o", "inspect")
+STAGES = (
+    "collect", "train-policy", "generate", "evaluate", "evaluate-l2o", "export", "predict",
+    "inspect",
+)  # fmt: skip
 
 # (command, option, the config value its shown default must equal)
 DEFAULTS = [
