@@ -66,6 +66,14 @@ def generate(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing output.")
     ] = False,
+    update: Annotated[
+        bool,
+        typer.Option(
+            "--update",
+            help="Generate only the tasks an existing output lacks (same policy and settings), "
+            "keep the others; nothing to do when no task is new (cron).",
+        ),
+    ] = False,
     device: DeviceOpt = None,
     threads: ThreadsOpt = None,
     config: ConfigOpt = None,
@@ -91,6 +99,7 @@ def generate(
         "store": store,
         "data_root": data_root,
         "overwrite": True if overwrite else None,
+        "update": True if update else None,
         "device": device,
         "threads": threads,
     }
@@ -120,8 +129,13 @@ def _progress(e: Event) -> None:
 
 def _done(result: Any) -> None:
     _BAR.stop()
+    if result.new_tasks == 0:
+        log(f"[green]done[/]: {result.tasks} task(s), none new: {result.out} is up to date")
+        typer.echo(result.out)
+        return
+    new = "" if result.new_tasks == result.tasks else f" ({result.new_tasks} new)"
     log(
-        f"[green]done[/]: {result.tasks} task(s) × {result.samples} in "
+        f"[green]done[/]: {result.tasks} task(s){new} × {result.samples} in "
         f"{result.wall_time_s:.1f} s; batched throughput {result.batched_ms_per_sample:.3f} "
         f"ms/sample on {result.device} (batch {result.batch_size}, warm-up excluded); latency "
         f"{result.latency_ms_batch1:.3f} ms per task (batch 1, median after warm-up; "

@@ -45,6 +45,11 @@ class GenerateConfig(Frozen):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:i.")
     threads: int | None = Field(None, ge=1, description=THREADS_HELP)
     overwrite: bool = Field(False, description="Replace an existing output.")
+    update: bool = Field(
+        False,
+        description="Generate only the tasks an existing output (of this policy and settings) "
+        "lacks, keep the others, and write the listed tasks; nothing to do when none is new.",
+    )
 
 
 DEFAULT_BASELINES = ("sgd", "adam", "sam", "hypernetwork")
