@@ -87,6 +87,9 @@ def frontier_section(
             "steps": r.steps,
             "acc_mean": round(float(np.mean(r.accuracies)), 4),
             "latency_ms_batch1": round(r.latency_ms_batch1, 4),
+            "latency_iqr_ms": None
+            if r.latency_iqr_ms is None
+            else [round(v, 4) for v in r.latency_iqr_ms],
         }
         for opt, r in sorted(points, key=lambda p: (opts.index(p[0]), p[1].steps or 0))
         if r.latency_ms_batch1 is not None

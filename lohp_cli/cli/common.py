@@ -212,6 +212,13 @@ ThreadsOpt = Annotated[
 ]
 
 
+def _element_type(shown: str | None) -> str | None:
+    """``<list[str]>`` -> ``<str>`` (a repeatable option or argument takes one value each time)."""
+    if shown and shown.startswith("<list[") and shown.endswith("]>"):
+        return f"<{shown[6:-2]}>"
+    return shown
+
+
 def _value_free_flags() -> None:
     """Show no type for flags (Typer 0.2x writes ``<bool>`` beside ``--dry-run``, which takes no
     value) and the element type of a repeatable option (``<str>``, not ``<list[str]>``)."""
@@ -226,10 +233,7 @@ def _value_free_flags() -> None:
             return self.metavar
         if getattr(self, "is_flag", False) or getattr(self, "count", False):
             return ""
-        shown = original(self, ctx)
-        if shown and shown.startswith("<list[") and shown.endswith("]>"):
-            return f"<{shown[6:-2]}>"
-        return shown
+        return _element_type(original(self, ctx))
 
     display_type_rich._lohp = True  # type: ignore[attr-defined]
     core.TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
@@ -237,10 +241,7 @@ def _value_free_flags() -> None:
     if arg is not None and not getattr(arg, "_lohp", False):
 
         def argument_type(self: Any, ctx: Any) -> str | None:
-            shown = arg(self, ctx)
-            if shown and shown.startswith("<list[") and shown.endswith("]>"):
-                return f"<{shown[6:-2]}>"
-            return shown
+            return _element_type(arg(self, ctx))
 
         argument_type._lohp = True  # type: ignore[attr-defined]
         core.TyperArgument.display_type_rich = argument_type  # type: ignore[method-assign]

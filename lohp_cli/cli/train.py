@@ -159,4 +159,4 @@ def _progress() -> Callable[[Event], None]:
 
 
 # the loss terms shown beside the bar (metrics.jsonl has every term)
-LOSS_TERMS = ("loss", "off", "on", "mse", "val_acc")
+LOSS_TERMS = ("loss", "off", "on", "mse")

@@ -253,6 +253,9 @@ def test_report_pairs_every_row_with_the_main_one_and_has_the_frontier(
     )
     report = evaluate(cfg)
     rows = {m["name"]: m for m in report["methods"]}
+    t = report["timing"]
+    assert t["protocol"] == "interleaved" and t["rounds"] >= cfg.latency_repeats
+    assert t["threads"] == 1 and set(t["load_average"]) >= {"before", "during_mean", "after"}
     n_steps = rows["lo-hp (k=2)"]["steps"]
     names = ["lo-hp (k=2)", "again (k=2)", f"sgd-{c.steps_full}", f"sgd-{n_steps}"]
     assert list(rows) == names  # the frontier's extra budgets are not report rows
@@ -271,8 +274,12 @@ def test_report_pairs_every_row_with_the_main_one_and_has_the_frontier(
     steps = sorted({1, 3, c.steps_full, n_steps})  # 10,000 is over T·r
     assert [(pt["optimizer"], pt["steps"]) for pt in f["points"]] == [("sgd", s) for s in steps]
     for pt in f["points"]:
-        assert set(pt) == {"method", "optimizer", "steps", "acc_mean", "latency_ms_batch1"}
+        assert set(pt) == {
+            "method", "optimizer", "steps", "acc_mean", "latency_ms_batch1", "latency_iqr_ms",
+        }  # fmt: skip
         assert pt["method"] == f"sgd-{pt['steps']}" and pt["latency_ms_batch1"] > 0
+        q1, q3 = pt["latency_iqr_ms"]  # timed interleaved with every other row
+        assert q1 <= pt["latency_ms_batch1"] <= q3
         if pt["method"] in rows:  # the report's own optimizer rows are reused
             assert pt["acc_mean"] == rows[pt["method"]]["acc_mean"]
     assert f["pareto"] and all(pt in f["points"] for pt in f["pareto"])
