@@ -20,10 +20,14 @@ def generate_timing(timing: dict[str, Any] | None) -> dict[str, Any] | None:
     return {k: timing[k] for k in GENERATE_KEYS if k in timing}
 
 
+WAIT_WARN = 1.25  # a wall time above this many times the CPU time: the process waited for a core
+
+
 def timing_warning(methods: list[dict[str, Any]], run: dict[str, Any]) -> str | None:
     """Why the report's latencies are not to be trusted as measured, or None: a row whose
-    interquartile range exceeds ``SPREAD_WARN`` of its median, or a machine with more runnable
-    work than cores during the timing (mean 1-minute load average above the cores)."""
+    interquartile range exceeds ``SPREAD_WARN`` of its median, or, with one thread, a row whose
+    median wall time exceeds ``WAIT_WARN`` times its CPU time (the process waited for a core:
+    the machine's other work, whose load average is named, took it)."""
     why = []
     noisy = [
         m["name"]
@@ -38,11 +42,19 @@ def timing_warning(methods: list[dict[str, Any]], run: dict[str, Any]) -> str | 
             f"median ({names})"
         )
     load = (run.get("load_average") or {}).get("during_mean")
-    threads, cores = run.get("threads", 1), run.get("cores", 1)
-    if load is not None and load > cores:
+    cores = run.get("cores", 1)
+    waited = [
+        m["name"]
+        for m in methods
+        if run.get("threads", 1) == 1 and m.get("cpu_ms_batch1") and m["latency_ms_batch1"]
+        and m["latency_ms_batch1"] > WAIT_WARN * m["cpu_ms_batch1"]
+    ]  # fmt: skip
+    if waited:
+        names = ", ".join(waited[:5]) + (f" and {len(waited) - 5} more" if len(waited) > 5 else "")
+        busy = "" if load is None else f" (load average {load:.2f} on {cores} core(s))"
         why.append(
-            f"the machine was busy: load average {load:.2f} on {cores} core(s) while this "
-            f"process used {threads} thread(s)"
+            f"the process waited for a core{busy}: the wall time of {len(waited)} row(s) exceeds "
+            f"{WAIT_WARN:g}× its CPU time ({names})"
         )
     if not why:
         return None

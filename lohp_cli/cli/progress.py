@@ -52,6 +52,7 @@ class StageProgress:
         self.label, self.total, self.done, self.info = "", 0, 0, ""
         self.t0 = self.last_line = 0.0
         self.next_pct = 10
+        self.printed = -1  # the count of the last plain line
 
     @property
     def mode(self) -> str:
@@ -68,6 +69,7 @@ class StageProgress:
         self.label, self.total, self.done, self.info = label, max(0, total), completed, info
         self.t0 = self.last_line = time.monotonic()
         self.next_pct = 10 * (100 * completed // max(1, total) // 10 + 1)
+        self.printed = -1
         self.resumed = completed  # units done before this process: not in the rate
         if self.mode == "rich" and self.total:
             self.bar = Progress(
@@ -104,7 +106,7 @@ class StageProgress:
         if self.bar is not None:
             self.bar.update(self.task, completed=self.done, total=self.total,
                             info=escape(self.info))  # fmt: skip
-        elif self.mode == "plain":
+        elif self.mode == "plain" and self.done != self.printed:
             pct = 100 * self.done // max(1, self.total)
             now = time.monotonic()
             if (
@@ -127,7 +129,7 @@ class StageProgress:
             highlight=False,
             soft_wrap=True,
         )
-        self.last_line = now
+        self.last_line, self.printed = now, self.done
 
     def stop(self) -> None:
         """End the phase (the bar disappears; plain mode has printed its last line)."""

@@ -190,3 +190,13 @@ def test_a_terminal_gets_a_rich_bar_with_an_eta() -> None:
     assert "TimeElapsedColumn" in columns and "TimeRemainingColumn" in columns
     bar.stop()
     assert bar.bar is None
+
+
+def test_a_count_is_printed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """evaluate's timing rounds end with the same count twice (the last round, then finished)."""
+    out = io.StringIO()
+    bar = StageProgress(Console(file=out, width=200, force_terminal=False))
+    bar.start("latency", 20)
+    bar.update(completed=60, total=60)
+    bar.update(completed=60, total=60)
+    assert len(out.getvalue().splitlines()) == 1

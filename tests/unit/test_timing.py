@@ -114,21 +114,25 @@ def test_unstable_medians_get_more_rounds_within_the_budget(
     assert few.rounds == 2  # fewer rounds asked than MIN_ROUNDS
 
 
-def test_the_warning_names_noisy_rows_and_a_busy_machine() -> None:
-    quiet = {"threads": 1, "cores": 2, "load_average": {"during_mean": 1.2}}
+def test_the_warning_names_noisy_rows_and_rows_that_waited_for_a_core() -> None:
+    run = {"threads": 1, "cores": 2, "load_average": {"during_mean": 4.2}}
     rows = [
-        {"name": "steady", "latency_ms_batch1": 10.0, "latency_iqr_ms": [9.5, 10.5]},
+        {"name": "steady", "latency_ms_batch1": 10.0, "latency_iqr_ms": [9.5, 10.5],
+         "cpu_ms_batch1": 9.9},
         {"name": "untimed", "latency_ms_batch1": None, "latency_iqr_ms": None},
-    ]
-    assert timing_warning(rows, quiet) is None
+    ]  # fmt: skip
+    assert timing_warning(rows, run) is None  # a busy machine, but this process had its core
     noisy = [*rows, {"name": "jumpy", "latency_ms_batch1": 10.0, "latency_iqr_ms": [8.0, 13.0]}]
-    said = timing_warning(noisy, quiet)
-    assert said is not None and "1 row(s)" in said and "(jumpy)" in said and "busy" not in said
-    busy = {**quiet, "load_average": {"during_mean": 3.4}}
-    said = timing_warning(rows, busy)
-    assert said is not None and "load average 3.40 on 2 core(s)" in said
+    said = timing_warning(noisy, run)
+    assert said is not None and "1 row(s)" in said and "(jumpy)" in said and "waited" not in said
+    starved = [*rows, {"name": "slow", "latency_ms_batch1": 20.0, "latency_iqr_ms": [19, 21],
+                       "cpu_ms_batch1": 10.0}]  # fmt: skip
+    said = timing_warning(starved, run)
+    assert said is not None and "waited for a core (load average 4.20 on 2 core(s))" in said
+    assert "(slow)" in said
+    assert timing_warning(starved, {**run, "threads": 2}) is None  # CPU time of two threads
     section = timing_section("cpu", 10, TimingRun(rounds=10, load_during=[3.4]), rows, None)
-    assert section["warning"] is None or "busy" in section["warning"]
+    assert section["warning"] is None
     assert section["protocol"] == "interleaved" and section["generate"] is None
 
 
