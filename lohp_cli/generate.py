@@ -178,7 +178,8 @@ def _generate(cfg: GenerateConfig, emit: Progress) -> GenerateResult:
         probe = None if bank is None else bank.probe([task.id for task, _, _ in chunk])
         return s0.to(device), cond, probe  # s0 [B, P], cond [B, D]
 
-    def run_all() -> dict[str, Any]:
+    def generate_new() -> dict[str, Any]:
+        """The new tasks' weights (into ``weights``, ``paths``) and the timing record."""
         # untimed warm-up batches of the first batch's shape (own noise: the bytes are unchanged)
         ws0, wcond, wprobe = inputs(flat[: cfg.batch_size])
         for w in range(WARMUP_BATCHES):
@@ -240,11 +241,10 @@ def _generate(cfg: GenerateConfig, emit: Progress) -> GenerateResult:
             "threads": torch.get_num_threads(),
             "device": device,
         }
-
         return timing
 
     # the new tasks' weights, and the timing of their generation (the kept tasks: none to time)
-    timing = run_all() if flat else dict(before.timing if before is not None else {})
+    timing = generate_new() if flat else dict(before.timing if before is not None else {})
 
     with output_lock(out):
         tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
