@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from lohp_cli.config.base import Frozen, Seed
+from lohp_cli.config.base import THREADS_HELP, Frozen, Seed
 
 
 class GenerateConfig(Frozen):
@@ -43,7 +43,13 @@ class GenerateConfig(Frozen):
     )
     data_root: str | None = Field(None, description="Data set directory (default: the store's).")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:i.")
+    threads: int | None = Field(None, ge=1, description=THREADS_HELP)
     overwrite: bool = Field(False, description="Replace an existing output.")
+    update: bool = Field(
+        False,
+        description="Generate only the tasks an existing output (of this policy and settings) "
+        "lacks, keep the others, and write the listed tasks; nothing to do when none is new.",
+    )
 
 
 DEFAULT_BASELINES = ("sgd", "adam", "sam", "hypernetwork")
@@ -154,8 +160,20 @@ class EvaluateConfig(Frozen):
     locality_branches: int = Field(
         4, ge=2, description="Minibatch seeds per state: the seed-averaged step and the ceiling."
     )
+    latency_budget_s: float = Field(
+        300.0,
+        gt=0,
+        description="Seconds the interleaved latency timing may take: past it, no round is added "
+        "after the fifth (docs/report.md, 'Latency').",
+    )
     plots: bool = Field(True, description="Write PNG plots (needs matplotlib).")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:i.")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="Intra-op CPU threads (default 1: evaluate times one task at batch size 1, "
+        "and one thread is what stays steady on a shared machine; OMP_NUM_THREADS when set).",
+    )
 
     @model_validator(mode="after")
     def _paired_are_policies(self) -> EvaluateConfig:
@@ -196,3 +214,33 @@ class EvaluateConfig(Frozen):
                 "trained policies go in --policy NAME=DIR)"
             )
         return v
+
+
+class ExportConfig(Frozen):
+    generated: str = Field("gen/fmnist-k2.zarr", description="Output of 'lohp generate'.")
+    out: str = Field("models", description="Directory that gets one model directory per task.")
+    tasks: tuple[str, ...] = Field(
+        (), description="Task ids of the generated store to export (empty: every task)."
+    )
+    sample: int = Field(0, ge=0, description="Which generated sample of each task.")
+    program: bool = Field(
+        True, description="Also write model.pt2, a torch.export program (loads with torch alone)."
+    )
+    store: str | None = Field(
+        None, description="The policy's trajectory store, if it moved (its frozen parts)."
+    )
+    data_root: str | None = Field(None, description="Data set directory (default: the store's).")
+    overwrite: bool = Field(False, description="Replace existing model directories.")
+    threads: int | None = Field(None, ge=1, description=THREADS_HELP)
+
+
+class PredictConfig(Frozen):
+    model: str = Field(..., description="A directory written by 'lohp export'.")
+    inputs: tuple[str, ...] = Field(
+        ...,
+        min_length=1,
+        description="Image files (png, jpg, …), or tensor files: .npy or .safetensors holding "
+        "images [B, C, H, W] (or [B, H, W] for one channel), uint8 or float in [0, 1].",
+    )
+    top: int = Field(1, ge=1, description="Classes listed per input, most probable first.")
+    threads: int | None = Field(None, ge=1, description=THREADS_HELP)
