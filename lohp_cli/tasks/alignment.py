@@ -13,49 +13,19 @@ from __future__ import annotations
 from collections.abc import Hashable, Sequence
 
 import numpy as np
+from scipy.optimize import linear_sum_assignment
 
 
 def min_cost_assignment(cost: np.ndarray) -> np.ndarray:
     """The permutation ``p [n]`` minimising ``sum_j cost[j, p[j]]`` of a square ``cost [n, n]``.
 
-    The Hungarian method (shortest augmenting paths with potentials, O(n³)); ties go to the lower
-    column, so the answer is deterministic.
+    SciPy's ``linear_sum_assignment`` (a shortest-augmenting-path solver in C, deterministic for
+    a given matrix): a 20-way alignment against every task of a 1,000-task store is 1,000 of
+    these per target task, which a Python Hungarian loop made take seconds.
     """
-    n = cost.shape[0]
-    inf = float("inf")
-    u, v = np.zeros(n + 1), np.zeros(n + 1)  # row and column potentials, 1-based
-    owner = np.zeros(n + 1, dtype=np.int64)  # owner[col]: the row assigned to col (0: none)
-    way = np.zeros(n + 1, dtype=np.int64)
-    for row in range(1, n + 1):
-        owner[0], col0 = row, 0
-        minv, used = np.full(n + 1, inf), np.zeros(n + 1, dtype=bool)
-        while True:  # grow an alternating tree until it reaches a free column
-            used[col0] = True
-            r0, delta, col1 = owner[col0], inf, 0
-            for col in range(1, n + 1):
-                if used[col]:
-                    continue
-                cur = cost[r0 - 1, col - 1] - u[r0] - v[col]
-                if cur < minv[col]:
-                    minv[col], way[col] = cur, col0
-                if minv[col] < delta:
-                    delta, col1 = minv[col], col
-            for col in range(n + 1):
-                if used[col]:
-                    u[owner[col]] += delta
-                    v[col] -= delta
-                else:
-                    minv[col] -= delta
-            col0 = col1
-            if owner[col0] == 0:
-                break
-        while col0:  # flip the augmenting path
-            col1 = way[col0]
-            owner[col0] = owner[col1]
-            col0 = col1
-    perm = np.zeros(n, dtype=np.int64)
-    for col in range(1, n + 1):
-        perm[owner[col] - 1] = col - 1
+    rows, cols = linear_sum_assignment(np.asarray(cost, dtype=np.float64))
+    perm = np.empty(cost.shape[0], dtype=np.int64)
+    perm[rows] = cols
     return perm
 
 
