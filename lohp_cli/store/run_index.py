@@ -112,3 +112,49 @@ def mismatches(
                 "re-run 'lohp collect --repair' to redo it"
             )
     return problems
+
+
+# ---- schema version 2: one entry per block ----------------------------------------------------
+# ``{"version": 2, "count": B, "blocks": {block id: {"block": <block document>, "format":
+# [checksummed, dimension_names], "codec": [pipeline text, lossy]} or null}}``: the documents of
+# every block (null: one whose document did not read when the index was written). Trusted as
+# version 1 is: only when it lists exactly the blocks listed, and run by run.
+BLOCK_INDEX_VERSION = 2
+
+
+def block_document(entries: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
+    """The index document of blocks ``{block id: entry or None}``."""
+    blocks = {bid: entries[bid] for bid in sorted(entries)}
+    return {"version": BLOCK_INDEX_VERSION, "count": len(blocks), "blocks": blocks}
+
+
+def block_entries(doc: Any, listed: list[str]) -> dict[str, dict[str, Any]] | None:
+    """The block entries of an index document that lists exactly the blocks ``listed`` (None
+    when there is no usable index: absent, of another version, malformed or stale). Entries
+    that are null are left out (their blocks are read themselves)."""
+    if not isinstance(doc, dict) or doc.get("version") != BLOCK_INDEX_VERSION:
+        return None
+    blocks = doc.get("blocks")
+    if not isinstance(blocks, dict) or doc.get("count") != len(blocks):
+        return None
+    if set(blocks) != set(listed):
+        return None
+    return {bid: e for bid, e in blocks.items() if isinstance(e, dict)}
+
+
+def trusted_run(
+    rid: str, attrs: Any, fmt: Any, codec: Any, states: int
+) -> tuple[Entry | None, str | None]:
+    """``(entry, None)`` for a complete run whose index attributes validate, agree with its id
+    and fingerprint and say ``states`` states; ``(None, why)`` for an entry that does not;
+    ``(None, None)`` for a run the index does not call complete (it is read itself)."""
+    if not isinstance(attrs, dict) or attrs.get("status") != "complete":
+        return None, None
+    data = {"attrs": attrs, "format": fmt, "codec": codec}
+    try:
+        e, meta = read_index_entry(rid, data, "index entry")
+    except StoreError as exc:
+        return None, str(exc)
+    if meta.steps_written != states:
+        return None, f"it says {meta.status} with {meta.steps_written} of {states} states"
+    return Entry(meta, e.attrs, e.format, e.codec), None
