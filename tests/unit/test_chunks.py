@@ -1,4 +1,5 @@
-"""Chunk checksums, damaged-chunk errors, dimension names and xarray (lohp_cli/store/chunks.py)."""
+"""Chunk checksums, damaged-chunk errors, dimension names and xarray (lohp_cli/store/chunks.py),
+on stores of schema version 1 (a group per run; the blocks of version 2: test_blocks.py)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ def make_store(
             "layout": [],
             "param_count": PARAMS,
             "condition_dim": 3,
+            "schema_version": 1,
         },  # fmt: skip
     )
     codec = StoreCodecConfig(chunk_steps=chunk_steps, checksum=checksum, codec=codec)
