@@ -323,7 +323,7 @@ def _find_damage(store: TrajectoryStore, family: TaskFamily) -> Damage:
         if parts is None or parts[1] not in OPTIMIZERS:
             raise StoreError(
                 f"Store '{store.location}': run {rid} is damaged ({why}) and its id does not say "
-                f"which run it is; delete runs/{rid} by hand."
+                f"which run it is; {store.removal_hint(rid)}."
             )
         family.task(parts[0])
     for tid in damage.conditions:

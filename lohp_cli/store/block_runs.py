@@ -33,7 +33,14 @@ class BlockLayout:
         self.store = store
         self.forget()
 
+    def ignore_index(self) -> None:
+        """From now on, list runs from the blocks' own documents only (``--verify``,
+        ``--repair``: a run a block lists but the index does not is seen)."""
+        self.forget()
+        self._trusted = False
+
     def forget(self) -> None:
+        self._trusted = getattr(self, "_trusted", True)
         self._docs: dict[str, Doc] | None = None  # block -> the document runs are listed from
         self._own: dict[str, Doc] = {}  # block -> its own document
         self._own_problem: dict[str, str] = {}  # block -> why its own document does not read
@@ -98,7 +105,7 @@ class BlockLayout:
         if self._docs is not None:
             return
         listed = self.block_ids()
-        found = run_index.block_entries(index_doc, listed)
+        found = run_index.block_entries(index_doc, listed) if self._trusted else None
         docs: dict[str, Doc] = {}
         fmt: dict[str, tuple[Any, Any]] = {}
         for bid, entry in (found or {}).items():

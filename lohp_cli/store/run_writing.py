@@ -37,6 +37,16 @@ class RunWriting:
             )
         return self.layout
 
+    def removal_hint(self, rid: str) -> str:
+        """How a user removes a run lohp cannot redo (its id says nothing)."""
+        slot = self.slot(rid)
+        if slot is None:
+            return f"delete runs/{rid} by hand"
+        return (
+            f"remove it by hand (its row {slot[1]} of block blocks/{slot[0]}, or the whole block, "
+            "whose runs the next collect redoes)"
+        )
+
     def check_writable(self) -> None:
         """A CompatibilityError for a store this lohp adds no runs to (schema version 1)."""
         self._writable()

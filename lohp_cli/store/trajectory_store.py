@@ -212,7 +212,10 @@ class TrajectoryStore(RunWriting, StoreGroups):
         attributes say otherwise (each is read): damage after the index was written. From then
         on, reads bypass the index."""
         indexed, self._index = self._indexed(), {}
-        return run_index.mismatches(indexed, self.layout.own_attrs_many(sorted(indexed)))
+        found = run_index.mismatches(indexed, self.layout.own_attrs_many(sorted(indexed)))
+        if isinstance(self.layout, BlockLayout):
+            self.layout.ignore_index()  # the runs each block lists itself
+        return found
 
     def forget_metadata(self) -> None:
         """Forget what was read of the runs and tasks (after their metadata was rewritten)."""

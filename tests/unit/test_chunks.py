@@ -118,7 +118,7 @@ def test_missing_chunk_of_a_complete_run_is_reported(tmp_path: Path) -> None:
     make_store(path)
     chunk_file(path, RID).unlink()
     problems = verify_run(TrajectoryStore.open(str(path)), RID)
-    assert problems == [f"run {RID}, array 'weights': 1 of 3 chunk(s) missing"]
+    assert problems == [f"run {RID}, array 'weights', chunk 1.0: missing"]
 
 
 def test_store_without_checksums_still_opens_and_verifies(tmp_path: Path) -> None:
