@@ -6,6 +6,7 @@ Run from the repository root::
     python benchmarks/bench_collect.py --quick    # head and mlp, SGD only in (a); about a minute
     python benchmarks/bench_collect.py --sections c   # only (c), the codecs
     python benchmarks/bench_collect.py --quick --sections d   # (d), batched collection, only
+    python benchmarks/bench_collect.py --sections e   # (e), the layouts side by side (issue 23)
 
 Everything is measured in one process, side by side, and printed on stdout as markdown tables
 (progress goes to stderr). Timings use ``time.perf_counter`` (and ``time.process_time`` for a
@@ -797,11 +798,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer models, repeats and options")
     parser.add_argument("--models", default=None, help="comma list of head,mlp,cnn")
     parser.add_argument("--reps", type=int, default=None, help="timed repeats per variant")
-    parser.add_argument("--sections", default="abcd", help="which of (a), (b), (c), (d) to run")
+    parser.add_argument("--sections", default="abcd", help="which of (a)-(d) to run, or e alone")
     parser.add_argument("--batched-only", action="store_true", help="section (d) only")
     parser.add_argument("--batch-runs", type=int, default=64, help="R of (d)")
     args = parser.parse_args(argv)
     sections = {"d"} if args.batched_only else set(args.sections)
+    if sections == {"e"}:  # the layouts side by side, in one run (benchmarks/bench_layout.py)
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import bench_layout
+
+        return bench_layout.main([] if not args.models else ["--models", args.models])
     if not sections or not sections <= set("abcd"):
         parser.error(f"--sections {args.sections!r}: give letters of abcd, e.g. c or ab")
 

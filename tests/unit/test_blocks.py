@@ -166,3 +166,18 @@ def test_listing_a_store_of_many_blocks_reads_each_block_once(tmp_path: Path) ->
     assert time.perf_counter() - t0 < 2.0  # generous: a shared CI machine
     arr, row = run_array(loc, "c3_7-sgd-s0")
     assert arr.shape == (50, STATES, SIZE) and row == 7
+
+
+def test_a_version_1_store_migrates_to_blocks_unchanged(tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+    from migrate_store import migrate
+
+    old, new = str(tmp_path / "old.zarr"), str(tmp_path / "new.zarr")
+    make_linear_store(old, n_tasks=3, optimizers=("sgd", "adam"), schema_version=1)
+    assert migrate(old, new, block_runs=2) == 6
+    a, b = TrajectoryStore.open(old), TrajectoryStore.open(new)
+    assert b.blocks and a.complete_runs() == b.complete_runs()
+    for rid in a.complete_runs():
+        np.testing.assert_array_equal(a.weights(rid), b.weights(rid))
+        assert a.run_meta(rid).fingerprint == b.run_meta(rid).fingerprint  # type: ignore[union-attr]
+    assert summarize_store(new, verify=True)["verified"]
