@@ -60,8 +60,9 @@ from lohp_cli.optim.batched import train_batched
 from lohp_cli.optim.loop import train_loop
 from lohp_cli.runtime import derive_seed
 from lohp_cli.scoring import accuracy
-from lohp_cli.store import RunWriter, TrajectoryStore
+from lohp_cli.store import TrajectoryStore
 from lohp_cli.store.codecs import codecs_for, filters_for, serializer_for
+from lohp_cli.store.writer import BlockWriter
 from lohp_cli.tasks import TaskFamily, make_family
 from lohp_cli.tasks.models import build_target, flat_params
 
@@ -214,10 +215,10 @@ class Stopwatch:
 def instrumented_store(watch: Stopwatch) -> Iterator[None]:
     """Time the store calls of ``execute`` (patches the classes for the duration only)."""
     patches = [
-        (TrajectoryStore, "begin_run", "begin_run (group with attrs + 3 arrays)"),
-        (RunWriter, "append", "append (copy into buffer)"),
-        (RunWriter, "flush", "flush (chunk write)"),
-        (RunWriter, "finish", "finish (loss/acc + final attrs)"),
+        (TrajectoryStore, "block_writer", "block_writer (block group + 4 arrays + document)"),
+        (BlockWriter, "append", "append (copy into buffer)"),
+        (BlockWriter, "_flush", "flush (chunk write)"),
+        (BlockWriter, "finish", "finish (loss/acc + document)"),
     ]
     saved = [(cls, name, getattr(cls, name)) for cls, name, _ in patches]
     try:

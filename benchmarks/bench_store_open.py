@@ -3,11 +3,12 @@ with and without the run index, on local disk and on a local S3-compatible serve
 
 Run from the repository root (needs the dev extra: s3fs, moto[server])::
 
-    python benchmarks/bench_store_open.py                 # 2,000 runs, 3 repeats
+    python benchmarks/bench_store_open.py                 # 10,000 runs, 3 repeats
     python benchmarks/bench_store_open.py --runs 200      # quicker
 
-The runs are fake (written with the store API, P = 4, 3 states each; nothing is trained): only
-their number matters here. The store is written once on disk and uploaded once to the moto server
+The runs are fake (written with the store API in blocks of 64, as ``collect`` writes them, P = 4,
+3 states each, with the attributes a real run has; nothing is trained): only their number
+matters here. The store is written once on disk and uploaded once to the moto server
 (started in this process on 127.0.0.1); the index is then removed and written again between the
 variants, which are measured in one process, interleaved (the order rotates every repeat), and
 reported as medians. The operation timed is what ``train-policy``, ``inspect`` and ``collect`` do
@@ -32,6 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.s3server
 
 from lohp_cli.config import StoreCodecConfig  # noqa: E402
 from lohp_cli.store import TrajectoryStore  # noqa: E402
+from lohp_cli.store.blocks import block_id  # noqa: E402
+from lohp_cli.store.writer import BlockTarget, WriteSink  # noqa: E402
 from tests.s3server import BUCKET, counted_s3_calls, local_s3  # noqa: E402
 
 SIZE, STATES = 4, 3
@@ -44,17 +47,29 @@ ROOT = {
 }  # fmt: skip
 
 
-def fake_store(path: Path, runs: int) -> None:
-    """``runs`` complete runs of random weights, written with the store API, and the index."""
+HPARAMS = {"optimizer": "adam", "lr": 0.01, "betas": [0.9, 0.999], "eps": 1e-08,
+           "weight_decay": 0.0, "decoupled": False}  # fmt: skip
+
+
+def fake_store(path: Path, runs: int, block_runs: int = 64) -> None:
+    """``runs`` complete runs of random weights in blocks of ``block_runs``, written with the
+    store API, with a real run's attributes, and the index."""
     store, _ = TrajectoryStore.create_or_open(str(path), ROOT)
     rng = np.random.default_rng(0)
     codec = StoreCodecConfig()
-    for i in range(runs):
-        attrs = {"task_id": f"t{i // 4}", "optimizer": "sgd", "replicate": i % 4, "seed": i}
-        writer = store.begin_run(f"t{i // 4}-sgd-s{i % 4}", STATES, SIZE, codec, attrs)
-        for w in rng.standard_normal((STATES, SIZE)).astype(np.float32):
-            writer.append(w, 0.0, 0.0)
+    sink = WriteSink(depth=2)
+    for first in range(0, runs, block_runs):
+        n = min(block_runs, runs - first)
+        ids = [f"t{i // 4}-adam-s{i % 4}" for i in range(first, first + n)]
+        attrs = [{"task_id": f"t{i // 4}", "optimizer": "adam", "replicate": i % 4,
+                  "seed": 10**18 + i, "hparams": HPARAMS, "steps": STATES - 1, "record_every": 1,
+                  "batch_size": 64, "device": "cpu"} for i in range(first, first + n)]  # fmt: skip
+        target = BlockTarget(block_id(ids), ids, list(range(n)), attrs, True)
+        writer = store.block_writer(target, STATES, SIZE, codec, sink)
+        for w in rng.standard_normal((STATES, n, SIZE)).astype(np.float32):
+            writer.append(w, np.zeros(n), np.zeros(n))
         writer.finish()
+    sink.close()
     store.write_run_index()
 
 
@@ -63,7 +78,7 @@ def set_index(location: str, on: bool) -> None:
     if on:
         TrajectoryStore.open(location, mode="r+").write_run_index()
     else:
-        runs = zarr.open_group(location, mode="r+")["runs"]
+        runs = zarr.open_group(location, mode="r+")["blocks"]
         if "index" in runs.attrs:
             del runs.attrs["index"]
 
@@ -74,7 +89,7 @@ def open_and_list(location: str) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=2000)
+    parser.add_argument("--runs", type=int, default=10000)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 

@@ -287,3 +287,18 @@ def run_array(store: str | Path, rid: str, name: str = "weights", mode: str = "r
 
     block, row = block_of(store, rid)
     return zarr.open_array(str(block / name), mode=mode), row
+
+
+def plain_runs(store: str | Path) -> dict[str, dict]:
+    """Every run a store lists, read with plain zarr as docs/store.md shows (blocks of schema
+    version 2): ``{run id: {"attrs", "block", "row", "weights", "loss", "train_acc"}}``."""
+    import zarr
+
+    g = zarr.open_group(str(store), mode="r")
+    out: dict[str, dict] = {}
+    for bid, block in g["blocks"].groups():
+        doc = block.attrs["block"]
+        for row, (rid, attrs) in enumerate(zip(doc["runs"], doc["attrs"], strict=True)):
+            arrays = {n: block[n][row] for n in ("weights", "loss", "train_acc")}
+            out[rid] = {"attrs": attrs, "block": bid, "row": row, **arrays}
+    return out
