@@ -805,8 +805,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sections = {"d"} if args.batched_only else set(args.sections)
     if sections == {"e"}:  # the layouts side by side, in one run (benchmarks/bench_layout.py)
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        import bench_layout
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from benchmarks import bench_layout
 
         return bench_layout.main([] if not args.models else ["--models", args.models])
     if not sections or not sections <= set("abcd"):

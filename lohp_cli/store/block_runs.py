@@ -145,7 +145,10 @@ class BlockLayout:
         return dict(self._entries), dict(self._rejected)
 
     def run_ids(self) -> list[str]:
-        self.load(self.store.index_doc())
+        if self._docs is None:
+            self.store._indexed()  # reads the index (once) and lists the runs
+        if self._docs is None:  # the index was read before a forget(): list again
+            self.load(self.store.index_doc())
         return sorted(self._slots)
 
     def slot(self, rid: str) -> tuple[str, int] | None:

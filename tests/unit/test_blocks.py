@@ -169,8 +169,7 @@ def test_listing_a_store_of_many_blocks_reads_each_block_once(tmp_path: Path) ->
 
 
 def test_a_version_1_store_migrates_to_blocks_unchanged(tmp_path: Path) -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-    from migrate_store import migrate
+    from lohp_cli.store.migrate import migrate
 
     old, new = str(tmp_path / "old.zarr"), str(tmp_path / "new.zarr")
     make_linear_store(old, n_tasks=3, optimizers=("sgd", "adam"), schema_version=1)

@@ -227,6 +227,7 @@ ARTIFACT_OWNERS = (
     "lohp_cli.store.run_groups",
     "lohp_cli.store.run_writing",
     "lohp_cli.store.legacy",
+    "lohp_cli.store.migrate",
     "lohp_cli.store.generated",
 )
 POLICY_KEYS = {"train_config", "store_compat", "store_fingerprint", "store_optimizers",
