@@ -47,6 +47,9 @@ class BlockLayout:
         self._slots: dict[str, tuple[str, int]] = {}
         self._entries: dict[str, run_index.Entry] = {}
         self._rejected: dict[str, str] = {}
+        self._entries_done = False
+        self._from_index: dict[str, dict[str, Any]] = {}
+        self._sorted: list[str] = []
         self._nodes: dict[str, Any] = {}  # block array path -> the opened, checked array
 
     # ---- reading the documents ----------------------------------------------------------------
@@ -100,40 +103,60 @@ class BlockLayout:
         return self._own[bid]
 
     def load(self, index_doc: Any) -> None:
-        """List the runs (from the index's documents where it is fresh, else the blocks' own)
-        and the index's trusted entries; once."""
+        """List the runs, once: from the index's block documents where it is fresh (one read),
+        else from the blocks' own (one read each, concurrently). Nothing is validated here:
+        :meth:`indexed` says which entries of the index are trusted."""
         if self._docs is not None:
             return
         listed = self.block_ids()
         found = run_index.block_entries(index_doc, listed) if self._trusted else None
         docs: dict[str, Doc] = {}
-        fmt: dict[str, tuple[Any, Any]] = {}
+        self._from_index: dict[str, dict[str, Any]] = {}  # block -> its index entry
         for bid, entry in (found or {}).items():
             try:
                 doc = blocks.parse_doc(entry.get("block"), f"index entry of block {bid}")
             except StoreError:
                 continue
             docs[bid] = (doc.runs, list(doc.attrs))
-            fmt[bid] = (entry.get("format"), entry.get("codec"))
+            self._from_index[bid] = entry
         self._read_own([b for b in listed if b not in docs])
         for bid in listed:
             if bid not in docs:
                 docs[bid] = self._own[bid]
         self._docs = docs
-        states = self.store.meta.compat.states
         for bid in sorted(docs):
             runs, attrs = docs[bid]
             for row, rid in enumerate(runs):
-                a = attrs[row]
                 held = self._slots.get(rid)
-                if held is None or (_complete(a) and not _complete(self._attrs_at(held))):
+                if held is None or (_complete(attrs[row]) and not _complete(self._attrs_at(held))):
                     self._slots[rid] = (bid, row)
-                if bid in fmt:
-                    e, why = run_index.trusted_run(rid, a, *fmt[bid], states)
-                    if e is not None and self._slots[rid] == (bid, row):
-                        self._entries[rid] = e
-                    elif why:
-                        self._rejected[rid] = why
+        self._sorted = sorted(self._slots)
+
+    def _trust(self) -> None:
+        """The index's trusted entries of complete runs, once: per block, its document must
+        match its digest and its format and codec validate; per run, its attributes validate,
+        agree with its id and say T+1 states (their fingerprints were checked when the index
+        was written)."""
+        if self._entries_done:
+            return
+        self._entries_done = True
+        assert self._docs is not None
+        states = self.store.meta.compat.states
+        for bid, entry in self._from_index.items():
+            where = f"index entry of block {bid}"
+            runs, attrs = self._docs[bid]
+            try:
+                fmt = run_index.block_format(entry, where)
+            except StoreError as exc:
+                for rid in runs:
+                    self._rejected[rid] = str(exc)
+                continue
+            for row, rid in enumerate(runs):
+                e, why = run_index.trusted_run(rid, attrs[row], fmt, states)
+                if e is not None and self._slots[rid] == (bid, row):
+                    self._entries[rid] = e
+                elif why:
+                    self._rejected[rid] = why
 
     def _attrs_at(self, slot: tuple[str, int]) -> dict[str, Any] | None:
         assert self._docs is not None
@@ -142,18 +165,18 @@ class BlockLayout:
     # ---- what the store asks ------------------------------------------------------------------
     def indexed(self, doc: Any) -> tuple[dict[str, run_index.Entry], dict[str, str]]:
         self.load(doc)
+        self._trust()
         return dict(self._entries), dict(self._rejected)
 
     def run_ids(self) -> list[str]:
         if self._docs is None:
-            self.store._indexed()  # reads the index (once) and lists the runs
-        if self._docs is None:  # the index was read before a forget(): list again
             self.load(self.store.index_doc())
-        return sorted(self._slots)
+        return list(self._sorted)
 
     def slot(self, rid: str) -> tuple[str, int] | None:
         """(block, row) of a listed run."""
-        self.run_ids()
+        if self._docs is None:
+            self.load(self.store.index_doc())
         return self._slots.get(rid)
 
     def own_attrs(self, rid: str) -> dict[str, Any] | None:
@@ -164,7 +187,7 @@ class BlockLayout:
         return attrs[runs.index(rid)] if rid in runs else None
 
     def own_attrs_many(self, rids: list[str]) -> dict[str, dict[str, Any] | None]:
-        self._read_own(sorted({s[0] for r in rids if (s := self.slot(r)) is not None}))
+        self._read_own(sorted({b[0] for r in rids if (b := self.slot(r)) is not None}))
         return {rid: self.own_attrs(rid) for rid in rids}
 
     def block_size(self, bid: str) -> int:
@@ -262,10 +285,24 @@ class BlockLayout:
             except StoreError:  # weights that do not open: no entry, readers see it
                 entries[bid] = None
                 continue
-            doc = blocks.BlockDoc(runs, [a or {} for a in attrs])
-            entries[bid] = {"block": doc.to_json(), "format": list(fmt), "codec": list(codec)}
+            # a row goes in only when its run is complete and its own attributes check out
+            # (types, run id, fingerprint, T+1): readers of the index check the block's digest,
+            # not each run's fingerprint again
+            rows = [a if self._sound(rid, a) else None for rid, a in zip(runs, attrs, strict=True)]
+            entries[bid] = run_index.block_entry(blocks.BlockDoc(runs, rows).to_json(), fmt, codec)
         self.forget()
         return run_index.block_document(entries)
+
+
+def _sound(self: BlockLayout, rid: str, attrs: dict[str, Any] | None) -> bool:
+    """Whether a row's own attributes are those of a complete run that checks out."""
+    if not _complete(attrs):
+        return False
+    meta, _ = self.store.check_attrs(rid, attrs)
+    return meta is not None
+
+
+BlockLayout._sound = _sound  # type: ignore[attr-defined]
 
 
 def _complete(attrs: dict[str, Any] | None) -> bool:

@@ -6,9 +6,10 @@ A block is the group ``blocks/<block id>`` holding R runs (row r of every array 
     weights    float32 [R, T+1, P]    dims (run, state, param); chunks (chunk_runs, chunk_steps, P)
     loss       float32 [R, T+1]       dims (run, state); chunks (chunk_runs, T+1)
     train_acc  float32 [R, T+1]       dims (run, state)
-    attrs      {"block": {"version": 1, "runs": [run id, …], "attrs": [run attributes, …]}}
+    attrs      {"block": {"version": 1, "runs": [run id, …], "shared": {…}, "attrs": [{…}, …]}}
 
-The ``attrs`` of row r are run r's attributes (a :class:`lohp_cli.artifacts.run.RunMeta` when
+Run r's attributes are ``shared`` (what every run of the block has alike: optimizer, hparams,
+steps, …) updated with ``attrs[r]``: its attributes (a :class:`lohp_cli.artifacts.run.RunMeta` when
 read), ``status`` and ``fingerprint`` included: a run is complete only when its row says so, and
 the document is rewritten (one atomic write of the block's ``zarr.json``) only after the run's
 chunks. Loss and accuracy are chunked by rows like the weights, so a damaged chunk of any array
@@ -18,6 +19,7 @@ concerns the same runs. Nothing here reads the run index; see :mod:`lohp_cli.sto
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -62,15 +64,44 @@ def chunk_runs(codec: StoreCodecConfig, states: int, size: int, runs: int) -> in
     return max(1, min(runs, CHUNK_BYTES // max(per_run, 1)))
 
 
+# Attributes that the runs of a block usually share: stored once, under "shared", when every
+# run has the same value (the document is then about half as long, and a reader checks the
+# runs' fingerprints with the shared values encoded once).
+SHARED_KEYS = ("optimizer", "hparams", "steps", "record_every", "batch_size", "device")
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as JSON (1 and 1.0, or True and 1, are not)."""
+    if isinstance(a, (dict, list)) or isinstance(b, (dict, list)):
+        return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    return type(a) is type(b) and a == b
+
+
 @dataclass
 class BlockDoc:
-    """A block's document: its run ids in row order and each row's run attributes."""
+    """A block's document: its run ids in row order and each row's run attributes (in memory,
+    whole; stored with the values every run shares under ``shared``)."""
 
     runs: list[str]
-    attrs: list[dict[str, Any]]
+    attrs: list[dict[str, Any] | None]  # None: a row left out (the run index's)
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": DOC_VERSION, "runs": list(self.runs), "attrs": list(self.attrs)}
+        present = [a for a in self.attrs if a is not None]
+        shared = {}
+        for key in SHARED_KEYS:
+            if present and all(key in a for a in present):
+                first = present[0][key]
+                if all(_same(a[key], first) for a in present[1:]):
+                    shared[key] = first
+        rows = [
+            None if a is None else {k: v for k, v in a.items() if k not in shared}
+            for a in self.attrs
+        ]
+        out: dict[str, Any] = {"version": DOC_VERSION, "runs": list(self.runs)}
+        if shared:
+            out["shared"] = shared
+        out["attrs"] = rows
+        return out
 
     def row(self, rid: str) -> int:
         return self.runs.index(rid)
@@ -92,7 +123,11 @@ def parse_doc(data: Any, where: str) -> BlockDoc:
         or len(attrs) != len(runs)
     ):
         raise StoreError(f"{where}: malformed block document (runs and attrs do not pair up)")
-    return BlockDoc(list(runs), [a if isinstance(a, dict) else {} for a in attrs])
+    shared = data.get("shared", {})
+    if not isinstance(shared, dict):
+        raise StoreError(f"{where}: malformed block document ('shared' is not an object)")
+    # every row's attributes: the shared values (the same objects in every row) and its own
+    return BlockDoc(list(runs), [{**shared, **a} if isinstance(a, dict) else {} for a in attrs])
 
 
 def array_shape(name: str, runs: int, states: int, size: int) -> tuple[int, ...]:

@@ -27,10 +27,12 @@ read of the run:
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
-from lohp_cli.artifacts.run import RunMeta, read_index_entry
+from lohp_cli.artifacts.run import RunMeta, read_index_entry, read_index_format, read_run_meta
 from lohp_cli.errors import StoreError
 
 INDEX_ATTR = "index"  # the attribute of the ``runs`` group
@@ -142,19 +144,44 @@ def block_entries(doc: Any, listed: list[str]) -> dict[str, dict[str, Any]] | No
     return {bid: e for bid, e in blocks.items() if isinstance(e, dict)}
 
 
+def block_digest(doc: Any) -> str:
+    """16 hex digits of the SHA-256 of a block document as canonical JSON."""
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def block_entry(doc: dict[str, Any], fmt: tuple[bool, bool], codec: tuple[str, bool]) -> dict:
+    """The index entry of a block: its document (only the rows of complete runs that check
+    out; the others null), the format and codec of its weights, and the document's digest."""
+    return {"block": doc, "format": list(fmt), "codec": list(codec), "digest": block_digest(doc)}
+
+
+def block_format(entry: dict[str, Any], where: str) -> tuple[tuple[bool, bool], tuple[str, bool]]:
+    """The ``format`` and ``codec`` of a block's index entry, validated once for its runs, after
+    its document matched its digest; a StoreError otherwise (its block is then read itself)."""
+    if entry.get("digest") != block_digest(entry.get("block")):
+        raise StoreError(
+            f"{where}: its block document does not match its digest (changed after the index "
+            "was written)"
+        )
+    e = read_index_format(entry.get("format"), entry.get("codec"), where)
+    return e.format, e.codec or ("?", False)
+
+
 def trusted_run(
-    rid: str, attrs: Any, fmt: Any, codec: Any, states: int
+    rid: str, attrs: Any, fmt: tuple[tuple[bool, bool], tuple[str, bool]], states: int
 ) -> tuple[Entry | None, str | None]:
-    """``(entry, None)`` for a complete run whose index attributes validate, agree with its id
-    and fingerprint and say ``states`` states; ``(None, why)`` for an entry that does not;
-    ``(None, None)`` for a run the index does not call complete (it is read itself)."""
+    """``(entry, None)`` for a run a block's index entry (whose digest matched) lists as
+    complete, when its attributes validate, agree with its id and say ``states`` states;
+    ``(None, why)`` when they do not; ``(None, None)`` for a run the entry does not list as
+    complete (it is read itself). Its fingerprint was checked when the index was written, and
+    the digest stands for it since."""
     if not isinstance(attrs, dict) or attrs.get("status") != "complete":
         return None, None
-    data = {"attrs": attrs, "format": fmt, "codec": codec}
     try:
-        e, meta = read_index_entry(rid, data, "index entry")
+        meta = read_run_meta(rid, attrs, "index entry", fingerprint=False)
     except StoreError as exc:
         return None, str(exc)
     if meta.steps_written != states:
         return None, f"it says {meta.status} with {meta.steps_written} of {states} states"
-    return Entry(meta, e.attrs, e.format, e.codec), None
+    return Entry(meta, attrs, fmt[0], fmt[1]), None

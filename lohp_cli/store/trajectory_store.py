@@ -61,6 +61,7 @@ __all__ = [
     "tensor_dims",
 ]
 RUN_ARRAYS = ("weights", "loss", "train_acc")
+_UNREAD = object()  # the run index document has not been read
 BLOCK_LAYOUT_VERSION = 2  # the first schema version whose runs live in blocks
 
 
@@ -89,6 +90,7 @@ class TrajectoryStore(RunWriting, StoreGroups):
         self.runs_group_problem: str | None = None
         self.index_rejected: dict[str, str] = {}  # run id -> why its index entry was ignored
         self._arrays: dict[tuple[str, str], tuple[Any, int | None]] = {}  # opened, checked
+        self._index_doc: Any = _UNREAD
         self._conditions: dict[str, Any] = {}
 
     # ---- opening ----------------------------------------------------------------------------
@@ -193,12 +195,15 @@ class TrajectoryStore(RunWriting, StoreGroups):
             raise StoreError(f"Store '{self.location}' has no '{name}' group.") from None
 
     def index_doc(self) -> Any:
-        """The stored run index document (None when absent or its group does not read)."""
-        try:
-            return self.runs_group().attrs.get(run_index.INDEX_ATTR)
-        except StoreError as exc:
-            self.runs_group_problem = str(exc)
-            return None
+        """The stored run index document (None when absent or its group does not read); read
+        once until :meth:`forget_metadata`."""
+        if self._index_doc is _UNREAD:
+            try:
+                self._index_doc = self.runs_group().attrs.get(run_index.INDEX_ATTR)
+            except StoreError as exc:
+                self.runs_group_problem = str(exc)
+                self._index_doc = None
+        return self._index_doc
 
     def _indexed(self) -> dict[str, run_index.Entry]:
         """The run index's trusted entries of complete runs, read once (``{}`` if absent,
@@ -220,6 +225,7 @@ class TrajectoryStore(RunWriting, StoreGroups):
     def forget_metadata(self) -> None:
         """Forget what was read of the runs and tasks (after their metadata was rewritten)."""
         self._index, self.index_rejected, self.runs_group_problem = None, {}, None
+        self._index_doc = _UNREAD
         self.layout.forget()
         self._arrays.clear()
         self._conditions.clear()
@@ -232,6 +238,7 @@ class TrajectoryStore(RunWriting, StoreGroups):
             if run_index.INDEX_ATTR in runs.attrs:
                 del runs.attrs[run_index.INDEX_ATTR]  # one atomic rewrite of its zarr.json
             self._index_removed = True
+            self._index_doc = None
         if self._index and rid is not None:
             self._index.pop(rid, None)
         for key in [k for k in self._arrays if rid is None or k[0] == rid]:

@@ -180,3 +180,55 @@ def test_a_version_1_store_migrates_to_blocks_unchanged(tmp_path: Path) -> None:
         np.testing.assert_array_equal(a.weights(rid), b.weights(rid))
         assert a.run_meta(rid).fingerprint == b.run_meta(rid).fingerprint  # type: ignore[union-attr]
     assert summarize_store(new, verify=True)["verified"]
+
+
+def test_an_edited_index_entry_is_ignored_and_its_block_read_itself(tmp_path: Path) -> None:
+    """The index is trusted block by block: a block entry whose document no longer matches its
+    digest (an optimizer swapped, say) is ignored, and its runs are read from the block."""
+    import json
+
+    loc = tmp_path / "s.zarr"
+    make_linear_store(loc, n_tasks=3, optimizers=("sgd", "adam"))
+    TrajectoryStore.open(str(loc), mode="r+").write_run_index()
+    meta = json.loads((loc / "blocks" / "zarr.json").read_text())
+    entries = meta["attributes"]["index"]["blocks"]
+    sgd = next(b for b, e in entries.items() if "-sgd-" in e["block"]["runs"][0])
+    doc = entries[sgd]["block"]
+    (doc.get("shared") or doc["attrs"][0])["optimizer"] = "adam"  # swapped, digest unchanged
+    (loc / "blocks" / "zarr.json").write_text(json.dumps(meta))
+    store = TrajectoryStore.open(str(loc))
+    by_opt = {rid: m.optimizer for rid, m in store.iter_runs()}
+    assert sorted(by_opt.values()) == ["adam"] * 3 + ["sgd"] * 3  # as the runs say
+    (rid,) = doc["runs"]
+    assert "does not match its digest" in store.index_rejected[rid]
+    s = summarize_store(str(loc), verify=True)
+    assert any("its run index entry is ignored" in p and rid in p for p in s["problems"])
+
+
+def test_fingerprints_are_json_dumps_field_by_field() -> None:
+    """``run_fingerprint`` writes the canonical JSON itself (fast); it equals json.dumps's."""
+    import hashlib
+    import json
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from lohp_cli.artifacts.run import IDENTITY, run_fingerprint
+
+    def reference(rid: str, attrs: dict) -> str:
+        ident = {k: attrs.get(k) for k in IDENTITY}
+        text = json.dumps([rid, ident], sort_keys=True, separators=(",", ":"), allow_nan=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text()
+    values = st.recursive(
+        scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(), c, max_size=3)
+    )
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.text(), st.dictionaries(st.sampled_from([*IDENTITY, "other"]), values))
+    def check(rid: str, attrs: dict) -> None:
+        assert run_fingerprint(rid, attrs) == reference(rid, attrs)
+        assert run_fingerprint(rid, attrs, {}) == reference(rid, attrs)
+
+    check()
