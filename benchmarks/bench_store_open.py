@@ -84,7 +84,13 @@ def set_index(location: str, on: bool) -> None:
 
 
 def open_and_list(location: str) -> int:
+    """Open the store and list its complete runs with their validated attributes."""
     return len(list(TrajectoryStore.open(location).iter_runs()))
+
+
+def open_and_list_ids(location: str) -> int:
+    """Open the store and list its run ids (no attribute validated)."""
+    return len(TrajectoryStore.open(location).run_ids())
 
 
 def main() -> None:
@@ -109,6 +115,7 @@ def main() -> None:
         variants = [(where, loc, on) for where, loc in (("disk", str(local)), ("s3 (moto)", url))
                     for on in (True, False)]  # fmt: skip
         times: dict[tuple[str, bool], list[float]] = {(w, on): [] for w, _, on in variants}
+        ids: dict[tuple[str, bool], list[float]] = {(w, on): [] for w, _, on in variants}
         requests: dict[tuple[str, bool], int] = {}
         for rep in range(args.repeats + 1):  # the first round warms up, and is not counted
             order = variants[rep % len(variants) :] + variants[: rep % len(variants)]
@@ -122,18 +129,25 @@ def main() -> None:
                 if rep:
                     times[(where, on)].append(dt)
                     requests[(where, on)] = sum(calls.values())
+                t0 = time.perf_counter()
+                assert open_and_list_ids(loc) == args.runs
+                if rep:
+                    ids[(where, on)].append(time.perf_counter() - t0)
                 print(f"  {where} index={on}: {dt:.3f} s", file=sys.stderr)
 
     print(f"\nOpen a store of {args.runs} runs and list its complete runs with their attributes")
     print(f"(median of {args.repeats}, interleaved):\n")
-    print("| store | run index | seconds | S3 requests | without / with |")
-    print("|---|---|---|---|---|")
+    print("| store | run index | run ids, s | runs with attributes, s | S3 requests | without / "
+          "with |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
     for where in ("disk", "s3 (moto)"):
         with_, without = (statistics.median(times[(where, on)]) for on in (True, False))
         for on, med in ((True, with_), (False, without)):
             reqs = requests[(where, on)] if where != "disk" else "-"
             ratio = f"{without / with_:.1f}×" if not on else ""
-            print(f"| {where} | {'yes' if on else 'no'} | {med:.3f} | {reqs} | {ratio} |")
+            id_s = statistics.median(ids[(where, on)])
+            print(f"| {where} | {'yes' if on else 'no'} | {id_s:.3f} | {med:.3f} | {reqs} | "
+                  f"{ratio} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -117,9 +117,8 @@ def summarize_store(location: str, verify: bool = False) -> dict[str, Any]:
     codecs: dict[str, int] = {}
     to_verify: list[tuple[str, str]] = []
     for rid in store.run_ids():
-        attrs = store.run_attrs(rid)
-        run, why = (None, None) if attrs is None else store.check_attrs(rid, attrs)
-        status = "unreadable" if attrs is None else "invalid" if run is None else run.status
+        readable, run, why = store.run_check(rid)
+        status = "unreadable" if not readable else "invalid" if run is None else run.status
         opt = run.optimizer if run is not None else "?"
         runs.setdefault(opt, {}).setdefault(status, 0)
         runs[opt][status] += 1

@@ -287,6 +287,18 @@ class TrajectoryStore(RunWriting, StoreGroups):
         hit = self._indexed().get(rid)
         return hit.meta if hit is not None else self._valid(rid, self.own_attrs(rid))
 
+    def run_check(self, rid: str) -> tuple[bool, RunMeta | None, str | None]:
+        """``(readable, attributes, why not valid)`` of a run: from a trusted index entry (checked
+        when the index was read), else its own attributes checked now."""
+        hit = self._indexed().get(rid)
+        if hit is not None:
+            return True, hit.meta, None
+        attrs = self.own_attrs(rid)
+        if attrs is None:
+            return False, None, None
+        meta, why = self.check_attrs(rid, attrs)
+        return True, meta, why
+
     def run_status(self, rid: str) -> str | None:
         meta = self.run_meta(rid)
         return None if meta is None else meta.status

@@ -232,3 +232,50 @@ def test_fingerprints_are_json_dumps_field_by_field() -> None:
         assert run_fingerprint(rid, attrs, {}) == reference(rid, attrs)
 
     check()
+
+
+@pytest.mark.parametrize(
+    "codec",
+    [
+        StoreCodecConfig(chunk_runs=2, chunk_steps=2),
+        StoreCodecConfig(chunk_runs=3, lossy="bf16"),
+        StoreCodecConfig(chunk_runs=2, codec="blosc-zstd", transpose=False),
+    ],
+    ids=["pcodec-time-chunks", "bf16", "blosc-no-transpose"],
+)
+def test_block_codecs_round_trip(tmp_path: Path, codec: StoreCodecConfig) -> None:
+    import torch
+
+    rids = block_store(tmp_path / "s.zarr", codec=codec)
+    store = TrajectoryStore.open(str(tmp_path / "s.zarr"))
+    for r, rid in enumerate(rids):
+        want = np.arange(SIZE, dtype=np.float32)[None] + r * SIZE + 100 * np.arange(STATES)[:, None]
+        if codec.lossy == "bf16":  # rounded to bfloat16, read as float32
+            want = torch.from_numpy(want).to(torch.bfloat16).float().numpy()
+        np.testing.assert_array_equal(store.weights(rid), want)
+        np.testing.assert_array_equal(store.run_array(rid, "loss"), np.arange(STATES))  # exact
+    assert store.run_codec(rids[0])[1] is (codec.lossy == "bf16")
+    assert summarize_store(str(tmp_path / "s.zarr"), verify=True)["verified"]
+
+
+def test_a_block_is_written_on_the_writer_thread_while_the_caller_goes_on() -> None:
+    """WriteSink runs jobs in order on its own thread; submit returns at once while a job runs
+    (up to ``depth`` waiting), so the next batch trains while this one is written."""
+    import threading
+
+    sink = WriteSink(depth=2)
+    started, release, seen = threading.Event(), threading.Event(), []
+
+    def slow() -> None:
+        seen.append(threading.current_thread().name)
+        started.set()
+        release.wait(5)
+
+    sink.submit(slow)
+    assert started.wait(5)
+    t0 = time.perf_counter()
+    sink.submit(lambda: seen.append("second"))  # queued behind the running job: no wait
+    assert time.perf_counter() - t0 < 1.0 and seen == ["lohp-store-writer"]
+    release.set()
+    sink.close()
+    assert seen == ["lohp-store-writer", "second"]
