@@ -808,7 +808,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
         from benchmarks import bench_layout
 
-        return bench_layout.main([] if not args.models else ["--models", args.models])
+        argv = ["--models", args.models] if args.models else []
+        return bench_layout.main(argv + (["--rounds", str(args.reps)] if args.reps else []))
     if not sections or not sections <= set("abcd"):
         parser.error(f"--sections {args.sections!r}: give letters of abcd, e.g. c or ab")
 

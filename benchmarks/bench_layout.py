@@ -4,7 +4,9 @@ background thread), and training alone (the limit); store size and compression; 
 ``lohp collect`` processes (peak memory from ``wait4``). Run through ``bench_collect.py
 --sections e`` or alone: ``python benchmarks/bench_layout.py [--models head,mlp,cnn]``.
 
-Every variant of a model runs in each round, in rotating order; ratios are medians of per-round
+Every variant of a model runs in each round, in rotating order (the blocks variant writes 4 blocks
+of R runs, as a collect does: only the last block's write is not overlapped with training);
+ratios are medians of per-round
 ratios. Markdown on stdout, progress on stderr.
 """
 
@@ -32,6 +34,8 @@ from lohp_cli.runtime import derive_seed
 from lohp_cli.store import TrajectoryStore
 from lohp_cli.store.legacy import begin_group_run
 from lohp_cli.tasks.models import flat_params, trainable_parameters
+
+BLOCKS = 4  # blocks per round of the blocks variant: only the last one's write is not overlapped
 
 
 def log(msg: str) -> None:
@@ -122,39 +126,44 @@ def bench_model(model: str, root: Path, runs: int, rounds: int) -> dict[str, obj
     batchable = ctx.batchable
     one_n = 4 if model != "cnn" else 2
     times: dict[str, list[float]] = {}
+    cpus: dict[str, list[float]] = {}  # process CPU (every thread: zarr's, the writer's)
     variants = ["one", "train", "v1", "v2"] if batchable else ["one", "v2"]
     for rnd in range(rounds + 1):
         order = variants[rnd % len(variants) :] + variants[: rnd % len(variants)]
         for v in order:
             tag = f"{model}-{v}-{rnd}"
-            n = one_n if v == "one" else runs
+            n = one_n if v == "one" else runs * (BLOCKS if v == "v2" and batchable else 1)
             plans = plans_for(ctx, tasks, n, tag)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             if v == "one":
                 one_run_v1(ctx, plans, old)
             elif v == "train":
                 train_alone(ctx, plans)
             elif v == "v1":
                 batched_v1(ctx, plans, old)
-            else:  # two blocks: the second trains while the first is written
-                half = n // 2 if batchable else n
-                blocks_v2(ctx, [plans[:half], plans[half:]] if half else [plans])
+            else:  # BLOCKS blocks: each trains while the one before is written
+                size = runs if batchable else n
+                blocks_v2(ctx, [plans[i : i + size] for i in range(0, n, size)])
             ms = (time.perf_counter() - t0) * 1e3 / n
             if rnd:  # round 0 warms up
                 times.setdefault(v, []).append(ms)
+                cpus.setdefault(v, []).append((time.process_time() - c0) * 1e3 / n)
             log(f"{model} round {rnd} {v}: {ms:.2f} ms/run")
     out: dict[str, object] = {"model": model, "P": ctx.layout_size, "R": runs}
     for v, xs in times.items():
         out[f"{v}_ms"] = statistics.median(xs)
 
-    def ratio(a: str, b: str) -> float:
-        return statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
+    def ratio(a: str, b: str, of: dict[str, list[float]] = times) -> float:
+        return statistics.median(x / y for x, y in zip(of[a], of[b], strict=True))
 
     out["v2_vs_one"] = ratio("one", "v2")
+    out["v2_vs_one_cpu"] = ratio("one", "v2", cpus)
     if batchable:
         out["train_vs_one"] = ratio("one", "train")
         out["v1_vs_one"] = ratio("one", "v1")
         out["v2_over_train"] = ratio("v2", "train")
+        out["v2_over_train_cpu"] = ratio("v2", "train", cpus)
+        out["train_vs_one_cpu"] = ratio("one", "train", cpus)
         out["share_of_limit"] = out["v2_vs_one"] / out["train_vs_one"]  # type: ignore[operator]
     s = TrajectoryStore.open(str(root / f"{model}.zarr"))
     raw = len(s.complete_runs()) * s.meta.compat.states * s.meta.param_count * 4
@@ -165,34 +174,44 @@ def bench_model(model: str, root: Path, runs: int, rounds: int) -> dict[str, obj
     return out
 
 
-def process(args: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of one ``lohp`` process."""
+def process(args: list[str]) -> tuple[float, float, float]:
+    """Wall seconds, CPU seconds (user + system) and peak RSS (MB) of one ``lohp`` process,
+    measured by GNU time (a child forked from this large process would count its pages)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    t0 = time.perf_counter()
-    p = subprocess.Popen([sys.executable, "-m", "lohp_cli", *args], env=env,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-    _, status, usage = os.wait4(p.pid, 0)
-    wall = time.perf_counter() - t0
-    if status != 0:
-        raise RuntimeError(f"lohp {' '.join(args)} failed ({status})")
-    return wall, usage.ru_maxrss / 1024
+    with tempfile.NamedTemporaryFile("r") as out:
+        t0 = time.perf_counter()
+        proc = subprocess.run(["/usr/bin/time", "-o", out.name, "-f", "%U %S %M",
+                               sys.executable, "-m", "lohp_cli", *args], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+        wall = time.perf_counter() - t0
+        user, system, rss_kb = out.read().split()[-3:]
+    if proc.returncode != 0:
+        raise RuntimeError(f"lohp {' '.join(args)} failed ({proc.returncode})")
+    return wall, float(user) + float(system), float(rss_kb) / 1024
 
 
-def bench_processes(root: Path, runs: int) -> list[list[object]]:
-    """Whole ``lohp collect`` processes adding ``runs`` head runs to an initialised store:
-    blocks of 64 vs one run at a time (``--batch-runs 1``); and ``lohp inspect --json``."""
-    rows = []
-    base = ["--set", "model.name=head", "--set", "seeds=1", "--optimizers", "adam",
-            "--device", "cpu"]  # fmt: skip
-    tasks = runs
-    for label, extra in (("blocks of 64", []), ("one at a time", ["--batch-runs", "1"])):
-        out = root / f"proc-{len(rows)}.zarr"
-        process(["collect", "--out", str(out), "--set", "tasks=1", *base, *extra])  # set-up
-        wall, rss = process(["collect", "--out", str(out), "--set", f"tasks={tasks}", *base,
-                             *extra])  # fmt: skip
-        rows.append([label, tasks - 1, wall, (tasks - 1) / wall, rss])
-    inspect_wall, inspect_rss = process(["inspect", str(root / "proc-0.zarr"), "--json"])
-    rows.append(["lohp inspect --json", tasks, inspect_wall, None, inspect_rss])
+def bench_processes(root: Path, sizes: list[int]) -> list[list[object]]:
+    """Whole ``lohp collect`` processes as a user runs them (default settings: Fashion-MNIST
+    head, 3 optimizers × 2 seeds per task), adding ``runs`` runs to a store whose extractor was
+    trained by an earlier collect: blocks of 64 vs one run at a time (``--batch-runs 1``); and
+    ``lohp inspect --json`` of the result. Wall and CPU seconds and peak RSS from ``wait4``."""
+    import shutil
+
+    rows: list[list[object]] = []
+    seed = root / "proc-seed.zarr"
+    process(["collect", "--out", str(seed), "--set", "tasks=1", "--device", "cpu"])  # set-up
+    for runs in sizes:
+        tasks = max(2, runs // 6 + 1)
+        added = (tasks - 1) * 6
+        for label, extra in (("blocks of 64", []), ("one at a time", ["--batch-runs", "1"])):
+            out = root / f"proc-{runs}-{len(extra)}.zarr"
+            shutil.copytree(seed, out)
+            wall, cpu, rss = process(["collect", "--out", str(out), "--set", f"tasks={tasks}",
+                                      "--device", "cpu", *extra])  # fmt: skip
+            rows.append([label, added, wall, cpu, added / wall, rss])
+            if not extra:
+                wall, cpu, rss = process(["inspect", str(out), "--json"])
+                rows.append(["lohp inspect --json", added + 6, wall, cpu, None, rss])
     return rows
 
 
@@ -201,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", default="head,mlp,cnn")
     ap.add_argument("--runs", type=int, default=64, help="R, runs per block")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--process-runs", type=int, default=201, help="runs of the process rows")
+    ap.add_argument("--process-runs", default="192,960", help="store sizes of the process rows")
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     load0 = os.getloadavg()
@@ -209,16 +228,18 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(d)
         results = [bench_model(m, root, a.runs if m != "cnn" else 16, a.rounds)
                    for m in a.models.split(",")]  # fmt: skip
-        procs = bench_processes(root, a.process_runs) if a.process_runs else []
+        sizes = [int(x) for x in a.process_runs.split(",") if x]
+        procs = bench_processes(root, sizes) if sizes else []
     load1 = os.getloadavg()
     print(f"1-min load average {load0[0]:.2f} at start, {load1[0]:.2f} at end; "
           f"torch threads 1; {a.rounds} rounds after a warm-up.\n")  # fmt: skip
     print(
         "| model | P | R | one-run ms/run | train alone | batched, old layout | batched, "
         "blocks | runs/s blocks / one-run | training alone / one-run | share of the limit | "
-        "blocks / training alone | weights raw/disk, blocks | old layout |"
+        "blocks / training alone | weights raw/disk, blocks | old layout | CPU: blocks / one-run | "
+        "CPU: training alone / one-run | CPU: blocks / training alone |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
 
         def g(k: str, f: str = "{:.2f}", r: dict = r) -> str:
@@ -228,13 +249,15 @@ def main(argv: list[str] | None = None) -> int:
               f"{g('v1_ms')} | {g('v2_ms')} | **{g('v2_vs_one', '{:.1f}x')}** | "
               f"{g('train_vs_one', '{:.1f}x')} | {g('share_of_limit', '{:.0%}')} | "
               f"**{g('v2_over_train', '{:.3f}x')}** | {g('ratio_v2', '{:.3f}x')} | "
-              f"{g('ratio_v1', '{:.3f}x')} |")  # fmt: skip
+              f"{g('ratio_v1', '{:.3f}x')} | {g('v2_vs_one_cpu', '{:.1f}x')} | "
+              f"{g('train_vs_one_cpu', '{:.1f}x')} | "
+              f"{g('v2_over_train_cpu', '{:.3f}x')} |")  # fmt: skip
     if procs:
-        print("\n| whole process | runs added | wall s | runs/s | peak RSS MB |")
-        print("|---|---|---|---|---|")
-        for label, n, wall, rate, rss in procs:
+        print("\n| whole process | runs | wall s | CPU s | runs/s | peak RSS MB |")
+        print("|---|---|---|---|---|---|")
+        for label, n, wall, cpu, rate, rss in procs:
             rs = "–" if rate is None else f"{rate:.1f}"
-            print(f"| {label} | {n} | {wall:.2f} | {rs} | {rss:.0f} |")
+            print(f"| {label} | {n} | {wall:.2f} | {cpu:.2f} | {rs} | {rss:.0f} |")
     _ = np  # numpy is imported for torch's sake
     return 0
 
