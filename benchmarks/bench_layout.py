@@ -1,13 +1,14 @@
 """Collect side by side (issue 23): runs/s of the one-run path, the batched path into the old
 layout (a group per run, schema 1), the batched path into blocks (schema 2, written on the
 background thread), and training alone (the limit); store size and compression; and whole
-``lohp collect`` processes (peak memory from ``wait4``). Run through ``bench_collect.py
---sections e`` or alone: ``python benchmarks/bench_layout.py [--models head,mlp,cnn]``.
+``lohp collect`` processes (wall, CPU and peak memory by GNU time). Run through
+``bench_collect.py --sections e`` or alone: ``python benchmarks/bench_layout.py [--models
+head,mlp,cnn]``.
 
-Every variant of a model runs in each round, in rotating order (the blocks variant writes 4 blocks
-of R runs, as a collect does: only the last block's write is not overlapped with training);
-ratios are medians of per-round
-ratios. Markdown on stdout, progress on stderr.
+Every variant of a model runs in each round, in rotating order (the blocks variant writes 4
+blocks of R runs, as a collect does: only the last block's write is not overlapped with
+training); ratios are medians of per-round ratios, of wall time and of process CPU time (every
+thread). Markdown on stdout, progress on stderr.
 """
 
 from __future__ import annotations
@@ -194,7 +195,7 @@ def bench_processes(root: Path, sizes: list[int]) -> list[list[object]]:
     """Whole ``lohp collect`` processes as a user runs them (default settings: Fashion-MNIST
     head, 3 optimizers × 2 seeds per task), adding ``runs`` runs to a store whose extractor was
     trained by an earlier collect: blocks of 64 vs one run at a time (``--batch-runs 1``); and
-    ``lohp inspect --json`` of the result. Wall and CPU seconds and peak RSS from ``wait4``."""
+    ``lohp inspect --json`` of the result. Wall and CPU seconds and peak RSS by GNU time."""
     import shutil
 
     rows: list[list[object]] = []
