@@ -154,7 +154,14 @@ def _init_store(
             if seed is not None and not store.has_shared_init():  # written once, never redrawn
                 progress({"event": "shared_init", "seed": seed})
                 store.write_shared_init(flat_params(init_target(cfg, family, seed)).numpy(), seed)
-            train_frozen(store, cfg.model, family, cfg.seed, progress)
+            # on a fixed number of threads, like the runs: the store does not depend on the
+            # machine's cores or load (a thread count can change the last bits of the extractor)
+            threads = torch.get_num_threads()
+            torch.set_num_threads(cfg.threads_per_worker)
+            try:
+                train_frozen(store, cfg.model, family, cfg.seed, progress)
+            finally:
+                torch.set_num_threads(threads)
             store.update_attrs(init_complete=True)
         except BaseException:
             if created:  # nothing half-made is left: a re-run, with any settings, starts afresh

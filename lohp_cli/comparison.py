@@ -53,21 +53,27 @@ def _pair(a: MethodResult, b: MethodResult, on_ladder: bool) -> dict[str, Any]:
     }
 
 
-def paired_section(rows: list[MethodResult]) -> dict[str, Any] | None:
+def _named(row: str, names: tuple[str, ...]) -> bool:
+    """Whether a report row is the row of one of the ``--policy`` names (``"grad"`` names the
+    row ``"grad (k=2)"``)."""
+    return any(row == n or row.startswith(f"{n} (") for n in names)
+
+
+def paired_section(rows: list[MethodResult], also: tuple[str, ...] = ()) -> dict[str, Any] | None:
     """``paired``: the main row (``rows[0]``, the generated weights) against every other scored
-    row (not a not-applicable one), then each step of the ablation ladder not already among them
-    (upper rung − lower rung, top down);
-    per task the accuracy averaged over its samples, paired over the tasks."""
+    row (not a not-applicable one), then each row named in ``also`` against every scored row
+    after the main one, then each step of the ablation ladder not already among them (upper
+    rung − lower rung, top down); per task the accuracy averaged over its samples, paired over
+    the tasks."""
     if not rows or not rows[0].task_acc:
         return None
     main = rows[0]
     rungs = ladder(rows)
     steps = list(zip(rungs[1:], rungs, strict=False))  # (upper, lower)
-    pairs = [
-        _pair(main, r, any(hi is main and lo is r for hi, lo in steps))
-        for r in rows[1:]
-        if r.applicable and len(r.task_acc) == len(main.task_acc)
-    ]
+    scored = [r for r in rows[1:] if r.applicable and len(r.task_acc) == len(main.task_acc)]
+    pairs = [_pair(main, r, any(hi is main and lo is r for hi, lo in steps)) for r in scored]
+    for a in (r for r in scored if _named(r.name, also)):
+        pairs += [_pair(a, r, False) for r in scored if r is not a]
     pairs += [_pair(hi, lo, True) for hi, lo in reversed(steps) if hi is not main]
     return {"main": main.name, "confidence": CONFIDENCE, "ladder": list(LADDER), "pairs": pairs}
 
@@ -87,6 +93,9 @@ def frontier_section(
             "steps": r.steps,
             "acc_mean": round(float(np.mean(r.accuracies)), 4),
             "latency_ms_batch1": round(r.latency_ms_batch1, 4),
+            "latency_iqr_ms": None
+            if r.latency_iqr_ms is None
+            else [round(v, 4) for v in r.latency_iqr_ms],
         }
         for opt, r in sorted(points, key=lambda p: (opts.index(p[0]), p[1].steps or 0))
         if r.latency_ms_batch1 is not None
@@ -143,6 +152,28 @@ def _first(budgets: list[tuple[MethodResult, Any]], test: Any) -> MethodResult |
     return next((r for r, d in budgets if test(d)), None)
 
 
+def speedup_interval(
+    ratios: list[float | None],
+    low: MethodResult | None,
+    high: MethodResult | None,
+    budgets: list[tuple[MethodResult, Any]],
+) -> list[float | None]:
+    """The speed-up interval over the budgets from ``low`` to ``high`` (ascending steps; their
+    ``ratios``, latency over the main row's): the least and the greatest ratio among them, so
+    it is never inverted even when a larger budget timed faster than a smaller one, and it holds
+    the matched budget's ratio (which lies between them). No ``low``: [None, None]; no
+    ``high``: up to the last budget, and the upper end open (None)."""
+    if low is None:
+        return [None, None]
+    rows = [r for r, _ in budgets]
+    i = rows.index(low)
+    j = rows.index(high) if high is not None else len(rows) - 1
+    inside = [v for v in ratios[i : j + 1] if v is not None]
+    if not inside:
+        return [None, None]
+    return [min(inside), max(inside) if high is not None else None]
+
+
 def matched_section(
     rows: list[MethodResult], points: list[tuple[str, MethodResult]] | None
 ) -> dict[str, Any] | None:
@@ -170,6 +201,8 @@ def matched_section(
         def ratio(r: MethodResult | None) -> float | None:
             return None if r is None or base <= 0 else _round(r.latency_ms_batch1 / base)
 
+        interval = speedup_interval([ratio(r) for r, _ in budgets], low, high, budgets)
+
         out.append(
             {
                 "against": key,
@@ -179,7 +212,7 @@ def matched_section(
                 "acc_mean": None if hit is None else round(float(np.mean(hit.accuracies)), 4),
                 "latency_ms_batch1": None if hit is None else _round(hit.latency_ms_batch1),
                 "speedup": ratio(hit),
-                "speedup_ci95": [ratio(low), ratio(high)],
+                "speedup_ci95": interval,
                 "ci_budgets": [None if r is None else r.steps for r in (low, high)],
             }
         )
@@ -190,6 +223,68 @@ def matched_section(
         "confidence": CONFIDENCE,
         "against": out,
     }
+
+
+def k_study(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """Lo-Hp rows comparable to the generated policy (its optimizer subset and state input), one
+    per k (the first row of each k), sorted by k."""
+    ref = next((m["policy"] for m in r["methods"] if m["kind"] == "generated"), None)
+    if ref is None or ref["method"] != "lo-hp":
+        return []
+    rows = {}
+    for m in r["methods"]:
+        p = m.get("policy")
+        if (
+            p
+            and p["method"] == "lo-hp"
+            and p["optimizers"] == ref["optimizers"]
+            and p.get("state_input", "none") == ref.get("state_input", "none")
+        ):
+            rows.setdefault(p["k"], m)
+    return [{"k": k, **rows[k]} for k in sorted(rows)]
+
+
+def verdict(r: dict[str, Any]) -> str | None:
+    """report.md's one-line verdict on the main row (the generated weights): its accuracy against
+    the most accurate optimizer row (paired difference and interval, latency ratio), and where it
+    lies against the optimizers' accuracy-latency frontier; None without a scored main row."""
+    main = r["methods"][0] if r["methods"] else None
+    if main is None or main["acc_mean"] is None:
+        return None
+    said = f"{main['name']} reaches {main['acc_mean']:.4f} on {len(r['tasks'])} held-out task(s)"
+    opts = [m for m in r["methods"] if m["kind"] == "optimizer" and m["acc_mean"] is not None]
+    if opts:
+        best = max(opts, key=lambda m: (m["acc_mean"], -(m["steps"] or 0)))
+        pairs = (r.get("paired") or {}).get("pairs", [])
+        q = next((q for q in pairs if q["a"] == main["name"] and q["b"] == best["name"]), None)
+        diff = 100 * (main["acc_mean"] - best["acc_mean"]) if q is None else 100 * q["mean"]
+        ci = ""
+        if q is not None and q["ci95"] is not None:
+            ci = f", 95 % interval [{100 * q['ci95'][0]:+.1f}, {100 * q['ci95'][1]:+.1f}]"
+        side = (q or {}).get("side")
+        if side in ("above", "below"):
+            how = f"{abs(diff):.1f} points {side}"
+        else:  # a tie (the interval holds 0), or no interval (one task)
+            how = f"{'tied with' if side == 'tie' else 'against'} ({diff:+.1f} points)"
+        said += f": {how} {best['name']} ({best['acc_mean']:.4f}{ci})"
+        a, b = main["latency_ms_batch1"], best["latency_ms_batch1"]
+        if a and b:
+            said += f" at {b / a:.1f}× lower latency" if b >= a else f" at {a / b:.1f}× its latency"
+    f = r.get("frontier") or {}
+    place = next((p for p in f.get("policies", []) if p["name"] == main["name"]), None)
+    if place is not None and place["position"] == "below":
+        pt = next((p for p in f["points"] if p["method"] == place["frontier_method"]), None)
+        lat = "" if pt is None else f" in {pt['latency_ms_batch1']:.3g} ms"
+        said += (
+            f"; below the optimizers' accuracy–latency frontier: {place['frontier_method']} "
+            f"reaches {place['frontier_acc']:.4f}{lat} ({main['name']}: "
+            f"{place['latency_ms_batch1']:.3g} ms)"
+        )
+    elif place is not None:
+        said += "; on or above the optimizers' accuracy–latency frontier"
+    if (r.get("timing") or {}).get("warning"):
+        said += " (latencies noisy: see the warning under the table)"
+    return said + "."
 
 
 def md_table(header: list[str], rows: list[list[str]]) -> list[str]:

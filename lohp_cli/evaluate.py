@@ -9,9 +9,12 @@ accuracy-latency frontier at each other budget of ``frontier_steps`` up to T·r 
 report's ``frontier``, not rows).
 
 Latency (``latency_ms_batch1``, what the paper calls latency) is the time to produce the weights of
-one task at batch size 1: the median of repeated timed runs after one untimed warm-up run
-(CUDA-synchronised on GPU), on the report's ``device``. Batched throughput is measured by
-``generate`` and copied from the generated store into ``timing.generate``.
+one task at batch size 1, measured after every method is scored, interleaved across all of them
+(round-robin, so load from other processes hits every method alike: ``methods.base.time_methods``):
+the median of the timed runs after one untimed warm-up run (CUDA-synchronised on GPU), with its
+interquartile range and the process's CPU time, on the report's ``device``; the load average
+during the timing is in the report. Batched throughput is measured by ``generate`` and copied
+from the generated store into ``timing.generate``.
 
 The methods themselves live in :mod:`lohp_cli.methods` (one per baseline and generator, looked up
 through its registry); the report's files in :mod:`lohp_cli.report`.
@@ -33,12 +36,19 @@ from lohp_cli.artifacts.policy import PolicyMeta
 from lohp_cli.config import OPTIMIZERS, EvaluateConfig, GenerateConfig, OptimizersConfig
 from lohp_cli.errors import ConfigError, StoreError
 from lohp_cli.methods import registry
-from lohp_cli.methods.base import EvalContext, Method, MethodResult, Progress, run_method
+from lohp_cli.methods.base import (
+    EvalContext,
+    Method,
+    MethodResult,
+    Progress,
+    run_method,
+    time_methods,
+)
 from lohp_cli.methods.policy import GeneratedMethod, PolicyMethod, split_sample_steps
 from lohp_cli.policy.artifact import check_policy_dir, load_policy, local_steps
 from lohp_cli.policy.context import TaskContext, support_probe_bank, task_context
 from lohp_cli.report import build_report, write_report
-from lohp_cli.runtime import resolve_device
+from lohp_cli.runtime import resolve_device, stage_threads
 from lohp_cli.store.generated import open_generated
 from lohp_cli.store.sampler import RunRef, check_runs, matched_indices, select_runs
 from lohp_cli.tasks.models import build_target
@@ -87,6 +97,12 @@ def cosine_check(
 
 def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str, Any]:
     """Score the generated weights and every baseline; write report.json/.md and plots."""
+    emit = progress or (lambda _e: None)
+    with stage_threads(cfg.threads, emit, default=1):
+        return _evaluate(cfg, emit)
+
+
+def _evaluate(cfg: EvaluateConfig, emit: Progress) -> dict[str, Any]:
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"Report directory '{out}' is a file; choose another --out.")
@@ -96,7 +112,7 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     gcfg = parse(
         GenerateConfig, gmeta.config, f"Generated store '{cfg.generated}' config", StoreError
     )
-    ctx, loaded = context(cfg, gcfg, gmeta, progress or (lambda _e: None))
+    ctx, loaded = context(cfg, gcfg, gmeta, emit)
     # every input is checked before any method is scored: the baselines' contexts, the other
     # policies (loaded now), the generated arrays and the runs of the cosine check
     for b in cfg.baselines:
@@ -110,19 +126,27 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
     first: list[Method] = [generated, *policies]
     stepped = [b for b in cfg.baselines if registry.is_stepped(b)]
     first += [m for b in cfg.baselines if b not in stepped for m in registry.baseline(b, cfg)]
+    # progress: (method, task) pairs to score; the stepped baselines' count is known once the
+    # rows before them have their steps
+    emit({"event": "plan", "methods": len(first), "tasks": len(ctx.tasks)})
     rows = [run_method(ctx, m, prepared=m in policies) for m in first]
     budgets = _step_budgets(ctx, rows)
     extra = frontier_budgets(cfg.frontier_steps, ctx.steps_full, budgets)
+    todo = [(b, registry.baseline(b, cfg, registry.step_budgets(b, budgets))) for b in stepped]
+    more = [(b, registry.baseline(b, cfg, extra) if extra else []) for b in stepped]
+    n = len(first) + sum(len(ms) for _, ms in todo) + sum(len(ms) for _, ms in more)
+    emit({"event": "plan", "methods": n, "tasks": len(ctx.tasks)})
     points: list[tuple[str, MethodResult]] = []
-    for b in stepped:
-        main = registry.step_budgets(b, budgets)
-        done = [run_method(ctx, m) for m in registry.baseline(b, cfg, main)]
+    for (b, main), (_, frontier_only) in zip(todo, more, strict=True):
+        done = [run_method(ctx, m) for m in main]
         rows += done
-        if extra:
+        if frontier_only:
             steps = ", ".join(map(str, extra))
             ctx.emit({"event": "info", "message": f"frontier: {b} for {steps} steps"})
-            done += [run_method(ctx, m) for m in registry.baseline(b, cfg, extra)]
+            done += [run_method(ctx, m) for m in frontier_only]
         points += [(b, r) for r in done]
+    timed = [*rows, *(r for _, r in points if all(r is not q for q in rows))]
+    timing_run = time_methods(ctx, timed, cfg.latency_budget_s)
     model, meta, stats = loaded
     cos = cosine_check(model, meta, stats, ctx.task, chosen, ctx.device)
     others = [
@@ -134,7 +158,7 @@ def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str,
         ctx, model, cfg.locality_tasks, cfg.locality_source_tasks, cfg.locality_branches, others
     )
     frontier = points if cfg.frontier_steps else None
-    report = build_report(cfg, ctx, gmeta, rows, cos, local, frontier)
+    report = build_report(cfg, ctx, gmeta, rows, cos, local, frontier, timing_run)
     write_report(report, out, cfg.plots)
     return report
 

@@ -17,6 +17,7 @@ import lohp_cli.l2o  # noqa: F401 - registers the learned-optimizer methods
 from lohp_cli import trainers
 from lohp_cli.config import TrainConfig
 from lohp_cli.errors import ConfigError
+from lohp_cli.runtime import stage_threads
 
 if TYPE_CHECKING:
     from lohp_cli.policy.artifact import TrainResult
@@ -31,4 +32,6 @@ def train_policy(cfg: TrainConfig, progress: Progress | None = None) -> TrainRes
         raise ConfigError(
             f"Unknown method {cfg.method!r}; choose from {', '.join(trainers.method_names())}."
         )
-    return spec.fit_function()(cfg, progress)
+    emit = progress or (lambda _e: None)
+    with stage_threads(cfg.threads, emit):
+        return spec.fit_function()(cfg, progress)

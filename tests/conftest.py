@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import pytest
-import torch
+# One intra-op thread in every test process and the stages it runs in-process (a stage's
+# automatic threads would read the machine's load first), and in the subprocesses it starts.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from lohp_cli.config import CollectConfig
 from lohp_cli.tasks.datasets import FMNIST_SYSTEM_DIRS

@@ -11,7 +11,9 @@ import importlib
 from lohp_cli.cli.common import app, err_console, log, run_guarded
 
 # registration order is the order of ``lohp --help``
-COMMAND_MODULES = ("collect", "train", "generate", "evaluate", "report_dg", "inspect")
+COMMAND_MODULES = (
+    "collect", "train", "generate", "evaluate", "report_dg", "export", "predict", "inspect",
+)  # fmt: skip
 for _name in COMMAND_MODULES:
     importlib.import_module(f"{__name__}.{_name}")
 

@@ -14,12 +14,13 @@ from lohp_cli.cli.common import (
     Event,
     SetOpt,
     command,
-    err_console,
     log,
     run_stage,
     split_list,
     verbosity,
+    with_default,
 )
+from lohp_cli.cli.progress import StageProgress
 
 CONFIG = "lohp_cli.config:CollectConfig"
 LIBRARY = "lohp_cli.collect:collect"  # imported when the command runs (torch)
@@ -35,36 +36,60 @@ def collect(
         typer.Option(
             help="Task family: fmnist, cifar10, digits, glyphs (rendered KanjiVG characters), the "
             "domain family rotated-fmnist, or few-shot episodes fewshot-fmnist, fewshot-digits, "
-            "fewshot-glyphs (--set task.shots=K)."
+            "fewshot-glyphs (--set task.shots=K). \\[default: fmnist]"
         ),
     ] = None,
-    model: Annotated[str | None, typer.Option(help="Target model: head, mlp, cnn, lora.")] = None,
-    tasks: Annotated[int | None, typer.Option(help="Number of source tasks.")] = None,
-    seeds: Annotated[int | None, typer.Option(help="Replicates per task and optimizer.")] = None,
-    optimizers: Annotated[str | None, typer.Option(help="Comma list of sgd, adam, sam.")] = None,
-    steps: Annotated[int | None, typer.Option(help="Optimizer steps per run.")] = None,
-    record_every: Annotated[int | None, typer.Option(help="Record weights every N steps.")] = None,
-    ways: Annotated[int | None, typer.Option(help="Classes per task.")] = None,
+    model: Annotated[
+        str | None, typer.Option(help=with_default("Target model: head, mlp, cnn, lora.", "head"))
+    ] = None,
+    tasks: Annotated[
+        int | None, typer.Option(help=with_default("Number of source tasks.", 32))
+    ] = None,
+    seeds: Annotated[
+        int | None, typer.Option(help=with_default("Replicates per task and optimizer.", 2))
+    ] = None,
+    optimizers: Annotated[
+        str | None, typer.Option(help=with_default("Comma list of sgd, adam, sam.", "sgd,adam,sam"))
+    ] = None,
+    steps: Annotated[
+        int | None, typer.Option(help=with_default("Optimizer steps per run.", 200))
+    ] = None,
+    record_every: Annotated[
+        int | None, typer.Option(help=with_default("Record weights every N steps.", 5))
+    ] = None,
+    ways: Annotated[int | None, typer.Option(help=with_default("Classes per task.", 5))] = None,
     test_domain: Annotated[
         int | None,
         typer.Option(help="Held-out domain of a domain family (rotated-fmnist: 0, 15, …, 75)."),
     ] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Minibatch size.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Base seed.")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help=with_default("Minibatch size.", 64))
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help=with_default("Base seed.", 0))] = None,
     init: Annotated[
         str | None,
-        typer.Option(help="per_run, or shared: every run starts from one θ₀ saved in the store."),
+        typer.Option(
+            help=with_default(
+                "per_run, or shared: every run starts from one θ₀ saved in the store.", "per_run"
+            )
+        ),
     ] = None,
     init_seed: Annotated[
         int | None, typer.Option(help="Seed of the shared θ₀ (default: derived from --seed).")
     ] = None,
-    workers: Annotated[int | None, typer.Option(help="Worker processes.")] = None,
+    workers: Annotated[int | None, typer.Option(help=with_default("Worker processes.", 1))] = None,
     batch_runs: Annotated[
         int | None,
-        typer.Option(help="Runs of one optimizer trained together (1: one at a time)."),
+        typer.Option(
+            help=with_default("Runs of one optimizer trained together (1: one at a time).", 64)
+        ),
     ] = None,
     shard: Annotated[
-        str | None, typer.Option(help="Only share i of n of the runs (0 <= i < n).")
+        str | None,
+        typer.Option(
+            help="Run only shard i of n of the planned runs, as i/n (0 <= i < n): the same "
+            "command with every i from 0 to n-1 (on any machines) collects the whole store."
+        ),
     ] = None,
     scheduler: Annotated[
         str | None,
@@ -123,6 +148,7 @@ def collect(
 
 
 def _done(result: Any) -> None:
+    _BAR.stop()
     log(
         f"[green]done[/]: {result.collected} run(s) collected, "
         f"{result.skipped} already complete, "
@@ -131,11 +157,14 @@ def _done(result: Any) -> None:
     typer.echo(result.store)
 
 
-def _progress() -> Callable[[Event], None]:
-    """A progress callback rendering collect events on stderr."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+_BAR = StageProgress()
 
-    bar: dict[str, Any] = {}
+
+def _progress() -> Callable[[Event], None]:
+    """A progress callback rendering collect events on stderr: a bar over the pending runs with
+    elapsed time and ETA (plain lines when stderr is not a terminal)."""
+    bar = _BAR
+    log = bar.log
 
     def on_event(e: Event) -> None:
         kind = e["event"]
@@ -155,24 +184,13 @@ def _progress() -> Callable[[Event], None]:
                 f"{e['planned']} run(s) planned, {e['skipped']} already complete, "
                 f"{e['pending']} to do"
             )
-            if e["pending"] and verbosity() >= 0:
-                p = Progress(
-                    "collect",
-                    BarColumn(),
-                    MofNCompleteColumn(),
-                    TimeElapsedColumn(),
-                    console=err_console,
-                    transient=True,
-                )
-                p.start()
-                bar["p"], bar["t"] = p, p.add_task("runs", total=e["pending"])
+            if e["pending"]:
+                bar.start("collect", e["pending"], info="runs")
         elif kind == "repaired":
             why = f" ({e['why']})" if e.get("why") and verbosity() >= 1 else ""
             log(f"repaired: {e['what']}{why}")
-        elif kind == "run" and "p" in bar:
-            bar["p"].update(bar["t"], completed=e["done"])
-            if e["done"] == e["pending"]:
-                bar["p"].stop()
+        elif kind == "run":
+            bar.update(completed=e["done"])
         if verbosity() >= 1 and kind == "run":
             log(f"  {e['run_id']} {e['wall_s']:.2f} s")
 

@@ -165,13 +165,86 @@ def parse_policies(items: list[str] | None) -> dict[str, str] | None:
 ConfigOpt = Annotated[
     str | None, typer.Option("--config", "-c", help="TOML config file (see examples/).")
 ]
-SetOpt = Annotated[
-    list[str] | None,
-    typer.Option("--set", help="Override a config key, e.g. --set optim.sgd.lr=0.05 (repeatable)."),
-]
+
+
+def set_option(example: str) -> Any:
+    """The ``--set KEY=VALUE`` option of a command, with an ``example`` key of its own config
+    (each command's key: optim.sgd.lr is collect's, policy.backbone train-policy's)."""
+    return Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            metavar="KEY=VALUE",
+            help=f"Override a config key (repeatable), e.g. --set {example}; --dry-run shows "
+            "every key.",
+        ),
+    ]
+
+
+SetOpt = set_option("optim.sgd.lr=0.05")  # collect's
 DryRunOpt = Annotated[
     bool, typer.Option("--dry-run", help="Print the resolved config as JSON and exit.")
 ]
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto, cpu, cuda or cuda:i.")]
-SeedOpt = Annotated[int | None, typer.Option(help="Seed.")]
+
+
+def with_default(help_text: str, value: object) -> str:
+    """``help_text`` ending in ``[default: value]``: the default of the config key an option
+    sets (options default to None, so that only a given flag overrides the config file;
+    tests/cli/test_cli.py checks each shown default against the config)."""
+    return f"{help_text} \\[default: {value}]"
+
+
+DeviceOpt = Annotated[
+    str | None, typer.Option("--device", help=with_default("auto, cpu, cuda or cuda:i.", "auto"))
+]
+SeedOpt = Annotated[int | None, typer.Option(help=with_default("Seed.", 0))]
 ReportOutOpt = Annotated[str | None, typer.Option("--out", "-o", help="Report directory.")]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        help=with_default(
+            "Intra-op CPU threads. auto: this process's share of the cores (cores ÷ "
+            "LOHP_PROCESSES), no more than other work leaves free; OMP_NUM_THREADS when set.",
+            "auto",
+        ),
+    ),
+]
+
+
+def _element_type(shown: str | None) -> str | None:
+    """``<list[str]>`` -> ``<str>`` (a repeatable option or argument takes one value each time)."""
+    if shown and shown.startswith("<list[") and shown.endswith("]>"):
+        return f"<{shown[6:-2]}>"
+    return shown
+
+
+def _value_free_flags() -> None:
+    """Show no type for flags (Typer 0.2x writes ``<bool>`` beside ``--dry-run``, which takes no
+    value) and the element type of a repeatable option (``<str>``, not ``<list[str]>``)."""
+    from typer import core
+
+    original = getattr(core.TyperOption, "display_type_rich", None)
+    if original is None or getattr(original, "_lohp", False):
+        return
+
+    def display_type_rich(self: Any, ctx: Any) -> str | None:
+        if self.metavar is not None:
+            return self.metavar
+        if getattr(self, "is_flag", False) or getattr(self, "count", False):
+            return ""
+        return _element_type(original(self, ctx))
+
+    display_type_rich._lohp = True  # type: ignore[attr-defined]
+    core.TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+    arg = getattr(core.TyperArgument, "display_type_rich", None)
+    if arg is not None and not getattr(arg, "_lohp", False):
+
+        def argument_type(self: Any, ctx: Any) -> str | None:
+            return _element_type(arg(self, ctx))
+
+        argument_type._lohp = True  # type: ignore[attr-defined]
+        core.TyperArgument.display_type_rich = argument_type  # type: ignore[method-assign]
+
+
+_value_free_flags()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from lohp_cli.cli.common import (
     ConfigOpt,
@@ -13,18 +14,32 @@ from lohp_cli.cli.common import (
     DryRunOpt,
     Event,
     ReportOutOpt,
-    SetOpt,
     command,
     err_console,
-    log,
     log_info,
     parse_policies,
     run_guarded,
     run_stage,
+    set_option,
     split_list,
     verbosity,
+    with_default,
 )
+from lohp_cli.cli.progress import StageProgress
 
+EvaluateSetOpt = set_option("'frontier_steps=[1,2,5,10,20]'")
+L2OSetOpt = set_option("instances=16")
+EvaluateThreadsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        help=with_default(
+            "Intra-op CPU threads (evaluate times one task at batch size 1, which one thread does "
+            "steadily on a shared machine; OMP_NUM_THREADS when set).",
+            1,
+        ),
+    ),
+]
 CONFIG = "lohp_cli.config:EvaluateConfig"
 LIBRARY = "lohp_cli.evaluate:evaluate"  # imported when the command runs (torch)
 L2O_CONFIG = "lohp_cli.l2o.config:L2OEvaluateConfig"
@@ -41,7 +56,8 @@ def evaluate(
             help="Comma list of sgd, adam, sam, hypernetwork, nearest, mean, nearest-noise, "
             "class-rows, gaussian, average-16, reptile, fomaml (a meta-learned start, then Adam; "
             "settings --set meta_start.KEY=...), erm (domain families), prototype (head model), "
-            "l2o, l2o-tt, l2o-flat, m-l2o (learned optimizers need --policy NAME=DIR)."
+            "l2o, l2o-tt, l2o-flat, m-l2o (learned optimizers need --policy NAME=DIR). "
+            "\\[default: sgd,adam,sam,hypernetwork]"
         ),
     ] = None,
     policy: Annotated[
@@ -52,10 +68,20 @@ def evaluate(
             "diffusion policy with S DDIM steps.",
         ),
     ] = None,
-    latency_repeats: Annotated[int | None, typer.Option(help="Timed repetitions.")] = None,
+    latency_repeats: Annotated[
+        int | None,
+        typer.Option(
+            help=with_default(
+                "Timing rounds (every method timed once per round, interleaved; more are added "
+                "while a median is unstable).",
+                20,
+            )
+        ),
+    ] = None,
     device: DeviceOpt = None,
+    threads: EvaluateThreadsOpt = None,
     config: ConfigOpt = None,
-    set_: SetOpt = None,
+    set_: EvaluateSetOpt = None,
     dry_run: DryRunOpt = False,
 ) -> None:
     """Score generated weights on held-out tasks against optimizers and other policies.
@@ -70,42 +96,81 @@ def evaluate(
         "policies": run_guarded(lambda: parse_policies(policy)),
         "latency_repeats": latency_repeats,
         "device": device,
+        "threads": threads,
     }
     run_stage(CONFIG, LIBRARY, _progress, _done, config, set_, flags, dry_run)
 
 
+_BAR = StageProgress()
+
+
 def _progress(e: Event) -> None:
-    if e["event"] == "info":
-        log(e["message"])
-    elif e["event"] == "method" and e["acc_mean"] is None:
-        log(f"  {e['name']}: {e.get('note') or 'not applicable'}")
-    elif e["event"] == "method":
-        log(f"  {e['name']}: {e['acc_mean']:.4f} ± {e['acc_std']:.4f}")
+    """evaluate's events on stderr: a bar over (method, task) pairs scored, a line per method
+    with its accuracy, then a bar over the rounds of the interleaved latency timing."""
+    kind = e["event"]
+    if kind == "info":
+        _BAR.log(e["message"])
+    elif kind == "plan":
+        total = e["methods"] * e["tasks"]
+        if _BAR.active:
+            _BAR.update(total=total)
+        else:
+            _BAR.start("evaluate", total, info="methods × tasks")
+    elif kind == "task":
+        _BAR.update(advance=1, info=e["method"])
+    elif kind == "method" and e["acc_mean"] is None:
+        _BAR.log(f"  {escape(e['name'])}: {escape(e.get('note') or 'not applicable')}")
+    elif kind == "method":
+        _BAR.log(f"  {escape(e['name'])}: {e['acc_mean']:.4f} ± {e['acc_std']:.4f}")
+    elif kind == "timing":
+        if _BAR.label != "latency" or not _BAR.active:
+            _BAR.start("latency", e["rounds"], info=f"rounds over {e['methods']} timed rows")
+            _BAR.label = "latency"
+        _BAR.update(completed=e["done"], total=e["rounds"])
+        if e.get("finished"):
+            _BAR.stop()
 
 
 def _done(r: dict[str, Any]) -> None:
+    _BAR.stop()
+    if verbosity() >= 0:
+        err_console.print(summary_table(r))
+    typer.echo(r["config"]["out"])
+
+
+def summary_table(r: dict[str, Any]) -> Any:
+    """The result table for stderr, narrow enough for 80 columns (report.md has every column)."""
+    from rich import box
     from rich.table import Table
 
-    t = Table(title=f"{r['family']} / {r['model']}: {len(r['tasks'])} task(s)")
-    cols = ("method", "kind", "steps", "accuracy ± std", "95 % CI (tasks)", "latency ms/task")
-    for col in cols:
-        t.add_column(col, justify="left" if col in ("method", "kind") else "right")
-    t.caption = (
-        f"latency: weights of one task at batch size 1 on {r['device']}, median after a warm-up;"
-        " 95 % CI: ± 1.96 · s / √n over the tasks' mean accuracies"
-    )
+    t = Table(title=f"{r['family']} / {r['model']}: {len(r['tasks'])} task(s)", box=box.SIMPLE)
+    t.add_column("method", overflow="fold", max_width=26)
+    for col in ("steps", "accuracy", "95 % CI", "ms/task", "IQR"):
+        t.add_column(col, justify="right", no_wrap=True)
     for m in r["methods"]:
-        lat = "-" if m["latency_ms_batch1"] is None else f"{m['latency_ms_batch1']:.3f}"
+        lat, iqr = m["latency_ms_batch1"], m.get("latency_iqr_ms")
         ci = m.get("acc_ci95")
-        half = "-" if not ci else f"± {(ci[1] - ci[0]) / 2:.4f}"
-        acc = "n/a" if m["acc_mean"] is None else f"{m['acc_mean']:.4f} ± {m['acc_std']:.4f}"
-        t.add_row(m["name"], m["kind"], str(m["steps"]), acc, half, lat)
+        t.add_row(
+            escape(m["name"]),
+            "-" if m["steps"] is None else str(m["steps"]),
+            "n/a" if m["acc_mean"] is None else f"{m['acc_mean']:.4f}±{m['acc_std']:.3f}",
+            "-" if not ci else f"±{(ci[1] - ci[0]) / 2:.4f}",
+            "-" if lat is None else f"{lat:.3g}",
+            "-" if not iqr else f"{iqr[0]:.3g}–{iqr[1]:.3g}",
+        )
+    timing = r.get("timing") or {}
+    rounds = timing.get("rounds")
+    t.caption = (
+        f"ms/task: one task at batch size 1 on {r['device']}, median"
+        + (f" of {rounds} interleaved rounds" if rounds else "")
+        + "; 95 % CI: ±1.96·s/√n over tasks"
+    )
     notes = [f"{m['name']}: {m['note']}" for m in r["methods"] if m.get("note")]
+    if timing.get("warning"):
+        notes.append(f"warning: noisy latencies: {timing['warning']}")
     if notes:
-        t.caption += "\n" + "\n".join(notes)
-    if verbosity() >= 0:
-        err_console.print(t)
-    typer.echo(r["config"]["out"])
+        t.caption += "\n" + "\n".join(escape(n) for n in notes)
+    return t
 
 
 @command("evaluate-l2o")
@@ -115,8 +180,10 @@ def evaluate_l2o_cmd(
         typer.Option("--policy", help="A learned optimizer to score, NAME=DIR (repeatable)."),
     ] = None,
     out: ReportOutOpt = None,
-    steps: Annotated[int | None, typer.Option(help="Optimizee steps of every method.")] = None,
-    tasks: Annotated[int | None, typer.Option(help="Held-out tasks.")] = None,
+    steps: Annotated[
+        int | None, typer.Option(help=with_default("Optimizee steps of every method.", 100))
+    ] = None,
+    tasks: Annotated[int | None, typer.Option(help=with_default("Held-out tasks.", 8))] = None,
     instances: Annotated[int | None, typer.Option(help="Problems per task.")] = None,
     shift: Annotated[
         float | None, typer.Option(help="Distribution shift of synthetic held-out tasks.")
@@ -128,7 +195,7 @@ def evaluate_l2o_cmd(
     seed: Annotated[int | None, typer.Option(help="Seed of the held-out tasks.")] = None,
     device: DeviceOpt = None,
     config: ConfigOpt = None,
-    set_: SetOpt = None,
+    set_: L2OSetOpt = None,
     dry_run: DryRunOpt = False,
 ) -> None:
     """Score learned optimizers against tuned Adam/SGD: loss-vs-step curves on held-out tasks.

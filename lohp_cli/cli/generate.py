@@ -12,12 +12,16 @@ from lohp_cli.cli.common import (
     DryRunOpt,
     Event,
     SeedOpt,
-    SetOpt,
+    ThreadsOpt,
     command,
     log,
     run_stage,
+    set_option,
+    with_default,
 )
+from lohp_cli.cli.progress import StageProgress
 
+GenerateSetOpt = set_option("batch_size=64")
 CONFIG = "lohp_cli.config:GenerateConfig"
 LIBRARY = "lohp_cli.generate:generate"  # imported when the command runs (torch)
 
@@ -32,12 +36,17 @@ def generate(
         str | None,
         typer.Option(
             help="target, target-hard, source, comma-separated task ids, or @FILE (few-shot "
-            "families: source = meta-train episodes, target = meta-test episodes)."
+            "families: source = meta-train episodes, target = meta-test episodes). "
+            "\\[default: target]"
         ),
     ] = None,
-    num_tasks: Annotated[int | None, typer.Option(help="How many tasks of a split.")] = None,
-    samples: Annotated[int | None, typer.Option(help="Weight vectors per task.")] = None,
-    mode: Annotated[str | None, typer.Option(help="mean or sample.")] = None,
+    num_tasks: Annotated[
+        int | None, typer.Option(help=with_default("How many tasks of a split.", 20))
+    ] = None,
+    samples: Annotated[
+        int | None, typer.Option(help=with_default("Weight vectors per task.", 4))
+    ] = None,
+    mode: Annotated[str | None, typer.Option(help=with_default("mean or sample.", "mean"))] = None,
     sample_steps: Annotated[
         int | None,
         typer.Option(help="A diffusion policy's DDIM steps S (default: its sample_steps)."),
@@ -57,9 +66,18 @@ def generate(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an existing output.")
     ] = False,
+    update: Annotated[
+        bool,
+        typer.Option(
+            "--update",
+            help="Generate only the tasks an existing output lacks (same policy and settings), "
+            "keep the others; nothing to do when no task is new (cron).",
+        ),
+    ] = False,
     device: DeviceOpt = None,
+    threads: ThreadsOpt = None,
     config: ConfigOpt = None,
-    set_: SetOpt = None,
+    set_: GenerateSetOpt = None,
     dry_run: DryRunOpt = False,
 ) -> None:
     """Generate weights for tasks in N = T/k policy steps; prints the output path.
@@ -81,24 +99,46 @@ def generate(
         "store": store,
         "data_root": data_root,
         "overwrite": True if overwrite else None,
+        "update": True if update else None,
         "device": device,
+        "threads": threads,
     }
     run_stage(CONFIG, LIBRARY, _progress, _done, config, set_, flags, dry_run)
 
 
+_BAR = StageProgress()
+
+
 def _progress(e: Event) -> None:
-    if e["event"] == "start":
-        log(
+    """generate's events on stderr: a bar over the samples generated, then the latency timing."""
+    kind = e["event"]
+    if kind == "info":
+        _BAR.log(e["message"])
+    elif kind == "start":
+        _BAR.log(
             f"generating {e['samples']} sample(s) for {e['tasks']} task(s) in N = {e['N']} "
             f"steps on {e['device']}"
         )
+        _BAR.start("generate", e["tasks"] * e["samples"], info="samples")
+    elif kind == "batch":
+        _BAR.update(completed=e["done"])
+    elif kind == "timing":
+        _BAR.stop()
+        _BAR.log(f"timing the latency: {e['repeats']} generations of one task at batch size 1")
 
 
 def _done(result: Any) -> None:
+    _BAR.stop()
+    if result.new_tasks == 0:
+        log(f"[green]done[/]: {result.tasks} task(s), none new: {result.out} is up to date")
+        typer.echo(result.out)
+        return
+    new = "" if result.new_tasks == result.tasks else f" ({result.new_tasks} new)"
     log(
-        f"[green]done[/]: {result.tasks} task(s) × {result.samples} in "
+        f"[green]done[/]: {result.tasks} task(s){new} × {result.samples} in "
         f"{result.wall_time_s:.1f} s; batched throughput {result.batched_ms_per_sample:.3f} "
         f"ms/sample on {result.device} (batch {result.batch_size}, warm-up excluded); latency "
-        f"{result.latency_ms_batch1:.3f} ms per task (batch 1, after warm-up)"
+        f"{result.latency_ms_batch1:.3f} ms per task (batch 1, median after warm-up; "
+        "'lohp evaluate' times it again beside the baselines)"
     )
     typer.echo(result.out)

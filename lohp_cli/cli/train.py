@@ -15,14 +15,18 @@ from lohp_cli.cli.common import (
     DryRunOpt,
     Event,
     SeedOpt,
-    SetOpt,
+    ThreadsOpt,
     command,
     log,
     run_stage,
+    set_option,
     split_list,
     verbosity,
+    with_default,
 )
+from lohp_cli.cli.progress import StageProgress
 
+TrainSetOpt = set_option("policy.backbone=rows")
 CONFIG = "lohp_cli.train:TrainConfig"  # via the stage: it registers every training method
 LIBRARY = "lohp_cli.train:train_policy"  # imported when the command runs (torch)
 
@@ -36,17 +40,26 @@ def train_policy_cmd(
     method: Annotated[
         str | None,
         typer.Option(
-            help="lo-hp, lo-op, lo-di, hypernetwork, diffusion, or l2o, l2o-tt, l2o-flat, m-l2o."
+            help=with_default(
+                "lo-hp, lo-op, lo-di, hypernetwork, diffusion, or l2o, l2o-tt, l2o-flat, m-l2o.",
+                "lo-hp",
+            )
         ),
     ] = None,
     family: Annotated[
         str | None,
         typer.Option(help="L2O methods: store (default), or quadratic|lasso (no store needed)."),
     ] = None,
-    k: Annotated[int | None, typer.Option(help="Matching factor k (N = T/k).")] = None,
-    steps: Annotated[int | None, typer.Option(help="Training steps.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Trajectories per step.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate (warns above 1e-3).")] = None,
+    k: Annotated[
+        int | None, typer.Option(help=with_default("Matching factor k (N = T/k).", 2))
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help=with_default("Training steps.", 3000))] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help=with_default("Trajectories per step.", 32))
+    ] = None,
+    lr: Annotated[
+        float | None, typer.Option(help=with_default("Learning rate (warns above 1e-3).", 0.001))
+    ] = None,
     optimizers: Annotated[
         str | None, typer.Option(help="Learn only from these optimizers' runs (comma list).")
     ] = None,
@@ -56,8 +69,9 @@ def train_policy_cmd(
         bool, typer.Option("--overwrite", help="Replace a policy trained on another store.")
     ] = False,
     device: DeviceOpt = None,
+    threads: ThreadsOpt = None,
     config: ConfigOpt = None,
-    set_: SetOpt = None,
+    set_: TrainSetOpt = None,
     dry_run: DryRunOpt = False,
 ) -> None:
     """Train the Lo-Hp policy (or an ablation) on a store; prints the policy directory.
@@ -78,6 +92,7 @@ def train_policy_cmd(
         "max_minutes": max_minutes,
         "seed": seed,
         "device": device,
+        "threads": threads,
         "overwrite": True if overwrite else None,
     }
     run_stage(CONFIG, LIBRARY, _progress(), _done, config, set_, flags, dry_run)
@@ -90,43 +105,58 @@ def _rank() -> int:
 def _done(result: Any) -> None:
     if _rank() != 0:
         return
+    _BAR.stop()
     state = "complete" if result.complete else "stopped early (re-run to resume)"
     loss = "-" if result.final_loss is None else f"{result.final_loss:.4g}"
     log(f"[green]done[/]: step {result.step}, {state}, loss {loss}, {result.wall_time_s:.1f} s")
     typer.echo(result.policy)
 
 
+_BAR = StageProgress()
+
+
 def _progress() -> Callable[[Event], None]:
-    """A progress callback rendering train-policy events on stderr (rank 0 only).
+    """A progress callback rendering train-policy events on stderr (rank 0 only): a bar over the
+    training steps with the latest loss terms, elapsed time and ETA (plain lines when stderr is
+    not a terminal; every logged step as a line with -v).
 
     The high learning rate warning arrives as an event, so the Python warning is silenced.
     """
     warnings.filterwarnings("ignore", message="policy learning rate")
     quiet = _rank() != 0
+    bar = _BAR
 
     def on_event(e: Event) -> None:
         if quiet:
             return
         kind = e["event"]
         if kind == "warning":
-            log(f"[bold yellow]warning:[/] {e['message']}")
+            bar.log(f"[bold yellow]warning:[/] {e['message']}")
         elif kind == "info":
-            log(e["message"])
+            bar.log(e["message"])
         elif kind == "device":
-            log(f"device: {e['device']} (world size {e['world_size']})")
+            bar.log(f"device: {e['device']} (world size {e['world_size']})")
         elif kind == "stats":
-            log(f"normalisation statistics over {e['runs']} run(s)")
+            bar.log(f"normalisation statistics over {e['runs']} run(s)")
         elif kind == "resume":
-            log(f"resuming from step {e['step']}")
+            bar.log(f"resuming from step {e['step']}")
         elif kind == "start":
-            log(f"training {e['params']:,} parameters on {e['runs']} run(s), N = {e['N']} steps")
+            what = f"{e['params']:,} parameters" if "params" in e else "the policy"
+            bar.log(f"training {what} on {e['runs']} run(s), N = {e['N']} steps")
+            bar.start("train-policy", e["steps"], completed=e.get("step", 0))
         elif kind == "log":
-            # about 20 lines per run on stderr (every logged step with -v); metrics.jsonl has all
-            every = max(1, e["steps"] // 20)
-            if verbosity() >= 1 or e["step"] % every == 0 or e["step"] == e["steps"]:
-                terms = " ".join(f"{k}={e[k]:.4g}" for k in ("loss", "off", "on", "mse") if k in e)
-                log(f"step {e['step']}/{e['steps']} {terms}")
+            terms = " ".join(f"{k}={e[k]:.4g}" for k in LOSS_TERMS if k in e)
+            if verbosity() >= 1:  # every logged step; metrics.jsonl has them all
+                bar.log(f"step {e['step']}/{e['steps']} {terms}")
+            if not bar.active:  # a fit that sent no start event
+                bar.start("train-policy", e["steps"])
+            bar.update(completed=e["step"], info=terms)
         elif kind == "timeout":
-            log(f"--max-minutes reached at step {e['step']}; re-run to continue")
+            bar.stop()
+            bar.log(f"--max-minutes reached at step {e['step']}; re-run to continue")
 
     return on_event
+
+
+# the loss terms shown beside the bar (metrics.jsonl has every term)
+LOSS_TERMS = ("loss", "off", "on", "mse")

@@ -32,8 +32,10 @@ from lohp_cli.config.stages import (
     BASELINES,
     DEFAULT_BASELINES,
     EvaluateConfig,
+    ExportConfig,
     GenerateConfig,
     MetaStartConfig,
+    PredictConfig,
 )
 from lohp_cli.config.tasks import GlyphConfig, ModelConfig, TaskConfig
 from lohp_cli.config.train import (
@@ -57,6 +59,7 @@ __all__ = [
     "AdamConfig",
     "CollectConfig",
     "EvaluateConfig",
+    "ExportConfig",
     "Frozen",
     "SEED_MAX",
     "Seed",
@@ -69,6 +72,7 @@ __all__ = [
     "ModelConfig",
     "OptimizersConfig",
     "PolicyConfig",
+    "PredictConfig",
     "SAMConfig",
     "SGDConfig",
     "StoreCodecConfig",

@@ -36,6 +36,11 @@ class Frozen(BaseModel):
 SEED_MAX = 2**64 - 1  # what torch.manual_seed takes
 # A seed: 0 <= seed < 2**64, refused where it is given instead of overflowing where it is used.
 Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
+THREADS_HELP = (
+    "Intra-op CPU threads (default: the cores this process may use ÷ the lohp processes "
+    "sharing them (LOHP_PROCESSES), no more than the cores other work leaves free; "
+    "OMP_NUM_THREADS when set). Results can differ in their last bits between thread counts."
+)
 
 
 M = TypeVar("M", bound=BaseModel)

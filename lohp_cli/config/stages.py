@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from lohp_cli.config.base import Frozen, Seed
+from lohp_cli.config.base import THREADS_HELP, Frozen, Seed
 
 
 class GenerateConfig(Frozen):
@@ -43,7 +43,13 @@ class GenerateConfig(Frozen):
     )
     data_root: str | None = Field(None, description="Data set directory (default: the store's).")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:i.")
+    threads: int | None = Field(None, ge=1, description=THREADS_HELP)
     overwrite: bool = Field(False, description="Replace an existing output.")
+    update: bool = Field(
+        False,
+        description="Generate only the tasks an existing output (of this policy and settings) "
+        "lacks, keep the others, and write the listed tasks; nothing to do when none is new.",
+    )
 
 
 DEFAULT_BASELINES = ("sgd", "adam", "sam", "hypernetwork")
@@ -126,6 +132,12 @@ class EvaluateConfig(Frozen):
         "lo-di, lo-op, k=1); generated here on the same tasks and seeds. NAME@S asks a "
         "diffusion policy for S DDIM steps (row 'NAME (S=…)'; default: its own sample_steps).",
     )
+    paired_also: tuple[str, ...] = Field(
+        (),
+        description="Names of more policies (keys of policies) whose rows are also paired "
+        "against every other scored row, as the generated weights' row is (e.g. a variant "
+        "that a study compares with the baselines, not only with the main row).",
+    )
     latency_repeats: int = Field(20, ge=1, description="Timed repetitions per method (median).")
     frontier_steps: tuple[int, ...] = Field(
         DEFAULT_FRONTIER_STEPS,
@@ -148,8 +160,30 @@ class EvaluateConfig(Frozen):
     locality_branches: int = Field(
         4, ge=2, description="Minibatch seeds per state: the seed-averaged step and the ceiling."
     )
+    latency_budget_s: float = Field(
+        300.0,
+        gt=0,
+        description="Seconds the interleaved latency timing may take: past it, no round is added "
+        "after the fifth (docs/report.md, 'Latency').",
+    )
     plots: bool = Field(True, description="Write PNG plots (needs matplotlib).")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:i.")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="Intra-op CPU threads (default 1: evaluate times one task at batch size 1, "
+        "and one thread is what stays steady on a shared machine; OMP_NUM_THREADS when set).",
+    )
+
+    @model_validator(mode="after")
+    def _paired_are_policies(self) -> EvaluateConfig:
+        unknown = [n for n in self.paired_also if n not in self.policies or "@" in n]
+        if unknown:
+            raise ValueError(
+                f"paired_also names {unknown}, which are not --policy NAME=DIR names "
+                f"({', '.join(n for n in self.policies if '@' not in n) or 'none given'})"
+            )
+        return self
 
     @field_validator("frontier_steps")
     @classmethod
@@ -180,3 +214,33 @@ class EvaluateConfig(Frozen):
                 "trained policies go in --policy NAME=DIR)"
             )
         return v
+
+
+class ExportConfig(Frozen):
+    generated: str = Field("gen/fmnist-k2.zarr", description="Output of 'lohp generate'.")
+    out: str = Field("models", description="Directory that gets one model directory per task.")
+    tasks: tuple[str, ...] = Field(
+        (), description="Task ids of the generated store to export (empty: every task)."
+    )
+    sample: int = Field(0, ge=0, description="Which generated sample of each task.")
+    program: bool = Field(
+        True, description="Also write model.pt2, a torch.export program (loads with torch alone)."
+    )
+    store: str | None = Field(
+        None, description="The policy's trajectory store, if it moved (its frozen parts)."
+    )
+    data_root: str | None = Field(None, description="Data set directory (default: the store's).")
+    overwrite: bool = Field(False, description="Replace existing model directories.")
+    threads: int | None = Field(None, ge=1, description=THREADS_HELP)
+
+
+class PredictConfig(Frozen):
+    model: str = Field(..., description="A directory written by 'lohp export'.")
+    inputs: tuple[str, ...] = Field(
+        ...,
+        min_length=1,
+        description="Image files (png, jpg, …), or tensor files: .npy or .safetensors holding "
+        "images [B, C, H, W] (or [B, H, W] for one channel), uint8 or float in [0, 1].",
+    )
+    top: int = Field(1, ge=1, description="Classes listed per input, most probable first.")
+    threads: int | None = Field(None, ge=1, description=THREADS_HELP)

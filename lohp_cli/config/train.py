@@ -9,7 +9,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from lohp_cli import trainers
-from lohp_cli.config.base import Frozen, Seed, registered
+from lohp_cli.config.base import THREADS_HELP, Frozen, Seed, registered
 from lohp_cli.config.optim import check_optimizer_names
 
 METHODS = ("lo-hp", "lo-op", "lo-di", "hypernetwork")
@@ -163,6 +163,7 @@ class TrainConfig(Frozen):
     max_minutes: float | None = Field(None, gt=0, description="Stop (resumable) after this time.")
     seed: Seed = Field(0, description="Seed of initialisation and sampling.")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:i.")
+    threads: int | None = Field(None, ge=1, description=THREADS_HELP)
     overwrite: bool = Field(False, description="Replace a policy made from another store.")
 
     def __init__(self, **data: Any) -> None:

@@ -44,7 +44,8 @@ class L2OMethod:
             c.batch_size, seed,
         )  # fmt: skip
 
-    def time_one(self, task_id: str) -> None:
+    def timer(self, task_id: str) -> None:
+        """Learned optimizers are not timed (their rows have no latency)."""
         return None
 
 

@@ -26,6 +26,7 @@ from lohp_cli.scoring import accuracy
 from lohp_cli.stats import normal_mean_ci
 from lohp_cli.store.sampler import NormStats
 from lohp_cli.tasks.inputs import TaskTensors
+from lohp_cli.timing import Latency, TimingRun, interleaved
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -111,8 +112,10 @@ class Method(Protocol):
     def weights(self, task_id: str, starts: Starts) -> torch.Tensor:
         """The final flat weights ``[S, P]`` of the task, row j from start j."""
 
-    def time_one(self, task_id: str) -> float | None:
-        """Latency (ms) of producing one task's weights at batch size 1; None when not timed."""
+    def timer(self, task_id: str) -> Callable[[], Any] | None:
+        """What the latency times: producing one task's weights at batch size 1 (called after
+        every method is scored, interleaved with the other methods' timers; see
+        :func:`time_methods`); None when the method is not timed."""
 
 
 @dataclass
@@ -125,6 +128,15 @@ class MethodResult:
     policy: dict[str, Any] | None = None  # method, k, optimizers of a policy's result
     task_acc: list[float] = field(default_factory=list)  # per task, mean over its samples
     note: str | None = None  # why a row was not scored ("not applicable: …")
+    latency_iqr_ms: tuple[float, float] | None = None  # the latency's interquartile range
+    cpu_ms_batch1: float | None = None  # the process's CPU time per timed run (median)
+    timer: Callable[[], Any] | None = field(default=None, repr=False, compare=False)
+
+    def set_latency(self, latency: Latency) -> None:
+        """The row's latency from its timed runs (median, interquartile range, CPU time)."""
+        self.latency_ms_batch1 = latency.median_ms
+        self.latency_iqr_ms = (latency.q1_ms, latency.q3_ms)
+        self.cpu_ms_batch1 = latency.cpu_ms
 
     @property
     def applicable(self) -> bool:
@@ -140,7 +152,8 @@ class MethodResult:
             return {
                 "name": self.name, "kind": self.kind, "acc_mean": None, "acc_std": None,
                 "n": 0, "n_tasks": 0, "acc_ci95": None, "latency_ms_batch1": None,
-                "steps": self.steps, "policy": self.policy, "note": self.note,
+                "latency_iqr_ms": None, "cpu_ms_batch1": None, "steps": self.steps,
+                "policy": self.policy, "note": self.note,
             }  # fmt: skip
         a = np.asarray(self.accuracies)
         ci = normal_mean_ci(self.task_acc) if self.task_acc else None
@@ -158,6 +171,10 @@ class MethodResult:
             "latency_ms_batch1": None
             if self.latency_ms_batch1 is None
             else round(self.latency_ms_batch1, 4),
+            "latency_iqr_ms": None
+            if self.latency_iqr_ms is None
+            else [round(v, 4) for v in self.latency_iqr_ms],
+            "cpu_ms_batch1": None if self.cpu_ms_batch1 is None else round(self.cpu_ms_batch1, 4),
             "steps": self.steps,
             "policy": self.policy,
         }
@@ -166,9 +183,10 @@ class MethodResult:
 def run_method(ctx: EvalContext, method: Method, prepared: bool = False) -> MethodResult:
     """Prepare ``method`` (unless ``prepared``: the stage did, to check it before scoring any),
     score its weights on every task's test split from the shared starts (each start's accuracy,
-    and each task's mean over its starts), time it on the first task, and report the row as a
-    ``method`` event. A method that is not applicable here (its ``prepare`` raised
-    :class:`NotApplicable`) is a row with its reason and no accuracy."""
+    and each task's mean over its starts; a ``task`` event after each), keep its timer on the
+    first task for :func:`time_methods`, and report the row as a ``method`` event. A method that
+    is not applicable here (its ``prepare`` raised :class:`NotApplicable`) is a row with its
+    reason and no accuracy."""
     try:
         if not prepared:
             method.prepare(ctx)
@@ -181,12 +199,39 @@ def run_method(ctx: EvalContext, method: Method, prepared: bool = False) -> Meth
     per_task: list[float] = []
     net = getattr(method, "net", None)
     net = ctx.net if net is None else net
-    for t, data in ctx.data.items():
+    for i, (t, data) in enumerate(ctx.data.items()):
         w = method.weights(t, ctx.starts(t))
         task = [accuracy(net, w[j], data)[0] for j in range(w.shape[0])]
         accs += task
         per_task.append(float(np.mean(task)))
-    r = MethodResult(method.name, method.kind, accs, method.time_one(ctx.tasks[0]))
+        ctx.emit({"event": "task", "method": method.name, "done": i + 1, "tasks": len(ctx.data)})
+    r = MethodResult(method.name, method.kind, accs)
     r.steps, r.policy, r.task_acc = method.steps, method.policy, per_task
+    if hasattr(method, "timer"):
+        r.timer = method.timer(ctx.tasks[0])
+    elif hasattr(method, "time_one"):  # a method of the older protocol: timed alone, now
+        r.latency_ms_batch1 = method.time_one(ctx.tasks[0])
     ctx.emit({"event": "method", **r.summary()})
     return r
+
+
+def time_methods(ctx: EvalContext, rows: list[MethodResult], budget_s: float) -> TimingRun | None:
+    """Every row's latency, timed interleaved (:func:`lohp_cli.timing.interleaved`: round-robin
+    over the rows' timers, so load from other processes hits them alike), set on the rows; a
+    ``timing`` event after each round. None when no row has a timer."""
+    timed = [r for r in rows if r.timer is not None]
+    if not timed:
+        return None
+    fns = {str(i): r.timer for i, r in enumerate(timed) if r.timer is not None}
+
+    def progress(done: int, planned: int) -> None:
+        ctx.emit({"event": "timing", "done": done, "rounds": planned, "methods": len(fns)})
+
+    latencies, run = interleaved(fns, ctx.latency_repeats, ctx.device, budget_s, progress=progress)
+    ctx.emit({"event": "timing", "done": run.rounds, "rounds": run.rounds, "methods": len(fns),
+              "finished": True})  # fmt: skip
+    for key, latency in latencies.items():
+        timed[int(key)].set_latency(latency)
+    for r in timed:
+        r.timer = None  # the methods it holds can go
+    return run

@@ -11,6 +11,9 @@ row. A family without domains is refused (a ConfigError naming it).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from lohp_cli.config import EvaluateConfig
@@ -57,9 +60,9 @@ class ERMMethod(OptimizerMethod):
             self._pooled[task_id] = pooled_source_data(self.ctx, task_id)
         return self._pooled[task_id]
 
-    def time_one(self, task_id: str) -> float:
+    def timer(self, task_id: str) -> Callable[[], Any]:
         self.data(task_id)  # the pooled set is built once, outside the timing
-        return super().time_one(task_id)
+        return super().timer(task_id)
 
 
 def erm_baseline(name: str, _cfg: EvaluateConfig, _budgets: tuple[int, ...]) -> list[Method]:

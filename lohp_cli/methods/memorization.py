@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -46,7 +47,6 @@ from lohp_cli.store.sampler import select_runs
 from lohp_cli.tasks.alignment import align_classes
 from lohp_cli.tasks.layout import ParamLayout
 from lohp_cli.tasks.symmetry import ClassSymmetry
-from lohp_cli.timing import time_ms
 
 KIND = "memorization"
 
@@ -170,9 +170,9 @@ class MemorizationMethod:
     def weights(self, task_id: str, starts: Starts) -> torch.Tensor:
         return torch.stack([self.one(task_id, j) for j in range(starts.s0.shape[0])])  # [S, P]
 
-    def time_one(self, task_id: str) -> float:
-        ctx = self.ctx
-        return time_ms(lambda: self.one(task_id, 0), ctx.latency_repeats, ctx.device)
+    def timer(self, task_id: str) -> Callable[[], Any]:
+        """One sample of the task (the endpoints already loaded), as the latency times it."""
+        return lambda: self.one(task_id, 0)
 
 
 class NearestMethod(MemorizationMethod):

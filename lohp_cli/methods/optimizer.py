@@ -3,6 +3,9 @@ budget, with the store's hyperparameters and minibatch size, batches seeded per 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 
 from lohp_cli.config import OptimizersConfig
@@ -14,12 +17,6 @@ from lohp_cli.policy.context import TaskContext
 from lohp_cli.runtime import derive_seed
 from lohp_cli.tasks.inputs import TaskTensors
 from lohp_cli.tasks.models import flat_params, load_flat, trainable_parameters
-from lohp_cli.timing import time_ms
-
-
-def optimizer_repeats(latency_repeats: int) -> int:
-    """Timed runs of an optimizer's latency: fewer than a policy's, at least 3."""
-    return max(3, latency_repeats // 4)
 
 
 def run_optimizer(
@@ -56,7 +53,7 @@ class OptimizerMethod:
     The base of every method that trains from each start: a subclass overrides ``data``
     (its training set), ``theta0`` (where it starts), or ``_train`` (and sets
     ``batched = False``), and ``prepare``, and keeps the per-sample minibatch seeds
-    (``seed_label``) and the timing. All starts of a task train together (``_train_many``);
+    (``seed_label``) and the timer. All starts of a task train together (``_train_many``);
     latency is one start's run (``_train``).
     """
 
@@ -114,10 +111,10 @@ class OptimizerMethod:
         runs = zip(theta0, seeds, strict=True)
         return torch.stack([flat_params(self._train(task_id, th, s)) for th, s in runs])
 
-    def time_one(self, task_id: str) -> float:
+    def timer(self, task_id: str) -> Callable[[], Any]:
+        """One start's run of the task (batch size 1), as the latency times it."""
         theta0 = self.theta0(self.ctx.starts(task_id))[0]
-        reps = optimizer_repeats(self.ctx.latency_repeats)
-        return time_ms(lambda: self._train(task_id, theta0, 0), reps, self.ctx.device)
+        return lambda: self._train(task_id, theta0, 0)
 
 
 def optimizer_methods(name: str, budgets: tuple[int, ...]) -> list[OptimizerMethod]:

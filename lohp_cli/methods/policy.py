@@ -3,6 +3,7 @@ generated store's own weights (what ``lohp generate`` wrote from the same starts
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -16,7 +17,6 @@ from lohp_cli.policy.artifact import generate_batch, load_policy, local_steps, s
 from lohp_cli.policy.context import policy_probe
 from lohp_cli.policy.state import ProbeBank, StateProbe
 from lohp_cli.store.sampler import NormStats
-from lohp_cli.timing import time_ms
 
 
 def policy_info(meta: PolicyMeta, token: int | None = None) -> dict[str, Any]:
@@ -114,11 +114,9 @@ class PolicyMethod:
         ]
         return torch.stack(rows)
 
-    def time_one(self, task_id: str) -> float:
-        ctx = self.ctx
-        return time_ms(
-            lambda: self._generate(task_id, ctx.timing_s0), ctx.latency_repeats, ctx.device
-        )
+    def timer(self, task_id: str) -> Callable[[], Any]:
+        """One mean-mode generation of the task at batch size 1, as the latency times it."""
+        return lambda: self._generate(task_id, self.ctx.timing_s0)
 
 
 class GeneratedMethod(PolicyMethod):

@@ -14,6 +14,9 @@ Importing this module registers the baseline (``lohp_cli.methods`` imports it).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -22,7 +25,6 @@ from lohp_cli.errors import ConfigError
 from lohp_cli.methods.base import EvalContext, Starts
 from lohp_cli.methods.registry import register
 from lohp_cli.tasks.models import flat_params
-from lohp_cli.timing import time_ms
 
 
 def prototypes(x: torch.Tensor, y: torch.Tensor, ways: int) -> torch.Tensor:
@@ -78,9 +80,9 @@ class PrototypeMethod:
     def weights(self, task_id: str, starts: Starts) -> torch.Tensor:
         return self._flat(task_id).expand(len(starts.theta0), -1).clone()  # [S, P]
 
-    def time_one(self, task_id: str) -> float:
-        c = self.ctx
-        return time_ms(lambda: self._flat(task_id), c.latency_repeats, c.device)
+    def timer(self, task_id: str) -> Callable[[], Any]:
+        """The task's prototype head from its support set, as the latency times it."""
+        return lambda: self._flat(task_id)
 
 
 def prototype_baseline(

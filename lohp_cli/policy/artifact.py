@@ -57,6 +57,7 @@ RESUMABLE_KEYS = {
     "log_every",
     "cache_mb",
     "store",
+    "threads",  # the intra-op threads change the speed (and the last bits), not what is learned
 }
 
 

@@ -242,12 +242,9 @@ def mlp_backbone(layout: ParamLayout, cond_dim: int, n_steps: int, cfg: PolicyCo
 
 @register_backbone("rows")
 def rows_backbone(layout: ParamLayout, cond_dim: int, n_steps: int, cfg: PolicyConfig) -> nn.Module:
-    if input_channels(cfg) != 1:
-        raise ConfigError(
-            "policy.backbone='rows' does not take policy.state_input='grad'; use mlp, unet or "
-            "coordinate."
-        )
-    return RowSetBackbone(layout, cond_dim, cfg.emb_dim, cfg.width, cfg.blocks, cfg.heads)
+    return RowSetBackbone(
+        layout, cond_dim, cfg.emb_dim, cfg.width, cfg.blocks, cfg.heads, input_channels(cfg)
+    )
 
 
 @register_backbone("coordinate")

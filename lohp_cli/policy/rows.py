@@ -104,39 +104,48 @@ class EdgeMessage(nn.Module):
 
 
 class LayerIO(nn.Module):
-    """What one layer's tokens read from the state and write into the step (two channels)."""
+    """What one layer's tokens read from the state and write into the step (two channels).
 
-    def __init__(self, layer: UnitLayer, d: int) -> None:
+    With ``channels`` = 2 (``policy.state_input = "grad"``) every coordinate comes with the
+    support-loss gradient's: a unit reads its weight row (or edge) and the same entries of the
+    gradient side by side, so the gradient is permuted with the units like the weights are.
+    """
+
+    def __init__(self, layer: UnitLayer, d: int, channels: int = 1) -> None:
         super().__init__()
-        self.layer, self.width = layer, d
+        self.layer, self.width, self.channels = layer, d, channels
         n_extra = len(layer.extras)
         if layer.fed:
-            self.edge_in = nn.Linear(layer.kernel, d)
+            self.edge_in = nn.Linear(channels * layer.kernel, d)
             self.edge_msg = EdgeMessage(d)
             self.edge_out = zero_linear(d, 2 * layer.kernel)
         else:
-            self.row_in = nn.Linear(layer.row, d)
+            self.row_in = nn.Linear(channels * layer.row, d)
             self.row_out = zero_linear(d, 2 * layer.row)
-        self.extra_in = nn.Linear(n_extra, d) if n_extra else None
+        self.extra_in = nn.Linear(channels * n_extra, d) if n_extra else None
         self.extra_out = zero_linear(d, 2 * n_extra) if n_extra else None
 
     def read(self, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Initial tokens ``[B, out, d]`` of the state ``s [B, P]``, and the edge embeddings
+        """Initial tokens ``[B, out, d]`` of the state ``s [B, ch, P]``, and the edge embeddings
         ``[B, out, in, d]`` of a fed layer (None otherwise)."""
-        lay, b = self.layer, s.shape[0]
-        w = s[:, lay.weight.offset : lay.weight.offset + lay.weight.numel]
+        lay, b, ch = self.layer, s.shape[0], self.channels
+        w = s[:, :, lay.weight.offset : lay.weight.offset + lay.weight.numel]  # [B, ch, numel]
         if lay.fed:  # a fed layer's units learn their weights from the edge messages
             h = s.new_zeros(b, lay.units, self.width)
-            edges = self.edge_in(w.view(b, lay.units, lay.inputs, lay.kernel))
+            w = w.reshape(b, ch, lay.units, lay.inputs, lay.kernel).permute(0, 2, 3, 1, 4)
+            edges = self.edge_in(w.reshape(b, lay.units, lay.inputs, ch * lay.kernel))
         else:
-            h, edges = self.row_in(w.view(b, lay.units, lay.row)), None  # [B, out, d]
+            w = w.reshape(b, ch, lay.units, lay.row).transpose(1, 2)  # [B, out, ch, row]
+            h, edges = self.row_in(w.reshape(b, lay.units, ch * lay.row)), None  # [B, out, d]
         if self.extra_in is not None:
             h = h + self.extra_in(self.extras(s))
         return h, edges
 
     def extras(self, s: torch.Tensor) -> torch.Tensor:
-        """The per-unit vectors of ``s [B, P]`` side by side: ``[B, out, n_extra]``."""
-        return torch.stack([s[:, e.offset : e.offset + e.numel] for e in self.layer.extras], -1)
+        """The per-unit vectors of ``s [B, ch, P]`` side by side: ``[B, out, ch · n_extra]``."""
+        parts = [s[:, c, e.offset : e.offset + e.numel] for c in range(s.shape[1])
+                 for e in self.layer.extras]  # fmt: skip
+        return torch.stack(parts, -1)
 
     def write(
         self, h: torch.Tensor, edges: torch.Tensor | None, h_src: torch.Tensor | None
@@ -213,6 +222,7 @@ class RowSetBackbone(nn.Module):
         width: int = 64,
         blocks: int = 2,
         heads: int = 4,
+        channels: int = 1,
     ) -> None:
         super().__init__()
         self.layers = unit_layers(layout)
@@ -220,7 +230,7 @@ class RowSetBackbone(nn.Module):
         d = width
         classes = self.layers[-1].units
         self.takes_condition = classes > 1 and ClassSymmetry.applies(layout, classes, cond_dim)
-        self.io = nn.ModuleList(LayerIO(lay, d) for lay in self.layers)
+        self.io = nn.ModuleList(LayerIO(lay, d, channels) for lay in self.layers)
         self.layer_emb = nn.Parameter(torch.randn(len(self.layers), d) * 0.02)
         self.emb_in = nn.Linear(emb_dim, d)
         if self.takes_condition:
@@ -232,10 +242,11 @@ class RowSetBackbone(nn.Module):
     def forward(
         self, s: torch.Tensor, emb: torch.Tensor, cond: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """``s [B, P]``, ``emb [B, E]``, ``cond [B, D]`` (when ``takes_condition``) ->
-        ``[B, 2, P]``."""
+        """``s [B, P]`` (or ``[B, channels, P]``), ``emb [B, E]``, ``cond [B, D]`` (when
+        ``takes_condition``) -> ``[B, 2, P]``."""
         b = s.shape[0]
         ctx = self.emb_in(emb)  # [B, d]
+        s = s.unsqueeze(1) if s.dim() == 2 else s  # [B, ch, P]
         read = [io.read(s) for io in self.io]
         hs = [h + self.layer_emb[li] for li, (h, _) in enumerate(read)]
         edges = [e for _, e in read]

@@ -136,13 +136,21 @@ def init_lock(location: str) -> Iterator[None]:
     process is harmless). An fsspec URL has no lock: start one process on a new remote store
     first (see the README).
     """
-    import fcntl
-
     path = local_path(location)
     if path is None:
         yield
         return
-    lock = path.resolve().with_name(path.name + ".lock")
+    with file_lock(path.resolve().with_name(path.name + ".lock")):
+        yield
+
+
+@contextmanager
+def file_lock(lock: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on the file ``lock`` (created, and removed on release, so no lock
+    file stays behind); a second process waits for the first. A waiter whose file the holder
+    removed locks the file that is there now, so two holders never overlap."""
+    import fcntl
+
     lock.parent.mkdir(parents=True, exist_ok=True)
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)

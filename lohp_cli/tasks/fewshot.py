@@ -214,9 +214,10 @@ class FewShotFamily(ImageFamily):
             ("meta-train", self.source_classes, self.domain),
         ):
             if cfg.ways > len(classes):
+                listed = ", ".join(map(str, classes[:12])) + (", …" if len(classes) > 12 else "")
                 raise ConfigError(
                     f"task.ways={cfg.ways} exceeds the {len(classes)} {which} classes of "
-                    f"'{where}' ({', '.join(map(str, classes)) or 'none'}); lower --ways or change "
+                    f"'{where}' ({listed or 'none'}); lower --ways or change "
                     "task.holdout_classes."
                 )
         self.pools: dict[str, Pool] = {
@@ -229,6 +230,8 @@ class FewShotFamily(ImageFamily):
         need = cfg.shots + cfg.queries
         for split, pool in self.pools.items():
             kind = "training" if split == "source" else "test"
+            if pool.domain == "glyphs":
+                kind = "drawn (task.glyphs.drawers)"
             for c in pool.classes:
                 if len(pool.rows[c]) < need:
                     raise ConfigError(

@@ -15,6 +15,8 @@ EXPECTED = {
     "generate": ["generate"],
     "evaluate": ["evaluate", "evaluate-l2o"],
     "report_dg": ["report-dg"],
+    "export": ["export"],
+    "predict": ["predict"],
     "inspect": ["inspect"],
 }
 

@@ -1,4 +1,5 @@
-"""pipelines/cron/generate-new-tasks.sh: writes once per task list, skips when up to date."""
+"""pipelines/cron/generate-new-tasks.sh: one output that gains the new tasks of a changed list
+(the others kept byte for byte), skips when up to date, leaves no lock file of generate."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import zarr
 
 from lohp_cli.collect import collect
 from lohp_cli.config import TrainConfig
@@ -16,7 +18,10 @@ from lohp_cli.train import train_policy
 from tests.conftest import tiny_config
 
 SCRIPT = Path(__file__).resolve().parents[2] / "pipelines" / "cron" / "generate-new-tasks.sh"
-pytestmark = pytest.mark.skipif(shutil.which("flock") is None, reason="needs flock (util-linux)")
+pytestmark = [
+    pytest.mark.skipif(shutil.which("flock") is None, reason="needs flock (util-linux)"),
+    pytest.mark.slow,  # five subprocesses (about 35 s)
+]
 
 
 def test_cron_generates_once_per_task_list(tmp_path: Path) -> None:
@@ -53,8 +58,10 @@ def test_cron_generates_once_per_task_list(tmp_path: Path) -> None:
         return p.stdout
 
     assert "wrote" in run()
-    outputs = sorted(out.glob("tasks-*.zarr"))
-    assert len(outputs) == 1 and (out / "latest.zarr").resolve() == outputs[0].resolve()
+    gen = out / "tasks.zarr"
+    assert (out / "latest.zarr").resolve() == gen.resolve()
+    first = zarr.open_group(str(gen), mode="r")
+    before = {t: first[t]["weights"][:].tobytes() for t in first.attrs["tasks"]}
     assert "up to date" in run()
     # a held lock (a run still going) makes the next run skip instead of racing it
     with open(out / ".cron.lock", "w") as fh:
@@ -62,6 +69,11 @@ def test_cron_generates_once_per_task_list(tmp_path: Path) -> None:
 
         fcntl.flock(fh, fcntl.LOCK_EX)
         assert "skipping" in run()
-    tasks.write_text("c9_8_7_6_5\n")
+    tasks.write_text("c0_1_2_3_4\nc5_6_7_8_9\nc9_8_7_6_5\n")  # one new task
     assert "wrote" in run()
-    assert len(list(out.glob("tasks-*.zarr"))) == 2
+    after = zarr.open_group(str(gen), mode="r")
+    assert list(after.attrs["tasks"]) == ["c0_1_2_3_4", "c5_6_7_8_9", "c9_8_7_6_5"]
+    assert all(after[t]["weights"][:].tobytes() == w for t, w in before.items())
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".cron.lock", ".tasks.digest", "latest.zarr", "tasks.zarr",
+    ]  # fmt: skip

@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lohp_cli.comparison import (
     frontier_lines,
@@ -15,6 +17,7 @@ from lohp_cli.comparison import (
     matched_section,
     paired_lines,
     paired_section,
+    verdict,
 )
 from lohp_cli.methods.base import MethodResult
 from lohp_cli.stats import paired_difference
@@ -90,6 +93,29 @@ def test_paired_compares_the_main_row_with_every_row_and_adds_the_ladder_steps()
     assert q["ci95"] == [round(d.low, 4), round(d.high, 4)]
 
 
+def test_paired_also_pairs_a_named_row_with_every_scored_row() -> None:
+    p = paired_section(ROWS, also=("k4",))  # the --policy name; its row is "k4 (k=4)"
+    assert p is not None
+    extra = [(q["a"], q["b"]) for q in p["pairs"] if q["a"] == "k4 (k=4)"]
+    assert extra == [("k4 (k=4)", r.name) for r in ROWS[2:]]  # not itself, not the main row
+    q = next(q for q in p["pairs"] if (q["a"], q["b"]) == ("k4 (k=4)", "adam-200"))
+    d = paired_difference([0.8, 0.8, 0.8], [0.95, 0.85, 0.75])
+    assert q["mean"] == round(d.mean, 4) and not q["ladder"]
+    base = paired_section(ROWS)
+    assert base is not None and len(p["pairs"]) == len(base["pairs"]) + len(ROWS) - 2
+
+
+def test_paired_also_must_name_a_policy() -> None:
+    from pydantic import ValidationError
+
+    from lohp_cli.config import EvaluateConfig
+
+    cfg = EvaluateConfig(policies={"grad": "p/grad"}, paired_also=("grad",))
+    assert cfg.paired_also == ("grad",)
+    with pytest.raises(ValidationError, match="not --policy NAME=DIR names"):
+        EvaluateConfig(policies={"grad": "p/grad"}, paired_also=("adam-20",))
+
+
 def test_paired_with_one_task_has_no_interval() -> None:
     rows = [_row("main", [0.9], _policy("lo-hp"), kind="generated"), _row("adam-5", [0.8])]
     (q,) = paired_section(rows)["pairs"]
@@ -131,6 +157,7 @@ def test_frontier_points_pareto_and_each_method_against_it() -> None:
         "steps": 1,
         "acc_mean": 0.5,
         "latency_ms_batch1": 0.5,
+        "latency_iqr_ms": None,  # a row timed without its runs (set_latency gives them)
     }
     assert [p["method"] for p in f["pareto"]] == ["adam-1", "sgd-20", "adam-20", "adam-200"]
     pol = {q["name"]: q for q in f["policies"]}
@@ -198,3 +225,71 @@ def test_no_budget_reaching_the_main_row_is_said_and_diffusion_rows_are_matched(
     assert by["diffusion"]["speedup_ci95"] == [pytest.approx(10.0), None]  # nothing above
     assert "none of 5 reaches it" in "\n".join(matched_lines(m))
     assert matched_section([MAIN], None) is None  # no frontier: no section
+
+
+def test_the_matched_interval_is_never_inverted_by_noisy_latencies() -> None:
+    """The issue's report: a larger budget timed faster than a smaller one (load) gave
+    [4.96×, 3.95×]. The interval is the least and greatest speed-up over the budgets from the
+    first not below the main row to the first above it, so it holds the matched budget's."""
+    pts = [
+        _adam(5, [0.5, 0.4, 0.45], 4.0),
+        _adam(10, [0.85, 0.75, 0.8], 24.8),  # ties the main row (the matched budget), slow
+        _adam(20, [0.95, 0.85, 0.75], 19.75),  # above on every task, timed faster than adam-10
+    ]
+    m = matched_section([MAIN, *(r for _, r in pts)], pts)
+    assert m is not None
+    (q,) = m["against"]
+    assert q["ci_budgets"] == [10, 20] and q["speedup"] == pytest.approx(4.96)
+    assert q["speedup_ci95"] == pytest.approx([3.95, 4.96])
+    low, high = q["speedup_ci95"]
+    assert low <= q["speedup"] <= high
+
+
+@given(
+    lats=st.lists(st.floats(0.01, 1000.0), min_size=1, max_size=8),
+    accs=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=8),
+)
+@settings(max_examples=200, deadline=None)
+def test_matched_interval_property(lats: list[float], accs: list[float]) -> None:
+    n = min(len(lats), len(accs))
+    pts = [
+        _adam(s, [min(1.0, a + d) for d in (0.0, 0.05, -0.05)], lat)
+        for s, a, lat in zip(range(1, n + 1), accs[:n], lats[:n], strict=True)
+    ]
+    m = matched_section([MAIN, *(r for _, r in pts)], pts)
+    assert m is not None
+    (q,) = m["against"]
+    low, high = q["speedup_ci95"]
+    if low is not None and high is not None:
+        assert low <= high
+    if q["speedup"] is not None and low is not None:
+        assert low <= q["speedup"] and (high is None or q["speedup"] <= high)
+
+
+def test_the_verdict_says_accuracy_speed_and_the_frontier_in_one_line() -> None:
+    adam = [_adam(20, [0.95, 0.85, 0.75], 20.0), _adam(5, [0.85, 0.75, 0.7], 4.0)]
+    rows = [MAIN, *(r for _, r in adam)]
+    r = {
+        "tasks": ["a", "b", "c"],
+        "methods": [x.summary() for x in rows],
+        "paired": paired_section(rows),
+        "frontier": frontier_section(rows, adam),
+    }
+    said = verdict(r)
+    assert said is not None
+    assert said.startswith("lo-hp (k=2) reaches 0.8000 on 3 held-out task(s): 5.0 points below ")
+    assert "adam-20 (0.8500, 95 % interval [-5.0, -5.0]) at 4.0× lower latency" in said
+    assert "below the optimizers' accuracy–latency frontier: adam-5 reaches 0.7667" not in said
+    assert said.endswith("on or above the optimizers' accuracy–latency frontier.")
+    noisy = verdict({**r, "timing": {"warning": "busy"}})
+    assert noisy is not None and noisy.endswith(
+        "(latencies noisy: see the warning under the table)."
+    )
+    slow = [_adam(20, [0.95, 0.85, 0.75], 20.0), _adam(5, [0.85, 0.85, 0.75], 4.0)]
+    rows = [MAIN, *(r for _, r in slow)]
+    below = verdict({**r, "methods": [x.summary() for x in rows],
+                     "frontier": frontier_section(rows, slow)})  # fmt: skip
+    assert below is not None
+    frontier = "below the optimizers' accuracy–latency frontier: adam-5 reaches 0.8167 in 4 ms"
+    assert f"{frontier} (lo-hp (k=2): 5 ms)" in below
+    assert verdict({**r, "methods": []}) is None

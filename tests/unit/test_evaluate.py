@@ -131,14 +131,18 @@ TIMING = {
     "device": "cpu",
     "warmup_runs": 1,
     "repeats": 10,
-    "optimizer_repeats": 3,
+    "protocol": "interleaved",
+    "rounds": 12,
+    "threads": 1,
+    "cores": 2,
+    "load_average": {"before": 0.5, "during_mean": 0.75, "during_max": 1.0, "after": 0.6},
+    "wall_s": 3.0,
+    "warning": None,
     "generate": {
         "batched_ms_per_sample": 0.95,
         "batch_size": 256,
         "batches_timed": 2,
         "warmup_batches": 1,
-        "latency_ms_batch1": 11.4,
-        "latency_repeats": 5,
         "device": "cuda",
     },
 }
@@ -152,23 +156,36 @@ def test_markdown_says_what_the_timings_measure() -> None:
     md = markdown_report({**_report(rows), "timing": TIMING})
     assert LATENCY_LABEL == "latency (ms per task, batch 1)"
     # the result table and the k-study table both name the measure in their headers
-    header = "| method | kind | steps | accuracy (mean ± std) | latency (ms per task, batch 1) |"
+    header = (
+        "| method | kind | steps | accuracy (mean ± std) | latency (ms per task, batch 1) "
+        "| IQR (ms) | CPU (ms) |"
+    )
     assert header in md
     assert "| k | N | accuracy | latency (ms per task, batch 1) |" in md
-    assert "| lo-hp (k=2) | generated | 1 | 0.8000 ± 0.0000 | 11.400 |" in md
+    assert "| lo-hp (k=2) | generated | 1 | 0.8000 ± 0.0000 | 11.400 | - | - |" in md
     assert "latency (ms)" not in md and "latency (ms, median)" not in md
     assert (
-        "Latency: the time to produce the weights of one task at batch size 1 on cpu, median of "
-        "10 timed runs (optimizers: 3) after 1 untimed warm-up run." in md
+        "Latency: the time to produce the weights of one task at batch size 1 on cpu with 1 "
+        "intra-op thread(s), timed after every method was scored: 12 round(s)" in md
     )
+    assert "0.50 before, 0.75 during (max 1.00), 0.60 after" in md
+    assert "Warning" not in md
+    # one latency per method: generate's own latency is not repeated
     assert (
         "Batched throughput of `lohp generate`: 0.950 ms per sample on cuda (median over 2 "
-        "batch(es) of up to 256, after 1 untimed warm-up batch(es)); its latency there: 11.400 ms "
-        "per task (batch 1)." in md
+        "batch(es) of up to 256, after 1 untimed warm-up batch(es)); a batch shares" in md
     )
+    assert "its latency there" not in md
+    noisy = markdown_report({**_report(rows), "timing": {**TIMING, "warning": "too busy."}})
+    assert "**Warning: noisy latencies.** Too busy." in noisy
     # a generated store older than the timing dict: no throughput line, the device still named
     old = markdown_report({**_report(rows), "timing": {**TIMING, "generate": None}})
     assert "Batched throughput" not in old and "at batch size 1 on cpu" in old
+    # a report of an older lohp (sequential timing): its repeats
+    older = {"device": "cpu", "warmup_runs": 1, "repeats": 10, "optimizer_repeats": 3}
+    assert "on cpu, median of 10 timed runs after 1 untimed warm-up run." in markdown_report(
+        {**_report(rows), "timing": older}
+    )
 
 
 def test_plots_label_the_latency_axis(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

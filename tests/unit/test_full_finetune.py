@@ -16,7 +16,7 @@ from lohp_cli.config import GenerateConfig, ModelConfig
 from lohp_cli.errors import CompatibilityError, ConfigError
 from lohp_cli.generate import generate
 from lohp_cli.methods import registry
-from lohp_cli.methods.base import EvalContext, run_method
+from lohp_cli.methods.base import EvalContext, run_method, time_methods
 from lohp_cli.methods.full_finetune import FullFineTune, check_adapted
 from lohp_cli.scoring import accuracy
 from lohp_cli.store import TrajectoryStore
@@ -103,6 +103,7 @@ def test_full_ft_trains_every_weight_reproducibly(ctx: EvalContext) -> None:
     assert moved == {e.name for e in layout.entries}  # backbone weights included
     assert {"backbone.fc1.weight", "head.weight"} <= moved
     row = run_method(ctx, m)
+    time_methods(ctx, [row], 60.0)
     assert (row.name, row.kind, row.steps) == ("full-ft-6", "full-ft", 6)
     assert len(row.accuracies) == 2 * SAMPLES and row.latency_ms_batch1 > 0
     default = FullFineTune(6)

@@ -82,9 +82,14 @@ def test_timing_attrs_name_what_they_measure(trained: dict[str, str], tmp_path: 
         "batches_timed",
         "warmup_batches",
         "latency_ms_batch1",
+        "latency_iqr_ms",
+        "cpu_ms_batch1",
         "latency_repeats",
+        "load_average",
+        "threads",
         "device",
     }
+    assert t["latency_iqr_ms"][0] <= t["latency_ms_batch1"] <= t["latency_iqr_ms"][1]
     assert t["device"] == "cpu" and t["batch_size"] == 4
     assert t["batches_timed"] == 2 and t["warmup_batches"] == 1
     assert t["latency_repeats"] == LATENCY_REPEATS
@@ -99,6 +104,7 @@ def test_timing_attrs_name_what_they_measure(trained: dict[str, str], tmp_path: 
         "latency_ms_batch1": t["latency_ms_batch1"],
         "device": "cpu",
         "wall_time_s": res.wall_time_s,
+        "new_tasks": 2,
     }
 
 
@@ -253,7 +259,8 @@ def test_cli_generate_exit_codes(trained: dict[str, str], tmp_path: Path) -> Non
     assert ok.stdout.strip().splitlines()[-1] == str(out)
     said = " ".join(ok.output.split())
     assert "batched throughput" in said and "ms/sample on cpu (batch 1, warm-up excluded)" in said
-    assert "ms per task (batch 1, after warm-up)" in said and "ms per sample (median)" not in said
+    assert "ms per task (batch 1, median after warm-up;" in said
+    assert "ms per sample (median)" not in said
     again = runner.invoke(app, ["generate", "--policy", trained["lo-hp"], "--out", str(out)])
     assert again.exit_code == 2 and "--overwrite" in again.output
     missing = runner.invoke(
@@ -299,3 +306,38 @@ def test_style_errors(trained: dict[str, str], token_policy: str, tmp_path: Path
     with pytest.raises(ConfigError, match="without policy.optimizer_token"):
         generate(gen_cfg(trained["lo-hp"], tmp_path / "b.zarr", style="adam"))
     assert not (tmp_path / "a.zarr").exists() and not (tmp_path / "b.zarr").exists()
+
+
+def test_update_generates_only_the_new_tasks(
+    trained: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out, full = tmp_path / "u.zarr", tmp_path / "full.zarr"
+    ctx = task_context(load_policy(trained["lo-hp"])[1])
+    ids = [t.id for t in resolve_tasks("target", ctx.family, 3)]
+    generate(gen_cfg(trained["lo-hp"], full, tasks=",".join(ids)))
+    rows: list[int] = []
+    real = generate_mod.generate_batch
+
+    def counting(model, meta, cond, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+        rows.append(cond.shape[0])
+        return real(model, meta, cond, *a, **kw)
+
+    monkeypatch.setattr(generate_mod, "generate_batch", counting)
+    first = generate(gen_cfg(trained["lo-hp"], out, tasks=",".join(ids[:2]), update=True))
+    assert first.new_tasks == 2 and first.tasks == 2
+    kept = {t: w.tobytes() for t, w in read_weights(out).items()}
+    rows.clear()
+    res = generate(gen_cfg(trained["lo-hp"], out, tasks=",".join(ids), update=True))
+    assert (res.tasks, res.new_tasks) == (3, 1)
+    # the new task's 3 samples: a warm-up batch and the batch, then 1 + LATENCY_REPEATS latency runs
+    assert sum(rows) == 3 + 3 + 1 + LATENCY_REPEATS
+    now, whole = read_weights(out), read_weights(full)
+    assert list(now) == ids and all(now[t].tobytes() == w for t, w in kept.items())
+    for t in ids:  # what one run makes, up to the last bits a batch's size can change
+        np.testing.assert_allclose(now[t], whole[t], rtol=1e-5, atol=1e-6)
+    rows.clear()
+    again = generate(gen_cfg(trained["lo-hp"], out, tasks=",".join(ids), update=True))
+    assert again.new_tasks == 0 and rows == []  # up to date: nothing generated, nothing written
+    other = generate(gen_cfg(trained["lo-hp"], out, tasks=",".join(ids), update=True, seed=5))
+    assert other.new_tasks == 3  # another seed: every task made again
+    assert not list(tmp_path.glob(".*.lock"))  # generate's lock file is removed when it is done

@@ -146,7 +146,7 @@ def test_bad_glyph_settings_are_config_errors(tmp_path: Path) -> None:
         TaskConfig.model_validate({"family": "fewshot-glyphs", "glyphs": {"charset": "hanzi"}})
     with pytest.raises(ConfigError, match="exceeds the 184 characters"):
         load_glyphs(glyph_task(tmp_path, glyphs={"charset": "kana", "characters": 500}))
-    with pytest.raises(ConfigError, match="exceeds the 8 training images"):
+    with pytest.raises(ConfigError, match=r"exceeds the 8 drawn \(task.glyphs.drawers\) images"):
         make_family(glyph_task(tmp_path, shots=5, queries=4))  # K + Q > drawers
     with pytest.raises(ConfigError, match="ways=40 exceeds"):
         make_family(glyph_task(tmp_path, ways=40))  # N larger than a class pool

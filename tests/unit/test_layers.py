@@ -22,6 +22,8 @@ STAGES = {
     "lohp_cli.generate",
     "lohp_cli.evaluate",
     "lohp_cli.l2o.evaluate",
+    "lohp_cli.export",
+    "lohp_cli.predict",
 }
 CLI = "lohp_cli.cli"
 ENTRY = {"lohp_cli.__main__"}

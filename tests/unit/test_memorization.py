@@ -17,7 +17,7 @@ from lohp_cli.config.stages import MEMORIZATION_BASELINES
 from lohp_cli.errors import ConfigError
 from lohp_cli.evaluate import evaluate
 from lohp_cli.methods import registry
-from lohp_cli.methods.base import EvalContext, run_method
+from lohp_cli.methods.base import EvalContext, run_method, time_methods
 from lohp_cli.methods.memorization import (
     NAMES,
     ClassRowsMethod,
@@ -169,6 +169,7 @@ def test_nearest_of_a_source_task_is_its_run_and_scores_its_accuracy(
         assert w.shape == (SAMPLES, ctx.size)
         assert all(torch.equal(row, want) for row in w)
     r = run_method(ctx, m)
+    time_methods(ctx, [r], 60.0)
     sources = run["ids"][:2]
     want = [accuracy(ctx.net, torch.from_numpy(_endpoint(run, t)), ctx.data[t])[0] for t in sources]
     assert ctx.tasks[:2] == sources and r.task_acc[:2] == want

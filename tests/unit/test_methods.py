@@ -129,7 +129,8 @@ def test_policy_method_regenerates_the_stored_weights_from_the_same_starts(
     for t in c.tasks:  # batch 1 here, batched in generate: equal up to float rounding
         want = torch.from_numpy(g[t]["weights"][...])
         torch.testing.assert_close(m.weights(t, c.starts(t)), want, rtol=1e-5, atol=1e-5)
-    assert m.time_one(c.tasks[0]) > 0
+    one = m.timer(c.tasks[0])  # what the latency times: one task at batch size 1
+    assert one is not None and tuple(one().shape) == (1, c.size)
 
 
 def test_hypernetwork_baseline_is_trained_unless_given() -> None:
@@ -216,7 +217,9 @@ def test_a_plugged_in_method_is_a_row_of_the_report(
         "n": len(c.tasks) * SAMPLES,
         "n_tasks": len(c.tasks),
         "acc_ci95": [round(ci.low, 4), round(ci.high, 4)],  # over the tasks' mean accuracies
-        "latency_ms_batch1": 2.5,
+        "latency_ms_batch1": 2.5,  # a method of the older protocol (time_one): timed alone
+        "latency_iqr_ms": None,
+        "cpu_ms_batch1": None,
         "steps": None,
         "policy": None,
     }
@@ -250,6 +253,9 @@ def test_report_pairs_every_row_with_the_main_one_and_has_the_frontier(
     )
     report = evaluate(cfg)
     rows = {m["name"]: m for m in report["methods"]}
+    t = report["timing"]
+    assert t["protocol"] == "interleaved" and t["rounds"] >= cfg.latency_repeats
+    assert t["threads"] == 1 and set(t["load_average"]) >= {"before", "during_mean", "after"}
     n_steps = rows["lo-hp (k=2)"]["steps"]
     names = ["lo-hp (k=2)", "again (k=2)", f"sgd-{c.steps_full}", f"sgd-{n_steps}"]
     assert list(rows) == names  # the frontier's extra budgets are not report rows
@@ -268,8 +274,12 @@ def test_report_pairs_every_row_with_the_main_one_and_has_the_frontier(
     steps = sorted({1, 3, c.steps_full, n_steps})  # 10,000 is over T·r
     assert [(pt["optimizer"], pt["steps"]) for pt in f["points"]] == [("sgd", s) for s in steps]
     for pt in f["points"]:
-        assert set(pt) == {"method", "optimizer", "steps", "acc_mean", "latency_ms_batch1"}
+        assert set(pt) == {
+            "method", "optimizer", "steps", "acc_mean", "latency_ms_batch1", "latency_iqr_ms",
+        }  # fmt: skip
         assert pt["method"] == f"sgd-{pt['steps']}" and pt["latency_ms_batch1"] > 0
+        q1, q3 = pt["latency_iqr_ms"]  # timed interleaved with every other row
+        assert q1 <= pt["latency_ms_batch1"] <= q3
         if pt["method"] in rows:  # the report's own optimizer rows are reused
             assert pt["acc_mean"] == rows[pt["method"]]["acc_mean"]
     assert f["pareto"] and all(pt in f["points"] for pt in f["pareto"])

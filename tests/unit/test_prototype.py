@@ -16,7 +16,7 @@ from lohp_cli.config import GenerateConfig, ModelConfig, TrainConfig
 from lohp_cli.errors import ConfigError
 from lohp_cli.generate import generate
 from lohp_cli.methods import registry
-from lohp_cli.methods.base import run_method
+from lohp_cli.methods.base import run_method, time_methods
 from lohp_cli.methods.prototype import (
     PrototypeMethod,
     nearest_mean,
@@ -91,6 +91,7 @@ def ctx(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 def test_prototype_scores_as_nearest_mean_through_the_evaluate_path(ctx: Any) -> None:
     row = run_method(ctx, PrototypeMethod())
+    time_methods(ctx, [row], 60.0)
     assert len(row.accuracies) == 4 * 2 and row.steps is None and row.latency_ms_batch1 > 0
     for t, acc in zip(ctx.tasks, row.task_acc, strict=True):
         d = ctx.data[t]

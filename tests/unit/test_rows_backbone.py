@@ -32,11 +32,13 @@ def target_layout(name: str, hidden: int = 8) -> ParamLayout:
     return ParamLayout.of(net)
 
 
-def randomised(layout: ParamLayout, cond_dim: int, seed: int = 0) -> RowSetBackbone:
+def randomised(
+    layout: ParamLayout, cond_dim: int, seed: int = 0, cfg: PolicyConfig = CFG
+) -> RowSetBackbone:
     """A rows backbone whose zero-initialised output layers are random (else every output is 0
     and equivariance holds trivially)."""
     torch.manual_seed(seed)
-    bb = build_backbone(layout, cond_dim, 4, CFG)
+    bb = build_backbone(layout, cond_dim, 4, cfg)
     assert isinstance(bb, RowSetBackbone)
     with torch.no_grad():
         for m in bb.modules():
@@ -91,6 +93,32 @@ def test_reordering_hidden_units_reorders_the_output(name: str) -> None:
     out = call(bb, s, cond)  # [B, 2, P]
     assert out.abs().max() > 1e-2
     torch.testing.assert_close(call(bb, s[:, idx], cond), out[:, :, idx])
+
+
+@pytest.mark.parametrize("name", ["head", "mlp", "cnn"])
+def test_with_the_gradient_channel_reordering_units_reorders_the_output(name: str) -> None:
+    """state_input = "grad": the state and the gradient ``[B, 2, P]`` are read unit by unit, so
+    reordering hidden units (both channels) and classes (with their condition blocks) reorders
+    the step; the gradient channel changes the output."""
+    layout = target_layout(name)
+    cfg = CFG.model_copy(update={"state_input": "grad"})
+    bb = randomised(layout, COND[name], cfg=cfg)
+    gen = torch.Generator().manual_seed(3)
+    s = torch.randn(3, 2, layout.size, generator=gen).double()
+    cond = torch.randn(3, COND[name], generator=gen).double()
+    out = call(bb, s, cond)  # [B, 2, P]
+    other = s.clone()
+    other[:, 1] = torch.randn(3, layout.size, generator=gen).double()
+    assert not torch.allclose(call(bb, other, cond), out)
+    if name != "head":
+        idx = unit_permutation(layout, hidden_perms(name, gen))
+        torch.testing.assert_close(call(bb, s[:, :, idx], cond), out[:, :, idx])
+    sym = ClassSymmetry.of(layout, C, COND[name])
+    perms = torch.randperm(C, generator=gen).repeat(3, 1)
+    wi, ci = sym.weight_index(perms), sym.cond_index(perms)  # [B, P], [B, D]
+    s_p = torch.gather(s, 2, wi[:, None].expand(-1, 2, -1))
+    out_p = call(bb, s_p, torch.gather(cond, 1, ci))
+    torch.testing.assert_close(out_p, torch.gather(out, 2, wi[:, None].expand(-1, 2, -1)))
 
 
 def test_reordering_input_coordinates_is_not_a_symmetry() -> None:

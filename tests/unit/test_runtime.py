@@ -138,6 +138,7 @@ def test_provenance_fields() -> None:
     assert set(p) == {
         "lohp_version",
         "torch_version",
+        "threads",
         "python_version",
         "platform",
         "device",

@@ -201,10 +201,11 @@ def test_policy_directory_contents(small: str, tmp_path: Path) -> None:
 def test_progress_events(small: str, tmp_path: Path) -> None:
     events: list[dict[str, Any]] = []
     train_policy(config(small, tmp_path / "p", steps=3), events.append)
-    kinds = [e["event"] for e in events]
+    assert events[0]["event"] == "info" and events[0]["threads"] == 1  # the stage's threads
+    kinds = [e["event"] for e in events[1:]]
     assert kinds[:3] == ["device", "stats", "start"]
     assert kinds.count("log") == 3
-    start = events[2]
+    start = events[3]
     assert start["runs"] == 6 and start["N"] == 4 and start["step"] == 0 and start["params"] > 0
 
 
