@@ -296,13 +296,16 @@ def run_array(store: str | Path, rid: str, name: str = "weights", mode: str = "r
 
 def plain_runs(store: str | Path) -> dict[str, dict]:
     """Every run a store lists, read with plain zarr as docs/store.md shows (blocks of schema
-    version 2): ``{run id: {"attrs", "block", "row", "weights", "loss", "train_acc"}}``."""
+    version 2): ``{run id: {"attrs", "block", "row", "weights", "loss", "train_acc"}}``; the runs
+    of a block a kill left without its arrays are left out."""
     import zarr
 
     g = zarr.open_group(str(store), mode="r")
     out: dict[str, dict] = {}
     for bid, block in g["blocks"].groups():
         doc = block.attrs["block"]
+        if not {"weights", "loss", "train_acc"} <= set(block.array_keys()):
+            continue  # a torn block (killed between its group and its arrays): no complete run
         for row, (rid, attrs) in enumerate(zip(doc["runs"], doc["attrs"], strict=True)):
             arrays = {n: block[n][row] for n in ("weights", "loss", "train_acc")}
             out[rid] = {"attrs": attrs, "block": bid, "row": row, **arrays}
