@@ -6,6 +6,7 @@ Run from the repository root::
     python benchmarks/bench_collect.py --quick    # head and mlp, SGD only in (a); about a minute
     python benchmarks/bench_collect.py --sections c   # only (c), the codecs
     python benchmarks/bench_collect.py --quick --sections d   # (d), batched collection, only
+    python benchmarks/bench_collect.py --sections e   # (e), the layouts side by side (issue 23)
 
 Everything is measured in one process, side by side, and printed on stdout as markdown tables
 (progress goes to stderr). Timings use ``time.perf_counter`` (and ``time.process_time`` for a
@@ -59,8 +60,9 @@ from lohp_cli.optim.batched import train_batched
 from lohp_cli.optim.loop import train_loop
 from lohp_cli.runtime import derive_seed
 from lohp_cli.scoring import accuracy
-from lohp_cli.store import RunWriter, TrajectoryStore
+from lohp_cli.store import TrajectoryStore
 from lohp_cli.store.codecs import codecs_for, filters_for, serializer_for
+from lohp_cli.store.writer import BlockWriter
 from lohp_cli.tasks import TaskFamily, make_family
 from lohp_cli.tasks.models import build_target, flat_params
 
@@ -213,10 +215,10 @@ class Stopwatch:
 def instrumented_store(watch: Stopwatch) -> Iterator[None]:
     """Time the store calls of ``execute`` (patches the classes for the duration only)."""
     patches = [
-        (TrajectoryStore, "begin_run", "begin_run (group with attrs + 3 arrays)"),
-        (RunWriter, "append", "append (copy into buffer)"),
-        (RunWriter, "flush", "flush (chunk write)"),
-        (RunWriter, "finish", "finish (loss/acc + final attrs)"),
+        (TrajectoryStore, "block_writer", "block_writer (block group + 4 arrays + document)"),
+        (BlockWriter, "append", "append (copy into buffer)"),
+        (BlockWriter, "_flush", "flush (chunk write)"),
+        (BlockWriter, "finish", "finish (loss/acc + document)"),
     ]
     saved = [(cls, name, getattr(cls, name)) for cls, name, _ in patches]
     try:
@@ -797,11 +799,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer models, repeats and options")
     parser.add_argument("--models", default=None, help="comma list of head,mlp,cnn")
     parser.add_argument("--reps", type=int, default=None, help="timed repeats per variant")
-    parser.add_argument("--sections", default="abcd", help="which of (a), (b), (c), (d) to run")
+    parser.add_argument("--sections", default="abcd", help="which of (a)-(d) to run, or e alone")
     parser.add_argument("--batched-only", action="store_true", help="section (d) only")
     parser.add_argument("--batch-runs", type=int, default=64, help="R of (d)")
     args = parser.parse_args(argv)
     sections = {"d"} if args.batched_only else set(args.sections)
+    if sections == {"e"}:  # the layouts side by side, in one run (benchmarks/bench_layout.py)
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from benchmarks import bench_layout
+
+        argv = ["--models", args.models] if args.models else []
+        return bench_layout.main(argv + (["--rounds", str(args.reps)] if args.reps else []))
     if not sections or not sections <= set("abcd"):
         parser.error(f"--sections {args.sections!r}: give letters of abcd, e.g. c or ab")
 

@@ -3,11 +3,12 @@ with and without the run index, on local disk and on a local S3-compatible serve
 
 Run from the repository root (needs the dev extra: s3fs, moto[server])::
 
-    python benchmarks/bench_store_open.py                 # 2,000 runs, 3 repeats
+    python benchmarks/bench_store_open.py                 # 10,000 runs, 3 repeats
     python benchmarks/bench_store_open.py --runs 200      # quicker
 
-The runs are fake (written with the store API, P = 4, 3 states each; nothing is trained): only
-their number matters here. The store is written once on disk and uploaded once to the moto server
+The runs are fake (written with the store API in blocks of 64, as ``collect`` writes them, P = 4,
+3 states each, with the attributes a real run has; nothing is trained): only their number
+matters here. The store is written once on disk and uploaded once to the moto server
 (started in this process on 127.0.0.1); the index is then removed and written again between the
 variants, which are measured in one process, interleaved (the order rotates every repeat), and
 reported as medians. The operation timed is what ``train-policy``, ``inspect`` and ``collect`` do
@@ -32,6 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.s3server
 
 from lohp_cli.config import StoreCodecConfig  # noqa: E402
 from lohp_cli.store import TrajectoryStore  # noqa: E402
+from lohp_cli.store.blocks import block_id  # noqa: E402
+from lohp_cli.store.writer import BlockTarget, WriteSink  # noqa: E402
 from tests.s3server import BUCKET, counted_s3_calls, local_s3  # noqa: E402
 
 SIZE, STATES = 4, 3
@@ -44,17 +47,29 @@ ROOT = {
 }  # fmt: skip
 
 
-def fake_store(path: Path, runs: int) -> None:
-    """``runs`` complete runs of random weights, written with the store API, and the index."""
+HPARAMS = {"optimizer": "adam", "lr": 0.01, "betas": [0.9, 0.999], "eps": 1e-08,
+           "weight_decay": 0.0, "decoupled": False}  # fmt: skip
+
+
+def fake_store(path: Path, runs: int, block_runs: int = 64) -> None:
+    """``runs`` complete runs of random weights in blocks of ``block_runs``, written with the
+    store API, with a real run's attributes, and the index."""
     store, _ = TrajectoryStore.create_or_open(str(path), ROOT)
     rng = np.random.default_rng(0)
     codec = StoreCodecConfig()
-    for i in range(runs):
-        attrs = {"task_id": f"t{i // 4}", "optimizer": "sgd", "replicate": i % 4, "seed": i}
-        writer = store.begin_run(f"t{i // 4}-sgd-s{i % 4}", STATES, SIZE, codec, attrs)
-        for w in rng.standard_normal((STATES, SIZE)).astype(np.float32):
-            writer.append(w, 0.0, 0.0)
+    sink = WriteSink(depth=2)
+    for first in range(0, runs, block_runs):
+        n = min(block_runs, runs - first)
+        ids = [f"t{i // 4}-adam-s{i % 4}" for i in range(first, first + n)]
+        attrs = [{"task_id": f"t{i // 4}", "optimizer": "adam", "replicate": i % 4,
+                  "seed": 10**18 + i, "hparams": HPARAMS, "steps": STATES - 1, "record_every": 1,
+                  "batch_size": 64, "device": "cpu"} for i in range(first, first + n)]  # fmt: skip
+        target = BlockTarget(block_id(ids), ids, list(range(n)), attrs, True)
+        writer = store.block_writer(target, STATES, SIZE, codec, sink)
+        for w in rng.standard_normal((STATES, n, SIZE)).astype(np.float32):
+            writer.append(w, np.zeros(n), np.zeros(n))
         writer.finish()
+    sink.close()
     store.write_run_index()
 
 
@@ -63,18 +78,24 @@ def set_index(location: str, on: bool) -> None:
     if on:
         TrajectoryStore.open(location, mode="r+").write_run_index()
     else:
-        runs = zarr.open_group(location, mode="r+")["runs"]
+        runs = zarr.open_group(location, mode="r+")["blocks"]
         if "index" in runs.attrs:
             del runs.attrs["index"]
 
 
 def open_and_list(location: str) -> int:
+    """Open the store and list its complete runs with their validated attributes."""
     return len(list(TrajectoryStore.open(location).iter_runs()))
+
+
+def open_and_list_ids(location: str) -> int:
+    """Open the store and list its run ids (no attribute validated)."""
+    return len(TrajectoryStore.open(location).run_ids())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=2000)
+    parser.add_argument("--runs", type=int, default=10000)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
@@ -94,6 +115,7 @@ def main() -> None:
         variants = [(where, loc, on) for where, loc in (("disk", str(local)), ("s3 (moto)", url))
                     for on in (True, False)]  # fmt: skip
         times: dict[tuple[str, bool], list[float]] = {(w, on): [] for w, _, on in variants}
+        ids: dict[tuple[str, bool], list[float]] = {(w, on): [] for w, _, on in variants}
         requests: dict[tuple[str, bool], int] = {}
         for rep in range(args.repeats + 1):  # the first round warms up, and is not counted
             order = variants[rep % len(variants) :] + variants[: rep % len(variants)]
@@ -107,18 +129,25 @@ def main() -> None:
                 if rep:
                     times[(where, on)].append(dt)
                     requests[(where, on)] = sum(calls.values())
+                t0 = time.perf_counter()
+                assert open_and_list_ids(loc) == args.runs
+                if rep:
+                    ids[(where, on)].append(time.perf_counter() - t0)
                 print(f"  {where} index={on}: {dt:.3f} s", file=sys.stderr)
 
     print(f"\nOpen a store of {args.runs} runs and list its complete runs with their attributes")
     print(f"(median of {args.repeats}, interleaved):\n")
-    print("| store | run index | seconds | S3 requests | without / with |")
-    print("|---|---|---|---|---|")
+    print("| store | run index | run ids, s | runs with attributes, s | S3 requests | without / "
+          "with |")  # fmt: skip
+    print("|---|---|---|---|---|---|")
     for where in ("disk", "s3 (moto)"):
         with_, without = (statistics.median(times[(where, on)]) for on in (True, False))
         for on, med in ((True, with_), (False, without)):
             reqs = requests[(where, on)] if where != "disk" else "-"
             ratio = f"{without / with_:.1f}×" if not on else ""
-            print(f"| {where} | {'yes' if on else 'no'} | {med:.3f} | {reqs} | {ratio} |")
+            id_s = statistics.median(ids[(where, on)])
+            print(f"| {where} | {'yes' if on else 'no'} | {id_s:.3f} | {med:.3f} | {reqs} | "
+                  f"{ratio} |")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -31,11 +31,13 @@ from lohp_cli.config import OPTIMIZERS, CollectConfig, deep_merge, format_valida
 from lohp_cli.errors import StoreError
 from lohp_cli.optim import optimizer_hparams
 from lohp_cli.runs import (  # RunContext, RunPlan, init_target: also imported from here
+    BlockPlan,
     RunContext,
     RunPlan,
     group_plans,
     init_target,
     layout_for,
+    new_block,
 )
 from lohp_cli.runtime import derive_seed, provenance, resolve_device
 from lohp_cli.store import TrajectoryStore, run_id
@@ -75,6 +77,36 @@ def plan_runs(cfg: CollectConfig, tasks: list[Task]) -> list[RunPlan]:
         i, n = cfg.shard
         plans = plans[i::n]
     return plans
+
+
+def plan_blocks(store: TrajectoryStore, pending: list[RunPlan], size: int) -> list[BlockPlan]:
+    """The blocks that collect ``pending``: a run that a block lists (not complete there: cut
+    short by a crash, or vacated by ``--repair``) is redone in its own row, with the other such
+    runs of its block; the rest go into new blocks of up to ``size`` runs of one optimizer. A
+    block that cannot take its runs back (its document or an array does not read) is removed
+    when it holds no complete run, else left as it is, its runs redone in new blocks. In the
+    order of each block's first run in ``pending``."""
+    order = {p.run_id: i for i, p in enumerate(pending)}
+    back: dict[str, list[RunPlan]] = {}
+    fresh: list[RunPlan] = []
+    for plan in pending:
+        slot = store.slot(plan.run_id)
+        if slot is None:
+            fresh.append(plan)
+        else:
+            back.setdefault(slot[0], []).append(plan)
+    out: list[BlockPlan] = []
+    for bid, plans in back.items():
+        if store.block_problem(bid) is None:
+            ids = tuple(store.block_runs(bid))
+            rows = tuple(ids.index(p.run_id) for p in plans)
+            out.append(BlockPlan(bid, ids, rows, tuple(plans), new=False))
+            continue
+        if not any(store.run_status(rid) == STATUS_COMPLETE for rid in store.block_runs(bid)):
+            store.delete_block(bid)
+        fresh += plans
+    out += [new_block(g) for g in group_plans(sorted(fresh, key=lambda p: order[p.run_id]), size)]
+    return sorted(out, key=lambda b: order[b.plans[0].run_id])
 
 
 def compat_spec(cfg: CollectConfig, family: TaskFamily) -> dict[str, Any]:
@@ -159,11 +191,11 @@ def _worker_init(cfg_json: dict[str, Any], device: str, threads: int, parent: in
     _WORKER.parent = parent  # type: ignore[attr-defined]
 
 
-def _worker_run(plans: list[RunPlan]) -> list[tuple[str, float]]:
+def _worker_run(block: BlockPlan) -> list[tuple[str, float]]:
     assert _WORKER is not None
     if os.getppid() != _WORKER.parent:  # type: ignore[attr-defined]
         os._exit(1)  # the collect process died (e.g. kill -9): stop instead of running on
-    return _WORKER.execute_many(plans)
+    return list(_WORKER.execute_blocks([block]))  # written before the result is sent
 
 
 def collect(cfg: CollectConfig, progress: Progress | None = None) -> CollectResult:
@@ -206,6 +238,7 @@ def _collect(
     damage = None
     with init_lock(cfg.out):  # shards started at once take turns; the first one creates
         store = _init_store(cfg, family, device, emit)
+        store.check_writable()  # a version-1 store: exit 4 before anything changes
         if cfg.repair:
             damage = _find_damage(store, family)
         store.runs_group()  # metadata that does not read: a StoreError naming --repair, now
@@ -237,11 +270,11 @@ def _collect(
         else:
             # groups small enough that every worker gets some (results do not depend on grouping)
             size = max(1, min(cfg.batch_runs, math.ceil(len(pending) / cfg.workers)))
-            groups = group_plans(pending, size)
-            if cfg.workers == 1 or len(groups) <= 1:
-                walls = _run_here(ctx, groups)
+            blocks = plan_blocks(store, pending, size)
+            if cfg.workers == 1 or len(blocks) <= 1:
+                walls = _run_here(ctx, blocks)
             else:
-                walls = _run_in_pool(cfg, device, groups)
+                walls = _run_in_pool(cfg, device, blocks)
         stack.callback(walls.close)  # on a failure: stop the pool, cancel the cluster's tasks
         for rid, wall in walls:
             done += 1
@@ -297,7 +330,7 @@ def _find_damage(store: TrajectoryStore, family: TaskFamily) -> Damage:
         if parts is None or parts[1] not in OPTIMIZERS:
             raise StoreError(
                 f"Store '{store.location}': run {rid} is damaged ({why}) and its id does not say "
-                f"which run it is; delete runs/{rid} by hand."
+                f"which run it is; {store.removal_hint(rid)}."
             )
         family.task(parts[0])
     for tid in damage.conditions:
@@ -331,26 +364,26 @@ def _repair(
     return extra
 
 
-def _run_here(ctx: RunContext, groups: list[list[RunPlan]]) -> Iterator[tuple[str, float]]:
-    """``(run id, wall seconds)`` of each run, collected in this process a group at a time."""
+def _run_here(ctx: RunContext, blocks: list[BlockPlan]) -> Iterator[tuple[str, float]]:
+    """``(run id, wall seconds)`` of each run, collected in this process a block at a time (the
+    next block trains while the last one is written)."""
     old = torch.get_num_threads()
     torch.set_num_threads(ctx.cfg.threads_per_worker)
     try:
-        for group in groups:
-            yield from ctx.execute_many(group)
+        yield from ctx.execute_blocks(blocks)
     finally:
         torch.set_num_threads(old)
 
 
 def _run_in_pool(
-    cfg: CollectConfig, device: str, groups: list[list[RunPlan]]
+    cfg: CollectConfig, device: str, blocks: list[BlockPlan]
 ) -> Iterator[tuple[str, float]]:
     """``(run id, wall seconds)`` of each run, collected by ``cfg.workers`` local processes a
-    group at a time."""
+    block at a time."""
     mpctx = mp.get_context("spawn")
     init_args = (cfg.model_dump(mode="json"), device, cfg.threads_per_worker, os.getpid())
     with mpctx.Pool(cfg.workers, initializer=_worker_init, initargs=init_args) as pool:
-        for walls in pool.imap_unordered(_worker_run, groups):
+        for walls in pool.imap_unordered(_worker_run, blocks):
             yield from walls
         pool.close()  # a clean shutdown: terminate() at exit leaks semaphores
         pool.join()
@@ -372,11 +405,9 @@ def _run_on_cluster(
     size = max(1, min(cfg.batch_runs, math.ceil(len(pending) / (4 * workers))))
     cfg_json = cfg.model_copy(update={"out": absolute_location(cfg.out)}).model_dump(mode="json")
     items = {
-        group[0].run_id + (f"+{len(group) - 1}" if len(group) > 1 else ""): (
-            cfg_json, store.meta.created_at, group
-        )
-        for group in group_plans(pending, size)
-    }  # fmt: skip
+        block.label: (cfg_json, store.meta.created_at, block)
+        for block in plan_blocks(store, pending, size)
+    }
     for walls in map_unordered(client, run_plans, items, "lohp-collect"):
         yield from walls
 
@@ -385,14 +416,15 @@ _CONTEXTS: dict[str, RunContext] = {}  # per worker process: one per (config, st
 
 
 def run_plans(
-    cfg_json: dict[str, Any], created_at: str, plans: list[RunPlan]
+    cfg_json: dict[str, Any], created_at: str, block: BlockPlan
 ) -> list[tuple[str, float]]:
-    """Collect ``plans`` into the config's store from this process (a Dask worker's task):
+    """Collect ``block`` into the config's store from this process (a Dask worker's task):
     ``[(run id, wall seconds)]``.
 
     The RunContext is built once per process, config and store (``created_at`` tells a store
     made again at the same place apart). A run already complete is kept: a task is re-run when
-    the worker holding its result died before the result was sent."""
+    the worker holding its result died before the result was sent, or when its worker died
+    halfway (its block's runs not complete are redone in their rows)."""
     key = json.dumps([cfg_json, created_at], sort_keys=True)
     ctx = _CONTEXTS.get(key)
     if ctx is None:
@@ -401,11 +433,18 @@ def run_plans(
         cfg = CollectConfig.model_validate(cfg_json)
         ctx = _CONTEXTS[key] = RunContext(cfg, resolve_device(cfg.device))
     torch.set_num_threads(ctx.cfg.threads_per_worker)
+    store = ctx.store
+    store.forget_metadata()  # another worker may have written since
     out, todo = [], []
-    for plan in plans:
-        meta = ctx.store.run_meta(plan.run_id)
+    for plan in block.plans:
+        meta = store.run_meta(plan.run_id)
         if meta is not None and meta.status == STATUS_COMPLETE:
             out.append((plan.run_id, float(meta.wall_time_s or 0.0)))
         else:
             todo.append(plan)
-    return out + ctx.execute_many(todo)
+    if not todo:
+        return out
+    blocks = [block] if len(todo) == len(block.plans) and block.new else []
+    if not blocks:  # a block cut short: its runs not complete, back in their rows
+        blocks = plan_blocks(store, todo, len(todo))
+    return out + list(ctx.execute_blocks(blocks, depth=0))

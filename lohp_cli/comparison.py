@@ -59,9 +59,7 @@ def _named(row: str, names: tuple[str, ...]) -> bool:
     return any(row == n or row.startswith(f"{n} (") for n in names)
 
 
-def paired_section(
-    rows: list[MethodResult], also: tuple[str, ...] = ()
-) -> dict[str, Any] | None:
+def paired_section(rows: list[MethodResult], also: tuple[str, ...] = ()) -> dict[str, Any] | None:
     """``paired``: the main row (``rows[0]``, the generated weights) against every other scored
     row (not a not-applicable one), then each row named in ``also`` against every scored row
     after the main one, then each step of the ablation ladder not already among them (upper

@@ -1,15 +1,17 @@
-"""Executing collect's runs: one process's context (family, store, frozen parts, task data), one
-run through the training loop, or a group of runs of one optimizer trained together
-(:mod:`lohp_cli.optim.batched`), each written through its own :class:`RunWriter`.
+"""Executing collect's runs: one process's context (family, store, frozen parts, task data) and
+blocks of runs (:class:`BlockPlan`, one block of the store each): runs of one optimizer trained
+together (:mod:`lohp_cli.optim.batched`), or one after another through the training loop (cnn
+and lora runs, ``batch_runs = 1``), written through one :class:`BlockWriter` per block on a
+background thread, so the next block trains while this one is encoded and written.
 
 On CPU a run's numbers do not depend on the runs beside it (a group cut short is redone exactly);
-they equal the one-run path's (``batch_runs = 1``) to float tolerance. cnn and lora runs go one at
-a time.
+they equal the one-run path's (``batch_runs = 1``) to float tolerance.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,8 +23,10 @@ from lohp_cli.optim import build_optimizer, optimizer_hparams
 from lohp_cli.optim.batched import batchable, train_batched
 from lohp_cli.optim.loop import train_loop
 from lohp_cli.runtime import derive_seed
-from lohp_cli.store import RunWriter, TrajectoryStore
+from lohp_cli.store import TrajectoryStore
+from lohp_cli.store.blocks import block_id
 from lohp_cli.store.frozen import load_frozen
+from lohp_cli.store.writer import BlockTarget, BlockWriter, WriteSink
 from lohp_cli.tasks import TaskFamily, make_family
 from lohp_cli.tasks.families import TaskTensors
 from lohp_cli.tasks.models import (
@@ -44,6 +48,31 @@ class RunPlan:
     optimizer: str
     replicate: int
     seed: int
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """Runs written together into one block: ``plans`` into rows ``rows`` of block
+    ``block_id``, whose runs are ``run_ids`` in row order; ``new``: the block is created (else it
+    exists and these rows, not complete, are rewritten in place)."""
+
+    block_id: str
+    run_ids: tuple[str, ...]
+    rows: tuple[int, ...]
+    plans: tuple[RunPlan, ...]
+    new: bool = True
+
+    @property
+    def label(self) -> str:
+        """A short name for logs and Dask task keys."""
+        first = self.plans[0].run_id
+        return first + (f"+{len(self.plans) - 1}" if len(self.plans) > 1 else "")
+
+
+def new_block(plans: Sequence[RunPlan]) -> BlockPlan:
+    """A new block holding ``plans`` in their order."""
+    ids = tuple(p.run_id for p in plans)
+    return BlockPlan(block_id(ids), ids, tuple(range(len(ids))), tuple(plans))
 
 
 def init_target(
@@ -82,6 +111,7 @@ class RunContext:
         # cnn (BatchNorm buffers) and lora (a frozen backbone inside) take the one-run path
         model = build_target(cfg.model, self.family.input_shape, self.family.ways, self.frozen)
         self.batchable = batchable(model)
+        self.layout_size = ParamLayout.of(model).size  # P
 
     def task(self, task_id: str) -> TaskTensors:
         if task_id not in self._tasks:
@@ -98,11 +128,11 @@ class RunContext:
             load_flat(model, self.theta0)  # every run of a shared-init store starts here
         return model.to(self.device).train()
 
-    def _begin(self, plan: RunPlan, size: int) -> RunWriter:
-        """Start the run in the store. Its attrs do not say how it was grouped (a batched run's
-        ``wall_time_s`` is its group's), so a store does not depend on the grouping."""
+    def _attrs(self, plan: RunPlan) -> dict:
+        """The attributes a run begins with. They do not say how it was grouped (a batched run's
+        ``wall_time_s`` is its group's), so a run does not depend on the grouping."""
         cfg = self.cfg
-        attrs = {
+        return {
             "task_id": plan.task_id,
             "optimizer": plan.optimizer,
             "hparams": optimizer_hparams(plan.optimizer, cfg.optim),
@@ -113,7 +143,18 @@ class RunContext:
             "batch_size": cfg.batch_size,
             "device": self.device,
         }
-        return self.store.begin_run(plan.run_id, cfg.recorded_states, size, cfg.store, attrs)
+
+    def _writer(self, block: BlockPlan, sink: WriteSink) -> BlockWriter:
+        cfg = self.cfg
+        target = BlockTarget(
+            block.block_id,
+            list(block.run_ids),
+            list(block.rows),
+            [self._attrs(p) for p in block.plans],
+            block.new,
+        )
+        size = self.layout_size
+        return self.store.block_writer(target, cfg.recorded_states, size, cfg.store, sink)
 
     def _non_finite(self, plan: RunPlan, step: int) -> DataError:
         return DataError(
@@ -121,19 +162,27 @@ class RunContext:
             f"the learning rate (e.g. --set optim.{plan.optimizer}.lr=...)."
         )
 
-    def execute(self, plan: RunPlan) -> float:
-        """Collect one run into the store (the one-run path); returns its wall time in seconds."""
+    def _train_one(self, plan: RunPlan) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        """Train one run through ``train_loop``: its recorded ``weights [T+1, P]``, ``loss``,
+        ``acc [T+1]`` and wall seconds."""
         cfg = self.cfg
+        t0 = time.perf_counter()
         data = self.task(plan.task_id)
         model = self._model(plan)
         opt = build_optimizer(plan.optimizer, trainable_parameters(model), cfg.optim)
         gen = torch.Generator().manual_seed(derive_seed(plan.seed, "batches"))
-        writer = self._begin(plan, ParamLayout.of(model).size)
+        states = cfg.recorded_states
+        w = np.empty((states, self.layout_size), dtype=np.float32)  # [T+1, P]
+        lo = np.empty(states, dtype=np.float32)
+        ac = np.empty(states, dtype=np.float32)
+        i = 0
 
         def record(theta: torch.Tensor, loss: torch.Tensor, acc: torch.Tensor) -> None:
+            nonlocal i
             if not (torch.isfinite(theta).all() and torch.isfinite(loss)):
-                raise self._non_finite(plan, (writer.written + writer.filled) * cfg.record_every)
-            writer.append(theta.cpu().numpy(), float(loss), float(acc))
+                raise self._non_finite(plan, i * cfg.record_every)
+            w[i], lo[i], ac[i] = theta.cpu().numpy(), float(loss), float(acc)
+            i += 1
 
         train_loop(
             model,
@@ -146,30 +195,63 @@ class RunContext:
             gen,
             record,
         )
-        return writer.finish()
+        return w, lo, ac, time.perf_counter() - t0
+
+    def execute(self, plan: RunPlan) -> float:
+        """Collect one run into a block of its own (the one-run path), written before it
+        returns; its wall time in seconds."""
+        walls = list(self.execute_blocks([new_block([plan])], depth=0))
+        return walls[0][1]
 
     def execute_many(self, plans: Sequence[RunPlan]) -> list[tuple[str, float]]:
-        """Collect ``plans`` into the store: runs of one optimizer trained together in groups of
-        up to ``cfg.batch_runs`` (one at a time with 1, or for a model that cannot be batched).
+        """Collect ``plans`` into new blocks of up to ``cfg.batch_runs`` runs of one optimizer;
+        ``(run_id, wall seconds)`` per run, every run complete when it returns."""
+        blocks = [new_block(g) for g in group_plans(plans, self.cfg.batch_runs)]
+        return list(self.execute_blocks(blocks))
 
-        Returns ``(run_id, wall seconds)`` per run; a batched run's wall time is its group's.
-        Each run is written through its own writer and is complete only after its ``finish``.
-        """
-        if self.cfg.batch_runs == 1 or not self.batchable:
-            return [(p.run_id, self.execute(p)) for p in plans]
-        done: list[tuple[str, float]] = []
-        for group in group_plans(plans, self.cfg.batch_runs):
-            done += self._execute_group(group)
-        return done
+    def execute_blocks(
+        self, blocks: Sequence[BlockPlan], depth: int = 2
+    ) -> Iterator[tuple[str, float]]:
+        """Collect each block's runs: trained together when they can be (one optimizer, a
+        batchable model, ``batch_runs`` > 1), else one after another. A block is written on a
+        background thread (``depth`` blocks' writes may wait; 0: written inline) while the next
+        trains. Yields ``(run id, wall seconds)`` of each run once it is complete (a batched
+        run's wall time is its block's); every run is complete when the iterator ends."""
+        sink = WriteSink(depth)
+        targets: list[BlockTarget] = []
+        seen = 0
+        try:
+            for block in blocks:
+                writer = self._writer(block, sink)
+                targets.append(writer.target)
+                together = len({p.optimizer for p in block.plans}) == 1
+                if self.cfg.batch_runs > 1 and self.batchable and together:
+                    self._train_block(block, writer)
+                else:
+                    for i, plan in enumerate(block.plans):
+                        w, lo, ac, wall = self._train_one(plan)
+                        writer.put_run(i, w, lo, ac, wall)
+                done = [d for t in targets for d in t.done]
+                yield from done[seen:]
+                seen = len(done)
+            sink.close()
+        except BaseException:
+            try:
+                sink.close()  # what was queued before the failure is written
+            except BaseException:  # noqa: BLE001 - the first failure is the one to report
+                pass
+            raise
+        done = [d for t in targets for d in t.done]
+        yield from done[seen:]
 
-    def _execute_group(self, plans: list[RunPlan]) -> list[tuple[str, float]]:
-        """Runs of one optimizer trained together (:func:`train_batched`)."""
+    def _train_block(self, block: BlockPlan, writer: BlockWriter) -> None:
+        """The runs of ``block`` (one optimizer) trained together (:func:`train_batched`)."""
         cfg = self.cfg
+        plans = block.plans
         models = [self._model(p) for p in plans]
         theta0 = torch.stack([flat_params(m) for m in models])  # [R, P]
         data = [self.task(p.task_id) for p in plans]
         gens = [torch.Generator().manual_seed(derive_seed(p.seed, "batches")) for p in plans]
-        writers = [self._begin(p, theta0.shape[1]) for p in plans]
         step = 0
 
         def record(theta: torch.Tensor, loss: torch.Tensor, acc: torch.Tensor) -> None:
@@ -179,8 +261,7 @@ class RunContext:
             bad = ~(np.isfinite(w).all(1) & np.isfinite(lo))
             if bad.any():
                 raise self._non_finite(plans[int(bad.argmax())], step)
-            for r, writer in enumerate(writers):
-                writer.append(w[r], lo[r], ac[r])
+            writer.append(w, lo, ac)
             step += cfg.record_every
 
         train_batched(
@@ -196,7 +277,7 @@ class RunContext:
             gens,
             record,
         )
-        return [(p.run_id, w.finish()) for p, w in zip(plans, writers, strict=True)]
+        writer.finish()
 
 
 def group_plans(plans: Sequence[RunPlan], size: int) -> list[list[RunPlan]]:

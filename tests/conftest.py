@@ -98,8 +98,10 @@ def make_linear_store(
     alpha: float = 0.3,
     optimizers: tuple[str, ...] = ("sgd",),
     seed: int = 0,
+    schema_version: int | None = None,
 ) -> dict:
-    """A schema-valid store whose runs follow θ_{t+1} = θ_t + α (θ*(c) − θ_t) exactly.
+    """A schema-valid store whose runs follow θ_{t+1} = θ_t + α (θ*(c) − θ_t) exactly (each run
+    in a block of its own; ``schema_version=1``: a group per run, the layout lohp still reads).
 
     θ*(c) = A c is linear in the task condition c ~ N(0, I); θ_0 ~ N(0, I). Returns the
     ground truth: ``{"A": [P, D], "targets": {task_id: θ* [P]}, "conditions": {task_id: c}}``.
@@ -126,6 +128,8 @@ def make_linear_store(
         "config": {},
         "provenance": {"created_at": "synthetic"},
     }
+    if schema_version is not None:
+        attrs["schema_version"] = schema_version
     store, _ = TrajectoryStore.create_or_open(str(out), attrs)
     store.update_attrs(init_complete=True)
     truth: dict = {"A": a, "targets": {}, "conditions": {}}
@@ -259,3 +263,50 @@ def tiny_policy_run(
     run_collect(cfg)
     adam = ["adam"] if "adam" in cfg.optimizers else None
     return train_and_generate(store, tmp, samples, gen_tasks, adam)
+
+
+# ---- a run's place in a store of schema version 2 (rows of blocks) ------------------------------
+def block_of(store: str | Path, rid: str) -> tuple[Path, int]:
+    """``(block directory, row)`` of run ``rid`` in a local store."""
+    from lohp_cli.store import TrajectoryStore
+
+    slot = TrajectoryStore.open(str(store)).slot(rid)
+    assert slot is not None, f"run {rid} is in no block"
+    return Path(store) / "blocks" / slot[0], slot[1]
+
+
+def edit_run_attrs(store: str | Path, rid: str, edit) -> None:
+    """Rewrite run ``rid``'s attributes in its block's document: ``edit(attrs) -> attrs``."""
+    import json
+
+    block, row = block_of(store, rid)
+    meta = json.loads((block / "zarr.json").read_text())
+    doc = meta["attributes"]["block"]
+    doc["attrs"][row] = edit(dict(doc["attrs"][row]))
+    (block / "zarr.json").write_text(json.dumps(meta))
+
+
+def run_array(store: str | Path, rid: str, name: str = "weights", mode: str = "r"):
+    """``(zarr array holding run rid's <name>, its row)`` of a local store (plain zarr)."""
+    import zarr
+
+    block, row = block_of(store, rid)
+    return zarr.open_array(str(block / name), mode=mode), row
+
+
+def plain_runs(store: str | Path) -> dict[str, dict]:
+    """Every run a store lists, read with plain zarr as docs/store.md shows (blocks of schema
+    version 2): ``{run id: {"attrs", "block", "row", "weights", "loss", "train_acc"}}``; the runs
+    of a block a kill left without its arrays are left out."""
+    import zarr
+
+    g = zarr.open_group(str(store), mode="r")
+    out: dict[str, dict] = {}
+    for bid, block in g["blocks"].groups():
+        doc = block.attrs["block"]
+        if not {"weights", "loss", "train_acc"} <= set(block.array_keys()):
+            continue  # a torn block (killed between its group and its arrays): no complete run
+        for row, (rid, attrs) in enumerate(zip(doc["runs"], doc["attrs"], strict=True)):
+            arrays = {n: block[n][row] for n in ("weights", "loss", "train_acc")}
+            out[rid] = {"attrs": attrs, "block": bid, "row": row, **arrays}
+    return out

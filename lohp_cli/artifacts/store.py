@@ -10,7 +10,7 @@ from lohp_cli.artifacts.base import ArtifactModel, check_layout, newer, parse
 from lohp_cli.errors import StoreError
 
 SCHEMA = "lohp.trajectories"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class FamilySpec(ArtifactModel):

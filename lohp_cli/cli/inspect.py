@@ -16,6 +16,7 @@ from lohp_cli.cli.common import command, err_console, run_guarded
 SUMMARY_KEYS = (
     "schema",
     "schema_version",
+    "layout",
     "family",
     "ways",
     "model",

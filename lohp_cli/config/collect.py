@@ -73,6 +73,12 @@ class StoreCodecConfig(Frozen):
     chunk_steps: int = Field(
         64, ge=1, description="Recorded states per chunk (time axis); default: a run in one chunk."
     )
+    chunk_runs: int | None = Field(
+        None,
+        ge=1,
+        description="Runs per chunk (run axis of a block's weights); default: as many as fit in "
+        "about 1 MiB of raw float32 at chunk_steps states (at least 1, at most the block).",
+    )
     transpose: bool = Field(
         True,
         description="Store each chunk coordinate-major (zarr TransposeCodec), so each "

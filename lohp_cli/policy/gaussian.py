@@ -274,7 +274,9 @@ class HyperNetwork(nn.Module):
         self.one_step: LoHpPolicy | None = None
         if cfg.hypernetwork_backbone != "mlp":
             one = cfg.model_copy(update={"backbone": cfg.hypernetwork_backbone})
-            self.one_step = LoHpPolicy(size, cond_dim, 1, torch.ones(1), one, classes, layout=layout)
+            self.one_step = LoHpPolicy(
+                size, cond_dim, 1, torch.ones(1), one, classes, layout=layout
+            )
             return
         self.opt_emb = nn.Embedding(len(OPTIMIZERS), cond_dim) if cfg.optimizer_token else None
         hidden = cfg.hidden

@@ -60,19 +60,48 @@ def read(arr: Any, selection: Any, where: str) -> np.ndarray:
         ) from None
 
 
-def verify(arr: Any, where: str) -> list[str]:
-    """Read every chunk of ``arr``; one line per damaged or missing chunk (empty when sound)."""
-    problems: list[str] = []
+def _chunk_keys(arr: Any) -> set[str] | None:
+    """The chunk keys of ``arr`` present in its store (one listing), or None when they cannot
+    be listed."""
+    from zarr.core.sync import sync
+
+    store, prefix = arr.store_path.store, arr.store_path.path
+
+    async def keys() -> set[str]:
+        return {k async for k in store.list_prefix(f"{prefix}/")}
+
+    try:
+        return sync(keys())
+    except Exception:  # noqa: BLE001 - a store that cannot list: count initialised chunks
+        return None
+
+
+def verify_chunks(arr: Any, where: str) -> list[tuple[str, tuple[int, ...]]]:
+    """Read every chunk of ``arr``: ``(line, chunk coordinates)`` per damaged or missing chunk
+    (empty when sound)."""
+    problems: list[tuple[str, tuple[int, ...]]] = []
     shape, chunks = arr.shape, arr.chunks
+    present = _chunk_keys(arr)
     grid = [range(0, max(n, 1), c) for n, c in zip(shape, chunks, strict=True)]
     for corner in itertools.product(*grid):
+        coords = tuple(o // c for o, c in zip(corner, chunks, strict=True))
         sel = tuple(slice(o, min(o + c, n)) for o, c, n in zip(corner, chunks, shape, strict=True))
-        key = ".".join(str(o // c) for o, c in zip(corner, chunks, strict=True)) or "0"
+        key = ".".join(str(i) for i in coords) or "0"
+        if present is not None:
+            stored = f"{arr.store_path.path}/{arr.metadata.encode_chunk_key(coords)}"
+            if stored not in present:
+                problems.append((f"{where}, chunk {key}: missing", coords))
+                continue
         try:
             arr[sel]
         except Exception as exc:  # noqa: BLE001 - see read()
-            problems.append(f"{where}, chunk {key}: {_reason(exc)}")
-    if not problems and arr.nchunks_initialized < arr.nchunks:
+            problems.append((f"{where}, chunk {key}: {_reason(exc)}", coords))
+    if present is None and not problems and arr.nchunks_initialized < arr.nchunks:
         missing = arr.nchunks - arr.nchunks_initialized
-        problems.append(f"{where}: {missing} of {arr.nchunks} chunk(s) missing")
+        problems.append((f"{where}: {missing} of {arr.nchunks} chunk(s) missing", ()))
     return problems
+
+
+def verify(arr: Any, where: str) -> list[str]:
+    """Read every chunk of ``arr``; one line per damaged or missing chunk (empty when sound)."""
+    return [line for line, _ in verify_chunks(arr, where)]

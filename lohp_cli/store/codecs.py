@@ -68,12 +68,15 @@ def contiguous_pcodec() -> type:
     return ContiguousPCodec
 
 
-def filters_for(cfg: StoreCodecConfig) -> list[Any]:
-    """Array-to-array filters: a transpose so that each coordinate's time series is contiguous,
-    then, for ``lossy="bf16"``, rounding to bfloat16 precision (still stored as float32)."""
+def filters_for(cfg: StoreCodecConfig, ndim: int = 2) -> list[Any]:
+    """Array-to-array filters of a weights array whose last two axes are ``(state, param)``
+    (``[T+1, P]`` of a run, ``[R, T+1, P]`` of a block): a transpose of those two axes so that
+    each coordinate's time series is contiguous, then, for ``lossy="bf16"``, rounding to
+    bfloat16 precision (still stored as float32)."""
     from zarr.codecs import TransposeCodec
 
-    out: list[Any] = [TransposeCodec(order=(1, 0))] if cfg.transpose else []
+    order = (*range(ndim - 2), ndim - 1, ndim - 2)  # (1, 0) or (0, 2, 1)
+    out: list[Any] = [TransposeCodec(order=order)] if cfg.transpose else []
     if cfg.lossy == "bf16":
         from zarr.codecs.numcodecs import BitRound
 

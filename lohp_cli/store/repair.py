@@ -16,10 +16,11 @@ from typing import Any
 
 import lohp_cli.store.chunks as chunks
 from lohp_cli.errors import StoreError
-from lohp_cli.store.summary import verify_run
+from lohp_cli.store.summary import verify_runs
 from lohp_cli.store.trajectory_store import TrajectoryStore
 
-REWRITABLE_GROUPS = ("runs", "tasks")  # groups whose own metadata holds nothing but derivable data
+# groups whose own metadata holds nothing but derivable data (the run index)
+REWRITABLE_GROUPS = ("blocks", "runs", "tasks")
 EMPTY_GROUP = {"zarr_format": 3, "node_type": "group", "attributes": {}}
 
 
@@ -56,8 +57,10 @@ def find_damage(store: TrajectoryStore) -> Damage:
     """Read every complete run, every condition and every saved tensor of ``store`` (as
     ``inspect --verify`` does) and say what needs repairing."""
     damage = Damage()
-    damage.groups = [g for g in REWRITABLE_GROUPS if _group_problem(store, g)]
+    groups = ("tasks", store.layout.container)
+    damage.groups = [g for g in groups if _group_problem(store, g)]
     damage.runs.update(store.index_mismatches())  # the runs' own attributes, not the index
+    complete = []
     for rid in store.run_ids():
         attrs = store.own_attrs(rid)
         meta, why = (
@@ -65,7 +68,10 @@ def find_damage(store: TrajectoryStore) -> Damage:
         )
         if meta is None:
             damage.runs[rid] = why or "invalid attributes"
-        elif meta.complete and (problems := verify_run(store, rid)):
+        elif meta.complete:
+            complete.append(rid)
+    for rid, problems in verify_runs(store, complete).items():
+        if problems:
             damage.runs[rid] = problems[0]
     for tid in store.task_ids():
         why = _condition_problem(store, tid)

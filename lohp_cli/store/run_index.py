@@ -27,10 +27,12 @@ read of the run:
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any
 
-from lohp_cli.artifacts.run import RunMeta, read_index_entry
+from lohp_cli.artifacts.run import RunMeta, read_index_entry, read_index_format, read_run_meta
 from lohp_cli.errors import StoreError
 
 INDEX_ATTR = "index"  # the attribute of the ``runs`` group
@@ -112,3 +114,74 @@ def mismatches(
                 "re-run 'lohp collect --repair' to redo it"
             )
     return problems
+
+
+# ---- schema version 2: one entry per block ----------------------------------------------------
+# ``{"version": 2, "count": B, "blocks": {block id: {"block": <block document>, "format":
+# [checksummed, dimension_names], "codec": [pipeline text, lossy]} or null}}``: the documents of
+# every block (null: one whose document did not read when the index was written). Trusted as
+# version 1 is: only when it lists exactly the blocks listed, and run by run.
+BLOCK_INDEX_VERSION = 2
+
+
+def block_document(entries: dict[str, dict[str, Any] | None]) -> dict[str, Any]:
+    """The index document of blocks ``{block id: entry or None}``."""
+    blocks = {bid: entries[bid] for bid in sorted(entries)}
+    return {"version": BLOCK_INDEX_VERSION, "count": len(blocks), "blocks": blocks}
+
+
+def block_entries(doc: Any, listed: list[str]) -> dict[str, dict[str, Any]] | None:
+    """The block entries of an index document that lists exactly the blocks ``listed`` (None
+    when there is no usable index: absent, of another version, malformed or stale). Entries
+    that are null are left out (their blocks are read themselves)."""
+    if not isinstance(doc, dict) or doc.get("version") != BLOCK_INDEX_VERSION:
+        return None
+    blocks = doc.get("blocks")
+    if not isinstance(blocks, dict) or doc.get("count") != len(blocks):
+        return None
+    if set(blocks) != set(listed):
+        return None
+    return {bid: e for bid, e in blocks.items() if isinstance(e, dict)}
+
+
+def block_digest(doc: Any) -> str:
+    """16 hex digits of the SHA-256 of a block document as canonical JSON."""
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def block_entry(doc: dict[str, Any], fmt: tuple[bool, bool], codec: tuple[str, bool]) -> dict:
+    """The index entry of a block: its document (only the rows of complete runs that check
+    out; the others null), the format and codec of its weights, and the document's digest."""
+    return {"block": doc, "format": list(fmt), "codec": list(codec), "digest": block_digest(doc)}
+
+
+def block_format(entry: dict[str, Any], where: str) -> tuple[tuple[bool, bool], tuple[str, bool]]:
+    """The ``format`` and ``codec`` of a block's index entry, validated once for its runs, after
+    its document matched its digest; a StoreError otherwise (its block is then read itself)."""
+    if entry.get("digest") != block_digest(entry.get("block")):
+        raise StoreError(
+            f"{where}: its block document does not match its digest (changed after the index "
+            "was written)"
+        )
+    e = read_index_format(entry.get("format"), entry.get("codec"), where)
+    return e.format, e.codec or ("?", False)
+
+
+def trusted_run(
+    rid: str, attrs: Any, fmt: tuple[tuple[bool, bool], tuple[str, bool]], states: int
+) -> tuple[Entry | None, str | None]:
+    """``(entry, None)`` for a run a block's index entry (whose digest matched) lists as
+    complete, when its attributes validate, agree with its id and say ``states`` states;
+    ``(None, why)`` when they do not; ``(None, None)`` for a run the entry does not list as
+    complete (it is read itself). Its fingerprint was checked when the index was written, and
+    the digest stands for it since."""
+    if not isinstance(attrs, dict) or attrs.get("status") != "complete":
+        return None, None
+    try:
+        meta = read_run_meta(rid, attrs, "index entry", fingerprint=False)
+    except StoreError as exc:
+        return None, str(exc)
+    if meta.steps_written != states:
+        return None, f"it says {meta.status} with {meta.steps_written} of {states} states"
+    return Entry(meta, attrs, fmt[0], fmt[1]), None

@@ -9,20 +9,50 @@ import numpy as np
 
 import lohp_cli.store.chunks as chunks
 from lohp_cli.errors import StoreError
+from lohp_cli.store.blocks import damaged_rows
 from lohp_cli.store.trajectory_store import RUN_ARRAYS, TrajectoryStore
 
 
 def verify_run(store: TrajectoryStore, rid: str) -> list[str]:
     """Read every chunk of a run's arrays: one line per missing, misshapen or damaged one."""
-    problems: list[str] = []
-    for name in RUN_ARRAYS:
-        try:
-            arr = store.run_array_meta(rid, name)
-        except StoreError as exc:
-            problems.append(str(exc))
-            continue
-        problems += chunks.verify(arr, f"run {rid}, array '{name}'")
-    return problems
+    return verify_runs(store, [rid])[rid]
+
+
+def verify_runs(store: TrajectoryStore, rids: list[str]) -> dict[str, list[str]]:
+    """Run id -> one line per missing, misshapen or damaged chunk or array holding it. A
+    block's chunks are read once for all its runs; a damaged chunk names every run it holds."""
+    out: dict[str, list[str]] = {rid: [] for rid in rids}
+    by_block: dict[str, list[str]] = {}
+    for rid in rids:
+        slot = store.slot(rid)
+        if slot is None:  # a version-1 run group
+            for name in RUN_ARRAYS:
+                try:
+                    arr, _ = store.run_array_meta(rid, name)
+                except StoreError as exc:
+                    out[rid].append(str(exc))
+                    continue
+                out[rid] += chunks.verify(arr, f"run {rid}, array '{name}'")
+        else:
+            by_block.setdefault(slot[0], []).append(rid)
+    for bid, members in by_block.items():
+        damaged: dict[int, list[str]] = {}
+        for name in RUN_ARRAYS:
+            try:
+                arr, _ = store.run_array_meta(members[0], name)
+            except StoreError as exc:
+                for rid in members:
+                    out[rid].append(str(exc))
+                continue
+            for row, line in damaged_rows(arr, f"{RUN_MARK}, array '{name}' (block {bid})").items():
+                damaged.setdefault(row, []).append(line)
+        for rid in members:
+            row = store.slot(rid)[1]  # type: ignore[index]
+            out[rid] += [line.replace(RUN_MARK, f"run {rid}") for line in damaged.get(row, [])]
+    return out
+
+
+RUN_MARK = "\x00run"  # replaced by each run's name in the lines of a shared chunk
 
 
 def verify_metadata(store: TrajectoryStore) -> list[str]:
@@ -48,7 +78,7 @@ def verify_metadata(store: TrajectoryStore) -> list[str]:
             continue
         problems += chunks.verify(arr, what)
     for name in store.group_names():
-        if name in ("tasks", "runs"):
+        if name in ("tasks", store.layout.container):
             continue
         try:
             arrays = list(store.root[name].arrays())
@@ -85,10 +115,10 @@ def summarize_store(location: str, verify: bool = False) -> dict[str, Any]:
     final_acc: dict[str, list[float]] = {}
     with_checksums = with_dims = lossy = 0
     codecs: dict[str, int] = {}
+    to_verify: list[tuple[str, str]] = []
     for rid in store.run_ids():
-        attrs = store.run_attrs(rid)
-        run, why = (None, None) if attrs is None else store.check_attrs(rid, attrs)
-        status = "unreadable" if attrs is None else "invalid" if run is None else run.status
+        readable, run, why = store.run_check(rid)
+        status = "unreadable" if not readable else "invalid" if run is None else run.status
         opt = run.optimizer if run is not None else "?"
         runs.setdefault(opt, {}).setdefault(status, 0)
         runs[opt][status] += 1
@@ -110,21 +140,25 @@ def summarize_store(location: str, verify: bool = False) -> dict[str, Any]:
         codecs[codec] = codecs.get(codec, 0) + 1
         lossy += rounded
         if verify:
-            damaged = verify_run(store, rid)
-            problems += damaged
-            if damaged:
+            to_verify.append((rid, opt))
+    if to_verify:
+        damage = verify_runs(store, [rid for rid, _ in to_verify])
+        for rid, opt in to_verify:
+            problems += damage[rid]
+            if damage[rid]:
                 continue
             if not np.isfinite(store.weights(rid)).all():
                 problems.append(f"run {rid}: non-finite weights")
             acc = store.run_array(rid, "train_acc")
             final_acc.setdefault(opt, []).append(float(acc[-1]))
     size = store.bytes_on_disk()
-    weight_bytes = store.bytes_on_disk("runs/*/weights")
+    weight_bytes = store.weight_bytes_on_disk()
     raw = complete * states * meta.param_count * 4
     out: dict[str, Any] = {
         "store": location,
         "schema": meta.schema_,
         "schema_version": meta.schema_version,
+        "layout": "blocks" if store.blocks else "run groups",
         "family": compat.family.name,
         "ways": compat.family.ways,
         "test_domain": compat.family.test_domain,

@@ -1,20 +1,23 @@
-"""Read and write the Zarr v3 trajectory store (schema ``lohp.trajectories`` v1).
+"""Read and write the Zarr v3 trajectory store (schema ``lohp.trajectories``, version 2; version
+1 is read).
 
-Layout::
+Layout (version 2)::
 
     <store>/                   root attrs: schema, schema_version, compat, layout, config, ...
       extractor/<param>        float32 weights of the frozen feature extractor (head model only)
       init/theta0              float32 [P]: the θ₀ every run starts from (init = "shared" only)
       tasks/<task_id>/condition  float32 [D]; attrs: task spec
-      runs/                      attrs: index, every run's attrs in one document (run_index.py)
-      runs/<run_id>/weights      float32 [T+1, P], chunked along time
-      runs/<run_id>/loss, train_acc  float32 [T+1]
-                                 attrs: optimizer hparams, seed, status running|complete, ...
+      blocks/                    attrs: index, every block's document in one (run_index.py)
+      blocks/<block id>/         the runs of one batch (blocks.py): run [R] (their ids),
+                                 weights [R, T+1, P], loss and train_acc [R, T+1];
+                                 attrs: each run's attributes, status running|complete
 
-A run is marked ``complete`` by the last write, after every chunk; anything else is partial and is
-redone by the next ``collect``. A plain ``zarr.open_group`` reads everything. A location is a
-local path (or ``file://`` URL) or an fsspec URL (``s3://``, ``memory://``) opened through zarr's
-``FsspecStore``.
+Version 1 has ``runs/<run id>/`` (weights [T+1, P], loss, train_acc, the run's attributes)
+instead (run_groups.py); lohp reads it and adds no runs to it. Everything here is addressed by
+run id whatever the layout. A run is marked ``complete`` by the last write, after every chunk;
+anything else is partial and is redone by the next ``collect``. A plain ``zarr.open_group`` reads
+everything. A location is a local path (or ``file://`` URL) or an fsspec URL (``s3://``,
+``memory://``) opened through zarr's ``FsspecStore``.
 """
 
 from __future__ import annotations
@@ -24,13 +27,14 @@ from typing import Any
 
 import numpy as np
 
+import lohp_cli.store.blocks as blocks
 import lohp_cli.store.chunks as chunks
 import lohp_cli.store.run_index as run_index
-from lohp_cli.artifacts.run import RunMeta, new_run_meta, read_run_meta
+from lohp_cli.artifacts.run import RunMeta, read_run_meta
 from lohp_cli.artifacts.store import StoreMeta, new_store_meta, read_store_meta
-from lohp_cli.config import StoreCodecConfig
 from lohp_cli.errors import StoreError
-from lohp_cli.store.codecs import codecs_for, describe_codecs, filters_for, serializer_for
+from lohp_cli.store.block_runs import BlockLayout
+from lohp_cli.store.codecs import codecs_for, describe_codecs
 from lohp_cli.store.groups import (  # re-exported: the axis names of every array
     CONDITION_DIMS,
     INIT_GROUP,
@@ -43,8 +47,8 @@ from lohp_cli.store.groups import (  # re-exported: the axis names of every arra
 from lohp_cli.store.location import local_path as _local_path
 from lohp_cli.store.location import open_group as _open_group
 from lohp_cli.store.location import remote_exists
-from lohp_cli.store.schema import STATUS_RUNNING
-from lohp_cli.store.writer import RunWriter
+from lohp_cli.store.run_groups import GroupLayout
+from lohp_cli.store.run_writing import RunWriting
 
 __all__ = [
     "CONDITION_DIMS",
@@ -57,21 +61,27 @@ __all__ = [
     "tensor_dims",
 ]
 RUN_ARRAYS = ("weights", "loss", "train_acc")
+_UNREAD = object()  # the run index document has not been read
+BLOCK_LAYOUT_VERSION = 2  # the first schema version whose runs live in blocks
 
 
-class TrajectoryStore(StoreGroups):
+class TrajectoryStore(RunWriting, StoreGroups):
     """A trajectory store opened for reading (``mode="r"``) or appending runs (``mode="r+"``).
 
-    A run's attributes are read as a validated :class:`RunMeta` (from a trusted entry of the run
-    index, else from the run itself; see :mod:`lohp_cli.store.run_index`); a run whose attributes
-    are missing, unreadable or invalid is not complete. Its arrays are checked against the
-    store's layout (``[T+1, P]`` weights, ``[T+1]`` loss and accuracy) where they are opened.
+    Runs are named by run id whatever the layout (:attr:`layout`: rows of blocks in version 2,
+    a group per run in version 1). A run's attributes are read as a validated :class:`RunMeta`
+    (from a trusted entry of the run index, else from the run itself; see
+    :mod:`lohp_cli.store.run_index`); a run whose attributes are missing, unreadable or invalid
+    is not complete. Its arrays are checked against the store's layout (``[T+1, P]`` weights,
+    ``[T+1]`` loss and accuracy per run) where they are opened.
     """
 
     def __init__(self, location: str, group: Any, meta: StoreMeta | None = None) -> None:
         self.location = location
         self.root = group
         self.meta = read_store_meta(dict(group.attrs), location) if meta is None else meta
+        blocked = self.meta.schema_version >= BLOCK_LAYOUT_VERSION
+        self.layout: BlockLayout | GroupLayout = BlockLayout(self) if blocked else GroupLayout(self)
         # the run index's trusted entries of complete runs (None: not read yet; {}: none or
         # stale), whether this process has removed the stored index before changing a run, and
         # why the runs group's own metadata does not read (None: it reads)
@@ -79,7 +89,8 @@ class TrajectoryStore(StoreGroups):
         self._index_removed = False
         self.runs_group_problem: str | None = None
         self.index_rejected: dict[str, str] = {}  # run id -> why its index entry was ignored
-        self._arrays: dict[tuple[str, str], Any] = {}  # opened and checked run arrays
+        self._arrays: dict[tuple[str, str], tuple[Any, int | None]] = {}  # opened, checked
+        self._index_doc: Any = _UNREAD
         self._conditions: dict[str, Any] = {}
 
     # ---- opening ----------------------------------------------------------------------------
@@ -132,7 +143,7 @@ class TrajectoryStore(StoreGroups):
         group = _open_group(location, "w-")
         group.attrs.update(meta.to_json())
         group.require_group("tasks")
-        group.require_group("runs")
+        group.require_group(GroupLayout.container if meta.schema_version < 2 else blocks.BLOCKS)
         return cls(location, group, meta), True
 
     def destroy(self) -> None:
@@ -159,32 +170,46 @@ class TrajectoryStore(StoreGroups):
         self.root.attrs.update(values)
         self.meta = self.meta.model_copy(update=values)
 
+    def local_path(self) -> Any:
+        """The store's directory (None for a URL)."""
+        return _local_path(self.location)
+
     # ---- the runs group and its index -------------------------------------------------------
+    @property
+    def blocks(self) -> bool:
+        """Whether runs live in blocks (schema version 2), not a group each (version 1)."""
+        return self.layout.in_blocks
+
     def run_ids(self) -> list[str]:
-        """Names of all run groups, readable or not (a torn one reads as unreadable later)."""
-        return self._list("runs")
+        """Ids of all runs the store lists, readable or not (a torn one reads as unreadable)."""
+        return self.layout.run_ids()
 
     def runs_group(self) -> Any:
-        """The ``runs`` group, to change it; unreadable metadata is a StoreError."""
+        """The group of the runs (``blocks``, or ``runs`` in version 1), to change it; unreadable
+        metadata is a StoreError."""
+        name = self.layout.container
         try:
             hint = self.repair_hint().replace("redo", "rewrite")
-            return self.node("runs", "group 'runs'", hint=hint)
+            return self.node(name, f"group '{name}'", hint=hint)
         except KeyError:
-            raise StoreError(f"Store '{self.location}' has no 'runs' group.") from None
+            raise StoreError(f"Store '{self.location}' has no '{name}' group.") from None
 
-    def _indexed(self, listed: list[str] | None = None) -> dict[str, run_index.Entry]:
-        """The run index's trusted entries of complete runs, read once (``{}`` if absent,
-        stale or unreadable: runs are then read one by one)."""
-        if self._index is None:
-            doc = None
+    def index_doc(self) -> Any:
+        """The stored run index document (None when absent or its group does not read); read
+        once until :meth:`forget_metadata`."""
+        if self._index_doc is _UNREAD:
             try:
-                doc = self.runs_group().attrs.get(run_index.INDEX_ATTR)
+                self._index_doc = self.runs_group().attrs.get(run_index.INDEX_ATTR)
             except StoreError as exc:
                 self.runs_group_problem = str(exc)
-            listed = self.run_ids() if listed is None else listed
-            states = self.meta.compat.states
-            found = run_index.complete_entries(doc, listed, states, self._where())
-            self._index, self.index_rejected = found
+                self._index_doc = None
+        return self._index_doc
+
+    def _indexed(self) -> dict[str, run_index.Entry]:
+        """The run index's trusted entries of complete runs, read once (``{}`` if absent,
+        stale or unreadable: runs are then read one by one, or block by block)."""
+        if self._index is None:
+            self._index, self.index_rejected = self.layout.indexed(self.index_doc())
         return self._index
 
     def index_mismatches(self) -> dict[str, str]:
@@ -192,62 +217,46 @@ class TrajectoryStore(StoreGroups):
         attributes say otherwise (each is read): damage after the index was written. From then
         on, reads bypass the index."""
         indexed, self._index = self._indexed(), {}
-        return run_index.mismatches(indexed, {rid: self.own_attrs(rid) for rid in indexed})
+        found = run_index.mismatches(indexed, self.layout.own_attrs_many(sorted(indexed)))
+        if isinstance(self.layout, BlockLayout):
+            self.layout.ignore_index()  # the runs each block lists itself
+        return found
 
     def forget_metadata(self) -> None:
         """Forget what was read of the runs and tasks (after their metadata was rewritten)."""
         self._index, self.index_rejected, self.runs_group_problem = None, {}, None
+        self._index_doc = _UNREAD
+        self.layout.forget()
         self._arrays.clear()
         self._conditions.clear()
 
-    def _forget(self, rid: str) -> None:
+    def _forget(self, rid: str | None = None) -> None:
         """Before this process first changes a run: remove the stored run index (see
         ``run_index``); and forget what the index said of ``rid``."""
         if not self._index_removed:
             runs = self.runs_group()
             if run_index.INDEX_ATTR in runs.attrs:
-                del runs.attrs[run_index.INDEX_ATTR]  # one atomic rewrite of runs/zarr.json
+                del runs.attrs[run_index.INDEX_ATTR]  # one atomic rewrite of its zarr.json
             self._index_removed = True
-        if self._index:
+            self._index_doc = None
+        if self._index and rid is not None:
             self._index.pop(rid, None)
-        for name in RUN_ARRAYS:
-            self._arrays.pop((rid, name), None)
+        for key in [k for k in self._arrays if rid is None or k[0] == rid]:
+            self._arrays.pop(key, None)
 
     def write_run_index(self) -> int:
-        """Write the run index of the runs the store has now; returns how many it lists.
-
-        Reads the attributes of every run not already known complete (from the index read at
-        open), so a collect that adds a few runs to a large indexed store reads only those.
-        """
-        listed = self.run_ids()
-        known = self._indexed(listed)
-        entries: dict[str, run_index.Entry | None] = {}
-        for rid in listed:
-            hit = known.get(rid)
-            if hit is None:
-                attrs = self.own_attrs(rid)
-                meta = self._valid(rid, attrs)
-                if meta is not None and meta.complete and attrs is not None:
-                    try:
-                        fmt, codec = self.run_format(rid), self.run_codec(rid)
-                    except StoreError:  # weights that do not open: no entry, readers see it
-                        fmt = codec = None
-                    if fmt is not None and codec is not None:
-                        hit = run_index.entry(meta, attrs, fmt, codec)
-            entries[rid] = hit
-        self.runs_group().attrs[run_index.INDEX_ATTR] = run_index.document(entries)
-        self._index = {rid: e for rid, e in entries.items() if e is not None}
+        """Write the run index of the runs the store has now; returns how many runs it lists."""
+        doc = self.layout.write_index()
+        self.runs_group().attrs[run_index.INDEX_ATTR] = doc
+        self.forget_metadata()
         self._index_removed = False
-        return len(entries)
+        return len(self.run_ids())
 
     # ---- a run's attributes -----------------------------------------------------------------
     def own_attrs(self, rid: str) -> dict[str, Any] | None:
         """A run's own attributes as stored (never the index's); None when missing or
         unreadable."""
-        try:
-            return dict(self.root[f"runs/{rid}"].attrs)
-        except Exception:  # noqa: BLE001 - a half-written run reads as missing
-            return None
+        return self.layout.own_attrs(rid)
 
     def check_attrs(self, rid: str, attrs: dict[str, Any]) -> tuple[RunMeta | None, str | None]:
         """``(attributes, None)`` of a run with stored ``attrs``, or ``(None, why)`` when they
@@ -278,6 +287,18 @@ class TrajectoryStore(StoreGroups):
         hit = self._indexed().get(rid)
         return hit.meta if hit is not None else self._valid(rid, self.own_attrs(rid))
 
+    def run_check(self, rid: str) -> tuple[bool, RunMeta | None, str | None]:
+        """``(readable, attributes, why not valid)`` of a run: from a trusted index entry (checked
+        when the index was read), else its own attributes checked now."""
+        hit = self._indexed().get(rid)
+        if hit is not None:
+            return True, hit.meta, None
+        attrs = self.own_attrs(rid)
+        if attrs is None:
+            return False, None, None
+        meta, why = self.check_attrs(rid, attrs)
+        return True, meta, why
+
     def run_status(self, rid: str) -> str | None:
         meta = self.run_meta(rid)
         return None if meta is None else meta.status
@@ -287,84 +308,25 @@ class TrajectoryStore(StoreGroups):
 
     def iter_runs(self, complete_only: bool = True) -> Iterator[tuple[str, RunMeta]]:
         """``(run id, attributes)`` of the (complete) runs with valid attributes, in id order;
-        from the run index when it is fresh (one listing and one read), else one read per run."""
-        listed = self.run_ids()
-        self._indexed(listed)
-        for rid in listed:
+        from the run index when it is fresh (one listing and one read), else from each run's
+        own metadata (one read per block, concurrently; per run in version 1)."""
+        self._indexed()
+        for rid in self.run_ids():
             meta = self.run_meta(rid)
             if meta is None or (complete_only and not meta.complete):
                 continue
             yield rid, meta
 
-    # ---- writing runs -----------------------------------------------------------------------
-    def delete_run(self, rid: str) -> None:
-        """Remove a run, whether its metadata reads or not (every key under ``runs/<rid>/``)."""
-        from zarr.core.sync import sync
-
-        self._forget(rid)
-        sync(self.root.store.delete_dir(f"runs/{rid}"))
-        path = _local_path(self.location)
-        if path is not None:  # directories the key deletion leaves
-            import shutil
-
-            shutil.rmtree(path / "runs" / rid, ignore_errors=True)
-
-    def begin_run(
-        self, rid: str, states: int, size: int, codec: StoreCodecConfig, attrs: dict[str, Any]
-    ) -> RunWriter:
-        """Start (or restart) a run: any earlier partial data of ``rid`` is removed first."""
-        attrs = {**attrs, "status": STATUS_RUNNING, "steps_written": 0}
-        new_run_meta(rid, attrs)  # what is written is valid
-        self._forget(rid)
-        path = _local_path(self.location)
-        if path is None or (path / "runs" / rid).exists():
-            self.delete_run(rid)
-        g = self.runs_group().create_group(rid, attributes=attrs)
-        compressors, serializer = codecs_for(codec), serializer_for(codec)
-        chunk = min(codec.chunk_steps, states)
-        arrays = {}
-        arrays["weights"] = g.create_array(
-            "weights",
-            shape=(states, size),
-            chunks=(chunk, size),
-            dtype="float32",
-            filters=filters_for(codec),
-            serializer=serializer,
-            compressors=compressors,
-            fill_value=np.nan,
-            dimension_names=WEIGHT_DIMS,
-        )
-        for name in ("loss", "train_acc"):
-            arrays[name] = g.create_array(
-                name,
-                shape=(states,),
-                chunks=(states,),
-                dtype="float32",
-                serializer=serializer,  # lossless: the rounding of lossy="bf16" is for weights
-                compressors=compressors,
-                fill_value=np.nan,
-                dimension_names=STATE_DIMS,
-            )
-        return RunWriter(g, states, size, chunk, arrays, rid=rid, attrs=attrs)
-
     # ---- a run's arrays ---------------------------------------------------------------------
-    def run_array_meta(self, rid: str, name: str) -> Any:
-        """The zarr array ``runs/<rid>/<name>``, opened once and checked against the store's
-        layout (weights ``[T+1, P]``, loss and train_acc ``[T+1]``, float32): a missing array,
-        unreadable metadata or another shape is a StoreError naming the run and the array."""
-        arr = self._arrays.get((rid, name))
-        if arr is None:
-            states = self.meta.compat.states
-            shape = (states, self.meta.param_count) if name == "weights" else (states,)
-            what = f"run {rid}, array '{name}'"
-            try:
-                arr = self.node(f"runs/{rid}/{name}", what, shape)
-            except KeyError:
-                raise StoreError(
-                    f"Store '{self.location}': {what} is missing; {self.repair_hint()}."
-                ) from None
-            self._arrays[(rid, name)] = arr
-        return arr
+    def run_array_meta(self, rid: str, name: str) -> tuple[Any, int | None]:
+        """The zarr array holding ``<name>`` of run ``rid`` and the run's row in it (None: a
+        version-1 run's own array), opened once and checked against the store's layout: a
+        missing array, unreadable metadata or another shape is a StoreError naming the run and
+        the array."""
+        hit = self._arrays.get((rid, name))
+        if hit is None:
+            hit = self._arrays[(rid, name)] = self.layout.array(rid, name)
+        return hit
 
     def check_run(self, rid: str, task_id: str) -> None:
         """Check, before a stage uses it, that a complete run's weights and its task's
@@ -377,16 +339,18 @@ class TrajectoryStore(StoreGroups):
         return self.run_array(rid, "weights", slice(start, stop))
 
     def run_array(self, rid: str, name: str, selection: Any = ...) -> np.ndarray:
-        """``runs/<rid>/<name>[selection]``; a damaged chunk raises ``DamagedChunkError``."""
-        arr = self.run_array_meta(rid, name)
-        return chunks.read(arr, selection, f"{self._where(rid)}, array '{name}'")
+        """``<name>[selection]`` of run ``rid`` (its own axes: state, param); a damaged chunk
+        raises ``DamagedChunkError``."""
+        arr, row = self.run_array_meta(rid, name)
+        sel = selection if row is None else _in_row(row, selection)
+        return chunks.read(arr, sel, f"{self._where(rid)}, array '{name}'")
 
     def run_format(self, rid: str) -> tuple[bool, bool]:
         """``(checksummed, dimension_names)`` of a run's weights array (False for old stores)."""
         hit = self._indexed().get(rid)
         if hit is not None:
             return hit.format
-        arr = self.run_array_meta(rid, "weights")
+        arr, _ = self.run_array_meta(rid, "weights")
         return chunks.has_checksums(arr), chunks.has_dimension_names(arr)
 
     def run_codec(self, rid: str) -> tuple[str, bool]:
@@ -395,12 +359,26 @@ class TrajectoryStore(StoreGroups):
         hit = self._indexed().get(rid)
         if hit is not None and hit.codec is not None:
             return hit.codec
-        return describe_codecs(self.run_array_meta(rid, "weights"))
+        return describe_codecs(self.run_array_meta(rid, "weights")[0])
 
     def bytes_on_disk(self, sub: str = "") -> int | None:
-        """Bytes under ``sub`` (glob, e.g. ``runs/*/weights``) on a local disk; None if remote."""
+        """Bytes under ``sub`` (glob, e.g. ``blocks/*/weights``) on a local disk; None if
+        remote."""
         path = _local_path(self.location)
         if path is None:
             return None
         dirs = list(path.glob(sub)) if sub else [path]
         return sum(f.stat().st_size for d in dirs for f in d.rglob("*") if f.is_file())
+
+    def weight_bytes_on_disk(self) -> int | None:
+        """Bytes of the runs' weights arrays (chunks and metadata) on a local disk."""
+        return self.bytes_on_disk(self.layout.weights_glob)
+
+
+def _in_row(row: int, selection: Any) -> Any:
+    """A run's own selection (over its state and param axes) as one in its block's row."""
+    if selection is Ellipsis:
+        return (row, Ellipsis)
+    if isinstance(selection, tuple):
+        return (row, *selection)
+    return (row, selection)

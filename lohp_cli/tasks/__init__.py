@@ -2,8 +2,8 @@
 
 Importing the package registers the built-in families (:mod:`lohp_cli.tasks.classes`, the
 domain family :mod:`lohp_cli.tasks.rotated`, the few-shot episodes of
-:mod:`lohp_cli.tasks.fewshot`, the glyph tasks of :mod:`lohp_cli.tasks.glyphs`) and target models (:mod:`lohp_cli.tasks.models`, and ``lora`` in
-:mod:`lohp_cli.tasks.lora_model`).
+:mod:`lohp_cli.tasks.fewshot`, the glyph tasks of :mod:`lohp_cli.tasks.glyphs`) and target
+models (:mod:`lohp_cli.tasks.models`, and ``lora`` in :mod:`lohp_cli.tasks.lora_model`).
 """
 
 from lohp_cli.tasks import lora_model  # noqa: F401 - registers the lora target model

@@ -25,7 +25,7 @@ from lohp_cli import cli as cli_module
 from lohp_cli.cli import app
 from lohp_cli.config import CollectConfig
 from tests.cli.runner import EXIT_CODE_TEXTS, flat, invoke, plain
-from tests.conftest import TINY, needs_fmnist, tiny_config
+from tests.conftest import TINY, needs_fmnist, plain_runs, run_array, tiny_config
 
 # stderr lines a failing command may print before its error line
 LOG_LINE = re.compile(
@@ -486,13 +486,13 @@ def test_store_of_another_schema_exit_3(tmp_path: Path) -> None:
 def test_store_of_newer_schema_version_exit_3(store: Path) -> None:
     import zarr
 
-    zarr.open_group(zarr.storage.LocalStore(store), mode="r+").attrs["schema_version"] = 2
+    zarr.open_group(zarr.storage.LocalStore(store), mode="r+").attrs["schema_version"] = 3
     before = snapshot(store)
     result = invoke("collect", "--out", store, *tiny_sets())
-    line = assert_error(result, 3, [str(store), "2"])
+    line = assert_error(result, 3, [str(store), "3"])
     assert "schema_version" in line
     assert snapshot(store) == before
-    assert_error(invoke("inspect", store), 3, [str(store), "2"])
+    assert_error(invoke("inspect", store), 3, [str(store), "3"])
 
 
 def test_store_with_other_model_refuses_more_runs_exit_3(store: Path) -> None:
@@ -554,13 +554,11 @@ def test_inspect_missing_path_exit_3(tmp_path: Path) -> None:
 
 
 def test_inspect_verify_nan_in_complete_run_exit_3(store: Path) -> None:
-    import zarr
 
-    g = zarr.open_group(zarr.storage.LocalStore(store), mode="r+")
-    (rid,) = g["runs"].group_keys()
-    assert g["runs"][rid].attrs["status"] == "complete"
-    w = g["runs"][rid]["weights"]
-    w[1, 3] = np.nan
+    (rid,) = plain_runs(store)
+    assert plain_runs(store)[rid]["attrs"]["status"] == "complete"
+    w, row = run_array(store, rid, mode="r+")
+    w[row, 1, 3] = np.nan
     before = snapshot(store)
     assert invoke("inspect", store).exit_code == 0  # without --verify the data is not read
     result = invoke("inspect", store, "--json", "--verify")
@@ -572,8 +570,8 @@ def test_inspect_verify_nan_in_complete_run_exit_3(store: Path) -> None:
 
 
 def test_inspect_verify_missing_chunk_exit_3(store: Path) -> None:
-    chunks = sorted((store / "runs").glob("*/weights/c/*/*"))
-    assert chunks, "expected chunk files under runs/<id>/weights/c/"
+    chunks = sorted((store / "blocks").glob("*/weights/c/*/*/*"))
+    assert chunks, "expected chunk files under blocks/<id>/weights/c/"
     chunks[-1].unlink()  # a lost chunk would read as the NaN fill value
     before = snapshot(store)
     result = invoke("inspect", store, "--verify")
@@ -638,17 +636,16 @@ def test_inspect_shows_a_lossy_store(tmp_path: Path) -> None:
 
 
 def test_diverging_run_exit_3_and_not_marked_complete(tmp_path: Path) -> None:
-    import zarr
 
     out = tmp_path / "diverge.zarr"
     args = [*tiny_sets(tasks=1, optimizers=["sgd"]), "--set", "optim.sgd.lr=1e30"]
     result = invoke("collect", "--out", out, *args)
     line = assert_error(result, 3, ["optim.sgd.lr"])
     assert "non-finite" in line
-    runs = zarr.open_group(zarr.storage.LocalStore(out), mode="r")["runs"]
-    (rid,) = runs.group_keys()
+    runs = plain_runs(out)
+    (rid,) = runs
     assert rid in line
-    assert runs[rid].attrs["status"] != "complete"
+    assert runs[rid]["attrs"]["status"] != "complete"
 
 
 # ---- the library call, patched ------------------------------------------------------------------
@@ -726,9 +723,8 @@ def test_config_error_one_line_on_narrow_terminal(narrow: None, store: Path) -> 
 
 
 def test_verify_error_one_line_on_narrow_terminal(narrow: None, store: Path) -> None:
-    import zarr
 
-    g = zarr.open_group(zarr.storage.LocalStore(store), mode="r+")
-    (rid,) = g["runs"].group_keys()
-    g["runs"][rid]["weights"][0, 0] = np.nan
+    (rid,) = plain_runs(store)
+    w, row = run_array(store, rid, mode="r+")
+    w[row, 0, 0] = np.nan
     assert_error(invoke("inspect", store, "--verify"), 3, [rid])

@@ -249,8 +249,8 @@ def test_missing_store_exit_3(tmp_path: Path) -> None:
 def test_newer_schema_store_exit_3(store: Path, tmp_path: Path) -> None:
     import zarr
 
-    zarr.open_group(zarr.storage.LocalStore(store), mode="r+").attrs["schema_version"] = 2
-    assert_error(train(store, tmp_path / "p"), 3, ("schema_version 2",))
+    zarr.open_group(zarr.storage.LocalStore(store), mode="r+").attrs["schema_version"] = 3
+    assert_error(train(store, tmp_path / "p"), 3, ("schema_version 3",))
 
 
 def test_missing_config_file_exit_2(tmp_path: Path) -> None:

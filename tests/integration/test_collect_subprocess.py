@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import needs_fmnist
+from tests.conftest import needs_fmnist, plain_runs
 
 ENV = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "PYTHONUNBUFFERED": "1"}
 SMALL = {"task.train_per_class": 30, "task.test_per_class": 10, "task.support_per_class": 5}
@@ -59,10 +59,10 @@ def read_store(path: Path) -> dict[str, Any]:
     g = zarr.open_group(zarr.storage.LocalStore(path), mode="r")
     root = dict(g.attrs)
     runs = {}
-    for rid, rg in g["runs"].groups():
-        attrs = dict(rg.attrs)
+    for rid, run in plain_runs(path).items():  # each run's row of its block
+        attrs = dict(run["attrs"])
         attrs.pop("wall_time_s", None)
-        runs[rid] = {"attrs": attrs, **{n: np.asarray(rg[n][...]) for n in RUN_ARRAYS}}
+        runs[rid] = {"attrs": attrs, **{n: np.asarray(run[n]) for n in RUN_ARRAYS}}
     tasks = {
         tid: {"attrs": dict(tg.attrs), "condition": np.asarray(tg["condition"][...])}
         for tid, tg in g["tasks"].groups()
@@ -107,13 +107,15 @@ def assert_same_store(got: Path, want: Path) -> None:
 def statuses(path: Path) -> dict[str, str | None]:
     import zarr
 
-    runs = zarr.open_group(zarr.storage.LocalStore(path), mode="r")["runs"]
+    blocks = zarr.open_group(zarr.storage.LocalStore(path), mode="r")["blocks"]
     out: dict[str, str | None] = {}
-    for rid in runs.group_keys():
+    for bid in blocks.group_keys():
         try:
-            out[rid] = runs[rid].attrs.get("status")
-        except Exception:  # noqa: BLE001 - a run whose metadata the kill cut short
-            out[rid] = None
+            doc = blocks[bid].attrs["block"]
+        except Exception:  # noqa: BLE001 - a block whose metadata the kill cut short
+            continue
+        for rid, attrs in zip(doc["runs"], doc["attrs"], strict=True):
+            out[rid] = attrs.get("status")
     return out
 
 
@@ -228,14 +230,12 @@ def test_kill_9_then_resume_equals_uninterrupted(tmp_path: Path, init: str) -> N
     complete = sorted(r for r, s in after.items() if s == "complete")
     assert set(finished) <= set(complete)
     assert 1 <= len(complete) < KILL_RUNS
-    import zarr
-
-    runs = zarr.open_group(zarr.storage.LocalStore(killed), mode="r")["runs"]
+    runs = plain_runs(killed)
     for rid in complete:
-        w = np.asarray(runs[rid]["weights"][...])
+        w = np.asarray(runs[rid]["weights"])
         assert w.shape[0] == KILL_STATES and np.isfinite(w).all(), rid
         for name in ("loss", "train_acc"):
-            assert np.isfinite(np.asarray(runs[rid][name][...])).all(), (rid, name)
+            assert np.isfinite(np.asarray(runs[rid][name])).all(), (rid, name)
     summary = summarize_store(str(killed), verify=True)
     assert summary["verified"] is True, summary["problems"]
     assert summary["complete_runs"] == len(complete)

@@ -7,13 +7,14 @@ import shutil
 from pathlib import Path
 
 import pytest
+import zarr
 
 from lohp_cli.collect import collect
 from lohp_cli.config import TrainConfig
 from lohp_cli.store import TrajectoryStore
 from lohp_cli.train import train_policy
 from tests.cli.runner import invoke, plain
-from tests.conftest import tiny_config
+from tests.conftest import block_of, tiny_config
 from tests.unit.test_chunks import flip_byte, truncate
 
 
@@ -59,30 +60,41 @@ def first_run(store: Path) -> str:
 def test_inspect_verify_lists_each_damaged_chunk(made, tmp_path: Path, damage) -> None:
     store = copy(made["store"], tmp_path / "s.zarr")
     rid = first_run(store)
-    damage(chunk(store / "runs" / rid / "weights"))
-    damage(chunk(store / "runs" / rid / "loss"))
+    block, _ = block_of(store, rid)
+    damage(chunk(block / "weights"))  # the first chunk: the block's first chunk_runs runs
+    damage(chunk(block / "loss"))
+    rows = zarr.open_array(str(block / "weights")).chunks[0]
+    held = sorted(zarr.open_array(str(block / "run"))[:rows])  # every run the chunks hold
     before = {p: p.read_bytes() for p in store.rglob("*") if p.is_file()}
     result = invoke("inspect", store, "--verify")
     line = error_line(result)
-    assert "2 problem(s)" in line and rid in line
+    assert f"{2 * len(held)} problem(s)" in line and held[0] in line
     damaged = [ln for ln in plain(result.stderr).splitlines() if ln.startswith("damaged:")]
     assert damaged == [
-        f"damaged: run {rid}, array 'weights', chunk 0.0: checksum mismatch",
-        f"damaged: run {rid}, array 'loss', chunk 0: checksum mismatch",
+        line
+        for r in held
+        for line in (
+            f"damaged: run {r}, array 'weights' (block {block.name}), chunk 0.0.0: checksum "
+            "mismatch",
+            f"damaged: run {r}, array 'loss' (block {block.name}), chunk 0.0: checksum mismatch",
+        )
     ]
     assert {p: p.read_bytes() for p in store.rglob("*") if p.is_file()} == before
 
 
 def test_train_policy_on_a_damaged_run_exits_3(made, tmp_path: Path) -> None:
     store = copy(made["store"], tmp_path / "s.zarr")
-    rid = first_run(store)
-    flip_byte(chunk(store / "runs" / rid / "weights"))
+    block, _ = block_of(store, first_run(store))
+    flip_byte(chunk(block / "weights"))  # its first chunk: the runs of its first rows
+    rows = zarr.open_array(str(block / "weights")).chunks[0]
+    held = list(zarr.open_array(str(block / "run"))[:rows])
     out = tmp_path / "pol"
     result = invoke("train-policy", "--store", store, "--out", out, "--k", "2", "--steps", "2",
                     "--set", "policy.backbone=mlp", "--set", "policy.hidden=8",
                     "--device", "cpu")  # fmt: skip
     line = error_line(result)
-    assert f"run {rid}, array 'weights'" in line and "checksum mismatch" in line
+    assert any(f"run {r}, array 'weights'" in line for r in held), line
+    assert "checksum mismatch" in line
 
 
 def test_generate_with_a_damaged_extractor_exits_3(made, tmp_path: Path) -> None:

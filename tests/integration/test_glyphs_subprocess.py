@@ -45,8 +45,11 @@ def test_glyph_episodes_through_every_stage(tmp_path: Path) -> None:
     evaluation = set(
         load_glyphs(
             TaskConfig.model_validate(
-                {"family": "fewshot-glyphs", "data_root": str(cache),
-                 "glyphs": {"characters": 40, "drawers": 6, "size": 16}}  # fmt: skip
+                {
+                    "family": "fewshot-glyphs",
+                    "data_root": str(cache),
+                    "glyphs": {"characters": 40, "drawers": 6, "size": 16},
+                }  # fmt: skip
             )
         ).evaluation_classes
     )

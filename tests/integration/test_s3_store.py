@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import zarr
 
@@ -61,15 +62,17 @@ def s3_store(s3: str) -> str:
 
 
 def index_of(url: str) -> dict[str, Any] | None:
-    return zarr.open_group(url, mode="r")["runs"].attrs.get("index")
+    return zarr.open_group(url, mode="r")["blocks"].attrs.get("index")
 
 
 # ---- every stage on s3:// -----------------------------------------------------------------------
 def test_collect_to_s3_equals_local_and_verifies(s3_store: str, local_reference: str) -> None:
     assert_same_runs(local_reference, s3_store)
     index = index_of(s3_store)
-    assert index is not None and index["count"] == 6
-    assert all(e["attrs"]["status"] == "complete" for e in index["runs"].values())
+    assert index is not None and index["count"] == 3  # blocks: one per optimizer
+    docs = [e["block"] for e in index["blocks"].values()]
+    assert sorted(r for d in docs for r in d["runs"]) == TrajectoryStore.open(s3_store).run_ids()
+    assert all(a["status"] == "complete" for d in docs for a in d["attrs"])
     result = invoke("inspect", s3_store, "--verify", "--json")
     assert result.exit_code == 0, plain(result.output)
     summary = json.loads(result.stdout)
@@ -89,8 +92,9 @@ def test_train_policy_from_s3_equals_local(
 
 
 def test_resume_after_an_interrupted_collect_on_s3(s3: str, local_reference: str) -> None:
-    """A collect killed after two runs, with a third begun and cut short: the resume redoes the
-    partial run and the four missing ones, to the same store as an uninterrupted collect."""
+    """A collect interrupted after its first block (the block queued behind it is written
+    before it stops), with a run begun and cut short: the resume redoes the partial run in its
+    block and the missing ones, to the same store as an uninterrupted collect."""
     url = s3_url("resume")
     cfg = cfg_at(url)
 
@@ -102,13 +106,19 @@ def test_resume_after_an_interrupted_collect_on_s3(s3: str, local_reference: str
         collect(cfg, progress=stop_after_two)
     plans = plan_runs(cfg, make_family(cfg.task).tasks("source", cfg.tasks))
     store = TrajectoryStore.open(url, mode="r+")
-    store.begin_run(plans[2].run_id, cfg.recorded_states, 8, cfg.store, ident(plans[2].run_id))
+    done = store.complete_runs()
+    assert 2 <= len(done) < 6
+    cut = next(p.run_id for p in plans if p.run_id not in done)
+    store.begin_run(cut, cfg.recorded_states, 8, cfg.store, ident(cut)).writer.append(
+        np.zeros((1, 8), np.float32), np.zeros(1), np.zeros(1)
+    )  # a block of one run, cut short after its first state
     assert index_of(url) is None  # an interrupted collect leaves no index
-    assert TrajectoryStore.open(url).run_status(plans[2].run_id) == "running"
+    assert TrajectoryStore.open(url).run_status(cut) == "running"
     result = collect(cfg)
-    assert (result.skipped, result.collected) == (2, 4)
+    assert (result.skipped, result.collected) == (len(done), 6 - len(done))
     assert_same_runs(local_reference, url)
-    assert index_of(url)["count"] == 6
+    index = index_of(url)
+    assert sum(len(e["block"]["runs"]) for e in index["blocks"].values()) == 6
 
 
 # ---- the run index: O(1) reads instead of O(runs) ---------------------------------------------
@@ -145,15 +155,15 @@ def test_the_index_opens_a_store_in_a_constant_number_of_requests(
     listed_with = list_complete_runs(url)
     with_index = sum(s3_calls.values())
     assert listed_with == listed_without and len(listed_with) == runs
-    # the root and runs/ metadata, one listing of runs/: the same for any number of runs
+    # the root and blocks/ metadata, one listing of blocks/: the same for any number of runs
     assert s3_calls["get_object"] <= 2 and s3_calls["list_objects_v2"] == 1, s3_calls
     assert with_index <= 4, s3_calls
 
-    group = zarr.open_group(url, mode="r+")["runs"]
+    group = zarr.open_group(url, mode="r+")["blocks"]
     del group.attrs["index"]
     s3_calls.clear()
     assert list_complete_runs(url) == listed_without
-    assert s3_calls["get_object"] >= runs, s3_calls  # one read of every run's zarr.json
+    assert s3_calls["get_object"] >= runs, s3_calls  # one read of every block's zarr.json
 
 
 def test_a_stale_index_falls_back_to_the_runs(s3: str, tmp_path: Path) -> None:
@@ -168,11 +178,13 @@ def test_a_stale_index_falls_back_to_the_runs(s3: str, tmp_path: Path) -> None:
     # a plain zarr writer's run: no fingerprint (lohp's would not match the new id and task)
     attrs = {**first[rid].to_json(), "task_id": "extra"}
     attrs.pop("fingerprint")
-    zarr.open_group(url, mode="r+")["runs"].create_group("extra-sgd-s0", attributes=attrs)
+    doc = {"version": 1, "runs": ["extra-sgd-s0"], "attrs": [attrs]}
+    zarr.open_group(url, mode="r+")["blocks"].create_group("b-extra", attributes={"block": doc})
     assert set(dict(TrajectoryStore.open(url).iter_runs())) == {*first, "extra-sgd-s0"}
     fs = zarr.open_group(url, mode="r").store.fs
-    for r in (rid, "extra-sgd-s0"):
-        zarr.open_group(url, mode="r+")["runs"].__delitem__(r)
+    own = TrajectoryStore.open(url).slot(rid)[0]  # type: ignore[index]
+    for b in (own, "b-extra"):
+        zarr.open_group(url, mode="r+")["blocks"].__delitem__(b)
     fs.invalidate_cache()
     assert set(TrajectoryStore.open(url).complete_runs()) == set(first) - {rid}
 

@@ -159,8 +159,8 @@ def test_a_generated_store_written_as_today_opens(tmp_path: Path) -> None:
 
 # ---- refused, naming the version or the field --------------------------------------------------
 def test_newer_versions_are_refused_naming_them() -> None:
-    with pytest.raises(StoreError, match="schema_version 2; this lohp reads up to 1") as info:
-        read_store_meta({**STORE, "schema_version": 2}, "s.zarr")
+    with pytest.raises(StoreError, match="schema_version 3; this lohp reads up to 2") as info:
+        read_store_meta({**STORE, "schema_version": 3}, "s.zarr")
     assert info.value.exit_code == EXIT_DATA
     with pytest.raises(StoreError, match="schema_version 3; this lohp reads up to 1"):
         read_generated_meta({**GENERATED, "schema_version": 3}, "g.zarr")

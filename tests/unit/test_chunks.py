@@ -1,4 +1,5 @@
-"""Chunk checksums, damaged-chunk errors, dimension names and xarray (lohp_cli/store/chunks.py)."""
+"""Chunk checksums, damaged-chunk errors, dimension names and xarray (lohp_cli/store/chunks.py),
+on stores of schema version 1 (a group per run; the blocks of version 2: test_blocks.py)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ def make_store(
             "layout": [],
             "param_count": PARAMS,
             "condition_dim": 3,
+            "schema_version": 1,
         },  # fmt: skip
     )
     codec = StoreCodecConfig(chunk_steps=chunk_steps, checksum=checksum, codec=codec)
@@ -116,7 +118,7 @@ def test_missing_chunk_of_a_complete_run_is_reported(tmp_path: Path) -> None:
     make_store(path)
     chunk_file(path, RID).unlink()
     problems = verify_run(TrajectoryStore.open(str(path)), RID)
-    assert problems == [f"run {RID}, array 'weights': 1 of 3 chunk(s) missing"]
+    assert problems == [f"run {RID}, array 'weights', chunk 1.0: missing"]
 
 
 def test_store_without_checksums_still_opens_and_verifies(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ from lohp_cli.runtime import derive_seed
 from lohp_cli.store import TrajectoryStore, parse_run_id, run_id
 from lohp_cli.tasks import make_family
 from lohp_cli.tasks.models import build_target, flat_params
-from tests.conftest import TINY, ident, tiny_config
+from tests.conftest import TINY, block_of, ident, run_array, tiny_config
 
 DIGITS3 = make_family(TaskConfig(family="digits", ways=3))
 STATES = 5  # steps 20, record_every 5
@@ -218,20 +218,26 @@ def test_store_made_with_other_settings_is_refused(
 
 # ---- partial runs ------------------------------------------------------------------------------
 def test_partial_run_is_redone(reference: str, copy_of_reference: str) -> None:
+    """A half-written block (a run of it running, cut short after some of its chunks): its
+    complete runs are kept, the other is redone in its own row, to the uninterrupted store."""
     store = TrajectoryStore.open(copy_of_reference, mode="r+")
     rid = store.run_ids()[2]
-    writer = store.begin_run(
-        rid, STATES, PARAMS, StoreCodecConfig(chunk_steps=1), ident(rid, hparams={"old": 1})
-    )
-    writer.append(np.full(PARAMS, 7.0, np.float32), 1.0, 0.5)
-    writer.append(np.full(PARAMS, 8.0, np.float32), 1.0, 0.5)  # interrupted: no finish()
+    block = store.slot(rid)
+    store.delete_run(rid)  # its row says running, as before its last write
+    arr, row = run_array(copy_of_reference, rid, mode="r+")
+    arr[row, :2] = 7.0  # what a cut-short write left
+    store = TrajectoryStore.open(copy_of_reference)
     assert store.run_status(rid) == "running"
     assert store.run_attrs(rid)["steps_written"] == 0  # only the final update counts
-    np.testing.assert_array_equal(store.weights(rid)[:2, 0], [7.0, 8.0])  # chunks flushed
     result = collect(cfg_at(copy_of_reference))
     assert (result.skipped, result.collected) == (5, 1)
     assert_same_runs(reference, copy_of_reference)
-    assert TrajectoryStore.open(copy_of_reference).run_attrs(rid)["steps_written"] == STATES
+    again = TrajectoryStore.open(copy_of_reference)
+    assert again.run_attrs(rid)["steps_written"] == STATES
+    assert again.slot(rid) == block  # back in its row, no new block
+    assert sorted(p.name for p in (Path(copy_of_reference) / "blocks").iterdir() if p.is_dir()) == (
+        sorted(p.name for p in (Path(reference) / "blocks").iterdir() if p.is_dir())
+    )
 
 
 @pytest.mark.parametrize("batch_runs", [1, 8])
@@ -330,8 +336,9 @@ def test_a_partial_run_of_a_shared_store_is_redone_from_the_same_theta0(
     shutil.copytree(shared, copy)
     store = TrajectoryStore.open(str(copy), mode="r+")
     rid = store.run_ids()[2]
-    writer = store.begin_run(rid, STATES, PARAMS, StoreCodecConfig(chunk_steps=1), ident(rid))
-    writer.append(np.full(PARAMS, 7.0, np.float32), 1.0, 0.5)  # interrupted: no finish()
+    store.delete_run(rid)  # its row says running, as before its last write
+    arr, row = run_array(copy, rid, mode="r+")
+    arr[row, 0] = 7.0  # what a cut-short write left
     result = collect(cfg_at(copy, init="shared"))
     assert (result.skipped, result.collected) == (5, 1)
     assert_same_runs(shared, str(copy))
@@ -434,29 +441,32 @@ def test_summary_flags_bad_complete_runs(copy_of_reference: str) -> None:
     assert summarize_store(copy_of_reference)["complete_runs"] == 7
 
 
-def _tear(store: str, rid: str | None = None, keep_index: bool = False) -> str:
-    """Cut a run's metadata short, as a crash in its last write did before writes were atomic. A
-    crash happens inside a collect, which has removed the run index (unless ``keep_index``:
-    damage after the collect)."""
+def _tear(store: str, rid: str | None = None, keep_index: bool = False) -> list[str]:
+    """Cut a block's document short (its runs' attributes), as a crash in its last write did
+    before writes were atomic; returns the runs of the block (2: one optimizer's). A crash
+    happens inside a collect, which has removed the run index (unless ``keep_index``: damage
+    after the collect)."""
     rid = rid or TrajectoryStore.open(store).run_ids()[0]
+    block, _ = block_of(store, rid)
+    runs = list(zarr.open_array(str(block / "run"))[:])
     if not keep_index:
-        group = zarr.open_group(store, mode="r+")["runs"]
+        group = zarr.open_group(store, mode="r+")["blocks"]
         del group.attrs["index"]
-    (Path(store) / "runs" / rid / "zarr.json").write_text('{"zarr_format": 3, "no')
-    return rid
+    (block / "zarr.json").write_text('{"zarr_format": 3, "no')
+    return sorted(runs)
 
 
-def test_summary_counts_a_torn_run_as_unreadable(copy_of_reference: str) -> None:
+def test_summary_counts_a_torn_block_as_unreadable_runs(copy_of_reference: str) -> None:
     _tear(copy_of_reference)
     s = summarize_store(copy_of_reference, verify=True)
-    assert s["runs"]["?"] == {"unreadable": 1} and s["complete_runs"] == 5
+    assert s["runs"]["?"] == {"unreadable": 2} and s["complete_runs"] == 4
     assert s["verified"] is True
 
 
-def test_torn_run_is_redone_by_collect(reference: str, copy_of_reference: str) -> None:
+def test_torn_block_is_redone_by_collect(reference: str, copy_of_reference: str) -> None:
     _tear(copy_of_reference)
     result = collect(cfg_at(copy_of_reference))
-    assert (result.skipped, result.collected) == (5, 1)
+    assert (result.skipped, result.collected) == (4, 2)
     assert_same_runs(reference, copy_of_reference)
 
 
@@ -465,17 +475,19 @@ def test_damage_after_the_index_is_found_by_verify_and_repaired(
 ) -> None:
     """The run index trusts the runs it lists as complete; --verify reads each run's own
     attributes, reports a run damaged since, and deleting the run (as it says) redoes it."""
-    rid = _tear(copy_of_reference, keep_index=True)
+    rids = _tear(copy_of_reference, keep_index=True)
+    block, _ = block_of(copy_of_reference, rids[0])
     assert summarize_store(copy_of_reference)["complete_runs"] == 6  # the index, unchecked
     s = summarize_store(copy_of_reference, verify=True)
-    assert s["runs"]["?"] == {"unreadable": 1} and s["complete_runs"] == 5
+    assert s["runs"]["?"] == {"unreadable": 2} and s["complete_runs"] == 4
     assert s["verified"] is False
     assert s["problems"] == [
         f"run {rid}: the run index lists it as complete but its attributes are unreadable; "
         "re-run 'lohp collect --repair' to redo it"
+        for rid in rids
     ]
-    shutil.rmtree(Path(copy_of_reference) / "runs" / rid)
-    assert (collect(cfg_at(copy_of_reference)).collected) == 1
+    shutil.rmtree(block)
+    assert (collect(cfg_at(copy_of_reference)).collected) == 2
     assert_same_runs(reference, copy_of_reference)
     assert summarize_store(copy_of_reference, verify=True)["verified"] is True
 
@@ -588,28 +600,29 @@ def test_one_run_at_a_time_equals_the_batched_store(reference: str, tmp_path: Pa
 def test_a_group_cut_short_is_resumed_to_the_same_runs(
     reference: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A collect killed inside a group (after its first run's finish) leaves the group's other
-    runs partial; the next collect redoes them, alone now, bit for bit as in their group."""
-    from lohp_cli.store.writer import RunWriter
+    """A collect killed in the writer's thread while it marks a block complete (the second
+    block: its chunks written, its document not) leaves that block's runs running; the next
+    collect redoes them in their rows, bit for bit as in the uninterrupted store."""
+    from lohp_cli.store.writer import BlockWriter
 
     out = tmp_path / "cut.zarr"
-    finish, calls = RunWriter.finish, []
+    complete, calls = BlockWriter._complete, []
 
-    def dying_finish(self: RunWriter, extra: Any = None) -> float:
+    def dying(self: BlockWriter, *args: Any) -> None:
         if len(calls) == 1:
             raise KeyboardInterrupt
         calls.append(self)
-        return finish(self, extra)
+        complete(self, *args)
 
-    monkeypatch.setattr(RunWriter, "finish", dying_finish)
+    monkeypatch.setattr(BlockWriter, "_complete", dying)
     with pytest.raises(KeyboardInterrupt):
         collect(cfg_at(out))
-    monkeypatch.setattr(RunWriter, "finish", finish)
+    monkeypatch.setattr(BlockWriter, "_complete", complete)
     store = TrajectoryStore.open(str(out))
-    status = [store.run_status(r) for r in store.run_ids()]
-    assert status == ["complete", "running"]  # the first group (sgd, 2 runs) was cut short
+    status = {r: store.run_status(r) for r in store.run_ids()}
+    assert sorted(status.values()) == ["complete", "complete", "running", "running"]
     result = collect(cfg_at(out))
-    assert (result.skipped, result.collected) == (1, 5)
+    assert (result.skipped, result.collected) == (2, 4)
     assert_same_runs(reference, str(out))
 
 

@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-import zarr
 
 from lohp_cli.collect import collect
 from lohp_cli.comparison import frontier_section, paired_section
@@ -31,7 +30,7 @@ from lohp_cli.runtime import derive_seed
 from lohp_cli.tasks.fewshot import Episode
 from lohp_cli.tasks.layout import ParamLayout, flat_params
 from lohp_cli.train import train_policy
-from tests.conftest import evaluate_context, tiny_config
+from tests.conftest import evaluate_context, run_array, tiny_config
 
 EPISODES = 16  # source episodes, one Adam run each: enough for average-16
 SAMPLES = 2
@@ -65,9 +64,9 @@ def ctx(run: dict[str, Any], tmp_path: Path) -> EvalContext:
 
 def _endpoints(run: dict[str, Any], ctx: EvalContext) -> np.ndarray:
     """Every run's last recorded weights ``[R, P]`` in run-id order, read with plain zarr."""
-    runs = zarr.open_group(str(run["store"]), mode="r")["runs"]
     ids = sorted(ctx.task.store.task_ids())
-    return np.stack([runs[f"{t}-adam-s0"]["weights"][-1] for t in ids])
+    ends = [run_array(run["store"], f"{t}-adam-s0") for t in ids]
+    return np.stack([arr[row, -1] for arr, row in ends])
 
 
 # ---- the meta-learned start on the store ---------------------------------------------------------

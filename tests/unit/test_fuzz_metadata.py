@@ -69,13 +69,18 @@ def check(result: Result, mutation: Mutation, stage: str) -> bool:
 def sound_runs(store: Path) -> set[str]:
     """The runs whose own attributes still validate (what a stage may use)."""
     out = set()
-    for rid in sorted(p.name for p in (store / "runs").iterdir() if p.is_dir()):
+    for block in sorted(p for p in (store / "blocks").iterdir() if p.is_dir()):
         try:
-            attrs = json.loads((store / "runs" / rid / "zarr.json").read_text())["attributes"]
-            read_run_meta(rid, attrs, rid)
-        except (ValueError, KeyError, TypeError, StoreError):
+            doc = json.loads((block / "zarr.json").read_text())["attributes"]["block"]
+            rows = list(zip(doc["runs"], doc["attrs"], strict=True))
+        except (ValueError, KeyError, TypeError):
             continue
-        out.add(rid)
+        for rid, attrs in rows:
+            try:
+                read_run_meta(rid, attrs, rid)
+            except (ValueError, KeyError, TypeError, StoreError):
+                continue
+            out.add(rid)
     return out
 
 

@@ -224,6 +224,12 @@ ARTIFACT_OWNERS = (
     "lohp_cli.store.groups",
     "lohp_cli.store.run_index",
     "lohp_cli.store.writer",
+    "lohp_cli.store.blocks",
+    "lohp_cli.store.block_runs",
+    "lohp_cli.store.run_groups",
+    "lohp_cli.store.run_writing",
+    "lohp_cli.store.legacy",
+    "lohp_cli.store.migrate",
     "lohp_cli.store.generated",
 )
 POLICY_KEYS = {"train_config", "store_compat", "store_fingerprint", "store_optimizers",

@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-import zarr
 
 from lohp_cli.config import EvaluateConfig
 from lohp_cli.config.stages import MEMORIZATION_BASELINES
@@ -36,7 +35,7 @@ from lohp_cli.tasks.alignment import align_classes, min_cost_assignment
 from lohp_cli.tasks.classes import ClassTask
 from lohp_cli.tasks.layout import ParamLayout
 from lohp_cli.tasks.symmetry import ClassSymmetry
-from tests.conftest import evaluate_context, tiny_config, tiny_policy_run
+from tests.conftest import evaluate_context, run_array, tiny_config, tiny_policy_run
 
 SAMPLES = 2
 
@@ -114,9 +113,8 @@ def ctx(run: dict[str, Any]) -> EvalContext:
 
 def _endpoint(run: dict[str, Any], task_id: str, optimizer: str = "adam") -> np.ndarray:
     """The last recorded weights ``[P]`` of a run, read with plain zarr."""
-    return zarr.open_group(str(run["store"]), mode="r")["runs"][f"{task_id}-{optimizer}-s0"][
-        "weights"
-    ][-1]
+    arr, row = run_array(run["store"], f"{task_id}-{optimizer}-s0")
+    return arr[row, -1]
 
 
 def _rows(ctx: EvalContext) -> np.ndarray:

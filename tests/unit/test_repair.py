@@ -16,6 +16,7 @@ from lohp_cli.errors import StoreError
 from lohp_cli.store import TrajectoryStore
 from lohp_cli.store.summary import summarize_store
 from tests.cli.runner import invoke, plain
+from tests.conftest import block_of, edit_run_attrs
 from tests.unit.test_chunks import flip_byte
 from tests.unit.test_collect_lib import assert_same_runs, cfg_at, copy_of_reference, reference
 
@@ -56,31 +57,42 @@ def test_a_damaged_condition_is_rewritten(reference: str, copy_of_reference: str
     assert_same_runs(reference, copy_of_reference)
 
 
+def by_block(store: str) -> list[list[str]]:
+    """The store's runs, block by block (each block: one optimizer's runs, in row order)."""
+    s = TrajectoryStore.open(store)
+    out: dict[str, list[str]] = {}
+    for rid in s.run_ids():
+        out.setdefault(s.slot(rid)[0], []).append(rid)  # type: ignore[index]
+    return [out[b] for b in sorted(out)]
+
+
 def test_damaged_and_invalid_runs_are_redone(reference: str, copy_of_reference: str) -> None:
-    store = Path(copy_of_reference)
-    rids = TrajectoryStore.open(copy_of_reference).run_ids()
-    flip_byte(chunk(store / "runs" / rids[0] / "weights"))  # a damaged chunk
-    (store / "runs" / rids[1] / "zarr.json").write_text('{"zarr_format": 3, "no')  # torn
-    doc = json.loads((store / "runs" / rids[2] / "zarr.json").read_text())
-    doc["attributes"]["task_id"] = 5  # invalid
-    (store / "runs" / rids[2] / "zarr.json").write_text(json.dumps(doc))
+    """A damaged chunk names (and redoes) every run it holds; a torn block document every run
+    of the block; invalid attributes only their run, in its row, the others kept."""
+    first, second, third = by_block(copy_of_reference)
+    flip_byte(chunk(block_of(copy_of_reference, first[0])[0] / "weights"))  # a damaged chunk
+    (block_of(copy_of_reference, second[0])[0] / "zarr.json").write_text('{"zarr_format": 3, "n')
+    edit_run_attrs(copy_of_reference, third[0], lambda a: {**a, "task_id": 5})  # invalid
     assert not verified(copy_of_reference)
+    kept = TrajectoryStore.open(copy_of_reference).slot(third[1])
     result = collect(cfg_at(copy_of_reference, repair=True))
-    assert result.collected == 3 and result.repaired["runs"] == sorted(rids[:3])
+    redone = sorted([*first, *second, third[0]])
+    assert result.collected == 5 and result.repaired["runs"] == redone
     assert verified(copy_of_reference)
     assert_same_runs(reference, copy_of_reference)
+    assert TrajectoryStore.open(copy_of_reference).slot(third[1]) == kept
 
 
 def test_unreadable_group_metadata_is_rewritten(reference: str, copy_of_reference: str) -> None:
     store = Path(copy_of_reference)
-    (store / "runs" / "zarr.json").write_text("{garbage")
+    (store / "blocks" / "zarr.json").write_text("{garbage")
     (store / "tasks" / "zarr.json").write_text("[]")
-    with pytest.raises(StoreError, match="group 'runs' has unreadable metadata.*--repair"):
+    with pytest.raises(StoreError, match="group 'blocks' has unreadable metadata.*--repair"):
         collect(cfg_at(copy_of_reference))
     result = collect(cfg_at(copy_of_reference, repair=True))
-    assert result.collected == 0 and result.repaired["groups"] == ["runs", "tasks"]
+    assert result.collected == 0 and sorted(result.repaired["groups"]) == ["blocks", "tasks"]
     assert verified(copy_of_reference)
-    assert zarr.open_group(copy_of_reference)["runs"].attrs["index"]["count"] == 6
+    assert zarr.open_group(copy_of_reference)["blocks"].attrs["index"]["count"] == 3
     assert_same_runs(reference, copy_of_reference)
 
 
@@ -88,7 +100,7 @@ def test_a_run_damaged_after_the_index_was_written_is_redone(
     reference: str, copy_of_reference: str
 ) -> None:
     rid = TrajectoryStore.open(copy_of_reference).run_ids()[0]
-    (Path(copy_of_reference) / "runs" / rid / "zarr.json").write_text('{"zarr_format": 3, "no')
+    edit_run_attrs(copy_of_reference, rid, lambda a: {**a, "seed": 1})  # not its fingerprint
     assert TrajectoryStore.open(copy_of_reference).run_status(rid) == "complete"  # the index
     assert collect(cfg_at(copy_of_reference)).collected == 0  # trusted: nothing to do
     result = collect(cfg_at(copy_of_reference, repair=True))
@@ -128,10 +140,13 @@ def test_a_damaged_run_of_an_id_that_says_nothing_stops_the_repair_before_any_ch
 ) -> None:
     store = Path(copy_of_reference)
     rid = TrajectoryStore.open(copy_of_reference).run_ids()[0]
-    shutil.copytree(store / "runs" / rid, store / "runs" / "odd")  # fingerprint of another id
+    block, row = block_of(copy_of_reference, rid)
+    meta = json.loads((block / "zarr.json").read_text())
+    meta["attributes"]["block"]["runs"][row] = "odd"  # its fingerprint is of another id
+    (block / "zarr.json").write_text(json.dumps(meta))
     tid = TrajectoryStore.open(copy_of_reference).task_ids()[0]
     flip_byte(chunk(store / "tasks" / tid / "condition"))
     before = {p: p.read_bytes() for p in store.rglob("*") if p.is_file()}
-    with pytest.raises(StoreError, match="run odd is damaged .* delete runs/odd by hand"):
+    with pytest.raises(StoreError, match="run odd is damaged .* its id does not say"):
         collect(cfg_at(copy_of_reference, repair=True))
     assert {p: p.read_bytes() for p in store.rglob("*") if p.is_file()} == before

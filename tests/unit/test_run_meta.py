@@ -28,7 +28,9 @@ ADAM = [run_id(t, "adam", 0) for t in TASKS]
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("meta") / "lin.zarr"
-    make_linear_store(path, n_tasks=2, size=5, cond_dim=3, steps=4, optimizers=("sgd", "adam"))
+    make_linear_store(  # the layout of version 1 (test_blocks.py: the same checks on blocks)
+        path, n_tasks=2, size=5, cond_dim=3, steps=4, optimizers=("sgd", "adam"), schema_version=1
+    )
     TrajectoryStore.open(str(path), mode="r+").write_run_index()
     return path
 

@@ -20,7 +20,7 @@ from lohp_cli.store.sampler import (
     matched_indices,
     select_runs,
 )
-from tests.conftest import make_linear_store
+from tests.conftest import make_linear_store, run_array
 
 STEPS = 8  # T = 8 recorded steps: k in {1, 2, 4, 8}
 
@@ -230,7 +230,8 @@ def nan_store(tmp_path: Path) -> tuple[TrajectoryStore, str]:
     loc = str(tmp_path / "nan.zarr")
     make_linear_store(loc, n_tasks=2, size=4, steps=STEPS)
     bad = run_id("c1_2", "sgd", 0)
-    TrajectoryStore.open(loc, mode="r+").root["runs"][bad]["weights"][2, 1] = np.nan
+    arr, row = run_array(loc, bad, mode="r+")
+    arr[row, 2, 1] = np.nan
     return TrajectoryStore.open(loc), bad
 
 

@@ -1,4 +1,7 @@
-"""The Zarr v3 trajectory store: round trips, chunking, status, schema checks (lohp_cli/store/)."""
+"""The Zarr v3 trajectory store: round trips, chunking, status, schema checks (lohp_cli/store/).
+
+These tests run on stores of schema version 1 (a group per run), the layout lohp still reads;
+tests/unit/test_blocks.py has those of version 2 (runs in blocks), which ``collect`` writes."""
 
 from __future__ import annotations
 
@@ -21,7 +24,8 @@ from lohp_cli.store.schema import split_run_id
 
 COMPAT = {"family": {"name": "f"}, "model": {"name": "m"}, "steps": 6, "record_every": 1,
           "batch_size": 2, "seed": 0}  # fmt: skip
-ROOT_ATTRS = {"compat": COMPAT, "layout": [], "param_count": 5, "condition_dim": 3}
+ROOT_ATTRS = {"compat": COMPAT, "layout": [], "param_count": 5, "condition_dim": 3,
+              "schema_version": 1}  # fmt: skip
 
 
 def root_attrs(states: int = 7, size: int = 5) -> dict:
@@ -83,7 +87,7 @@ def test_create_writes_schema_and_attrs(tmp_path: Path) -> None:
     store = new_store(tmp_path)
     attrs = store.attrs
     assert attrs["schema"] == SCHEMA == "lohp.trajectories"
-    assert attrs["schema_version"] == SCHEMA_VERSION == 1
+    assert attrs["schema_version"] == 1 and SCHEMA_VERSION == 2
     assert attrs["init_complete"] is False
     assert attrs["compat"] == COMPAT and attrs["param_count"] == 5
     # A plain zarr reader sees the same thing.
@@ -183,12 +187,12 @@ def test_garbled_root_metadata(tmp_path: Path) -> None:
 
 def test_schema_version_from_the_future(tmp_path: Path) -> None:
     store = new_store(tmp_path)
-    store.update_attrs(schema_version=2)
+    store.update_attrs(schema_version=3)
     loc = str(tmp_path / "s.zarr")
-    msg = f"Store '{loc}' has schema_version 2; this lohp reads up to 1. Upgrade lohp"
+    msg = f"Store '{loc}' has schema_version 3; this lohp reads up to 2. Upgrade lohp"
     with pytest.raises(StoreError, match=msg):
         TrajectoryStore.open(loc)
-    with pytest.raises(StoreError, match="has schema_version 2"):
+    with pytest.raises(StoreError, match="has schema_version 3"):
         TrajectoryStore.create_or_open(loc, ROOT_ATTRS)
 
 
@@ -536,8 +540,8 @@ def test_memory_url_round_trip() -> None:
 def test_memory_url_future_schema() -> None:
     url = mem_url()
     store, _ = TrajectoryStore.create_or_open(url, ROOT_ATTRS)
-    store.update_attrs(schema_version=2)
-    with pytest.raises(StoreError, match="has schema_version 2; this lohp reads up to 1"):
+    store.update_attrs(schema_version=3)
+    with pytest.raises(StoreError, match="has schema_version 3; this lohp reads up to 2"):
         TrajectoryStore.open(url)
 
 

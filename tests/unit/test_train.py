@@ -24,7 +24,7 @@ from lohp_cli.objectives import Objective
 from lohp_cli.policy.artifact import build_model, load_policy, store_fingerprint
 from lohp_cli.store import TrajectoryStore, run_id
 from lohp_cli.train import train_policy
-from tests.conftest import make_linear_store
+from tests.conftest import make_linear_store, run_array
 
 MLP = {"backbone": "mlp", "hidden": 32, "emb_dim": 16}
 
@@ -519,17 +519,16 @@ def test_missing_store(tmp_path: Path) -> None:
 def test_store_of_a_newer_schema(small: str, tmp_path: Path) -> None:
     loc = tmp_path / "new.zarr"
     shutil.copytree(small, loc)
-    TrajectoryStore.open(str(loc), mode="r+").update_attrs(schema_version=2)
-    with pytest.raises(StoreError, match="schema_version 2"):
+    TrajectoryStore.open(str(loc), mode="r+").update_attrs(schema_version=3)
+    with pytest.raises(StoreError, match="schema_version 3"):
         train_policy(config(str(loc), tmp_path / "p"))
 
 
 def test_store_with_nan_weights(tmp_path: Path) -> None:
     loc = str(tmp_path / "nan.zarr")
     make_linear_store(loc, n_tasks=2, size=4, steps=4)
-    TrajectoryStore.open(loc, mode="r+").root["runs"][run_id("c0_1", "sgd", 0)]["weights"][1] = (
-        np.nan
-    )
+    arr, row = run_array(loc, run_id("c0_1", "sgd", 0), mode="r+")
+    arr[row, 1] = np.nan
     with pytest.raises(DataError, match="c0_1-sgd-s0"):
         train_policy(config(loc, tmp_path / "p"))
 
