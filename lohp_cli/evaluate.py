@@ -29,7 +29,7 @@ import torch
 
 import lohp_cli.diffusion  # noqa: F401 - registers the diffusion generator, which load_policy builds
 import lohp_cli.l2o.method  # noqa: F401 - registers the learned optimizers as methods
-from lohp_cli import locality
+from lohp_cli import locality, path_diagnosis
 from lohp_cli.artifacts.base import parse
 from lohp_cli.artifacts.generated import GeneratedMeta
 from lohp_cli.artifacts.policy import PolicyMeta
@@ -157,8 +157,9 @@ def _evaluate(cfg: EvaluateConfig, emit: Progress) -> dict[str, Any]:
     local = locality.check(
         ctx, model, cfg.locality_tasks, cfg.locality_source_tasks, cfg.locality_branches, others
     )
+    diagnosis = path_diagnosis.diagnose(ctx, model, cfg.path_diagnosis_tasks, gcfg.style)
     frontier = points if cfg.frontier_steps else None
-    report = build_report(cfg, ctx, gmeta, rows, cos, local, frontier, timing_run)
+    report = build_report(cfg, ctx, gmeta, rows, cos, local, frontier, timing_run, diagnosis)
     write_report(report, out, cfg.plots)
     return report
 

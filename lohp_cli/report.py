@@ -61,11 +61,13 @@ def build_report(
     local: dict[str, Any] | None = None,
     frontier: list[tuple[str, MethodResult]] | None = None,
     timing: TimingRun | None = None,
+    diagnosis: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """``report.json``: the run, one summary per method row, paired differences, timings, the
     cosine check; ``generated``: the generated store's attributes; ``frontier``: the optimizer
     rows ``(optimizer, row)`` of the accuracy-latency frontier (None: no frontier); ``timing``:
-    what the interleaved latency timing saw (:func:`lohp_cli.methods.base.time_methods`)."""
+    what the interleaved latency timing saw (:func:`lohp_cli.methods.base.time_methods`);
+    ``diagnosis``: the path diagnosis (:func:`lohp_cli.path_diagnosis.diagnose`; None: off)."""
     compat = ctx.meta.store_compat
     methods = [r.summary() for r in rows]
     return {
@@ -91,6 +93,7 @@ def build_report(
         ),
         "cosine": cosine_summary(cosine),
         "locality": local,
+        "path_diagnosis": diagnosis,
         "config": cfg.model_dump(mode="json"),
         "provenance": provenance(ctx.device),
     }
@@ -195,6 +198,7 @@ def markdown_report(r: dict[str, Any]) -> str:
     lines += frontier_lines(r.get("frontier"))
     lines += matched_lines(r.get("matched"))
     lines += locality_lines(r.get("locality"))
+    lines += path_diagnosis_lines(r.get("path_diagnosis"))
     return "\n".join(lines) + "\n"
 
 
@@ -273,4 +277,67 @@ def locality_lines(loc: dict[str, Any] | None) -> list[str]:
                     f"| {name} | {opt} | {split} | {s['tasks']} | {_iqr(w['policy_vs_mean'])} | "
                     f"{_iqr(w['policy_vs_run'])} | {_iqr(w['run_vs_run'])} |"
                 )
+    return lines
+
+
+def _med(s: dict[str, Any], i: int) -> str:
+    """The median of step ``i`` of a summary, or "–" (none, or past the summary's steps)."""
+    steps = s["per_step"]
+    v = steps[i]["median"] if i < len(steps) else None
+    return "–" if v is None else f"{v:.3g}"
+
+
+def _pair(d: dict[str, Any], i: int) -> str:
+    """``policy / reference`` medians of step ``i``."""
+    return f"{_med(d['policy'], i)} / {_med(d['reference'], i)}"
+
+
+def path_diagnosis_lines(d: dict[str, Any] | None) -> list[str]:
+    """The path diagnosis's tables: per step (medians over tasks, policy / reference) and per
+    layer (the policy's step norm over the reference's, and the distance from θ₀ at the end)."""
+    if not d:
+        return []
+    ref, kr, n = d["reference"], d["optimizer_steps_per_policy_step"], d["policy"]["N"]
+    near = d["nearest"]
+    lines = [
+        "",
+        "## Path diagnosis",
+        "",
+        f"Along the policy's own states (mean mode) and {ref}'s path ({kr} optimizer steps per "
+        f"policy step, the run of the `{ref}` rows) from {d['start']}, on {len(d['tasks'])} "
+        "held-out task(s): each cell is `policy / " + ref + "`, the median over tasks. Nearest: "
+        f"the Euclidean distance to the nearest recorded state of the store's {d['store_runs']} "
+        f"runs, at the same step (recorded state k·i) or at any of their {d['store_states']} "
+        "states, in weight space (‖θ − θ'‖₂) and in the policy's normalised space "
+        "(‖(θ − θ') / std‖₂). Support: loss and accuracy on the task's training set. "
+        "Interquartile ranges are in report.json (`path_diagnosis`).",
+        "",
+        "| i | optimizer steps | nearest, same step (weight) | nearest, any step (weight) | "
+        "nearest, same step (normalised) | support loss | support accuracy | ‖θ − θ₀‖ |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for i in range(n + 1):
+        cells = [
+            str(i), str(i * kr), _pair(near["weight"]["matched"], i),
+            _pair(near["weight"]["any"], i), _pair(near["normalized"]["matched"], i),
+            _pair(d["support_loss"], i), _pair(d["support_acc"], i),
+            _pair(d["distance_from_start"], i),
+        ]  # fmt: skip
+        lines.append(f"| {' | '.join(cells)} |")
+    lines += [
+        "",
+        f"Per layer: the norm of the policy's step i over {ref}'s step i (median [interquartile "
+        "range] over tasks and steps; at the first and the last step: medians over tasks), and "
+        f"the distance from θ₀ after the last step, `policy / {ref}`.",
+        "",
+        f"| layer | shape | step ratio | first step | last step | ‖θ − θ₀‖ at i = {n} |",
+        "|---|---|---|---|---|---|",
+    ]
+    for layer in d["layers"]:
+        r = layer["step_ratio"]
+        cells = [
+            layer["name"], "×".join(map(str, layer["shape"])), _iqr(r), _med(r, 0),
+            _med(r, n - 1), _pair(layer["distance_from_start"], n),
+        ]  # fmt: skip
+        lines.append(f"| {' | '.join(cells)} |")
     return lines

@@ -1,5 +1,6 @@
 """The evaluation report's plots (PNG, matplotlib on the Agg backend): accuracy against latency,
-the recorded-step cosine, the local-policy check, the accuracy-latency frontier and the k study;
+the recorded-step cosine, the local-policy check, the path diagnosis, the accuracy-latency frontier
+and the k study;
 read from a ``report.json`` dict (docs/report.md)."""
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from lohp_cli.timing import LATENCY_LABEL
 
 
 def write_plots(r: dict[str, Any], out: Path) -> None:
-    """accuracy_vs_latency.png, cosine_hist.png, locality.png, frontier.png and (with ≥ 2 Lo-Hp
-    policies) k_study.png."""
+    """accuracy_vs_latency.png, cosine_hist.png, locality.png, path_diagnosis.png, frontier.png
+    and (with ≥ 2 Lo-Hp policies) k_study.png."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -40,6 +41,8 @@ def write_plots(r: dict[str, Any], out: Path) -> None:
         plt.close(fig)
     if r.get("locality"):
         locality_plot(r["locality"], out)
+    if r.get("path_diagnosis"):
+        path_diagnosis_plot(r["path_diagnosis"], out)
     if (r.get("frontier") or {}).get("points"):
         frontier_plot(r["frontier"], r["device"], out)
     ks = k_study(r)
@@ -87,6 +90,62 @@ def locality_plot(loc: dict[str, Any], out: Path) -> None:
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "locality.png", dpi=120)
+    plt.close(fig)
+
+
+def _band(ax: Any, s: dict[str, Any], style: str, color: str, label: str) -> None:
+    """A summary's per-step medians as a line, its interquartile range as a band."""
+    steps = s["per_step"]
+    x = list(range(len(steps)))
+    ax.plot(x, [p["median"] for p in steps], style, color=color, label=label)
+    lo, hi = [p["q1"] for p in steps], [p["q3"] for p in steps]
+    if style == "-" and all(v is not None for v in [*lo, *hi]):
+        ax.fill_between(x, lo, hi, color=color, alpha=0.2)
+
+
+def path_diagnosis_plot(d: dict[str, Any], out: Path) -> None:
+    """path_diagnosis.png: per policy step, the policy's path against the reference optimizer's:
+    the distance to the nearest recorded state of the store (weight space), the support loss,
+    and per layer the step-norm ratio and the distance from θ₀ (medians over tasks)."""
+    import matplotlib.pyplot as plt
+
+    ref = d["reference"]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    ax = axes[0][0]
+    for c, name in enumerate(("policy", "reference")):
+        who = "policy" if name == "policy" else ref
+        _band(ax, d["nearest"]["weight"]["matched"][name], "-", f"C{c}", f"{who}: same step")
+        _band(ax, d["nearest"]["weight"]["any"][name], ":", f"C{c}", f"{who}: any step")
+    ax.set_ylabel("to the nearest recorded state (weight L2)")
+    ax.set_title("how far from the store's recorded states")
+    ax = axes[0][1]
+    for c, name in enumerate(("policy", "reference")):
+        _band(ax, d["support_loss"][name], "-", f"C{c}", "policy" if name == "policy" else ref)
+    ax.set_yscale("log")
+    ax.set_ylabel("support-set loss (log)")
+    ax.set_title("task loss on the support set")
+    ax = axes[1][0]
+    for c, layer in enumerate(d["layers"]):
+        steps = layer["step_ratio"]["per_step"]
+        y = [p["median"] for p in steps]
+        ax.plot(range(len(y)), y, "-", color=f"C{c % 10}", label=layer["name"])
+    ax.axhline(1, color="grey", lw=0.5)
+    ax.set_yscale("log")
+    ax.set_ylabel(f"‖policy step‖ / ‖{ref} step‖ (log)")
+    ax.set_title("per layer: the policy's step against the optimizer's")
+    ax = axes[1][1]
+    for c, layer in enumerate(d["layers"]):
+        for name, style in (("policy", "-"), ("reference", "--")):
+            y = [p["median"] for p in layer["distance_from_start"][name]["per_step"]]
+            label = layer["name"] if name == "policy" else None
+            ax.plot(range(len(y)), y, style, color=f"C{c % 10}", label=label)
+    ax.set_ylabel("‖θ − θ₀‖ per layer")
+    ax.set_title(f"per layer: distance from θ₀ (solid: policy, dashed: {ref})")
+    for ax in axes.ravel():
+        ax.set_xlabel("policy step i")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(out / "path_diagnosis.png", dpi=120)
     plt.close(fig)
 
 

@@ -160,6 +160,14 @@ class EvaluateConfig(Frozen):
     locality_branches: int = Field(
         4, ge=2, description="Minibatch seeds per state: the seed-averaged step and the ceiling."
     )
+    path_diagnosis_tasks: int = Field(
+        0,
+        ge=0,
+        description="Held-out tasks of the path diagnosis (0: off): along the policy's states and "
+        "the reference optimizer's path, per step the distance to the nearest recorded state of "
+        "the store, the support loss and accuracy, and per layer the step norms against the "
+        "optimizer's (docs/report.md).",
+    )
     latency_budget_s: float = Field(
         300.0,
         gt=0,
