@@ -237,12 +237,15 @@ def write_checkpoint(
     opt: torch.optim.Optimizer,
     trainer: dict[str, Any],
     config: dict[str, Any],
+    weights: bool = True,
 ) -> None:
     """A training checkpoint of a policy directory: ``state/`` (:func:`save_state`), then the
-    policy's ``model.safetensors`` and ``config.json``, each written atomically."""
+    policy's ``model.safetensors`` (unless not ``weights``: a validated run keeps its best
+    there) and ``config.json``, each written atomically."""
     sd = dict(model.state_dict())
     save_state(out, sd, opt, trainer)
-    atomic_save_tensors(out / "model.safetensors", sd)
+    if weights:
+        atomic_save_tensors(out / "model.safetensors", sd)
     atomic_write_json(out / "config.json", config)
 
 
@@ -259,3 +262,27 @@ def truncate_metrics(path: Path, step: int) -> None:
         except (json.JSONDecodeError, AttributeError):
             continue  # a line cut short by a crash, or damaged
     atomic_write_bytes(path, ("\n".join(keep) + "\n" if keep else "").encode())
+
+
+def append_metrics(path: Path, line: dict[str, Any]) -> None:
+    """Append one JSON line to a policy's metrics.jsonl."""
+    with open(path, "a") as fh:
+        fh.write(json.dumps(line) + "\n")
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The readable lines of a metrics.jsonl, in order (a damaged line is skipped; none when
+    the file is missing)."""
+    try:
+        text = path.read_bytes().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return []
+    lines = []
+    for raw in text.splitlines():
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict):
+            lines.append(value)
+    return lines

@@ -17,6 +17,7 @@ import lohp_cli.l2o  # noqa: F401 - registers the learned-optimizer methods
 from lohp_cli import trainers
 from lohp_cli.config import TrainConfig
 from lohp_cli.errors import ConfigError
+from lohp_cli.metric_log import metric_log
 from lohp_cli.runtime import stage_threads
 
 if TYPE_CHECKING:
@@ -33,5 +34,17 @@ def train_policy(cfg: TrainConfig, progress: Progress | None = None) -> TrainRes
             f"Unknown method {cfg.method!r}; choose from {', '.join(trainers.method_names())}."
         )
     emit = progress or (lambda _e: None)
-    with stage_threads(cfg.threads, emit):
-        return spec.fit_function()(cfg, progress)
+    sink = metric_log(cfg.log, cfg.out)  # before any work: a missing extra is a ConfigError
+    if sink is None:
+        with stage_threads(cfg.threads, emit):
+            return spec.fit_function()(cfg, progress)
+
+    def both(e: dict[str, Any]) -> None:
+        sink(e)
+        emit(e)
+
+    try:
+        with stage_threads(cfg.threads, emit):
+            return spec.fit_function()(cfg, both)
+    finally:
+        sink.close()

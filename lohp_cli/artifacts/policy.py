@@ -29,6 +29,8 @@ class PolicyHeader(ArtifactModel):
     trained_steps: int = 0
     complete: bool = False
     provenance: dict[str, Any] = Field(default_factory=dict)
+    # train-policy --val-tasks: held-out tasks, metric, best step and score, stop reason
+    validation: dict[str, Any] | None = None
 
     @property
     def optimizers(self) -> list[str] | None:

@@ -64,6 +64,44 @@ def train_policy_cmd(
         str | None, typer.Option(help="Learn only from these optimizers' runs (comma list).")
     ] = None,
     max_minutes: Annotated[float | None, typer.Option(help="Stop (resumable) after this.")] = None,
+    val_tasks: Annotated[
+        int | None,
+        typer.Option(
+            help=with_default(
+                "Hold out N of the store's tasks (from the seed) as a validation split; keep "
+                "the best policy (0: off).",
+                0,
+            )
+        ),
+    ] = None,
+    val_every: Annotated[
+        int | None,
+        typer.Option(help="Steps between validations (default: the checkpoint interval)."),
+    ] = None,
+    val_metric: Annotated[
+        str | None,
+        typer.Option(
+            help=with_default(
+                "What picks the best policy: accuracy (held-out tasks' test accuracy), loss "
+                "(the objective on held-out runs), auto (accuracy where the tasks rebuild).",
+                "auto",
+            )
+        ),
+    ] = None,
+    patience: Annotated[
+        int | None,
+        typer.Option(help="Stop after P validations without improvement (default: never)."),
+    ] = None,
+    log: Annotated[
+        str | None,
+        typer.Option(
+            "--log",
+            help=with_default(
+                "tensorboard: also write the scalars to POLICY/tensorboard/ (lohp[tensorboard]).",
+                "jsonl",
+            ),
+        ),
+    ] = None,
     seed: SeedOpt = None,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace a policy trained on another store.")
@@ -90,6 +128,11 @@ def train_policy_cmd(
         "lr": lr,
         "optimizers": split_list(optimizers),
         "max_minutes": max_minutes,
+        "val_tasks": val_tasks,
+        "val_every": val_every,
+        "val_metric": val_metric,
+        "patience": patience,
+        "log": log,
         "seed": seed,
         "device": device,
         "threads": threads,
@@ -151,6 +194,16 @@ def _progress() -> Callable[[Event], None]:
             if not bar.active:  # a fit that sent no start event
                 bar.start("train-policy", e["steps"])
             bar.update(completed=e["step"], info=terms)
+        elif kind == "validation":
+            scores = " ".join(f"{k}={e[k]:.4g}" for k in ("val_loss", "val_acc") if k in e)
+            mark = "new best" if e["best"] else f"best step {e['best_step']}"
+            bar.log(f"step {e['step']}/{e['steps']} validation: {scores} ({mark})")
+        elif kind == "patience":
+            bar.stop()
+            bar.log(
+                f"no improvement in {e['patience']} validation(s): stopped at step {e['step']}; "
+                f"the policy is the best, step {e['best_step']} ({e['best_score']:.4g})"
+            )
         elif kind == "timeout":
             bar.stop()
             bar.log(f"--max-minutes reached at step {e['step']}; re-run to continue")

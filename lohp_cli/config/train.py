@@ -165,6 +165,12 @@ class TrainConfig(Frozen):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:i.")
     threads: int | None = Field(None, ge=1, description=THREADS_HELP)
     overwrite: bool = Field(False, description="Replace a policy made from another store.")
+    log: Literal["jsonl", "tensorboard"] = Field(
+        "jsonl",
+        description="Where the scalars go besides metrics.jsonl: jsonl, nowhere else; "
+        "tensorboard, also TensorBoard event files in POLICY/tensorboard/ (the extra "
+        "lohp[tensorboard]).",
+    )
 
     def __init__(self, **data: Any) -> None:
         if type(self) is TrainConfig:
@@ -283,6 +289,28 @@ class LoHpTrainConfig(TrainConfig):
     cache_mb: float = Field(32.0, ge=0, description="Cache of decoded runs, in MB.")
     policy: PolicyConfig = Field(default_factory=PolicyConfig, description="Policy architecture.")
     loss: LossConfig = Field(default_factory=LossConfig, description="Loss settings.")
+    val_tasks: int = Field(
+        0,
+        ge=0,
+        description="Hold out this many of the store's tasks (chosen from the seed) as a "
+        "validation split: none of their runs is trained on or enters the normalisation; 0: "
+        "no validation (docs/policy.md).",
+    )
+    val_every: int | None = Field(
+        None, ge=1, description="Steps between validations (default: checkpoint_every)."
+    )
+    val_metric: Literal["auto", "accuracy", "loss"] = Field(
+        "auto",
+        description="What chooses the best policy: accuracy, the held-out tasks' test accuracy "
+        "of the weights generated for them (stores whose tasks can be rebuilt); loss, the "
+        "objective's loss on the held-out runs; auto: accuracy where available, else loss.",
+    )
+    patience: int | None = Field(
+        None,
+        ge=1,
+        description="Stop after this many validations without improvement (None: train all "
+        "the steps); needs val_tasks.",
+    )
 
     @model_validator(mode="after")
     def _some_loss_term(self) -> LoHpTrainConfig:
@@ -294,6 +322,19 @@ class LoHpTrainConfig(TrainConfig):
                 f"method {self.method} with loss.w_off={lc.w_off} and loss.w_on={lc.w_on} has no "
                 "loss term; give one of them a positive weight"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _validation_settings(self) -> LoHpTrainConfig:
+        if self.val_tasks == 0:
+            given = [k for k in ("val_every", "patience") if getattr(self, k) is not None]
+            if self.val_metric != "auto":
+                given.append("val_metric")
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} need(s) a validation split; set val_tasks "
+                    "(--val-tasks N) too"
+                )
         return self
 
     @field_validator("optimizers")

@@ -25,7 +25,7 @@ from lohp_cli.artifacts.policy import (
     read_policy_header,
     read_policy_meta,
 )
-from lohp_cli.checkpoint import load_tensors, read_json, state_dir
+from lohp_cli.checkpoint import append_metrics, load_tensors, read_json, state_dir
 from lohp_cli.config import OPTIMIZERS, LoHpTrainConfig, TrainConfig, stored_train_config
 from lohp_cli.errors import CompatibilityError, ConfigError
 from lohp_cli.policy.gaussian import HyperNetwork, LoHpPolicy
@@ -44,6 +44,8 @@ OWN_FILES = {
     "state",
     "state.old",
     "state.tmp",
+    "curves.png",
+    "tensorboard",
 }
 
 
@@ -58,6 +60,10 @@ RESUMABLE_KEYS = {
     "cache_mb",
     "store",
     "threads",  # the intra-op threads change the speed (and the last bits), not what is learned
+    "log",  # where the scalars also go
+    # a stop rule, like steps: a run stopped by patience goes on when it is raised (val_tasks,
+    # val_metric and val_every change which policy is kept, so they are not resumable)
+    "patience",
 }
 
 
@@ -146,11 +152,12 @@ def check_out_dir(out: Path, cfg: TrainConfig, fingerprint: dict[str, Any]) -> b
             f"'{out}' holds a policy trained on {why}; pass --overwrite to replace it or choose "
             "another --out."
         )
-    for name in ("model.safetensors", "normalization.safetensors", "config.json", "metrics.jsonl"):
+    for name in ("model.safetensors", "normalization.safetensors", "config.json", "metrics.jsonl",
+                 "curves.png"):  # fmt: skip
         (out / name).unlink(missing_ok=True)
     import shutil
 
-    for name in ("state", "state.old", "state.tmp"):
+    for name in ("state", "state.old", "state.tmp", "tensorboard"):
         shutil.rmtree(out / name, ignore_errors=True)
     return False
 
@@ -166,9 +173,11 @@ def policy_config_json(
     step: int,
     complete: bool,
     k: int | None = None,
+    validation: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The policy's config.json (a validated :class:`PolicyMeta`, as JSON); ``k``: the matching
-    factor of a method whose config has none (default ``cfg.k``)."""
+    factor of a method whose config has none (default ``cfg.k``); ``validation``: the held-out
+    split and the best policy so far (:meth:`lohp_cli.policy.validation.Validator.record`)."""
     a = store.meta
     return new_policy_meta(
         method=cfg.method,
@@ -188,6 +197,7 @@ def policy_config_json(
         trained_steps=step,
         complete=complete,
         provenance=provenance(device),
+        **({} if validation is None else {"validation": validation}),
     ).to_json()
 
 
@@ -211,8 +221,7 @@ def end_of_step(
     if writer and (step % cfg.log_every == 0 or step == cfg.steps):
         values = {k: float(v) if isinstance(v, torch.Tensor) else v for k, v in terms.items()}
         line = {"step": step, **values, "time_s": round(time.perf_counter() - t_start, 3)}
-        with open(out / "metrics.jsonl", "a") as fh:
-            fh.write(json.dumps(line) + "\n")
+        append_metrics(out / "metrics.jsonl", line)
         emit({"event": "log", **line, "steps": cfg.steps})
     timed_out = deadline is not None and time.perf_counter() > deadline
     if writer and (step % cfg.checkpoint_every == 0 or step == cfg.steps or timed_out):

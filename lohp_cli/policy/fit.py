@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lohp_cli.artifacts.policy import read_policy_meta
 from lohp_cli.checkpoint import (
     atomic_save_tensors,
     atomic_write_json,
@@ -41,6 +42,7 @@ from lohp_cli.policy.artifact import (
 from lohp_cli.policy.context import store_task_context, support_probe_bank
 from lohp_cli.policy.gaussian import LoHpPolicy
 from lohp_cli.policy.state import ProbeBank
+from lohp_cli.policy.validation import Validator, split_runs, stop_reason, write_curves
 from lohp_cli.runtime import derive_seed, resolve_device
 from lohp_cli.store.sampler import (
     NormStats,
@@ -121,7 +123,8 @@ def train_policy(cfg: TrainConfig, progress: Progress | None = None) -> TrainRes
     n_steps = len(matched_indices(states, cfg.k)) - 1
     if cfg.window is not None and cfg.window > n_steps:
         raise ConfigError(f"window={cfg.window} exceeds N={n_steps} policy steps (T/k).")
-    runs = select_runs(store, cfg.optimizers)
+    split = split_runs(select_runs(store, cfg.optimizers), cfg.val_tasks, cfg.seed)
+    runs = split.train  # the held-out tasks' runs enter neither training nor the statistics
     fingerprint = store_fingerprint(store)
     out = Path(cfg.out)
     resume = check_out_dir(out, cfg, fingerprint) if rank == 0 else True
@@ -146,25 +149,35 @@ def train_policy(cfg: TrainConfig, progress: Progress | None = None) -> TrainRes
         if rank == 0:
             atomic_save_tensors(norm_path, stats.to_tensors())
             # config.json first, so that a crash never leaves a directory that cannot be checked
+            held = {"tasks": split.tasks} if cfg.val_tasks else None
             atomic_write_json(
                 out / "config.json",
-                policy_config_json(
-                    cfg, store, fingerprint, n_steps, states - 1, device, len(runs), 0, False
-                ),
-            )
+                policy_config_json(cfg, store, fingerprint, n_steps, states - 1, device,
+                                   len(runs), 0, False, validation=held),
+            )  # fmt: skip
     layout = ParamLayout.from_json(meta.layout)  # the backbone builder sees the target's layers
     model = build_model(cfg, size, cond_dim, n_steps, stats, ways, layout).to(device)
     bank = None
     if getattr(model, "needs_probe", False):
         emit({"event": "info", "message": "state input: loading the source tasks' support sets"})
-        bank = _store_probe_bank(cfg, store, runs, stats, device)
+        bank = _store_probe_bank(cfg, store, runs + split.val, stats, device)
     objective = Objective(model, cfg, n_steps, meta.compat.shared_init)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
+    def config_json(step: int, complete: bool, validation: dict[str, Any] | None = None) -> Any:
+        return policy_config_json(cfg, store, fingerprint, n_steps, states - 1, device,
+                                  len(runs), step, complete, validation=validation)  # fmt: skip
+
+    val = None
+    if cfg.val_tasks:
+        meta_now = read_policy_meta(config_json(0, False), out)
+        val = Validator(cfg, split, store, objective, stats, meta_now, device, bank, amp, emit)
     start = 0
     trainer = load_state(out, model, opt) if resume else None
     if trainer is not None:
         start = int(trainer["step"])
+        if val is not None:
+            val.load(trainer.get("validation"), f"Policy '{out}' state/")
         emit({"event": "resume", "step": start})
     if rank == 0:
         truncate_metrics(out / "metrics.jsonl", start)
@@ -183,10 +196,23 @@ def train_policy(cfg: TrainConfig, progress: Progress | None = None) -> TrainRes
     sampler = TrajectorySampler(store, runs, cfg.k, stats, cfg.cache_mb, sym)
 
     def write_policy(step: int, complete: bool) -> None:
-        config = policy_config_json(
-            cfg, store, fingerprint, n_steps, states - 1, device, len(runs), step, complete
-        )
-        write_checkpoint(out, model, opt, {"step": step}, config)
+        if val is None:
+            write_checkpoint(out, model, opt, {"step": step}, config_json(step, complete))
+            return
+        complete = complete or val.stopped
+        reason = stop_reason(step, cfg.steps, val.stopped, deadline)
+        config = config_json(step, complete, val.record(step, reason))
+        trainer = {"step": step, "validation": val.state()}
+        # model.safetensors holds the best policy once there is one (written by publish_best)
+        write_checkpoint(out, model, opt, trainer, config, val.stopping.best_step is None)
+        written.append(step)
+
+    def publish_best(step: int) -> None:
+        """The new best policy into model.safetensors (atomic), config.json saying so."""
+        atomic_save_tensors(out / "model.safetensors", dict(model.state_dict()))
+        atomic_write_json(out / "config.json", config_json(step, False, val.record(step, None)))
+
+    written: list[int] = []
 
     emit(
         {
@@ -201,7 +227,8 @@ def train_policy(cfg: TrainConfig, progress: Progress | None = None) -> TrainRes
     deadline = None if cfg.max_minutes is None else t_start + 60 * cfg.max_minutes
     step, last_loss = start, None
     model.train()
-    while step < cfg.steps:
+    stop = val is not None and val.stopped  # a run stopped by patience stays stopped
+    while step < cfg.steps and not stop:
         gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "step", rank, step))
         batch = sampler.batch(cfg.batch_size, gen).to(device)
         objective.gen = gen
@@ -217,15 +244,33 @@ def train_policy(cfg: TrainConfig, progress: Progress | None = None) -> TrainRes
         step += 1
         last_loss = float(loss.detach())
         terms_now = {**terms, "grad_norm": gnorm}
+        if val is not None and val.due(step):
+            if val.validate(step, out, t_start, rank == 0) and rank == 0:
+                publish_best(step)
+            stop = _agreed(val.stopped, world)
         if end_of_step(step, cfg, out, terms_now, t_start, deadline, emit, write_policy, rank == 0):
             break
+    if rank == 0 and val is not None and stop and written[-1:] != [step]:
+        write_policy(step, True)  # stopped by patience between checkpoints
     if rank == 0 and step == start:  # nothing to do (already complete): keep the files as they are
         if not (out / "model.safetensors").exists():
             write_policy(step, step >= cfg.steps)
+    if rank == 0 and val is not None:
+        write_curves(out)
     if world > 1:
         import torch.distributed as dist
 
         dist.barrier()
-    return TrainResult(
-        str(out), step, step >= cfg.steps, last_loss, round(time.perf_counter() - t_start, 3)
-    )
+    done = step >= cfg.steps or stop
+    return TrainResult(str(out), step, done, last_loss, round(time.perf_counter() - t_start, 3))
+
+
+def _agreed(flag: bool, world: int) -> bool:
+    """Rank 0's ``flag`` on every rank (under torchrun), so that all stop at the same step."""
+    if world == 1:
+        return flag
+    import torch.distributed as dist
+
+    box = [flag]
+    dist.broadcast_object_list(box, src=0)
+    return bool(box[0])

@@ -57,6 +57,13 @@ def summarize_policy(path: str, verify: bool = False) -> dict[str, Any]:
             store_location=meta.store_location, family=meta.store_compat.family.name,
             model=meta.store_compat.model.name,
         )  # fmt: skip
+    v = header.validation
+    if v:  # train-policy --val-tasks: the held-out split and the best policy kept
+        s.update(
+            val_tasks=v.get("tasks"), val_metric=v.get("metric"), best_step=v.get("best_step"),
+            best_score=v.get("best_score"), best_scores=v.get("best_scores"),
+            stop_reason=v.get("stop_reason"),
+        )  # fmt: skip
     last = last_metrics(out / "metrics.jsonl")
     s["last_metrics"] = last
     s["files"] = sorted(p.name for p in out.iterdir())

@@ -270,13 +270,17 @@ class TrajectorySampler:
         With a class symmetry, each drawn run gets its classes reordered by a random permutation.
         """
         pick = torch.randint(0, len(self.runs), (size,), generator=gen).tolist()
-        refs = [self.runs[i] for i in pick]
+        return self.take([self.runs[i] for i in pick], gen)
+
+    def take(self, refs: list[RunRef], gen: torch.Generator | None = None) -> Batch:
+        """A batch of the runs ``refs``, in that order; with a class symmetry and ``gen``, each
+        run's classes reordered at random (without ``gen``: as recorded, e.g. validation)."""
         items = [self.run(r) for r in refs]
-        x = torch.stack([x for x, _ in items])
-        cond = torch.stack([c for _, c in items])
+        x = torch.stack([x for x, _ in items])  # [B, N+1, P]
+        cond = torch.stack([c for _, c in items])  # [B, D]
         perms = None
-        if self.sym is not None:
-            perms = self.sym.random_perms(size, gen)
+        if self.sym is not None and gen is not None:
+            perms = self.sym.random_perms(len(refs), gen)
             x, cond = self.sym.permute(x, cond, perms)
         return Batch(
             x,
