@@ -76,22 +76,31 @@ def split_runs(runs: list[RunRef], n: int, seed: int) -> Split:
 class EarlyStopping:
     """The best score so far and how many validations since have not improved on it.
 
-    ``higher_better``: accuracy (True) or loss (False); an improvement is strictly better than
-    the best (a tie keeps the earlier step)."""
+    ``higher_better``: accuracy (True) or loss (False). An improvement is a strictly better
+    score, or the same score with a strictly lower ``tiebreak`` (accuracy over a few held-out
+    tasks moves in coarse steps: the held-out loss then decides); anything else keeps the
+    earlier step."""
 
     higher_better: bool
     best_score: float | None = None
     best_step: int | None = None
+    best_tiebreak: float | None = None
     bad: int = 0  # validations since the best
     count: int = 0  # validations so far
 
-    def update(self, step: int, score: float) -> bool:
-        """Record the score of step ``step``; True when it is the new best."""
+    def update(self, step: int, score: float, tiebreak: float | None = None) -> bool:
+        """Record the score (and tiebreak, lower is better) of step ``step``; True when it is
+        the new best."""
         self.count += 1
-        best = self.best_score
-        better = best is None or (score > best if self.higher_better else score < best)
+        best, low = self.best_score, self.best_tiebreak
+        better = (
+            best is None
+            or (score > best if self.higher_better else score < best)
+            or (score == best and tiebreak is not None and low is not None and tiebreak < low)
+        )
         if better:
             self.best_score, self.best_step, self.bad = score, step, 0
+            self.best_tiebreak = tiebreak
         else:
             self.bad += 1
         return better
@@ -221,10 +230,11 @@ class Validator:
                 scores["val_acc"] = self.accuracy()
         finally:
             self.model.train(was_training)
-        score = scores["val_acc" if self.metric == "accuracy" else "val_loss"]
+        by_acc = self.metric == "accuracy"
+        score = scores["val_acc" if by_acc else "val_loss"]
         if score != score:  # NaN never improves: it would stop nothing and keep a broken policy
             score = float("-inf") if self.stopping.higher_better else float("inf")
-        improved = self.stopping.update(step, score)
+        improved = self.stopping.update(step, score, scores["val_loss"] if by_acc else None)
         if improved:
             self.last = scores
         line = {"step": step, **scores, "best": improved,

@@ -276,3 +276,71 @@ def test_future_policy_format_exit_4(store: Path, tmp_path: Path) -> None:
     meta = json.loads((out / "config.json").read_text())
     (out / "config.json").write_text(json.dumps({**meta, "format": 9}))
     assert_error(train(store, out, "--steps", 2), 4, ("format 9",))
+
+
+# ---- validation: --val-tasks, --patience, --log -------------------------------------------------
+def test_dry_run_validation_flags(tmp_path: Path) -> None:
+    data = dry_run("--val-tasks", 2, "--val-every", 5, "--val-metric", "loss", "--patience", 3,
+                   "--log", "tensorboard")  # fmt: skip
+    assert (data["val_tasks"], data["val_every"], data["val_metric"]) == (2, 5, "loss")
+    assert (data["patience"], data["log"]) == (3, "tensorboard")
+    off = dry_run()
+    assert (off["val_tasks"], off["patience"], off["log"]) == (0, None, "jsonl")
+
+
+def test_validation_events_are_shown(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    def fake(cfg: TrainConfig, progress: Any = None) -> TrainResult:
+        progress({"event": "validation", "step": 10, "steps": 40, "val_loss": 1.5,
+                  "val_acc": 0.75, "best": False, "best_step": 5, "metric": "accuracy"})
+        progress({"event": "patience", "step": 10, "patience": 1, "best_step": 5,
+                  "best_score": 0.8})  # fmt: skip
+        return TrainResult(str(tmp_path / "p"), 10, True, 0.25, 0.1)
+
+    import lohp_cli.train
+
+    monkeypatch.setattr(lohp_cli.train, "train_policy", fake)
+    err = flat(ok(invoke("train-policy", "--val-tasks", 1, "--patience", 1)).stderr)
+    assert "step 10/40 validation: val_loss=1.5 val_acc=0.75 (best step 5)" in err
+    assert "stopped at step 10; the policy is the best, step 5 (0.8)" in err
+
+
+def test_val_tasks_and_patience_stop_a_real_run(store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "p"
+    result = ok(train(store, out, "--steps", 6, "--val-tasks", 1, "--patience", 1,
+                      "--set", "checkpoint_every=1", "--lr", 0.05))  # fmt: skip
+    err = flat(result.stderr)
+    assert "validation: val_loss=" in err
+    v = json.loads((out / "config.json").read_text())["validation"]
+    assert len(v["tasks"]) == 1 and v["metric"] == "loss"  # synthetic tasks: no accuracy
+    # lr 0.05 overshoots on this store: the held-out loss rises at step 4 and patience 1 stops
+    assert (v["stop_reason"], v["best_step"], v["last_step"]) == ("patience", 3, 4)
+    assert "no improvement in 1 validation(s): stopped at step 4" in err
+    shown = flat(ok(invoke("inspect", out)).stdout)
+    assert "best_step" in shown and "stop_reason" in shown
+
+
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        (("--val-tasks", 2), ("val_tasks=2", "--val-tasks")),  # the store has 2 tasks
+        (("--patience", 2), ("patience", "val_tasks")),
+        (("--val-tasks", 1, "--val-metric", "best"), ("val_metric", "best")),
+    ],
+)
+def test_bad_validation_settings_exit_2(store: Path, tmp_path: Path, args, names) -> None:
+    assert_error(train(store, tmp_path / "p", "--steps", 2, *args), 2, names)
+
+
+def test_validation_is_refused_for_other_methods(tmp_path: Path) -> None:
+    result = invoke("train-policy", "--dry-run", "--method", "diffusion", "--val-tasks", 1)
+    assert_error(result, 2, ("val_tasks", "diffusion"))
+
+
+def test_log_tensorboard_without_the_extra_exit_2(
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    line = assert_error(train(store, tmp_path / "p", "--steps", 1, "--log", "tensorboard"), 2)
+    assert "lohp[tensorboard]" in line

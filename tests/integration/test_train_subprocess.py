@@ -144,3 +144,18 @@ def test_torchrun_two_processes(store: Path, tmp_path: Path) -> None:
         s0 = torch.randn(2, meta.param_count)
         traj = model.rollout(s0, 0, torch.zeros(2, meta.condition_dim))
     assert traj.shape == (2, meta.N + 1, meta.param_count) and torch.isfinite(traj).all()
+
+
+@pytest.mark.slow
+def test_torchrun_validation_stops_every_rank(store: Path, tmp_path: Path) -> None:
+    """Rank 0's patience decision reaches rank 1: both stop at the same step (no hang)."""
+    out = tmp_path / "ddp"
+    cmd = [*torchrun(), "--standalone", "--nproc-per-node", "2", "-m", "lohp_cli", "train-policy",
+           "--store", str(store), "--out", str(out), "--steps", "40", *map(str, POLICY),
+           "--val-tasks", "2", "--patience", "1", "--lr", "0.05", "--set", "checkpoint_every=1"]  # fmt: skip
+    proc = ok(run(cmd, timeout=300))
+    v = json.loads((out / "config.json").read_text())["validation"]
+    assert v["stop_reason"] == "patience" and v["last_step"] < 40
+    assert proc.stdout.splitlines() == [str(out)]
+    val = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in val if "val_loss" in m] == list(range(1, v["last_step"] + 1))

@@ -243,6 +243,10 @@ RESUME_CASES = {
     "lo-hp-unet": {"policy": {"backbone": "unet", "channels": (8, 16), "patch": 4}},
     "lo-di": {"method": "lo-di"},
     "hypernetwork": {"method": "hypernetwork"},
+    # a validation split: the best score, step and bad count resume from trainer.json (a run
+    # cut by a crash: tests/unit/test_validation.py; here the first part's last step, 3, is
+    # validated as the end of a run, so val_every = 3 for the same validations as the whole)
+    "lo-hp-val": {"val_tasks": 1, "val_every": 3, "patience": 5},
 }
 
 
@@ -262,9 +266,17 @@ def test_resume_equals_uninterrupted(small: str, tmp_path: Path, case: str) -> N
     assert_same_tensors(
         whole / "state" / "optimizer.safetensors", parts / "state" / "optimizer.safetensors"
     )
-    steps = [m["step"] for m in metrics(parts)]
+    steps = [m["step"] for m in metrics(parts) if "val_loss" not in m]  # training lines
     assert steps == sorted(set(steps)) == list(range(1, 7))
     assert json.loads((parts / "config.json").read_text())["trained_steps"] == 6
+    val = [[(m["step"], m["val_loss"], m["best"]) for m in metrics(d) if "val_loss" in m]
+           for d in (whole, parts)]  # fmt: skip
+    assert val[0] == val[1] and [s for s, _, _ in val[0]] == ([3, 6] if "val_tasks" in over else [])
+    if "val_tasks" in over:  # model.safetensors is the best; state/ has the last weights
+        cw, cp = (json.loads((d / "config.json").read_text())["validation"] for d in (whole, parts))
+        assert cw == cp and cw["stop_reason"] == "steps"
+        last = [d / "state" / "model.safetensors" for d in (whole, parts)]
+        assert_same_tensors(*last)
 
 
 class Crash(Exception):
