@@ -158,8 +158,10 @@ def save_state(
     model_sd: dict[str, torch.Tensor],
     opt: torch.optim.Optimizer,
     trainer: dict[str, Any],
+    extra: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> None:
-    """Write ``state/`` as a whole, so that a crash at any point leaves a checkpoint to resume from.
+    """Write ``state/`` as a whole, so that a crash at any point leaves a checkpoint to resume from;
+    ``extra``: more tensors to keep with it, ``{name: tensors}`` as ``state/<name>.safetensors``.
 
     The new checkpoint is written into ``state.tmp`` (``trainer.json`` last, marking it complete),
     then swapped in: ``state`` → ``state.old``, ``state.tmp`` → ``state``, ``state.old`` removed.
@@ -180,6 +182,8 @@ def save_state(
     ot, ometa = optimizer_to_tensors(opt)
     atomic_save_tensors(tmp / "optimizer.safetensors", ot)
     atomic_write_json(tmp / "optimizer.json", ometa)
+    for name, tensors in (extra or {}).items():
+        atomic_save_tensors(tmp / f"{name}.safetensors", tensors)
     atomic_write_json(tmp / "trainer.json", trainer)
     _fsync_dir(tmp)
     if _complete(final):  # otherwise state.old (if any) is the only complete one: keep it
@@ -238,12 +242,13 @@ def write_checkpoint(
     trainer: dict[str, Any],
     config: dict[str, Any],
     weights: bool = True,
+    extra: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> None:
-    """A training checkpoint of a policy directory: ``state/`` (:func:`save_state`), then the
-    policy's ``model.safetensors`` (unless not ``weights``: a validated run keeps its best
-    there) and ``config.json``, each written atomically."""
+    """A training checkpoint of a policy directory: ``state/`` (:func:`save_state`, with
+    ``extra``), then the policy's ``model.safetensors`` (unless not ``weights``: a validated run
+    keeps its best there) and ``config.json``, each written atomically."""
     sd = dict(model.state_dict())
-    save_state(out, sd, opt, trainer)
+    save_state(out, sd, opt, trainer, extra)
     if weights:
         atomic_save_tensors(out / "model.safetensors", sd)
     atomic_write_json(out / "config.json", config)

@@ -24,6 +24,7 @@ from lohp_cli.checkpoint import (
     atomic_write_json,
     load_state,
     load_tensors,
+    state_dir,
     truncate_metrics,
     write_checkpoint,
 )
@@ -168,6 +169,14 @@ def train_policy(cfg: TrainConfig, progress: Progress | None = None) -> TrainRes
         return policy_config_json(cfg, store, fingerprint, n_steps, states - 1, device,
                                   len(runs), step, complete, validation=validation)  # fmt: skip
 
+    def publish_best(step: int) -> None:
+        """The best policy into model.safetensors (atomic), config.json saying so."""
+        assert val is not None and val.best is not None
+        complete = step >= cfg.steps or val.stopped
+        record = val.record(step, stop_reason(step, cfg.steps, val.stopped, None))
+        atomic_save_tensors(out / "model.safetensors", val.best)
+        atomic_write_json(out / "config.json", config_json(step, complete, record))
+
     val = None
     if cfg.val_tasks:
         meta_now = read_policy_meta(config_json(0, False), out)
@@ -177,7 +186,9 @@ def train_policy(cfg: TrainConfig, progress: Progress | None = None) -> TrainRes
     if trainer is not None:
         start = int(trainer["step"])
         if val is not None:
-            val.load(trainer.get("validation"), f"Policy '{out}' state/")
+            val.load(trainer.get("validation"), state_dir(out) or out / "state")
+            if rank == 0 and val.best is not None:  # undo what a crash after an improvement left
+                publish_best(start)
         emit({"event": "resume", "step": start})
     if rank == 0:
         truncate_metrics(out / "metrics.jsonl", start)
@@ -203,14 +214,11 @@ def train_policy(cfg: TrainConfig, progress: Progress | None = None) -> TrainRes
         reason = stop_reason(step, cfg.steps, val.stopped, deadline)
         config = config_json(step, complete, val.record(step, reason))
         trainer = {"step": step, "validation": val.state()}
-        # model.safetensors holds the best policy once there is one (written by publish_best)
-        write_checkpoint(out, model, opt, trainer, config, val.stopping.best_step is None)
+        # model.safetensors holds the best policy once there is one (written by publish_best);
+        # state/ keeps a copy, so a crash between an improvement and a checkpoint loses nothing
+        best = None if val.best is None else {"best": val.best}
+        write_checkpoint(out, model, opt, trainer, config, val.best is None, best)
         written.append(step)
-
-    def publish_best(step: int) -> None:
-        """The new best policy into model.safetensors (atomic), config.json saying so."""
-        atomic_save_tensors(out / "model.safetensors", dict(model.state_dict()))
-        atomic_write_json(out / "config.json", config_json(step, False, val.record(step, None)))
 
     written: list[int] = []
 
@@ -250,7 +258,7 @@ def train_policy(cfg: TrainConfig, progress: Progress | None = None) -> TrainRes
             stop = _agreed(val.stopped, world)
         if end_of_step(step, cfg, out, terms_now, t_start, deadline, emit, write_policy, rank == 0):
             break
-    if rank == 0 and val is not None and stop and written[-1:] != [step]:
+    if rank == 0 and val is not None and stop and step > start and written[-1:] != [step]:
         write_policy(step, True)  # stopped by patience between checkpoints
     if rank == 0 and step == start:  # nothing to do (already complete): keep the files as they are
         if not (out / "model.safetensors").exists():

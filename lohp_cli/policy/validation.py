@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from lohp_cli.artifacts.policy import PolicyMeta
-from lohp_cli.checkpoint import append_metrics
+from lohp_cli.checkpoint import append_metrics, load_tensors
 from lohp_cli.errors import CompatibilityError, ConfigError, LohpError
 from lohp_cli.policy.artifact import generate_batch, start_rule, style_token
 from lohp_cli.policy.context import policy_probe, store_task_context
@@ -145,7 +145,8 @@ class Validator:
         amp: bool = False,
         emit: Progress | None = None,
     ) -> None:
-        self.cfg, self.split, self.objective, self.stats, self.meta = cfg, split, objective, stats, meta
+        self.cfg, self.split, self.objective, self.stats = cfg, split, objective, stats
+        self.meta = meta
         self.model: torch.nn.Module = objective.model
         self.device, self.bank, self.amp = device, bank, amp
         self.emit = emit or (lambda _e: None)
@@ -155,6 +156,7 @@ class Validator:
         self.metric = "accuracy" if self.tasks is not None else "loss"
         self.stopping = EarlyStopping(self.metric == "accuracy")
         self.last: dict[str, float] = {}  # the scores of the best step
+        self.best: dict[str, torch.Tensor] | None = None  # the best step's weights (CPU copies)
 
     def _task_data(self, store: TrajectoryStore) -> dict[str, Any] | None:
         """``{net, data, probe, s0, token}`` of the held-out tasks, or None where they cannot be
@@ -197,9 +199,7 @@ class Validator:
         total = 0.0
         for b, first in enumerate(range(0, len(runs), size)):
             batch = self.sampler.take(runs[first : first + size]).to(self.device)
-            self.objective.gen = torch.Generator().manual_seed(
-                derive_seed(self.cfg.seed, "val", b)
-            )
+            self.objective.gen = torch.Generator().manual_seed(derive_seed(self.cfg.seed, "val", b))
             probe = None if self.bank is None else self.bank.probe(batch.task_ids)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
                 value, _ = self.objective(batch.x, batch.cond, batch.opt, probe)
@@ -237,6 +237,8 @@ class Validator:
         improved = self.stopping.update(step, score, scores["val_loss"] if by_acc else None)
         if improved:
             self.last = scores
+            weights = self.model.state_dict().items()
+            self.best = {k: v.detach().to("cpu", copy=True) for k, v in weights}
         line = {"step": step, **scores, "best": improved,
                 "time_s": round(time.perf_counter() - t_start, 3)}  # fmt: skip
         if writer:
@@ -258,8 +260,10 @@ class Validator:
         """What the checkpoint keeps (trainer.json's ``validation``)."""
         return {**self.stopping.to_json(), "metric": self.metric, "best_scores": self.last}
 
-    def load(self, state: Any, where: str) -> None:
-        """Resume from :meth:`state` (None: a checkpoint from before the first validation)."""
+    def load(self, state: Any, sdir: Path) -> None:
+        """Resume from :meth:`state` of the checkpoint ``sdir`` (None: one from before the
+        first validation), and the best weights it keeps (``best.safetensors``)."""
+        where = f"Resume state '{sdir}'"
         if state is None:
             return
         if not isinstance(state, dict) or state.get("metric") != self.metric:
@@ -271,6 +275,8 @@ class Validator:
         rest = {k: v for k, v in state.items() if k not in ("metric", "best_scores")}
         self.stopping = EarlyStopping.from_json(rest, self.metric == "accuracy", where)
         self.last = dict(state.get("best_scores") or {})
+        if self.stopping.best_step is not None:
+            self.best = load_tensors(sdir / "best.safetensors")
 
     def record(self, step: int, stop_reason: str | None) -> dict[str, Any]:
         """config.json's ``validation``: the split, the metric, the best step and its scores,
@@ -290,7 +296,6 @@ class Validator:
             "stop_reason": stop_reason,
             "last_step": step,
         }
-
 
 
 def stop_reason(step: int, steps: int, stopped: bool, deadline: float | None) -> str | None:

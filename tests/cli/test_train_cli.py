@@ -290,8 +290,18 @@ def test_dry_run_validation_flags(tmp_path: Path) -> None:
 
 def test_validation_events_are_shown(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     def fake(cfg: TrainConfig, progress: Any = None) -> TrainResult:
-        progress({"event": "validation", "step": 10, "steps": 40, "val_loss": 1.5,
-                  "val_acc": 0.75, "best": False, "best_step": 5, "metric": "accuracy"})
+        progress(
+            {
+                "event": "validation",
+                "step": 10,
+                "steps": 40,
+                "val_loss": 1.5,
+                "val_acc": 0.75,
+                "best": False,
+                "best_step": 5,
+                "metric": "accuracy",
+            }
+        )
         progress({"event": "patience", "step": 10, "patience": 1, "best_step": 5,
                   "best_score": 0.8})  # fmt: skip
         return TrainResult(str(tmp_path / "p"), 10, True, 0.25, 0.1)

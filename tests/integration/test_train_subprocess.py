@@ -152,7 +152,8 @@ def test_torchrun_validation_stops_every_rank(store: Path, tmp_path: Path) -> No
     out = tmp_path / "ddp"
     cmd = [*torchrun(), "--standalone", "--nproc-per-node", "2", "-m", "lohp_cli", "train-policy",
            "--store", str(store), "--out", str(out), "--steps", "40", *map(str, POLICY),
-           "--val-tasks", "2", "--patience", "1", "--lr", "0.05", "--set", "checkpoint_every=1"]  # fmt: skip
+           "--val-tasks", "2", "--patience", "1", "--lr", "0.05",
+           "--set", "checkpoint_every=1"]  # fmt: skip
     proc = ok(run(cmd, timeout=300))
     v = json.loads((out / "config.json").read_text())["validation"]
     assert v["stop_reason"] == "patience" and v["last_step"] < 40

@@ -105,8 +105,8 @@ VAL = {"val_tasks": 2, "checkpoint_every": 2, "log_every": 1}
 
 
 def val_lines(out: Path) -> list[dict[str, Any]]:
-    return [{k: v for k, v in m.items() if k != "time_s"} for m in read_metrics(out / "metrics.jsonl")
-            if "val_loss" in m]  # fmt: skip
+    lines = read_metrics(out / "metrics.jsonl")
+    return [{k: v for k, v in m.items() if k != "time_s"} for m in lines if "val_loss" in m]
 
 
 def test_held_out_runs_are_not_trained_on(six: str, tmp_path: Path) -> None:
@@ -177,6 +177,30 @@ def test_resume_keeps_the_best_and_the_metrics(six: str, tmp_path: Path) -> None
     assert cw == cc and cw["stop_reason"] == "patience"
 
 
+def test_a_crash_between_an_improvement_and_its_checkpoint(six: str, tmp_path: Path) -> None:
+    """model.safetensors already holds step 4's weights when the run dies before the checkpoint
+    at 6: the resume puts back the best of the checkpoint it resumes (state/best.safetensors)."""
+    over = {**VAL, "val_every": 1, "checkpoint_every": 3}
+    out = tmp_path / "p"
+
+    def crash(e: dict[str, Any]) -> None:
+        if e["event"] == "log" and e["step"] == 4:  # validated (a new best), not checkpointed
+            raise Crash
+
+    with pytest.raises(Crash):
+        train_policy(config(six, out, steps=8, **over), crash)
+    assert [m["best"] for m in val_lines(out)] == [True] * 4  # the loss fell at every step
+    best_at_3 = tensors(out / "state" / "best.safetensors")
+    published = tensors(out / "model.safetensors")
+    assert any(not torch.equal(published[k], best_at_3[k]) for k in best_at_3)
+    assert json.loads((out / "config.json").read_text())["validation"]["best_step"] == 4
+    # resumed with steps = 3 (a stop rule may change): nothing to train, the best put back
+    assert train_policy(config(six, out, steps=3, **over)).step == 3
+    assert_same_tensors(out / "state" / "best.safetensors", out / "model.safetensors")
+    v = json.loads((out / "config.json").read_text())["validation"]
+    assert (v["best_step"], v["stop_reason"], v["validations"]) == (3, "steps", 3)
+
+
 def test_settings_need_a_split_and_are_checked_on_resume(six: str, tmp_path: Path) -> None:
     from pydantic import ValidationError
 
@@ -202,9 +226,17 @@ def test_accuracy_validation_on_a_digits_store(tmp_path: Path) -> None:
     collect(tiny_config(store, tasks=3, optimizers=["adam"]))
     out = tmp_path / "p"
     cfg = TrainConfig.model_validate(
-        {"store": str(store), "out": str(out), "k": 2, "steps": 4, "batch_size": 2,
-         "device": "cpu", "checkpoint_every": 2, "val_tasks": 1,
-         "policy": {"backbone": "mlp", "hidden": 8, "emb_dim": 8}}  # fmt: skip
+        {
+            "store": str(store),
+            "out": str(out),
+            "k": 2,
+            "steps": 4,
+            "batch_size": 2,
+            "device": "cpu",
+            "checkpoint_every": 2,
+            "val_tasks": 1,
+            "policy": {"backbone": "mlp", "hidden": 8, "emb_dim": 8},
+        }  # fmt: skip
     )
     train_policy(cfg)
     v = json.loads((out / "config.json").read_text())["validation"]
@@ -251,3 +283,24 @@ def test_tensorboard_scalars(six: str, tmp_path: Path) -> None:
     assert [e.value for e in acc.Scalars("val/loss")] == pytest.approx(
         [m["val_loss"] for m in val_lines(out)]
     )
+
+
+def test_tensorboard_after_a_resume_has_each_step_once(six: str, tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, over = tmp_path / "p", {**VAL, "log": "tensorboard"}
+
+    def crash(e: dict[str, Any]) -> None:
+        if e["event"] == "log" and e["step"] == 3:  # past the checkpoint at 2
+            raise Crash
+
+    with pytest.raises(Crash):
+        train_policy(config(six, out, steps=4, **over), crash)
+    train_policy(config(six, out, steps=4, **over))
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3, 4]
+    assert [e.step for e in acc.Scalars("val/loss")] == [2, 4]
+    losses = [m["loss"] for m in read_metrics(out / "metrics.jsonl") if "loss" in m]
+    assert [e.value for e in acc.Scalars("train/loss")] == pytest.approx(losses)
