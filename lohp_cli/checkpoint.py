@@ -8,6 +8,7 @@
       config.json                kind, format, train config, layout, store fingerprint, k, N…
       metrics.jsonl              one JSON line per logged step
       state/                     resume: model.safetensors, optimizer.safetensors, trainer.json
+                                 (and best.safetensors, the best validated weights)
 """
 
 from __future__ import annotations
