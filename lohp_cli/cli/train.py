@@ -97,7 +97,8 @@ def train_policy_cmd(
         typer.Option(
             "--log",
             help=with_default(
-                "tensorboard: also write the scalars to POLICY/tensorboard/ (lohp[tensorboard]).",
+                "tensorboard: also write the scalars to POLICY/tensorboard/ (the extra "
+                "lohp\\[tensorboard]).",
                 "jsonl",
             ),
         ),

@@ -43,7 +43,13 @@ from lohp_cli.policy.artifact import (
 from lohp_cli.policy.context import store_task_context, support_probe_bank
 from lohp_cli.policy.gaussian import LoHpPolicy
 from lohp_cli.policy.state import ProbeBank
-from lohp_cli.policy.validation import Validator, split_runs, stop_reason, write_curves
+from lohp_cli.policy.validation import (
+    Validator,
+    held_out_tasks,
+    split_runs,
+    stop_reason,
+    write_curves,
+)
 from lohp_cli.runtime import derive_seed, resolve_device
 from lohp_cli.store.sampler import (
     NormStats,
@@ -126,6 +132,7 @@ def train_policy(cfg: TrainConfig, progress: Progress | None = None) -> TrainRes
         raise ConfigError(f"window={cfg.window} exceeds N={n_steps} policy steps (T/k).")
     split = split_runs(select_runs(store, cfg.optimizers), cfg.val_tasks, cfg.seed)
     runs = split.train  # the held-out tasks' runs enter neither training nor the statistics
+    held = held_out_tasks(cfg, split, store, device, emit)  # before anything is written
     fingerprint = store_fingerprint(store)
     out = Path(cfg.out)
     resume = check_out_dir(out, cfg, fingerprint) if rank == 0 else True
@@ -150,11 +157,11 @@ def train_policy(cfg: TrainConfig, progress: Progress | None = None) -> TrainRes
         if rank == 0:
             atomic_save_tensors(norm_path, stats.to_tensors())
             # config.json first, so that a crash never leaves a directory that cannot be checked
-            held = {"tasks": split.tasks} if cfg.val_tasks else None
+            split_json = {"tasks": split.tasks} if cfg.val_tasks else None
             atomic_write_json(
                 out / "config.json",
                 policy_config_json(cfg, store, fingerprint, n_steps, states - 1, device,
-                                   len(runs), 0, False, validation=held),
+                                   len(runs), 0, False, validation=split_json),
             )  # fmt: skip
     layout = ParamLayout.from_json(meta.layout)  # the backbone builder sees the target's layers
     model = build_model(cfg, size, cond_dim, n_steps, stats, ways, layout).to(device)
@@ -180,7 +187,9 @@ def train_policy(cfg: TrainConfig, progress: Progress | None = None) -> TrainRes
     val = None
     if cfg.val_tasks:
         meta_now = read_policy_meta(config_json(0, False), out)
-        val = Validator(cfg, split, store, objective, stats, meta_now, device, bank, amp, emit)
+        val = Validator(
+            cfg, split, store, objective, stats, meta_now, device, bank, held, amp, emit
+        )
     start = 0
     trainer = load_state(out, model, opt) if resume else None
     if trainer is not None:

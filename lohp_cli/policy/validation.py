@@ -31,12 +31,13 @@ from lohp_cli.artifacts.policy import PolicyMeta
 from lohp_cli.checkpoint import append_metrics, load_tensors
 from lohp_cli.errors import CompatibilityError, ConfigError, LohpError
 from lohp_cli.policy.artifact import generate_batch, start_rule, style_token
-from lohp_cli.policy.context import policy_probe, store_task_context
+from lohp_cli.policy.context import TaskContext, policy_probe, store_task_context
 from lohp_cli.policy.state import ProbeBank
 from lohp_cli.runtime import derive_seed
 from lohp_cli.scoring import accuracy
 from lohp_cli.store.sampler import NormStats, RunRef, TrajectorySampler
 from lohp_cli.store.trajectory_store import TrajectoryStore
+from lohp_cli.tasks.families import TaskTensors
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -129,8 +130,42 @@ class EarlyStopping:
         return state
 
 
+@dataclass(frozen=True)
+class HeldOutTasks:
+    """The held-out tasks rebuilt from the store's family: their tensors and the target model."""
+
+    ctx: TaskContext
+    data: dict[str, TaskTensors]  # task id -> its tensors (on the training device)
+    net: torch.nn.Module  # the target model that scores flat weights
+
+
+def held_out_tasks(
+    cfg: Any, split: Split, store: TrajectoryStore, device: str, emit: Progress
+) -> HeldOutTasks | None:
+    """The held-out tasks for the accuracy, or None where ``val_metric`` is loss or (auto) they
+    cannot be rebuilt (a log line says why); ``val_metric='accuracy'`` then is a ConfigError.
+    Called before training writes anything, so a refused run leaves no directory behind."""
+    if cfg.val_metric == "loss" or not split.tasks:
+        return None
+    try:
+        ctx = store_task_context(store)
+        data = {t: ctx.task_data(t, device) for t in split.tasks}
+        with torch.random.fork_rng(devices=[]):  # the target's init draws from the global RNG
+            net = ctx.build_target().to(device)
+    except LohpError as exc:
+        if cfg.val_metric == "accuracy":
+            raise ConfigError(
+                f"val_metric='accuracy' needs the store's tasks, which cannot be rebuilt here "
+                f"({exc}); use val_metric='loss'."
+            ) from None
+        emit({"event": "info", "message": f"validation by loss: no task accuracy ({exc})"})
+        return None
+    return HeldOutTasks(ctx, data, net)
+
+
 class Validator:
-    """Scores a policy on the held-out runs and tasks of a :class:`Split` (see the module)."""
+    """Scores a policy on the held-out runs and tasks of a :class:`Split` (see the module);
+    ``held``: the rebuilt tasks (:func:`held_out_tasks`), None for the loss alone."""
 
     def __init__(
         self,
@@ -142,6 +177,7 @@ class Validator:
         meta: PolicyMeta,
         device: str,
         bank: ProbeBank | None = None,
+        held: HeldOutTasks | None = None,
         amp: bool = False,
         emit: Progress | None = None,
     ) -> None:
@@ -152,35 +188,23 @@ class Validator:
         self.emit = emit or (lambda _e: None)
         self.every = cfg.val_every or cfg.checkpoint_every
         self.sampler = TrajectorySampler(store, split.val, cfg.k, stats, cfg.cache_mb)
-        self.tasks = self._task_data(store) if cfg.val_metric != "loss" else None
+        self.tasks = None if held is None else self._inputs(held, store)
         self.metric = "accuracy" if self.tasks is not None else "loss"
         self.stopping = EarlyStopping(self.metric == "accuracy")
         self.last: dict[str, float] = {}  # the scores of the best step
         self.best: dict[str, torch.Tensor] | None = None  # the best step's weights (CPU copies)
 
-    def _task_data(self, store: TrajectoryStore) -> dict[str, Any] | None:
-        """``{net, data, probe, s0, token}`` of the held-out tasks, or None where they cannot be
-        rebuilt (val_metric auto; an error for val_metric accuracy)."""
-        try:
-            ctx = store_task_context(store)
-            data = {t: ctx.task_data(t, self.device) for t in self.split.tasks}
-            with torch.random.fork_rng(devices=[]):  # the target's init draws from the global RNG
-                net = ctx.build_target().to(self.device)
-        except LohpError as exc:
-            if self.cfg.val_metric == "accuracy":
-                raise ConfigError(
-                    f"val_metric='accuracy' needs the store's tasks, which cannot be rebuilt "
-                    f"here ({exc}); use val_metric='loss'."
-                ) from None
-            self.emit({"event": "info", "message": f"validation by loss: no task accuracy ({exc})"})
-            return None
+    def _inputs(self, held: HeldOutTasks, store: TrajectoryStore) -> dict[str, Any]:
+        """``{net, data, probe, s0, cond, token}``: what generating and scoring weights for the
+        held-out tasks takes, built once."""
+        ctx, data = held.ctx, held.data
         rule = start_rule(store, self.cfg.seed)
         s0 = torch.stack([rule.s0(t, 0, self.stats) for t in self.split.tasks])  # [V, P]
         cond = torch.stack([self.stats.normalize_condition(data[t].condition.cpu())
                             for t in self.split.tasks])  # fmt: skip  # [V, D]
         probe = policy_probe(self.model, ctx, data, self.stats, self.device)
         return {
-            "net": net,
+            "net": held.net,
             "data": data,
             "s0": s0.to(self.device),
             "cond": cond.to(self.device),

@@ -201,6 +201,23 @@ def test_a_crash_between_an_improvement_and_its_checkpoint(six: str, tmp_path: P
     assert (v["best_step"], v["stop_reason"], v["validations"]) == (3, "steps", 3)
 
 
+def test_max_minutes_stops_resumably_with_validation(six: str, tmp_path: Path) -> None:
+    over = {**VAL, "val_every": 1}
+    whole, timed = tmp_path / "whole", tmp_path / "timed"
+    train_policy(config(six, whole, steps=4, **over))
+    first = train_policy(config(six, timed, steps=4, max_minutes=1e-9, **over))
+    assert first.step == 1 and not first.complete
+    cfg = json.loads((timed / "config.json").read_text())
+    assert cfg["complete"] is False and cfg["validation"]["stop_reason"] == "time"
+    assert cfg["validation"]["best_step"] == 1  # the best so far is the policy
+    second = train_policy(config(six, timed, steps=4, **over))
+    assert second.step == 4 and second.complete
+    assert_same_tensors(whole / "model.safetensors", timed / "model.safetensors")
+    assert val_lines(whole) == val_lines(timed)
+    cw, ct = (json.loads((d / "config.json").read_text())["validation"] for d in (whole, timed))
+    assert cw == ct and cw["stop_reason"] == "steps"
+
+
 def test_settings_need_a_split_and_are_checked_on_resume(six: str, tmp_path: Path) -> None:
     from pydantic import ValidationError
 
@@ -214,6 +231,15 @@ def test_settings_need_a_split_and_are_checked_on_resume(six: str, tmp_path: Pat
     with pytest.raises(CompatibilityError, match="other settings"):
         train_policy(config(six, out, steps=4, **{**VAL, "val_tasks": 1}))
     assert train_policy(config(six, out, steps=4, **VAL, patience=5)).step == 4
+
+
+def test_accuracy_asked_of_a_store_without_tasks_is_refused_first(six: str, tmp_path: Path):
+    events: list[dict[str, Any]] = []
+    with pytest.raises(ConfigError, match="val_metric='accuracy' needs the store's tasks"):
+        train_policy(config(six, tmp_path / "p", val_tasks=2, val_metric="accuracy"))
+    assert not (tmp_path / "p").exists()  # nothing written: the same --out can be used again
+    train_policy(config(six, tmp_path / "q", steps=1, val_tasks=2), events.append)
+    assert any("validation by loss: no task accuracy" in e.get("message", "") for e in events)
 
 
 def test_accuracy_validation_on_a_digits_store(tmp_path: Path) -> None:
