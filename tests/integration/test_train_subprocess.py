@@ -52,7 +52,24 @@ def assert_same_weights(a: Path, b: Path) -> None:
 
 
 def metric_steps(out: Path) -> list[int]:
-    return [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    """The steps of the training lines of metrics.jsonl (not the validation lines)."""
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return [m["step"] for m in lines if "val_loss" not in m]
+
+
+def checkpoint_step(out: Path) -> int:
+    """The step of the policy's checkpoint in ``state/`` (-1: none yet, or being swapped)."""
+    try:
+        return int(json.loads((out / "state" / "trainer.json").read_text())["step"])
+    except (OSError, ValueError, KeyError):
+        return -1
+
+
+def validation(out: Path) -> tuple[list[dict], dict | None]:
+    """The validation lines of metrics.jsonl (without their times) and config.json's record."""
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    val = [{k: v for k, v in m.items() if k != "time_s"} for m in lines if "val_loss" in m]
+    return val, json.loads((out / "config.json").read_text()).get("validation")
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +95,11 @@ def test_end_to_end_and_exit_codes(store: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_kill_9_and_resume_equals_uninterrupted(store: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("extra", [[], ["--val-tasks", 2, "--val-every", 20, "--patience", 50]])
+def test_kill_9_and_resume_equals_uninterrupted(store: Path, tmp_path: Path, extra: list) -> None:
     steps = 200
-    args = ["--steps", steps, *POLICY, "--set", "checkpoint_every=10", "--set", "log_every=5"]
+    args = ["--steps", steps, *POLICY, "--set", "checkpoint_every=10", "--set", "log_every=5",
+            *extra]  # fmt: skip
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     ref = subprocess.Popen(
         lohp_cmd("train-policy", "--store", store, "--out", whole, *args),
@@ -96,9 +115,10 @@ def test_kill_9_and_resume_equals_uninterrupted(store: Path, tmp_path: Path) -> 
         stderr=subprocess.DEVNULL,
     )
     try:
-        trainer = cut / "state" / "trainer.json"
+        want = 30 if extra else 1  # with validation: past the validation at step 20
         deadline = time.monotonic() + 120
-        while not trainer.exists() and victim.poll() is None and time.monotonic() < deadline:
+        while checkpoint_step(cut) < want and victim.poll() is None:
+            assert time.monotonic() < deadline, "no checkpoint to kill after"
             time.sleep(0.02)
         assert victim.poll() is None, "the run ended before it could be killed; raise --steps"
         os.kill(victim.pid, signal.SIGKILL)
@@ -109,7 +129,7 @@ def test_kill_9_and_resume_equals_uninterrupted(store: Path, tmp_path: Path) -> 
     sdir = state_dir(cut)  # "state", or "state.old" when the kill cut the swap
     assert sdir is not None
     killed_at = json.loads((sdir / "trainer.json").read_text())["step"]
-    assert 0 < killed_at < steps
+    assert want <= killed_at < steps
     proc = ok(run(lohp_cmd("train-policy", "--store", store, "--out", cut, *args)))
     assert "resuming from step" in proc.stderr and proc.stdout == f"{cut}\n"
     out, err = ref.communicate(timeout=180)
@@ -118,6 +138,13 @@ def test_kill_9_and_resume_equals_uninterrupted(store: Path, tmp_path: Path) -> 
     steps_logged = metric_steps(cut)
     assert steps_logged == sorted(set(steps_logged)) == list(range(5, steps + 1, 5))
     assert json.loads((cut / "config.json").read_text())["complete"] is True
+    val_whole, val_cut = validation(whole), validation(cut)
+    assert val_whole == val_cut  # the same validations, best step and score, stop reason
+    if extra:  # model.safetensors (compared above) is the best; state/ the last weights
+        assert [m["step"] for m in val_cut[0]] == list(range(20, steps + 1, 20))
+        assert val_cut[1]["stop_reason"] == "steps"
+        last = [load_file(str(d / "state" / "model.safetensors")) for d in (whole, cut)]
+        assert all(torch.equal(last[0][k], last[1][k]) for k in last[0])
 
 
 def torchrun() -> list[str]:
