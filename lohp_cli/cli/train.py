@@ -151,6 +151,10 @@ def _done(result: Any) -> None:
         return
     _BAR.stop()
     state = "complete" if result.complete else "stopped early (re-run to resume)"
+    if result.stop_reason == "patience":
+        state = "complete (stopped by --patience; the policy is the best validated)"
+    elif result.stop_reason == "steps":
+        state = "complete (the policy is the best validated)"
     loss = "-" if result.final_loss is None else f"{result.final_loss:.4g}"
     log(f"[green]done[/]: step {result.step}, {state}, loss {loss}, {result.wall_time_s:.1f} s")
     typer.echo(result.policy)

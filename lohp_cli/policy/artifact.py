@@ -74,6 +74,7 @@ class TrainResult:
     complete: bool
     final_loss: float | None
     wall_time_s: float
+    stop_reason: str | None = None  # with --val-tasks: steps, patience or time
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)

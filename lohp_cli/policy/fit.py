@@ -279,7 +279,9 @@ def train_policy(cfg: TrainConfig, progress: Progress | None = None) -> TrainRes
 
         dist.barrier()
     done = step >= cfg.steps or stop
-    return TrainResult(str(out), step, done, last_loss, round(time.perf_counter() - t_start, 3))
+    reason = None if val is None else stop_reason(step, cfg.steps, val.stopped, deadline)
+    wall = round(time.perf_counter() - t_start, 3)
+    return TrainResult(str(out), step, done, last_loss, wall, reason)
 
 
 def _agreed(flag: bool, world: int) -> bool:

@@ -325,6 +325,7 @@ def test_val_tasks_and_patience_stop_a_real_run(store: Path, tmp_path: Path) -> 
     # lr 0.05 overshoots on this store: the held-out loss rises at step 4 and patience 1 stops
     assert (v["stop_reason"], v["best_step"], v["last_step"]) == ("patience", 3, 4)
     assert "no improvement in 1 validation(s): stopped at step 4" in err
+    assert "done: step 4, complete (stopped by --patience; the policy is the best validated)" in err
     shown = flat(ok(invoke("inspect", out)).stdout)
     assert "best_step" in shown and "stop_reason" in shown
 

@@ -153,6 +153,11 @@ def test_patience_stops_and_the_policy_is_the_best(six: str, tmp_path: Path) -> 
     again = train_policy(config(six, out, steps=40, **over))
     assert again.step == result.step and again.complete
     assert val_lines(out) == lines
+    # a larger patience (a stop rule, resumable) goes on from there
+    more = {**over, "patience": 100}
+    with pytest.warns(UserWarning):
+        further = train_policy(config(six, out, steps=result.step + 2, **more))
+    assert further.step == result.step + 2 and further.stop_reason == "steps"
 
 
 def test_resume_keeps_the_best_and_the_metrics(six: str, tmp_path: Path) -> None:
