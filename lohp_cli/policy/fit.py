@@ -38,6 +38,7 @@ from lohp_cli.policy.artifact import (
     policy_config_json,
     store_fingerprint,
 )
+from lohp_cli.policy.backbone import resolve_auto
 from lohp_cli.policy.context import store_task_context, support_probe_bank
 from lohp_cli.policy.gaussian import LoHpPolicy
 from lohp_cli.policy.state import ProbeBank
@@ -123,6 +124,10 @@ def train_policy(cfg: TrainConfig, progress: Progress | None = None) -> TrainRes
         raise ConfigError(f"window={cfg.window} exceeds N={n_steps} policy steps (T/k).")
     runs = select_runs(store, cfg.optimizers)
     fingerprint = store_fingerprint(store)
+    layout = ParamLayout.from_json(meta.layout)  # the backbone builder sees the target's layers
+    # the hypernetwork builds policy.hypernetwork_backbone, never policy.backbone: no message
+    said = emit if cfg.method != "hypernetwork" and rank == 0 else (lambda _e: None)
+    cfg = resolve_auto(cfg, layout, meta.compat.model.name, said)
     out = Path(cfg.out)
     resume = check_out_dir(out, cfg, fingerprint) if rank == 0 else True
     if world > 1:
@@ -152,7 +157,6 @@ def train_policy(cfg: TrainConfig, progress: Progress | None = None) -> TrainRes
                     cfg, store, fingerprint, n_steps, states - 1, device, len(runs), 0, False
                 ),
             )
-    layout = ParamLayout.from_json(meta.layout)  # the backbone builder sees the target's layers
     model = build_model(cfg, size, cond_dim, n_steps, stats, ways, layout).to(device)
     bank = None
     if getattr(model, "needs_probe", False):
