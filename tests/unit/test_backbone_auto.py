@@ -130,7 +130,7 @@ def test_auto_on_an_mlp_store_trains_rows_saves_it_and_resumes(tiny_cfg, tmp_pat
     assert isinstance(model.backbone, RowSetBackbone)
     again = train(tiny_cfg.out, out, 3)  # a run started with auto, resumed with auto
     assert again.exit_code == 0, plain(again.output)
-    assert "resum" in plain(again.stderr).lower()
+    assert "resuming from step 2" in plain(again.stderr)
     assert json.loads((out / "config.json").read_text())["trained_steps"] == 3
     other = train(tiny_cfg.out, out, 4, "--set", "policy.backbone=unet")
     assert other.exit_code == 4
@@ -186,3 +186,17 @@ def test_the_diffusion_generator_resolves_auto_too(tiny_cfg, tmp_path: Path) -> 
     assert "backbone auto → rows (whole network" in plain(result.stderr)
     assert stored_backbone(out) == "rows"
     assert isinstance(load_policy(out)[0].backbone, RowSetBackbone)
+
+
+def test_a_resumed_auto_run_ends_where_an_uninterrupted_one_does(tmp_path: Path) -> None:
+    from lohp_cli.checkpoint import load_tensors
+
+    store = tmp_path / "cls.zarr"
+    make_class_store(store)
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert train(store, whole, 3).exit_code == 0
+    assert train(store, split, 2).exit_code == 0
+    resumed = train(store, split, 3)  # auto again
+    assert resumed.exit_code == 0 and "resuming from step 2" in plain(resumed.stderr)
+    a, b = load_tensors(whole / "model.safetensors"), load_tensors(split / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
