@@ -200,3 +200,14 @@ def test_a_resumed_auto_run_ends_where_an_uninterrupted_one_does(tmp_path: Path)
     assert resumed.exit_code == 0 and "resuming from step 2" in plain(resumed.stderr)
     a, b = load_tensors(whole / "model.safetensors"), load_tensors(split / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_hypernetwork_resolves_silently(tmp_path: Path) -> None:
+    """The hypernetwork builds ``hypernetwork_backbone``: auto is resolved (config.json holds no
+    "auto") but not said, since it builds nothing from it."""
+    store, out = tmp_path / "cls.zarr", tmp_path / "h"
+    make_class_store(store)
+    result = train(store, out, 1, "--method", "hypernetwork")
+    assert result.exit_code == 0, plain(result.output)
+    assert "backbone auto" not in plain(result.stderr)
+    assert stored_backbone(out) == "unet"
