@@ -17,11 +17,14 @@ METHODS = ("lo-hp", "lo-op", "lo-di", "hypernetwork")
 
 class PolicyConfig(Frozen):
     backbone: str = Field(
-        "unet",
-        description="From the backbone registry (lohp_cli.policy.backbone): unet, a 1-D U-Net "
-        "over the parameter vector (paper); mlp, a plain MLP; rows, attention over one token per "
-        "neuron, equivariant to reordering hidden units and classes (docs/policy.md); coordinate, "
-        "one small MLP shared by every coordinate (a coordinate-wise learned optimizer's form).",
+        "auto",
+        description="auto: follow the store's target model, unet for a linear head (P = 325), "
+        "rows for a whole network (mlp, cnn) or LoRA factors, resolved when training starts and "
+        "saved in the policy; or one of the backbone registry (lohp_cli.policy.backbone): unet, "
+        "a 1-D U-Net over the parameter vector (paper); mlp, a plain MLP; rows, attention over "
+        "one token per neuron, equivariant to reordering hidden units and classes "
+        "(docs/policy.md); coordinate, one small MLP shared by every coordinate (a "
+        "coordinate-wise learned optimizer's form).",
     )
     hypernetwork_backbone: str = Field(
         "mlp",
@@ -41,8 +44,17 @@ class PolicyConfig(Frozen):
         description="Give each step its index i (the paper's time embedding); false: the step "
         "rule is stationary, the same at every index (σ and z stay per index).",
     )
-    width: int = Field(64, ge=1, description="Token width of the rows backbone.")
-    blocks: int = Field(2, ge=1, description="Attention blocks of the rows backbone.")
+    width: int = Field(
+        32,
+        ge=1,
+        description="Token width of the rows backbone (32, the whole-network results' width, "
+        "since backbone auto; 64 before).",
+    )
+    blocks: int = Field(
+        1,
+        ge=1,
+        description="Attention blocks of the rows backbone (1 since backbone auto; 2 before).",
+    )
     heads: int = Field(4, ge=1, description="Attention heads of the rows backbone (divide width).")
     sigma: Literal["schedule", "learned"] = Field(
         "schedule",
@@ -87,9 +99,9 @@ class PolicyConfig(Frozen):
     @field_validator("backbone")
     @classmethod
     def _known_backbone(cls, v: str) -> str:
-        from lohp_cli.policy.backbone import BACKBONES
+        from lohp_cli.policy.backbone import AUTO, BACKBONES
 
-        return registered(v, BACKBONES, "backbone")
+        return registered(v, {AUTO: None, **BACKBONES}, "backbone")
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> PolicyConfig:

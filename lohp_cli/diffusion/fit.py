@@ -41,6 +41,7 @@ from lohp_cli.policy.artifact import (
     policy_config_json,
     store_fingerprint,
 )
+from lohp_cli.policy.backbone import resolve_auto
 from lohp_cli.policy.fit import class_symmetry
 from lohp_cli.runtime import derive_seed, resolve_device
 from lohp_cli.store.sampler import (
@@ -94,6 +95,8 @@ def train_diffusion(cfg: DiffusionTrainConfig, progress: Progress | None = None)
     t_rec = meta.compat.states - 1  # T recorded steps: θ_T is state k·1 with k = T
     runs = select_runs(store, cfg.optimizers)
     fingerprint = store_fingerprint(store)
+    layout = ParamLayout.from_json(meta.layout)
+    cfg = resolve_auto(cfg, layout, meta.compat.model.name, emit)
     out = Path(cfg.out)
     resume = check_out_dir(out, cfg, fingerprint)
     sym = class_symmetry(cfg.augment, store)
@@ -114,7 +117,6 @@ def train_diffusion(cfg: DiffusionTrainConfig, progress: Progress | None = None)
         stats = compute_stats(store, runs, t_rec, cfg.normalize, sym=sym)
         atomic_save_tensors(norm_path, stats.to_tensors())
         atomic_write_json(out / "config.json", config_json(0, False))  # first: see policy.fit
-    layout = ParamLayout.from_json(meta.layout)
     model = build_diffusion(
         cfg, meta.param_count, meta.condition_dim, s_steps, stats, meta.compat.classes, layout
     ).to(device)

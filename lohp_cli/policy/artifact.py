@@ -116,6 +116,18 @@ def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in cfg.items() if k not in RESUMABLE_KEYS}
 
 
+def config_differences(there: Any, here: Any, key: str = "config") -> list[str]:
+    """``key: X there, Y here`` for each (dotted) key whose value differs between two configs
+    as JSON (a missing key reads as ``None``)."""
+    if not (isinstance(there, dict) and isinstance(here, dict)):
+        return [] if there == here else [f"{key}: {there!r} there, {here!r} here"]
+    prefix = "" if key == "config" else key + "."
+    out: list[str] = []
+    for k in sorted(set(there) | set(here)):
+        out += config_differences(there.get(k), here.get(k), prefix + k)
+    return out
+
+
 def check_out_dir(out: Path, cfg: TrainConfig, fingerprint: dict[str, Any]) -> bool:
     """True when ``out`` holds a compatible run to resume; raise if it holds something else."""
     if out.exists() and not out.is_dir():
@@ -144,11 +156,12 @@ def check_out_dir(out: Path, cfg: TrainConfig, fingerprint: dict[str, Any]) -> b
         stored = TrainConfig.from_stored(stored).model_dump(mode="json")
     except ValidationError:
         pass  # not a config of this lohp: other settings
-    same_cfg = _comparable(stored) == _comparable(cfg.model_dump(mode="json"))
-    if same_store and same_cfg:
+    diffs = config_differences(_comparable(stored), _comparable(cfg.model_dump(mode="json")))
+    if same_store and not diffs:
         return state_dir(out) is not None
     if not cfg.overwrite:
-        why = "another store" if not same_store else "other settings"
+        shown = "; ".join(diffs[:3]) + ("; …" if len(diffs) > 3 else "")
+        why = "another store" if not same_store else f"other settings ({shown})"
         raise CompatibilityError(
             f"'{out}' holds a policy trained on {why}; pass --overwrite to replace it or choose "
             "another --out."

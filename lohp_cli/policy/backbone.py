@@ -11,23 +11,71 @@ number of policy steps and the policy config;
 :class:`~lohp_cli.policy.gaussian.LoHpPolicy` takes the module it returns. A backbone whose
 ``takes_condition`` attribute is True is called as ``(s, emb, cond)`` with the normalised task
 condition, and the policy leaves the condition out of ``emb``.
+
+``policy.backbone = "auto"`` (the default) follows the target model (:func:`choose_backbone`):
+the paper's U-Net where the generated vector is one linear layer (a ``head``), ``rows`` where it
+is a chain of layers (a whole ``mlp`` or ``cnn``, LoRA factors). Training resolves it once, from
+the store's layout, and saves the resolved name in the policy (:func:`resolve_auto`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
+from pydantic import BaseModel
 from torch import nn
 
 from lohp_cli.config import PolicyConfig
 from lohp_cli.errors import ConfigError
-from lohp_cli.policy.rows import RowSetBackbone
+from lohp_cli.policy.rows import RowSetBackbone, unit_layers
 from lohp_cli.tasks.layout import ParamLayout
 
 BackboneBuilder = Callable[[ParamLayout, int, int, PolicyConfig], nn.Module]
 BACKBONES: dict[str, BackboneBuilder] = {}
+AUTO = "auto"
+# what the generated vector is, by the store's target model (the auto choice's message)
+VECTOR_KIND = {"head": "linear head", "mlp": "whole network", "cnn": "whole network",
+               "lora": "LoRA factors"}  # fmt: skip
+M = TypeVar("M", bound=BaseModel)
+
+
+def choose_backbone(layout: ParamLayout, model: str | None = None) -> tuple[str, str]:
+    """``(backbone, why)``: what ``policy.backbone = "auto"`` builds over ``layout`` (``model``:
+    the store's target model, named in ``why`` only; the choice depends on the layout alone).
+
+    One linear layer (a weight ``[out, in]`` and its bias: the ``head`` model) gets the paper's
+    U-Net; a chain of two or more layers (a whole ``mlp`` or ``cnn``, LoRA factors whose A and B
+    read as layers of rank units) gets ``rows``, whose cost grows with the number of units and
+    edges rather than with a convolution over all P coordinates; a vector ``rows`` cannot read
+    as layers (a flat L2O problem) gets the U-Net.
+    """
+    size = layout.size
+    try:
+        layers = unit_layers(layout)
+    except ConfigError:
+        return "unet", f"not a chain of layers, P = {size}"
+    kind = VECTOR_KIND.get(model or "")
+    if len(layers) == 1:
+        return "unet", f"{kind or 'one linear layer'}, P = {size}"
+    return "rows", f"{kind or f'{len(layers)} layers'}, P = {size}"
+
+
+def resolve_auto(
+    cfg: M, layout: ParamLayout, model: str | None, emit: Callable[[dict[str, Any]], None]
+) -> M:
+    """``cfg`` (a train config with a ``policy`` field) with ``policy.backbone = "auto"``
+    replaced by :func:`choose_backbone`'s choice, said as an ``info`` progress event; any other
+    config unchanged. Training calls it once, before the policy directory is checked or written,
+    so config.json (and a resumption's comparison) holds the resolved name."""
+    policy = getattr(cfg, "policy", None)
+    if not isinstance(policy, PolicyConfig) or policy.backbone != AUTO:
+        return cfg
+    name, why = choose_backbone(layout, model)
+    emit({"event": "info", "message": f"backbone auto → {name} ({why})"})
+    return cfg.model_copy(update={"policy": policy.model_copy(update={"backbone": name})})
 
 
 def register_backbone(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]:
@@ -44,7 +92,10 @@ def register_backbone(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]
 def build_backbone(
     layout: ParamLayout, cond_dim: int, n_steps: int, cfg: PolicyConfig
 ) -> nn.Module:
-    """The backbone named by ``cfg.backbone`` (uses the global torch RNG for its weights)."""
+    """The backbone named by ``cfg.backbone`` (uses the global torch RNG for its weights);
+    ``auto``: :func:`choose_backbone`'s over ``layout`` (training saves the resolved name)."""
+    if cfg.backbone == AUTO:
+        cfg = cfg.model_copy(update={"backbone": choose_backbone(layout)[0]})
     if cfg.backbone not in BACKBONES:
         known = ", ".join(sorted(BACKBONES))
         raise ConfigError(f"Unknown policy backbone '{cfg.backbone}'; choose from {known}.")

@@ -40,6 +40,7 @@ from lohp_cli.policy.artifact import (
     policy_config_json,
     store_fingerprint,
 )
+from lohp_cli.policy.backbone import resolve_auto
 from lohp_cli.policy.context import store_task_context, support_probe_bank
 from lohp_cli.policy.gaussian import LoHpPolicy
 from lohp_cli.policy.state import ProbeBank
@@ -134,6 +135,10 @@ def train_policy(cfg: TrainConfig, progress: Progress | None = None) -> TrainRes
     runs = split.train  # the held-out tasks' runs enter neither training nor the statistics
     held = held_out_tasks(cfg, split, store, device, emit)  # before anything is written
     fingerprint = store_fingerprint(store)
+    layout = ParamLayout.from_json(meta.layout)  # the backbone builder sees the target's layers
+    # the hypernetwork builds policy.hypernetwork_backbone, never policy.backbone: no message
+    said = emit if cfg.method != "hypernetwork" and rank == 0 else (lambda _e: None)
+    cfg = resolve_auto(cfg, layout, meta.compat.model.name, said)
     out = Path(cfg.out)
     resume = check_out_dir(out, cfg, fingerprint) if rank == 0 else True
     if world > 1:
@@ -163,7 +168,6 @@ def train_policy(cfg: TrainConfig, progress: Progress | None = None) -> TrainRes
                 policy_config_json(cfg, store, fingerprint, n_steps, states - 1, device,
                                    len(runs), 0, False, validation=split_json),
             )  # fmt: skip
-    layout = ParamLayout.from_json(meta.layout)  # the backbone builder sees the target's layers
     model = build_model(cfg, size, cond_dim, n_steps, stats, ways, layout).to(device)
     bank = None
     if getattr(model, "needs_probe", False):
