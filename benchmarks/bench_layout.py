@@ -63,10 +63,10 @@ def plans_for(ctx: RunContext, tasks: list[str], n: int, tag: str) -> list[RunPl
 def train_alone(ctx: RunContext, plans: list[RunPlan]) -> None:
     models = [ctx._model(p) for p in plans]
     theta0 = torch.stack([flat_params(m) for m in models])
-    data = [ctx.task(p.task_id) for p in plans]
+    data = [ctx.train_set(p.task_id) for p in plans]
     gens = [torch.Generator().manual_seed(derive_seed(p.seed, "batches")) for p in plans]
     c = ctx.cfg
-    xs, ys = [d.x_train for d in data], [d.y_train for d in data]
+    xs, ys = [x for x, _ in data], [y for _, y in data]
     train_batched(models[0], "adam", c.optim, theta0, xs, ys, c.steps, c.record_every,
                   c.batch_size, gens, None)  # fmt: skip
 
@@ -75,7 +75,7 @@ def one_run_v1(ctx: RunContext, plans: list[RunPlan], root: object) -> None:
     """Today's one-run path before blocks: train_loop, each run its own group (schema 1)."""
     c = ctx.cfg
     for p in plans:
-        data, model = ctx.task(p.task_id), ctx._model(p)
+        (x_train, y_train), model = ctx.train_set(p.task_id), ctx._model(p)
         opt = build_optimizer("adam", trainable_parameters(model), c.optim)
         gen = torch.Generator().manual_seed(derive_seed(p.seed, "batches"))
         w = begin_group_run(root, p.run_id, c.recorded_states, ctx.layout_size, c.store,
@@ -84,7 +84,7 @@ def one_run_v1(ctx: RunContext, plans: list[RunPlan], root: object) -> None:
         def record(theta: torch.Tensor, loss: torch.Tensor, acc: torch.Tensor) -> None:
             w.append(theta.numpy(), float(loss), float(acc))  # noqa: B023
 
-        train_loop(model, opt, data.x_train, data.y_train, c.steps, c.record_every,
+        train_loop(model, opt, x_train, y_train, c.steps, c.record_every,
                    c.batch_size, gen, record)  # fmt: skip
         w.finish()
 
@@ -94,7 +94,7 @@ def batched_v1(ctx: RunContext, plans: list[RunPlan], root: object) -> None:
     c = ctx.cfg
     models = [ctx._model(p) for p in plans]
     theta0 = torch.stack([flat_params(m) for m in models])
-    data = [ctx.task(p.task_id) for p in plans]
+    data = [ctx.train_set(p.task_id) for p in plans]
     gens = [torch.Generator().manual_seed(derive_seed(p.seed, "batches")) for p in plans]
     writers = [begin_group_run(root, p.run_id, c.recorded_states, ctx.layout_size, c.store,
                                ctx._attrs(p)) for p in plans]  # fmt: skip
@@ -104,7 +104,7 @@ def batched_v1(ctx: RunContext, plans: list[RunPlan], root: object) -> None:
         for r, wr in enumerate(writers):
             wr.append(w[r], lo[r], ac[r])
 
-    xs, ys = [d.x_train for d in data], [d.y_train for d in data]
+    xs, ys = [x for x, _ in data], [y for _, y in data]
     train_batched(models[0], "adam", c.optim, theta0, xs, ys, c.steps, c.record_every,
                   c.batch_size, gens, record)  # fmt: skip
     for wr in writers:
