@@ -202,8 +202,9 @@ def codec_label(c: StoreCodecConfig) -> str:
     return ", ".join(f"{k} {v}" if k != "codec" else str(v) for k, v in diff.items()) or "default"
 
 
-def codec_study(model: str, root: Path) -> list[list[object]]:
-    """The weights of :data:`STUDY_BLOCKS` full blocks of the blocks store of ``bench_model``,
+def codec_study(model: str, root: Path, path: Path | None = None) -> list[list[object]]:
+    """The weights of :data:`STUDY_BLOCKS` full blocks of the blocks store of ``bench_model`` (or
+    of the store at ``path``),
     each ``[R, T+1, P]`` rewritten with every :data:`LOSSLESS` option as ``new_block`` creates a
     block's weights (its chunks, filters, serializer and compressors): ``[model, option,
     raw/disk, encode ms per run]``, each option checked to round-trip bit for bit."""
@@ -214,7 +215,7 @@ def codec_study(model: str, root: Path) -> list[list[object]]:
     from lohp_cli.store.blocks import chunk_runs
     from lohp_cli.store.codecs import codecs_for, filters_for, serializer_for
 
-    store = TrajectoryStore.open(str(root / f"{model}.zarr"))
+    store = TrajectoryStore.open(str(path or root / f"{model}.zarr"))
     by_block: dict[str, list[str]] = {}
     for rid in store.complete_runs():
         by_block.setdefault(store.slot(rid)[0], []).append(rid)  # type: ignore[index]
@@ -244,6 +245,15 @@ def codec_study(model: str, root: Path) -> list[list[object]]:
         rows.append([model, codec_label(opt), raw / disk, ms])
         log(f"{model} codec {codec_label(opt)}: {raw / disk:.3f}x")
     return rows
+
+
+def print_codecs(rows: list[list[object]]) -> None:
+    print(
+        "\n| model or store | lossless codec option (blocks) | weights raw/disk | encode ms/run |"
+    )
+    print("|---|---|---|---|")
+    for model, label, ratio, ms in rows:
+        print(f"| {model} | {label} | {ratio:.3f}x | {ms:.2f} |")
 
 
 def process(args: list[str]) -> tuple[float, float, float]:
@@ -295,8 +305,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--process-runs", default="192,960", help="store sizes of the process rows")
     ap.add_argument("--codecs", action="store_true",
                     help="rewrite 2 blocks of each model with lossless codec options")  # fmt: skip
+    ap.add_argument("--codec-store", type=Path,
+                    help="only the codec study, on the full blocks of this store")  # fmt: skip
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
+    if a.codec_store is not None:
+        with tempfile.TemporaryDirectory() as d:
+            rows = codec_study(str(a.codec_store), Path(d), a.codec_store)
+        print_codecs(rows)
+        return 0
     load0 = os.getloadavg()
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
@@ -329,10 +346,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{g('train_vs_one_cpu', '{:.1f}x')} | "
               f"{g('v2_over_train_cpu', '{:.3f}x')} |")  # fmt: skip
     if codecs:
-        print("\n| model | lossless codec option (blocks) | weights raw/disk | encode ms/run |")
-        print("|---|---|---|---|")
-        for model, label, ratio, ms in codecs:
-            print(f"| {model} | {label} | {ratio:.3f}x | {ms:.2f} |")
+        print_codecs(codecs)
     if procs:
         print("\n| whole process | runs | wall s | CPU s | runs/s | peak RSS MB |")
         print("|---|---|---|---|---|---|")
