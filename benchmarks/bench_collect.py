@@ -151,16 +151,14 @@ def fresh_training(
 
 
 def run_train_only(ctx: RunContext, plan: RunPlan) -> None:
-    cfg, data = ctx.cfg, ctx.task(plan.task_id)
+    cfg, (x_train, y_train) = ctx.cfg, ctx.train_set(plan.task_id)
     model, opt, gen = fresh_training(ctx, plan)
-    train_loop(
-        model, opt, data.x_train, data.y_train, cfg.steps, cfg.record_every, cfg.batch_size, gen
-    )
+    train_loop(model, opt, x_train, y_train, cfg.steps, cfg.record_every, cfg.batch_size, gen)
 
 
 def run_record_in_memory(ctx: RunContext, plan: RunPlan) -> np.ndarray:
     """The same loop, recording θ, loss and accuracy as ``execute`` does, into numpy (no store)."""
-    cfg, data = ctx.cfg, ctx.task(plan.task_id)
+    cfg, (x_train, y_train) = ctx.cfg, ctx.train_set(plan.task_id)
     model, opt, gen = fresh_training(ctx, plan)
     size = sum(p.numel() for p in model.parameters())
     weights = np.empty((cfg.recorded_states, size), dtype=np.float32)  # [T+1, P]
@@ -178,8 +176,8 @@ def run_record_in_memory(ctx: RunContext, plan: RunPlan) -> np.ndarray:
     train_loop(
         model,
         opt,
-        data.x_train,
-        data.y_train,
+        x_train,
+        y_train,
         cfg.steps,
         cfg.record_every,
         cfg.batch_size,
@@ -335,12 +333,12 @@ def bench_steps(ctx: RunContext, reps: int, block: int) -> list[Any]:
     """Median seconds per ``train_step`` of SGD, Adam and SAM (blocks of steps, interleaved)."""
     cfg = ctx.cfg
     plan = plan_runs(cfg, ctx.family.tasks("source", 1))[0]
-    data = ctx.task(plan.task_id)
+    x_train, y_train = ctx.train_set(plan.task_id)
     gen = torch.Generator().manual_seed(0)
     batches = []
     for _ in range(block):
-        b = torch.randperm(data.y_train.shape[0], generator=gen)[: cfg.batch_size]
-        batches.append((data.x_train[b], data.y_train[b]))  # [B, ...], [B]
+        b = torch.randperm(y_train.shape[0], generator=gen)[: cfg.batch_size]
+        batches.append((x_train[b], y_train[b]))  # [B, ...], [B]
     opts = ("sgd", "adam", "sam")
     state = {o: fresh_training(ctx, dataclasses.replace(plan, optimizer=o))[:2] for o in opts}
     times: dict[str, list[float]] = {o: [] for o in opts}
@@ -392,7 +390,7 @@ def run_batched(ctx: RunContext, plans: list[RunPlan], memory: bool) -> None:
         model, _, _ = fresh_training(ctx, p)
         starts.append(flat_params(model))
     theta0 = torch.stack(starts)  # [R, P]
-    data = [ctx.task(p.task_id) for p in plans]
+    data = [ctx.train_set(p.task_id) for p in plans]  # [(x_train, y_train)]
     gens = [torch.Generator().manual_seed(derive_seed(p.seed, "batches")) for p in plans]
     weights = np.empty((len(plans), cfg.recorded_states, theta0.shape[1]), dtype=np.float32)
     scalars = np.empty((len(plans), cfg.recorded_states, 2), dtype=np.float32)
@@ -409,7 +407,7 @@ def run_batched(ctx: RunContext, plans: list[RunPlan], memory: bool) -> None:
 
     train_batched(
         model, plans[0].optimizer, cfg.optim, theta0,
-        [d.x_train for d in data], [d.y_train for d in data],
+        [x for x, _ in data], [y for _, y in data],
         cfg.steps, cfg.record_every, cfg.batch_size, gens, record if memory else None,
     )  # fmt: skip
 
@@ -651,7 +649,8 @@ def final_accuracy(ctx: RunContext, plans: list[RunPlan], finals: list[np.ndarra
     out = []
     for plan, theta in zip(plans, finals, strict=True):
         model = init_target(ctx.cfg, ctx.family, plan.seed, ctx.frozen)
-        out.append(accuracy(model, torch.from_numpy(theta), ctx.task(plan.task_id))[0])
+        data = ctx.family.task(plan.task_id).data(ctx.cfg.model, ctx.frozen)
+        out.append(accuracy(model, torch.from_numpy(theta), data)[0])
     return out
 
 

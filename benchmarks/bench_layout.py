@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from lohp_cli.collect import collect
-from lohp_cli.config import CollectConfig
+from lohp_cli.config import CollectConfig, StoreCodecConfig
 from lohp_cli.optim import build_optimizer
 from lohp_cli.optim.batched import train_batched
 from lohp_cli.optim.loop import train_loop
@@ -63,10 +63,10 @@ def plans_for(ctx: RunContext, tasks: list[str], n: int, tag: str) -> list[RunPl
 def train_alone(ctx: RunContext, plans: list[RunPlan]) -> None:
     models = [ctx._model(p) for p in plans]
     theta0 = torch.stack([flat_params(m) for m in models])
-    data = [ctx.task(p.task_id) for p in plans]
+    data = [ctx.train_set(p.task_id) for p in plans]
     gens = [torch.Generator().manual_seed(derive_seed(p.seed, "batches")) for p in plans]
     c = ctx.cfg
-    xs, ys = [d.x_train for d in data], [d.y_train for d in data]
+    xs, ys = [x for x, _ in data], [y for _, y in data]
     train_batched(models[0], "adam", c.optim, theta0, xs, ys, c.steps, c.record_every,
                   c.batch_size, gens, None)  # fmt: skip
 
@@ -75,7 +75,7 @@ def one_run_v1(ctx: RunContext, plans: list[RunPlan], root: object) -> None:
     """Today's one-run path before blocks: train_loop, each run its own group (schema 1)."""
     c = ctx.cfg
     for p in plans:
-        data, model = ctx.task(p.task_id), ctx._model(p)
+        (x_train, y_train), model = ctx.train_set(p.task_id), ctx._model(p)
         opt = build_optimizer("adam", trainable_parameters(model), c.optim)
         gen = torch.Generator().manual_seed(derive_seed(p.seed, "batches"))
         w = begin_group_run(root, p.run_id, c.recorded_states, ctx.layout_size, c.store,
@@ -84,7 +84,7 @@ def one_run_v1(ctx: RunContext, plans: list[RunPlan], root: object) -> None:
         def record(theta: torch.Tensor, loss: torch.Tensor, acc: torch.Tensor) -> None:
             w.append(theta.numpy(), float(loss), float(acc))  # noqa: B023
 
-        train_loop(model, opt, data.x_train, data.y_train, c.steps, c.record_every,
+        train_loop(model, opt, x_train, y_train, c.steps, c.record_every,
                    c.batch_size, gen, record)  # fmt: skip
         w.finish()
 
@@ -94,7 +94,7 @@ def batched_v1(ctx: RunContext, plans: list[RunPlan], root: object) -> None:
     c = ctx.cfg
     models = [ctx._model(p) for p in plans]
     theta0 = torch.stack([flat_params(m) for m in models])
-    data = [ctx.task(p.task_id) for p in plans]
+    data = [ctx.train_set(p.task_id) for p in plans]
     gens = [torch.Generator().manual_seed(derive_seed(p.seed, "batches")) for p in plans]
     writers = [begin_group_run(root, p.run_id, c.recorded_states, ctx.layout_size, c.store,
                                ctx._attrs(p)) for p in plans]  # fmt: skip
@@ -104,7 +104,7 @@ def batched_v1(ctx: RunContext, plans: list[RunPlan], root: object) -> None:
         for r, wr in enumerate(writers):
             wr.append(w[r], lo[r], ac[r])
 
-    xs, ys = [d.x_train for d in data], [d.y_train for d in data]
+    xs, ys = [x for x, _ in data], [y for _, y in data]
     train_batched(models[0], "adam", c.optim, theta0, xs, ys, c.steps, c.record_every,
                   c.batch_size, gens, record)  # fmt: skip
     for wr in writers:
@@ -175,6 +175,87 @@ def bench_model(model: str, root: Path, runs: int, rounds: int) -> dict[str, obj
     return out
 
 
+# The lossless options of the codec study (--codecs), the default first: pcodec's levels and
+# delta orders, the transpose, larger chunks, and zarr's blosc (byte and bit shuffle) and zstd.
+LOSSLESS = [
+    StoreCodecConfig(),
+    StoreCodecConfig(level=12),
+    StoreCodecConfig(delta=0),
+    StoreCodecConfig(delta=1),
+    StoreCodecConfig(delta=2),
+    StoreCodecConfig(transpose=False),
+    StoreCodecConfig(chunk_runs=64),
+    StoreCodecConfig(codec="blosc-zstd", level=9),
+    StoreCodecConfig(codec="blosc-zstd", level=9, shuffle="bitshuffle"),
+    StoreCodecConfig(codec="blosc-zstd", level=9, shuffle="bitshuffle", chunk_runs=64),
+    StoreCodecConfig(codec="blosc-lz4", shuffle="bitshuffle", chunk_runs=64),
+    StoreCodecConfig(codec="zstd", level=9),
+]
+
+
+STUDY_BLOCKS = 2  # blocks of R runs each option rewrites (mlp: 64 MB of raw weights a block)
+
+
+def codec_label(c: StoreCodecConfig) -> str:
+    """The options of ``c`` that differ from the default, e.g. ``blosc-zstd, level 9``."""
+    diff = c.model_dump(exclude_defaults=True)
+    return ", ".join(f"{k} {v}" if k != "codec" else str(v) for k, v in diff.items()) or "default"
+
+
+def codec_study(model: str, root: Path, path: Path | None = None) -> list[list[object]]:
+    """The weights of :data:`STUDY_BLOCKS` full blocks of the blocks store of ``bench_model`` (or
+    of the store at ``path``),
+    each ``[R, T+1, P]`` rewritten with every :data:`LOSSLESS` option as ``new_block`` creates a
+    block's weights (its chunks, filters, serializer and compressors): ``[model, option,
+    raw/disk, encode ms per run]``, each option checked to round-trip bit for bit."""
+    import shutil
+
+    import zarr
+
+    from lohp_cli.store.blocks import chunk_runs
+    from lohp_cli.store.codecs import codecs_for, filters_for, serializer_for
+
+    store = TrajectoryStore.open(str(path or root / f"{model}.zarr"))
+    by_block: dict[str, list[str]] = {}
+    for rid in store.complete_runs():
+        by_block.setdefault(store.slot(rid)[0], []).append(rid)  # type: ignore[index]
+    full = [rids for rids in by_block.values() if len(rids) == max(map(len, by_block.values()))]
+    blocks = [np.stack([store.weights(r) for r in rids]) for rids in full[:STUDY_BLOCKS]]
+    raw = sum(b.nbytes for b in blocks)
+    rows: list[list[object]] = []
+    for opt in LOSSLESS:
+        out = root / "codec-study"
+        shutil.rmtree(out, ignore_errors=True)
+        group = zarr.open_group(zarr.storage.LocalStore(out), mode="w")
+        t0 = time.perf_counter()
+        for i, w in enumerate(blocks):
+            runs, states, size = w.shape
+            arr = group.create_array(str(i), shape=w.shape, dtype="float32",
+                                     chunks=(chunk_runs(opt, states, size, runs),
+                                             min(opt.chunk_steps, states), size),
+                                     filters=filters_for(opt, 3), serializer=serializer_for(opt),
+                                     compressors=codecs_for(opt), fill_value=np.nan)  # fmt: skip
+            arr[...] = w
+        ms = (time.perf_counter() - t0) * 1e3 / sum(len(b) for b in blocks)
+        back = zarr.open_group(zarr.storage.LocalStore(out), mode="r")
+        for i, w in enumerate(blocks):
+            if np.asarray(back[str(i)][...]).tobytes() != w.tobytes():
+                raise RuntimeError(f"{codec_label(opt)} did not round-trip")
+        disk = sum(f.stat().st_size for f in out.rglob("*") if f.is_file() and f.parent != out)
+        rows.append([model, codec_label(opt), raw / disk, ms])
+        log(f"{model} codec {codec_label(opt)}: {raw / disk:.3f}x")
+    return rows
+
+
+def print_codecs(rows: list[list[object]]) -> None:
+    print(
+        "\n| model or store | lossless codec option (blocks) | weights raw/disk | encode ms/run |"
+    )
+    print("|---|---|---|---|")
+    for model, label, ratio, ms in rows:
+        print(f"| {model} | {label} | {ratio:.3f}x | {ms:.2f} |")
+
+
 def process(args: list[str]) -> tuple[float, float, float]:
     """Wall seconds, CPU seconds (user + system) and peak RSS (MB) of one ``lohp`` process,
     measured by GNU time (a child forked from this large process would count its pages)."""
@@ -222,13 +303,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=64, help="R, runs per block")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--process-runs", default="192,960", help="store sizes of the process rows")
+    ap.add_argument("--codecs", action="store_true",
+                    help="rewrite 2 blocks of each model with lossless codec options")  # fmt: skip
+    ap.add_argument("--codec-store", type=Path,
+                    help="only the codec study, on the full blocks of this store")  # fmt: skip
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
+    if a.codec_store is not None:
+        with tempfile.TemporaryDirectory() as d:
+            rows = codec_study(str(a.codec_store), Path(d), a.codec_store)
+        print_codecs(rows)
+        return 0
     load0 = os.getloadavg()
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
         results = [bench_model(m, root, a.runs if m != "cnn" else 16, a.rounds)
                    for m in a.models.split(",")]  # fmt: skip
+        models = a.models.split(",")
+        codecs = [row for m in models for row in codec_study(m, root)] if a.codecs else []
         sizes = [int(x) for x in a.process_runs.split(",") if x]
         procs = bench_processes(root, sizes) if sizes else []
     load1 = os.getloadavg()
@@ -253,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{g('ratio_v1', '{:.3f}x')} | {g('v2_vs_one_cpu', '{:.1f}x')} | "
               f"{g('train_vs_one_cpu', '{:.1f}x')} | "
               f"{g('v2_over_train_cpu', '{:.3f}x')} |")  # fmt: skip
+    if codecs:
+        print_codecs(codecs)
     if procs:
         print("\n| whole process | runs | wall s | CPU s | runs/s | peak RSS MB |")
         print("|---|---|---|---|---|---|")

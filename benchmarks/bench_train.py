@@ -192,10 +192,10 @@ def latency(store: Path, policy_cfg: dict, repeats: int) -> tuple[float, float, 
         t_pol = median_time(lambda: model.means(s, i, c), repeats)
     ccfg = CollectConfig.model_validate(TrajectoryStore.open(str(store)).meta.config)
     ctx = RunContext(ccfg, "cpu")
-    task = ctx.task(ctx.store.task_ids()[0])
+    x_train, y_train = ctx.train_set(ctx.store.task_ids()[0])
     net = build_target(ccfg.model, ctx.family.data.image_shape, ccfg.task.ways)
     opt = build_optimizer("adam", net.parameters(), ccfg.optim)
-    xb, yb = task.x_train[: ccfg.batch_size], task.y_train[: ccfg.batch_size]
+    xb, yb = x_train[: ccfg.batch_size], y_train[: ccfg.batch_size]
     t_adam = median_time(lambda: train_step(net, opt, xb, yb), repeats)
     return t_pol, t_adam, meta.N, ccfg.steps
 

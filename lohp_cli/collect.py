@@ -39,7 +39,7 @@ from lohp_cli.runs import (  # RunContext, RunPlan, init_target: also imported f
     layout_for,
     new_block,
 )
-from lohp_cli.runtime import derive_seed, provenance, resolve_device
+from lohp_cli.runtime import derive_seed, provenance, resolve_device, torch_threads
 from lohp_cli.store import TrajectoryStore, run_id
 from lohp_cli.store.frozen import train_frozen
 from lohp_cli.store.location import absolute_location, init_lock, local_path
@@ -156,12 +156,8 @@ def _init_store(
                 store.write_shared_init(flat_params(init_target(cfg, family, seed)).numpy(), seed)
             # on a fixed number of threads, like the runs: the store does not depend on the
             # machine's cores or load (a thread count can change the last bits of the extractor)
-            threads = torch.get_num_threads()
-            torch.set_num_threads(cfg.threads_per_worker)
-            try:
+            with torch_threads(cfg.threads_per_worker):
                 train_frozen(store, cfg.model, family, cfg.seed, progress)
-            finally:
-                torch.set_num_threads(threads)
             store.update_attrs(init_complete=True)
         except BaseException:
             if created:  # nothing half-made is left: a re-run, with any settings, starts afresh
@@ -246,13 +242,15 @@ def _collect(
         if damage is not None:
             plans += _repair(cfg, ctx, damage, {p.run_id for p in plans}, emit)
         needed = {p.task_id for p in plans}
-        for task in tasks:
-            if task.id in needed and not store.has_task(task.id):
-                store.write_task(
-                    task.id,
-                    ctx.task(task.id).condition.cpu().numpy(),
-                    {**task.describe(), "split": task.split, "family": family.name},
-                )
+        with torch_threads(cfg.threads_per_worker):  # as the runs encode their training images
+            for task in tasks:
+                if task.id in needed and not store.has_task(task.id):
+                    # only the support set is encoded here; the runs encode the training images
+                    store.write_task(
+                        task.id,
+                        ctx.condition(task.id),
+                        {**task.describe(), "split": task.split, "family": family.name},
+                    )
 
     pending = []
     for plan in plans:
@@ -352,7 +350,8 @@ def _repair(
         task = family.task(tid)
         delete_task(store, tid)
         attrs = {**task.describe(), "split": task.split, "family": family.name}
-        store.write_task(tid, ctx.task(tid).condition.cpu().numpy(), attrs)
+        with torch_threads(cfg.threads_per_worker):
+            store.write_task(tid, ctx.condition(tid), attrs)
         emit({"event": "repaired", "what": f"condition of task {tid}", "why": why})
     extra = []
     for rid, why in sorted(damage.runs.items()):
@@ -367,12 +366,8 @@ def _repair(
 def _run_here(ctx: RunContext, blocks: list[BlockPlan]) -> Iterator[tuple[str, float]]:
     """``(run id, wall seconds)`` of each run, collected in this process a block at a time (the
     next block trains while the last one is written)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(ctx.cfg.threads_per_worker)
-    try:
+    with torch_threads(ctx.cfg.threads_per_worker):
         yield from ctx.execute_blocks(blocks)
-    finally:
-        torch.set_num_threads(old)
 
 
 def _run_in_pool(

@@ -11,6 +11,7 @@ they equal the one-run path's (``batch_runs = 1``) to float tolerance.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -28,7 +29,6 @@ from lohp_cli.store.blocks import block_id
 from lohp_cli.store.frozen import load_frozen
 from lohp_cli.store.writer import BlockTarget, BlockWriter, WriteSink
 from lohp_cli.tasks import TaskFamily, make_family
-from lohp_cli.tasks.families import TaskTensors
 from lohp_cli.tasks.models import (
     Frozen,
     ParamLayout,
@@ -37,6 +37,8 @@ from lohp_cli.tasks.models import (
     load_flat,
     trainable_parameters,
 )
+
+TASK_CACHE_MIN = 16  # tasks whose training inputs a RunContext keeps, at the least
 
 
 @dataclass(frozen=True)
@@ -107,19 +109,38 @@ class RunContext:
         self.frozen = load_frozen(self.store, cfg.model, self.family)
         shared = self.store.shared_init()  # [P] of a shared-init store, else None
         self.theta0 = None if shared is None else torch.from_numpy(shared)
-        self._tasks: dict[str, TaskTensors] = {}
+        # training inputs by task id, least recently used first: a block's runs, and the blocks
+        # of the other optimizers that follow it over the same tasks, find theirs here
+        self._train: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self.cache_tasks = max(TASK_CACHE_MIN, cfg.batch_runs)  # at least one block's tasks
         # cnn (BatchNorm buffers) and lora (a frozen backbone inside) take the one-run path
         model = build_target(cfg.model, self.family.input_shape, self.family.ways, self.frozen)
         self.batchable = batchable(model)
         self.layout_size = ParamLayout.of(model).size  # P
 
-    def task(self, task_id: str) -> TaskTensors:
-        if task_id not in self._tasks:
-            if len(self._tasks) >= max(16, self.cfg.batch_runs):  # a group's tasks stay cached
-                self._tasks.clear()
-            task = self.family.task(task_id)
-            self._tasks[task_id] = task.data(self.cfg.model, self.frozen, self.device)
-        return self._tasks[task_id]
+    def train_set(self, task_id: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x_train [N, *in], y_train [N])`` of a task on the device, as the target model sees
+        them (:meth:`~lohp_cli.tasks.families.Task.train_set`: only the training images go
+        through the frozen extractor). Encoded once per process while the task's runs last: kept
+        for the :attr:`cache_tasks` tasks used last (``max(16, batch_runs)``; its memory is that
+        many training splits, e.g. ``64 × 500 × 64`` floats = 8 MB for ``head``, 64 × 1.5 MB for
+        ``mlp`` on Fashion-MNIST). Runs are planned task by task and a block's tasks are those of
+        the other optimizers' blocks beside it, so a process encodes each of its tasks once."""
+        hit = self._train.get(task_id)
+        if hit is not None:
+            self._train.move_to_end(task_id)
+            return hit
+        x, y = self.family.task(task_id).train_set(self.cfg.model, self.frozen)
+        hit = self._train[task_id] = (x.to(self.device), y.to(self.device))
+        if len(self._train) > self.cache_tasks:
+            self._train.popitem(last=False)
+        return hit
+
+    def condition(self, task_id: str) -> np.ndarray:
+        """The task's condition ``[D]`` float32 (from its support set only; not cached: a
+        collect writes each task's once)."""
+        task = self.family.task(task_id)
+        return task.condition(self.cfg.model, self.frozen).cpu().numpy()
 
     def _model(self, plan: RunPlan) -> torch.nn.Module:
         """The run's target model at its θ_0, on the device, in train mode."""
@@ -167,7 +188,7 @@ class RunContext:
         ``acc [T+1]`` and wall seconds."""
         cfg = self.cfg
         t0 = time.perf_counter()
-        data = self.task(plan.task_id)
+        x_train, y_train = self.train_set(plan.task_id)
         model = self._model(plan)
         opt = build_optimizer(plan.optimizer, trainable_parameters(model), cfg.optim)
         gen = torch.Generator().manual_seed(derive_seed(plan.seed, "batches"))
@@ -187,8 +208,8 @@ class RunContext:
         train_loop(
             model,
             opt,
-            data.x_train,
-            data.y_train,
+            x_train,
+            y_train,
             cfg.steps,
             cfg.record_every,
             cfg.batch_size,
@@ -250,7 +271,7 @@ class RunContext:
         plans = block.plans
         models = [self._model(p) for p in plans]
         theta0 = torch.stack([flat_params(m) for m in models])  # [R, P]
-        data = [self.task(p.task_id) for p in plans]
+        data = [self.train_set(p.task_id) for p in plans]  # [(x_train, y_train)]
         gens = [torch.Generator().manual_seed(derive_seed(p.seed, "batches")) for p in plans]
         step = 0
 
@@ -269,8 +290,8 @@ class RunContext:
             plans[0].optimizer,
             cfg.optim,
             theta0,
-            [d.x_train for d in data],
-            [d.y_train for d in data],
+            [x for x, _ in data],
+            [y for _, y in data],
             cfg.steps,
             cfg.record_every,
             cfg.batch_size,

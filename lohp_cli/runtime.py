@@ -223,13 +223,22 @@ def stage_threads(
 ) -> Iterator[ThreadChoice]:
     """Run a stage on :func:`choose_threads`'s intra-op threads (torch set to them, an ``info``
     event saying how many and why), restoring the caller's threads afterwards."""
+    choice = choose_threads(requested, default)
+    with torch_threads(choice.threads):
+        emit(
+            {"event": "info", "message": f"threads: {choice.describe()}", "threads": choice.threads}
+        )
+        yield choice
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Torch's intra-op threads set to ``n`` inside the block, the caller's count after it."""
     import torch
 
-    choice = choose_threads(requested, default)
     before = torch.get_num_threads()
-    torch.set_num_threads(choice.threads)
-    emit({"event": "info", "message": f"threads: {choice.describe()}", "threads": choice.threads})
+    torch.set_num_threads(n)
     try:
-        yield choice
+        yield
     finally:
         torch.set_num_threads(before)

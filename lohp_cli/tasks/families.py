@@ -98,6 +98,15 @@ class Task(ABC):
         """The condition vector ``[D]`` (computed from the labelled support set only)."""
         return self.support_set(model_cfg, frozen)[2]
 
+    def train_set(
+        self, model_cfg: ModelConfig, frozen: Frozen
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x_train [N, *in], y_train [N])`` on the CPU: the training split as :meth:`data`
+        gives it (the same tensors, to the bit), without encoding the test and support parts
+        (what ``collect`` trains on). By default taken from :meth:`data`."""
+        d = self.data(model_cfg, frozen)
+        return d.x_train, d.y_train
+
     def score(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
         """(accuracy, mean cross-entropy) of ``logits [N, C]`` against labels ``y [N]``."""
         loss = nn.functional.cross_entropy(logits, y)

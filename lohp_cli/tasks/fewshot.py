@@ -171,6 +171,16 @@ class Episode(ImageTask):
     def inputs(self, images: np.ndarray, model_cfg: ModelConfig, frozen: Frozen) -> torch.Tensor:
         return target_model(model_cfg).encode(self.pool.standardise(images), frozen)
 
+    def train_set(
+        self, model_cfg: ModelConfig, frozen: Frozen
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The support set (a many-shot episode: its many-shot set), as :meth:`data` trains on."""
+        if self.many_shot:
+            train_images, y_t = self.examples("train")
+            return self.inputs(train_images, model_cfg, frozen), y_t
+        x_s, y_s, _ = self.support_set(model_cfg, frozen)
+        return x_s, y_s
+
     def data(self, model_cfg: ModelConfig, frozen: Frozen, device: str = "cpu") -> TaskTensors:
         """The support set as the training split (encoded once; a many-shot episode: its
         many-shot set) and the queries as the test split."""

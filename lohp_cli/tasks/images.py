@@ -152,10 +152,15 @@ class ImageTask(Task):
         cond = class_means(feats, y, self.family.ways)
         return x, y, cond.float()
 
-    def data(self, model_cfg: ModelConfig, frozen: Frozen, device: str = "cpu") -> TaskTensors:
+    def train_set(
+        self, model_cfg: ModelConfig, frozen: Frozen
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         train_images, y_train = self.examples("train")
+        return self.inputs(train_images, model_cfg, frozen), y_train
+
+    def data(self, model_cfg: ModelConfig, frozen: Frozen, device: str = "cpu") -> TaskTensors:
+        x_train, y_train = self.train_set(model_cfg, frozen)
         test_images, y_test = self.examples("test")
-        x_train = self.inputs(train_images, model_cfg, frozen)
         x_test = self.inputs(test_images, model_cfg, frozen)
         x_support, y_support, cond = self.support_set(model_cfg, frozen)
         return TaskTensors(

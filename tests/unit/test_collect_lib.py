@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+import lohp_cli.runs as runs
 import lohp_cli.store.chunks as chunks
 from lohp_cli.collect import RunContext, collect, init_target, plan_runs, summarize_store
 from lohp_cli.config import OPTIMIZERS, CollectConfig, StoreCodecConfig, TaskConfig
@@ -29,6 +31,7 @@ from lohp_cli.policy.artifact import store_fingerprint
 from lohp_cli.runtime import derive_seed
 from lohp_cli.store import TrajectoryStore, parse_run_id, run_id
 from lohp_cli.tasks import make_family
+from lohp_cli.tasks.images import ImageTask
 from lohp_cli.tasks.models import build_target, flat_params
 from tests.conftest import TINY, block_of, ident, run_array, tiny_config
 
@@ -169,6 +172,62 @@ def test_memory_store_equals_disk_store(reference: str) -> None:
     assert_same_runs(reference, url)
     with pytest.raises(StoreError, match="use --workers 1"):
         collect(cfg_at(f"memory://lohp-collect-{uuid.uuid4().hex}", workers=2))
+
+
+# ---- task data: each task's images encoded once per process -----------------------------------
+def count_calls(monkeypatch: pytest.MonkeyPatch, cls: type, names: tuple[str, ...]) -> Counter:
+    """Calls of ``cls``'s methods ``names`` by (name, task id), counted from now on."""
+    calls: Counter = Counter()
+    for name in names:
+        method = getattr(cls, name)
+
+        def counted(self: Any, *a: Any, _m: Any = method, _n: str = name, **k: Any) -> Any:
+            calls[_n, self.id] += 1
+            return _m(self, *a, **k)
+
+        monkeypatch.setattr(cls, name, counted)
+    return calls
+
+
+def test_each_task_is_encoded_once_per_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The set-up encodes a task's support set (its condition), the runs its training images,
+    each once, even where the tasks outnumber the cache (2 here, blocks of 2 runs); the test
+    images are not encoded at all."""
+    monkeypatch.setattr(runs, "TASK_CACHE_MIN", 1)
+    calls = count_calls(monkeypatch, ImageTask, ("train_set", "support_set", "data"))
+    collect(cfg_at(tmp_path / "s.zarr", tasks=5, batch_runs=2))
+    tasks = TrajectoryStore.open(str(tmp_path / "s.zarr")).task_ids()
+    assert len(tasks) == 5
+    assert calls == Counter({(n, t): 1 for t in tasks for n in ("train_set", "support_set")})
+
+
+def test_runs_equal_those_trained_on_each_tasks_whole_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store is the one the path before gave, to the byte: each task's whole data
+    (:meth:`Task.data`: train, test and support encoded together through the frozen extractor,
+    the condition from it), prepared again wherever it was asked for."""
+    over = {"model": {**TINY["model"], "name": "head"}, "tasks": 3, "batch_runs": 2}
+    collect(cfg_at(tmp_path / "a.zarr", **over))
+
+    def whole(ctx: RunContext, tid: str) -> Any:
+        return ctx.family.task(tid).data(ctx.cfg.model, ctx.frozen, ctx.device)
+
+    monkeypatch.setattr(
+        RunContext, "train_set", lambda c, t: (whole(c, t).x_train, whole(c, t).y_train)
+    )
+    monkeypatch.setattr(RunContext, "condition", lambda c, t: whole(c, t).condition.numpy())
+    collect(cfg_at(tmp_path / "b.zarr", **over))
+    a, b = (str(tmp_path / n) for n in ("a.zarr", "b.zarr"))
+    assert_same_runs(a, b)
+    sa, sb = TrajectoryStore.open(a), TrajectoryStore.open(b)
+    assert len(sa.run_ids()) == 9 and sa.task_ids() == sb.task_ids()
+    for rid in sa.run_ids():
+        assert sa.weights(rid).tobytes() == sb.weights(rid).tobytes(), rid
+    for tid in sa.task_ids():
+        assert sa.condition(tid).tobytes() == sb.condition(tid).tobytes(), tid
 
 
 # ---- refusing mismatched stores ----------------------------------------------------------------

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lohp_cli.config import TaskConfig
+from lohp_cli.config import ModelConfig, TaskConfig
 from lohp_cli.errors import ConfigError, DataError
 from lohp_cli.tasks import (
     FAMILIES,
@@ -22,6 +23,7 @@ from lohp_cli.tasks import (
     register_family,
 )
 from lohp_cli.tasks.datasets import ImageData
+from lohp_cli.tasks.models import FeatureExtractor
 from tests.conftest import needs_fmnist
 from tests.unit.test_datasets import fake_fmnist, write_cifar, write_fmnist
 
@@ -290,3 +292,28 @@ def test_real_fmnist_family() -> None:
     assert all(9 not in t.classes for t in tasks)
     idx = f.indices(tasks[0])
     assert idx.train.shape == (500,) and not set(idx.train) & set(idx.support)
+
+
+# ---- the training split alone (what collect encodes) ------------------------------------------
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        CFG,
+        TaskConfig(family="fewshot-digits", ways=3, shots=5, queries=7),
+        TaskConfig(family="fewshot-digits", ways=3, shots=5, queries=7, source_train="all"),
+    ],
+    ids=["class-subset", "episode", "many-shot episode"],
+)
+def test_the_training_split_alone_is_the_one_data_gives(cfg: TaskConfig) -> None:
+    """``Task.train_set`` (what collect trains on, without the test and support parts) equals
+    ``Task.data``'s training split to the bit, through a frozen extractor."""
+    family = make_family(cfg)
+    torch.manual_seed(0)
+    frozen = {"extractor": FeatureExtractor(1, 8).eval().requires_grad_(False)}
+    model = ModelConfig(name="head", feature_dim=8)
+    for task in family.tasks("source", 2):
+        x, y = task.train_set(model, frozen)
+        d = task.data(model, frozen)
+        assert x.numpy().tobytes() == d.x_train.numpy().tobytes() and torch.equal(y, d.y_train)
+        if cfg.source_train == "all":  # a many-shot episode trains on more than its shots
+            assert x.shape[0] > 5 * 3
