@@ -122,14 +122,18 @@ class Objective(nn.Module):
         weights = pair_weights(w + 1, lc.lam, lc.pairs, lc.max_len, device=x.device)
         terms: dict[str, float] = {}
         total = x.new_zeros(())
-        if method == "lo-hp" and lc.w_off > 0:
+        if method == "lo-hp" and (lc.w_off > 0 or lc.w_step > 0):
             m = self._randint(n - w + 1)
             xs = x[:, m : m + w + 1]  # [B, W+1, P]
-            ratios = policy.log_ratios(xs, m, cond, tok, probe)
+            ratios, nll = policy.step_terms(xs, m, cond, tok, probe)
             z = policy.log_z(cond)[:, m : m + w + 1]
             off = balance_loss(ratios, xs, xs, z, self._beta(xs, m), weights)
             total = total + lc.w_off * off
             terms["off"] = float(off.detach())
+            if lc.w_step > 0:  # the recorded steps' likelihood, per coordinate
+                step_nll = nll.mean() / xs.shape[-1]
+                total = total + lc.w_step * step_nll
+                terms["step_nll"] = float(step_nll.detach())
         if lc.w_on > 0:
             # a coin per rollout: from an offline state θ_{k·m} (one m for the batch) or s_0
             offline = torch.rand(x.shape[0], generator=self.gen) < lc.hybrid_start  # [B]

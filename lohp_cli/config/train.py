@@ -135,6 +135,14 @@ class LossConfig(Frozen):
         "pathwise: gradients also flow through the reparameterised rollout.",
     )
     lodi_noise: float = Field(0.1, ge=0, description="Lo-Di: noise added to inputs (× σ_i).")
+    w_step: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of the recorded steps' likelihood (lo-hp): the mean over the "
+        "off-policy window of ||Δ_i − f_i||² / (2σ_i² P), the Gaussian negative log-likelihood of "
+        "each offline step under P_F per coordinate. It pins every coordinate's step, which the "
+        "balance residuals (one scalar per pair) do not (docs/policy.md, the cnn section).",
+    )
 
 
 DEFAULT_METHOD = "lo-hp"

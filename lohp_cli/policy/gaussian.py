@@ -10,6 +10,7 @@ States live in the normalised weight space (``NormStats``). With N online steps:
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -158,19 +159,24 @@ class LoHpPolicy(nn.Module):
         return self.z_mlp(torch.cat([ti, ci], dim=-1)).squeeze(-1)
 
     # ---- trajectories -----------------------------------------------------------------------
-    def log_ratios(
+    def log_ratios(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """log P_F(s_{i+1}|s_i) − log P_B(s_i|s_{i+1}) for each step: ``[B, L]``, the first of
+        :meth:`step_terms` (same arguments)."""
+        return self.step_terms(*args, **kwargs)[0]
+
+    def step_terms(
         self,
         states: torch.Tensor,
         start: int,
         cond: torch.Tensor,
         opt: torch.Tensor | None = None,
         probe: StateProbe | None = None,
-    ) -> torch.Tensor:
-        """log P_F(s_{i+1}|s_i) − log P_B(s_i|s_{i+1}) for each step of ``states``.
-
-        ``states [B, L+1, P]`` are the states at online indices ``start … start+L``.
-        Returns ``[B, L]``. One backbone call evaluates every state once.
-        """
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The log-ratios log P_F(s_{i+1}|s_i) − log P_B(s_i|s_{i+1}) ``[B, L]`` of each step of
+        ``states [B, L+1, P]`` (the states at online indices ``start … start+L``) and, from the
+        same backbone call (every state evaluated once), the forward negative log-likelihood of
+        each step without its normaliser, ||s_{i+1} − s_i − f_i||² / (2σ_i²) ``[B, L]``
+        (``loss.w_step``: the recorded steps' likelihood at offline states)."""
         b, l1, p = states.shape
         idx = torch.arange(start, start + l1, device=states.device)  # [L+1]
         flat = states.reshape(b * l1, p)
@@ -190,7 +196,7 @@ class LoHpPolicy(nn.Module):
         else:
             bwd = -((s0 - (s1 - bw[:, 1:])) ** 2).sum(-1)
         # the Gaussian normalisers cancel because P_F and P_B share σ_i
-        return (fwd - bwd) / (2 * sig**2)
+        return (fwd - bwd) / (2 * sig**2), -fwd / (2 * sig**2)
 
     def log_prob_forward(
         self,

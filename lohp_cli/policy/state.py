@@ -17,22 +17,24 @@ policy calls on its states.
 
 from __future__ import annotations
 
+from copy import deepcopy
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from lohp_cli.errors import ConfigError
 from lohp_cli.tasks.models import functional_forward
 
 
-def check_state_model(net: nn.Module) -> None:
-    """Refuse target models whose forward pass needs batch statistics (vmap cannot run them)."""
-    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()):
-        raise ConfigError(
-            "policy.state_input='support' and 'grad' support target models without batch norm "
-            "(head, mlp)."
-        )
+def state_model(net: nn.Module) -> nn.Module:
+    """The target model as the probe runs it under ``vmap``: ``net`` itself, or for a model with
+    batch norm (``cnn``) a copy whose BatchNorm layers use the batch's statistics and keep no
+    running ones, as :func:`lohp_cli.scoring.accuracy` scores generated weights (in train mode);
+    vmap cannot run the in-place update of running statistics."""
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()):
+        return net
+    copy = torch.func.replace_all_batch_norm_modules_(deepcopy(net))
+    return copy.train()
 
 
 @dataclass
@@ -111,8 +113,7 @@ class ProbeBank:
     """Support sets of tasks, by task id, ready to be batched into :class:`StateProbe`."""
 
     def __init__(self, net: nn.Module, mean: torch.Tensor, std: torch.Tensor) -> None:
-        check_state_model(net)
-        self.net = net
+        self.net = state_model(net)
         self.mean, self.std = mean, std
         self.x: dict[str, torch.Tensor] = {}
         self.y: dict[str, torch.Tensor] = {}

@@ -104,3 +104,61 @@ def test_both_terms_and_their_weighted_ratio_are_logged() -> None:
     _, terms = obj(x, cond, opt)
     assert terms["on_off_ratio"] == pytest.approx(0.5 * terms["on"] / (2.0 * terms["off"]))
     assert terms["loss"] == pytest.approx(2.0 * terms["off"] + 0.5 * terms["on"], rel=1e-5)
+
+
+# ---- loss.w_step: the recorded steps' likelihood (issue 22) --------------------------------------
+def with_loss(obj: Objective, **update: float) -> Objective:
+    obj.cfg = obj.cfg.model_copy(update={"loss": obj.cfg.loss.model_copy(update=update)})
+    return obj
+
+
+def test_step_terms_of_the_identity_policy_are_the_steps_over_two_sigma_squared() -> None:
+    """An untrained policy steps f = 0: each step's negative log-likelihood is ||Δ_i||²/(2σ_i²),
+    and the log-ratios are those of :meth:`log_ratios`."""
+    policy = objective(0.5).model
+    with torch.no_grad():
+        for p in policy.backbone.parameters():
+            p.zero_()
+    x, cond, _ = batch()
+    ratios, nll = policy.step_terms(x, 0, cond)
+    want = (x[:, 1:] - x[:, :-1]).pow(2).sum(-1) / (2 * 0.3**2)  # [B, N]
+    torch.testing.assert_close(nll, want)
+    torch.testing.assert_close(ratios, policy.log_ratios(x, 0, cond))
+
+
+def test_w_step_adds_the_mean_step_likelihood_per_coordinate() -> None:
+    """The loss grows by w_step × the logged step term, the balance terms are unchanged (the same
+    draws), and the term is the mean over the window of ||Δ_i − f_i||²/(2σ_i² P)."""
+    x, cond, opt = batch()
+    base = with_loss(objective(0.5), w_off=1.0)
+    loss0, terms0 = base(x, cond, opt)
+    obj = with_loss(objective(0.5), w_off=1.0, w_step=3.0)
+    loss1, terms1 = obj(x, cond, opt)
+    assert "step_nll" not in terms0
+    assert terms1["off"] == terms0["off"] and terms1["on"] == terms0["on"]
+    assert float(loss1) == pytest.approx(float(loss0) + 3.0 * terms1["step_nll"], rel=1e-5)
+    policy = obj.model
+    with torch.no_grad():  # the same term by hand: every window of the tiny store is the whole run
+        idx = torch.arange(N).repeat(B)
+        f, _ = policy.means(x[:, :-1].reshape(B * N, P), idx, cond.repeat_interleave(N, 0))
+        err = (x[:, 1:] - x[:, :-1] - f.view(B, N, P)).pow(2).sum(-1) / (2 * 0.3**2)
+    assert terms1["step_nll"] == pytest.approx(float(err.mean()) / P, rel=1e-5)
+
+
+def test_w_step_alone_pulls_the_step_towards_the_recorded_one() -> None:
+    """With only the step term (w_off = w_on = 0), a few optimizer steps lower the error of the
+    policy's step at the offline states: the term is a training signal on every coordinate."""
+    obj = with_loss(objective(0.5), w_off=0.0, w_on=0.0, w_step=1.0)
+    _, cond, opt = batch()
+    steps = torch.randn(1, N, P, generator=torch.Generator().manual_seed(3))  # the same every run
+    x = torch.cat([torch.zeros(B, 1, P), steps.expand(B, -1, -1).cumsum(1)], dim=1)
+    opt_ = torch.optim.Adam(obj.model.parameters(), lr=1e-2)
+    first = None
+    for _ in range(30):
+        obj.gen = torch.Generator().manual_seed(1)
+        loss, terms = obj(x, cond, opt)
+        first = terms["step_nll"] if first is None else first
+        opt_.zero_grad()
+        loss.backward()
+        opt_.step()
+    assert terms["step_nll"] < 0.5 * first

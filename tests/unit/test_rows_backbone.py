@@ -170,6 +170,88 @@ def test_the_policy_is_equivariant_to_classes_and_leaves_the_condition_out_of_em
     torch.testing.assert_close(bp, torch.gather(b, 1, wi), atol=1e-5, rtol=1e-5)
 
 
+# ---- routing: what a layer reads and writes lands on its own coordinates (issue 22) -------------
+def cnn_backbone() -> tuple[ParamLayout, RowSetBackbone]:
+    layout = target_layout("cnn")
+    torch.manual_seed(0)
+    bb = build_backbone(layout, COND["cnn"], 4, CFG)
+    assert isinstance(bb, RowSetBackbone)
+    return layout, bb
+
+
+def written(layout: ParamLayout, bb: RowSetBackbone) -> torch.Tensor:
+    """The forward channel of the backbone's step ``[P]`` at a random state."""
+    gen = torch.Generator().manual_seed(3)
+    s = torch.randn(1, layout.size, generator=gen)
+    emb = torch.randn(1, 8, generator=gen)
+    cond = torch.randn(1, COND["cnn"], generator=gen)
+    with torch.no_grad():
+        return bb(s, emb, cond)[0, 0]
+
+
+def test_a_conv_kernel_entry_is_written_to_its_own_coordinates() -> None:
+    """Kernel position q of the fed conv's edge output (its bias alone) writes ``W[i, j, q]`` for
+    every edge (i, j) and nothing else: the edges are scattered back in layout order."""
+    layout, bb = cnn_backbone()
+    io = next(io for io in bb.io if io.layer.weight.name == "features.4.weight")
+    q = 5  # kernel row 1, column 2 of a 3 × 3 kernel
+    with torch.no_grad():
+        io.edge_out.bias[q] = 1.0  # forward channel, kernel position q
+    out = layout.unflatten(written(layout, bb))
+    w = out["features.4.weight"]  # [c2, c1, 3, 3]
+    want = torch.zeros_like(w)
+    want[:, :, 1, 2] = 1.0
+    torch.testing.assert_close(w, want)
+    others = [v for name, v in out.items() if name != "features.4.weight"]
+    assert all(not v.any() for v in others)
+
+
+@pytest.mark.parametrize("k,name", [(0, "features.4.bias"), (1, "features.5.weight"),
+                                    (2, "features.5.bias")])  # fmt: skip
+def test_a_per_unit_vector_is_written_to_its_own_coordinates(k: int, name: str) -> None:
+    """Per-unit output k of the second conv layer writes the k-th vector after its weight (its
+    bias, the BatchNorm's scale, its shift) and no other coordinate."""
+    layout, bb = cnn_backbone()
+    io = next(io for io in bb.io if io.layer.weight.name == "features.4.weight")
+    with torch.no_grad():
+        io.extra_out.bias.view(2, -1)[0, k] = 1.0  # forward channel of vector k
+    out = layout.unflatten(written(layout, bb))
+    assert torch.equal(out[name], torch.ones_like(out[name]))
+    assert all(not v.any() for n, v in out.items() if n != name)
+
+
+def test_an_edge_reads_only_its_own_kernel() -> None:
+    """The fed conv's edge (i, j) embedding depends on ``W[i, j]`` (all 9 entries) and on
+    nothing else of the state: the read is the inverse of the write."""
+    layout, bb = cnn_backbone()
+    li = next(i for i, io in enumerate(bb.io) if io.layer.weight.name == "features.4.weight")
+    io = bb.io[li]
+    s = torch.randn(1, 1, layout.size, requires_grad=True)
+    _, edges = io.read(s)
+    assert edges is not None  # [1, c2, c1, d]
+    (g,) = torch.autograd.grad(edges[0, 3, 1].sum(), s)
+    touched = layout.unflatten(g[0, 0].ne(0).float())
+    w = touched["features.4.weight"]
+    want = torch.zeros_like(w)
+    want[3, 1] = 1.0
+    assert torch.equal(w, want)
+    assert all(not v.any() for n, v in touched.items() if n != "features.4.weight")
+
+
+def test_every_coordinate_can_be_stepped() -> None:
+    """With random output weights every coordinate of the cnn gets a step (no coordinate is
+    left without a path to the output)."""
+    layout, bb = cnn_backbone()
+    with torch.no_grad():
+        for m in bb.modules():
+            if isinstance(m, nn.Linear) and not m.weight.any():
+                m.weight.normal_(0, 0.3)
+    gen = torch.Generator().manual_seed(4)
+    s = torch.randn(2, layout.size, generator=gen)
+    out = bb(s, torch.randn(2, 8, generator=gen), torch.randn(2, COND["cnn"], generator=gen))
+    assert out[:, 0].ne(0).all()
+
+
 # ---- identity, size, refusals -----------------------------------------------------------------
 @pytest.mark.parametrize("name", ["head", "mlp", "cnn"])
 def test_untrained_policy_is_the_identity(name: str) -> None:
