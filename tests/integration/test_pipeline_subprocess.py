@@ -159,7 +159,9 @@ def test_collect_train_generate_evaluate(tmp_path: Path) -> None:
         "init",
         "param_count", "tasks", "samples_per_task", "optimizer_steps_full", "device", "methods",
         "timing", "cosine", "locality", "paired", "frontier", "matched", "config", "provenance",
+        "path_diagnosis",
     }  # fmt: skip
+    assert report["path_diagnosis"] is None  # off unless --set path_diagnosis_tasks=N
     (adam,) = report["matched"]["against"]  # the one optimizer evaluated, matched or not
     assert adam["against"] == "adam" and adam["budgets"] == sorted(adam["budgets"])
     assert adam["speedup"] is None or adam["speedup"] > 0
