@@ -135,6 +135,21 @@ class LossConfig(Frozen):
         "pathwise: gradients also flow through the reparameterised rollout.",
     )
     lodi_noise: float = Field(0.1, ge=0, description="Lo-Di: noise added to inputs (× σ_i).")
+    dagger: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of the DAgger term: the policy's mean step at states its own rollouts "
+        "visit, pulled toward the recorded optimizer's step from there (0 = off; lo-hp, lo-op).",
+    )
+    dagger_states: int = Field(
+        4, ge=1, description="DAgger: states relabelled per batch (each costs k·r optimizer steps)."
+    )
+    dagger_warmup: int = Field(
+        30,
+        ge=0,
+        description="DAgger: the optimizer's state (Adam's moments) at a state of index m is "
+        "warmed by min(m·k·r, this) steps from it, the weights then put back; 0 = fresh state.",
+    )
 
 
 DEFAULT_METHOD = "lo-hp"
