@@ -212,3 +212,11 @@ def test_dagger_is_refused_for_methods_without_steps(store: str, tmp_path: Path)
 def test_layout_of_head_store(store: str) -> None:
     relabel, _, size = _relabeler(store)
     assert ParamLayout.of(relabel.net).size == size
+
+
+def test_dagger_with_the_gradient_input(store: str, tmp_path: Path) -> None:
+    """A state-aware policy relabels with its rows' support sets (the probe follows the rows)."""
+    pol = {"backbone": "coordinate", "state_input": "grad", "coordinate_hidden": 8, "emb_dim": 8}
+    train_policy(_cfg(store, tmp_path / "g", steps=2, policy=pol))
+    lines = (tmp_path / "g" / "metrics.jsonl").read_text().splitlines()
+    assert [ln for ln in lines if '"dagger"' in ln]
