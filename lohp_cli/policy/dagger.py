@@ -16,7 +16,7 @@ the warmed state (Adam's moments and step count, SGD's momentum buffer); m = 0 (
 ``dagger_warmup = 0``) starts it fresh, as a run starts. What it cannot reproduce is the long
 memory of Adam's second moment (β₂ = 0.999 remembers the large gradients of a run's first steps,
 which keeps the recorded later steps small): on the main job's store the relabelled step from a
-recorded state at m = 5 is about twice the recorded one, with cosine 0.4–0.5 to it (fresh
+recorded state at m = 5 is 2–3× the recorded one, with cosine 0.4–0.5 to it (fresh
 moments: 3×, cosine 0.2–0.5; docs/policy.md).
 """
 
