@@ -119,3 +119,11 @@ def balance_loss(
     logf = log_flows(z, beta, pairwise_sq_dist(states, targets))
     delta = subtb_residuals(cumulative_log_ratios(log_ratios), logf)
     return subtb_loss(delta, weights, states.shape[-1])
+
+
+def step_nll(f: torch.Tensor, target: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """DAgger's term: the Gaussian negative log-likelihood of relabelled steps ``target [B, P]``
+    under the forward policy's N(f, σ² I) at their states, ``f [B, P]`` its mean steps (both in
+    normalised units), per coordinate and without the constant: mean_b ||f_b − target_b||² /
+    (2 σ² P). Zero exactly when the policy's mean step is the target; ``sigma`` a scalar."""
+    return ((f - target) ** 2).sum(-1).mean() / (2 * sigma**2 * f.shape[-1])

@@ -3,6 +3,10 @@
 ``lo-hp``: off-policy + on-policy sub-trajectory balance (hybrid starts); ``lo-op``: on-policy only;
 ``lo-di``: diffusion-style local targets (regress s_i → θ_{k(i+1)} with input noise);
 ``hypernetwork``: regress the final weights from the task condition.
+
+With ``loss.dagger > 0`` (lo-hp, lo-op) a DAgger term is added: the policy's mean step at states
+its own rollouts visit, pulled toward the store's optimizer's step from there
+(:mod:`lohp_cli.policy.dagger`).
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ import torch
 from torch import nn
 
 from lohp_cli.config import LoHpTrainConfig
-from lohp_cli.losses import balance_loss, pair_weights, path_beta
+from lohp_cli.losses import balance_loss, pair_weights, path_beta, step_nll
+from lohp_cli.policy.dagger import BatchTasks, Relabeler
 from lohp_cli.policy.gaussian import HyperNetwork, LoHpPolicy
 from lohp_cli.policy.state import StateProbe
 
@@ -38,6 +43,9 @@ class Objective(nn.Module):
         # (normalise(θ₀), where generation starts), not at N(0, I) draws
         self.shared_init = shared_init
         self.gen: torch.Generator | None = None  # set per step: window, starts and noise
+        # DAgger's expert (set by the trainer when loss.dagger > 0); batches that name their
+        # tasks (``forward(..., tasks=...)``) get the term, the validation loss does not
+        self.relabel: Relabeler | None = None
 
     def _randint(self, high: int) -> int:
         return int(torch.randint(0, high, (1,), generator=self.gen))
@@ -82,12 +90,45 @@ class Objective(nn.Module):
         z = policy.log_z(cond)[:, m : m + w + 1]
         return balance_loss(ratios, traj, targets, z, self._beta(targets, m), weights)
 
+    def _dagger(
+        self,
+        policy: LoHpPolicy,
+        x: torch.Tensor,
+        cond: torch.Tensor,
+        opt: torch.Tensor,
+        probe: StateProbe | None,
+        tasks: BatchTasks,
+    ) -> torch.Tensor:
+        """DAgger's term on ``loss.dagger_states`` rows of the batch, all at one step index m:
+        each row's rollout starts at its recorded state θ_{k·a} (a uniform in 0 … m; a = m is
+        the recorded state itself) and runs the policy (sampled, no gradient) to index m; the
+        state reached is relabelled with the optimizer's k·r-step displacement from there (its
+        moments warmed at the state by min(m·k·r, ``loss.dagger_warmup``) steps) and the
+        policy's mean step at it is scored by :func:`step_nll` with σ_m."""
+        assert self.relabel is not None
+        rows = torch.randperm(x.shape[0], generator=self.gen)[: self.cfg.loss.dagger_states]
+        m = self._randint(self.n_steps)
+        a = self._randint(m + 1)
+        seeds = torch.randint(0, 2**62, (len(rows),), generator=self.gen)
+        idx = rows.to(x.device)
+        sub = None if probe is None else probe.rows(idx)
+        c, t, o = cond[idx], _rows(_opt_token(policy, opt), idx), opt[idx]
+        s = policy.rollout(x[idx, a], a, c, t, mode="sample", gen=self.gen, stop=m, probe=sub)
+        s = s[:, -1].detach()  # [R, P] the policy's state at index m
+        perms = None if tasks.perms is None else tasks.perms[rows]
+        picked = BatchTasks([tasks.task_ids[int(r)] for r in rows], perms)
+        warm = min(m * self.relabel.steps, self.cfg.loss.dagger_warmup)  # the run's steps so far
+        target = self.relabel.targets(s, picked, o, seeds, warm)  # [R, P]
+        f, _ = policy.means(s, torch.full((len(rows),), m, device=x.device), c, t, sub)
+        return step_nll(f, target, policy.sigma0()[m])
+
     def forward(
         self,
         x: torch.Tensor,
         cond: torch.Tensor,
         opt: torch.Tensor,
         probe: StateProbe | None = None,
+        tasks: BatchTasks | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         method = self.cfg.method
         if method == "hypernetwork":
@@ -150,6 +191,10 @@ class Objective(nn.Module):
                 on = on + part * (len(idx) / x.shape[0])  # the batch mean over both groups
             total = total + lc.w_on * on
             terms["on"] = float(on.detach())
+        if lc.dagger > 0 and tasks is not None and self.relabel is not None:
+            dag = self._dagger(policy, x, cond, opt, probe, tasks)
+            total = total + lc.dagger * dag
+            terms["dagger"] = float(dag.detach())
         if "on" in terms and terms.get("off"):
             # how much more the on-policy term weighs (after w_on, w_off): it decides what is
             # learned when large (docs/policy.md, the local-policy check)

@@ -143,6 +143,21 @@ class LossConfig(Frozen):
         "each offline step under P_F per coordinate. It pins every coordinate's step, which the "
         "balance residuals (one scalar per pair) do not (docs/policy.md, the cnn section).",
     )
+    dagger: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of the DAgger term: the policy's mean step at states its own rollouts "
+        "visit, pulled toward the recorded optimizer's step from there (0 = off; lo-hp, lo-op).",
+    )
+    dagger_states: int = Field(
+        4, ge=1, description="DAgger: states relabelled per batch (each costs k·r optimizer steps)."
+    )
+    dagger_warmup: int = Field(
+        30,
+        ge=0,
+        description="DAgger: the optimizer's state (Adam's moments) at a state of index m is "
+        "warmed by min(m·k·r, this) steps from it, the weights then put back; 0 = fresh state.",
+    )
 
 
 DEFAULT_METHOD = "lo-hp"

@@ -42,6 +42,7 @@ from lohp_cli.policy.artifact import (
 )
 from lohp_cli.policy.backbone import resolve_auto
 from lohp_cli.policy.context import store_task_context, support_probe_bank
+from lohp_cli.policy.dagger import BatchTasks, Relabeler
 from lohp_cli.policy.gaussian import LoHpPolicy
 from lohp_cli.policy.state import ProbeBank
 from lohp_cli.policy.validation import (
@@ -65,6 +66,7 @@ from lohp_cli.tasks.symmetry import ClassSymmetry
 
 Progress = Callable[[dict[str, Any]], None]
 LR_WARN = 1e-3
+DAGGER_METHODS = ("lo-hp", "lo-op")  # the methods whose objective has the DAgger term
 
 
 def _store_probe_bank(
@@ -125,6 +127,11 @@ def train_policy(cfg: TrainConfig, progress: Progress | None = None) -> TrainRes
         emit({"event": "info", "message": "amp/compile are CUDA-only; switched off on this device"})
     emit({"event": "device", "device": device, "world_size": world})
 
+    if cfg.loss.dagger > 0 and cfg.method not in DAGGER_METHODS:
+        raise ConfigError(
+            f"loss.dagger is a term of the step-wise objectives ({', '.join(DAGGER_METHODS)}), "
+            f"not of method {cfg.method!r}; leave it at 0."
+        )
     store = TrajectoryStore.open(cfg.store, mode="r")
     meta = store.meta
     states = meta.compat.states
@@ -174,6 +181,10 @@ def train_policy(cfg: TrainConfig, progress: Progress | None = None) -> TrainRes
         emit({"event": "info", "message": "state input: loading the source tasks' support sets"})
         bank = _store_probe_bank(cfg, store, runs + split.val, stats, device)
     objective = Objective(model, cfg, n_steps, meta.compat.shared_init)
+    if cfg.loss.dagger > 0:
+        said = "DAgger: the policy's states relabelled by the store's optimizer"
+        emit({"event": "info", "message": said})
+        objective.relabel = Relabeler.of_store(store_task_context(store), stats, cfg.k, device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     def config_json(step: int, complete: bool, validation: dict[str, Any] | None = None) -> Any:
@@ -255,7 +266,8 @@ def train_policy(cfg: TrainConfig, progress: Progress | None = None) -> TrainRes
         objective.gen = gen
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
             probe = None if bank is None else bank.probe(batch.task_ids, batch.perms)
-            loss, terms = runner(batch.x, batch.cond, batch.opt, probe)
+            tasks = BatchTasks(batch.task_ids, batch.perms) if cfg.loss.dagger > 0 else None
+            loss, terms = runner(batch.x, batch.cond, batch.opt, probe, tasks)
         check_finite(loss, "loss", step, batch.run_ids)
         opt.zero_grad(set_to_none=True)
         loss.backward()
