@@ -256,6 +256,7 @@ def resumable_step(out: Path) -> int:
     return step
 
 
+@pytest.mark.slow
 def test_a_kill_at_any_step_of_a_save_leaves_a_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

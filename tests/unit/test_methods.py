@@ -239,6 +239,7 @@ def test_run_method_scores_every_start_of_every_task(ctx: tuple) -> None:
     assert r.accuracies[-1] == accuracy(c.net, c.starts(t).theta0[-1], c.data[t])[0]
 
 
+@pytest.mark.slow
 def test_report_pairs_every_row_with_the_main_one_and_has_the_frontier(
     run: dict, ctx: tuple
 ) -> None:

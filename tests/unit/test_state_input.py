@@ -100,6 +100,7 @@ def test_state_aware_policy_needs_its_probe() -> None:
         policy.rollout(torch.zeros(1, 12), 0, torch.zeros(1, 4))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("state", ["support", "grad"])
 def test_train_generate_evaluate_with_state_input(tmp_path: Path, state: str) -> None:
     store = str(tmp_path / "s.zarr")

@@ -120,6 +120,7 @@ def loss_drop(out: Path, key: str) -> tuple[float, float]:
     return lines[0][key], lines[-1][key]
 
 
+@pytest.mark.slow
 def test_lohp_learns_the_linear_store(linear: tuple[str, dict], tmp_path: Path) -> None:
     store, truth = linear
     out = tmp_path / "p"
