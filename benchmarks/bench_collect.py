@@ -53,18 +53,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from lohp_cli.collect import RunContext, RunPlan, collect, init_target, plan_runs
 from lohp_cli.config import CollectConfig, StoreCodecConfig
 from lohp_cli.optim import build_optimizer, train_step
 from lohp_cli.optim.batched import train_batched
 from lohp_cli.optim.loop import train_loop
 from lohp_cli.runtime import derive_seed
-from lohp_cli.scoring import accuracy
+from lohp_cli.stages.collect import RunContext, RunPlan, collect, init_target, plan_runs
 from lohp_cli.store import TrajectoryStore
 from lohp_cli.store.codecs import codecs_for, filters_for, serializer_for
 from lohp_cli.store.writer import BlockWriter
 from lohp_cli.tasks import TaskFamily, make_family
 from lohp_cli.tasks.models import build_target, flat_params
+from lohp_cli.tasks.scoring import accuracy
 
 OVERHEAD_TARGET = 1.10
 SPEEDUP_TARGET = 10.0

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from lohp_cli.checkpoint import load_tensors
-from lohp_cli.locality import probe_path
 from lohp_cli.policy.context import store_task_context
 from lohp_cli.policy.dagger import Relabeler
+from lohp_cli.report.locality import probe_path
 from lohp_cli.store.sampler import NormStats
 from lohp_cli.store.trajectory_store import TrajectoryStore
 from lohp_cli.tasks.models import flat_params

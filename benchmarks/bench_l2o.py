@@ -23,7 +23,7 @@ import torch
 
 def train(method: str, family: str, out: Path, episodes: int, seed: int, **l2o: Any) -> str:
     from lohp_cli.config import TrainConfig
-    from lohp_cli.train import train_policy
+    from lohp_cli.stages.train import train_policy
 
     cfg = TrainConfig.model_validate(
         {
@@ -49,13 +49,13 @@ def train(method: str, family: str, out: Path, episodes: int, seed: int, **l2o: 
 
 def evaluate(policies: dict[str, str], out: Path, **kw: Any) -> dict[str, Any]:
     from lohp_cli.l2o.config import L2OEvaluateConfig
-    from lohp_cli.l2o.evaluate import evaluate_l2o
+    from lohp_cli.stages.evaluate_l2o import evaluate_l2o
 
     cfg = L2OEvaluateConfig.model_validate(
         {"policies": policies, "out": str(out), "device": "cpu", **kw}
     )
     report = evaluate_l2o(cfg)
-    from lohp_cli.l2o.evaluate import markdown_report
+    from lohp_cli.stages.evaluate_l2o import markdown_report
 
     print(markdown_report(report), flush=True)
     print(f"  report: {out}/report.md, {out}/loss_curves.png\n", flush=True)

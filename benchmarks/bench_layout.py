@@ -25,13 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lohp_cli.collect import collect
 from lohp_cli.config import CollectConfig, StoreCodecConfig
 from lohp_cli.optim import build_optimizer
 from lohp_cli.optim.batched import train_batched
 from lohp_cli.optim.loop import train_loop
-from lohp_cli.runs import RunContext, RunPlan, new_block
 from lohp_cli.runtime import derive_seed
+from lohp_cli.stages.collect import collect
+from lohp_cli.stages.runs import RunContext, RunPlan, new_block
 from lohp_cli.store import TrajectoryStore
 from lohp_cli.store.legacy import begin_group_run
 from lohp_cli.tasks.models import flat_params, trainable_parameters

@@ -37,12 +37,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lohp_cli.collect import collect  # noqa: E402
 from lohp_cli.config import CollectConfig, TrainConfig  # noqa: E402
 from lohp_cli.optim import build_optimizer, train_step  # noqa: E402
 from lohp_cli.runtime import resolve_device  # noqa: E402
+from lohp_cli.stages.collect import collect  # noqa: E402
+from lohp_cli.stages.train import train_policy  # noqa: E402
 from lohp_cli.store import TrajectoryStore  # noqa: E402
-from lohp_cli.train import train_policy  # noqa: E402
 
 
 def make_store(path: Path, tasks: int, family: str, model: str, steps: int) -> None:
@@ -86,7 +86,7 @@ def throughput(store: Path, method: str, policy: dict, steps: int, batch: int) -
 TRAIN_SCRIPT = """
 import sys, json, time
 from lohp_cli.config import TrainConfig
-from lohp_cli.train import train_policy
+from lohp_cli.stages.train import train_policy
 cfg = TrainConfig.model_validate(json.loads(sys.argv[1]))
 times, cpu, info = [], [], []
 def log(e):
@@ -175,8 +175,8 @@ def median_time(fn, repeats: int) -> float:
 
 def latency(store: Path, policy_cfg: dict, repeats: int) -> tuple[float, float, int, int]:
     """(policy step seconds, Adam step seconds, N, optimizer steps of a run)."""
-    from lohp_cli.collect import RunContext
     from lohp_cli.policy.artifact import load_policy
+    from lohp_cli.stages.collect import RunContext
     from lohp_cli.tasks.models import build_target
 
     with tempfile.TemporaryDirectory() as d:

@@ -23,8 +23,6 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from lohp_cli.artifacts.policy import POLICY_FORMAT as POLICY_FORMAT  # re-exported
-from lohp_cli.artifacts.policy import POLICY_KIND as POLICY_KIND
 from lohp_cli.errors import CompatibilityError
 
 

@@ -52,7 +52,7 @@ def evaluate_context(generated: str | Path, out: str | Path, **over: object) -> 
     """``(cfg, (EvalContext, (model, meta, stats)))``: a quiet CPU evaluate config for a generated
     store (no baselines unless ``over`` names some), and the stage's context built from it."""
     from lohp_cli.config import EvaluateConfig, GenerateConfig
-    from lohp_cli.evaluate import context
+    from lohp_cli.stages.evaluate import context
     from lohp_cli.store.generated import open_generated
 
     data = {"generated": str(generated), "out": str(out), "baselines": [], "latency_repeats": 1,
@@ -235,8 +235,8 @@ def train_and_generate(
     ``tmp/pol`` and ``samples`` weights generated for 2 tasks of ``gen_tasks`` (a GenerateConfig
     task spec) into ``tmp/g.zarr``: ``{"store", "policy", "generated"}`` paths."""
     from lohp_cli.config import GenerateConfig, TrainConfig
-    from lohp_cli.generate import generate
-    from lohp_cli.train import train_policy
+    from lohp_cli.stages.generate import generate
+    from lohp_cli.stages.train import train_policy
 
     pol, gen = tmp / "pol", tmp / "g.zarr"
     train = {"store": str(store), "out": str(pol), "k": 2, "steps": 3,
@@ -256,7 +256,7 @@ def tiny_policy_run(
     """A tiny digits store (``collect`` overrides its config), a Lo-Hp policy trained 3 steps on
     it (on its Adam runs when it has them) and ``samples`` weights generated for ``gen_tasks`` (a
     GenerateConfig task spec; 2 tasks of a split): ``{"store", "policy", "generated"}`` paths."""
-    from lohp_cli.collect import collect as run_collect
+    from lohp_cli.stages.collect import collect as run_collect
 
     store = tmp / "s.zarr"
     cfg = tiny_config(store, **collect)

@@ -1,5 +1,5 @@
 """The generated store's attributes (schema ``lohp.generated``), written by ``lohp generate``
-and read by ``lohp evaluate``; its layout is documented in :mod:`lohp_cli.generate`."""
+and read by ``lohp evaluate``; its layout is documented in :mod:`lohp_cli.stages.generate`."""
 
 from __future__ import annotations
 

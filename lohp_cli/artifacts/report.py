@@ -1,6 +1,6 @@
 """What readers take from an evaluate report's ``report.json`` (schema ``lohp.report``,
-written by :mod:`lohp_cli.report`): the fields ``lohp report-dg`` merges, validated where it
-reads them. Other keys are kept as they are."""
+written by :mod:`lohp_cli.report.document`): the fields ``lohp report-dg`` merges, validated
+where it reads them. Other keys are kept as they are."""
 
 from __future__ import annotations
 

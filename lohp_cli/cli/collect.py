@@ -23,7 +23,7 @@ from lohp_cli.cli.common import (
 from lohp_cli.cli.progress import StageProgress
 
 CONFIG = "lohp_cli.config:CollectConfig"
-LIBRARY = "lohp_cli.collect:collect"  # imported when the command runs (torch)
+LIBRARY = "lohp_cli.stages.collect:collect"  # imported when the command runs (torch)
 
 
 @command("collect")

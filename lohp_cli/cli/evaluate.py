@@ -41,9 +41,9 @@ EvaluateThreadsOpt = Annotated[
     ),
 ]
 CONFIG = "lohp_cli.config:EvaluateConfig"
-LIBRARY = "lohp_cli.evaluate:evaluate"  # imported when the command runs (torch)
+LIBRARY = "lohp_cli.stages.evaluate:evaluate"  # imported when the command runs (torch)
 L2O_CONFIG = "lohp_cli.l2o.config:L2OEvaluateConfig"
-L2O_LIBRARY = "lohp_cli.l2o.evaluate:evaluate_l2o"
+L2O_LIBRARY = "lohp_cli.stages.evaluate_l2o:evaluate_l2o"
 
 
 @command("evaluate")
@@ -221,7 +221,7 @@ def evaluate_l2o_cmd(
 def _l2o_done(r: dict[str, Any]) -> None:
     from rich.table import Table
 
-    from lohp_cli.l2o.evaluate import markdown_report
+    from lohp_cli.stages.evaluate_l2o import markdown_report
 
     if verbosity() >= 0:
         lines = [ln for ln in markdown_report(r).splitlines() if ln.startswith("|")]

@@ -21,7 +21,7 @@ from lohp_cli.cli.common import (
 from lohp_cli.cli.progress import StageProgress
 
 CONFIG = "lohp_cli.config:ExportConfig"
-LIBRARY = "lohp_cli.export:export"  # imported when the command runs (torch)
+LIBRARY = "lohp_cli.stages.export:export"  # imported when the command runs (torch)
 ExportSetOpt = set_option("sample=1")
 
 

@@ -23,7 +23,7 @@ from lohp_cli.cli.progress import StageProgress
 
 GenerateSetOpt = set_option("batch_size=64")
 CONFIG = "lohp_cli.config:GenerateConfig"
-LIBRARY = "lohp_cli.generate:generate"  # imported when the command runs (torch)
+LIBRARY = "lohp_cli.stages.generate:generate"  # imported when the command runs (torch)
 
 
 @command("generate")

@@ -20,7 +20,7 @@ from lohp_cli.cli.common import (
 )
 
 CONFIG = "lohp_cli.config:PredictConfig"
-LIBRARY = "lohp_cli.predict:predict"  # imported when the command runs (torch)
+LIBRARY = "lohp_cli.stages.predict:predict"  # imported when the command runs (torch)
 
 
 @command("predict")

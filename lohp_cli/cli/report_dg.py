@@ -24,7 +24,7 @@ def report_dg(
     Each report must come from a domain family (rotated-fmnist) with its own task.test_domain.
     Writes dg.json and dg.md into --out; prints the table on stderr and --out on stdout.
     """
-    from lohp_cli.dg_report import write_dg_table
+    from lohp_cli.report.dg import write_dg_table
 
     table = run_guarded(lambda: write_dg_table(reports, out))
     _show(table)
@@ -34,7 +34,7 @@ def report_dg(
 def _show(t: dict[str, Any]) -> None:
     from rich.table import Table
 
-    from lohp_cli.dg_report import markdown_dg
+    from lohp_cli.report.dg import markdown_dg
 
     if verbosity() < 0:
         return

@@ -27,8 +27,8 @@ from lohp_cli.cli.common import (
 from lohp_cli.cli.progress import StageProgress
 
 TrainSetOpt = set_option("policy.backbone=rows")
-CONFIG = "lohp_cli.train:TrainConfig"  # via the stage: it registers every training method
-LIBRARY = "lohp_cli.train:train_policy"  # imported when the command runs (torch)
+CONFIG = "lohp_cli.stages.train:TrainConfig"  # via the stage: it registers every training method
+LIBRARY = "lohp_cli.stages.train:train_policy"  # imported when the command runs (torch)
 
 
 @command("train-policy")

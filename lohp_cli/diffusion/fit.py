@@ -33,7 +33,6 @@ from lohp_cli.checkpoint import (
 from lohp_cli.diffusion.config import DiffusionTrainConfig
 from lohp_cli.diffusion.model import DiffusionPolicy, build_diffusion
 from lohp_cli.errors import ConfigError
-from lohp_cli.losses import check_finite
 from lohp_cli.policy.artifact import (
     TrainResult,
     check_out_dir,
@@ -43,6 +42,7 @@ from lohp_cli.policy.artifact import (
 )
 from lohp_cli.policy.backbone import resolve_auto
 from lohp_cli.policy.fit import class_symmetry
+from lohp_cli.policy.loss import check_finite
 from lohp_cli.runtime import derive_seed, resolve_device
 from lohp_cli.store.sampler import (
     NormStats,

@@ -93,7 +93,7 @@ def l2o_accuracies(
     Each task ``t`` of ``data`` (task id -> TaskTensors) is trained from ``start(t, j) [P]`` for
     j < ``samples`` for ``steps`` steps; returns ``(policy config, accuracies)``.
     """
-    from lohp_cli.scoring import accuracy
+    from lohp_cli.tasks.scoring import accuracy
 
     model, meta = load_l2o_for(path, store_compat, device)
     accs: list[float] = []

@@ -255,7 +255,7 @@ class ImageProblems:
 
     @torch.no_grad()
     def metrics(self, theta: torch.Tensor) -> dict[str, torch.Tensor]:
-        from lohp_cli.scoring import accuracy
+        from lohp_cli.tasks.scoring import accuracy
 
         acc, test_loss, train_loss = [], [], []
         for i in range(theta.shape[0]):

@@ -6,7 +6,7 @@ states per batch that the policy's own rollouts visit are *relabelled* with the 
 optimizer takes from them — the optimizer run for k·r steps from that state, on that source
 task's training data, with the store's hyperparameters and minibatch size, from a seed drawn from
 the training step's generator — and the policy's mean step at the state is pulled toward it
-(:func:`lohp_cli.losses.step_nll`).
+(:func:`lohp_cli.policy.loss.step_nll`).
 
 Optimizer state: the policy sees no moment history, and the store records none, so a relabelling
 cannot start from the recorded run's moments. At a state of step index m the optimizer is *warmed

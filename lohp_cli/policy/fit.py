@@ -30,8 +30,6 @@ from lohp_cli.checkpoint import (
 )
 from lohp_cli.config import LoHpTrainConfig, TrainConfig
 from lohp_cli.errors import ConfigError
-from lohp_cli.losses import check_finite
-from lohp_cli.objectives import Objective
 from lohp_cli.policy.artifact import (
     TrainResult,
     build_model,
@@ -44,6 +42,8 @@ from lohp_cli.policy.backbone import resolve_auto
 from lohp_cli.policy.context import store_task_context, support_probe_bank
 from lohp_cli.policy.dagger import BatchTasks, Relabeler
 from lohp_cli.policy.gaussian import LoHpPolicy
+from lohp_cli.policy.loss import check_finite
+from lohp_cli.policy.objective import Objective
 from lohp_cli.policy.state import ProbeBank
 from lohp_cli.policy.validation import (
     Validator,
@@ -106,7 +106,8 @@ def train_policy(cfg: TrainConfig, progress: Progress | None = None) -> TrainRes
     """Train (or resume) a policy as configured; returns where it is and how far it got."""
     if not isinstance(cfg, LoHpTrainConfig):
         raise ConfigError(
-            f"method {cfg.method!r} is not fitted here: train it with lohp_cli.train.train_policy."
+            f"method {cfg.method!r} is not fitted here: "
+            "train it with lohp_cli.stages.train.train_policy."
         )
     emit = progress or (lambda _e: None)
     t_start = time.perf_counter()

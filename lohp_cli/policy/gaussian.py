@@ -140,7 +140,7 @@ class LoHpPolicy(nn.Module):
 
     def beta(self) -> torch.Tensor:
         """β_t ``[N+1]`` for the flow at state t (the last state reuses σ_{N−1}); for
-        ``beta = "path"`` the one-step values, which :func:`lohp_cli.losses.path_beta` refines
+        ``beta = "path"`` the one-step values, which :func:`lohp_cli.policy.loss.path_beta` refines
         per pair."""
         if self.cfg.beta in ("auto", "path"):
             sig = self.sigma0()

@@ -29,8 +29,8 @@ from lohp_cli.tasks.models import functional_forward
 def state_model(net: nn.Module) -> nn.Module:
     """The target model as the probe runs it under ``vmap``: ``net`` itself, or for a model with
     batch norm (``cnn``) a copy whose BatchNorm layers use the batch's statistics and keep no
-    running ones, as :func:`lohp_cli.scoring.accuracy` scores generated weights (in train mode);
-    vmap cannot run the in-place update of running statistics."""
+    running ones, as :func:`lohp_cli.tasks.scoring.accuracy` scores generated weights (in train
+    mode); vmap cannot run the in-place update of running statistics."""
     if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in net.modules()):
         return net
     copy = torch.func.replace_all_batch_norm_modules_(deepcopy(net))

@@ -34,10 +34,10 @@ from lohp_cli.policy.artifact import generate_batch, start_rule, style_token
 from lohp_cli.policy.context import TaskContext, policy_probe, store_task_context
 from lohp_cli.policy.state import ProbeBank
 from lohp_cli.runtime import derive_seed
-from lohp_cli.scoring import accuracy
 from lohp_cli.store.sampler import NormStats, RunRef, TrajectorySampler
 from lohp_cli.store.trajectory_store import TrajectoryStore
 from lohp_cli.tasks.families import TaskTensors
+from lohp_cli.tasks.scoring import accuracy
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -336,9 +336,9 @@ def stop_reason(step: int, steps: int, stopped: bool, deadline: float | None) ->
 
 def write_curves(out: Path) -> None:
     """``curves.png`` in the policy directory: the training loss and the validation scores of
-    its metrics.jsonl, the best step marked (see :func:`lohp_cli.report_plots.curves_plot`)."""
+    its metrics.jsonl, the best step marked (see :func:`lohp_cli.report.plots.curves_plot`)."""
     from lohp_cli.checkpoint import read_json, read_metrics
-    from lohp_cli.report_plots import curves_plot
+    from lohp_cli.report.plots import curves_plot
 
     best = (read_json(out / "config.json").get("validation") or {}).get("best_step")
     curves_plot(read_metrics(out / "metrics.jsonl"), out / "curves.png", best)

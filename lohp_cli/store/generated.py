@@ -1,5 +1,5 @@
 """The generated store (schema ``lohp.generated``) that ``generate`` writes and ``evaluate`` reads;
-its layout is documented in :mod:`lohp_cli.generate`, its attributes are
+its layout is documented in :mod:`lohp_cli.stages.generate`, its attributes are
 :class:`lohp_cli.artifacts.generated.GeneratedMeta`."""
 
 from __future__ import annotations

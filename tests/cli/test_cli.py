@@ -106,7 +106,7 @@ def assert_error(result: Result, code: int, names: Iterable[str]) -> str:
 @pytest.fixture(scope="module")
 def base_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real one-run TINY store (digits, mlp, sgd) built by the library once per module."""
-    from lohp_cli.collect import collect
+    from lohp_cli.stages.collect import collect
 
     path = tmp_path_factory.mktemp("base") / "base.zarr"
     collect(tiny_config(path, tasks=1, optimizers=("sgd",)))
@@ -652,7 +652,7 @@ def test_diverging_run_exit_3_and_not_marked_complete(tmp_path: Path) -> None:
 def test_collect_passes_resolved_config_and_prints_store(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from lohp_cli import collect as collect_module
+    from lohp_cli.stages import collect as collect_module
 
     seen: list[CollectConfig] = []
 
@@ -677,7 +677,7 @@ def test_collect_passes_resolved_config_and_prints_store(
 
 @pytest.mark.parametrize("verbose", [False, True], ids=["default", "-vv"])
 def test_unexpected_error_exit_1(monkeypatch: pytest.MonkeyPatch, verbose: bool) -> None:
-    from lohp_cli import collect as collect_module
+    from lohp_cli.stages import collect as collect_module
 
     def boom(cfg: CollectConfig, progress: Any = None) -> None:
         raise RuntimeError("kaboom 42")
@@ -693,7 +693,7 @@ def test_unexpected_error_exit_1(monkeypatch: pytest.MonkeyPatch, verbose: bool)
 
 
 def test_keyboard_interrupt_exit_130(monkeypatch: pytest.MonkeyPatch) -> None:
-    from lohp_cli import collect as collect_module
+    from lohp_cli.stages import collect as collect_module
 
     def interrupted(cfg: CollectConfig, progress: Any = None) -> None:
         raise KeyboardInterrupt

@@ -63,7 +63,7 @@ def test_evaluate_takes_the_prototype_baseline(tmp_path: Path) -> None:
 
 def test_generate_takes_600_meta_test_episodes(monkeypatch: pytest.MonkeyPatch) -> None:
     """The library call gets the split and the count as given (the family makes the ids)."""
-    from lohp_cli import generate as generate_module
+    from lohp_cli.stages import generate as generate_module
 
     seen: list[Any] = []
     monkeypatch.setattr(generate_module, "generate", lambda cfg, progress=None: seen.append(cfg))
@@ -95,7 +95,7 @@ def test_evaluate_takes_the_few_shot_peers_and_their_settings(tmp_path: Path) ->
 def test_a_not_applicable_row_is_one_table_row_and_a_note(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from lohp_cli import evaluate as evaluate_module
+    from lohp_cli.stages import evaluate as evaluate_module
 
     def row(name: str, acc: float | None) -> dict[str, Any]:
         scored = acc is not None

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from typer.testing import Result
 
-from lohp_cli.collect import collect
 from lohp_cli.config import GenerateConfig, TrainConfig
-from lohp_cli.generate import generate
-from lohp_cli.train import train_policy
+from lohp_cli.stages.collect import collect
+from lohp_cli.stages.generate import generate
+from lohp_cli.stages.train import train_policy
 from tests.cli.runner import flat, invoke, plain
 from tests.conftest import TINY, tiny_config
 

@@ -150,9 +150,9 @@ def test_library_call_gets_the_resolved_config(
         progress({"event": "device", "device": "cpu", "world_size": 1})
         return TrainResult(str(tmp_path / "p"), 5, True, 0.25, 0.1)
 
-    import lohp_cli.train
+    import lohp_cli.stages.train
 
-    monkeypatch.setattr(lohp_cli.train, "train_policy", fake)
+    monkeypatch.setattr(lohp_cli.stages.train, "train_policy", fake)
     result = ok(invoke("train-policy", "--store", "s.zarr", "--out", tmp_path / "p", "--steps", 5,
                        "--set", "loss.on_policy_grad=detached"))  # fmt: skip
     cfg = seen["cfg"]
@@ -306,9 +306,9 @@ def test_validation_events_are_shown(monkeypatch: pytest.MonkeyPatch, tmp_path: 
                   "best_score": 0.8})  # fmt: skip
         return TrainResult(str(tmp_path / "p"), 10, True, 0.25, 0.1)
 
-    import lohp_cli.train
+    import lohp_cli.stages.train
 
-    monkeypatch.setattr(lohp_cli.train, "train_policy", fake)
+    monkeypatch.setattr(lohp_cli.stages.train, "train_policy", fake)
     err = flat(ok(invoke("train-policy", "--val-tasks", 1, "--patience", 1)).stderr)
     assert "step 10/40 validation: val_loss=1.5 val_acc=0.75 (best step 5)" in err
     assert "stopped at step 10; the policy is the best, step 5 (0.8)" in err

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from lohp_cli.collect import collect
 from lohp_cli.config import CollectConfig
+from lohp_cli.stages.collect import collect
 from tests.conftest import TINY, tiny_config
 from tests.integration.test_collect_subprocess import assert_same_store, statuses
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import zarr
 
-from lohp_cli.collect import collect
 from lohp_cli.config import TrainConfig
-from lohp_cli.train import train_policy
+from lohp_cli.stages.collect import collect
+from lohp_cli.stages.train import train_policy
 from tests.conftest import tiny_config
 
 SCRIPT = Path(__file__).resolve().parents[2] / "pipelines" / "cron" / "generate-new-tasks.sh"

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import zarr
 
-from lohp_cli.collect import collect
 from lohp_cli.config import TrainConfig
+from lohp_cli.stages.collect import collect
+from lohp_cli.stages.train import train_policy
 from lohp_cli.store import TrajectoryStore
-from lohp_cli.train import train_policy
 from tests.cli.runner import invoke, plain
 from tests.conftest import block_of, tiny_config
 from tests.unit.test_chunks import flip_byte, truncate

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from lohp_cli.collect import collect
 from lohp_cli.config import GenerateConfig, TrainConfig
-from lohp_cli.generate import generate
 from lohp_cli.policy.artifact import load_policy
 from lohp_cli.runtime import resolve_device
-from lohp_cli.train import train_policy
+from lohp_cli.stages.collect import collect
+from lohp_cli.stages.generate import generate
+from lohp_cli.stages.train import train_policy
 from tests.conftest import tiny_config
 
 pytestmark = pytest.mark.gpu
@@ -57,7 +57,7 @@ def test_state_input_and_class_augmentation_on_cuda(tmp_path: Path) -> None:
     import json
 
     from lohp_cli.config import EvaluateConfig
-    from lohp_cli.evaluate import evaluate
+    from lohp_cli.stages.evaluate import evaluate
 
     store = tmp_path / "s.zarr"
     collect(

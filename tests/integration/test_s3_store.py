@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 import zarr
 
-from lohp_cli.collect import collect, plan_runs
 from lohp_cli.errors import StoreError
+from lohp_cli.stages.collect import collect, plan_runs
+from lohp_cli.stages.train import train_policy
 from lohp_cli.store import TrajectoryStore
 from lohp_cli.tasks import make_family
-from lohp_cli.train import train_policy
 from tests.cli.runner import invoke, plain
 from tests.conftest import ident, make_linear_store
 from tests.s3server import BUCKET, clear_s3fs_cache, counted_s3_calls, local_s3

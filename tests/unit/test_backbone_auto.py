@@ -117,7 +117,7 @@ def test_dry_run_shows_auto() -> None:
 @pytest.mark.slow
 def test_auto_on_an_mlp_store_trains_rows_saves_it_and_resumes(tiny_cfg, tmp_path: Path) -> None:
     """A collected mlp store: rows is said, saved and loaded; the same command (auto) resumes."""
-    from lohp_cli.collect import collect
+    from lohp_cli.stages.collect import collect
 
     collect(tiny_cfg)
     out = tmp_path / "p"
@@ -174,7 +174,7 @@ def test_an_old_policy_with_an_explicit_backbone_loads_and_resumes(tmp_path: Pat
 
 
 def test_the_diffusion_generator_resolves_auto_too(tiny_cfg, tmp_path: Path) -> None:
-    from lohp_cli.collect import collect
+    from lohp_cli.stages.collect import collect
 
     collect(tiny_cfg)
     out = tmp_path / "d"

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from lohp_cli.collect import collect
 from lohp_cli.config import StoreCodecConfig
 from lohp_cli.errors import CompatibilityError, StoreError
+from lohp_cli.stages.collect import collect
 from lohp_cli.store import TrajectoryStore
 from lohp_cli.store.blocks import block_id, chunk_runs
 from lohp_cli.store.summary import summarize_store

@@ -10,9 +10,8 @@ import pytest
 import torch
 from torch import nn
 
+from lohp_cli.artifacts.policy import POLICY_FORMAT, POLICY_KIND
 from lohp_cli.checkpoint import (
-    POLICY_FORMAT,
-    POLICY_KIND,
     atomic_save_tensors,
     atomic_write_bytes,
     atomic_write_json,
@@ -26,7 +25,7 @@ from lohp_cli.checkpoint import (
 from lohp_cli.config import TrainConfig
 from lohp_cli.errors import CompatibilityError
 from lohp_cli.policy.artifact import load_policy
-from lohp_cli.train import train_policy
+from lohp_cli.stages.train import train_policy
 from tests.conftest import make_linear_store
 
 

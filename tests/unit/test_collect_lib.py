@@ -1,4 +1,5 @@
-"""Stage 1 as a library: determinism, resume, refusal of mismatched stores (lohp_cli/collect.py).
+"""Stage 1 as a library: determinism, resume, refusal of mismatched stores
+(lohp_cli/stages/collect.py).
 
 Every collect here is the tiny digits config of ``tests/conftest.py`` (about a second on CPU).
 """
@@ -20,15 +21,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-import lohp_cli.runs as runs
+import lohp_cli.stages.runs as runs
 import lohp_cli.store.chunks as chunks
-from lohp_cli.collect import RunContext, collect, init_target, plan_runs, summarize_store
 from lohp_cli.config import OPTIMIZERS, CollectConfig, StoreCodecConfig, TaskConfig
 from lohp_cli.errors import DataError, StoreError
 from lohp_cli.optim import optimizer_hparams
 from lohp_cli.optim.loop import train_loop
 from lohp_cli.policy.artifact import store_fingerprint
 from lohp_cli.runtime import derive_seed
+from lohp_cli.stages.collect import RunContext, collect, init_target, plan_runs, summarize_store
 from lohp_cli.store import TrajectoryStore, parse_run_id, run_id
 from lohp_cli.tasks import make_family
 from lohp_cli.tasks.images import ImageTask
@@ -716,7 +717,7 @@ def test_a_failed_store_initialisation_leaves_no_store(
         raise error
 
     out = tmp_path / "s.zarr"
-    monkeypatch.setattr("lohp_cli.collect.train_frozen", fail)
+    monkeypatch.setattr("lohp_cli.stages.collect.train_frozen", fail)
     with pytest.raises(type(error)):
         collect(tiny_config(out))
     assert not out.exists() or not any(out.iterdir())
@@ -730,7 +731,7 @@ def test_a_failed_initialisation_of_an_existing_store_leaves_it(
 ) -> None:
     store = TrajectoryStore.open(copy_of_reference, mode="r+")
     store.update_attrs(init_complete=False)  # as a collect killed during its initialisation
-    monkeypatch.setattr("lohp_cli.collect.train_frozen", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr("lohp_cli.stages.collect.train_frozen", lambda *a, **k: 1 / 0)
     with pytest.raises(ZeroDivisionError):
         collect(cfg_at(copy_of_reference))
     assert len(TrajectoryStore.open(copy_of_reference).complete_runs()) == 6

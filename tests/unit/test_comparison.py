@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lohp_cli.comparison import (
+from lohp_cli.methods.base import MethodResult
+from lohp_cli.report.comparison import (
     frontier_lines,
     frontier_section,
     ladder,
@@ -19,7 +20,6 @@ from lohp_cli.comparison import (
     paired_section,
     verdict,
 )
-from lohp_cli.methods.base import MethodResult
 from lohp_cli.stats import paired_difference
 
 

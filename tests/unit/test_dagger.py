@@ -11,19 +11,19 @@ import pytest
 import torch
 from torch import nn
 
-from lohp_cli.collect import collect
 from lohp_cli.config import OPTIMIZERS, OptimizersConfig, TrainConfig
 from lohp_cli.errors import ConfigError
-from lohp_cli.losses import step_nll
-from lohp_cli.objectives import Objective
 from lohp_cli.optim.loop import BatchSchedule
 from lohp_cli.policy.context import store_task_context
 from lohp_cli.policy.dagger import BatchTasks, Relabeler, permuted_labels
 from lohp_cli.policy.gaussian import LoHpPolicy
+from lohp_cli.policy.loss import step_nll
+from lohp_cli.policy.objective import Objective
+from lohp_cli.stages.collect import collect
+from lohp_cli.stages.train import train_policy
 from lohp_cli.store.sampler import NormStats
 from lohp_cli.store.trajectory_store import TrajectoryStore
 from lohp_cli.tasks.models import ParamLayout, flat_params, load_flat
-from lohp_cli.train import train_policy
 from tests.conftest import tiny_config
 from tests.unit.test_train import assert_same_tensors
 

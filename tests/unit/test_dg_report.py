@@ -1,4 +1,4 @@
-"""The domain-generalization table (lohp_cli/dg_report.py): reports merged as DomainBed prints."""
+"""The domain-generalization table (lohp_cli/report/dg.py): reports merged as DomainBed prints."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from lohp_cli.artifacts.report import ReportMeta, read_report_meta
-from lohp_cli.dg_report import dg_table, markdown_dg, read_report, write_dg_table
 from lohp_cli.errors import ConfigError, DataError
+from lohp_cli.report.dg import dg_table, markdown_dg, read_report, write_dg_table
 
 
 def meta(reports: dict[str, dict]) -> dict[str, ReportMeta]:

@@ -21,8 +21,8 @@ from lohp_cli.diffusion.model import DiffusionPolicy, build_diffusion
 from lohp_cli.diffusion.schedule import NoiseSchedule, cosine_betas, linear_betas
 from lohp_cli.errors import ConfigError
 from lohp_cli.policy.artifact import load_policy, local_steps
+from lohp_cli.stages.train import train_policy
 from lohp_cli.store import TrajectoryStore
-from lohp_cli.train import train_policy
 from tests.conftest import make_linear_store
 
 MLP = {"backbone": "mlp", "hidden": 32, "emb_dim": 16}

@@ -12,7 +12,7 @@ import lohp_cli.timing
 from lohp_cli.artifacts.policy import PolicyMeta
 from lohp_cli.methods.base import MethodResult
 from lohp_cli.methods.policy import policy_info
-from lohp_cli.report import LATENCY_LABEL, k_study, markdown_report, write_plots
+from lohp_cli.report.document import LATENCY_LABEL, k_study, markdown_report, write_plots
 from lohp_cli.timing import time_ms
 
 

@@ -14,17 +14,17 @@ import pytest
 import torch
 import zarr
 
-from lohp_cli.collect import collect
 from lohp_cli.config import ExportConfig, GenerateConfig, PredictConfig, TrainConfig
 from lohp_cli.errors import CompatibilityError, ConfigError, DataError
-from lohp_cli.export import export
-from lohp_cli.generate import generate
 from lohp_cli.policy.context import store_task_context
-from lohp_cli.predict import predict
-from lohp_cli.scoring import accuracy
+from lohp_cli.stages.collect import collect
+from lohp_cli.stages.export import export
+from lohp_cli.stages.generate import generate
+from lohp_cli.stages.predict import predict
 from lohp_cli.store.trajectory_store import TrajectoryStore
 from lohp_cli.tasks.exported import load_task_model
 from lohp_cli.tasks.models import build_target, load_flat
+from lohp_cli.tasks.scoring import accuracy
 from tests.cli.runner import flat, invoke
 from tests.conftest import tiny_config
 
@@ -51,7 +51,7 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def train_policy_quick(store: Path, out: Path) -> None:
-    from lohp_cli.train import train_policy
+    from lohp_cli.stages.train import train_policy
 
     train_policy(TrainConfig.model_validate(
         {"store": str(store), "out": str(out), "k": 2, "steps": 3, "policy": POLICY,

@@ -11,9 +11,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from lohp_cli.collect import collect
 from lohp_cli.config import ModelConfig, TaskConfig
 from lohp_cli.errors import ConfigError
+from lohp_cli.stages.collect import collect
 from lohp_cli.store import TrajectoryStore
 from lohp_cli.tasks import FAMILIES, Episode, FewShotFamily, make_family
 from lohp_cli.tasks.fewshot import resize_images

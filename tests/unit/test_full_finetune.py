@@ -11,17 +11,17 @@ import pytest
 import torch
 from torch import nn
 
-from lohp_cli.collect import collect
 from lohp_cli.config import GenerateConfig, ModelConfig
 from lohp_cli.errors import CompatibilityError, ConfigError
-from lohp_cli.generate import generate
 from lohp_cli.methods import registry
 from lohp_cli.methods.base import EvalContext, run_method, time_methods
 from lohp_cli.methods.full_finetune import FullFineTune, check_adapted
-from lohp_cli.scoring import accuracy
+from lohp_cli.stages.collect import collect
+from lohp_cli.stages.generate import generate
 from lohp_cli.store import TrajectoryStore
 from lohp_cli.tasks.lora import lora_layers
 from lohp_cli.tasks.models import ParamLayout
+from lohp_cli.tasks.scoring import accuracy
 from tests.conftest import evaluate_context, tiny_config, train_and_generate
 
 LORA = {"name": "lora", "hidden": 8, "feature_dim": 6, "extractor_steps": 20, "lora_rank": 2}

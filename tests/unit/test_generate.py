@@ -9,18 +9,18 @@ import pytest
 import torch
 import zarr
 
-import lohp_cli.generate as generate_mod
+import lohp_cli.stages.generate as generate_mod
 import lohp_cli.timing
-from lohp_cli.collect import collect
 from lohp_cli.config import GenerateConfig, TrainConfig
 from lohp_cli.errors import CompatibilityError, ConfigError
-from lohp_cli.generate import LATENCY_REPEATS, generate
 from lohp_cli.policy.artifact import load_policy
 from lohp_cli.policy.context import resolve_tasks, task_context
-from lohp_cli.scoring import accuracy
+from lohp_cli.stages.collect import collect
+from lohp_cli.stages.generate import LATENCY_REPEATS, generate
+from lohp_cli.stages.train import train_policy
 from lohp_cli.store.generated import GEN_SCHEMA
 from lohp_cli.tasks.models import build_target
-from lohp_cli.train import train_policy
+from lohp_cli.tasks.scoring import accuracy
 from tests.conftest import tiny_config
 
 POLICY = {"backbone": "mlp", "hidden": 16, "emb_dim": 8}

@@ -327,7 +327,7 @@ def test_lohp_loader_refuses_an_l2o_policy(tmp_path: Path) -> None:
 # ---- image families (a tiny digits store) -------------------------------------------------------
 @pytest.fixture(scope="module")
 def digits_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from lohp_cli.collect import collect
+    from lohp_cli.stages.collect import collect
     from tests.conftest import tiny_config
 
     out = tmp_path_factory.mktemp("digits") / "store.zarr"

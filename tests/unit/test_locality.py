@@ -1,4 +1,4 @@
-"""The local-policy check (lohp_cli/locality.py) on cases whose answer is known."""
+"""The local-policy check (lohp_cli/report/locality.py) on cases whose answer is known."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from lohp_cli.config import OptimizersConfig
-from lohp_cli.locality import collect_cosines, cosines, policy_steps, probe_path, summarize
 from lohp_cli.optim import build_optimizer
 from lohp_cli.optim.loop import train_loop
+from lohp_cli.report.locality import collect_cosines, cosines, policy_steps, probe_path, summarize
 from lohp_cli.store.sampler import NormStats
 from lohp_cli.tasks.inputs import TaskTensors
 from lohp_cli.tasks.models import flat_params, load_flat
@@ -135,11 +135,11 @@ def test_evaluate_reports_the_check_per_optimizer_and_split(tmp_path) -> None:
     through collect → train-policy → generate → evaluate's wiring."""
     import json
 
-    from lohp_cli.collect import collect
     from lohp_cli.config import EvaluateConfig, GenerateConfig, TrainConfig
-    from lohp_cli.evaluate import evaluate
-    from lohp_cli.generate import generate
-    from lohp_cli.train import train_policy
+    from lohp_cli.stages.collect import collect
+    from lohp_cli.stages.evaluate import evaluate
+    from lohp_cli.stages.generate import generate
+    from lohp_cli.stages.train import train_policy
     from tests.conftest import tiny_config
 
     store = tmp_path / "s.zarr"

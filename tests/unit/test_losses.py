@@ -16,7 +16,8 @@ import torch
 
 from lohp_cli.config import PolicyConfig
 from lohp_cli.errors import DataError
-from lohp_cli.losses import (
+from lohp_cli.policy.gaussian import LoHpPolicy
+from lohp_cli.policy.loss import (
     PATH_BETA_CAP,
     balance_loss,
     check_finite,
@@ -28,7 +29,6 @@ from lohp_cli.losses import (
     subtb_loss,
     subtb_residuals,
 )
-from lohp_cli.policy.gaussian import LoHpPolicy
 
 TINY_MLP = {"backbone": "mlp", "hidden": 32, "emb_dim": 16}
 

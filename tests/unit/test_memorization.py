@@ -15,7 +15,6 @@ import torch
 from lohp_cli.config import EvaluateConfig
 from lohp_cli.config.stages import MEMORIZATION_BASELINES
 from lohp_cli.errors import ConfigError
-from lohp_cli.evaluate import evaluate
 from lohp_cli.methods import registry
 from lohp_cli.methods.base import EvalContext, run_method, time_methods
 from lohp_cli.methods.memorization import (
@@ -27,13 +26,14 @@ from lohp_cli.methods.memorization import (
     NearestNoiseMethod,
     align_endpoints,
 )
-from lohp_cli.scoring import accuracy
+from lohp_cli.stages.evaluate import evaluate
 from lohp_cli.store import TrajectoryStore
 from lohp_cli.store.endpoints import load_endpoints
 from lohp_cli.tasks import make_family
 from lohp_cli.tasks.alignment import align_classes, min_cost_assignment
 from lohp_cli.tasks.classes import ClassTask
 from lohp_cli.tasks.layout import ParamLayout
+from lohp_cli.tasks.scoring import accuracy
 from lohp_cli.tasks.symmetry import ClassSymmetry
 from tests.conftest import evaluate_context, run_array, tiny_config, tiny_policy_run
 

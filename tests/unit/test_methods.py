@@ -11,10 +11,8 @@ import pytest
 import torch
 
 import lohp_cli.l2o.method  # registers the learned optimizers, as the evaluate stage does
-from lohp_cli.collect import collect
 from lohp_cli.config import EvaluateConfig
 from lohp_cli.errors import ConfigError
-from lohp_cli.evaluate import evaluate, frontier_budgets
 from lohp_cli.methods import registry
 from lohp_cli.methods.base import EvalContext, Starts, run_method
 from lohp_cli.methods.hypernetwork import HypernetworkMethod
@@ -24,10 +22,12 @@ from lohp_cli.optim import build_optimizer
 from lohp_cli.optim.loop import train_loop
 from lohp_cli.policy.artifact import initial_state
 from lohp_cli.runtime import derive_seed
-from lohp_cli.scoring import accuracy
+from lohp_cli.stages.collect import collect
+from lohp_cli.stages.evaluate import evaluate, frontier_budgets
 from lohp_cli.stats import normal_mean_ci
 from lohp_cli.store.generated import open_generated
 from lohp_cli.tasks.models import build_target, flat_params, load_flat
+from lohp_cli.tasks.scoring import accuracy
 from tests.conftest import evaluate_context, tiny_config, train_and_generate
 
 SAMPLES = 2

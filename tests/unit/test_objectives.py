@@ -1,4 +1,4 @@
-"""The hybrid objective's on-policy starts (lohp_cli/objectives.py)."""
+"""The hybrid objective's on-policy starts (lohp_cli/policy/objective.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from lohp_cli.config import TrainConfig
-from lohp_cli.objectives import Objective
 from lohp_cli.policy.gaussian import LoHpPolicy
+from lohp_cli.policy.objective import Objective
 
 B, N, P, D = 64, 4, 6, 3
 

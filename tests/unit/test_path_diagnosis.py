@@ -1,4 +1,4 @@
-"""The path diagnosis (lohp_cli/path_diagnosis.py) on cases whose answer is known."""
+"""The path diagnosis (lohp_cli/report/path_diagnosis.py) on cases whose answer is known."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from torch import nn
 
 from lohp_cli.config import OptimizersConfig
 from lohp_cli.methods.optimizer import run_optimizer
-from lohp_cli.path_diagnosis import (
+from lohp_cli.report.path_diagnosis import (
     layer_norms,
     nearest_distances,
     reference_optimizer,
@@ -21,10 +21,10 @@ from lohp_cli.path_diagnosis import (
     support_scores,
     target_layout,
 )
-from lohp_cli.scoring import accuracy
 from lohp_cli.tasks.inputs import TaskTensors
 from lohp_cli.tasks.layout import ParamLayout
 from lohp_cli.tasks.models import flat_params
+from lohp_cli.tasks.scoring import accuracy
 from tests.conftest import tiny_config
 
 
@@ -182,14 +182,14 @@ def test_evaluate_writes_the_diagnosis(tmp_path) -> None:
     """Through collect (shared θ₀) → train-policy → generate → evaluate: the start is every run's
     recorded state 0, so both paths begin at distance 0 from the store; the policy's path is the
     one generate saved; the layers are the target model's."""
-    from lohp_cli.collect import collect
     from lohp_cli.config import EvaluateConfig, GenerateConfig, TrainConfig
-    from lohp_cli.evaluate import evaluate
-    from lohp_cli.generate import generate
     from lohp_cli.policy.artifact import load_policy
     from lohp_cli.policy.context import task_context
+    from lohp_cli.stages.collect import collect
+    from lohp_cli.stages.evaluate import evaluate
+    from lohp_cli.stages.generate import generate
+    from lohp_cli.stages.train import train_policy
     from lohp_cli.store.generated import open_generated
-    from lohp_cli.train import train_policy
 
     store = tmp_path / "s.zarr"
     collect(tiny_config(store, init="shared", optimizers=("sgd", "adam")))

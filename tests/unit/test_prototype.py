@@ -11,10 +11,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lohp_cli.collect import collect
 from lohp_cli.config import GenerateConfig, ModelConfig, TrainConfig
 from lohp_cli.errors import ConfigError
-from lohp_cli.generate import generate
 from lohp_cli.methods import registry
 from lohp_cli.methods.base import run_method, time_methods
 from lohp_cli.methods.prototype import (
@@ -23,8 +21,10 @@ from lohp_cli.methods.prototype import (
     prototype_head,
     prototypes,
 )
+from lohp_cli.stages.collect import collect
+from lohp_cli.stages.generate import generate
+from lohp_cli.stages.train import train_policy
 from lohp_cli.tasks.models import build_target
-from lohp_cli.train import train_policy
 from tests.conftest import evaluate_context, tiny_config
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lohp_cli.collect import collect
+from lohp_cli.stages.collect import collect
 from tests.conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parents[2]

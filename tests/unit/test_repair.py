@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import zarr
 
-from lohp_cli.collect import collect
 from lohp_cli.errors import StoreError
+from lohp_cli.stages.collect import collect
 from lohp_cli.store import TrajectoryStore
 from lohp_cli.store.summary import summarize_store
 from tests.cli.runner import invoke, plain

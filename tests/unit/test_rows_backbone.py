@@ -330,7 +330,7 @@ def test_train_policy_with_rows_on_a_class_store(tmp_path: Path) -> None:
 
 def test_train_policy_with_rows_on_a_real_tiny_store(tiny_cfg, tmp_path: Path) -> None:
     """A collected mlp store (digits, hidden 8): hidden units as well as classes."""
-    from lohp_cli.collect import collect
+    from lohp_cli.stages.collect import collect
 
     collect(tiny_cfg)
     out = tmp_path / "p"

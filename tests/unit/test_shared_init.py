@@ -15,22 +15,22 @@ import pytest
 import torch
 import zarr
 
-import lohp_cli.generate as generate_mod
-from lohp_cli import locality
-from lohp_cli.collect import collect
+import lohp_cli.stages.generate as generate_mod
 from lohp_cli.config import GenerateConfig, TrainConfig
 from lohp_cli.errors import CompatibilityError
-from lohp_cli.evaluate import evaluate
-from lohp_cli.generate import generate
 from lohp_cli.methods.optimizer import OptimizerMethod
 from lohp_cli.methods.policy import PolicyMethod
 from lohp_cli.optim import build_optimizer
 from lohp_cli.optim.loop import train_loop
 from lohp_cli.policy.artifact import load_policy
+from lohp_cli.report import locality
 from lohp_cli.runtime import derive_seed
+from lohp_cli.stages.collect import collect
+from lohp_cli.stages.evaluate import evaluate
+from lohp_cli.stages.generate import generate
+from lohp_cli.stages.train import train_policy
 from lohp_cli.store import TrajectoryStore
 from lohp_cli.tasks.models import build_target, flat_params, load_flat
-from lohp_cli.train import train_policy
 from tests.conftest import evaluate_context, tiny_config
 
 SAMPLES = 2

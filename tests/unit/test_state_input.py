@@ -8,16 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from lohp_cli.collect import collect
 from lohp_cli.config import EvaluateConfig, GenerateConfig, ModelConfig, PolicyConfig, TrainConfig
-from lohp_cli.evaluate import evaluate
-from lohp_cli.generate import generate
 from lohp_cli.policy.artifact import load_policy
 from lohp_cli.policy.gaussian import LoHpPolicy
 from lohp_cli.policy.state import ProbeBank
+from lohp_cli.stages.collect import collect
+from lohp_cli.stages.evaluate import evaluate
+from lohp_cli.stages.generate import generate
+from lohp_cli.stages.train import train_policy
 from lohp_cli.tasks.models import ParamLayout, build_target, functional_forward
 from lohp_cli.tasks.symmetry import ClassSymmetry
-from lohp_cli.train import train_policy
 from tests.conftest import tiny_config
 
 C, M = 3, 12

@@ -17,11 +17,12 @@ import pytest
 import torch
 from torch import nn
 
-from lohp_cli.collect import collect
 from lohp_cli.config import ModelConfig, PolicyConfig, TaskConfig, TrainConfig
 from lohp_cli.errors import ConfigError
 from lohp_cli.policy.backbone import BACKBONES, MLPBackbone, build_backbone, register_backbone
 from lohp_cli.policy.gaussian import LoHpPolicy
+from lohp_cli.stages.collect import collect
+from lohp_cli.stages.train import train_policy
 from lohp_cli.store import TrajectoryStore
 from lohp_cli.tasks import FAMILIES, TaskFamily, make_family, register_family
 from lohp_cli.tasks.datasets import load_digits_data
@@ -37,7 +38,6 @@ from lohp_cli.tasks.models import (
     register_model,
     target_model,
 )
-from lohp_cli.train import train_policy
 from tests.conftest import tiny_config
 
 

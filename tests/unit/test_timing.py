@@ -9,7 +9,7 @@ import torch
 
 import lohp_cli.runtime as runtime
 import lohp_cli.timing as timing
-from lohp_cli.report_timing import timing_section, timing_warning
+from lohp_cli.report.timing import timing_section, timing_warning
 from lohp_cli.timing import Latency, TimingRun, interleaved, measure, quartiles
 
 

@@ -20,10 +20,10 @@ import torch
 from lohp_cli.checkpoint import state_dir
 from lohp_cli.config import TrainConfig, resolve
 from lohp_cli.errors import CompatibilityError, ConfigError, DataError, StoreError
-from lohp_cli.objectives import Objective
 from lohp_cli.policy.artifact import build_model, load_policy, store_fingerprint
+from lohp_cli.policy.objective import Objective
+from lohp_cli.stages.train import train_policy
 from lohp_cli.store import TrajectoryStore, run_id
-from lohp_cli.train import train_policy
 from tests.conftest import make_linear_store, run_array
 
 MLP = {"backbone": "mlp", "hidden": 32, "emb_dim": 16}

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import pytest
 from pydantic import Field
 
-import lohp_cli.train
+import lohp_cli.stages.train
 from lohp_cli import trainers
 from lohp_cli.config import LoHpTrainConfig, TrainConfig, resolve
 from lohp_cli.errors import CompatibilityError, ConfigError
@@ -167,7 +167,7 @@ def fake() -> Iterator[list[Any]]:
 def test_a_registered_method_trains_through_the_stage(fake: list[Any], tmp_path: Path) -> None:
     cfg = TrainConfig.model_validate({"method": "fake", "wobble": 3, "out": str(tmp_path / "f")})
     assert type(cfg) is FakeConfig and cfg.wobble == 3
-    result = lohp_cli.train.train_policy(cfg)
+    result = lohp_cli.stages.train.train_policy(cfg)
     assert fake == [cfg] and result.policy == str(tmp_path / "f") and result.complete
 
 
@@ -211,14 +211,14 @@ def test_an_old_lo_hp_policy_loads_and_resumes(tmp_path: Path) -> None:
     make_linear_store(store, n_tasks=3, size=6, cond_dim=3, steps=4, optimizers=("sgd", "adam"))
     data = {"store": str(store), "out": str(tmp_path / "p"), "k": 1, "steps": 2, "batch_size": 2,
             "device": "cpu", "policy": {"backbone": "mlp", "hidden": 8, "emb_dim": 4}}  # fmt: skip
-    lohp_cli.train.train_policy(TrainConfig.model_validate(data))
+    lohp_cli.stages.train.train_policy(TrainConfig.model_validate(data))
     old = rewrite_old(tmp_path / "p")
     assert old["l2o"]["hidden"] == 20 and old["policy"]["hidden"] == 8
     model, meta, _ = load_policy(tmp_path / "p")
     assert meta.method == "lo-hp" and sum(p.numel() for p in model.parameters()) > 0
     assert TrainConfig.from_stored(old) == TrainConfig.model_validate(data)
     # the same settings resume (one more step) instead of failing on "other settings"
-    result = lohp_cli.train.train_policy(TrainConfig.model_validate({**data, "steps": 3}))
+    result = lohp_cli.stages.train.train_policy(TrainConfig.model_validate({**data, "steps": 3}))
     assert result.step == 3 and result.complete
 
 
@@ -227,7 +227,7 @@ def test_an_old_l2o_policy_loads_and_is_refused_as_a_weight_generator(tmp_path: 
            "quadratic": {"dim": 3, "rows": 3}}  # fmt: skip
     data = {"method": "m-l2o", "out": str(tmp_path / "q"), "steps": 1, "batch_size": 2,
             "device": "cpu", "l2o": {**l2o, "adapt_steps": 1, "adapt_unroll": 2}}  # fmt: skip
-    lohp_cli.train.train_policy(TrainConfig.model_validate(data))
+    lohp_cli.stages.train.train_policy(TrainConfig.model_validate(data))
     old = rewrite_old(tmp_path / "q")
     assert old["k"] == 2 and old["method"] == "m-l2o"
     model, meta = load_l2o(tmp_path / "q")

@@ -14,8 +14,8 @@ import torch
 from lohp_cli.checkpoint import read_metrics
 from lohp_cli.errors import CompatibilityError, ConfigError
 from lohp_cli.policy.validation import EarlyStopping, split_runs
+from lohp_cli.stages.train import train_policy
 from lohp_cli.store.sampler import RunRef
-from lohp_cli.train import train_policy
 from tests.conftest import make_linear_store, tiny_config
 from tests.unit.test_train import Crash, assert_same_tensors, config, tensors
 
@@ -249,9 +249,9 @@ def test_accuracy_asked_of_a_store_without_tasks_is_refused_first(six: str, tmp_
 
 def test_accuracy_validation_on_a_digits_store(tmp_path: Path) -> None:
     """Where the tasks rebuild, the held-out accuracy of the generated weights chooses."""
-    from lohp_cli.collect import collect
     from lohp_cli.config import GenerateConfig, TrainConfig
-    from lohp_cli.generate import generate
+    from lohp_cli.stages.collect import collect
+    from lohp_cli.stages.generate import generate
 
     store = tmp_path / "d.zarr"
     collect(tiny_config(store, tasks=3, optimizers=["adam"]))
@@ -280,9 +280,9 @@ def test_accuracy_validation_on_a_digits_store(tmp_path: Path) -> None:
                                             "samples": 1, "mode": "mean", "seed": 0,
                                             "device": "cpu"}))  # fmt: skip
     from lohp_cli.policy.context import store_task_context
-    from lohp_cli.scoring import accuracy
     from lohp_cli.store import TrajectoryStore
     from lohp_cli.store.generated import open_generated
+    from lohp_cli.tasks.scoring import accuracy
 
     g, _ = open_generated(str(gen))
     ctx = store_task_context(TrajectoryStore.open(str(store)))

@@ -5,9 +5,9 @@ from (base seed, task, optimizer, replicate), so the result does not depend on w
 order or sharding. Complete runs are skipped; partial ones are redone from scratch.
 
 Runs of one optimizer train together, up to ``batch_runs`` at a time, in one process
-(:mod:`lohp_cli.runs`, :mod:`lohp_cli.optim.batched`); locally, in worker processes or on a Dask
-cluster (``scheduler``). On CPU a run's numbers do not depend on the runs beside it, so the store
-is the same whatever the grouping, sharding, worker count or resumption.
+(:mod:`lohp_cli.stages.runs`, :mod:`lohp_cli.optim.batched`); locally, in worker processes or on a
+Dask cluster (``scheduler``). On CPU a run's numbers do not depend on the runs beside it, so the
+store is the same whatever the grouping, sharding, worker count or resumption.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from lohp_cli.artifacts.base import first_difference
 from lohp_cli.config import OPTIMIZERS, CollectConfig, deep_merge, format_validation_error
 from lohp_cli.errors import StoreError
 from lohp_cli.optim import optimizer_hparams
-from lohp_cli.runs import (  # RunContext, RunPlan, init_target: also imported from here
+from lohp_cli.runtime import derive_seed, provenance, resolve_device, torch_threads
+from lohp_cli.stages.runs import (  # RunContext, RunPlan, init_target: also imported from here
     BlockPlan,
     RunContext,
     RunPlan,
@@ -39,7 +40,6 @@ from lohp_cli.runs import (  # RunContext, RunPlan, init_target: also imported f
     layout_for,
     new_block,
 )
-from lohp_cli.runtime import derive_seed, provenance, resolve_device, torch_threads
 from lohp_cli.store import TrajectoryStore, run_id
 from lohp_cli.store.frozen import train_frozen
 from lohp_cli.store.location import absolute_location, init_lock, local_path

@@ -17,7 +17,7 @@ during the timing is in the report. Batched throughput is measured by ``generate
 from the generated store into ``timing.generate``.
 
 The methods themselves live in :mod:`lohp_cli.methods` (one per baseline and generator, looked up
-through its registry); the report's files in :mod:`lohp_cli.report`.
+through its registry); the report's files in :mod:`lohp_cli.report.document`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import torch
 
 import lohp_cli.diffusion  # noqa: F401 - registers the diffusion generator, which load_policy builds
 import lohp_cli.l2o.method  # noqa: F401 - registers the learned optimizers as methods
-from lohp_cli import locality, path_diagnosis
 from lohp_cli.artifacts.base import parse
 from lohp_cli.artifacts.generated import GeneratedMeta
 from lohp_cli.artifacts.policy import PolicyMeta
@@ -47,7 +46,8 @@ from lohp_cli.methods.base import (
 from lohp_cli.methods.policy import GeneratedMethod, PolicyMethod, split_sample_steps
 from lohp_cli.policy.artifact import check_policy_dir, load_policy, local_steps
 from lohp_cli.policy.context import TaskContext, support_probe_bank, task_context
-from lohp_cli.report import build_report, write_report
+from lohp_cli.report import locality, path_diagnosis
+from lohp_cli.report.document import build_report, write_report
 from lohp_cli.runtime import resolve_device, stage_threads
 from lohp_cli.store.generated import open_generated
 from lohp_cli.store.sampler import RunRef, check_runs, matched_indices, select_runs

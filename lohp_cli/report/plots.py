@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lohp_cli.comparison import k_study
+from lohp_cli.report.comparison import k_study
 from lohp_cli.timing import LATENCY_LABEL
 
 

@@ -22,7 +22,7 @@ At every policy step i, for both paths:
 and per layer of the target model's :class:`~lohp_cli.tasks.layout.ParamLayout`: the norm of the
 policy's step i over the reference's step i (``step_ratio``), and each path's distance from θ₀.
 Every value is summarised per step index and overall by its median and interquartile range over
-tasks (:func:`lohp_cli.locality.summarize`).
+tasks (:func:`lohp_cli.report.locality.summarize`).
 """
 
 from __future__ import annotations
@@ -36,19 +36,19 @@ import torch
 from torch import nn
 
 from lohp_cli.config import OptimizersConfig
-from lohp_cli.locality import summarize
 from lohp_cli.methods.base import EvalContext
 from lohp_cli.methods.policy import policy_info
 from lohp_cli.optim import build_optimizer
 from lohp_cli.optim.loop import train_loop
 from lohp_cli.policy.artifact import generate_batch, learned_optimizers, local_steps, style_token
 from lohp_cli.policy.context import policy_probe
+from lohp_cli.report.locality import summarize
 from lohp_cli.runtime import derive_seed
-from lohp_cli.scoring import accuracy
 from lohp_cli.store.sampler import NormStats, select_runs
 from lohp_cli.tasks.inputs import TaskTensors
 from lohp_cli.tasks.layout import ParamLayout
 from lohp_cli.tasks.models import load_flat, trainable_parameters
+from lohp_cli.tasks.scoring import accuracy
 
 PATHS = ("policy", "reference")
 SPACES = ("weight", "normalized")

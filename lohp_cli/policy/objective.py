@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from lohp_cli.config import LoHpTrainConfig
-from lohp_cli.losses import balance_loss, pair_weights, path_beta, step_nll
 from lohp_cli.policy.dagger import BatchTasks, Relabeler
 from lohp_cli.policy.gaussian import HyperNetwork, LoHpPolicy
+from lohp_cli.policy.loss import balance_loss, pair_weights, path_beta, step_nll
 from lohp_cli.policy.state import StateProbe
 
 

@@ -10,7 +10,9 @@ import numpy as np
 
 from lohp_cli.artifacts.generated import GeneratedMeta
 from lohp_cli.checkpoint import atomic_write_bytes, atomic_write_json
-from lohp_cli.comparison import (
+from lohp_cli.config import EvaluateConfig
+from lohp_cli.methods.base import EvalContext, MethodResult
+from lohp_cli.report.comparison import (
     frontier_lines,
     frontier_section,
     k_study,
@@ -20,10 +22,8 @@ from lohp_cli.comparison import (
     paired_section,
     verdict,
 )
-from lohp_cli.config import EvaluateConfig
-from lohp_cli.methods.base import EvalContext, MethodResult
-from lohp_cli.report_plots import write_plots
-from lohp_cli.report_timing import latency_cells, timing_lines, timing_section
+from lohp_cli.report.plots import write_plots
+from lohp_cli.report.timing import latency_cells, timing_lines, timing_section
 from lohp_cli.runtime import provenance
 from lohp_cli.timing import LATENCY_LABEL, TimingRun
 
@@ -67,7 +67,8 @@ def build_report(
     cosine check; ``generated``: the generated store's attributes; ``frontier``: the optimizer
     rows ``(optimizer, row)`` of the accuracy-latency frontier (None: no frontier); ``timing``:
     what the interleaved latency timing saw (:func:`lohp_cli.methods.base.time_methods`);
-    ``diagnosis``: the path diagnosis (:func:`lohp_cli.path_diagnosis.diagnose`; None: off)."""
+    ``diagnosis``: the path diagnosis (:func:`lohp_cli.report.path_diagnosis.diagnose`;
+    None: off)."""
     compat = ctx.meta.store_compat
     methods = [r.summary() for r in rows]
     return {
