@@ -106,8 +106,15 @@ def _generate(cfg: GenerateConfig, emit: Progress) -> GenerateResult:
     if kept:
         emit({"event": "info", "message": f"{len(kept)} task(s) kept from {out}, "
               f"{len(todo)} new"})  # fmt: skip
-    emit({"event": "start", "tasks": len(todo), "samples": cfg.samples, "N": meta.N,
-          "device": device})  # fmt: skip
+    emit(
+        {
+            "event": "start",
+            "tasks": len(todo),
+            "samples": cfg.samples,
+            "N": meta.N,
+            "device": device,
+        }
+    )
     conditions, tensors = task_conditions(todo, ctx, meta, stats, device)
     bank = policy_probe(model, ctx, tensors, stats, device)
     run = Generation(cfg, model, meta, stats, device, token, start_rule(ctx.store, cfg.seed), bank)
@@ -217,14 +224,15 @@ class Generation:
         # untimed warm-up batches of the first batch's shape (own noise: the bytes are unchanged)
         warm = self.inputs(flat[: cfg.batch_size])
         for w in range(WARMUP_BATCHES):
+            gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "warmup", w))
             with torch.no_grad():
-                self.states(warm, torch.Generator().manual_seed(derive_seed(cfg.seed, "warmup", w)))
+                self.states(warm, gen)
         per_sample: list[float] = []  # seconds per row of each timed batch
         for start in range(0, len(flat), cfg.batch_size):
             chunk = flat[start : start + cfg.batch_size]
             per_sample.append(self.batch(chunk, start))
-            emit({"event": "batch", "done": min(start + cfg.batch_size, len(flat)),
-                  "total": len(flat)})  # fmt: skip
+            done = min(start + cfg.batch_size, len(flat))
+            emit({"event": "batch", "done": done, "total": len(flat)})
         return {
             "batched_ms_per_sample": round(statistics.median(per_sample) * 1e3, 4),
             "batch_size": min(cfg.batch_size, len(flat)),
@@ -261,8 +269,8 @@ class Generation:
         one = self.inputs([first])
 
         def one_task() -> torch.Tensor:
-            return self.states(one, torch.Generator().manual_seed(
-                derive_seed(self.cfg.seed, "latency")))  # fmt: skip
+            gen = torch.Generator().manual_seed(derive_seed(self.cfg.seed, "latency"))
+            return self.states(one, gen)
 
         emit({"event": "timing", "repeats": LATENCY_REPEATS})
         load_before = clock.load_average()
