@@ -1,5 +1,5 @@
 """The generated store's attributes (schema ``lohp.generated``), written by ``lohp generate``
-and read by ``lohp evaluate``; its layout is documented in :mod:`lohp_cli.stages.generate`."""
+and read by ``lohp evaluate``; its layout is documented in :mod:`lohp_cli.store.generated`."""
 
 from __future__ import annotations
 

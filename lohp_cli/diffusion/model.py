@@ -4,9 +4,10 @@ DDPM on normalised endpoint weights, sampled with DDIM.
 The denoiser is built like :class:`~lohp_cli.policy.gaussian.LoHpPolicy`: the backbone of
 ``policy.backbone`` gets the noisy weights x_t ``[B, P]`` and an embedding ``[B, E]`` of the
 diffusion time step t (sinusoidal → MLP, where Lo-Hp embeds its step index) plus the task
-condition (MLP), and its first output channel is the predicted ε. Its sampler has the policy's
-generation interface (:meth:`DiffusionPolicy.rollout`), so ``generate``, ``evaluate`` and their
-latency timing run it unchanged: from s_0 = x_S (the start rule's draw) S DDIM steps to x_0.
+condition (MLP), and its first output channel is the predicted ε. Its sampler implements the
+generator contract (:class:`lohp_cli.policy.generator.Generator`, :meth:`DiffusionPolicy.rollout`),
+so ``generate``, ``evaluate`` and their latency timing run it unchanged: from s_0 = x_S (the start
+rule's draw) S DDIM steps to x_0.
 """
 
 from __future__ import annotations
@@ -104,8 +105,9 @@ class DiffusionPolicy(nn.Module):
     ) -> torch.Tensor:
         """DDIM from x_S = ``s [B, P]`` in ``sample_steps`` steps: every state ``[B, S+1, P]``,
         the last the generated (normalised) weights. ``mode`` "mean": η = 0 (deterministic);
-        "sample": η = 1 with noise from ``gen``. The signature is the policy's (``start``,
-        ``opt``, ``stop`` and ``probe`` are not used: a diffusion policy always runs all S)."""
+        "sample": η = 1 with noise from ``gen``. The signature is the generator contract's
+        (:class:`~lohp_cli.policy.generator.Generator`; ``start``, ``opt``, ``stop`` and
+        ``probe`` are not used: a diffusion policy always runs all S)."""
         if start != 0 or stop is not None:
             raise ValueError("a diffusion policy samples all of its S steps")
         eta = 0.0 if mode == "mean" else 1.0

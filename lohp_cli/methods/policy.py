@@ -13,8 +13,9 @@ from lohp_cli.artifacts.policy import PolicyMeta
 from lohp_cli.config import OPTIMIZERS
 from lohp_cli.errors import CompatibilityError, StoreError
 from lohp_cli.methods.base import EvalContext, Starts
-from lohp_cli.policy.artifact import generate_batch, load_policy, local_steps, style_token
+from lohp_cli.policy.artifact import load_policy, local_steps, style_token
 from lohp_cli.policy.context import policy_probe
+from lohp_cli.policy.generator import Generator, generate_states
 from lohp_cli.policy.state import ProbeBank, StateProbe
 from lohp_cli.store.sampler import NormStats
 
@@ -51,8 +52,7 @@ def row_name(label: str, meta: PolicyMeta) -> str:
 
 
 def generate_one(
-    model: torch.nn.Module,
-    meta: PolicyMeta,
+    model: Generator,
     c: torch.Tensor,
     s0: torch.Tensor,
     probe: StateProbe | None = None,
@@ -60,7 +60,7 @@ def generate_one(
 ) -> torch.Tensor:
     """The final normalised weights ``[B, P]`` of a mean-mode generation."""
     with torch.no_grad():
-        return generate_batch(model, meta, c, s0, "mean", None, False, probe, token)[:, -1]
+        return generate_states(model, c, s0, "mean", None, False, probe, token)[:, -1]
 
 
 class PolicyMethod:
@@ -92,7 +92,7 @@ class PolicyMethod:
     def _use(
         self,
         ctx: EvalContext,
-        model: torch.nn.Module,
+        model: Generator,
         meta: PolicyMeta,
         stats: NormStats,
         token: int | None,
@@ -105,7 +105,7 @@ class PolicyMethod:
         """Final normalised weights ``[1, P]`` from ``s0 [1, P]`` on one task."""
         c = self.stats.normalize_condition(self.ctx.data[task_id].condition)[None]
         probe = None if self.bank is None else self.bank.probe([task_id])
-        return generate_one(self.model, self.meta, c, s0, probe, self.token)
+        return generate_one(self.model, c, s0, probe, self.token)
 
     def weights(self, task_id: str, starts: Starts) -> torch.Tensor:
         rows = [
@@ -129,7 +129,7 @@ class GeneratedMethod(PolicyMethod):
         self,
         store: Any,
         where: str,
-        loaded: tuple[torch.nn.Module, PolicyMeta, NormStats],
+        loaded: tuple[Generator, PolicyMeta, NormStats],
         style: str | None,
     ) -> None:
         model, meta, _ = loaded

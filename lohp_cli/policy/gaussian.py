@@ -303,3 +303,23 @@ class HyperNetwork(nn.Module):
         if self.opt_emb is not None and opt is not None:
             cond = cond + self.opt_emb(opt)
         return self.net(cond)
+
+    def rollout(
+        self,
+        s: torch.Tensor,
+        start: int,
+        cond: torch.Tensor,
+        opt: torch.Tensor | None = None,
+        mode: str = "mean",
+        gen: torch.Generator | None = None,
+        stop: int | None = None,
+        grad: bool = False,
+        probe: StateProbe | None = None,
+    ) -> torch.Tensor:
+        """The generator contract (:class:`lohp_cli.policy.generator.Generator`) of a one-step
+        map: ``[B, 2, P]``, the start ``s [B, P]`` and θ_T = h(c) (``s``, ``mode``, ``gen`` and
+        ``probe`` do not change θ_T)."""
+        if start != 0 or stop not in (None, 1):
+            raise ValueError("a hypernetwork generates in its one step")
+        with torch.set_grad_enabled(grad):
+            return torch.stack([s, self(cond, opt)], dim=1)

@@ -46,11 +46,12 @@ from lohp_cli.methods.base import (
 from lohp_cli.methods.policy import GeneratedMethod, PolicyMethod, split_sample_steps
 from lohp_cli.policy.artifact import check_policy_dir, load_policy, local_steps
 from lohp_cli.policy.context import TaskContext, support_probe_bank, task_context
+from lohp_cli.policy.generator import Generator
 from lohp_cli.report import locality, path_diagnosis
 from lohp_cli.report.document import build_report, write_report
 from lohp_cli.runtime import resolve_device, stage_threads
 from lohp_cli.store.generated import open_generated
-from lohp_cli.store.sampler import RunRef, check_runs, matched_indices, select_runs
+from lohp_cli.store.sampler import NormStats, RunRef, check_runs, matched_indices, select_runs
 from lohp_cli.tasks.models import build_target
 
 
@@ -166,7 +167,7 @@ def _evaluate(cfg: EvaluateConfig, emit: Progress) -> dict[str, Any]:
 
 def context(
     cfg: EvaluateConfig, gcfg: GenerateConfig, gmeta: GeneratedMeta, emit: Progress
-) -> tuple[EvalContext, tuple[torch.nn.Module, PolicyMeta, Any]]:
+) -> tuple[EvalContext, tuple[Generator, PolicyMeta, NormStats]]:
     """The methods' shared context, and the generating policy ``(model, meta, stats)``."""
     device = resolve_device(cfg.device)
     model, meta, stats = load_policy(gmeta.policy.path, device, gcfg.sample_steps)

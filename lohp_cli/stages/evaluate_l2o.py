@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import torch
 from lohp_cli.checkpoint import atomic_write_bytes, atomic_write_json
 from lohp_cli.errors import ConfigError
 from lohp_cli.l2o.apply import learned_step, load_l2o, run_learned
-from lohp_cli.l2o.config import L2OEvaluateConfig, L2OTrainConfig
+from lohp_cli.l2o.config import L2OConfig, L2OEvaluateConfig, L2OTrainConfig
 from lohp_cli.l2o.optimizer import analytical, run_trajectory, tune_lr
 from lohp_cli.l2o.problems import (
     LeastSquares,
@@ -56,6 +57,21 @@ def _curve(losses: list[torch.Tensor]) -> list[float]:
     ]
 
 
+Method = tuple[str, dict[str, Any], Callable[..., Any]]
+"""``(row label, what it is, runner(query, support) -> (losses [S+1, B], θ, adapt history))``"""
+
+
+@dataclass
+class Scores:
+    """Every method's results over the held-out tasks, per label: loss curves ``[S+1, B]`` per
+    task, final metrics per task, the adaptation losses; and the synthetic tasks' optima f*."""
+
+    curves: dict[str, list[torch.Tensor]]
+    finals: dict[str, dict[str, list[torch.Tensor]]]
+    adapt: dict[str, list[list[float]]]
+    optima: list[torch.Tensor] = field(default_factory=list)
+
+
 def evaluate_l2o(cfg: L2OEvaluateConfig, progress: Progress | None = None) -> dict[str, Any]:
     """Run every policy and baseline on the held-out tasks; write report.json/.md and plots."""
     emit = progress or (lambda _e: None)
@@ -65,30 +81,68 @@ def evaluate_l2o(cfg: L2OEvaluateConfig, progress: Progress | None = None) -> di
         raise ConfigError(f"Report directory '{out}' is a file; choose another --out.")
     device = resolve_device(cfg.device)
     loaded = {name: load_l2o(path, "cpu") for name, path in cfg.policies.items()}
-    first_name = next(iter(loaded))
-    ref_meta = loaded[first_name][1]
+    lc, family = held_out_family(cfg, loaded)
+    emit({"event": "info", "message": f"{len(loaded)} learned optimizer(s) on {lc.family}"})
+    tuned = tune_baselines(cfg, family, lc.lr_grid, emit)
+    methods = learned_methods(cfg, loaded) + baseline_methods(cfg, tuned)
+    scores = score_tasks(cfg, family, lc.family != "store", methods, emit)
+    report = {
+        "schema": REPORT_SCHEMA,
+        "schema_version": REPORT_VERSION,
+        "family": family.describe(),
+        "policies": {
+            n: {"path": cfg.policies[n], "method": m.method, "trained_steps": m.trained_steps}
+            for n, (_, m) in loaded.items()
+        },
+        "tasks": cfg.tasks,
+        "instances": cfg.instances,
+        "steps": cfg.steps,
+        "shift": cfg.shift,
+        "tuning": tuned,
+        "methods": method_rows(methods, scores, emit),
+        "config": cfg.model_dump(mode="json"),
+        "wall_time_s": round(time.perf_counter() - t_start, 3),
+        "provenance": provenance(device),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "report.json", report)
+    atomic_write_bytes(out / "report.md", markdown_report(report).encode())
+    if cfg.plots:
+        write_curves(report, out / "loss_curves.png")
+    return report
+
+
+def held_out_family(cfg: L2OEvaluateConfig, loaded: dict[str, Any]) -> tuple[L2OConfig, Any]:
+    """``(the first policy's l2o settings, the problem family)`` of the policies ``loaded``,
+    which must share their family; a ConfigError for ``--shift`` on image tasks."""
+    ref_meta = next(iter(loaded.values()))[1]
     for name, (_, meta) in loaded.items():
         check_same_family(ref_meta.family, meta.family, f"Policy {name!r}")
-    tc = L2OTrainConfig.from_stored(ref_meta.train_config)
-    lc = tc.l2o
+    lc = L2OTrainConfig.from_stored(ref_meta.train_config).l2o
     store = cfg.store or ref_meta.store_location
     family = make_family(lc, store if lc.family == "store" else None, cfg.data_root)
-    synthetic = lc.family != "store"
-    if cfg.shift and not synthetic:
+    if cfg.shift and lc.family == "store":
         raise ConfigError("--shift applies to quadratic/lasso policies; image tasks use splits.")
-    emit({"event": "info", "message": f"{len(loaded)} learned optimizer(s) on {lc.family}"})
+    return lc, family
 
-    # analytical baselines: learning rate tuned on source tasks
+
+def tune_baselines(
+    cfg: L2OEvaluateConfig, family: Any, grid: Any, emit: Progress
+) -> dict[str, dict[str, Any]]:
+    """The analytical baselines' learning rates, tuned over ``grid`` on source tasks:
+    ``{name: {lr, scores}}``."""
     tuned: dict[str, dict[str, Any]] = {}
     for name in cfg.baselines:
-        lr, scores = tune_lr(
-            family, name, lc.lr_grid, cfg.steps, cfg.tune_tasks, cfg.instances, cfg.seed
-        )
+        lr, scores = tune_lr(family, name, grid, cfg.steps, cfg.tune_tasks, cfg.instances, cfg.seed)
         tuned[name] = {"lr": lr, "scores": scores}
         emit({"event": "info", "message": f"{name}: tuned lr = {lr}"})
+    return tuned
 
-    # methods: (label, kind, runner(query, support) -> (losses, theta, adapt history))
-    methods: list[tuple[str, dict[str, Any], Callable[..., Any]]] = []
+
+def learned_methods(cfg: L2OEvaluateConfig, loaded: dict[str, Any]) -> list[Method]:
+    """Each learned optimizer, without and (M-L2O, or every policy with ``adapt_all``) with its
+    self-adaptation steps on the support problems."""
+    methods: list[Method] = []
     for name, (model, meta) in loaded.items():
         plc = L2OTrainConfig.from_stored(meta.train_config).l2o
         k = plc.adapt_steps if cfg.adapt_steps is None else cfg.adapt_steps
@@ -103,6 +157,12 @@ def evaluate_l2o(cfg: L2OEvaluateConfig, progress: Progress | None = None) -> di
 
             info = {"kind": "learned", "method": meta.method, "adapt_steps": steps_k}
             methods.append((label, info, runner))
+    return methods
+
+
+def baseline_methods(cfg: L2OEvaluateConfig, tuned: dict[str, dict[str, Any]]) -> list[Method]:
+    """Each analytical optimizer at its tuned learning rate."""
+    methods: list[Method] = []
     for name, t in tuned.items():
 
         def base_runner(q: Any, s: Any, name=name, lr=t["lr"]) -> Any:
@@ -115,69 +175,57 @@ def evaluate_l2o(cfg: L2OEvaluateConfig, progress: Progress | None = None) -> di
         methods.append(
             (f"{name} (lr {t['lr']:g})", {"kind": "optimizer", "lr": t["lr"]}, base_runner)
         )
+    return methods
 
-    curves: dict[str, list[torch.Tensor]] = {m[0]: [] for m in methods}
-    finals: dict[str, dict[str, list[torch.Tensor]]] = {m[0]: {} for m in methods}
-    adapt_hist: dict[str, list[list[float]]] = {m[0]: [] for m in methods}
-    optima: list[torch.Tensor] = []
+
+def score_tasks(
+    cfg: L2OEvaluateConfig, family: Any, synthetic: bool, methods: list[Method], emit: Progress
+) -> Scores:
+    """Run every method on each held-out task's query problems (the support problems: other
+    problems of the same task, for self-adaptation)."""
+    labels = [m[0] for m in methods]
+    scores = Scores({lb: [] for lb in labels}, {lb: {} for lb in labels}, {lb: [] for lb in labels})
     for i in range(cfg.tasks):
         both = family.sample("target", i, cfg.seed, 2 * cfg.instances, cfg.shift)
         query = both.subset(slice(0, cfg.instances))
         support = both.subset(slice(cfg.instances, 2 * cfg.instances))
         if synthetic:
             assert isinstance(query, LeastSquares)
-            optima.append(query.optimum())
+            scores.optima.append(query.optimum())
         for label, _, runner in methods:
             losses, theta, hist = runner(query, support)
-            curves[label].append(losses)
+            scores.curves[label].append(losses)
             for key, val in query.metrics(theta).items():
-                finals[label].setdefault(key, []).append(val)
+                scores.finals[label].setdefault(key, []).append(val)
             if hist:
-                adapt_hist[label].append(hist)
+                scores.adapt[label].append(hist)
         emit({"event": "task", "done": i + 1, "tasks": cfg.tasks})
+    return scores
 
-    fstar = torch.cat(optima) if optima else None
+
+def method_rows(methods: list[Method], scores: Scores, emit: Progress) -> list[dict[str, Any]]:
+    """The report's row of each method: final metrics, mean curves (and the gap to f* on
+    synthetic tasks), mean adaptation losses."""
+    fstar = torch.cat(scores.optima) if scores.optima else None
     rows = []
     for label, info, _ in methods:
+        curves = scores.curves[label]
         row: dict[str, Any] = {"name": label, **info}
-        for key, vals in finals[label].items():
+        for key, vals in scores.finals[label].items():
             row[f"final_{key}"] = _summary(torch.cat(vals))
-        row["curve"] = _curve(curves[label])
+        row["curve"] = _curve(curves)
         if fstar is not None:
-            gap = torch.cat([c[-1] for c in curves[label]]).double() - fstar
+            gap = torch.cat([c[-1] for c in curves]).double() - fstar
             row["final_gap"] = _summary(gap)
             row["curve_gap"] = _curve(
-                [c.double() - f for c, f in zip(curves[label], optima, strict=True)]
+                [c.double() - f for c, f in zip(curves, scores.optima, strict=True)]
             )
-        if adapt_hist[label]:
-            h = np.asarray(adapt_hist[label])
+        if scores.adapt[label]:
+            h = np.asarray(scores.adapt[label])
             row["adapt_loss"] = [round(float(x), 6) for x in h.mean(0)]
         rows.append(row)
         emit({"event": "method", "name": label, "final_loss": row["final_loss"]["mean"]})
-    report = {
-        "schema": REPORT_SCHEMA,
-        "schema_version": REPORT_VERSION,
-        "family": family.describe(),
-        "policies": {
-            n: {"path": cfg.policies[n], "method": m.method, "trained_steps": m.trained_steps}
-            for n, (_, m) in loaded.items()
-        },
-        "tasks": cfg.tasks,
-        "instances": cfg.instances,
-        "steps": cfg.steps,
-        "shift": cfg.shift,
-        "tuning": tuned,
-        "methods": rows,
-        "config": cfg.model_dump(mode="json"),
-        "wall_time_s": round(time.perf_counter() - t_start, 3),
-        "provenance": provenance(device),
-    }
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "report.json", report)
-    atomic_write_bytes(out / "report.md", markdown_report(report).encode())
-    if cfg.plots:
-        write_curves(report, out / "loss_curves.png")
-    return report
+    return rows
 
 
 def _fmt(s: dict[str, Any] | None) -> str:

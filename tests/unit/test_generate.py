@@ -115,23 +115,22 @@ def test_warm_up_is_not_timed(
     row. Both timings must come out at 1 ms: neither counts the warm-up."""
     now = [0.0]
     rows: list[int] = []
-    real = generate_mod.generate_batch
+    real = generate_mod.generate_states
 
     def batch(
         model: torch.nn.Module,
-        meta: dict,
         cond: torch.Tensor,
         s0: torch.Tensor,
         *args: object,
         **kw: object,
     ) -> torch.Tensor:
-        states = real(model, meta, cond, s0, *args, **kw)
+        states = real(model, cond, s0, *args, **kw)
         now[0] += 1000.0 if not rows else 1e-3 * s0.shape[0]
         rows.append(s0.shape[0])
         return states
 
     monkeypatch.setattr(lohp_cli.timing, "now", lambda: now[0])
-    monkeypatch.setattr(generate_mod, "generate_batch", batch)
+    monkeypatch.setattr(generate_mod, "generate_states", batch)
     res = generate(gen_cfg(trained["lo-hp"], tmp_path / "t.zarr", batch_size=4))
     # warm-up batch of the first batch's shape, 2 timed batches, then 1 + repeats at batch 1
     assert rows == [4, 4, 2, *[1] * (1 + LATENCY_REPEATS)]
@@ -316,13 +315,13 @@ def test_update_generates_only_the_new_tasks(
     ids = [t.id for t in resolve_tasks("target", ctx.family, 3)]
     generate(gen_cfg(trained["lo-hp"], full, tasks=",".join(ids)))
     rows: list[int] = []
-    real = generate_mod.generate_batch
+    real = generate_mod.generate_states
 
-    def counting(model, meta, cond, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
+    def counting(model, cond, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
         rows.append(cond.shape[0])
-        return real(model, meta, cond, *a, **kw)
+        return real(model, cond, *a, **kw)
 
-    monkeypatch.setattr(generate_mod, "generate_batch", counting)
+    monkeypatch.setattr(generate_mod, "generate_states", counting)
     first = generate(gen_cfg(trained["lo-hp"], out, tasks=",".join(ids[:2]), update=True))
     assert first.new_tasks == 2 and first.tasks == 2
     kept = {t: w.tobytes() for t, w in read_weights(out).items()}

@@ -84,7 +84,7 @@ def test_generate_starts_every_sample_at_the_normalised_theta0(
 ) -> None:
     _, _, stats = load_policy(run["policy"])
     want = stats.normalize(theta0_of(run))  # [P]
-    starts = record_arg(monkeypatch, generate_mod, "generate_batch", 3)  # s0 [B, P]
+    starts = record_arg(monkeypatch, generate_mod, "generate_states", 2)  # s0 [B, P]
     out = tmp_path / "g.zarr"
     generate(GenerateConfig.model_validate(
         {"policy": str(run["policy"]), "out": str(out), "num_tasks": 2, "samples": SAMPLES,
