@@ -33,16 +33,11 @@ from lohp_cli.checkpoint import (
 from lohp_cli.diffusion.config import DiffusionTrainConfig
 from lohp_cli.diffusion.model import DiffusionPolicy, build_diffusion
 from lohp_cli.errors import ConfigError
-from lohp_cli.policy.artifact import (
-    TrainResult,
-    check_out_dir,
-    end_of_step,
-    policy_config_json,
-    store_fingerprint,
-)
+from lohp_cli.policy.artifact import store_fingerprint
 from lohp_cli.policy.backbone import resolve_auto
 from lohp_cli.policy.fit import class_symmetry
 from lohp_cli.policy.loss import check_finite
+from lohp_cli.policy.rundir import TrainResult, check_out_dir, end_of_step, policy_config_json
 from lohp_cli.runtime import derive_seed, resolve_device
 from lohp_cli.store.sampler import (
     NormStats,

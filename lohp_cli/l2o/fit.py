@@ -49,12 +49,8 @@ from lohp_cli.l2o.optimizer import (
     tune_lr,
 )
 from lohp_cli.l2o.problems import ImageFamily, ProblemFamily, make_family
-from lohp_cli.policy.artifact import (
-    TrainResult,
-    check_out_dir,
-    end_of_step,
-    store_fingerprint,
-)
+from lohp_cli.policy.artifact import store_fingerprint
+from lohp_cli.policy.rundir import TrainResult, check_out_dir, end_of_step
 from lohp_cli.runtime import derive_seed, provenance, resolve_device
 
 
