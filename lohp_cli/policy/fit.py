@@ -33,6 +33,7 @@ from lohp_cli.errors import ConfigError
 from lohp_cli.policy.artifact import build_model, store_fingerprint
 from lohp_cli.policy.backbone import resolve_auto
 from lohp_cli.policy.context import store_task_context, support_probe_bank
+from lohp_cli.policy.curves import write_curves
 from lohp_cli.policy.dagger import BatchTasks, Relabeler
 from lohp_cli.policy.gaussian import LoHpPolicy
 from lohp_cli.policy.loss import check_finite
@@ -44,7 +45,6 @@ from lohp_cli.policy.validation import (
     held_out_tasks,
     split_runs,
     stop_reason,
-    write_curves,
 )
 from lohp_cli.runtime import derive_seed, resolve_device
 from lohp_cli.store.sampler import (
