@@ -145,6 +145,16 @@ def test_w_step_adds_the_mean_step_likelihood_per_coordinate() -> None:
     assert terms1["step_nll"] == pytest.approx(float(err.mean()) / P, rel=1e-5)
 
 
+def test_w_step_beside_w_on_without_w_off_has_no_on_off_ratio() -> None:
+    """w_off = 0 with w_step > 0: the off-policy balance is logged (the step term shares its
+    backbone call) but weighs nothing, so there is no on/off ratio (it divided by zero)."""
+    x, cond, opt = batch()
+    obj = with_loss(objective(0.5), w_off=0.0, w_on=1.0, w_step=1.0)
+    loss, terms = obj(x, cond, opt)
+    assert "off" in terms and "on" in terms and "on_off_ratio" not in terms
+    assert float(loss) == pytest.approx(terms["on"] + terms["step_nll"], rel=1e-5)
+
+
 def test_w_step_alone_pulls_the_step_towards_the_recorded_one() -> None:
     """With only the step term (w_off = w_on = 0), a few optimizer steps lower the error of the
     policy's step at the offline states: the term is a training signal on every coordinate."""
