@@ -172,3 +172,20 @@ def test_w_step_alone_pulls_the_step_towards_the_recorded_one() -> None:
         loss.backward()
         opt_.step()
     assert terms["step_nll"] < 0.5 * first
+
+
+def test_every_policy_method_has_a_loss_and_others_are_refused() -> None:
+    """Each method a Lo-Hp config accepts has its entry in METHOD_LOSSES (a new method adds one);
+    an objective for a method without one is a ConfigError naming the choices."""
+    from typing import get_args
+
+    from lohp_cli.config import LoHpTrainConfig
+    from lohp_cli.errors import ConfigError
+    from lohp_cli.policy.objective import METHOD_LOSSES
+
+    methods = get_args(LoHpTrainConfig.model_fields["method"].annotation)
+    assert set(methods) == set(METHOD_LOSSES)
+    obj = objective(0.5)
+    cfg = obj.cfg.model_copy(update={"method": "lo-new"})
+    with pytest.raises(ConfigError, match="'lo-new' has no policy objective; choose from lo-hp"):
+        Objective(obj.model, cfg, N)
