@@ -16,33 +16,19 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from lohp_cli.checkpoint import (
-    atomic_save_tensors,
-    atomic_write_json,
-    load_state,
-    load_tensors,
-    truncate_metrics,
-    write_checkpoint,
-)
+from lohp_cli.checkpoint import write_checkpoint
 from lohp_cli.diffusion.config import DiffusionTrainConfig
 from lohp_cli.diffusion.model import DiffusionPolicy, build_diffusion
 from lohp_cli.errors import ConfigError
-from lohp_cli.policy.artifact import (
-    TrainResult,
-    check_out_dir,
-    end_of_step,
-    policy_config_json,
-    store_fingerprint,
-)
+from lohp_cli.policy.artifact import store_fingerprint
 from lohp_cli.policy.backbone import resolve_auto
 from lohp_cli.policy.fit import class_symmetry
-from lohp_cli.policy.loss import check_finite
+from lohp_cli.policy.rundir import TrainResult, policy_config_json
+from lohp_cli.policy.skeleton import TrainingRun, gradient_step
 from lohp_cli.runtime import derive_seed, resolve_device
 from lohp_cli.store.sampler import (
     NormStats,
@@ -83,7 +69,8 @@ def diffusion_step(
 
 
 def train_diffusion(cfg: DiffusionTrainConfig, progress: Progress | None = None) -> TrainResult:
-    """Train (or resume) the diffusion generator ``cfg`` describes."""
+    """Train (or resume) the diffusion generator ``cfg`` describes (the steps of
+    :mod:`lohp_cli.policy.skeleton`)."""
     emit = progress or (lambda _e: None)
     t_start = time.perf_counter()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -97,8 +84,7 @@ def train_diffusion(cfg: DiffusionTrainConfig, progress: Progress | None = None)
     fingerprint = store_fingerprint(store)
     layout = ParamLayout.from_json(meta.layout)
     cfg = resolve_auto(cfg, layout, meta.compat.model.name, emit)
-    out = Path(cfg.out)
-    resume = check_out_dir(out, cfg, fingerprint)
+    run = TrainingRun.open(cfg, fingerprint, emit, t_start)
     sym = class_symmetry(cfg.augment, store)
     s_steps = cfg.diffusion.sample_steps
 
@@ -107,55 +93,34 @@ def train_diffusion(cfg: DiffusionTrainConfig, progress: Progress | None = None)
             cfg, store, fingerprint, s_steps, t_rec, device, len(runs), step, complete, k=t_rec
         )
 
-    norm_path = out / "normalization.safetensors"
-    if resume and norm_path.exists():
-        stats = NormStats.from_tensors(
-            load_tensors(norm_path), meta.param_count, meta.condition_dim, str(norm_path)
-        )
-    else:
-        emit({"event": "stats", "runs": len(runs)})
-        stats = compute_stats(store, runs, t_rec, cfg.normalize, sym=sym)
-        atomic_save_tensors(norm_path, stats.to_tensors())
-        atomic_write_json(out / "config.json", config_json(0, False))  # first: see policy.fit
+    stats = run.norm_stats(
+        meta.param_count, meta.condition_dim, len(runs),
+        lambda: compute_stats(store, runs, t_rec, cfg.normalize, sym=sym),
+        lambda: config_json(0, False),
+    )  # fmt: skip
     model = build_diffusion(
         cfg, meta.param_count, meta.condition_dim, s_steps, stats, meta.compat.classes, layout
     ).to(device)
-    if not resume:  # a resumed run loads it with the weights
+    if not run.resume:  # a resumed run loads it with the weights
         model.x0_bound.fill_(endpoint_bound(store, runs, stats, t_rec))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start = 0
-    trainer = load_state(out, model, opt) if resume else None
-    if trainer is not None:
-        start = int(trainer["step"])
-        emit({"event": "resume", "step": start})
-    truncate_metrics(out / "metrics.jsonl", start)
+    run.resume_state(model, opt)
     sampler = TrajectorySampler(store, runs, t_rec, stats, cfg.cache_mb, sym)
 
     def write_policy(step: int, complete: bool) -> None:
-        write_checkpoint(out, model, opt, {"step": step}, config_json(step, complete))
+        write_checkpoint(run.out, model, opt, {"step": step}, config_json(step, complete))
 
-    params = sum(p.numel() for p in model.parameters())
-    emit({"event": "start", "step": start, "steps": cfg.steps, "runs": len(runs), "N": s_steps,
-          "params": params})  # fmt: skip
-    deadline = None if cfg.max_minutes is None else t_start + 60 * cfg.max_minutes
-    step, last_loss = start, None
-    model.train()
-    while step < cfg.steps:
+    def one_step(step: int) -> tuple[float, dict[str, Any]]:
         gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "step", 0, step))
         loss, run_ids = diffusion_step(model, sampler, cfg.batch_size, gen, device)
-        check_finite(loss, "loss", step, run_ids)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        check_finite(gnorm, "gradient", step, run_ids)
-        opt.step()
-        step += 1
+        gnorm = gradient_step(loss, model, opt, cfg.grad_clip, step, run_ids)
         last_loss = float(loss.detach())
-        terms = {"loss": last_loss, "grad_norm": gnorm}
-        if end_of_step(step, cfg, out, terms, t_start, deadline, emit, write_policy):
-            break
-    if step == start and not (out / "model.safetensors").exists():
-        write_policy(step, step >= cfg.steps)
-    return TrainResult(
-        str(out), step, step >= cfg.steps, last_loss, round(time.perf_counter() - t_start, 3)
-    )
+        return last_loss, {"loss": last_loss, "grad_norm": gnorm}
+
+    params = sum(p.numel() for p in model.parameters())
+    emit({"event": "start", "step": run.start, "steps": cfg.steps, "runs": len(runs), "N": s_steps,
+          "params": params})  # fmt: skip
+    model.train()
+    step, last_loss, _ = run.loop(one_step, write_policy)
+    run.finish(step, write_policy)
+    return run.result(step, step >= cfg.steps, last_loss)

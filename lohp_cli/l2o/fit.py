@@ -16,19 +16,14 @@ family, train config, provenance, complete flag), ``model.safetensors``, ``metri
 from __future__ import annotations
 
 import time
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from lohp_cli.artifacts.policy import new_l2o_meta
-from lohp_cli.checkpoint import (
-    atomic_write_json,
-    load_state,
-    truncate_metrics,
-    write_checkpoint,
-)
+from lohp_cli.checkpoint import write_checkpoint
 from lohp_cli.errors import ConfigError, DataError
 from lohp_cli.l2o import L2O_METHODS
 from lohp_cli.l2o.apply import build_l2o
@@ -49,12 +44,9 @@ from lohp_cli.l2o.optimizer import (
     tune_lr,
 )
 from lohp_cli.l2o.problems import ImageFamily, ProblemFamily, make_family
-from lohp_cli.policy.artifact import (
-    TrainResult,
-    check_out_dir,
-    end_of_step,
-    store_fingerprint,
-)
+from lohp_cli.policy.artifact import store_fingerprint
+from lohp_cli.policy.rundir import TrainResult
+from lohp_cli.policy.skeleton import TrainingRun
 from lohp_cli.runtime import derive_seed, provenance, resolve_device
 
 
@@ -146,8 +138,9 @@ def _teacher(
     return {"name": lc.teacher, "source": "on-the-fly", "lr": lr, "scores": scores}
 
 
-def train_l2o(cfg: L2OTrainConfig, progress: Any = None) -> Any:
-    """Meta-train (or resume) a learned optimizer as configured; returns a ``TrainResult``."""
+def train_l2o(cfg: L2OTrainConfig, progress: Any = None) -> TrainResult:
+    """Meta-train (or resume) a learned optimizer as configured (the steps of
+    :mod:`lohp_cli.policy.skeleton`, one episode a step)."""
     emit = progress or (lambda _e: None)
     t_start = time.perf_counter()
     if cfg.method not in L2O_METHODS:
@@ -159,27 +152,30 @@ def train_l2o(cfg: L2OTrainConfig, progress: Any = None) -> Any:
     family = make_family(lc, cfg.store if lc.family == "store" else None)
     instances = lc.instances or cfg.batch_size
     fingerprint = _family_fingerprint(cfg, family)
-    out = Path(cfg.out)
-    resume = check_out_dir(out, cfg, fingerprint)
+    run = TrainingRun.open(cfg, fingerprint, emit, t_start)
 
     model = build_l2o(lc, cfg.seed).to(device)
     meta_opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start, teacher = 0, None
-    trainer = load_state(out, model, meta_opt) if resume else None
-    if trainer is not None:
-        start, teacher = int(trainer["step"]), trainer.get("teacher")
-        emit({"event": "resume", "step": start})
-    else:
+    teacher: dict[str, Any] | None = None
+
+    def on_resume(trainer: dict[str, Any], _start: int) -> None:
+        nonlocal teacher
+        teacher = trainer.get("teacher")
+
+    def on_fresh() -> None:
+        nonlocal teacher
         teacher = _teacher(cfg, family, instances, emit)
-        atomic_write_json(
-            out / "config.json",
-            _config_json(cfg, family, fingerprint, teacher, device, 0, False),
-        )
-    truncate_metrics(out / "metrics.jsonl", start)
+        run.write_config(_config_json(cfg, family, fingerprint, teacher, device, 0, False))
+
+    run.resume_state(model, meta_opt, on_resume, on_fresh)
 
     def write_policy(step: int, complete: bool) -> None:
         config = _config_json(cfg, family, fingerprint, teacher, device, step, complete)
-        write_checkpoint(out, model, meta_opt, {"step": step, "teacher": teacher}, config)
+        write_checkpoint(run.out, model, meta_opt, {"step": step, "teacher": teacher}, config)
+
+    def one_episode(step: int) -> tuple[float, dict[str, Any]]:
+        terms = run_episode(cfg, model, meta_opt, family, instances, teacher, step, device)
+        return terms["loss"], terms
 
     n_params = sum(p.numel() for p in model.parameters())
     emit(
@@ -190,19 +186,9 @@ def train_l2o(cfg: L2OTrainConfig, progress: Any = None) -> Any:
             f"{instances} problem(s)",
         }
     )
-    deadline = None if cfg.max_minutes is None else t_start + 60 * cfg.max_minutes
-    step, last = start, None
-    while step < cfg.steps:
-        terms = run_episode(cfg, model, meta_opt, family, instances, teacher, step, device)
-        step += 1
-        last = terms["loss"]
-        if end_of_step(step, cfg, out, terms, t_start, deadline, emit, write_policy):
-            break
-    if step == start and not (out / "model.safetensors").exists():
-        write_policy(step, step >= cfg.steps)
-    return TrainResult(
-        str(out), step, step >= cfg.steps, last, round(time.perf_counter() - t_start, 3)
-    )
+    step, last, _ = run.loop(one_episode, write_policy)
+    run.finish(step, write_policy)
+    return run.result(step, step >= cfg.steps, last)
 
 
 def _check(value: torch.Tensor, what: str, episode: int) -> None:
@@ -213,22 +199,32 @@ def _check(value: torch.Tensor, what: str, episode: int) -> None:
         )
 
 
-def run_episode(
+@dataclass
+class _Episode:
+    """What one episode optimises: its problems, the step it unrolls (m-l2o: the copy adapted on
+    support problems, whose weights are ``params``), and the teacher's states to imitate (every
+    ``record_every`` steps) where it has them."""
+
+    problem: Any
+    step_fn: Any
+    params: dict[str, torch.Tensor] | None
+    states: torch.Tensor | None
+    record_every: int
+
+
+def _episode(
     cfg: L2OTrainConfig,
     model: LSTMOptimizer,
-    meta_opt: torch.optim.Optimizer,
     family: ProblemFamily,
     instances: int,
     teacher: dict[str, Any] | None,
     episode: int,
-    device: str,
-) -> dict[str, float]:
-    """One meta-training episode; returns its logged terms (means over its unrolls)."""
+    w_imit: float,
+) -> _Episode:
+    """The problems of ``episode`` (drawn from seeds of (seed, episode)), m-l2o's adaptation, and
+    the teacher's states (stored runs, or an on-the-fly trajectory)."""
     lc = cfg.l2o
-    length = unroll_length(cfg, episode)
-    w_imit = imitation_weight(cfg, episode)
     index = derive_seed(cfg.seed, "episode", episode)
-    gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "noise", episode))
     states, record_every = None, 1
     if w_imit > 0 and isinstance(family, ImageFamily):
         problem, states, record_every = family.sample_stored(lc.teacher, index, cfg.seed, instances)
@@ -253,6 +249,91 @@ def run_episode(
         _, states = run_trajectory(
             t_step, t_init(problem.batch, problem.size), problem, lc.horizon, keep_states=True
         )
+    return _Episode(problem, step_fn, params, states, record_every)
+
+
+def _unroll_loss(
+    cfg: L2OTrainConfig,
+    model: LSTMOptimizer,
+    ep: _Episode,
+    u: Any,
+    initial: torch.Tensor,
+    imit_state: Any,
+    seg_start: int,
+    seg: int,
+    w_imit: float,
+    gen: torch.Generator,
+    device: str,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], Any]:
+    """The meta-loss of one unroll ``u`` (steps ``seg_start`` … ``seg_start + seg``), with
+    l2o-tt's imitation and l2o-flat's flatness terms: ``(loss, terms, imitation state)``."""
+    lc, states, record_every = cfg.l2o, ep.states, ep.record_every
+    loss = meta_loss(u.losses, initial, lc.objective)
+    terms = {"meta": loss}
+    if states is not None and w_imit > 0:
+        # the teacher transitions j -> j+1 that start inside this unroll, each counted once
+        lo = -(-seg_start // record_every)
+        hi = min(-(-(seg_start + seg) // record_every), len(states) - 1)
+        if hi > lo:
+            imit, imit_state = imitation_loss(
+                model, ep.problem, states[lo : hi + 1].to(device), imit_state,
+                lo * record_every, record_every,
+            )  # fmt: skip
+            terms["imitation"] = imit
+            loss = loss + w_imit * imit
+    if cfg.method == "l2o-flat":
+        flat = flatness_terms(ep.problem, u.theta, seg_start + seg, lc, gen)
+        if "hessian" in flat:
+            terms["hessian"] = flat["hessian"]
+            loss = loss + lc.hessian_weight * flat["hessian"]
+        if "entropy" in flat:
+            terms["entropy"] = flat["entropy"]
+            loss = loss + lc.entropy_weight * flat["entropy"]
+    return loss, terms, imit_state
+
+
+def _meta_update(
+    cfg: L2OTrainConfig,
+    model: LSTMOptimizer,
+    meta_opt: torch.optim.Optimizer,
+    loss: torch.Tensor,
+    params: dict[str, torch.Tensor] | None,
+    episode: int,
+) -> None:
+    """One meta-update on ``loss`` (the meta-gradient clipped at ``cfg.grad_clip``; non-finite
+    values raise)."""
+    _check(loss, "meta-loss", episode)
+    meta_opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if params is not None:
+        # first-order M-L2O: the gradient at the adapted weights moves the original ones,
+        # after every query unroll (as many meta-updates per episode as l2o)
+        for name, p in model.named_parameters():
+            g = params[name].grad
+            p.grad = None if g is None else g.clone()
+            params[name].grad = None
+    gnorm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    _check(gnorm, "meta-gradient", episode)
+    meta_opt.step()
+
+
+def run_episode(
+    cfg: L2OTrainConfig,
+    model: LSTMOptimizer,
+    meta_opt: torch.optim.Optimizer,
+    family: ProblemFamily,
+    instances: int,
+    teacher: dict[str, Any] | None,
+    episode: int,
+    device: str,
+) -> dict[str, float]:
+    """One meta-training episode; returns its logged terms (means over its unrolls)."""
+    lc = cfg.l2o
+    length = unroll_length(cfg, episode)
+    w_imit = imitation_weight(cfg, episode)
+    gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "noise", episode))
+    ep = _episode(cfg, model, family, instances, teacher, episode, w_imit)
+    problem = ep.problem
     theta = problem.init().to(device)
     state = model.init_state(problem.batch, problem.size, device)
     imit_state = model.init_state(problem.batch, problem.size, device)
@@ -263,41 +344,11 @@ def run_episode(
     count = 0
     for seg_start in range(0, lc.horizon, length):
         seg = min(length, lc.horizon - seg_start)
-        u = unroll(step_fn, problem, theta, state, seg_start, seg, lc.second_order)
-        loss = meta_loss(u.losses, initial, lc.objective)
-        terms = {"meta": loss}
-        if states is not None and w_imit > 0:
-            # the teacher transitions j -> j+1 that start inside this unroll, each counted once
-            lo = -(-seg_start // record_every)
-            hi = min(-(-(seg_start + seg) // record_every), len(states) - 1)
-            if hi > lo:
-                imit, imit_state = imitation_loss(
-                    model, problem, states[lo : hi + 1].to(device), imit_state,
-                    lo * record_every, record_every,
-                )  # fmt: skip
-                terms["imitation"] = imit
-                loss = loss + w_imit * imit
-        if cfg.method == "l2o-flat":
-            flat = flatness_terms(problem, u.theta, seg_start + seg, lc, gen)
-            if "hessian" in flat:
-                terms["hessian"] = flat["hessian"]
-                loss = loss + lc.hessian_weight * flat["hessian"]
-            if "entropy" in flat:
-                terms["entropy"] = flat["entropy"]
-                loss = loss + lc.entropy_weight * flat["entropy"]
-        _check(loss, "meta-loss", episode)
-        meta_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if params is not None:
-            # first-order M-L2O: the gradient at the adapted weights moves the original ones,
-            # after every query unroll (as many meta-updates per episode as l2o)
-            for name, p in model.named_parameters():
-                g = params[name].grad
-                p.grad = None if g is None else g.clone()
-                params[name].grad = None
-        gnorm = nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        _check(gnorm, "meta-gradient", episode)
-        meta_opt.step()
+        u = unroll(ep.step_fn, problem, theta, state, seg_start, seg, lc.second_order)
+        loss, terms, imit_state = _unroll_loss(
+            cfg, model, ep, u, initial, imit_state, seg_start, seg, w_imit, gen, device
+        )
+        _meta_update(cfg, model, meta_opt, loss, ep.params, episode)
         for k, v in terms.items():
             sums[k] = sums.get(k, 0.0) + float(v.detach())
         count += 1

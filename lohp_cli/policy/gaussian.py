@@ -17,6 +17,7 @@ from torch import nn
 
 from lohp_cli.config import OPTIMIZERS, PolicyConfig
 from lohp_cli.policy.backbone import build_backbone, sinusoidal
+from lohp_cli.policy.loss import gaussian_step_nll, step_sq_error
 from lohp_cli.policy.state import StateProbe
 from lohp_cli.tasks.layout import ParamLayout
 
@@ -190,13 +191,14 @@ class LoHpPolicy(nn.Module):
         f, bw = f.view(b, l1, p), bw.view(b, l1, p)
         sig = self.sigma()[start : start + l1 - 1]  # [L]
         s0, s1 = states[:, :-1], states[:, 1:]  # [B, L, P]
-        fwd = -((s1 - s0 - f[:, :-1]) ** 2).sum(-1)  # [B, L]
+        err = step_sq_error(f[:, :-1], s1 - s0)  # [B, L] ||Δ_i − f_i||²
+        fwd = -err
         if self.cfg.backward == "fixed":
             bwd = -((s0 - s1) ** 2).sum(-1)
         else:
             bwd = -((s0 - (s1 - bw[:, 1:])) ** 2).sum(-1)
         # the Gaussian normalisers cancel because P_F and P_B share σ_i
-        return (fwd - bwd) / (2 * sig**2), -fwd / (2 * sig**2)
+        return (fwd - bwd) / (2 * sig**2), gaussian_step_nll(err, sig)
 
     def log_prob_forward(
         self,

@@ -121,9 +121,23 @@ def balance_loss(
     return subtb_loss(delta, weights, states.shape[-1])
 
 
+def step_sq_error(f: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """||target − f||² over the last axis: ``[..., P]`` -> ``[...]``; the exponent of the
+    Gaussian step likelihood N(f, σ² I) of a step ``target`` (times 2σ²)."""
+    return ((target - f) ** 2).sum(-1)
+
+
+def gaussian_step_nll(sq_error: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """The negative log-likelihood of a step under the forward policy's N(f, σ² I), without the
+    normaliser, from its :func:`step_sq_error`: ||target − f||² / (2σ²) ``[...]`` (``sigma``
+    broadcast against ``sq_error``, e.g. σ_i ``[L]`` for ``[B, L]``)."""
+    return sq_error / (2 * sigma**2)
+
+
 def step_nll(f: torch.Tensor, target: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """DAgger's term: the Gaussian negative log-likelihood of relabelled steps ``target [B, P]``
-    under the forward policy's N(f, σ² I) at their states, ``f [B, P]`` its mean steps (both in
-    normalised units), per coordinate and without the constant: mean_b ||f_b − target_b||² /
-    (2 σ² P). Zero exactly when the policy's mean step is the target; ``sigma`` a scalar."""
-    return ((f - target) ** 2).sum(-1).mean() / (2 * sigma**2 * f.shape[-1])
+    """DAgger's term: the :func:`gaussian_step_nll` of relabelled steps ``target [B, P]`` at
+    their states, ``f [B, P]`` the policy's mean steps (both in normalised units), averaged over
+    the batch and per coordinate: mean_b ||f_b − target_b||² / (2 σ² P). Zero exactly when the
+    policy's mean step is the target; ``sigma`` a scalar. The batch mean is taken before the one
+    division (as it always was: dividing each step first would change the last bits)."""
+    return step_sq_error(f, target).mean() / (2 * sigma**2 * f.shape[-1])

@@ -7,14 +7,21 @@
 With ``loss.dagger > 0`` (lo-hp, lo-op) a DAgger term is added: the policy's mean step at states
 its own rollouts visit, pulled toward the store's optimizer's step from there
 (:mod:`lohp_cli.policy.dagger`).
+
+Each method's loss is a function in :data:`METHOD_LOSSES`; the balance methods are sums of term
+functions (:func:`balance_loss_of`), so a new method adds an entry, not a branch.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from lohp_cli.config import LoHpTrainConfig
+from lohp_cli.errors import ConfigError
 from lohp_cli.policy.dagger import BatchTasks, Relabeler
 from lohp_cli.policy.gaussian import HyperNetwork, LoHpPolicy
 from lohp_cli.policy.loss import balance_loss, pair_weights, path_beta, step_nll
@@ -36,6 +43,11 @@ class Objective(nn.Module):
         self, model: nn.Module, cfg: LoHpTrainConfig, n_steps: int, shared_init: bool = False
     ) -> None:
         super().__init__()
+        if cfg.method not in METHOD_LOSSES:
+            raise ConfigError(
+                f"method {cfg.method!r} has no policy objective; choose from "
+                f"{', '.join(METHOD_LOSSES)}."
+            )
         self.model = model
         self.cfg = cfg
         self.n_steps = n_steps
@@ -130,74 +142,156 @@ class Objective(nn.Module):
         probe: StateProbe | None = None,
         tasks: BatchTasks | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        method = self.cfg.method
-        if method == "hypernetwork":
-            assert isinstance(self.model, HyperNetwork)
-            pred = self.model(cond, opt if self.cfg.policy.optimizer_token else None)
-            loss = ((pred - x[:, -1]) ** 2).mean()
-            return loss, {"mse": float(loss.detach())}
-        policy = self.model
-        assert isinstance(policy, LoHpPolicy)
-        n = self.n_steps
-        w = min(self.cfg.window or n, n)
-        tok = _opt_token(policy, opt)
-        if method == "lo-di":
-            m = self._randint(n - w + 1)
-            s = x[:, m : m + w]  # [B, W, P] inputs s_i
-            sig = policy.sigma()[m : m + w].view(1, -1, 1)
-            noisy = s + self.cfg.loss.lodi_noise * sig * self._randn(tuple(s.shape), s.device)
-            b, ln, p = noisy.shape
-            idx = torch.arange(m, m + w, device=x.device).repeat(b)
-            f, _ = policy.means(
-                noisy.reshape(b * ln, p),
-                idx,
-                cond.repeat_interleave(ln, 0),
-                None if tok is None else tok.repeat_interleave(ln, 0),
-                probe,
-            )
-            target = x[:, m + 1 : m + w + 1] - noisy  # [B, W, P]
-            loss = ((f.view(b, ln, p) - target) ** 2).mean()
-            return loss, {"mse": float(loss.detach())}
+        """``(loss, logged terms)`` of the method's loss function (:data:`METHOD_LOSSES`) on
+        the batch ``x [B, N+1, P]``, ``cond [B, D]``, ``opt [B]``."""
+        return METHOD_LOSSES[self.cfg.method](self, Batch(x, cond, opt, probe, tasks))
 
-        lc = self.cfg.loss
-        weights = pair_weights(w + 1, lc.lam, lc.pairs, lc.max_len, device=x.device)
+    def window(self) -> int:
+        """The window W of a step-wise method: ``loss.window`` or all N steps."""
+        return min(self.cfg.window or self.n_steps, self.n_steps)
+
+
+class Batch(NamedTuple):
+    """One training batch as a method's loss sees it: matched trajectories ``x [B, N+1, P]``,
+    conditions ``cond [B, D]``, optimizer indices ``opt [B]``, the state probe and (DAgger) the
+    batch's tasks."""
+
+    x: torch.Tensor
+    cond: torch.Tensor
+    opt: torch.Tensor
+    probe: StateProbe | None
+    tasks: BatchTasks | None
+
+
+# a method's loss on one batch: (objective, batch) -> (loss, logged terms)
+MethodLoss = Callable[[Objective, Batch], tuple[torch.Tensor, dict[str, float]]]
+# the terms of a balance method: (objective, policy, batch, window W, pair weights [W+1, W+1],
+# optimizer tokens) -> [(name, weight, value)], empty where its weights are off
+TermsFn = Callable[
+    [Objective, LoHpPolicy, Batch, int, torch.Tensor, torch.Tensor | None],
+    list[tuple[str, float, torch.Tensor]],
+]
+
+
+def hypernetwork_loss(obj: Objective, b: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    """Regress the final weights θ_T from the condition (MSE)."""
+    assert isinstance(obj.model, HyperNetwork)
+    pred = obj.model(b.cond, b.opt if obj.cfg.policy.optimizer_token else None)
+    loss = ((pred - b.x[:, -1]) ** 2).mean()
+    return loss, {"mse": float(loss.detach())}
+
+
+def lodi_loss(obj: Objective, b: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    """Lo-Di: regress each local target θ_{k(i+1)} − s̃_i from the noised state s̃_i of a window
+    (noise ``loss.lodi_noise`` × σ_i)."""
+    policy, x = obj.model, b.x
+    assert isinstance(policy, LoHpPolicy)
+    n, w = obj.n_steps, obj.window()
+    tok = _opt_token(policy, b.opt)
+    m = obj._randint(n - w + 1)
+    s = x[:, m : m + w]  # [B, W, P] inputs s_i
+    sig = policy.sigma()[m : m + w].view(1, -1, 1)
+    noisy = s + obj.cfg.loss.lodi_noise * sig * obj._randn(tuple(s.shape), s.device)
+    bs, ln, p = noisy.shape
+    idx = torch.arange(m, m + w, device=x.device).repeat(bs)
+    f, _ = policy.means(
+        noisy.reshape(bs * ln, p),
+        idx,
+        b.cond.repeat_interleave(ln, 0),
+        None if tok is None else tok.repeat_interleave(ln, 0),
+        b.probe,
+    )
+    target = x[:, m + 1 : m + w + 1] - noisy  # [B, W, P]
+    loss = ((f.view(bs, ln, p) - target) ** 2).mean()
+    return loss, {"mse": float(loss.detach())}
+
+
+def off_policy_terms(
+    obj: Objective, policy: LoHpPolicy, b: Batch, w: int, weights: torch.Tensor,
+    tok: torch.Tensor | None,
+) -> list[tuple[str, float, torch.Tensor]]:  # fmt: skip
+    """The off-policy SubTB of an offline window (``loss.w_off``) and, from the same backbone
+    call, the recorded steps' likelihood per coordinate (``loss.w_step``)."""
+    lc, x = obj.cfg.loss, b.x
+    if not (lc.w_off > 0 or lc.w_step > 0):
+        return []
+    m = obj._randint(obj.n_steps - w + 1)
+    xs = x[:, m : m + w + 1]  # [B, W+1, P]
+    ratios, nll = policy.step_terms(xs, m, b.cond, tok, b.probe)
+    z = policy.log_z(b.cond)[:, m : m + w + 1]
+    out = [("off", lc.w_off, balance_loss(ratios, xs, xs, z, obj._beta(xs, m), weights))]
+    if lc.w_step > 0:  # the recorded steps' likelihood, per coordinate
+        out.append(("step_nll", lc.w_step, nll.mean() / xs.shape[-1]))
+    return out
+
+
+def on_policy_terms(
+    obj: Objective, policy: LoHpPolicy, b: Batch, w: int, weights: torch.Tensor,
+    tok: torch.Tensor | None,
+) -> list[tuple[str, float, torch.Tensor]]:  # fmt: skip
+    """The on-policy SubTB (``loss.w_on``): a coin per rollout, from an offline state θ_{k·m}
+    (one m for the batch) or from s_0."""
+    lc, x = obj.cfg.loss, b.x
+    if not lc.w_on > 0:
+        return []
+    offline = torch.rand(x.shape[0], generator=obj.gen) < lc.hybrid_start  # [B]
+    m_off = obj._randint(obj.n_steps - w + 1)
+    on = x.new_zeros(())
+    for rows, m, hybrid in ((offline, m_off, True), (~offline, 0, False)):
+        if not bool(rows.any()):
+            continue
+        idx = rows.nonzero().squeeze(1).to(x.device)
+        sub = None if b.probe is None else b.probe.rows(idx)
+        part = obj._on_policy(
+            policy, x[idx], b.cond[idx], _rows(tok, idx), sub, m, w, hybrid, weights
+        )
+        on = on + part * (len(idx) / x.shape[0])  # the batch mean over both groups
+    return [("on", lc.w_on, on)]
+
+
+def dagger_terms(
+    obj: Objective, policy: LoHpPolicy, b: Batch, w: int, weights: torch.Tensor,
+    tok: torch.Tensor | None,
+) -> list[tuple[str, float, torch.Tensor]]:  # fmt: skip
+    """DAgger's term (``loss.dagger``) on batches that name their tasks."""
+    lc = obj.cfg.loss
+    if not (lc.dagger > 0 and b.tasks is not None and obj.relabel is not None):
+        return []
+    return [("dagger", lc.dagger, obj._dagger(policy, b.x, b.cond, b.opt, b.probe, b.tasks))]
+
+
+def balance_loss_of(*parts: TermsFn) -> MethodLoss:
+    """A balance method's loss: the weighted sum of its ``parts`` (each a list of ``(name,
+    weight, value)``, in this order: the order of their random draws), the on/off ratio where
+    both are there, and the total as ``loss``."""
+
+    def loss(obj: Objective, b: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        policy = obj.model
+        assert isinstance(policy, LoHpPolicy)
+        w, lc = obj.window(), obj.cfg.loss
+        tok = _opt_token(policy, b.opt)
+        weights = pair_weights(w + 1, lc.lam, lc.pairs, lc.max_len, device=b.x.device)
         terms: dict[str, float] = {}
-        total = x.new_zeros(())
-        if method == "lo-hp" and (lc.w_off > 0 or lc.w_step > 0):
-            m = self._randint(n - w + 1)
-            xs = x[:, m : m + w + 1]  # [B, W+1, P]
-            ratios, nll = policy.step_terms(xs, m, cond, tok, probe)
-            z = policy.log_z(cond)[:, m : m + w + 1]
-            off = balance_loss(ratios, xs, xs, z, self._beta(xs, m), weights)
-            total = total + lc.w_off * off
-            terms["off"] = float(off.detach())
-            if lc.w_step > 0:  # the recorded steps' likelihood, per coordinate
-                step_nll = nll.mean() / xs.shape[-1]
-                total = total + lc.w_step * step_nll
-                terms["step_nll"] = float(step_nll.detach())
-        if lc.w_on > 0:
-            # a coin per rollout: from an offline state θ_{k·m} (one m for the batch) or s_0
-            offline = torch.rand(x.shape[0], generator=self.gen) < lc.hybrid_start  # [B]
-            m_off = self._randint(n - w + 1)
-            on = x.new_zeros(())
-            for rows, m, hybrid in ((offline, m_off, True), (~offline, 0, False)):
-                if not bool(rows.any()):
-                    continue
-                idx = rows.nonzero().squeeze(1).to(x.device)
-                sub = None if probe is None else probe.rows(idx)
-                part = self._on_policy(
-                    policy, x[idx], cond[idx], _rows(tok, idx), sub, m, w, hybrid, weights
-                )
-                on = on + part * (len(idx) / x.shape[0])  # the batch mean over both groups
-            total = total + lc.w_on * on
-            terms["on"] = float(on.detach())
-        if lc.dagger > 0 and tasks is not None and self.relabel is not None:
-            dag = self._dagger(policy, x, cond, opt, probe, tasks)
-            total = total + lc.dagger * dag
-            terms["dagger"] = float(dag.detach())
-        if "on" in terms and terms.get("off"):
+        total = b.x.new_zeros(())
+        for part in parts:
+            for name, weight, value in part(obj, policy, b, w, weights, tok):
+                total = total + weight * value
+                terms[name] = float(value.detach())
+        if "on" in terms and terms.get("off") and lc.w_off > 0:
             # how much more the on-policy term weighs (after w_on, w_off): it decides what is
-            # learned when large (docs/policy.md, the local-policy check)
+            # learned when large (docs/policy.md, the local-policy check); none where the
+            # off-policy SubTB is only logged (w_off = 0 beside w_step)
             terms["on_off_ratio"] = lc.w_on * terms["on"] / (lc.w_off * terms["off"])
         terms["loss"] = float(total.detach())
         return total, terms
+
+    return loss
+
+
+# method -> its loss; a new method adds its entry (and its name to the config's choices)
+METHOD_LOSSES: dict[str, MethodLoss] = {
+    "lo-hp": balance_loss_of(off_policy_terms, on_policy_terms, dagger_terms),
+    "lo-op": balance_loss_of(on_policy_terms, dagger_terms),
+    "lo-di": lodi_loss,
+    "hypernetwork": hypernetwork_loss,
+}

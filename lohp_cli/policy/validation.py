@@ -332,13 +332,3 @@ def stop_reason(step: int, steps: int, stopped: bool, deadline: float | None) ->
     if deadline is not None and time.perf_counter() > deadline:
         return "time"
     return None
-
-
-def write_curves(out: Path) -> None:
-    """``curves.png`` in the policy directory: the training loss and the validation scores of
-    its metrics.jsonl, the best step marked (see :func:`lohp_cli.report.plots.curves_plot`)."""
-    from lohp_cli.checkpoint import read_json, read_metrics
-    from lohp_cli.report.plots import curves_plot
-
-    best = (read_json(out / "config.json").get("validation") or {}).get("best_step")
-    curves_plot(read_metrics(out / "metrics.jsonl"), out / "curves.png", best)

@@ -21,7 +21,7 @@ from lohp_cli.metric_log import metric_log
 from lohp_cli.runtime import stage_threads
 
 if TYPE_CHECKING:
-    from lohp_cli.policy.artifact import TrainResult
+    from lohp_cli.policy.rundir import TrainResult
 
 Progress = Callable[[dict[str, Any]], None]
 

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from lohp_cli.config import LoHpTrainConfig, ModelConfig, PolicyConfig
-from lohp_cli.policy.artifact import config_differences, load_policy
+from lohp_cli.policy.artifact import load_policy
 from lohp_cli.policy.backbone import UNet1d, build_backbone, choose_backbone, resolve_auto
 from lohp_cli.policy.rows import RowSetBackbone
+from lohp_cli.policy.rundir import config_differences
 from lohp_cli.tasks.layout import ParamLayout
 from lohp_cli.tasks.models import build_target
 from tests.cli.runner import invoke, plain

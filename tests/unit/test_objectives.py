@@ -145,6 +145,16 @@ def test_w_step_adds_the_mean_step_likelihood_per_coordinate() -> None:
     assert terms1["step_nll"] == pytest.approx(float(err.mean()) / P, rel=1e-5)
 
 
+def test_w_step_beside_w_on_without_w_off_has_no_on_off_ratio() -> None:
+    """w_off = 0 with w_step > 0: the off-policy balance is logged (the step term shares its
+    backbone call) but weighs nothing, so there is no on/off ratio (it divided by zero)."""
+    x, cond, opt = batch()
+    obj = with_loss(objective(0.5), w_off=0.0, w_on=1.0, w_step=1.0)
+    loss, terms = obj(x, cond, opt)
+    assert "off" in terms and "on" in terms and "on_off_ratio" not in terms
+    assert float(loss) == pytest.approx(terms["on"] + terms["step_nll"], rel=1e-5)
+
+
 def test_w_step_alone_pulls_the_step_towards_the_recorded_one() -> None:
     """With only the step term (w_off = w_on = 0), a few optimizer steps lower the error of the
     policy's step at the offline states: the term is a training signal on every coordinate."""
@@ -162,3 +172,20 @@ def test_w_step_alone_pulls_the_step_towards_the_recorded_one() -> None:
         loss.backward()
         opt_.step()
     assert terms["step_nll"] < 0.5 * first
+
+
+def test_every_policy_method_has_a_loss_and_others_are_refused() -> None:
+    """Each method a Lo-Hp config accepts has its entry in METHOD_LOSSES (a new method adds one);
+    an objective for a method without one is a ConfigError naming the choices."""
+    from typing import get_args
+
+    from lohp_cli.config import LoHpTrainConfig
+    from lohp_cli.errors import ConfigError
+    from lohp_cli.policy.objective import METHOD_LOSSES
+
+    methods = get_args(LoHpTrainConfig.model_fields["method"].annotation)
+    assert set(methods) == set(METHOD_LOSSES)
+    obj = objective(0.5)
+    cfg = obj.cfg.model_copy(update={"method": "lo-new"})
+    with pytest.raises(ConfigError, match="'lo-new' has no policy objective; choose from lo-hp"):
+        Objective(obj.model, cfg, N)
