@@ -22,7 +22,6 @@ from lohp_cli.checkpoint import load_tensors, read_json
 from lohp_cli.config import OPTIMIZERS, LoHpTrainConfig, TrainConfig
 from lohp_cli.errors import CompatibilityError, ConfigError
 from lohp_cli.policy.gaussian import HyperNetwork, LoHpPolicy
-from lohp_cli.policy.state import StateProbe
 from lohp_cli.runtime import derive_seed
 from lohp_cli.store.sampler import NormStats
 from lohp_cli.store.trajectory_store import TrajectoryStore
@@ -233,26 +232,3 @@ def style_token(meta: PolicyMeta, style: str | None) -> int | None:
             f"--style {style}: the policy learned from {', '.join(learned)} runs only."
         )
     return OPTIMIZERS.index(style)
-
-
-def generate_batch(
-    model: torch.nn.Module,
-    meta: PolicyMeta,
-    cond: torch.Tensor,
-    s0: torch.Tensor,
-    mode: str,
-    gen: torch.Generator | None,
-    keep_path: bool,
-    probe: StateProbe | None = None,
-    token: int | None = None,
-) -> torch.Tensor:
-    """Normalised states: ``[B, N+1, P]`` with ``keep_path``, else ``[B, 1, P]`` (the last).
-
-    ``token``: the optimizer style of a policy trained with optimizer tokens (see style_token).
-    """
-    opt = None if token is None else torch.full((s0.shape[0],), token, device=s0.device)
-    if meta.hypernetwork:
-        out = model(cond, opt).unsqueeze(1)  # [B, 1, P]
-        return torch.cat([s0.unsqueeze(1), out], dim=1) if keep_path else out
-    path = model.rollout(s0, 0, cond, opt, mode=mode, gen=gen, probe=probe)  # [B, N+1, P]
-    return path if keep_path else path[:, -1:]

@@ -30,8 +30,9 @@ import torch
 from lohp_cli.artifacts.policy import PolicyMeta
 from lohp_cli.checkpoint import append_metrics, load_tensors
 from lohp_cli.errors import CompatibilityError, ConfigError, LohpError
-from lohp_cli.policy.artifact import generate_batch, start_rule, style_token
+from lohp_cli.policy.artifact import start_rule, style_token
 from lohp_cli.policy.context import TaskContext, policy_probe, store_task_context
+from lohp_cli.policy.generator import generate_states
 from lohp_cli.policy.state import ProbeBank
 from lohp_cli.runtime import derive_seed
 from lohp_cli.store.sampler import NormStats, RunRef, TrajectorySampler
@@ -236,8 +237,8 @@ class Validator:
         mode, from generate's s_0 of sample 0, in one batch)."""
         t = self.tasks
         assert t is not None
-        states = generate_batch(self.model, self.meta, t["cond"], t["s0"], "mean", None, False,
-                                t["probe"], t["token"])  # fmt: skip  # [V, 1, P]
+        states = generate_states(self.model, t["cond"], t["s0"], "mean", None, False,
+                                 t["probe"], t["token"])  # fmt: skip  # [V, 1, P]
         theta = self.stats.denormalize(states[:, -1].float().cpu())  # [V, P]
         accs = [accuracy(t["net"], w, t["data"][tid])[0]
                 for tid, w in zip(self.split.tasks, theta, strict=True)]  # fmt: skip

@@ -40,8 +40,9 @@ from lohp_cli.methods.base import EvalContext
 from lohp_cli.methods.policy import policy_info
 from lohp_cli.optim import build_optimizer
 from lohp_cli.optim.loop import train_loop
-from lohp_cli.policy.artifact import generate_batch, learned_optimizers, local_steps, style_token
+from lohp_cli.policy.artifact import learned_optimizers, local_steps, style_token
 from lohp_cli.policy.context import policy_probe
+from lohp_cli.policy.generator import generate_states
 from lohp_cli.report.locality import summarize
 from lohp_cli.runtime import derive_seed
 from lohp_cli.store.sampler import NormStats, select_runs
@@ -188,7 +189,7 @@ def policy_path(
     c = stats.normalize_condition(ctx.data[task_id].condition)[None]
     probe = None if bank is None else bank.probe([task_id])
     with torch.no_grad():
-        path = generate_batch(model, ctx.meta, c, s0, "mean", None, True, probe, token)
+        path = generate_states(model, c, s0, "mean", None, True, probe, token)
     return stats.denormalize(path[0])
 
 
