@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -44,14 +44,9 @@ THREADS_HELP = (
 
 
 M = TypeVar("M", bound=BaseModel)
-
-
-def registered(value: str, registry: Mapping[str, Any], what: str) -> str:
-    """``value`` when it names an entry of ``registry``, else a ValueError listing the entries
-    (registries live in the modules that build the things; validators import them lazily)."""
-    if value not in registry:
-        raise ValueError(f"unknown {what} {value!r}; choose from {', '.join(sorted(registry))}")
-    return value
+# (config class, its raw data) -> "key: problem" for each name a registry refuses; the registries
+# sit above config, so the caller (the stage layer) passes the check in
+NameCheck = Callable[[type[BaseModel], dict[str, Any]], list[str]]
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -192,12 +187,15 @@ def resolve(
     config_file: str | Path | None = None,
     sets: list[str] | None = None,
     flags: dict[str, Any] | None = None,
+    names: NameCheck | None = None,
 ) -> M:
     """Build a config: defaults < TOML file < ``--set`` < explicit flags (None = unset).
 
     The value wins by precedence, but every given value is validated, also one that a later
     ``--set`` or a flag replaces; all problems (malformed ``--set``, bad or unknown keys from
-    the file, ``--set`` and flags) are raised together in one ``ConfigError``, each naming its key.
+    the file, ``--set`` and flags, and with ``names`` the names its registries refuse in the
+    final data, :func:`lohp_cli.stages.name_problems`) are raised together in one
+    ``ConfigError``, each naming its key.
     """
     problems: list[str] = []
     data: dict[str, Any] = load_toml(config_file) if config_file else {}
@@ -222,10 +220,11 @@ def resolve(
         node[parts[-1]] = value
     problems += _shadowed_errors(model, data, shadowed_paths(data, explicit))
     data = deep_merge(data, explicit)
+    refused = names(model, data) if names is not None else []
     try:
         cfg = model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_invalid([*problems, *_error_lines(exc)])) from None
-    if problems:
-        raise ConfigError(_invalid(problems))
+        raise ConfigError(_invalid([*problems, *_error_lines(exc), *refused])) from None
+    if problems or refused:
+        raise ConfigError(_invalid([*problems, *refused]))
     return cfg

@@ -9,7 +9,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from lohp_cli import trainers
-from lohp_cli.config.base import THREADS_HELP, Frozen, Seed, registered
+from lohp_cli.config.base import THREADS_HELP, Frozen, Seed
 from lohp_cli.config.optim import check_optimizer_names
 
 METHODS = ("lo-hp", "lo-op", "lo-di", "hypernetwork")
@@ -95,13 +95,6 @@ class PolicyConfig(Frozen):
         "current weights (direction per coordinate, log norm): a learned optimizer with gradient "
         "access, not the paper's gradient-free policy.",
     )
-
-    @field_validator("backbone")
-    @classmethod
-    def _known_backbone(cls, v: str) -> str:
-        from lohp_cli.policy.backbone import AUTO, BACKBONES
-
-        return registered(v, {AUTO: None, **BACKBONES}, "backbone")
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> PolicyConfig:

@@ -31,6 +31,7 @@ from lohp_cli.config import OPTIMIZERS, CollectConfig, deep_merge, format_valida
 from lohp_cli.errors import StoreError
 from lohp_cli.optim import optimizer_hparams
 from lohp_cli.runtime import derive_seed, provenance, resolve_device, torch_threads
+from lohp_cli.stages import check_names
 from lohp_cli.stages.runs import (  # RunContext, RunPlan, init_target: also imported from here
     BlockPlan,
     RunContext,
@@ -196,6 +197,7 @@ def _worker_run(block: BlockPlan) -> list[tuple[str, float]]:
 
 def collect(cfg: CollectConfig, progress: Progress | None = None) -> CollectResult:
     """Run stage 1 for ``cfg``; safe to re-run (complete runs are skipped)."""
+    check_names(cfg)
     emit = progress or (lambda _e: None)
     t0 = time.perf_counter()
     if cfg.repair:
