@@ -166,20 +166,28 @@ def format_validation_error(exc: ValidationError) -> str:
 
 
 def _shadowed_errors(
-    model: type[BaseModel], data: dict[str, Any], paths: list[KeyPath]
+    model: type[BaseModel],
+    data: dict[str, Any],
+    paths: list[KeyPath],
+    names: NameCheck | None = None,
 ) -> list[str]:
-    """The errors of ``data``'s values at ``paths``, which a later layer replaces.
+    """The errors of ``data``'s values at ``paths``, which a later layer replaces (with
+    ``names``, the names its registries refuse there too).
 
     A bad value is an error even when a ``--set`` or a flag overrides it. Errors of a whole
     section (a model validator over several keys) sit above ``paths`` and are left out.
     """
     if not paths:
         return []
+    lines: list[str] = []
     try:
         model.model_validate(data)
     except ValidationError as exc:
-        return _error_lines(exc, under=paths)
-    return []
+        lines = _error_lines(exc, under=paths)
+    for line in names(model, data) if names is not None else []:
+        loc = tuple(line.partition(": ")[0].split("."))
+        lines += [line] if any(loc[: len(p)] == p for p in paths) else []
+    return lines
 
 
 def resolve(
@@ -207,7 +215,7 @@ def resolve(
         except ConfigError as exc:
             problems.append(str(exc))
             continue
-        problems += _shadowed_errors(model, data, [path] if _has(data, path) else [])
+        problems += _shadowed_errors(model, data, [path] if _has(data, path) else [], names)
         data = after
     explicit: dict[str, Any] = {}
     for key, value in (flags or {}).items():
@@ -218,7 +226,7 @@ def resolve(
         for part in parts[:-1]:
             node = node.setdefault(part, {})
         node[parts[-1]] = value
-    problems += _shadowed_errors(model, data, shadowed_paths(data, explicit))
+    problems += _shadowed_errors(model, data, shadowed_paths(data, explicit), names)
     data = deep_merge(data, explicit)
     refused = names(model, data) if names is not None else []
     try:

@@ -89,6 +89,9 @@ def _refusals(section: BaseModel, checks: list[Check], path: tuple[str, ...]) ->
 def _config_class(model: type[BaseModel], data: Mapping[str, Any]) -> type[BaseModel]:
     """The class ``data`` validates as: a train config's is its method's."""
     if model is TrainConfig:
+        import lohp_cli.diffusion  # noqa: F401 - registers the diffusion generator
+        import lohp_cli.l2o  # noqa: F401 - registers the learned-optimizer methods
+
         spec = trainers.get(str(data.get("method", DEFAULT_METHOD)))
         return spec.config if spec is not None else model
     return model
