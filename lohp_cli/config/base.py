@@ -26,7 +26,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-class Frozen(BaseModel):
+class ConfigModel(BaseModel):
     """Base of every config model: immutable, unknown keys are errors, and a float must be
     finite (``inf`` and ``nan`` are refused where they are given, not found later)."""
 

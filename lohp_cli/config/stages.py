@@ -6,11 +6,11 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from lohp_cli.config.base import THREADS_HELP, Frozen, Seed
+from lohp_cli.config.base import THREADS_HELP, ConfigModel, Seed
 from lohp_cli.config.optim import OPTIMIZERS
 
 
-class GenerateConfig(Frozen):
+class GenerateConfig(ConfigModel):
     policy: str = Field("policies/fmnist-k2", description="Policy directory.")
     out: str = Field("gen/fmnist-k2.zarr", description="Output generated-weights store (a path).")
     tasks: str = Field(
@@ -75,7 +75,7 @@ BASELINES = (
 )
 
 
-class MetaStartConfig(Frozen):
+class MetaStartConfig(ConfigModel):
     """How the meta-learned start (``reptile``, ``fomaml``) is learned on the store's source
     tasks. Defaults: the few-shot settings of Nichol et al. (2018: inner Adam at 0.001, 5 inner
     steps, meta-batch 5, outer step annealed linearly to 0; their code's outer step 0.1) and Finn
@@ -103,7 +103,7 @@ class MetaStartConfig(Frozen):
     )
 
 
-class EvaluateConfig(Frozen):
+class EvaluateConfig(ConfigModel):
     generated: str = Field("gen/fmnist-k2.zarr", description="Output of 'lohp generate'.")
     out: str = Field("reports/fmnist", description="Report directory.")
     baselines: tuple[str, ...] = Field(
@@ -216,7 +216,7 @@ class EvaluateConfig(Frozen):
         return v
 
 
-class ExportConfig(Frozen):
+class ExportConfig(ConfigModel):
     generated: str = Field("gen/fmnist-k2.zarr", description="Output of 'lohp generate'.")
     out: str = Field("models", description="Directory that gets one model directory per task.")
     tasks: tuple[str, ...] = Field(
@@ -234,7 +234,7 @@ class ExportConfig(Frozen):
     threads: int | None = Field(None, ge=1, description=THREADS_HELP)
 
 
-class PredictConfig(Frozen):
+class PredictConfig(ConfigModel):
     model: str = Field(..., description="A directory written by 'lohp export'.")
     inputs: tuple[str, ...] = Field(
         ...,

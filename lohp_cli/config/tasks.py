@@ -12,10 +12,10 @@ from pydantic import (
     model_validator,
 )
 
-from lohp_cli.config.base import Frozen, Seed
+from lohp_cli.config.base import ConfigModel, Seed
 
 
-class GlyphConfig(Frozen):
+class GlyphConfig(ConfigModel):
     """How glyph tasks render KanjiVG characters (``lohp_cli.tasks.glyph_render``)."""
 
     charset: Literal["kanji", "kana", "all"] = Field(
@@ -65,7 +65,7 @@ FAMILY_DEFAULTS: dict[str, dict[str, int]] = {
 }
 
 
-class TaskConfig(Frozen):
+class TaskConfig(ConfigModel):
     family: str = Field("fmnist", description="Task family (see `lohp collect --help`).")
     ways: int = Field(5, ge=2, description="Classes per task (C-way tasks).")
     train_per_class: int = Field(
@@ -143,7 +143,7 @@ class TaskConfig(Frozen):
 LORA_FIELDS = ("lora_rank", "lora_alpha", "lora_targets", "lora_backbone")
 
 
-class ModelConfig(Frozen):
+class ModelConfig(ConfigModel):
     name: str = Field(
         "head",
         description="Target model from the registry (lohp_cli.tasks.models): head (over a "

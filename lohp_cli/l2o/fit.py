@@ -48,7 +48,7 @@ from lohp_cli.l2o.optimizer import (
     run_trajectory,
     tune_lr,
 )
-from lohp_cli.l2o.problems import ImageFamily, ProblemFamily, make_family
+from lohp_cli.l2o.problems import ImageProblemFamily, ProblemFamily, make_problem_family
 from lohp_cli.policy.artifact import (
     TrainResult,
     check_out_dir,
@@ -96,7 +96,7 @@ def imitation_weight(cfg: L2OTrainConfig, episode: int) -> float:
 
 
 def _family_fingerprint(cfg: L2OTrainConfig, family: ProblemFamily) -> dict[str, Any]:
-    if isinstance(family, ImageFamily):
+    if isinstance(family, ImageProblemFamily):
         return store_fingerprint(family.store)
     return {"family": family.describe()}
 
@@ -112,7 +112,7 @@ def _config_json(
 ) -> dict[str, Any]:
     """The learned optimizer's config.json (a validated ``L2OPolicyMeta``, as JSON)."""
     image: dict[str, Any] = {}
-    if isinstance(family, ImageFamily):
+    if isinstance(family, ImageProblemFamily):
         image = {
             "store_location": family.store.location,
             "store_compat": family.compat.to_json(),
@@ -138,7 +138,7 @@ def _teacher(
     if cfg.method != "l2o-tt" or cfg.l2o.imitation_weight == 0:
         return None
     lc = cfg.l2o
-    if isinstance(family, ImageFamily):
+    if isinstance(family, ImageProblemFamily):
         return {"name": lc.teacher, "source": "store"}
     emit({"event": "info", "message": f"tuning the {lc.teacher} teacher's lr on source tasks"})
     lr, scores = tune_lr(family, lc.teacher, lc.lr_grid, lc.horizon, 4, instances, cfg.seed)
@@ -156,7 +156,7 @@ def train_l2o(cfg: L2OTrainConfig, progress: Any = None) -> Any:
     lc = cfg.l2o
     device = resolve_device(cfg.device)
     emit({"event": "device", "device": device, "world_size": 1})
-    family = make_family(lc, cfg.store if lc.family == "store" else None)
+    family = make_problem_family(lc, cfg.store if lc.family == "store" else None)
     instances = lc.instances or cfg.batch_size
     fingerprint = _family_fingerprint(cfg, family)
     out = Path(cfg.out)
@@ -230,7 +230,7 @@ def run_episode(
     index = derive_seed(cfg.seed, "episode", episode)
     gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "noise", episode))
     states, record_every = None, 1
-    if w_imit > 0 and isinstance(family, ImageFamily):
+    if w_imit > 0 and isinstance(family, ImageProblemFamily):
         problem, states, record_every = family.sample_stored(lc.teacher, index, cfg.seed, instances)
     else:
         problem = family.sample(

@@ -86,7 +86,10 @@ def register_policy_kind(method: str, factory: PolicyFactory) -> None:
 def names() -> tuple[str, ...]:
     """Every baseline name: the built-in ones in the order of ``config.BASELINES``, then those
     registered from outside lohp."""
-    return (*[n for n in BASELINES if n in _BASELINES], *[n for n in _BASELINES if n not in BASELINES])
+    return (
+        *[n for n in BASELINES if n in _BASELINES],
+        *[n for n in _BASELINES if n not in BASELINES],
+    )
 
 
 def check_baseline(name: str) -> str:

@@ -45,9 +45,8 @@ from lohp_cli.policy.context import policy_probe
 from lohp_cli.report.locality import summarize
 from lohp_cli.runtime import derive_seed
 from lohp_cli.store.sampler import NormStats, select_runs
-from lohp_cli.tasks.inputs import TaskTensors
-from lohp_cli.tasks.layout import ParamLayout
-from lohp_cli.tasks.models import load_flat, trainable_parameters
+from lohp_cli.tasks.families import TaskTensors
+from lohp_cli.tasks.layout import ParamLayout, load_flat, trainable_parameters
 from lohp_cli.tasks.scoring import accuracy
 
 PATHS = ("policy", "reference")

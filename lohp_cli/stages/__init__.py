@@ -9,7 +9,8 @@ refuses a name it does not hold with a one-line :class:`~lohp_cli.errors.ConfigE
 refusals at once, as a config error (``Invalid config: task.family: unknown task family 'x';
 choose from ...``); each stage calls it before it works. :func:`name_problems` finds the same
 refusals in a config's raw data, for :func:`lohp_cli.config.resolve` to report them with its own
-(the CLI: every problem of a command line in one message, on ``--dry-run`` too). It lives in the package so that every stage may import it (no stage imports another).
+(the CLI: every problem of a command line in one message, on ``--dry-run`` too). Both live in
+the package so that every stage may import them (no stage imports another).
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ from lohp_cli.store.repair import Damage, delete_task, find_damage, rewrite_grou
 from lohp_cli.store.schema import STATUS_COMPLETE, parse_run_id, split_run_id
 from lohp_cli.store.summary import summarize_store  # noqa: F401 - re-exported
 from lohp_cli.tasks import Task, TaskFamily, make_family
-from lohp_cli.tasks.models import flat_params
+from lohp_cli.tasks.layout import flat_params
 
 Progress = Callable[[dict[str, Any]], None]
 

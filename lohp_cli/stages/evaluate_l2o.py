@@ -25,7 +25,7 @@ from lohp_cli.l2o.optimizer import analytical, run_trajectory, tune_lr
 from lohp_cli.l2o.problems import (
     LeastSquares,
     check_same_family,
-    make_family,
+    make_problem_family,
 )
 from lohp_cli.runtime import provenance, resolve_device
 
@@ -72,7 +72,7 @@ def evaluate_l2o(cfg: L2OEvaluateConfig, progress: Progress | None = None) -> di
     tc = L2OTrainConfig.from_stored(ref_meta.train_config)
     lc = tc.l2o
     store = cfg.store or ref_meta.store_location
-    family = make_family(lc, store if lc.family == "store" else None, cfg.data_root)
+    family = make_problem_family(lc, store if lc.family == "store" else None, cfg.data_root)
     synthetic = lc.family != "store"
     if cfg.shift and not synthetic:
         raise ConfigError("--shift applies to quadratic/lasso policies; image tasks use splits.")

@@ -38,6 +38,13 @@ def register_family(cls: type[TaskFamily]) -> type[TaskFamily]:
     return cls
 
 
+def score_logits(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of ``logits [N, C]`` against labels ``y [N]``: a task's
+    score (:meth:`Task.score`, :func:`lohp_cli.tasks.scoring.accuracy`)."""
+    loss = nn.functional.cross_entropy(logits, y)
+    return float((logits.argmax(1) == y).float().mean()), float(loss)
+
+
 @dataclass(frozen=True)
 class TaskTensors:
     """Everything a run needs of one task, on one device."""
@@ -109,8 +116,7 @@ class Task(ABC):
 
     def score(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
         """(accuracy, mean cross-entropy) of ``logits [N, C]`` against labels ``y [N]``."""
-        loss = nn.functional.cross_entropy(logits, y)
-        return float((logits.argmax(1) == y).float().mean()), float(loss)
+        return score_logits(logits, y)
 
 
 class TaskFamily(ABC):
@@ -168,7 +174,9 @@ class TaskFamily(ABC):
 def family_class(name: str) -> type[TaskFamily]:
     """The registered family class ``name``; a ConfigError listing the families otherwise."""
     if name not in FAMILIES:
-        raise ConfigError(f"Unknown task family '{name}'; choose from {', '.join(sorted(FAMILIES))}.")
+        raise ConfigError(
+            f"Unknown task family '{name}'; choose from {', '.join(sorted(FAMILIES))}."
+        )
     return FAMILIES[name]
 
 

@@ -57,10 +57,14 @@ EPISODE_SPLITS: tuple[Split, ...] = ("source", "target")
 
 
 def meta_test_data(name: str) -> Callable[[TaskConfig], ImageData]:
-    """The loader of data set ``name`` (``task.meta_test``); a ConfigError listing them otherwise."""
+    """The loader of data set ``name`` (``task.meta_test``); a ConfigError listing them else."""
     if name not in DOMAINS:
-        raise ConfigError(f"Unknown meta-test domain '{name}'; choose from {', '.join(sorted(DOMAINS))}.")
+        raise ConfigError(
+            f"Unknown meta-test domain '{name}'; choose from {', '.join(sorted(DOMAINS))}."
+        )
     return DOMAINS[name]
+
+
 _ID = re.compile(r"^([a-z0-9]+)-k(\d+)-q(\d+)-e(\d+)-c(\d+(?:_\d+)*)$")
 
 

@@ -18,7 +18,8 @@ from lohp_cli.store import TrajectoryStore
 from lohp_cli.tasks import FAMILIES, Episode, FewShotFamily, make_family
 from lohp_cli.tasks.fewshot import meta_test_data, resize_images
 from lohp_cli.tasks.images import class_means
-from lohp_cli.tasks.models import FeatureExtractor, build_target, load_flat
+from lohp_cli.tasks.layout import load_flat
+from lohp_cli.tasks.models import FeatureExtractor, build_target
 from tests.conftest import needs_fmnist, tiny_config
 
 CFG = TaskConfig(family="fewshot-digits", ways=3, shots=5, queries=7)
