@@ -76,14 +76,15 @@ _SECTIONS: tuple[tuple[type[BaseModel], tuple[str, ...], Callable[[Any], list[Ch
 
 
 def _refusals(section: BaseModel, checks: list[Check], path: tuple[str, ...]) -> list[str]:
+    """``key: problem`` for each check the owner fails, its message as a config error's."""
     out = []
     for key, check in checks:
         try:
             check(section)
         except ConfigError as exc:
-            text = str(exc).rstrip(".")
-            out.append(f"{'.'.join((*path, key) if key else path) or 'config'}: "
-                       f"{text[:1].lower()}{text[1:]}")  # fmt: skip
+            where = ".".join((*path, key) if key else path) or "config"
+            text = str(exc).rstrip(".")  # "Unknown target model 'x'; ..." -> "unknown ..."
+            out.append(f"{where}: {text[:1].lower()}{text[1:]}")
     return out
 
 
@@ -113,10 +114,10 @@ def name_problems(
             except ValidationError:
                 continue
             out += _refusals(section, checks(section), path)
-    for name, field in model.model_fields.items():
-        sub, kind = data.get(name, {}), field.annotation
-        if isinstance(kind, type) and issubclass(kind, BaseModel) and isinstance(sub, Mapping):
-            out += name_problems(kind, sub, (*path, name))
+    for name, field in model.model_fields.items():  # the sections in it
+        sub, cls = data.get(name, {}), field.annotation
+        if isinstance(cls, type) and issubclass(cls, BaseModel) and isinstance(sub, Mapping):
+            out += name_problems(cls, sub, (*path, name))
     return out
 
 

@@ -59,9 +59,8 @@ EPISODE_SPLITS: tuple[Split, ...] = ("source", "target")
 def meta_test_data(name: str) -> Callable[[TaskConfig], ImageData]:
     """The loader of data set ``name`` (``task.meta_test``); a ConfigError listing them else."""
     if name not in DOMAINS:
-        raise ConfigError(
-            f"Unknown meta-test domain '{name}'; choose from {', '.join(sorted(DOMAINS))}."
-        )
+        known = ", ".join(sorted(DOMAINS))
+        raise ConfigError(f"Unknown meta-test domain '{name}'; choose from {known}.")
     return DOMAINS[name]
 
 
