@@ -56,7 +56,10 @@ def _model_checks(_cfg: ModelConfig) -> list[Check]:
 def _policy_checks(_cfg: PolicyConfig) -> list[Check]:
     from lohp_cli.policy.backbone import check_backbone
 
-    return [("backbone", lambda c: check_backbone(c.backbone))]
+    return [
+        ("backbone", lambda c: check_backbone(c.backbone)),
+        ("hypernetwork_backbone", lambda c: check_backbone(c.hypernetwork_backbone)),
+    ]
 
 
 def _baseline_checks(cfg: EvaluateConfig) -> list[Check]:
@@ -70,7 +73,7 @@ def _baseline_checks(cfg: EvaluateConfig) -> list[Check]:
 _SECTIONS: tuple[tuple[type[BaseModel], tuple[str, ...], Callable[[Any], list[Check]]], ...] = (
     (TaskConfig, ("family", "test_domain", "meta_test"), _task_checks),
     (ModelConfig, ("name",), _model_checks),
-    (PolicyConfig, ("backbone",), _policy_checks),
+    (PolicyConfig, ("backbone", "hypernetwork_backbone"), _policy_checks),
     (EvaluateConfig, ("baselines",), _baseline_checks),
 )
 

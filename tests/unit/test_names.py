@@ -67,6 +67,8 @@ def test_the_held_out_domain_is_checked_for_a_known_family_only() -> None:
 def test_a_train_config_is_checked_as_its_methods_config() -> None:
     with pytest.raises(ConfigError, match="policy.backbone: unknown policy backbone 'x'"):
         check_names(LoHpTrainConfig(policy=PolicyConfig(backbone="x")))
+    with pytest.raises(ConfigError, match="policy.hypernetwork_backbone: unknown policy backbone"):
+        check_names(LoHpTrainConfig(policy=PolicyConfig(hypernetwork_backbone="y")))
     data = {"method": "diffusion", "policy": {"backbone": "x"}}
     from lohp_cli.config import TrainConfig
 
