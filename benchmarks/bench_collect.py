@@ -63,7 +63,8 @@ from lohp_cli.store import TrajectoryStore
 from lohp_cli.store.codecs import codecs_for, filters_for, serializer_for
 from lohp_cli.store.writer import BlockWriter
 from lohp_cli.tasks import TaskFamily, make_family
-from lohp_cli.tasks.models import build_target, flat_params
+from lohp_cli.tasks.layout import flat_params
+from lohp_cli.tasks.models import build_target
 from lohp_cli.tasks.scoring import accuracy
 
 OVERHEAD_TARGET = 1.10

@@ -28,7 +28,7 @@ from lohp_cli.policy.dagger import Relabeler
 from lohp_cli.report.locality import probe_path
 from lohp_cli.store.sampler import NormStats
 from lohp_cli.store.trajectory_store import TrajectoryStore
-from lohp_cli.tasks.models import flat_params
+from lohp_cli.tasks.layout import flat_params
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> float:

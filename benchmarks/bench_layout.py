@@ -34,7 +34,7 @@ from lohp_cli.stages.collect import collect
 from lohp_cli.stages.runs import RunContext, RunPlan, new_block
 from lohp_cli.store import TrajectoryStore
 from lohp_cli.store.legacy import begin_group_run
-from lohp_cli.tasks.models import flat_params, trainable_parameters
+from lohp_cli.tasks.layout import flat_params, trainable_parameters
 
 BLOCKS = 4  # blocks per round of the blocks variant: only the last one's write is not overlapped
 

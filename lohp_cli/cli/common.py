@@ -127,8 +127,10 @@ def run_stage(
 
     def go() -> Any:
         from lohp_cli.config import resolve
+        from lohp_cli.stages import name_problems
 
-        cfg = resolve(_load(config_cls), config, sets, flags)
+        # the registries' names too, on --dry-run as well, in the one message of every problem
+        cfg = resolve(_load(config_cls), config, sets, flags, names=name_problems)
         if dry_run:
             typer.echo(json.dumps(cfg.model_dump(mode="json"), indent=2))
             return None

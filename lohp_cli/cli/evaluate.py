@@ -56,6 +56,7 @@ def evaluate(
             help="Comma list of sgd, adam, sam, hypernetwork, nearest, mean, nearest-noise, "
             "class-rows, gaussian, average-16, reptile, fomaml (a meta-learned start, then Adam; "
             "settings --set meta_start.KEY=...), erm (domain families), prototype (head model), "
+            "full-ft (lora stores: Adam on every weight), "
             "l2o, l2o-tt, l2o-flat, m-l2o (learned optimizers need --policy NAME=DIR). "
             "\\[default: sgd,adam,sam,hypernetwork]"
         ),

@@ -1,6 +1,6 @@
 """Stage configs as frozen pydantic models, and how they are resolved (``resolve``).
 
-One module per concern: ``base`` (the ``Frozen`` base, TOML, ``--set`` and ``resolve``),
+One module per concern: ``base`` (the ``ConfigModel`` base, TOML, ``--set`` and ``resolve``),
 ``optim`` (optimizer hyperparameters), ``tasks`` (task family, target model), ``collect``,
 ``train`` (``TrainConfig`` and the Lo-Hp family, registered with :mod:`lohp_cli.trainers` when
 this package is imported) and ``stages`` (generate, evaluate). Every name is importable from here.
@@ -8,7 +8,7 @@ this package is imported) and ``stages`` (generate, evaluate). Every name is imp
 
 from lohp_cli.config.base import (
     SEED_MAX,
-    Frozen,
+    ConfigModel,
     KeyPath,
     Seed,
     apply_sets,
@@ -60,7 +60,7 @@ __all__ = [
     "CollectConfig",
     "EvaluateConfig",
     "ExportConfig",
-    "Frozen",
+    "ConfigModel",
     "SEED_MAX",
     "Seed",
     "GenerateConfig",

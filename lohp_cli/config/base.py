@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -26,7 +26,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 
-class Frozen(BaseModel):
+class ConfigModel(BaseModel):
     """Base of every config model: immutable, unknown keys are errors, and a float must be
     finite (``inf`` and ``nan`` are refused where they are given, not found later)."""
 
@@ -44,14 +44,9 @@ THREADS_HELP = (
 
 
 M = TypeVar("M", bound=BaseModel)
-
-
-def registered(value: str, registry: Mapping[str, Any], what: str) -> str:
-    """``value`` when it names an entry of ``registry``, else a ValueError listing the entries
-    (registries live in the modules that build the things; validators import them lazily)."""
-    if value not in registry:
-        raise ValueError(f"unknown {what} {value!r}; choose from {', '.join(sorted(registry))}")
-    return value
+# (config class, its raw data) -> "key: problem" for each name a registry refuses; the registries
+# sit above config, so the caller (the stage layer) passes the check in
+NameCheck = Callable[[type[BaseModel], dict[str, Any]], list[str]]
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -171,20 +166,28 @@ def format_validation_error(exc: ValidationError) -> str:
 
 
 def _shadowed_errors(
-    model: type[BaseModel], data: dict[str, Any], paths: list[KeyPath]
+    model: type[BaseModel],
+    data: dict[str, Any],
+    paths: list[KeyPath],
+    names: NameCheck | None = None,
 ) -> list[str]:
-    """The errors of ``data``'s values at ``paths``, which a later layer replaces.
+    """The errors of ``data``'s values at ``paths``, which a later layer replaces (with
+    ``names``, the names its registries refuse there too).
 
     A bad value is an error even when a ``--set`` or a flag overrides it. Errors of a whole
     section (a model validator over several keys) sit above ``paths`` and are left out.
     """
     if not paths:
         return []
+    lines: list[str] = []
     try:
         model.model_validate(data)
     except ValidationError as exc:
-        return _error_lines(exc, under=paths)
-    return []
+        lines = _error_lines(exc, under=paths)
+    for line in names(model, data) if names is not None else []:
+        loc = tuple(line.partition(": ")[0].split("."))
+        lines += [line] if any(loc[: len(p)] == p for p in paths) else []
+    return lines
 
 
 def resolve(
@@ -192,12 +195,15 @@ def resolve(
     config_file: str | Path | None = None,
     sets: list[str] | None = None,
     flags: dict[str, Any] | None = None,
+    names: NameCheck | None = None,
 ) -> M:
     """Build a config: defaults < TOML file < ``--set`` < explicit flags (None = unset).
 
     The value wins by precedence, but every given value is validated, also one that a later
     ``--set`` or a flag replaces; all problems (malformed ``--set``, bad or unknown keys from
-    the file, ``--set`` and flags) are raised together in one ``ConfigError``, each naming its key.
+    the file, ``--set`` and flags, and with ``names`` the names its registries refuse in the
+    final data, :func:`lohp_cli.stages.name_problems`) are raised together in one
+    ``ConfigError``, each naming its key.
     """
     problems: list[str] = []
     data: dict[str, Any] = load_toml(config_file) if config_file else {}
@@ -209,7 +215,7 @@ def resolve(
         except ConfigError as exc:
             problems.append(str(exc))
             continue
-        problems += _shadowed_errors(model, data, [path] if _has(data, path) else [])
+        problems += _shadowed_errors(model, data, [path] if _has(data, path) else [], names)
         data = after
     explicit: dict[str, Any] = {}
     for key, value in (flags or {}).items():
@@ -220,12 +226,13 @@ def resolve(
         for part in parts[:-1]:
             node = node.setdefault(part, {})
         node[parts[-1]] = value
-    problems += _shadowed_errors(model, data, shadowed_paths(data, explicit))
+    problems += _shadowed_errors(model, data, shadowed_paths(data, explicit), names)
     data = deep_merge(data, explicit)
+    refused = names(model, data) if names is not None else []
     try:
         cfg = model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_invalid([*problems, *_error_lines(exc)])) from None
-    if problems:
-        raise ConfigError(_invalid(problems))
+        raise ConfigError(_invalid([*problems, *_error_lines(exc), *refused])) from None
+    if problems or refused:
+        raise ConfigError(_invalid([*problems, *refused]))
     return cfg

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from lohp_cli.config.base import Frozen, Seed
+from lohp_cli.config.base import ConfigModel, Seed
 from lohp_cli.config.optim import OPTIMIZERS, OptimizersConfig, check_optimizer_names
 from lohp_cli.config.tasks import ModelConfig, TaskConfig
 from lohp_cli.runtime import derive_seed
@@ -40,7 +40,7 @@ def check_scheduler_address(address: str) -> None:
         raise ValueError(f"'{address}' has the port {port!r}; give a number 0-65535")
 
 
-class StoreCodecConfig(Frozen):
+class StoreCodecConfig(ConfigModel):
     codec: Literal["pcodec", "blosc-zstd", "blosc-lz4", "zstd", "none"] = Field(
         "pcodec",
         description="Compression of trajectory chunks. pcodec (lossless, numerical; stores it "
@@ -129,7 +129,7 @@ class StoreCodecConfig(Frozen):
         return self.shuffle or "shuffle"
 
 
-class CollectConfig(Frozen):
+class CollectConfig(ConfigModel):
     out: str = Field("runs/fmnist.zarr", description="Output store (path or fsspec URL).")
     task: TaskConfig = Field(default_factory=TaskConfig, description="Task family settings.")
     model: ModelConfig = Field(default_factory=ModelConfig, description="Target model settings.")

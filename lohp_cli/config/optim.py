@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from lohp_cli.config.base import Frozen
+from lohp_cli.config.base import ConfigModel
 
 OPTIMIZERS = ("sgd", "adam", "sam")
 
@@ -19,7 +19,7 @@ def check_optimizer_names(names: tuple[str, ...]) -> tuple[str, ...]:
     return names
 
 
-class SGDConfig(Frozen):
+class SGDConfig(ConfigModel):
     lr: float = Field(0.1, gt=0, description="Learning rate.")
     momentum: float = Field(0.9, ge=0, lt=1, description="Heavy-ball momentum.")
     nesterov: bool = Field(False, description="Nesterov momentum (needs momentum > 0).")
@@ -32,7 +32,7 @@ class SGDConfig(Frozen):
         return self
 
 
-class AdamConfig(Frozen):
+class AdamConfig(ConfigModel):
     lr: float = Field(0.01, gt=0, description="Learning rate.")
     betas: tuple[float, float] = Field((0.9, 0.999), description="Adam (beta1, beta2).")
     eps: float = Field(1e-8, gt=0, description="Denominator epsilon.")
@@ -47,7 +47,7 @@ class AdamConfig(Frozen):
         return v
 
 
-class SAMConfig(Frozen):
+class SAMConfig(ConfigModel):
     base: Literal["sgd", "adam"] = Field(
         "sgd", description="Base optimizer; its hyperparameters come from that optimizer's section."
     )
@@ -55,7 +55,7 @@ class SAMConfig(Frozen):
     adaptive: bool = Field(False, description="ASAM: scale the ascent step by |w|.")
 
 
-class OptimizersConfig(Frozen):
+class OptimizersConfig(ConfigModel):
     sgd: SGDConfig = Field(default_factory=SGDConfig, description="SGD hyperparameters.")
     adam: AdamConfig = Field(default_factory=AdamConfig, description="Adam hyperparameters.")
     sam: SAMConfig = Field(default_factory=SAMConfig, description="SAM hyperparameters.")

@@ -6,10 +6,11 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from lohp_cli.config.base import THREADS_HELP, Frozen, Seed
+from lohp_cli.config.base import THREADS_HELP, ConfigModel, Seed
+from lohp_cli.config.optim import OPTIMIZERS
 
 
-class GenerateConfig(Frozen):
+class GenerateConfig(ConfigModel):
     policy: str = Field("policies/fmnist-k2", description="Policy directory.")
     out: str = Field("gen/fmnist-k2.zarr", description="Output generated-weights store (a path).")
     tasks: str = Field(
@@ -52,12 +53,17 @@ class GenerateConfig(Frozen):
     )
 
 
-DEFAULT_BASELINES = ("sgd", "adam", "sam", "hypernetwork")
 DEFAULT_FRONTIER_STEPS = (1, 2, 5, 10, 20, 50, 100, 200)
+# The built-in baselines of `lohp evaluate`, by kind: the one list of their names. The methods
+# registry (lohp_cli.methods.registry) builds its entries from these groups (prototype and the
+# learned optimizers register themselves), owns which names exist and refuses others
+# (lohp_cli.stages.check_names); `lohp evaluate --help` lists them (a test checks it).
+DEFAULT_BASELINES = (*OPTIMIZERS, "hypernetwork")
 MEMORIZATION_BASELINES = (
     "nearest", "mean", "nearest-noise", "class-rows", "gaussian", "average-16",
 )  # fmt: skip
 META_START_BASELINES = ("reptile", "fomaml")
+L2O_BASELINES = ("l2o", "l2o-tt", "l2o-flat", "m-l2o")
 BASELINES = (
     *DEFAULT_BASELINES,
     *MEMORIZATION_BASELINES,
@@ -65,14 +71,11 @@ BASELINES = (
     "erm",
     "prototype",
     "full-ft",
-    "l2o",
-    "l2o-tt",
-    "l2o-flat",
-    "m-l2o",
+    *L2O_BASELINES,
 )
 
 
-class MetaStartConfig(Frozen):
+class MetaStartConfig(ConfigModel):
     """How the meta-learned start (``reptile``, ``fomaml``) is learned on the store's source
     tasks. Defaults: the few-shot settings of Nichol et al. (2018: inner Adam at 0.001, 5 inner
     steps, meta-batch 5, outer step annealed linearly to 0; their code's outer step 0.1) and Finn
@@ -100,23 +103,23 @@ class MetaStartConfig(Frozen):
     )
 
 
-class EvaluateConfig(Frozen):
+class EvaluateConfig(ConfigModel):
     generated: str = Field("gen/fmnist-k2.zarr", description="Output of 'lohp generate'.")
     out: str = Field("reports/fmnist", description="Report directory.")
     baselines: tuple[str, ...] = Field(
         DEFAULT_BASELINES,
-        description="Baselines on the same tasks: sgd, adam, sam (each for T·r and for N "
-        "optimizer steps, and for frontier_steps), hypernetwork (trained here on the policy's "
-        "store unless given in policies), the memorisation baselines nearest, mean, "
-        "nearest-noise, class-rows (looked up in the endpoints of the policy's source runs), erm "
-        "(a domain family's baseline: Adam on the task in the pooled source domains, never the "
-        "held-out one), prototype (nearest class mean of the frozen features, head model only), "
-        "full-ft (a lora store: Adam on every weight of the merged network, backbone included, "
-        "for the same step budgets), the meta-learned starts reptile and fomaml (θ₀ learned "
-        "on the store's source tasks, then Adam for 0 steps and the optimizers' budgets; "
-        "meta_start), Zeng et al.'s memorisation baselines gaussian and average-16, and the "
-        "learned optimizers l2o, l2o-tt, l2o-flat, m-l2o (each needs its policy in policies "
-        "under the same name).",
+        description=f"Baselines on the same tasks: {', '.join(OPTIMIZERS)} (each for T·r and "
+        "for N optimizer steps, and for frontier_steps), hypernetwork (trained here on the "
+        "policy's store unless given in policies), the memorisation baselines "
+        f"{', '.join(MEMORIZATION_BASELINES)} (looked up in the endpoints of the policy's source "
+        "runs; gaussian and average-16 are Zeng et al.'s), erm (a domain family's baseline: Adam "
+        "on the task in the pooled source domains, never the held-out one), prototype (nearest "
+        "class mean of the frozen features, head model only), full-ft (a lora store: Adam on "
+        "every weight of the merged network, backbone included, for the same step budgets), the "
+        f"meta-learned starts {' and '.join(META_START_BASELINES)} (θ₀ learned on the store's "
+        "source tasks, then Adam for 0 steps and the optimizers' budgets; meta_start), and the "
+        f"learned optimizers {', '.join(L2O_BASELINES)} (each needs its policy in policies under "
+        "the same name).",
     )
     hypernetwork_steps: int = Field(1500, ge=1, description="Training steps of that hypernetwork.")
     meta_start: MetaStartConfig = Field(
@@ -212,19 +215,8 @@ class EvaluateConfig(Frozen):
                 )
         return v
 
-    @field_validator("baselines")
-    @classmethod
-    def _known_baselines(cls, v: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = [b for b in v if b not in BASELINES]
-        if unknown:
-            raise ValueError(
-                f"unknown baseline {unknown[0]!r}; choose from {', '.join(BASELINES)} (other "
-                "trained policies go in --policy NAME=DIR)"
-            )
-        return v
 
-
-class ExportConfig(Frozen):
+class ExportConfig(ConfigModel):
     generated: str = Field("gen/fmnist-k2.zarr", description="Output of 'lohp generate'.")
     out: str = Field("models", description="Directory that gets one model directory per task.")
     tasks: tuple[str, ...] = Field(
@@ -242,7 +234,7 @@ class ExportConfig(Frozen):
     threads: int | None = Field(None, ge=1, description=THREADS_HELP)
 
 
-class PredictConfig(Frozen):
+class PredictConfig(ConfigModel):
     model: str = Field(..., description="A directory written by 'lohp export'.")
     inputs: tuple[str, ...] = Field(
         ...,

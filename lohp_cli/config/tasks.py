@@ -12,10 +12,10 @@ from pydantic import (
     model_validator,
 )
 
-from lohp_cli.config.base import Frozen, Seed, registered
+from lohp_cli.config.base import ConfigModel, Seed
 
 
-class GlyphConfig(Frozen):
+class GlyphConfig(ConfigModel):
     """How glyph tasks render KanjiVG characters (``lohp_cli.tasks.glyph_render``)."""
 
     charset: Literal["kanji", "kana", "all"] = Field(
@@ -65,7 +65,7 @@ FAMILY_DEFAULTS: dict[str, dict[str, int]] = {
 }
 
 
-class TaskConfig(Frozen):
+class TaskConfig(ConfigModel):
     family: str = Field("fmnist", description="Task family (see `lohp collect --help`).")
     ways: int = Field(5, ge=2, description="Classes per task (C-way tasks).")
     train_per_class: int = Field(
@@ -139,48 +139,11 @@ class TaskConfig(Frozen):
             return {**FAMILY_DEFAULTS[data["family"]], **data}
         return data
 
-    @field_validator("family")
-    @classmethod
-    def _known_family(cls, v: str) -> str:
-        from lohp_cli.tasks.families import FAMILIES
-
-        return registered(v, FAMILIES, "task family")
-
-    @model_validator(mode="after")
-    def _known_domain(self) -> TaskConfig:
-        from lohp_cli.tasks.families import FAMILIES
-
-        domains = FAMILIES[self.family].domains
-        listed = ", ".join(map(str, domains))
-        if domains and self.test_domain is None:
-            raise ValueError(
-                f"task family '{self.family}' needs task.test_domain, the held-out domain: one "
-                f"of {listed}"
-            )
-        if self.test_domain is not None and self.test_domain not in domains:
-            if not domains:
-                raise ValueError(
-                    f"task.test_domain={self.test_domain} is for domain families such as "
-                    f"rotated-fmnist; '{self.family}' has no domains"
-                )
-            raise ValueError(
-                f"task.test_domain={self.test_domain} is not a domain of '{self.family}'; "
-                f"choose one of {listed}"
-            )
-        return self
-
-    @field_validator("meta_test")
-    @classmethod
-    def _known_meta_test(cls, v: str | None) -> str | None:
-        from lohp_cli.tasks.fewshot import DOMAINS
-
-        return v if v is None else registered(v, DOMAINS, "meta-test domain")
-
 
 LORA_FIELDS = ("lora_rank", "lora_alpha", "lora_targets", "lora_backbone")
 
 
-class ModelConfig(Frozen):
+class ModelConfig(ConfigModel):
     name: str = Field(
         "head",
         description="Target model from the registry (lohp_cli.tasks.models): head (over a "
@@ -214,13 +177,6 @@ class ModelConfig(Frozen):
         "of hidden and feature_dim units) or cnn (two conv layers of hidden/2 and hidden "
         "channels and a linear projection to feature_dim, as the head model's extractor).",
     )
-
-    @field_validator("name")
-    @classmethod
-    def _known_model(cls, v: str) -> str:
-        from lohp_cli.tasks.models import MODELS
-
-        return registered(v, MODELS, "target model")
 
     @field_validator("lora_targets")
     @classmethod

@@ -9,13 +9,13 @@ from typing import Any, Literal, TypeVar
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from lohp_cli import trainers
-from lohp_cli.config.base import THREADS_HELP, Frozen, Seed, registered
+from lohp_cli.config.base import THREADS_HELP, ConfigModel, Seed
 from lohp_cli.config.optim import check_optimizer_names
 
 METHODS = ("lo-hp", "lo-op", "lo-di", "hypernetwork")
 
 
-class PolicyConfig(Frozen):
+class PolicyConfig(ConfigModel):
     backbone: str = Field(
         "auto",
         description="auto: follow the store's target model, unet for a linear head (P = 325), "
@@ -96,13 +96,6 @@ class PolicyConfig(Frozen):
         "access, not the paper's gradient-free policy.",
     )
 
-    @field_validator("backbone")
-    @classmethod
-    def _known_backbone(cls, v: str) -> str:
-        from lohp_cli.policy.backbone import AUTO, BACKBONES
-
-        return registered(v, {AUTO: None, **BACKBONES}, "backbone")
-
     @model_validator(mode="after")
     def _heads_divide_width(self) -> PolicyConfig:
         if self.width % self.heads:
@@ -120,7 +113,7 @@ class PolicyConfig(Frozen):
         return v
 
 
-class LossConfig(Frozen):
+class LossConfig(ConfigModel):
     lam: float = Field(0.9, gt=0, le=1, description="λ: pair (m, n) weight λ^(n−m).")
     pairs: Literal["lambda", "equal"] = Field("lambda", description="Pair weighting.")
     max_len: int | None = Field(None, ge=1, description="Only pairs with n − m ≤ max_len.")
@@ -175,7 +168,7 @@ LEGACY_TRAIN_KEYS = frozenset(
 )
 
 
-class TrainConfig(Frozen):
+class TrainConfig(ConfigModel):
     """The settings every training method shares; the union of the registered method configs.
 
     ``TrainConfig.model_validate(data)`` validates ``data`` as the discriminated union (by

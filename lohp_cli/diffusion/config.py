@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from lohp_cli.config import Frozen, PolicyConfig, TrainConfig, check_optimizer_names
+from lohp_cli.config import ConfigModel, PolicyConfig, TrainConfig, check_optimizer_names
 
 # PolicyConfig keys the denoiser reads (the backbone's); every other key is a Lo-Hp setting
 DENOISER_KEYS = (
@@ -20,7 +20,7 @@ DENOISER_KEYS = (
 )
 
 
-class DiffusionConfig(Frozen):
+class DiffusionConfig(ConfigModel):
     """The DDPM over normalised endpoint weights and its DDIM sampler."""
 
     schedule: Literal["linear", "cosine"] = Field(

@@ -10,11 +10,10 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from lohp_cli.config import Frozen as _Frozen
-from lohp_cli.config import Seed, TrainConfig
+from lohp_cli.config import ConfigModel, Seed, TrainConfig
 
 
-class QuadraticConfig(_Frozen):
+class QuadraticConfig(ConfigModel):
     dim: int = Field(20, ge=1, description="Optimizee size P (coordinates of x).")
     rows: int = Field(20, ge=1, description="Rows of A in f(x) = ½‖Ax − b‖² / rows.")
     log10_cond: tuple[float, float] = Field(
@@ -35,7 +34,7 @@ class QuadraticConfig(_Frozen):
         return v
 
 
-class LassoConfig(_Frozen):
+class LassoConfig(ConfigModel):
     dim: int = Field(20, ge=1, description="Optimizee size P (coordinates of x).")
     rows: int = Field(15, ge=1, description="Measurements: rows of A (fewer than dim: sparse).")
     sparsity: float = Field(0.2, gt=0, le=1, description="Fraction of non-zeros in x*.")
@@ -45,7 +44,7 @@ class LassoConfig(_Frozen):
     noise: float = Field(0.01, ge=0, description="Std of the noise in b = A x* + noise.")
 
 
-class L2OConfig(_Frozen):
+class L2OConfig(ConfigModel):
     """Settings of the learned optimizers (methods l2o, l2o-tt, l2o-flat, m-l2o)."""
 
     family: Literal["store", "quadratic", "lasso"] = Field(
@@ -145,7 +144,7 @@ class L2OTrainConfig(TrainConfig):
     l2o: L2OConfig = Field(default_factory=L2OConfig, description="Learned-optimizer settings.")
 
 
-class L2OEvaluateConfig(_Frozen):
+class L2OEvaluateConfig(ConfigModel):
     """``lohp evaluate-l2o``: learned optimizers vs tuned Adam/SGD on held-out tasks."""
 
     policies: dict[str, str] = Field(

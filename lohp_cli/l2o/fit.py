@@ -43,7 +43,7 @@ from lohp_cli.l2o.optimizer import (
     run_trajectory,
     tune_lr,
 )
-from lohp_cli.l2o.problems import ImageFamily, ProblemFamily, make_family
+from lohp_cli.l2o.problems import ImageProblemFamily, ProblemFamily, make_problem_family
 from lohp_cli.policy.artifact import store_fingerprint
 from lohp_cli.policy.rundir import TrainResult
 from lohp_cli.policy.skeleton import TrainingRun
@@ -88,7 +88,7 @@ def imitation_weight(cfg: L2OTrainConfig, episode: int) -> float:
 
 
 def _family_fingerprint(cfg: L2OTrainConfig, family: ProblemFamily) -> dict[str, Any]:
-    if isinstance(family, ImageFamily):
+    if isinstance(family, ImageProblemFamily):
         return store_fingerprint(family.store)
     return {"family": family.describe()}
 
@@ -104,7 +104,7 @@ def _config_json(
 ) -> dict[str, Any]:
     """The learned optimizer's config.json (a validated ``L2OPolicyMeta``, as JSON)."""
     image: dict[str, Any] = {}
-    if isinstance(family, ImageFamily):
+    if isinstance(family, ImageProblemFamily):
         image = {
             "store_location": family.store.location,
             "store_compat": family.compat.to_json(),
@@ -130,7 +130,7 @@ def _teacher(
     if cfg.method != "l2o-tt" or cfg.l2o.imitation_weight == 0:
         return None
     lc = cfg.l2o
-    if isinstance(family, ImageFamily):
+    if isinstance(family, ImageProblemFamily):
         return {"name": lc.teacher, "source": "store"}
     emit({"event": "info", "message": f"tuning the {lc.teacher} teacher's lr on source tasks"})
     lr, scores = tune_lr(family, lc.teacher, lc.lr_grid, lc.horizon, 4, instances, cfg.seed)
@@ -149,7 +149,7 @@ def train_l2o(cfg: L2OTrainConfig, progress: Any = None) -> TrainResult:
     lc = cfg.l2o
     device = resolve_device(cfg.device)
     emit({"event": "device", "device": device, "world_size": 1})
-    family = make_family(lc, cfg.store if lc.family == "store" else None)
+    family = make_problem_family(lc, cfg.store if lc.family == "store" else None)
     instances = lc.instances or cfg.batch_size
     fingerprint = _family_fingerprint(cfg, family)
     run = TrainingRun.open(cfg, fingerprint, emit, t_start)
@@ -226,7 +226,7 @@ def _episode(
     lc = cfg.l2o
     index = derive_seed(cfg.seed, "episode", episode)
     states, record_every = None, 1
-    if w_imit > 0 and isinstance(family, ImageFamily):
+    if w_imit > 0 and isinstance(family, ImageProblemFamily):
         problem, states, record_every = family.sample_stored(lc.teacher, index, cfg.seed, instances)
     else:
         problem = family.sample(

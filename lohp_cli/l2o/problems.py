@@ -243,7 +243,7 @@ class ImageProblems:
         return data.x_train[idx], data.y_train[idx]
 
     def loss(self, theta: torch.Tensor, step: int = 0) -> torch.Tensor:
-        from lohp_cli.tasks.models import functional_forward
+        from lohp_cli.tasks.layout import functional_forward
 
         self.net.train()
         out = []
@@ -270,7 +270,7 @@ class ImageProblems:
         }
 
 
-class ImageFamily(ProblemFamily):
+class ImageProblemFamily(ProblemFamily):
     """The store's image family and target model: tasks from its splits, fresh initial weights.
 
     ``source`` tasks are the store's tasks; ``target`` tasks are the family's held-out split (as
@@ -325,7 +325,7 @@ class ImageFamily(ProblemFamily):
         return self.ctx.family.tasks(split, index + 1)[index].id  # type: ignore[arg-type]
 
     def initial(self, seed: int, *parts: object) -> torch.Tensor:
-        from lohp_cli.tasks.models import flat_params
+        from lohp_cli.tasks.layout import flat_params
 
         return flat_params(self._build(derive_seed(seed, "init", *parts)))
 
@@ -376,7 +376,7 @@ class ImageFamily(ProblemFamily):
         return {"name": "store", "store_compat": self.compat.to_json()}
 
 
-def make_family(
+def make_problem_family(
     l2o_cfg: Any, store: str | None = None, data_root: str | None = None
 ) -> ProblemFamily:
     """The optimizee family an :class:`~lohp_cli.l2o.config.L2OConfig` names."""
@@ -386,7 +386,7 @@ def make_family(
         return LassoFamily(l2o_cfg.lasso)
     if store is None:
         raise ConfigError("l2o.family=store needs --store (or use --family quadratic|lasso).")
-    return ImageFamily(store, data_root, l2o_cfg.image_batch)
+    return ImageProblemFamily(store, data_root, l2o_cfg.image_batch)
 
 
 def check_same_family(a: dict[str, Any], b: dict[str, Any], what: str) -> None:

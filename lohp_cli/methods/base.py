@@ -24,7 +24,7 @@ from lohp_cli.policy.artifact import StartRule, start_rule
 from lohp_cli.policy.context import TaskContext
 from lohp_cli.stats import normal_mean_ci
 from lohp_cli.store.sampler import NormStats
-from lohp_cli.tasks.inputs import TaskTensors
+from lohp_cli.tasks.families import TaskTensors
 from lohp_cli.tasks.scoring import accuracy
 from lohp_cli.timing import Latency, TimingRun, interleaved
 

@@ -19,7 +19,7 @@ import torch
 from lohp_cli.config import EvaluateConfig
 from lohp_cli.methods.base import EvalContext, Method
 from lohp_cli.methods.optimizer import OptimizerMethod
-from lohp_cli.tasks.inputs import TaskTensors
+from lohp_cli.tasks.families import TaskTensors
 
 
 def pooled_source_data(ctx: EvalContext, task_id: str) -> TaskTensors:

@@ -22,8 +22,8 @@ from lohp_cli.methods.base import EvalContext
 from lohp_cli.methods.optimizer import OptimizerMethod
 from lohp_cli.optim import build_optimizer
 from lohp_cli.optim.loop import train_loop
+from lohp_cli.tasks.layout import load_flat
 from lohp_cli.tasks.lora import lora_layers, merge
-from lohp_cli.tasks.models import load_flat
 
 
 def check_adapted(ctx: EvalContext) -> None:

@@ -71,17 +71,18 @@ from safetensors import safe_open
 
 from lohp_cli.checkpoint import atomic_save_tensors
 from lohp_cli.config import EvaluateConfig, MetaStartConfig, OptimizersConfig
+from lohp_cli.config.stages import META_START_BASELINES
 from lohp_cli.errors import ConfigError
 from lohp_cli.methods.base import EvalContext, Starts
 from lohp_cli.methods.optimizer import OptimizerMethod, run_optimizer
 from lohp_cli.optim.batched import batchable, train_batched
 from lohp_cli.policy.artifact import store_fingerprint
 from lohp_cli.runtime import derive_seed
-from lohp_cli.tasks.inputs import TaskTensors
+from lohp_cli.tasks.families import TaskTensors
 from lohp_cli.tasks.layout import flat_params, functional_forward
 
 KIND = "meta-start"
-ALGORITHMS = ("reptile", "fomaml")
+ALGORITHMS = META_START_BASELINES  # the baseline names, listed in lohp_cli.config.stages
 CACHE_VERSION = 1
 
 # (θ [P], source task indices [B], meta step i) -> adapted weights θ' [B, P]

@@ -15,8 +15,8 @@ from lohp_cli.optim.batched import batchable, train_batched
 from lohp_cli.optim.loop import train_loop
 from lohp_cli.policy.context import TaskContext
 from lohp_cli.runtime import derive_seed
-from lohp_cli.tasks.inputs import TaskTensors
-from lohp_cli.tasks.models import flat_params, load_flat, trainable_parameters
+from lohp_cli.tasks.families import TaskTensors
+from lohp_cli.tasks.layout import flat_params, load_flat, trainable_parameters
 
 
 def run_optimizer(

@@ -24,7 +24,7 @@ from lohp_cli.config import EvaluateConfig
 from lohp_cli.errors import ConfigError
 from lohp_cli.methods.base import EvalContext, Starts
 from lohp_cli.methods.registry import register
-from lohp_cli.tasks.models import flat_params
+from lohp_cli.tasks.layout import flat_params
 
 
 def prototypes(x: torch.Tensor, y: torch.Tensor, ways: int) -> torch.Tensor:

@@ -1,7 +1,9 @@
 """Baseline names → the methods they stand for, and policy-directory kinds → their method.
 
-Built-in baselines are listed in ``_BASELINES`` below; a plug-in registers its own when imported
-(``lohp_cli.l2o.method``, which only the evaluate stage imports). A new method is one module plus
+Built-in baselines are built below from the name groups of :mod:`lohp_cli.config.stages` (the one
+list of the names); a plug-in registers its own when imported (``lohp_cli.methods.prototype``,
+``lohp_cli.l2o.method``, which only the evaluate stage imports). Which names exist is the
+registry's to say: :func:`check_baseline` refuses any other. A new method is one module plus
 one registration: a baseline name and a factory ``(name, config, budgets) -> [Method, ...]``, or a
 policy-directory kind (the ``method`` of its ``config.json``) and a factory ``(name, path) ->
 Method``. A "stepped" baseline (an optimizer) runs after every other method, once per step budget:
@@ -18,15 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lohp_cli.artifacts.policy import stored_method
-from lohp_cli.config import EvaluateConfig
+from lohp_cli.config import OPTIMIZERS, EvaluateConfig
+from lohp_cli.config.stages import BASELINES, MEMORIZATION_BASELINES, META_START_BASELINES
 from lohp_cli.errors import ConfigError
 from lohp_cli.methods.base import EvalContext, Method
 from lohp_cli.methods.erm import erm_baseline
 from lohp_cli.methods.full_finetune import check_adapted, full_finetune_methods
 from lohp_cli.methods.hypernetwork import hypernetwork_baseline
-from lohp_cli.methods.memorization import NAMES as MEMORIZATION
 from lohp_cli.methods.memorization import check_runs, memorization_baseline
-from lohp_cli.methods.meta_start import ALGORITHMS as META_STARTS
 from lohp_cli.methods.meta_start import meta_start_methods
 from lohp_cli.methods.optimizer import optimizer_methods
 from lohp_cli.methods.policy import PolicyMethod
@@ -57,14 +58,12 @@ def _meta_start(name: str, cfg: EvaluateConfig, budgets: tuple[int, ...]) -> lis
 
 
 _BASELINES: dict[str, Baseline] = {
-    "sgd": Baseline(_optimizers, stepped=True),
-    "adam": Baseline(_optimizers, stepped=True),
-    "sam": Baseline(_optimizers, stepped=True),
+    **{name: Baseline(_optimizers, stepped=True) for name in OPTIMIZERS},
     "hypernetwork": Baseline(hypernetwork_baseline),
-    **{name: Baseline(memorization_baseline, check=check_runs(name)) for name in MEMORIZATION},
+    **{n: Baseline(memorization_baseline, check=check_runs(n)) for n in MEMORIZATION_BASELINES},
     "erm": Baseline(erm_baseline),  # domain families only: Adam on the pooled source domains
     "full-ft": Baseline(_full_ft, stepped=True, check=check_adapted),
-    **{name: Baseline(_meta_start, stepped=True, from_start=True) for name in META_STARTS},
+    **{n: Baseline(_meta_start, stepped=True, from_start=True) for n in META_START_BASELINES},
 }
 _POLICY_KINDS: dict[str, PolicyFactory] = {}
 
@@ -85,13 +84,26 @@ def register_policy_kind(method: str, factory: PolicyFactory) -> None:
 
 
 def names() -> tuple[str, ...]:
-    return tuple(_BASELINES)
+    """Every baseline name: the built-in ones in the order of ``config.BASELINES``, then those
+    registered from outside lohp."""
+    return (
+        *[n for n in BASELINES if n in _BASELINES],
+        *[n for n in _BASELINES if n not in BASELINES],
+    )
+
+
+def check_baseline(name: str) -> str:
+    """``name`` when it is a baseline; a ConfigError listing the baselines otherwise."""
+    if name not in _BASELINES:
+        raise ConfigError(
+            f"Unknown baseline {name!r}; choose from {', '.join(names())} (other trained "
+            "policies go in --policy NAME=DIR)."
+        )
+    return name
 
 
 def _entry(name: str) -> Baseline:
-    if name not in _BASELINES:
-        raise ConfigError(f"Unknown baseline {name!r}; choose from {', '.join(_BASELINES)}.")
-    return _BASELINES[name]
+    return _BASELINES[check_baseline(name)]
 
 
 def is_stepped(name: str) -> bool:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from lohp_cli.optim.factory import train_step
-from lohp_cli.tasks.models import flat_params
+from lohp_cli.tasks.layout import flat_params
 
 
 def train_loop(

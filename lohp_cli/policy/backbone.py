@@ -94,12 +94,18 @@ def build_backbone(
 ) -> nn.Module:
     """The backbone named by ``cfg.backbone`` (uses the global torch RNG for its weights);
     ``auto``: :func:`choose_backbone`'s over ``layout`` (training saves the resolved name)."""
-    if cfg.backbone == AUTO:
+    if check_backbone(cfg.backbone) == AUTO:
         cfg = cfg.model_copy(update={"backbone": choose_backbone(layout)[0]})
-    if cfg.backbone not in BACKBONES:
-        known = ", ".join(sorted(BACKBONES))
-        raise ConfigError(f"Unknown policy backbone '{cfg.backbone}'; choose from {known}.")
     return BACKBONES[cfg.backbone](layout, cond_dim, n_steps, cfg)
+
+
+def check_backbone(name: str) -> str:
+    """``name`` when ``policy.backbone`` may say it (``auto`` or a registered builder); a
+    ConfigError listing the choices otherwise."""
+    if name != AUTO and name not in BACKBONES:
+        known = ", ".join(sorted([AUTO, *BACKBONES]))
+        raise ConfigError(f"Unknown policy backbone '{name}'; choose from {known}.")
+    return name
 
 
 def input_channels(cfg: PolicyConfig) -> int:

@@ -35,7 +35,7 @@ from lohp_cli.optim import build_optimizer
 from lohp_cli.optim.loop import train_loop
 from lohp_cli.policy.context import TaskContext
 from lohp_cli.store.sampler import NormStats
-from lohp_cli.tasks.models import flat_params, load_flat
+from lohp_cli.tasks.layout import flat_params, load_flat
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ from lohp_cli.store.sampler import (
     select_runs,
 )
 from lohp_cli.store.trajectory_store import TrajectoryStore
-from lohp_cli.tasks.models import ParamLayout
+from lohp_cli.tasks.layout import ParamLayout
 from lohp_cli.tasks.symmetry import ClassSymmetry
 
 Progress = Callable[[dict[str, Any]], None]

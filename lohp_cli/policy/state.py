@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lohp_cli.tasks.models import functional_forward
+from lohp_cli.tasks.layout import functional_forward
 
 
 def state_model(net: nn.Module) -> nn.Module:

@@ -39,8 +39,8 @@ from lohp_cli.policy.context import policy_probe
 from lohp_cli.policy.state import StateProbe
 from lohp_cli.runtime import derive_seed
 from lohp_cli.store.sampler import NormStats
-from lohp_cli.tasks.inputs import TaskTensors
-from lohp_cli.tasks.models import flat_params, load_flat
+from lohp_cli.tasks.families import TaskTensors
+from lohp_cli.tasks.layout import flat_params, load_flat
 
 MEASURES = ("policy_vs_mean", "policy_vs_run", "run_vs_run")
 SPACES = ("weight", "normalized")

@@ -46,9 +46,8 @@ from lohp_cli.policy.generator import generate_states
 from lohp_cli.report.locality import summarize
 from lohp_cli.runtime import derive_seed
 from lohp_cli.store.sampler import NormStats, select_runs
-from lohp_cli.tasks.inputs import TaskTensors
-from lohp_cli.tasks.layout import ParamLayout
-from lohp_cli.tasks.models import load_flat, trainable_parameters
+from lohp_cli.tasks.families import TaskTensors
+from lohp_cli.tasks.layout import ParamLayout, load_flat, trainable_parameters
 from lohp_cli.tasks.scoring import accuracy
 
 PATHS = ("policy", "reference")

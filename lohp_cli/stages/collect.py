@@ -31,6 +31,7 @@ from lohp_cli.config import OPTIMIZERS, CollectConfig, deep_merge, format_valida
 from lohp_cli.errors import StoreError
 from lohp_cli.optim import optimizer_hparams
 from lohp_cli.runtime import derive_seed, provenance, resolve_device, torch_threads
+from lohp_cli.stages import check_names
 from lohp_cli.stages.runs import (  # RunContext, RunPlan, init_target: also imported from here
     BlockPlan,
     RunContext,
@@ -47,7 +48,7 @@ from lohp_cli.store.repair import Damage, delete_task, find_damage, rewrite_grou
 from lohp_cli.store.schema import STATUS_COMPLETE, parse_run_id, split_run_id
 from lohp_cli.store.summary import summarize_store  # noqa: F401 - re-exported
 from lohp_cli.tasks import Task, TaskFamily, make_family
-from lohp_cli.tasks.models import flat_params
+from lohp_cli.tasks.layout import flat_params
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -196,6 +197,7 @@ def _worker_run(block: BlockPlan) -> list[tuple[str, float]]:
 
 def collect(cfg: CollectConfig, progress: Progress | None = None) -> CollectResult:
     """Run stage 1 for ``cfg``; safe to re-run (complete runs are skipped)."""
+    check_names(cfg)
     emit = progress or (lambda _e: None)
     t0 = time.perf_counter()
     if cfg.repair:

@@ -50,6 +50,7 @@ from lohp_cli.policy.generator import Generator
 from lohp_cli.report import locality, path_diagnosis
 from lohp_cli.report.document import build_report, write_report
 from lohp_cli.runtime import resolve_device, stage_threads
+from lohp_cli.stages import check_names
 from lohp_cli.store.generated import open_generated
 from lohp_cli.store.sampler import NormStats, RunRef, check_runs, matched_indices, select_runs
 from lohp_cli.tasks.models import build_target
@@ -98,6 +99,7 @@ def cosine_check(
 
 def evaluate(cfg: EvaluateConfig, progress: Progress | None = None) -> dict[str, Any]:
     """Score the generated weights and every baseline; write report.json/.md and plots."""
+    check_names(cfg)
     emit = progress or (lambda _e: None)
     with stage_threads(cfg.threads, emit, default=1):
         return _evaluate(cfg, emit)

@@ -26,7 +26,7 @@ from lohp_cli.l2o.optimizer import analytical, run_trajectory, tune_lr
 from lohp_cli.l2o.problems import (
     LeastSquares,
     check_same_family,
-    make_family,
+    make_problem_family,
 )
 from lohp_cli.runtime import provenance, resolve_device
 
@@ -120,7 +120,7 @@ def held_out_family(cfg: L2OEvaluateConfig, loaded: dict[str, Any]) -> tuple[L2O
         check_same_family(ref_meta.family, meta.family, f"Policy {name!r}")
     lc = L2OTrainConfig.from_stored(ref_meta.train_config).l2o
     store = cfg.store or ref_meta.store_location
-    family = make_family(lc, store if lc.family == "store" else None, cfg.data_root)
+    family = make_problem_family(lc, store if lc.family == "store" else None, cfg.data_root)
     if cfg.shift and lc.family == "store":
         raise ConfigError("--shift applies to quadratic/lasso policies; image tasks use splits.")
     return lc, family

@@ -32,7 +32,7 @@ from lohp_cli.runtime import provenance, stage_threads
 from lohp_cli.store.generated import open_generated
 from lohp_cli.store.trajectory_store import TrajectoryStore
 from lohp_cli.tasks.exported import CLASS_NAMES, TaskClassifier
-from lohp_cli.tasks.models import load_flat
+from lohp_cli.tasks.layout import load_flat
 
 Progress = Callable[[dict[str, Any]], None]
 

@@ -29,14 +29,8 @@ from lohp_cli.store.blocks import block_id
 from lohp_cli.store.frozen import load_frozen
 from lohp_cli.store.writer import BlockTarget, BlockWriter, WriteSink
 from lohp_cli.tasks import TaskFamily, make_family
-from lohp_cli.tasks.models import (
-    Frozen,
-    ParamLayout,
-    build_target,
-    flat_params,
-    load_flat,
-    trainable_parameters,
-)
+from lohp_cli.tasks.layout import ParamLayout, flat_params, load_flat, trainable_parameters
+from lohp_cli.tasks.models import Frozen, build_target
 
 TASK_CACHE_MIN = 16  # tasks whose training inputs a RunContext keeps, at the least
 

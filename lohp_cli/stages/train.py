@@ -19,6 +19,7 @@ from lohp_cli.config import TrainConfig
 from lohp_cli.errors import ConfigError
 from lohp_cli.metric_log import metric_log
 from lohp_cli.runtime import stage_threads
+from lohp_cli.stages import check_names
 
 if TYPE_CHECKING:
     from lohp_cli.policy.rundir import TrainResult
@@ -28,6 +29,7 @@ Progress = Callable[[dict[str, Any]], None]
 
 def train_policy(cfg: TrainConfig, progress: Progress | None = None) -> TrainResult:
     """Train (or resume) the policy ``cfg`` describes; returns where it is and how far it got."""
+    check_names(cfg)
     spec = trainers.get(cfg.method)
     if spec is None:
         raise ConfigError(

@@ -38,6 +38,13 @@ def register_family(cls: type[TaskFamily]) -> type[TaskFamily]:
     return cls
 
 
+def score_logits(logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of ``logits [N, C]`` against labels ``y [N]``: a task's
+    score (:meth:`Task.score`, :func:`lohp_cli.tasks.scoring.accuracy`)."""
+    loss = nn.functional.cross_entropy(logits, y)
+    return float((logits.argmax(1) == y).float().mean()), float(loss)
+
+
 @dataclass(frozen=True)
 class TaskTensors:
     """Everything a run needs of one task, on one device."""
@@ -109,8 +116,7 @@ class Task(ABC):
 
     def score(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
         """(accuracy, mean cross-entropy) of ``logits [N, C]`` against labels ``y [N]``."""
-        loss = nn.functional.cross_entropy(logits, y)
-        return float((logits.argmax(1) == y).float().mean()), float(loss)
+        return score_logits(logits, y)
 
 
 class TaskFamily(ABC):
@@ -165,10 +171,38 @@ class TaskFamily(ABC):
         """What a store records about the family (part of its compatibility check)."""
 
 
+def family_class(name: str) -> type[TaskFamily]:
+    """The registered family class ``name``; a ConfigError listing the families otherwise."""
+    if name not in FAMILIES:
+        raise ConfigError(
+            f"Unknown task family '{name}'; choose from {', '.join(sorted(FAMILIES))}."
+        )
+    return FAMILIES[name]
+
+
+def check_domain(cfg: TaskConfig) -> None:
+    """A ConfigError unless ``cfg.test_domain`` fits its family: a domain family needs one of its
+    domains held out, any other family none."""
+    domains = family_class(cfg.family).domains
+    listed = ", ".join(map(str, domains))
+    if domains and cfg.test_domain is None:
+        raise ConfigError(
+            f"Task family '{cfg.family}' needs task.test_domain, the held-out domain: one of "
+            f"{listed}."
+        )
+    if cfg.test_domain is not None and cfg.test_domain not in domains:
+        if not domains:
+            raise ConfigError(
+                f"task.test_domain={cfg.test_domain} is for domain families such as "
+                f"rotated-fmnist; '{cfg.family}' has no domains."
+            )
+        raise ConfigError(
+            f"task.test_domain={cfg.test_domain} is not a domain of '{cfg.family}'; choose one "
+            f"of {listed}."
+        )
+
+
 def make_family(cfg: TaskConfig) -> TaskFamily:
     """Instantiate the family named by ``cfg.family`` (loads its data)."""
-    if cfg.family not in FAMILIES:
-        raise ConfigError(
-            f"Unknown task family '{cfg.family}'; choose from {', '.join(sorted(FAMILIES))}."
-        )
-    return FAMILIES[cfg.family](cfg)
+    check_domain(cfg)
+    return family_class(cfg.family)(cfg)

@@ -54,6 +54,16 @@ DOMAINS: dict[str, Callable[[TaskConfig], ImageData]] = {
     "glyphs": glyph_episode_data,
 }
 EPISODE_SPLITS: tuple[Split, ...] = ("source", "target")
+
+
+def meta_test_data(name: str) -> Callable[[TaskConfig], ImageData]:
+    """The loader of data set ``name`` (``task.meta_test``); a ConfigError listing them else."""
+    if name not in DOMAINS:
+        known = ", ".join(sorted(DOMAINS))
+        raise ConfigError(f"Unknown meta-test domain '{name}'; choose from {known}.")
+    return DOMAINS[name]
+
+
 _ID = re.compile(r"^([a-z0-9]+)-k(\d+)-q(\d+)-e(\d+)-c(\d+(?:_\d+)*)$")
 
 
@@ -214,7 +224,7 @@ class FewShotFamily(ImageFamily):
         hold = self.held_out(cross)
         self.source_classes: tuple[int, ...] = tuple(c for c in range(n) if c not in hold)
         if cross:
-            test = resize_images(DOMAINS[test_domain](cfg), self.data.image_shape)
+            test = resize_images(meta_test_data(test_domain)(cfg), self.data.image_shape)
             test_classes, test_stats = tuple(range(test.num_classes)), channel_stats(test.train_x)
         else:
             test, test_classes, test_stats = self.data, tuple(sorted(hold)), self.channel_stats()

@@ -7,7 +7,7 @@ per store, saved in the store's group of that name, loaded by every later stage;
 them on its inputs, as ``head`` runs its extractor in :meth:`TargetModel.encode`, or inside the
 network, as ``lora`` holds its pretrained backbone, put in by :meth:`TargetModel.attach_frozen`).
 Adapter modules (:mod:`lohp_cli.tasks.lora`) mark their own parameters the way torchtune's
-``AdapterModule`` does (``adapter_params()``), and :func:`freeze_all_but_adapters` makes only
+``AdapterModule`` does (``adapter_params()``), and ``lora.freeze_all_but_adapters`` makes only
 those trainable: a frozen base with LoRA factors is an ordinary model whose θ is its factors.
 """
 
@@ -22,37 +22,6 @@ from torch import nn
 
 from lohp_cli.config import ModelConfig
 from lohp_cli.errors import ConfigError
-from lohp_cli.tasks.layout import (  # re-exported: the layout used to live here
-    ParamEntry,
-    ParamLayout,
-    flat_params,
-    functional_forward,
-    load_flat,
-    trainable_parameters,
-)
-from lohp_cli.tasks.lora import (  # re-exported: the adapters used to live here
-    LoRALinear,
-    adapter_params,
-    freeze_all_but_adapters,
-)
-
-__all__ = [
-    "MODELS",
-    "FrozenPart",
-    "LoRALinear",
-    "ParamEntry",
-    "ParamLayout",
-    "TargetModel",
-    "adapter_params",
-    "build_target",
-    "flat_params",
-    "freeze_all_but_adapters",
-    "functional_forward",
-    "load_flat",
-    "register_model",
-    "target_model",
-    "trainable_parameters",
-]
 
 Frozen = dict[str, nn.Module]  # the frozen parts of a target model, by name
 

@@ -33,7 +33,7 @@ from lohp_cli.errors import ConfigError
 from lohp_cli.runtime import derive_seed
 from lohp_cli.tasks.classes import ClassSubsetFamily, ClassTask
 from lohp_cli.tasks.datasets import ImageData, load_fmnist
-from lohp_cli.tasks.families import SPLITS, Split, Task, register_family
+from lohp_cli.tasks.families import SPLITS, Split, Task, check_domain, register_family
 
 ROTATIONS: tuple[int, ...] = (0, 15, 30, 45, 60, 75)  # DomainBed's RotatedMNIST angles (degrees)
 
@@ -81,11 +81,7 @@ class RotatedFamily(ClassSubsetFamily):
     domains = ROTATIONS
 
     def __init__(self, cfg: TaskConfig) -> None:
-        if cfg.test_domain not in self.domains:  # TaskConfig checks it; a hand-made one too
-            raise ConfigError(
-                f"task.test_domain={cfg.test_domain} is not a domain of '{self.name}'; choose "
-                f"one of {', '.join(map(str, self.domains))}."
-            )
+        check_domain(cfg)  # make_family checks it; a family made by hand too
         if cfg.holdout_classes:
             raise ConfigError(
                 f"'{self.name}' holds out a domain (task.test_domain), not classes; leave "

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lohp_cli.tasks.inputs import TaskTensors
-from lohp_cli.tasks.models import functional_forward
+from lohp_cli.tasks.families import TaskTensors, score_logits
+from lohp_cli.tasks.layout import functional_forward
 
 
 @torch.no_grad()
@@ -20,5 +20,4 @@ def accuracy(
     x, y = (data.x_test, data.y_test) if split == "test" else (data.x_train, data.y_train)
     model.train()  # batch statistics for BatchNorm; no parameter is changed
     logits = functional_forward(model, theta.to(x.device), x)  # [N, classes]
-    loss = nn.functional.cross_entropy(logits, y)
-    return float((logits.argmax(1) == y).float().mean()), float(loss)
+    return score_logits(logits, y)

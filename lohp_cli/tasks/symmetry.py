@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from lohp_cli.errors import ConfigError
-from lohp_cli.tasks.models import ParamLayout
+from lohp_cli.tasks.layout import ParamLayout
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,18 @@ import pytest
 import torch
 
 from lohp_cli.config import LoHpTrainConfig, ModelConfig, PolicyConfig
+from lohp_cli.errors import ConfigError
 from lohp_cli.policy.artifact import load_policy
-from lohp_cli.policy.backbone import UNet1d, build_backbone, choose_backbone, resolve_auto
+from lohp_cli.policy.backbone import (
+    UNet1d,
+    build_backbone,
+    check_backbone,
+    choose_backbone,
+    resolve_auto,
+)
 from lohp_cli.policy.rows import RowSetBackbone
 from lohp_cli.policy.rundir import config_differences
+from lohp_cli.stages import check_names
 from lohp_cli.tasks.layout import ParamLayout
 from lohp_cli.tasks.models import build_target
 from tests.cli.runner import invoke, plain
@@ -82,8 +90,11 @@ def test_resolve_auto_says_the_choice_once_and_keeps_explicit_names() -> None:
 
 
 def test_unknown_backbone_lists_auto() -> None:
-    with pytest.raises(ValueError, match="choose from auto, coordinate, mlp, rows, unet"):
-        PolicyConfig(backbone="transformer")
+    cfg = LoHpTrainConfig(policy=PolicyConfig(backbone="transformer"))  # values only
+    with pytest.raises(ConfigError, match="choose from auto, coordinate, mlp, rows, unet"):
+        check_backbone(cfg.policy.backbone)
+    with pytest.raises(ConfigError, match="policy.backbone: unknown policy backbone 'transformer'"):
+        check_names(cfg)
 
 
 def test_config_differences_name_the_dotted_keys() -> None:

@@ -17,8 +17,9 @@ from lohp_cli.config import OptimizersConfig
 from lohp_cli.optim import build_optimizer
 from lohp_cli.optim.batched import BatchSchedule, batchable, train_batched
 from lohp_cli.optim.loop import train_loop
+from lohp_cli.tasks.layout import flat_params
 from lohp_cli.tasks.lora import LoRALinear
-from lohp_cli.tasks.models import MLP, SmallCNN, flat_params
+from lohp_cli.tasks.models import MLP, SmallCNN
 
 STEPS, EVERY, BATCH = 12, 3, 8
 OPTIMIZERS = {

@@ -33,7 +33,8 @@ from lohp_cli.stages.collect import RunContext, collect, init_target, plan_runs,
 from lohp_cli.store import TrajectoryStore, parse_run_id, run_id
 from lohp_cli.tasks import make_family
 from lohp_cli.tasks.images import ImageTask
-from lohp_cli.tasks.models import build_target, flat_params
+from lohp_cli.tasks.layout import flat_params
+from lohp_cli.tasks.models import build_target
 from tests.conftest import TINY, block_of, ident, run_array, tiny_config
 
 DIGITS3 = make_family(TaskConfig(family="digits", ways=3))

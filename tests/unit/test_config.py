@@ -22,6 +22,7 @@ from lohp_cli.config import (
     shadowed_paths,
 )
 from lohp_cli.errors import ConfigError
+from lohp_cli.stages import name_problems
 
 KEY = st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=6)
 JSON_SCALAR = (
@@ -262,7 +263,12 @@ def test_unknown_family_lists_the_known_ones() -> None:
     with pytest.raises(
         ConfigError, match="unknown task family 'mnist'; choose from cifar10, digits"
     ):
-        resolve(CollectConfig, sets=["task.family=mnist"])
+        resolve(CollectConfig, sets=["task.family=mnist"], names=name_problems)
+
+
+def test_the_config_checks_values_and_leaves_names_to_their_registries() -> None:
+    cfg = resolve(CollectConfig, sets=["task.family=mnist", "model.name=resnet"])
+    assert (cfg.task.family, cfg.model.name) == ("mnist", "resnet")
 
 
 def test_nested_validators() -> None:
@@ -299,7 +305,7 @@ def test_bad_set_shadowed_by_a_flag_is_an_error() -> None:
 @pytest.mark.parametrize(
     ("sets", "flags", "key"),
     [
-        (["task.family=mnist"], {"task.family": "digits"}, "task.family"),  # field validator
+        (["task.family=mnist"], {"task.family": "digits"}, "task.family"),  # a registry's name
         (["shard=[3,2]"], {"shard": [0, 2]}, "shard"),
         (["optim.sgd.lr=0"], {"optim.sgd.lr": 0.1}, "optim.sgd.lr"),  # constraint
         (["task=5"], {"task.ways": 3}, "task"),  # a value where the flag needs a section
@@ -311,7 +317,7 @@ def test_every_shadowed_set_value_is_validated(
     sets: list[str], flags: dict[str, object], key: str
 ) -> None:
     with pytest.raises(ConfigError, match=rf"^Invalid config: {re.escape(key)}: "):
-        resolve(CollectConfig, sets=sets, flags=flags)
+        resolve(CollectConfig, sets=sets, flags=flags, names=name_problems)
 
 
 def test_bad_file_value_shadowed_by_set_or_flag_is_an_error(tmp_path: Path) -> None:
@@ -350,6 +356,7 @@ def test_all_layers_errors_in_one_message(tmp_path: Path) -> None:
             config_file=toml,
             sets=["steps=notanumber", "tasks", "nope=1", "seed=1", "seed.x=2"],
             flags={"steps": 20, "task.family": "bogus", "shard": "abc"},
+            names=name_problems,
         )
     msg = str(info.value)
     assert msg.startswith("Invalid config: ") and msg.endswith(".") and "\n" not in msg

@@ -23,7 +23,7 @@ from lohp_cli.stages.collect import collect
 from lohp_cli.stages.train import train_policy
 from lohp_cli.store.sampler import NormStats
 from lohp_cli.store.trajectory_store import TrajectoryStore
-from lohp_cli.tasks.models import ParamLayout, flat_params, load_flat
+from lohp_cli.tasks.layout import ParamLayout, flat_params, load_flat
 from tests.conftest import tiny_config
 from tests.unit.test_train import assert_same_tensors
 

@@ -16,7 +16,8 @@ from lohp_cli.methods.optimizer import run_optimizer
 from lohp_cli.policy.context import TaskContext
 from lohp_cli.runtime import derive_seed
 from lohp_cli.tasks import make_family
-from lohp_cli.tasks.models import build_target, flat_params
+from lohp_cli.tasks.layout import flat_params
+from lohp_cli.tasks.models import build_target
 from tests.unit.test_datasets import write_fmnist
 from tests.unit.test_rotated import config, fake_data
 

@@ -23,7 +23,8 @@ from lohp_cli.stages.generate import generate
 from lohp_cli.stages.predict import predict
 from lohp_cli.store.trajectory_store import TrajectoryStore
 from lohp_cli.tasks.exported import load_task_model
-from lohp_cli.tasks.models import build_target, load_flat
+from lohp_cli.tasks.layout import load_flat
+from lohp_cli.tasks.models import build_target
 from lohp_cli.tasks.scoring import accuracy
 from tests.cli.runner import flat, invoke
 from tests.conftest import tiny_config

@@ -9,16 +9,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from pydantic import ValidationError
 
-from lohp_cli.config import ModelConfig, TaskConfig
+from lohp_cli.config import CollectConfig, ModelConfig, TaskConfig
 from lohp_cli.errors import ConfigError
+from lohp_cli.stages import check_names
 from lohp_cli.stages.collect import collect
 from lohp_cli.store import TrajectoryStore
 from lohp_cli.tasks import FAMILIES, Episode, FewShotFamily, make_family
-from lohp_cli.tasks.fewshot import resize_images
+from lohp_cli.tasks.fewshot import meta_test_data, resize_images
 from lohp_cli.tasks.images import class_means
-from lohp_cli.tasks.models import FeatureExtractor, build_target, load_flat
+from lohp_cli.tasks.layout import load_flat
+from lohp_cli.tasks.models import FeatureExtractor, build_target
 from tests.conftest import needs_fmnist, tiny_config
 
 CFG = TaskConfig(family="fewshot-digits", ways=3, shots=5, queries=7)
@@ -191,10 +192,13 @@ def test_few_shot_keys_are_refused_by_other_families() -> None:
         make_family(TaskConfig(family="digits", shots=5, meta_test="digits"))
 
 
-def test_an_unknown_meta_test_domain_is_refused_by_the_config() -> None:
-    with pytest.raises(ValidationError, match="unknown meta-test domain 'omniglot'; choose from "
+def test_an_unknown_meta_test_domain_is_refused_by_its_registry() -> None:
+    cfg = TaskConfig(family="fewshot-fmnist", meta_test="omniglot")  # values only
+    with pytest.raises(ConfigError, match="^Unknown meta-test domain 'omniglot'; choose from "
                        "digits, fmnist"):  # fmt: skip
-        TaskConfig(family="fewshot-fmnist", meta_test="omniglot")
+        meta_test_data(cfg.meta_test)  # what the family loads its meta-test episodes with
+    with pytest.raises(ConfigError, match="task.meta_test: unknown meta-test domain 'omniglot'"):
+        check_names(CollectConfig(task=cfg))
 
 
 def test_describe_names_the_classes_and_other_families_keep_theirs(fam: FewShotFamily) -> None:

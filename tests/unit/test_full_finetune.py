@@ -19,8 +19,8 @@ from lohp_cli.methods.full_finetune import FullFineTune, check_adapted
 from lohp_cli.stages.collect import collect
 from lohp_cli.stages.generate import generate
 from lohp_cli.store import TrajectoryStore
+from lohp_cli.tasks.layout import ParamLayout
 from lohp_cli.tasks.lora import lora_layers
-from lohp_cli.tasks.models import ParamLayout
 from lohp_cli.tasks.scoring import accuracy
 from tests.conftest import evaluate_context, tiny_config, train_and_generate
 

@@ -291,13 +291,13 @@ def test_m_l2o_updates_as_often_as_l2o(tmp_path: Path, method: str) -> None:
     # one meta-update per unroll for both (m-l2o: the gradient at the adapted copy, first order)
     from lohp_cli.l2o.apply import build_l2o
     from lohp_cli.l2o.fit import run_episode
-    from lohp_cli.l2o.problems import make_family
+    from lohp_cli.l2o.problems import make_problem_family
 
     cfg = cfg_for(tmp_path, method)
     model = build_l2o(cfg.l2o, 0)
     before = [p.detach().clone() for p in model.parameters()]
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    run_episode(cfg, model, opt, make_family(cfg.l2o), 2, None, 0, "cpu")
+    run_episode(cfg, model, opt, make_problem_family(cfg.l2o), 2, None, 0, "cpu")
     steps = {int(st["step"]) for st in opt.state.values()}
     assert steps == {cfg.l2o.horizon // cfg.l2o.unroll}
     assert any(not torch.equal(p, q) for p, q in zip(model.parameters(), before, strict=True))
@@ -359,11 +359,11 @@ def test_store_teacher_without_runs_is_a_config_error(digits_store: Path, tmp_pa
 
 def test_l2o_accuracies_for_lohp_evaluate(digits_store: Path, tmp_path: Path) -> None:
     from lohp_cli.l2o.apply import l2o_accuracies
-    from lohp_cli.l2o.problems import ImageFamily
+    from lohp_cli.l2o.problems import ImageProblemFamily
 
     over = {"family": "store", "horizon": 4, "unroll": 2}
     result = train_l2o(cfg_for(tmp_path, "m-l2o", steps=1, store=str(digits_store), l2o=over))
-    fam = ImageFamily(str(digits_store))
+    fam = ImageProblemFamily(str(digits_store))
     tid = fam.task_ids("target", 0)
     data = {tid: fam.task_data(tid)}
     meta, accs = l2o_accuracies(

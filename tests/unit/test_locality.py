@@ -12,8 +12,8 @@ from lohp_cli.optim import build_optimizer
 from lohp_cli.optim.loop import train_loop
 from lohp_cli.report.locality import collect_cosines, cosines, policy_steps, probe_path, summarize
 from lohp_cli.store.sampler import NormStats
-from lohp_cli.tasks.inputs import TaskTensors
-from lohp_cli.tasks.models import flat_params, load_flat
+from lohp_cli.tasks.families import TaskTensors
+from lohp_cli.tasks.layout import flat_params, load_flat
 
 N_TRAIN, STEPS_PER, N = 32, 3, 4
 

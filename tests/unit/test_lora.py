@@ -12,6 +12,13 @@ from lohp_cli.errors import ConfigError
 from lohp_cli.optim import build_optimizer
 from lohp_cli.optim.loop import train_loop
 from lohp_cli.tasks import make_family
+from lohp_cli.tasks.layout import (
+    ParamLayout,
+    flat_params,
+    functional_forward,
+    load_flat,
+    trainable_parameters,
+)
 from lohp_cli.tasks.lora import (
     LoRAConv2d,
     LoRALinear,
@@ -22,15 +29,7 @@ from lohp_cli.tasks.lora import (
     merge,
 )
 from lohp_cli.tasks.lora_model import BACKBONE, ConvBackbone, LoRANet, MLPBackbone, build_backbone
-from lohp_cli.tasks.models import (
-    ParamLayout,
-    build_target,
-    flat_params,
-    functional_forward,
-    load_flat,
-    target_model,
-    trainable_parameters,
-)
+from lohp_cli.tasks.models import build_target, target_model
 from lohp_cli.tasks.symmetry import ClassSymmetry
 
 SHAPE = (1, 28, 28)

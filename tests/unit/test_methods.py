@@ -26,7 +26,8 @@ from lohp_cli.stages.collect import collect
 from lohp_cli.stages.evaluate import evaluate, frontier_budgets
 from lohp_cli.stats import normal_mean_ci
 from lohp_cli.store.generated import open_generated
-from lohp_cli.tasks.models import build_target, flat_params, load_flat
+from lohp_cli.tasks.layout import flat_params, load_flat
+from lohp_cli.tasks.models import build_target
 from lohp_cli.tasks.scoring import accuracy
 from tests.conftest import evaluate_context, tiny_config, train_and_generate
 

@@ -14,24 +14,15 @@ from torch import nn
 from lohp_cli.config import ModelConfig, TaskConfig
 from lohp_cli.errors import CompatibilityError
 from lohp_cli.tasks import TaskFamily, make_family
-from lohp_cli.tasks.inputs import (
-    channel_stats,
-    class_means,
-    condition_dim,
-    standardise,
-    train_extractor,
-)
-from lohp_cli.tasks.models import (
-    MLP,
-    FeatureExtractor,
+from lohp_cli.tasks.images import class_means
+from lohp_cli.tasks.layout import (
     ParamEntry,
     ParamLayout,
-    SmallCNN,
-    build_target,
     flat_params,
     functional_forward,
     load_flat,
 )
+from lohp_cli.tasks.models import MLP, FeatureExtractor, SmallCNN, build_target, train_extractor
 
 TASK = TaskConfig(family="digits", ways=3, train_per_class=6, support_per_class=4, test_per_class=5)
 
@@ -213,13 +204,13 @@ def test_class_means_brute_force(n: int, classes: int, feat: int, seed: int) -> 
 
 
 def test_channel_stats_and_standardise(fam: TaskFamily) -> None:
-    mean, std = channel_stats(fam)
+    mean, std = fam.channel_stats()
     sample = fam.data.train_x[::7].astype(np.float64) / 255.0
     assert mean.shape == (1,) and std.shape == (1,)
     assert float(mean[0]) == pytest.approx(sample.mean(), rel=1e-6)
     assert float(std[0]) == pytest.approx(sample.std() + 1e-6, rel=1e-6)
     imgs = fam.data.train_x[:3]
-    out = standardise(fam, imgs)
+    out = fam.standardise(imgs)
     expected = (torch.from_numpy(imgs.astype(np.float32)) / 255.0 - mean[0]) / std[0]
     torch.testing.assert_close(out, expected)
     assert out.dtype == torch.float32 and out.shape == (3, 1, 8, 8)
@@ -230,7 +221,7 @@ def test_image_condition_brute_force(fam: TaskFamily, name: str) -> None:
     cfg = ModelConfig(name=name, hidden=8)
     spec = fam.tasks("source", 2)[1]
     t = spec.data(cfg, {})
-    assert t.condition.shape == (condition_dim(cfg, fam),) == (3 * 1 * 49,)
+    assert t.condition.shape == (fam.condition_dim(cfg),) == (3 * 1 * 49,)
     assert t.condition.dtype == torch.float32
     # Brute force: mean over each class's support images of the 7×7 average-pooled image.
     idx = fam.indices(spec)
@@ -238,14 +229,14 @@ def test_image_condition_brute_force(fam: TaskFamily, name: str) -> None:
     for j, cls in enumerate(spec.classes):
         rows = idx.support[j * 4 : (j + 1) * 4]
         assert (fam.data.train_y[rows] == cls).all()
-        pooled = nn.functional.adaptive_avg_pool2d(standardise(fam, fam.data.train_x[rows]), 7)
+        pooled = nn.functional.adaptive_avg_pool2d(fam.standardise(fam.data.train_x[rows]), 7)
         expected.append(pooled.reshape(4, -1).mean(0))
     torch.testing.assert_close(t.condition, torch.cat(expected))
     # Train/test tensors: standardised images in label order.
     assert t.x_train.shape == (18, 1, 8, 8) and t.x_test.shape == (15, 1, 8, 8)
     assert torch.equal(t.y_train, torch.arange(3).repeat_interleave(6))
     assert torch.equal(t.y_test, torch.arange(3).repeat_interleave(5))
-    assert torch.equal(t.x_train, standardise(fam, fam.data.train_x[idx.train]))
+    assert torch.equal(t.x_train, fam.standardise(fam.data.train_x[idx.train]))
 
 
 def test_head_condition(fam: TaskFamily) -> None:
@@ -254,12 +245,12 @@ def test_head_condition(fam: TaskFamily) -> None:
     ext = FeatureExtractor(1, 5).eval()
     spec = fam.tasks("source", 1)[0]
     t = spec.data(cfg, {"extractor": ext})
-    assert t.condition.shape == (condition_dim(cfg, fam),) == (15,)
+    assert t.condition.shape == (fam.condition_dim(cfg),) == (15,)
     idx = fam.indices(spec)
     with torch.no_grad():
-        feats = ext(standardise(fam, fam.data.train_x[idx.support]))  # [12, 5]
+        feats = ext(fam.standardise(fam.data.train_x[idx.support]))  # [12, 5]
         expected = torch.cat([feats[j * 4 : (j + 1) * 4].mean(0) for j in range(3)])
-        assert torch.equal(t.x_train, ext(standardise(fam, fam.data.train_x[idx.train])))
+        assert torch.equal(t.x_train, ext(fam.standardise(fam.data.train_x[idx.train])))
     torch.testing.assert_close(t.condition, expected)
     assert t.x_train.shape == (18, 5)
     with pytest.raises(ValueError, match="feature extractor"):
@@ -271,8 +262,8 @@ def test_condition_dim_multichannel(tmp_path) -> None:
 
     write_cifar(tmp_path, sizes=(40,), test=20)
     f = make_family(TaskConfig(family="cifar10", data_root=str(tmp_path), ways=2))
-    assert condition_dim(ModelConfig(name="cnn"), f) == 2 * 3 * 49
-    assert condition_dim(ModelConfig(name="head", feature_dim=7), f) == 14
+    assert f.condition_dim(ModelConfig(name="cnn")) == 2 * 3 * 49
+    assert f.condition_dim(ModelConfig(name="head", feature_dim=7)) == 14
 
 
 def test_train_extractor_is_deterministic_and_frozen(fam: TaskFamily) -> None:

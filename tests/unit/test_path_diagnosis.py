@@ -21,9 +21,8 @@ from lohp_cli.report.path_diagnosis import (
     support_scores,
     target_layout,
 )
-from lohp_cli.tasks.inputs import TaskTensors
-from lohp_cli.tasks.layout import ParamLayout
-from lohp_cli.tasks.models import flat_params
+from lohp_cli.tasks.families import TaskTensors
+from lohp_cli.tasks.layout import ParamLayout, flat_params
 from lohp_cli.tasks.scoring import accuracy
 from tests.conftest import tiny_config
 

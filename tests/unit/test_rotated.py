@@ -13,11 +13,12 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydantic import ValidationError
 
-from lohp_cli.config import ModelConfig, TaskConfig
+from lohp_cli.config import CollectConfig, ModelConfig, TaskConfig
 from lohp_cli.errors import ConfigError, DataError
+from lohp_cli.stages import check_names
 from lohp_cli.tasks import RotatedFamily, RotatedTask, make_family
+from lohp_cli.tasks.families import check_domain
 from lohp_cli.tasks.models import train_extractor
 from lohp_cli.tasks.rotated import ROTATIONS, deal_domains, rotate_images
 from tests.unit.test_datasets import fake_fmnist, write_fmnist
@@ -87,9 +88,12 @@ def test_domains_are_dealt_disjointly_in_near_equal_shares() -> None:
         ({"family": "fmnist", "test_domain": 15}, "'fmnist' has no domains"),
     ],
 )
-def test_test_domain_is_validated_with_the_config(data: dict, match: str) -> None:
-    with pytest.raises(ValidationError, match=match):
-        TaskConfig.model_validate(data)
+def test_test_domain_is_checked_by_the_family_registry(data: dict, match: str) -> None:
+    cfg = TaskConfig.model_validate(data)  # the config checks values only
+    with pytest.raises(ConfigError, match=match):
+        check_domain(cfg)
+    with pytest.raises(ConfigError, match=rf"^Invalid config: task: .*{match}"):
+        check_names(CollectConfig(task=cfg))
 
 
 def test_family_refuses_held_out_classes(root: Path) -> None:

@@ -30,7 +30,8 @@ from lohp_cli.stages.evaluate import evaluate
 from lohp_cli.stages.generate import generate
 from lohp_cli.stages.train import train_policy
 from lohp_cli.store import TrajectoryStore
-from lohp_cli.tasks.models import build_target, flat_params, load_flat
+from lohp_cli.tasks.layout import flat_params, load_flat
+from lohp_cli.tasks.models import build_target
 from tests.conftest import evaluate_context, tiny_config
 
 SAMPLES = 2

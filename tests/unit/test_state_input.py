@@ -16,7 +16,8 @@ from lohp_cli.stages.collect import collect
 from lohp_cli.stages.evaluate import evaluate
 from lohp_cli.stages.generate import generate
 from lohp_cli.stages.train import train_policy
-from lohp_cli.tasks.models import ParamLayout, build_target, functional_forward
+from lohp_cli.tasks.layout import ParamLayout, functional_forward
+from lohp_cli.tasks.models import build_target
 from lohp_cli.tasks.symmetry import ClassSymmetry
 from tests.conftest import tiny_config
 

@@ -9,8 +9,9 @@ from hypothesis import strategies as st
 
 from lohp_cli.config import ModelConfig
 from lohp_cli.errors import ConfigError
-from lohp_cli.tasks.inputs import class_means
-from lohp_cli.tasks.models import ParamLayout, build_target, flat_params, functional_forward
+from lohp_cli.tasks.images import class_means
+from lohp_cli.tasks.layout import ParamLayout, flat_params, functional_forward
+from lohp_cli.tasks.models import build_target
 from lohp_cli.tasks.symmetry import ClassSymmetry
 
 C = 4

@@ -29,15 +29,8 @@ from lohp_cli.tasks.datasets import load_digits_data
 from lohp_cli.tasks.families import Split
 from lohp_cli.tasks.images import ImageFamily, ImageTask, Part
 from lohp_cli.tasks.layout import ParamLayout, flat_params, functional_forward, load_flat
-from lohp_cli.tasks.models import (
-    MODELS,
-    LoRALinear,
-    TargetModel,
-    build_target,
-    freeze_all_but_adapters,
-    register_model,
-    target_model,
-)
+from lohp_cli.tasks.lora import LoRALinear, freeze_all_but_adapters
+from lohp_cli.tasks.models import MODELS, TargetModel, build_target, register_model, target_model
 from tests.conftest import tiny_config
 
 
