@@ -16,7 +16,7 @@ from lohp_cli.errors import ConfigError
 from lohp_cli.stages.collect import collect
 from lohp_cli.store import TrajectoryStore
 from lohp_cli.tasks import FAMILIES, Episode, FewShotFamily, make_family
-from lohp_cli.tasks.fewshot import resize_images
+from lohp_cli.tasks.episodes import resize_images
 from lohp_cli.tasks.images import class_means
 from lohp_cli.tasks.models import FeatureExtractor, build_target, load_flat
 from tests.conftest import needs_fmnist, tiny_config
