@@ -13,7 +13,6 @@ count or resumption. ``--repair``: :mod:`lohp_cli.stages.collect_repair`.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack, nullcontext
@@ -28,10 +27,8 @@ from lohp_cli.optim import optimizer_hparams
 from lohp_cli.runtime import provenance, resolve_device, torch_threads
 from lohp_cli.stages.collect_repair import check_damage, repair, repair_config
 from lohp_cli.stages.collect_schedule import (  # plan_runs: also imported from here
-    plan_blocks,
     plan_runs,
-    run_here,
-    run_in_pool,
+    run_locally,
     run_on_cluster,
 )
 from lohp_cli.stages.runs import (  # RunContext, RunPlan, init_target: also imported from here
@@ -203,13 +200,7 @@ def _collect(
         if cluster is not None and pending:
             walls = run_on_cluster(stack.enter_context(cluster()), cfg, store, pending)
         else:
-            # groups small enough that every worker gets some (results do not depend on grouping)
-            size = max(1, min(cfg.batch_runs, math.ceil(len(pending) / cfg.workers)))
-            blocks = plan_blocks(store, pending, size)
-            if cfg.workers == 1 or len(blocks) <= 1:
-                walls = run_here(ctx, blocks)
-            else:
-                walls = run_in_pool(cfg, device, blocks)
+            walls = run_locally(ctx, pending)
         stack.callback(walls.close)  # on a failure: stop the pool, cancel the cluster's tasks
         for rid, wall in walls:
             done += 1

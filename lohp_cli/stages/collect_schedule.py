@@ -84,14 +84,27 @@ def _worker_run(block: BlockPlan) -> list[tuple[str, float]]:
     return list(_WORKER.execute_blocks([block]))  # written before the result is sent
 
 
-def run_here(ctx: RunContext, blocks: list[BlockPlan]) -> Iterator[tuple[str, float]]:
+def run_locally(ctx: RunContext, pending: list[RunPlan]) -> Iterator[tuple[str, float]]:
+    """``(run id, wall seconds)`` of each run of ``pending``, collected in this process or, with
+    ``workers`` > 1 and more than one block, by a pool of local worker processes. The blocks are
+    planned (and blocks that cannot take their runs back removed) before this returns."""
+    cfg = ctx.cfg
+    # groups small enough that every worker gets some (results do not depend on grouping)
+    size = max(1, min(cfg.batch_runs, math.ceil(len(pending) / cfg.workers)))
+    blocks = plan_blocks(ctx.store, pending, size)
+    if cfg.workers == 1 or len(blocks) <= 1:
+        return _run_here(ctx, blocks)
+    return _run_in_pool(cfg, ctx.device, blocks)
+
+
+def _run_here(ctx: RunContext, blocks: list[BlockPlan]) -> Iterator[tuple[str, float]]:
     """``(run id, wall seconds)`` of each run, collected in this process a block at a time (the
     next block trains while the last one is written)."""
     with torch_threads(ctx.cfg.threads_per_worker):
         yield from ctx.execute_blocks(blocks)
 
 
-def run_in_pool(
+def _run_in_pool(
     cfg: CollectConfig, device: str, blocks: list[BlockPlan]
 ) -> Iterator[tuple[str, float]]:
     """``(run id, wall seconds)`` of each run, collected by ``cfg.workers`` local processes a
