@@ -12,15 +12,12 @@ from lohp_cli.artifacts.generated import GeneratedMeta
 from lohp_cli.checkpoint import atomic_write_bytes, atomic_write_json
 from lohp_cli.config import EvaluateConfig
 from lohp_cli.methods.base import EvalContext, MethodResult
-from lohp_cli.report.comparison import (
+from lohp_cli.report.comparison import k_study, paired_lines, paired_section, verdict
+from lohp_cli.report.frontier import (
     frontier_lines,
     frontier_section,
-    k_study,
     matched_lines,
     matched_section,
-    paired_lines,
-    paired_section,
-    verdict,
 )
 from lohp_cli.report.plots import write_plots
 from lohp_cli.report.timing import latency_cells, timing_lines, timing_section
@@ -122,13 +119,30 @@ def markdown_report(r: dict[str, Any]) -> str:
     said = verdict(r)
     if said:
         lines += [f"**Verdict:** {said}", ""]
-    lines += [
+    lines += result_table_lines(r["methods"])
+    lines += interval_lines(r["methods"])
+    lines += k_study_lines(r)
+    lines += combination_lines(r["methods"])
+    lines += ["", *timing_lines(r)]
+    lines += cosine_lines(r["cosine"])
+    lines += paired_lines(r.get("paired"))
+    lines += frontier_lines(r.get("frontier"))
+    lines += matched_lines(r.get("matched"))
+    lines += locality_lines(r.get("locality"))
+    lines += path_diagnosis_lines(r.get("path_diagnosis"))
+    return "\n".join(lines) + "\n"
+
+
+def result_table_lines(methods: list[dict[str, Any]]) -> list[str]:
+    """report.md's result table: one line per method row, then the rows not applicable and
+    what "(gradient input)" means when a row has it."""
+    lines = [
         f"| method | kind | steps | accuracy (mean ± std) | {LATENCY_LABEL} | IQR (ms) "
         "| CPU (ms) |",
         "|---|---|---|---|---|---|---|",
     ]
     grad = False
-    for m in r["methods"]:
+    for m in methods:
         mark = ""
         if (m.get("policy") or {}).get("state_input") == "grad":
             mark, grad = " (gradient input)", True
@@ -137,7 +151,7 @@ def markdown_report(r: dict[str, Any]) -> str:
             accuracy_cell(m), *latency_cells(m),
         ]  # fmt: skip
         lines.append(f"| {' | '.join(cells)} |")
-    lines += not_applicable_lines(r["methods"])
+    lines += not_applicable_lines(methods)
     if grad:
         lines += [
             "",
@@ -145,62 +159,70 @@ def markdown_report(r: dict[str, Any]) -> str:
             "gradient at the current weights: a learned optimizer with gradient access, not the "
             "paper's gradient-free policy (docs/policy.md).",
         ]
-    lines += interval_lines(r["methods"])
+    return lines
+
+
+def k_study_lines(r: dict[str, Any]) -> list[str]:
+    """report.md's k study (:func:`k_study`), when it has two k or more."""
     ks = k_study(r)
-    if len(ks) >= 2:
-        opts = ks[0]["policy"]["optimizers"]
-        lines += [
-            "",
-            f"k study (lo-hp trained on {'+'.join(opts) if opts else 'all'} runs):",
-            "",
-            f"| k | N | accuracy | {LATENCY_LABEL} |",
-        ]
-        lines.append("|---|---|---|---|")
-        for row in ks:
-            lat = "-" if row["latency_ms_batch1"] is None else f"{row['latency_ms_batch1']:.3f}"
-            lines.append(
-                f"| {row['k']} | {row['policy']['N']} | "
-                f"{row['acc_mean']:.4f} ± {row['acc_std']:.4f} | {lat} |"
-            )
-    ref = next((m["policy"] for m in r["methods"] if m["kind"] == "generated"), None) or {}
+    if len(ks) < 2:
+        return []
+    opts = ks[0]["policy"]["optimizers"]
+    lines = [
+        "",
+        f"k study (lo-hp trained on {'+'.join(opts) if opts else 'all'} runs):",
+        "",
+        f"| k | N | accuracy | {LATENCY_LABEL} |",
+    ]
+    lines.append("|---|---|---|---|")
+    for row in ks:
+        lat = "-" if row["latency_ms_batch1"] is None else f"{row['latency_ms_batch1']:.3f}"
+        lines.append(
+            f"| {row['k']} | {row['policy']['N']} | "
+            f"{row['acc_mean']:.4f} ± {row['acc_std']:.4f} | {lat} |"
+        )
+    return lines
+
+
+def combination_lines(methods: list[dict[str, Any]]) -> list[str]:
+    """report.md's optimizer combinations: the lo-hp rows of the generated policy's k (without
+    state input) trained on different optimizer subsets, when there are two subsets or more."""
+    ref = next((m["policy"] for m in methods if m["kind"] == "generated"), None) or {}
     combos = [
         m
-        for m in r["methods"]
+        for m in methods
         if (m.get("policy") or {}).get("method") == "lo-hp"
         and m["policy"]["k"] == ref.get("k")
         and m["policy"].get("state_input", "none") == "none"
     ]
     if len({str(m["policy"]["optimizers"]) for m in combos}) < 2:
-        combos = []
-    if combos:
-        lines += ["", "Optimizer combinations (policies trained on a subset of the runs):", ""]
-        lines += ["| method | k | trained on | accuracy |", "|---|---|---|---|"]
-        for m in combos:
-            opts = m["policy"]["optimizers"]
-            on = "+".join(opts) if opts else "all"
-            if m["policy"].get("style"):
-                on += f" (optimizer token, generated as {m['policy']['style']})"
-            lines.append(
-                f"| {m['name']} | {m['policy']['k']} | {on} | "
-                f"{m['acc_mean']:.4f} ± {m['acc_std']:.4f} |"
-            )
-    lines += ["", *timing_lines(r)]
-    c = r["cosine"]
-    if c["n"]:
-        lines += [
-            "",
-            f"Recorded-step cosine: the policy's step against the store's recorded step from the "
-            f"same state, over {c['n']} steps of the store's first source runs: mean "
-            f"{c['mean']:.3f}, median {c['median']:.3f} (normalised space; `cosine_hist.png`). "
-            "It is not the local-policy check below, which follows each optimizer's own path "
-            "from the report's starts.",
-        ]
-    lines += paired_lines(r.get("paired"))
-    lines += frontier_lines(r.get("frontier"))
-    lines += matched_lines(r.get("matched"))
-    lines += locality_lines(r.get("locality"))
-    lines += path_diagnosis_lines(r.get("path_diagnosis"))
-    return "\n".join(lines) + "\n"
+        return []
+    lines = ["", "Optimizer combinations (policies trained on a subset of the runs):", ""]
+    lines += ["| method | k | trained on | accuracy |", "|---|---|---|---|"]
+    for m in combos:
+        opts = m["policy"]["optimizers"]
+        on = "+".join(opts) if opts else "all"
+        if m["policy"].get("style"):
+            on += f" (optimizer token, generated as {m['policy']['style']})"
+        lines.append(
+            f"| {m['name']} | {m['policy']['k']} | {on} | "
+            f"{m['acc_mean']:.4f} ± {m['acc_std']:.4f} |"
+        )
+    return lines
+
+
+def cosine_lines(c: dict[str, Any]) -> list[str]:
+    """report.md's recorded-step cosine paragraph (none without steps)."""
+    if not c["n"]:
+        return []
+    return [
+        "",
+        f"Recorded-step cosine: the policy's step against the store's recorded step from the "
+        f"same state, over {c['n']} steps of the store's first source runs: mean "
+        f"{c['mean']:.3f}, median {c['median']:.3f} (normalised space; `cosine_hist.png`). "
+        "It is not the local-policy check below, which follows each optimizer's own path "
+        "from the report's starts.",
+    ]
 
 
 def accuracy_cell(m: dict[str, Any]) -> str:

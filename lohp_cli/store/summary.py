@@ -3,6 +3,7 @@ complete run's attributes and chunks, the run index, the task conditions and the
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -97,6 +98,73 @@ def _share(n: int, total: int) -> str:
     return "none" if n == 0 else f"{n} of {total}"
 
 
+@dataclass
+class RunCensus:
+    """The runs of a store by optimizer and status, and what the complete ones are written
+    with (checksums, dimension names, weight codecs, lossy rounding)."""
+
+    runs: dict[str, dict[str, int]] = field(default_factory=dict)  # optimizer -> status -> n
+    complete: int = 0
+    with_checksums: int = 0
+    with_dims: int = 0
+    lossy: int = 0
+    codecs: dict[str, int] = field(default_factory=dict)  # weight codec -> complete runs
+    to_verify: list[tuple[str, str]] = field(default_factory=list)  # (run id, optimizer)
+
+
+def count_runs(store: TrajectoryStore, verify: bool, problems: list[str]) -> RunCensus:
+    """Every run's status and format; with ``verify`` what does not read goes to ``problems``
+    (without it, a complete run whose format does not read raises) and the complete runs to
+    verify are listed."""
+    census = RunCensus()
+    for rid in store.run_ids():
+        readable, run, why = store.run_check(rid)
+        status = "unreadable" if not readable else "invalid" if run is None else run.status
+        opt = run.optimizer if run is not None else "?"
+        census.runs.setdefault(opt, {}).setdefault(status, 0)
+        census.runs[opt][status] += 1
+        if verify and why:
+            problems.append(f"{why}; re-run 'lohp collect' to redo the run")
+        if run is None or not run.complete:
+            continue
+        census.complete += 1
+        try:
+            checksummed, named = store.run_format(rid)
+            codec, rounded = store.run_codec(rid)
+        except StoreError as exc:
+            if not verify:
+                raise
+            problems.append(str(exc))
+            continue
+        census.with_checksums += checksummed
+        census.with_dims += named
+        census.codecs[codec] = census.codecs.get(codec, 0) + 1
+        census.lossy += rounded
+        if verify:
+            census.to_verify.append((rid, opt))
+    return census
+
+
+def verify_complete_runs(
+    store: TrajectoryStore, to_verify: list[tuple[str, str]], problems: list[str]
+) -> dict[str, list[float]]:
+    """Read and check each ``(run id, optimizer)``: its damage and non-finite weights go to
+    ``problems``; returns each optimizer's final training accuracies of the undamaged runs."""
+    final_acc: dict[str, list[float]] = {}
+    if not to_verify:
+        return final_acc
+    damage = verify_runs(store, [rid for rid, _ in to_verify])
+    for rid, opt in to_verify:
+        problems += damage[rid]
+        if damage[rid]:
+            continue
+        if not np.isfinite(store.weights(rid)).all():
+            problems.append(f"run {rid}: non-finite weights")
+        acc = store.run_array(rid, "train_acc")
+        final_acc.setdefault(opt, []).append(float(acc[-1]))
+    return final_acc
+
+
 def summarize_store(location: str, verify: bool = False) -> dict[str, Any]:
     """A JSON-able summary of a store; with ``verify``, every complete run is read and checked.
 
@@ -107,53 +175,14 @@ def summarize_store(location: str, verify: bool = False) -> dict[str, Any]:
     store = TrajectoryStore.open(location, mode="r")
     meta = store.meta
     compat = meta.compat
-    runs: dict[str, dict[str, int]] = {}
-    complete = 0
     # --verify reads every run's own attributes (not the run index) and checks the index by them
     problems: list[str] = list(store.index_mismatches().values()) if verify else []
-    states = compat.states
-    final_acc: dict[str, list[float]] = {}
-    with_checksums = with_dims = lossy = 0
-    codecs: dict[str, int] = {}
-    to_verify: list[tuple[str, str]] = []
-    for rid in store.run_ids():
-        readable, run, why = store.run_check(rid)
-        status = "unreadable" if not readable else "invalid" if run is None else run.status
-        opt = run.optimizer if run is not None else "?"
-        runs.setdefault(opt, {}).setdefault(status, 0)
-        runs[opt][status] += 1
-        if verify and why:
-            problems.append(f"{why}; re-run 'lohp collect' to redo the run")
-        if run is None or not run.complete:
-            continue
-        complete += 1
-        try:
-            checksummed, named = store.run_format(rid)
-            codec, rounded = store.run_codec(rid)
-        except StoreError as exc:
-            if not verify:
-                raise
-            problems.append(str(exc))
-            continue
-        with_checksums += checksummed
-        with_dims += named
-        codecs[codec] = codecs.get(codec, 0) + 1
-        lossy += rounded
-        if verify:
-            to_verify.append((rid, opt))
-    if to_verify:
-        damage = verify_runs(store, [rid for rid, _ in to_verify])
-        for rid, opt in to_verify:
-            problems += damage[rid]
-            if damage[rid]:
-                continue
-            if not np.isfinite(store.weights(rid)).all():
-                problems.append(f"run {rid}: non-finite weights")
-            acc = store.run_array(rid, "train_acc")
-            final_acc.setdefault(opt, []).append(float(acc[-1]))
+    census = count_runs(store, verify, problems)
+    final_acc = verify_complete_runs(store, census.to_verify, problems)
+    complete = census.complete
     size = store.bytes_on_disk()
     weight_bytes = store.weight_bytes_on_disk()
-    raw = complete * states * meta.param_count * 4
+    raw = complete * compat.states * meta.param_count * 4
     out: dict[str, Any] = {
         "store": location,
         "schema": meta.schema_,
@@ -167,10 +196,10 @@ def summarize_store(location: str, verify: bool = False) -> dict[str, Any]:
         "condition_dim": meta.condition_dim,
         "steps": compat.steps,
         "record_every": compat.record_every,
-        "recorded_states": states,
+        "recorded_states": compat.states,
         "init": compat.init,
         "tasks": len(store.task_ids()),
-        "runs": runs,
+        "runs": census.runs,
         "complete_runs": complete,
         "bytes_on_disk": size,
         "weight_bytes_on_disk": weight_bytes,
@@ -178,10 +207,10 @@ def summarize_store(location: str, verify: bool = False) -> dict[str, Any]:
         "compression_ratio": round(raw / weight_bytes, 3) if weight_bytes else None,
         # runs written before lohp 0.2 have neither (they still read; damage is found only where
         # decompression fails)
-        "checksums": _share(with_checksums, complete),
-        "dimension_names": _share(with_dims, complete),
-        "weight_codecs": codecs,  # codec pipeline of the weights -> complete runs using it
-        "lossy": _share(lossy, complete),  # runs whose weights were rounded (lossy = "bf16")
+        "checksums": _share(census.with_checksums, complete),
+        "dimension_names": _share(census.with_dims, complete),
+        "weight_codecs": census.codecs,  # codec pipeline of the weights -> complete runs using it
+        "lossy": _share(census.lossy, complete),  # runs whose weights were rounded (lossy = "bf16")
         "created_at": meta.created_at,
         "lohp_version": meta.provenance.get("lohp_version"),
     }

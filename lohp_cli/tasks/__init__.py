@@ -8,8 +8,9 @@ models (:mod:`lohp_cli.tasks.models`, and ``lora`` in :mod:`lohp_cli.tasks.lora_
 
 from lohp_cli.tasks import lora_model  # noqa: F401 - registers the lora target model
 from lohp_cli.tasks.classes import ClassSubsetFamily, ClassTask
+from lohp_cli.tasks.episodes import Episode
 from lohp_cli.tasks.families import FAMILIES, Task, TaskFamily, make_family, register_family
-from lohp_cli.tasks.fewshot import Episode, FewShotFamily
+from lohp_cli.tasks.fewshot import FewShotFamily
 from lohp_cli.tasks.glyphs import GlyphFamily
 from lohp_cli.tasks.rotated import RotatedFamily, RotatedTask
 

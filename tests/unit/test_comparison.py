@@ -10,15 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lohp_cli.methods.base import MethodResult
-from lohp_cli.report.comparison import (
+from lohp_cli.report.comparison import ladder, paired_lines, paired_section, verdict
+from lohp_cli.report.frontier import (
     frontier_lines,
     frontier_section,
-    ladder,
     matched_lines,
     matched_section,
-    paired_lines,
-    paired_section,
-    verdict,
 )
 from lohp_cli.stats import paired_difference
 

@@ -16,7 +16,8 @@ from lohp_cli.stages import check_names
 from lohp_cli.stages.collect import collect
 from lohp_cli.store import TrajectoryStore
 from lohp_cli.tasks import FAMILIES, Episode, FewShotFamily, make_family
-from lohp_cli.tasks.fewshot import meta_test_data, resize_images
+from lohp_cli.tasks.episodes import resize_images
+from lohp_cli.tasks.fewshot import meta_test_data
 from lohp_cli.tasks.images import class_means
 from lohp_cli.tasks.layout import load_flat
 from lohp_cli.tasks.models import FeatureExtractor, build_target

@@ -21,14 +21,15 @@ from lohp_cli.methods.base import EvalContext, MethodResult, run_method
 from lohp_cli.methods.memorization import AverageMethod, ClassRowsMethod, GaussianMethod
 from lohp_cli.methods.meta_start import MetaStartMethod, SourceTasks, learned_start
 from lohp_cli.methods.optimizer import run_optimizer
-from lohp_cli.report.comparison import frontier_section, paired_section
+from lohp_cli.report.comparison import paired_section
 from lohp_cli.report.document import markdown_report
+from lohp_cli.report.frontier import frontier_section
 from lohp_cli.runtime import derive_seed
 from lohp_cli.stages.collect import collect
 from lohp_cli.stages.evaluate import evaluate
 from lohp_cli.stages.generate import generate
 from lohp_cli.stages.train import train_policy
-from lohp_cli.tasks.fewshot import Episode
+from lohp_cli.tasks.episodes import Episode
 from lohp_cli.tasks.layout import ParamLayout, flat_params
 from tests.conftest import evaluate_context, run_array, tiny_config
 
