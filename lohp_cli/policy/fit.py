@@ -166,7 +166,9 @@ def train_policy(cfg: TrainConfig, progress: Progress | None = None) -> TrainRes
         stats = NormStats.from_tensors(load_tensors(norm_path), size, cond_dim, str(norm_path))
     else:
         emit({"event": "stats", "runs": len(runs)})
-        stats = compute_stats(store, runs, cfg.k, cfg.normalize, sym=sym)
+        stats = compute_stats(
+            store, runs, cfg.k, cfg.normalize, sym=sym, scope=cfg.policy.normalization
+        )
         if rank == 0:
             atomic_save_tensors(norm_path, stats.to_tensors())
             # config.json first, so that a crash never leaves a directory that cannot be checked
