@@ -98,6 +98,11 @@ def test_unknown_scope_is_a_config_error(tiny: TrajectoryStore) -> None:
     with pytest.raises(ConfigError, match="normalization") as info:
         resolve(TrainConfig, sets=["policy.normalization=layer"])
     assert "\n" not in str(info.value).strip()
+    # the diffusion generator normalises per coordinate only: it refuses the setting by name
+    import lohp_cli.diffusion  # noqa: F401  (registers the method)
+
+    with pytest.raises(ConfigError, match="normalization: Lo-Hp setting"):
+        resolve(TrainConfig, sets=["policy.normalization=tensor"], flags={"method": "diffusion"})
 
 
 def test_default_is_per_coordinate_to_the_bit(store: str, tmp_path: Path) -> None:
