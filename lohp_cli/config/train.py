@@ -95,6 +95,12 @@ class PolicyConfig(ConfigModel):
         "current weights (direction per coordinate, log norm): a learned optimizer with gradient "
         "access, not the paper's gradient-free policy.",
     )
+    normalization: Literal["coordinate", "tensor"] = Field(
+        "coordinate",
+        description="What one weight mean and scale of the z-score is shared by: coordinate, "
+        "each coordinate its own (as before); tensor, every coordinate of a parameter tensor of "
+        "the target model its tensor's pooled mean and scale (saved broadcast per coordinate).",
+    )
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> PolicyConfig:

@@ -192,7 +192,8 @@ class _LoHpFit:
         split_json = {"tasks": self.split.tasks} if cfg.val_tasks else None
         self.stats = stats = self.run.norm_stats(
             meta.param_count, meta.condition_dim, len(self.runs),
-            lambda: compute_stats(self.store, self.runs, cfg.k, cfg.normalize, sym=self.sym),
+            lambda: compute_stats(self.store, self.runs, cfg.k, cfg.normalize, sym=self.sym,
+                                  scope=cfg.policy.normalization),
             lambda: self.config_json(0, False, split_json),
         )  # fmt: skip
         self.model = model = build_model(

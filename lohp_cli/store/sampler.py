@@ -16,6 +16,7 @@ import torch
 from lohp_cli.config import OPTIMIZERS
 from lohp_cli.errors import CompatibilityError, ConfigError, DataError, StoreError
 from lohp_cli.store.trajectory_store import TrajectoryStore
+from lohp_cli.tasks.layout import ParamLayout
 from lohp_cli.tasks.symmetry import ClassSymmetry
 
 
@@ -134,6 +135,23 @@ def matched_indices(states: int, k: int) -> list[int]:
 
 
 CONSTANT_SCALE = 1e-4  # the normalisation scale of a coordinate that never moves
+SCOPES = ("coordinate", "tensor")  # what one weight mean and scale is shared by
+
+
+def pool_by_tensor(sums: np.ndarray, layout: ParamLayout) -> np.ndarray:
+    """Per-coordinate sums ``[P]`` -> each tensor's mean of them, broadcast back to ``[P]``.
+
+    Pooling the running sums of x and x² (over the same number of rows for every coordinate)
+    this way turns the per-coordinate mean and variance into each tensor's pooled ones."""
+    if layout.size != sums.shape[0]:
+        raise CompatibilityError(
+            f"The store's layout holds {layout.size} parameters, its runs {sums.shape[0]}."
+        )
+    out = np.empty_like(sums)
+    for e in layout.entries:
+        part = slice(e.offset, e.offset + e.numel)
+        out[part] = sums[part].sum() / e.numel
+    return out
 
 
 def compute_stats(
@@ -143,12 +161,17 @@ def compute_stats(
     normalize: str,
     eps: float = 1e-6,
     sym: ClassSymmetry | None = None,
+    scope: str = "coordinate",
 ) -> NormStats:
     """One streaming pass over ``runs``: weight and condition z-scores and the σ schedule.
 
     With ``sym`` the statistics are averaged over class rows, so that reordering the classes
-    commutes with normalisation (class augmentation relies on it).
+    commutes with normalisation (class augmentation relies on it). ``scope="tensor"`` gives
+    every coordinate of a parameter tensor of the store's layout that tensor's pooled mean and
+    scale (the same rows and fallbacks, pooled over its coordinates), still as ``[P]`` vectors.
     """
+    if scope not in SCOPES:
+        raise ConfigError(f"Unknown normalization scope {scope!r}; choose one of {SCOPES}.")
     n = s1 = s2 = None
     a1 = a2 = None  # sums over every matched state (for coordinates constant at θ_0)
     n_all = 0
@@ -179,6 +202,9 @@ def compute_stats(
             c1 = c.copy() if c1 is None else c1 + c
             c2 = c**2 if c2 is None else c2 + c**2
             cond_n += 1
+    if scope == "tensor":
+        layout = ParamLayout.from_json(store.meta.layout)
+        s1, s2, a1, a2 = (pool_by_tensor(v, layout) for v in (s1, s2, a1, a2))
     mean = s1 / n
     std = np.sqrt(np.maximum(s2 / n - mean**2, 0)) + eps
     # Coordinates constant at θ_0 (batch-norm γ = 1, β = 0) take the scale of their spread over
