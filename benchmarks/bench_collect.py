@@ -58,7 +58,9 @@ from lohp_cli.optim import build_optimizer, train_step
 from lohp_cli.optim.batched import train_batched
 from lohp_cli.optim.loop import train_loop
 from lohp_cli.runtime import derive_seed
-from lohp_cli.stages.collect import RunContext, RunPlan, collect, init_target, plan_runs
+from lohp_cli.stages.collect import collect
+from lohp_cli.stages.collect_schedule import plan_runs
+from lohp_cli.stages.runs import RunContext, RunPlan, init_target
 from lohp_cli.store import TrajectoryStore
 from lohp_cli.store.codecs import codecs_for, filters_for, serializer_for
 from lohp_cli.store.writer import BlockWriter

@@ -27,12 +27,12 @@ from lohp_cli.optim import optimizer_hparams
 from lohp_cli.runtime import provenance, resolve_device, torch_threads
 from lohp_cli.stages import check_names
 from lohp_cli.stages.collect_repair import check_damage, repair, repair_config
-from lohp_cli.stages.collect_schedule import (  # plan_runs: also imported from here
+from lohp_cli.stages.collect_schedule import (
     plan_runs,
     run_locally,
     run_on_cluster,
 )
-from lohp_cli.stages.runs import (  # RunContext, RunPlan, init_target: also imported from here
+from lohp_cli.stages.runs import (
     RunContext,
     RunPlan,
     init_target,
@@ -41,7 +41,6 @@ from lohp_cli.stages.runs import (  # RunContext, RunPlan, init_target: also imp
 from lohp_cli.store import TrajectoryStore
 from lohp_cli.store.frozen import train_frozen
 from lohp_cli.store.location import init_lock
-from lohp_cli.store.summary import summarize_store  # noqa: F401 - re-exported
 from lohp_cli.tasks import TaskFamily, make_family
 from lohp_cli.tasks.layout import flat_params
 

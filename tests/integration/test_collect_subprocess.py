@@ -167,7 +167,7 @@ def test_file_url_store(reference: tuple[Path, str], tmp_path: Path) -> None:
     proc = ok(lohp("collect", *TINY_ARGS, "--out", url))
     assert proc.stdout == f"{url}\n"
     assert (path / "zarr.json").is_file()
-    from lohp_cli.stages.collect import summarize_store  # what `lohp inspect URL` calls
+    from lohp_cli.store.summary import summarize_store  # what `lohp inspect URL` calls
 
     summary = summarize_store(url, verify=True)
     assert summary["complete_runs"] == TINY_RUNS and summary["verified"] is True
@@ -191,7 +191,7 @@ KILL_STATES = 400 // 10 + 1
 def test_kill_9_then_resume_equals_uninterrupted(tmp_path: Path, init: str) -> None:
     """With ``--init shared`` the resumed store also keeps the θ₀ saved before the kill (and its
     runs start from it), exactly as the uninterrupted one."""
-    from lohp_cli.stages.collect import summarize_store
+    from lohp_cli.store.summary import summarize_store
 
     killed, whole = tmp_path / "killed.zarr", tmp_path / "whole.zarr"
     args = [*KILL_ARGS, "--init", init]
@@ -263,7 +263,7 @@ def test_fashion_mnist_tiny(tmp_path: Path) -> None:
     args += ["--steps", "10", "--record-every", "5", "--optimizers", "sgd,adam", *SMALL_SETS]
     proc = ok(lohp("collect", *args, "--out", out))
     assert proc.stdout == f"{out}\n"
-    from lohp_cli.stages.collect import summarize_store  # what `lohp inspect --verify` calls
+    from lohp_cli.store.summary import summarize_store  # what `lohp inspect --verify` calls
 
     summary = summarize_store(str(out), verify=True)
     assert summary["verified"] is True

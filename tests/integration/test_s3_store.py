@@ -20,7 +20,8 @@ import pytest
 import zarr
 
 from lohp_cli.errors import StoreError
-from lohp_cli.stages.collect import collect, plan_runs
+from lohp_cli.stages.collect import collect
+from lohp_cli.stages.collect_schedule import plan_runs
 from lohp_cli.stages.train import train_policy
 from lohp_cli.store import TrajectoryStore
 from lohp_cli.tasks import make_family

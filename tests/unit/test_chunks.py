@@ -10,10 +10,9 @@ import pytest
 import zarr
 
 from lohp_cli.config import StoreCodecConfig
-from lohp_cli.stages.collect import summarize_store
 from lohp_cli.store import TrajectoryStore, run_id
 from lohp_cli.store.chunks import DamagedChunkError, has_checksums, has_dimension_names
-from lohp_cli.store.summary import verify_run
+from lohp_cli.store.summary import summarize_store, verify_run
 from tests.conftest import ident
 
 STATES, PARAMS = 9, 7

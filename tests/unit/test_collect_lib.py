@@ -29,8 +29,11 @@ from lohp_cli.optim import optimizer_hparams
 from lohp_cli.optim.loop import train_loop
 from lohp_cli.policy.artifact import store_fingerprint
 from lohp_cli.runtime import derive_seed
-from lohp_cli.stages.collect import RunContext, collect, init_target, plan_runs, summarize_store
+from lohp_cli.stages.collect import collect
+from lohp_cli.stages.collect_schedule import plan_runs
+from lohp_cli.stages.runs import RunContext, init_target
 from lohp_cli.store import TrajectoryStore, parse_run_id, run_id
+from lohp_cli.store.summary import summarize_store
 from lohp_cli.tasks import make_family
 from lohp_cli.tasks.images import ImageTask
 from lohp_cli.tasks.layout import flat_params
