@@ -175,7 +175,7 @@ def median_time(fn, repeats: int) -> float:
 
 def latency(store: Path, policy_cfg: dict, repeats: int) -> tuple[float, float, int, int]:
     """(policy step seconds, Adam step seconds, N, optimizer steps of a run)."""
-    from lohp_cli.policy.artifact import load_policy
+    from lohp_cli.policy.directory import load_policy
     from lohp_cli.stages.runs import RunContext
     from lohp_cli.tasks.models import build_target
 

@@ -42,7 +42,7 @@ class TrainMethod:
     build: Callable[..., Any] | str | None = None
     """For a weight generator outside the Lo-Hp family: builds the module of one of its policy
     directories, ``build(cfg, size, cond_dim, n_steps, stats, classes, layout) -> nn.Module``
-    (as :func:`lohp_cli.policy.artifact.build_model`), or ``"module:function"``; None: the Lo-Hp
+    (as :func:`lohp_cli.policy.directory.build_model`), or ``"module:function"``; None: the Lo-Hp
     family's ``build_model``."""
     chooses_steps: bool = False
     """Whether its policies choose their number of generation steps when generating (a diffusion

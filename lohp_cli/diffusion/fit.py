@@ -24,8 +24,8 @@ from lohp_cli.checkpoint import write_checkpoint
 from lohp_cli.diffusion.config import DiffusionTrainConfig
 from lohp_cli.diffusion.model import DiffusionPolicy, build_diffusion
 from lohp_cli.errors import ConfigError
-from lohp_cli.policy.artifact import store_fingerprint
 from lohp_cli.policy.backbone import resolve_auto
+from lohp_cli.policy.directory import store_fingerprint
 from lohp_cli.policy.fit import class_symmetry
 from lohp_cli.policy.rundir import TrainResult, policy_config_json
 from lohp_cli.policy.skeleton import TrainingRun, gradient_step

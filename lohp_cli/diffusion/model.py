@@ -135,7 +135,7 @@ def build_diffusion(
     layout: ParamLayout | None = None,
 ) -> DiffusionPolicy:
     """The denoiser of a diffusion policy (initialised from ``cfg.seed``); the signature of
-    :func:`lohp_cli.policy.artifact.build_model`, registered for ``load_policy``. ``n_steps``,
+    :func:`lohp_cli.policy.directory.build_model`, registered for ``load_policy``. ``n_steps``,
     ``stats`` and ``classes`` are not needed (S is the config's ``diffusion.sample_steps``)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(cfg.seed, "init"))

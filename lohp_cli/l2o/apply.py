@@ -18,7 +18,7 @@ from lohp_cli.l2o.config import L2OConfig, L2OTrainConfig
 from lohp_cli.l2o.meta import adapt, functional_step
 from lohp_cli.l2o.optimizer import LSTMOptimizer, StepFn, run_trajectory
 from lohp_cli.l2o.problems import ImageProblems, Optimizee
-from lohp_cli.policy.artifact import load_weights, open_policy_dir
+from lohp_cli.policy.directory import load_weights, open_policy_dir
 from lohp_cli.runtime import derive_seed
 
 

@@ -44,7 +44,7 @@ from lohp_cli.l2o.optimizer import (
     tune_lr,
 )
 from lohp_cli.l2o.problems import ImageProblemFamily, ProblemFamily, make_problem_family
-from lohp_cli.policy.artifact import store_fingerprint
+from lohp_cli.policy.directory import store_fingerprint
 from lohp_cli.policy.rundir import TrainResult
 from lohp_cli.policy.skeleton import TrainingRun
 from lohp_cli.runtime import derive_seed, provenance, resolve_device

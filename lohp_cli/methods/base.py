@@ -1,7 +1,7 @@
 """What every evaluated method shares: the context it runs in, the protocol it implements and the
 loop that scores and times it into one report row.
 
-Every method starts where ``generate`` did (``policy.artifact.StartRule``): sample j of task t
+Every method starts where ``generate`` did (``policy.directory.StartRule``): sample j of task t
 is s_0 ~ N(0, I) seeded by (seed, t, j), policies start from s_0 in their own normalisation,
 optimizers from θ_0 = denormalise(s_0) with the generating policy's statistics; on a
 shared-init store every start is the store's θ₀ (optimizers start from it exactly, policies from
@@ -20,8 +20,8 @@ import torch
 
 from lohp_cli.artifacts.policy import PolicyMeta
 from lohp_cli.config import OptimizersConfig
-from lohp_cli.policy.artifact import StartRule, start_rule
 from lohp_cli.policy.context import TaskContext
+from lohp_cli.policy.directory import StartRule, start_rule
 from lohp_cli.stats import normal_mean_ci
 from lohp_cli.store.sampler import NormStats
 from lohp_cli.tasks.families import TaskTensors

@@ -76,7 +76,7 @@ from lohp_cli.errors import ConfigError
 from lohp_cli.methods.base import EvalContext, Starts
 from lohp_cli.methods.optimizer import OptimizerMethod, run_optimizer
 from lohp_cli.optim.batched import batchable, train_batched
-from lohp_cli.policy.artifact import store_fingerprint
+from lohp_cli.policy.directory import store_fingerprint
 from lohp_cli.runtime import derive_seed
 from lohp_cli.tasks.families import TaskTensors
 from lohp_cli.tasks.layout import flat_params, functional_forward

@@ -13,8 +13,8 @@ from lohp_cli.artifacts.policy import PolicyMeta
 from lohp_cli.config import OPTIMIZERS
 from lohp_cli.errors import CompatibilityError, StoreError
 from lohp_cli.methods.base import EvalContext, Starts
-from lohp_cli.policy.artifact import load_policy, local_steps, style_token
 from lohp_cli.policy.context import policy_probe
+from lohp_cli.policy.directory import load_policy, local_steps, style_token
 from lohp_cli.policy.generator import Generator, generate_states
 from lohp_cli.policy.state import ProbeBank, StateProbe
 from lohp_cli.store.sampler import NormStats

@@ -27,11 +27,11 @@ from lohp_cli.checkpoint import (
 )
 from lohp_cli.config import LoHpTrainConfig, TrainConfig
 from lohp_cli.errors import ConfigError
-from lohp_cli.policy.artifact import build_model, store_fingerprint
 from lohp_cli.policy.backbone import resolve_auto
 from lohp_cli.policy.context import store_task_context, support_probe_bank
 from lohp_cli.policy.curves import write_curves
 from lohp_cli.policy.dagger import BatchTasks, Relabeler
+from lohp_cli.policy.directory import build_model, store_fingerprint
 from lohp_cli.policy.gaussian import LoHpPolicy
 from lohp_cli.policy.objective import Objective
 from lohp_cli.policy.rundir import TrainResult, policy_config_json

@@ -1,5 +1,5 @@
 """The generator contract: what ``generate`` and ``evaluate`` call on the module of a
-weight-generating policy directory (as :func:`lohp_cli.policy.artifact.load_policy` builds and
+weight-generating policy directory (as :func:`lohp_cli.policy.directory.load_policy` builds and
 loads it).
 
 Every generator kind implements it: the Lo-Hp family's
@@ -61,7 +61,7 @@ def generate_states(
     ``keep_path``, else ``[B, 1, P]`` (the generated weights).
 
     ``token``: the optimizer style of a policy trained with optimizer tokens
-    (:func:`lohp_cli.policy.artifact.style_token`), the same for every row.
+    (:func:`lohp_cli.policy.directory.style_token`), the same for every row.
     """
     opt = None if token is None else torch.full((s0.shape[0],), token, device=s0.device)
     path = model.rollout(s0, 0, cond, opt, mode=mode, gen=gen, probe=probe)  # [B, N+1, P]

@@ -1,7 +1,7 @@
 """The training run directory of a policy (Lo-Hp, its ablations, diffusion, L2O): the check of
 ``--out`` before a run (resume, refuse, or ``--overwrite``), the policy's ``config.json``, what
 every training loop does at the end of a step (metrics.jsonl, checkpoint), and the run's result.
-Loading and using a trained policy is :mod:`lohp_cli.policy.artifact`.
+Loading and using a trained policy is :mod:`lohp_cli.policy.directory`.
 """
 
 from __future__ import annotations

@@ -75,7 +75,7 @@ def summarize_policy(path: str, verify: bool = False) -> dict[str, Any]:
 
 def _load_problems(out: Path) -> list[str]:
     """Why the policy does not load (empty when ``load_policy`` builds it and loads its weights)."""
-    from lohp_cli.policy.artifact import load_policy
+    from lohp_cli.policy.directory import load_policy
 
     try:
         load_policy(out, "cpu")

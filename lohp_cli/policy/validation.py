@@ -30,8 +30,8 @@ import torch
 from lohp_cli.artifacts.policy import PolicyMeta
 from lohp_cli.checkpoint import append_metrics, load_tensors
 from lohp_cli.errors import CompatibilityError, ConfigError, LohpError
-from lohp_cli.policy.artifact import start_rule, style_token
 from lohp_cli.policy.context import TaskContext, policy_probe, store_task_context
+from lohp_cli.policy.directory import start_rule, style_token
 from lohp_cli.policy.generator import generate_states
 from lohp_cli.policy.state import ProbeBank
 from lohp_cli.runtime import derive_seed

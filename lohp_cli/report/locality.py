@@ -34,8 +34,8 @@ from lohp_cli.methods.base import EvalContext
 from lohp_cli.optim import build_optimizer
 from lohp_cli.optim.loop import train_loop
 from lohp_cli.optim.sam import SAM
-from lohp_cli.policy.artifact import learned_optimizers, local_steps
 from lohp_cli.policy.context import policy_probe
+from lohp_cli.policy.directory import learned_optimizers, local_steps
 from lohp_cli.policy.state import StateProbe
 from lohp_cli.runtime import derive_seed
 from lohp_cli.store.sampler import NormStats

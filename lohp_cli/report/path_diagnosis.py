@@ -40,8 +40,8 @@ from lohp_cli.methods.base import EvalContext
 from lohp_cli.methods.policy import policy_info
 from lohp_cli.optim import build_optimizer
 from lohp_cli.optim.loop import train_loop
-from lohp_cli.policy.artifact import learned_optimizers, local_steps, style_token
 from lohp_cli.policy.context import policy_probe
+from lohp_cli.policy.directory import learned_optimizers, local_steps, style_token
 from lohp_cli.policy.generator import generate_states
 from lohp_cli.report.locality import summarize
 from lohp_cli.runtime import derive_seed

@@ -1,7 +1,7 @@
 """Stage 4: score generated weights on their tasks' test splits against baselines.
 
 Every method starts from the same initial weights, exactly as ``generate`` does
-(``policy.artifact.StartRule``): sample j of task t starts at θ_0 = denormalise(s_0) with
+(``policy.directory.StartRule``): sample j of task t starts at θ_0 = denormalise(s_0) with
 s_0 ~ N(0, I) seeded by (seed, task, j), or, on a shared-init store, at the store's θ₀ itself, so
 optimizers and policies are compared on the same tasks and starting points. Optimizers run for
 the store's full run length (T·r steps) and for N steps (as many as the policy takes), and for the
@@ -44,8 +44,8 @@ from lohp_cli.methods.base import (
     time_methods,
 )
 from lohp_cli.methods.policy import GeneratedMethod, PolicyMethod, split_sample_steps
-from lohp_cli.policy.artifact import check_policy_dir, load_policy, local_steps
 from lohp_cli.policy.context import TaskContext, support_probe_bank, task_context
+from lohp_cli.policy.directory import check_policy_dir, load_policy, local_steps
 from lohp_cli.policy.generator import Generator
 from lohp_cli.report import locality, path_diagnosis
 from lohp_cli.report.document import build_report, write_report

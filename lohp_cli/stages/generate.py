@@ -38,8 +38,8 @@ from lohp_cli.artifacts.generated import GeneratedMeta, new_generated_meta
 from lohp_cli.artifacts.policy import PolicyMeta
 from lohp_cli.config import OPTIMIZERS, GenerateConfig
 from lohp_cli.errors import CompatibilityError, ConfigError, StoreError
-from lohp_cli.policy.artifact import StartRule, load_policy, start_rule, style_token
 from lohp_cli.policy.context import TaskContext, policy_probe, resolve_tasks, task_context
+from lohp_cli.policy.directory import StartRule, load_policy, start_rule, style_token
 from lohp_cli.policy.generator import Generator, generate_states
 from lohp_cli.policy.state import ProbeBank
 from lohp_cli.runtime import derive_seed, provenance, resolve_device, stage_threads

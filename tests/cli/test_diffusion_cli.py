@@ -13,7 +13,7 @@ import torch
 import zarr
 from typer.testing import Result
 
-from lohp_cli.policy.artifact import initial_state, load_policy
+from lohp_cli.policy.directory import initial_state, load_policy
 from lohp_cli.stages.collect import collect
 from tests.cli.runner import invoke, plain
 from tests.conftest import tiny_config

@@ -14,7 +14,7 @@ from typer.testing import Result
 
 from lohp_cli.cli import app
 from lohp_cli.config import LoHpTrainConfig, TrainConfig
-from lohp_cli.policy.artifact import load_policy
+from lohp_cli.policy.directory import load_policy
 from lohp_cli.policy.rundir import TrainResult
 from tests.cli.runner import ENV, EXIT_CODE_TEXTS, RUNNER, flat, invoke, plain
 from tests.conftest import make_linear_store

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lohp_cli.config import GenerateConfig, TrainConfig
-from lohp_cli.policy.artifact import load_policy
+from lohp_cli.policy.directory import load_policy
 from lohp_cli.runtime import resolve_device
 from lohp_cli.stages.collect import collect
 from lohp_cli.stages.generate import generate

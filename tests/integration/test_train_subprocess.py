@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from lohp_cli.checkpoint import state_dir
-from lohp_cli.policy.artifact import load_policy
+from lohp_cli.policy.directory import load_policy
 from tests.conftest import make_linear_store
 
 ENV = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "PYTHONUNBUFFERED": "1",

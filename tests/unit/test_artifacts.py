@@ -23,7 +23,7 @@ from lohp_cli.artifacts.policy import (
 )
 from lohp_cli.artifacts.store import StoreMeta, read_store_meta
 from lohp_cli.errors import EXIT_COMPAT, EXIT_DATA, CompatibilityError, StoreError
-from lohp_cli.policy.artifact import load_policy
+from lohp_cli.policy.directory import load_policy
 from lohp_cli.store import TrajectoryStore
 from lohp_cli.store.generated import open_generated
 from tests.cli.runner import invoke, plain

@@ -13,7 +13,6 @@ import torch
 
 from lohp_cli.config import LoHpTrainConfig, ModelConfig, PolicyConfig
 from lohp_cli.errors import ConfigError
-from lohp_cli.policy.artifact import load_policy
 from lohp_cli.policy.backbone import (
     UNet1d,
     build_backbone,
@@ -21,6 +20,7 @@ from lohp_cli.policy.backbone import (
     choose_backbone,
     resolve_auto,
 )
+from lohp_cli.policy.directory import load_policy
 from lohp_cli.policy.rows import RowSetBackbone
 from lohp_cli.policy.rundir import config_differences
 from lohp_cli.stages import check_names

@@ -24,7 +24,7 @@ from lohp_cli.checkpoint import (
 )
 from lohp_cli.config import TrainConfig
 from lohp_cli.errors import CompatibilityError
-from lohp_cli.policy.artifact import load_policy
+from lohp_cli.policy.directory import load_policy
 from lohp_cli.stages.train import train_policy
 from tests.conftest import make_linear_store
 

@@ -27,7 +27,7 @@ from lohp_cli.config import OPTIMIZERS, CollectConfig, StoreCodecConfig, TaskCon
 from lohp_cli.errors import DataError, StoreError
 from lohp_cli.optim import optimizer_hparams
 from lohp_cli.optim.loop import train_loop
-from lohp_cli.policy.artifact import store_fingerprint
+from lohp_cli.policy.directory import store_fingerprint
 from lohp_cli.runtime import derive_seed
 from lohp_cli.stages.collect import collect
 from lohp_cli.stages.collect_schedule import plan_runs

@@ -20,7 +20,7 @@ from lohp_cli.diffusion.fit import train_diffusion
 from lohp_cli.diffusion.model import DiffusionPolicy, build_diffusion
 from lohp_cli.diffusion.schedule import NoiseSchedule, cosine_betas, linear_betas
 from lohp_cli.errors import ConfigError
-from lohp_cli.policy.artifact import load_policy, local_steps
+from lohp_cli.policy.directory import load_policy, local_steps
 from lohp_cli.stages.train import train_policy
 from lohp_cli.store import TrajectoryStore
 from tests.conftest import make_linear_store

@@ -13,8 +13,8 @@ import lohp_cli.stages.generate as generate_mod
 import lohp_cli.timing
 from lohp_cli.config import GenerateConfig, TrainConfig
 from lohp_cli.errors import CompatibilityError, ConfigError
-from lohp_cli.policy.artifact import load_policy
 from lohp_cli.policy.context import resolve_tasks, task_context
+from lohp_cli.policy.directory import load_policy
 from lohp_cli.stages.collect import collect
 from lohp_cli.stages.generate import LATENCY_REPEATS, generate
 from lohp_cli.stages.train import train_policy

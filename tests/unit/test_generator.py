@@ -1,6 +1,6 @@
 """The generator contract (lohp_cli/policy/generator.py): every generator kind that
 ``load_policy`` builds (lo-hp, hypernetwork, diffusion) satisfies it, and generating through it
-gives the bytes of the generation batch it replaced (``policy.artifact.generate_batch``)."""
+gives the bytes of the generation batch it replaced (``policy.directory.generate_batch``)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from torch import nn
 import lohp_cli.diffusion  # noqa: F401 - registers the method, as the stages do
 from lohp_cli.config import TrainConfig
 from lohp_cli.diffusion.model import build_diffusion
-from lohp_cli.policy.artifact import build_model
+from lohp_cli.policy.directory import build_model
 from lohp_cli.policy.generator import Generator, generate_states
 from lohp_cli.store.sampler import NormStats
 
@@ -57,7 +57,7 @@ def test_a_module_without_rollout_is_no_generator() -> None:
 
 
 def generate_batch(model, meta, cond, s0, mode, gen, keep_path, probe=None, token=None):  # type: ignore[no-untyped-def]
-    """The generation batch before the contract (``policy.artifact.generate_batch``, removed), kept
+    """The generation batch before the contract (``policy.directory.generate_batch``, removed), kept
     here as the reference the contract must reproduce byte for byte."""
     opt = None if token is None else torch.full((s0.shape[0],), token, device=s0.device)
     if meta.hypernetwork:

@@ -317,7 +317,7 @@ def test_method_settings_errors(tmp_path: Path) -> None:
 
 
 def test_lohp_loader_refuses_an_l2o_policy(tmp_path: Path) -> None:
-    from lohp_cli.policy.artifact import load_policy
+    from lohp_cli.policy.directory import load_policy
 
     result = train_l2o(cfg_for(tmp_path))
     with pytest.raises(CompatibilityError, match="learned optimizer"):

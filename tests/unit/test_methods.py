@@ -20,7 +20,7 @@ from lohp_cli.methods.optimizer import OptimizerMethod
 from lohp_cli.methods.policy import GeneratedMethod, PolicyMethod
 from lohp_cli.optim import build_optimizer
 from lohp_cli.optim.loop import train_loop
-from lohp_cli.policy.artifact import initial_state
+from lohp_cli.policy.directory import initial_state
 from lohp_cli.runtime import derive_seed
 from lohp_cli.stages.collect import collect
 from lohp_cli.stages.evaluate import evaluate, frontier_budgets

@@ -15,7 +15,7 @@ import torch
 
 from lohp_cli.config import TrainConfig, resolve
 from lohp_cli.errors import CompatibilityError, ConfigError
-from lohp_cli.policy.artifact import load_policy
+from lohp_cli.policy.directory import load_policy
 from lohp_cli.stages.train import train_policy
 from lohp_cli.store import TrajectoryStore
 from lohp_cli.store.sampler import CONSTANT_SCALE, compute_stats, pool_by_tensor, select_runs

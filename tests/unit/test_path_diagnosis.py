@@ -182,8 +182,8 @@ def test_evaluate_writes_the_diagnosis(tmp_path) -> None:
     recorded state 0, so both paths begin at distance 0 from the store; the policy's path is the
     one generate saved; the layers are the target model's."""
     from lohp_cli.config import EvaluateConfig, GenerateConfig, TrainConfig
-    from lohp_cli.policy.artifact import load_policy
     from lohp_cli.policy.context import task_context
+    from lohp_cli.policy.directory import load_policy
     from lohp_cli.stages.collect import collect
     from lohp_cli.stages.evaluate import evaluate
     from lohp_cli.stages.generate import generate

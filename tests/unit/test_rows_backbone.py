@@ -12,8 +12,8 @@ from torch import nn
 
 from lohp_cli.config import ModelConfig, PolicyConfig
 from lohp_cli.errors import ConfigError
-from lohp_cli.policy.artifact import load_policy
 from lohp_cli.policy.backbone import build_backbone
+from lohp_cli.policy.directory import load_policy
 from lohp_cli.policy.gaussian import LoHpPolicy
 from lohp_cli.policy.rows import RowSetBackbone, unit_layers
 from lohp_cli.tasks.layout import ParamLayout

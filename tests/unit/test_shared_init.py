@@ -1,5 +1,5 @@
 """A shared-init store downstream of collect: generation, evaluate's baselines and the local-policy
-check start from its θ₀ (``policy.artifact.StartRule``), and its policies are refused elsewhere.
+check start from its θ₀ (``policy.directory.StartRule``), and its policies are refused elsewhere.
 
 The store is the tiny digits collect of ``tests/conftest.py`` with ``init = "shared"``.
 """
@@ -22,7 +22,7 @@ from lohp_cli.methods.optimizer import OptimizerMethod
 from lohp_cli.methods.policy import PolicyMethod
 from lohp_cli.optim import build_optimizer
 from lohp_cli.optim.loop import train_loop
-from lohp_cli.policy.artifact import load_policy
+from lohp_cli.policy.directory import load_policy
 from lohp_cli.report import locality
 from lohp_cli.runtime import derive_seed
 from lohp_cli.stages.collect import collect

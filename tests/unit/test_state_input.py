@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lohp_cli.config import EvaluateConfig, GenerateConfig, ModelConfig, PolicyConfig, TrainConfig
-from lohp_cli.policy.artifact import load_policy
+from lohp_cli.policy.directory import load_policy
 from lohp_cli.policy.gaussian import LoHpPolicy
 from lohp_cli.policy.state import ProbeBank
 from lohp_cli.stages.collect import collect

@@ -706,7 +706,7 @@ def test_an_old_store_without_theta0_opens_and_starts_as_before(tmp_path: Path) 
 
     import torch
 
-    from lohp_cli.policy.artifact import initial_state, start_rule, store_fingerprint
+    from lohp_cli.policy.directory import initial_state, start_rule, store_fingerprint
     from lohp_cli.store.sampler import NormStats
 
     store = new_store(tmp_path)
@@ -728,7 +728,7 @@ def test_an_old_store_without_theta0_opens_and_starts_as_before(tmp_path: Path) 
 def test_shared_store_starts_and_a_missing_theta0(tmp_path: Path) -> None:
     import torch
 
-    from lohp_cli.policy.artifact import start_rule
+    from lohp_cli.policy.directory import start_rule
     from lohp_cli.store.sampler import NormStats
 
     compat = {**COMPAT, "init": "shared", "init_seed": 7}

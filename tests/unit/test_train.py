@@ -20,7 +20,7 @@ import torch
 from lohp_cli.checkpoint import state_dir
 from lohp_cli.config import TrainConfig, resolve
 from lohp_cli.errors import CompatibilityError, ConfigError, DataError, StoreError
-from lohp_cli.policy.artifact import build_model, load_policy, store_fingerprint
+from lohp_cli.policy.directory import build_model, load_policy, store_fingerprint
 from lohp_cli.policy.objective import Objective
 from lohp_cli.stages.train import train_policy
 from lohp_cli.store import TrajectoryStore, run_id

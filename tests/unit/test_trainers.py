@@ -18,7 +18,7 @@ from lohp_cli.config import LoHpTrainConfig, TrainConfig, resolve
 from lohp_cli.errors import CompatibilityError, ConfigError
 from lohp_cli.l2o.apply import load_l2o
 from lohp_cli.l2o.config import L2OTrainConfig
-from lohp_cli.policy.artifact import load_policy
+from lohp_cli.policy.directory import load_policy
 from lohp_cli.policy.rundir import TrainResult
 from tests.cli.runner import invoke
 from tests.conftest import make_linear_store
