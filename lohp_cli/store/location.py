@@ -134,7 +134,7 @@ def init_lock(location: str) -> Iterator[None]:
     turns: the first creates it, the others open what it made. A local store is locked with
     ``flock`` on ``<store>.lock`` beside it (removed on release; a lock file left by a killed
     process is harmless). An fsspec URL has no lock: start one process on a new remote store
-    first (see the README).
+    first (docs/usage.md, "Collecting trajectories").
     """
     path = local_path(location)
     if path is None:
