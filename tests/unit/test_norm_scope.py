@@ -5,7 +5,6 @@ when unknown."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +32,6 @@ RUNS = [
     np.array([[0, 2, 10, 10, 1], [1, 3, 11, 9, 1], [2, 4, 12, 8, 1]], np.float64),
     np.array([[4, 6, 10, 10, 1], [5, 7, 9, 11, 1], [6, 8, 8, 12, 1]], np.float64),
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture
